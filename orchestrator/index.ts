@@ -1,0 +1,6 @@
+export { BatchDO } from "./batch-do.ts";
+export default {
+  async fetch(): Promise<Response> {
+    return Response.json({ ok: true });
+  },
+} satisfies ExportedHandler;

@@ -1,0 +1,180 @@
+// The contracts between the parts of fanout, as zod schemas. Both the orchestrator (workerd)
+// and the fly-worker (Node) import this file, so it uses nothing but zod and web standards.
+import { z } from "zod";
+
+/** Batch ids become Durable Object names, URL segments, R2 key parts and Fly metadata. */
+export const BatchId = z
+  .string()
+  .regex(
+    /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/,
+    "batch_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-', starting with a letter or digit",
+  );
+export type BatchId = z.infer<typeof BatchId>;
+
+/** Task ids are made by the engine: `<phase slug>-<sequence>`, e.g. `tiff-000042`. */
+export const TaskId = z
+  .string()
+  .regex(/^[a-z][a-z0-9]{0,15}-[0-9]{1,9}$/, "task_id must look like 'tiff-000042'");
+export type TaskId = z.infer<typeof TaskId>;
+
+/** An R2/S3 object key: non-empty, at most 1024 bytes, no NUL. */
+export const ObjectKey = z
+  .string()
+  .min(1, "an object key must not be empty")
+  .max(1024, "an object key must be at most 1024 characters")
+  .refine((k) => !k.includes("\0"), "an object key must not contain NUL");
+
+// ---------------------------------------------------------------------------------------
+// Queue message and manifest (compatible with the existing ingest pipeline; unknown fields kept)
+
+export const QueueMessage = z
+  .looseObject({
+    batch_id: BatchId,
+    manifest_r2_key: ObjectKey.optional(),
+    r2_prefix: z.string().max(1024).optional(),
+  })
+  .refine((m) => m.manifest_r2_key !== undefined || m.r2_prefix !== undefined, {
+    message: "a queue message needs manifest_r2_key or r2_prefix",
+    path: ["manifest_r2_key"],
+  });
+export type QueueMessage = z.infer<typeof QueueMessage>;
+
+export const ManifestFile = z.looseObject({
+  r2_key: ObjectKey,
+  logical_path: z.string().optional(),
+  file_name: z.string().optional(),
+  file_size: z.number().int().nonnegative().optional(),
+  content_type: z.string().optional(),
+  cid: z.string().optional(),
+});
+export type ManifestFile = z.infer<typeof ManifestFile>;
+
+export const Manifest = z.looseObject({
+  batch_id: BatchId,
+  directories: z.array(
+    z.looseObject({
+      directory_path: z.string(),
+      processing_config: z.unknown().optional(),
+      files: z.array(ManifestFile),
+    }),
+  ),
+});
+export type Manifest = z.infer<typeof Manifest>;
+
+/** One entry of a batch's file list, as it is posted downstream at finalisation. */
+export const FileEntry = z.looseObject({
+  r2_key: ObjectKey,
+  logical_path: z.string(),
+  file_name: z.string(),
+  file_size: z.number().int().nonnegative(),
+  content_type: z.string(),
+  cid: z.string().optional(),
+  /** Set on files a phase produced: the key of the file it was made from. */
+  source_r2_key: ObjectKey.optional(),
+});
+export type FileEntry = z.infer<typeof FileEntry>;
+
+// ---------------------------------------------------------------------------------------
+// Machine environment (the contract existing TIFF worker images already speak)
+
+const envBool = z
+  .enum(["true", "false", "1", "0"], { message: "must be 'true' or 'false'" })
+  .transform((v) => v === "true" || v === "1");
+const envInt = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^[0-9]+$/, "must be a whole number")
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max));
+
+export const MachineEnv = z.object({
+  TASK_ID: TaskId,
+  BATCH_ID: BatchId,
+  INPUT_R2_KEY: ObjectKey,
+  OUTPUT_R2_KEY: ObjectKey,
+  R2_ACCOUNT_ID: z.string().min(1, "must be set"),
+  R2_ACCESS_KEY_ID: z.string().min(1, "must be set"),
+  R2_SECRET_ACCESS_KEY: z.string().min(1, "must be set"),
+  R2_BUCKET: z.string().min(1, "must be set"),
+  CALLBACK_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }),
+  CALLBACK_TOKEN: z.string().min(1, "must be set"),
+  R2_ENDPOINT: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),
+  JPEG_QUALITY: envInt(1, 100).default(95),
+  MOZJPEG: envBool.default(true),
+  /** The machine's memory; the worker picks encoder settings that fit in it. */
+  MEMORY_MB: envInt(128, 262144).optional(),
+  /** Largest image (width × height) the worker accepts. */
+  MAX_INPUT_PIXELS: envInt(1, 10_000_000_000).optional(),
+  FLY_MACHINE_ID: z.string().optional(),
+  FLY_APP_NAME: z.string().optional(),
+  FLY_REGION: z.string().optional(),
+});
+export type MachineEnv = z.infer<typeof MachineEnv>;
+/** Names in MachineEnv whose values are secret: never logged, never in status output. */
+export const SECRET_ENV_NAMES = ["R2_SECRET_ACCESS_KEY", "CALLBACK_TOKEN", "R2_ACCESS_KEY_ID"] as const;
+
+// ---------------------------------------------------------------------------------------
+// Callback POST {CALLBACK_URL} = /callback/:batchId/:taskId
+
+export const Performance = z.looseObject({
+  total_time_ms: z.number().nonnegative(),
+  download_time_ms: z.number().nonnegative().optional(),
+  conversion_time_ms: z.number().nonnegative().optional(),
+  upload_time_ms: z.number().nonnegative().optional(),
+});
+
+export const CallbackOutput = z.looseObject({
+  r2_key: ObjectKey,
+  file_name: z.string().min(1),
+  file_size: z.number().int().nonnegative(),
+  content_type: z.string().optional(),
+  page: z.number().int().positive().optional(),
+  width: z.number().int().positive().optional(),
+  height: z.number().int().positive().optional(),
+});
+export type CallbackOutput = z.infer<typeof CallbackOutput>;
+
+export const CallbackSuccess = z.looseObject({
+  task_id: TaskId,
+  batch_id: BatchId,
+  status: z.literal("success"),
+  output_r2_key: ObjectKey,
+  output_file_name: z.string().min(1),
+  output_file_size: z.number().int().nonnegative(),
+  performance: Performance.optional(),
+  /** Every output file when the input produced more than one (multi-page TIFF). */
+  outputs: z.array(CallbackOutput).max(10_000).optional(),
+  pages: z.number().int().positive().optional(),
+  width: z.number().int().positive().optional(),
+  height: z.number().int().positive().optional(),
+});
+export const CallbackError = z.looseObject({
+  task_id: TaskId,
+  batch_id: BatchId,
+  status: z.literal("error"),
+  error: z.string().min(1).max(4000),
+});
+export const CallbackBody = z.discriminatedUnion("status", [CallbackSuccess, CallbackError]);
+export type CallbackSuccess = z.infer<typeof CallbackSuccess>;
+export type CallbackError = z.infer<typeof CallbackError>;
+export type CallbackBody = z.infer<typeof CallbackBody>;
+
+/** Largest callback body the orchestrator reads. */
+export const MAX_CALLBACK_BYTES = 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// Status output of GET /status/:batchId
+
+export const BATCH_TERMINAL = ["DONE", "ERROR"] as const;
+export const TASK_STATUSES = ["pending", "starting", "running", "retrying", "done", "failed"] as const;
+export type TaskStatus = (typeof TASK_STATUSES)[number];
+
+/** Turns a zod error into one line a person can act on: `field: problem; field: problem`. */
+export function describeZodError(error: z.ZodError): string {
+  return error.issues
+    .map((issue) => {
+      const where = issue.path.length > 0 ? issue.path.join(".") : "(root)";
+      return `${where}: ${issue.message}`;
+    })
+    .join("; ");
+}

@@ -1,0 +1,53 @@
+import { defineConfig } from "vitest/config";
+import { cloudflareTest } from "@cloudflare/vitest-plugin";
+
+export default defineConfig({
+  test: {
+    projects: [
+      {
+        // The orchestrator in workerd: real DOs, SQLite, alarms, queues and R2 (miniflare).
+        plugins: [
+          cloudflareTest({
+            wrangler: { configPath: "./wrangler.jsonc" },
+            miniflare: {
+              queueConsumers: { "fanout-batches": { maxBatchTimeout: 0 } },
+              bindings: {
+                FLY_API_HOSTNAME: "http://fly.test",
+                FLY_API_TOKEN: "test-fly-token",
+                CALLBACK_SECRET: "test-callback-secret",
+                ADMIN_TOKEN: "test-admin-token",
+                CALLBACK_BASE_URL: "http://orchestrator.test",
+                R2_ACCOUNT_ID: "test-account",
+                R2_ACCESS_KEY_ID: "test-access-key",
+                R2_SECRET_ACCESS_KEY: "test-secret-key",
+                WORKER_URL: "",
+              },
+            },
+          }),
+        ],
+        test: { name: "workers", include: ["test/workers/**/*.test.ts"] },
+      },
+      {
+        // The fly-worker, the local stack's parts: real child processes, S3 and HTTP on loopback.
+        test: {
+          name: "node",
+          include: ["test/node/**/*.test.ts"],
+          environment: "node",
+          testTimeout: 60_000,
+          hookTimeout: 120_000,
+        },
+      },
+      {
+        // The whole local stack: wrangler dev + Fly emulator + local S3 + fly-worker processes.
+        test: {
+          name: "e2e",
+          include: ["test/e2e/**/*.test.ts"],
+          environment: "node",
+          testTimeout: 300_000,
+          hookTimeout: 180_000,
+          fileParallelism: false,
+        },
+      },
+    ],
+  },
+});
