@@ -1,0 +1,403 @@
+// Fly Machines API client (https://fly.io/docs/machines/api/machines-resource/).
+// Runs in workerd: fetch, Web APIs and zod only. Every outcome a caller must act on is a
+// value (CreateOutcome, null, "not_found"); only unexpected failures of reads throw.
+import { z } from "zod";
+
+export interface FlyClientOptions {
+  /** e.g. https://api.machines.dev, or http://fly.test / http://127.0.0.1:PORT for the emulator. */
+  apiHostname: string;
+  apiToken: string;
+  appName: string;
+  fetch?: typeof fetch;
+  /** Per HTTP request; default 15000. */
+  requestTimeoutMs?: number;
+  /** Subrequest budget for this client instance; beyond it calls return {kind:"budget"} (or throw for reads). */
+  maxRequests?: number;
+  sleep?: (ms: number) => Promise<void>;
+  /** Attempts per request on 5xx/network errors (create: per region); default 3. */
+  maxAttempts?: number;
+  /** Base of the exponential backoff between those attempts; default 250 ms. */
+  backoffBaseMs?: number;
+  random?: () => number;
+  log?: (line: string) => void;
+}
+
+export interface GuestSize {
+  cpu_kind: "shared" | "performance";
+  cpus: number;
+  memory_mb: number;
+}
+
+export interface MachineSpec {
+  name: string;
+  image: string;
+  guest: GuestSize;
+  env: Record<string, string>;
+  metadata: Record<string, string>;
+  /** Tried in order; a capacity error moves on to the next one. */
+  regions: string[];
+}
+
+export type CreateOutcome =
+  | { kind: "created"; machineId: string; name: string; region: string; state: string }
+  | { kind: "rate_limited"; retryAfterMs: number }
+  | { kind: "no_capacity"; message: string }
+  | { kind: "invalid"; status: number; message: string }
+  | { kind: "unknown"; message: string }
+  | { kind: "budget" };
+
+export interface FlyMachine {
+  id: string;
+  name: string;
+  state: string;
+  region: string;
+  metadata: Record<string, string>;
+  created_at?: string;
+  updated_at?: string;
+}
+
+/** Why a read (list/get) could not be answered. */
+export type FlyApiErrorKind = "budget" | "rate_limited" | "http" | "network" | "timeout" | "malformed";
+
+export class FlyApiError extends Error {
+  readonly kind: FlyApiErrorKind;
+  readonly status: number | undefined;
+  readonly retryAfterMs: number | undefined;
+  constructor(kind: FlyApiErrorKind, message: string, status?: number, retryAfterMs?: number) {
+    super(message);
+    this.name = "FlyApiError";
+    this.kind = kind;
+    this.status = status;
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Wire shapes (loose: Fly adds fields over time; we read only what we use)
+
+const StringMap = z.record(z.string(), z.string());
+
+const MachineWire = z.looseObject({
+  id: z.string().min(1),
+  name: z.string().nullish(),
+  state: z.string(),
+  region: z.string().nullish(),
+  // metadata lives in config; config.env is deliberately never read (it holds secrets).
+  config: z.looseObject({ metadata: StringMap.nullish() }).nullish(),
+  created_at: z.string().nullish(),
+  updated_at: z.string().nullish(),
+});
+
+const ErrorWire = z.looseObject({ error: z.string().optional(), status: z.string().optional() });
+
+function toFlyMachine(wire: z.infer<typeof MachineWire>): FlyMachine {
+  const machine: FlyMachine = {
+    id: wire.id,
+    name: wire.name ?? "",
+    state: wire.state,
+    region: wire.region ?? "",
+    metadata: wire.config?.metadata ?? {},
+  };
+  if (wire.created_at) machine.created_at = wire.created_at;
+  if (wire.updated_at) machine.updated_at = wire.updated_at;
+  return machine;
+}
+
+// ---------------------------------------------------------------------------------------
+// Documented behaviours, exported so the emulator and tests share one reading of them
+
+/** Fly's status field for "no host in this region can place the machine" (fly-go flaps_error.go). */
+export const CAPACITY_STATUS = "insufficient_capacity";
+
+// flyd's reservation phrases, for bodies the API does not classify with a status field.
+const CAPACITY_PHRASES =
+  /insufficient (resources|memory|cpus|ips) available to fulfill request|could not reserve resource|no capacity|over the allowed quota/i;
+
+/** True when a failed create means "try another region", not "the request is wrong". */
+export function isCapacityError(status: number, body: { error?: string; status?: string }): boolean {
+  if (body.status === CAPACITY_STATUS) return true;
+  if (body.status !== undefined && body.status !== "" && body.status !== "unknown") return false;
+  return [403, 409, 412, 422, 503].includes(status) && CAPACITY_PHRASES.test(body.error ?? "");
+}
+
+/** Retry-After is either delta-seconds or an HTTP date (RFC 9110 §10.2.3); default 1 s. */
+export function parseRetryAfter(value: string | null, nowMs: number = Date.now()): number {
+  const DEFAULT_MS = 1000;
+  if (value === null || value.trim() === "") return DEFAULT_MS;
+  const text = value.trim();
+  if (/^\d+(\.\d+)?$/.test(text)) return Math.ceil(Number(text) * 1000);
+  const at = Date.parse(text);
+  if (Number.isNaN(at)) return DEFAULT_MS;
+  return Math.max(0, at - nowMs);
+}
+
+// ---------------------------------------------------------------------------------------
+
+type Sent =
+  | { kind: "response"; status: number; headers: Headers; text: string }
+  | { kind: "network"; message: string }
+  | { kind: "timeout" }
+  | { kind: "budget" };
+
+const MAX_MESSAGE = 300;
+const DEFAULT_TIMEOUT_MS = 15_000;
+
+export class FlyMachines {
+  #opts: FlyClientOptions;
+  #fetch: typeof fetch;
+  #base: string;
+  #requests = 0;
+  #max: number;
+  #attempts: number;
+  #backoffMs: number;
+  #timeoutMs: number;
+  #sleep: (ms: number) => Promise<void>;
+  #random: () => number;
+  #log: (line: string) => void;
+
+  constructor(opts: FlyClientOptions) {
+    if (!opts.apiHostname) throw new Error("FlyMachines: apiHostname is required (e.g. https://api.machines.dev)");
+    if (!opts.apiToken) throw new Error("FlyMachines: apiToken is required (the FLY_API_TOKEN secret)");
+    if (!opts.appName) throw new Error("FlyMachines: appName is required (FLY_APP_NAME)");
+    this.#opts = opts;
+    this.#fetch = opts.fetch ?? ((input, init) => fetch(input, init));
+    this.#base = `${opts.apiHostname.replace(/\/+$/, "")}/v1/apps/${encodeURIComponent(opts.appName)}/machines`;
+    this.#max = opts.maxRequests ?? Number.POSITIVE_INFINITY;
+    this.#attempts = Math.max(1, opts.maxAttempts ?? 3);
+    this.#backoffMs = opts.backoffBaseMs ?? 250;
+    this.#timeoutMs = opts.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.#sleep = opts.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
+    this.#random = opts.random ?? Math.random;
+    this.#log = opts.log ?? ((line) => console.log(line));
+  }
+
+  /** HTTP requests actually sent by this instance (what counts against the Worker's subrequest limit). */
+  get requestsMade(): number {
+    return this.#requests;
+  }
+
+  /** Requests this instance may still send. */
+  get requestsLeft(): number {
+    return Math.max(0, this.#max - this.#requests);
+  }
+
+  async createMachine(spec: MachineSpec): Promise<CreateOutcome> {
+    const regions: (string | undefined)[] = spec.regions.length > 0 ? spec.regions : [undefined];
+    const refusals: string[] = [];
+    for (const region of regions) {
+      const outcome = await this.#createIn(spec, region);
+      if (outcome.kind !== "capacity") {
+        this.#event("create", { name: spec.name, region, outcome: outcome.kind, ...outcomeFields(outcome) });
+        return outcome;
+      }
+      refusals.push(`${region ?? "(default)"}: ${outcome.message}`);
+      this.#event("capacity", { name: spec.name, region, message: outcome.message });
+    }
+    const message = this.#clean(`no capacity in any region (${refusals.join("; ")})`, spec);
+    this.#event("create", { name: spec.name, outcome: "no_capacity", message });
+    return { kind: "no_capacity", message };
+  }
+
+  /** Live machines (destroyed ones excluded) whose metadata has every given key=value. */
+  async listMachines(metadata: Record<string, string>): Promise<FlyMachine[]> {
+    const query = new URLSearchParams();
+    for (const [key, value] of Object.entries(metadata)) query.append(`metadata.${key}`, value);
+    const qs = query.toString();
+    const sent = await this.#withRetries("GET", qs ? `${this.#base}?${qs}` : this.#base);
+    const body = this.#expectOk(sent, "list machines");
+    const parsed = z.array(MachineWire).safeParse(body);
+    if (!parsed.success) throw new FlyApiError("malformed", "list machines: the API answered with an unexpected shape");
+    return parsed.data
+      .map(toFlyMachine)
+      .filter((m) => m.state !== "destroyed" && Object.entries(metadata).every(([k, v]) => m.metadata[k] === v));
+  }
+
+  /** The machine, or null when the API does not know it (404). */
+  async getMachine(id: string): Promise<FlyMachine | null> {
+    const sent = await this.#withRetries("GET", `${this.#base}/${encodeURIComponent(id)}`);
+    if (sent.kind === "response" && sent.status === 404) return null;
+    const body = this.#expectOk(sent, `get machine ${id}`);
+    const parsed = MachineWire.safeParse(body);
+    if (!parsed.success) throw new FlyApiError("malformed", `get machine ${id}: the API answered with an unexpected shape`);
+    return toFlyMachine(parsed.data);
+  }
+
+  /** DELETE ?force=true: stops a running machine and destroys it. */
+  async destroyMachine(id: string): Promise<"destroyed" | "not_found" | "failed"> {
+    const sent = await this.#withRetries("DELETE", `${this.#base}/${encodeURIComponent(id)}?force=true`);
+    if (sent.kind === "response" && sent.status >= 200 && sent.status < 300) return "destroyed";
+    if (sent.kind === "response" && sent.status === 404) return "not_found";
+    this.#event("destroy_failed", { machine_id: id, ...this.#describe(sent) });
+    return "failed";
+  }
+
+  // -------------------------------------------------------------------------------------
+
+  async #createIn(
+    spec: MachineSpec,
+    region: string | undefined,
+  ): Promise<Exclude<CreateOutcome, { kind: "no_capacity" }> | { kind: "capacity"; message: string }> {
+    const body = {
+      name: spec.name,
+      ...(region === undefined ? {} : { region }),
+      config: {
+        image: spec.image,
+        guest: spec.guest,
+        env: spec.env,
+        metadata: spec.metadata,
+        auto_destroy: true,
+        restart: { policy: "no" },
+      },
+    };
+    let lastProblem = "";
+    for (let attempt = 1; attempt <= this.#attempts; attempt++) {
+      if (attempt > 1) {
+        // The failed attempt may have created the machine: find it before creating another.
+        const found = await this.#findByName(spec);
+        if (found === "budget") return { kind: "budget" };
+        if (found) return { kind: "created", machineId: found.id, name: found.name, region: found.region, state: found.state };
+        await this.#sleep(this.#backoff(attempt - 1));
+      }
+      const sent = await this.#send("POST", this.#base, JSON.stringify(body));
+      if (sent.kind === "budget") return { kind: "budget" };
+      if (sent.kind === "timeout") {
+        // A timed-out create may still complete; retrying blind could double it and waits eat the alarm.
+        return { kind: "unknown", message: `create timed out after ${this.#timeoutMs} ms; the machine may exist` };
+      }
+      if (sent.kind === "network") {
+        lastProblem = this.#clean(`network error: ${sent.message}`, spec);
+        continue;
+      }
+      const { status, text, headers } = sent;
+      if (status >= 200 && status < 300) {
+        const parsed = MachineWire.safeParse(safeJson(text));
+        if (!parsed.success) return { kind: "unknown", message: `create answered ${status} with an unexpected body` };
+        const m = toFlyMachine(parsed.data);
+        return { kind: "created", machineId: m.id, name: m.name || spec.name, region: m.region || region || "", state: m.state };
+      }
+      if (status === 429) return { kind: "rate_limited", retryAfterMs: parseRetryAfter(headers.get("retry-after")) };
+      const error = parseError(text);
+      if (isCapacityError(status, error)) return { kind: "capacity", message: this.#clean(error.error ?? `HTTP ${status}`, spec) };
+      if (status >= 500 || status === 408) {
+        lastProblem = this.#clean(`HTTP ${status}: ${error.error ?? text}`, spec);
+        continue;
+      }
+      return { kind: "invalid", status, message: this.#clean(error.error ?? `HTTP ${status}`, spec) };
+    }
+    return { kind: "unknown", message: `create failed after ${this.#attempts} attempts (${lastProblem}); the machine may exist` };
+  }
+
+  async #findByName(spec: MachineSpec): Promise<FlyMachine | null | "budget"> {
+    if (this.requestsLeft === 0) return "budget";
+    try {
+      const live = await this.listMachines(spec.metadata);
+      return live.find((m) => m.name === spec.name) ?? null;
+    } catch (error) {
+      if (error instanceof FlyApiError && error.kind === "budget") return "budget";
+      return null;
+    }
+  }
+
+  /** GET/DELETE are idempotent: retry 5xx and network errors with backoff. */
+  async #withRetries(method: "GET" | "DELETE", url: string): Promise<Sent> {
+    let sent: Sent = { kind: "budget" };
+    for (let attempt = 1; attempt <= this.#attempts; attempt++) {
+      if (attempt > 1) await this.#sleep(this.#backoff(attempt - 1));
+      sent = await this.#send(method, url);
+      const retryable = sent.kind === "network" || (sent.kind === "response" && (sent.status >= 500 || sent.status === 408));
+      if (!retryable) return sent;
+    }
+    return sent;
+  }
+
+  async #send(method: string, url: string, body?: string): Promise<Sent> {
+    if (this.#requests >= this.#max) return { kind: "budget" };
+    this.#requests++;
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, this.#timeoutMs);
+    try {
+      const headers: Record<string, string> = { Authorization: `Bearer ${this.#opts.apiToken}`, Accept: "application/json" };
+      if (body !== undefined) headers["Content-Type"] = "application/json";
+      const response = await this.#fetch(url, { method, headers, body, signal: controller.signal });
+      const text = await response.text();
+      return { kind: "response", status: response.status, headers: response.headers, text };
+    } catch (error) {
+      if (timedOut) return { kind: "timeout" };
+      return { kind: "network", message: error instanceof Error ? error.message : String(error) };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #expectOk(sent: Sent, what: string): unknown {
+    if (sent.kind === "budget") throw new FlyApiError("budget", `${what}: subrequest budget of ${this.#max} exhausted`);
+    if (sent.kind === "timeout") throw new FlyApiError("timeout", `${what}: timed out after ${this.#timeoutMs} ms`);
+    if (sent.kind === "network") throw new FlyApiError("network", `${what}: ${this.#clean(sent.message)}`);
+    if (sent.status === 429) {
+      const retryAfterMs = parseRetryAfter(sent.headers.get("retry-after"));
+      throw new FlyApiError("rate_limited", `${what}: rate limited, retry after ${retryAfterMs} ms`, 429, retryAfterMs);
+    }
+    if (sent.status < 200 || sent.status >= 300) {
+      const error = parseError(sent.text);
+      throw new FlyApiError("http", `${what}: HTTP ${sent.status}: ${this.#clean(error.error ?? sent.text)}`, sent.status);
+    }
+    return safeJson(sent.text);
+  }
+
+  #describe(sent: Sent): Record<string, unknown> {
+    if (sent.kind !== "response") return { problem: sent.kind };
+    return { status: sent.status, error: this.#clean(parseError(sent.text).error ?? sent.text) };
+  }
+
+  #backoff(retry: number): number {
+    const base = this.#backoffMs * 2 ** (retry - 1);
+    return Math.round(base / 2 + this.#random() * base);
+  }
+
+  /** API text may echo our request: drop the token and env values, and keep it short. */
+  #clean(text: string, spec?: MachineSpec): string {
+    let out = text.split(this.#opts.apiToken).join("[redacted]");
+    for (const value of Object.values(spec?.env ?? {})) {
+      if (value.length >= 4) out = out.split(value).join("[redacted]");
+    }
+    return out.length > MAX_MESSAGE ? `${out.slice(0, MAX_MESSAGE)}…` : out;
+  }
+
+  #event(event: string, fields: Record<string, unknown>): void {
+    this.#log(`[Fly] ${JSON.stringify({ event, app: this.#opts.appName, ...fields })}`);
+  }
+}
+
+function outcomeFields(outcome: CreateOutcome): Record<string, unknown> {
+  switch (outcome.kind) {
+    case "created":
+      return { machine_id: outcome.machineId, region: outcome.region, state: outcome.state };
+    case "rate_limited":
+      return { retry_after_ms: outcome.retryAfterMs };
+    case "invalid":
+      return { status: outcome.status, message: outcome.message };
+    case "unknown":
+    case "no_capacity":
+      return { message: outcome.message };
+    case "budget":
+      return {};
+  }
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+function parseError(text: string): { error?: string; status?: string } {
+  const parsed = ErrorWire.safeParse(safeJson(text));
+  if (parsed.success) return parsed.data;
+  return text.trim() ? { error: text.trim() } : {};
+}
