@@ -20,12 +20,16 @@ export default defineConfig({
                 R2_ACCOUNT_ID: "test-account",
                 R2_ACCESS_KEY_ID: "test-access-key",
                 R2_SECRET_ACCESS_KEY: "test-secret-key",
-                WORKER_URL: "",
+                WORKER_URL: "http://downstream.test",
+                FLY_REGIONS: "iad,ord",
+                FLY_CREATE_RATE_PER_SECOND: "1000",
+                FLY_CREATE_BURST: "100",
+                MAX_CONCURRENT_MACHINES: "20",
               },
             },
           }),
         ],
-        test: { name: "workers", include: ["test/workers/**/*.test.ts"] },
+        test: { name: "workers", include: ["test/workers/**/*.test.ts"], silent: "passed-only" },
       },
       {
         // The fly-worker, the local stack's parts: real child processes, S3 and HTTP on loopback.

@@ -1,6 +1,218 @@
+// The orchestrator Worker: the HTTP API and the queue consumer. Each batch lives in its own
+// BatchDO (idFromName(batch_id)); this file only validates input and routes to it.
+import { Router, type IRequest } from "itty-router";
+import { z } from "zod";
+import {
+  BatchId,
+  CallbackBody,
+  describeZodError,
+  MAX_CALLBACK_BYTES,
+  QueueMessage,
+  TaskId,
+} from "../shared/contracts.ts";
+import { callbackSubject, timingSafeEqualText, verifyToken } from "../shared/token.ts";
+import type { ApiStatus } from "./batch-do.ts";
+import { ConfigError, loadConfig } from "./config.ts";
+import { errorMessage, log, logError } from "./log.ts";
+
 export { BatchDO } from "./batch-do.ts";
-export default {
-  async fetch(): Promise<Response> {
-    return Response.json({ ok: true });
+
+type Handler = (req: IRequest, env: Env) => Promise<Response> | Response;
+
+const router = Router<IRequest, [Env]>({
+  catch: (err: unknown) => {
+    if (err instanceof HttpError) return Response.json({ error: err.message, ...err.details }, { status: err.status });
+    if (err instanceof ConfigError) {
+      logError("HTTP", "misconfigured", err);
+      return Response.json({ error: err.message }, { status: 500 });
+    }
+    logError("HTTP", "unhandled", err);
+    return Response.json({ error: "internal error" }, { status: 500 });
   },
-} satisfies ExportedHandler;
+});
+
+router
+  .get("/health", () => Response.json({ ok: true, service: "fanout" }))
+  .get("/status/:batchId", withBatch(status))
+  .get("/status/:batchId/tasks", withBatch(tasks))
+  .post("/callback/:batchId/:taskId", withBatch(callback))
+  .post("/admin/reset/:batchId", admin(withBatch(reset)))
+  .post("/admin/batches", admin(enqueue))
+  .all("*", (req) => Response.json({ error: `no route for ${req.method} ${new URL(req.url).pathname}` }, { status: 404 }));
+
+export default {
+  fetch: (request, env) => router.fetch(request, env),
+  queue: async (batch, env) => {
+    await Promise.all(batch.messages.map((message) => consume(message, env)));
+  },
+} satisfies ExportedHandler<Env>;
+
+// ---- handlers -------------------------------------------------------------------------------
+
+async function status(req: IRequest, env: Env): Promise<Response> {
+  const body = await stub(env, req.params.batchId).status();
+  if (!body) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
+  return Response.json(body);
+}
+
+const TasksQuery = z.object({
+  status: z.enum(["pending", "retrying", "starting", "running", "done", "failed"]).optional(),
+  cursor: z.string().regex(/^[0-9]{1,15}$/, "cursor must be the next_cursor of a previous page").optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+});
+
+async function tasks(req: IRequest, env: Env): Promise<Response> {
+  const query = parse(TasksQuery, Object.fromEntries(new URL(req.url).searchParams), "query");
+  const page = await stub(env, req.params.batchId).tasks({
+    status: (query.status ?? null) as ApiStatus | null,
+    cursor: Number(query.cursor ?? 0),
+    limit: query.limit,
+  });
+  if (!page) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
+  return Response.json(page);
+}
+
+async function callback(req: IRequest, env: Env): Promise<Response> {
+  const { batchId } = req.params;
+  const taskId = parse(TaskId, req.params.taskId, "taskId");
+  const config = loadConfig(env);
+  if (!(await verifyToken(config.CALLBACK_SECRET, callbackSubject(batchId, taskId), req.headers.get("authorization")))) {
+    log("Callback", "rejected", { batch_id: batchId, task_id: taskId, reason: "bad token" });
+    throw new HttpError(401, "callback token missing or invalid");
+  }
+  const body = parse(CallbackBody, await readJson(req, MAX_CALLBACK_BYTES), "body");
+  if (body.batch_id !== batchId || body.task_id !== taskId) {
+    throw new HttpError(400, "body batch_id/task_id do not match the URL", {
+      expected: { batch_id: batchId, task_id: taskId },
+      received: { batch_id: body.batch_id, task_id: body.task_id },
+    });
+  }
+  const reply = await stub(env, batchId).callback(taskId, body);
+  return Response.json(reply.body, { status: reply.code });
+}
+
+async function reset(req: IRequest, env: Env): Promise<Response> {
+  const result = await stub(env, req.params.batchId).reset();
+  if (!result.ok) throw new HttpError(result.code, result.error, { batch_id: req.params.batchId });
+  return Response.json(result);
+}
+
+async function enqueue(req: IRequest, env: Env): Promise<Response> {
+  const message = parse(QueueMessage, await readJson(req, 64 * 1024), "body");
+  await env.BATCH_QUEUE.send(message, { contentType: "json" });
+  log("HTTP", "batch_enqueued", { batch_id: message.batch_id });
+  return Response.json(
+    { ok: true, batch_id: message.batch_id, queued: true, status_url: `/status/${encodeURIComponent(message.batch_id)}` },
+    { status: 202 },
+  );
+}
+
+// ---- queue ----------------------------------------------------------------------------------
+
+async function consume(message: Message<unknown>, env: Env): Promise<void> {
+  let body: unknown = message.body;
+  if (typeof body === "string") {
+    try {
+      body = JSON.parse(body);
+    } catch {
+      // Left as a string: validation below explains it.
+    }
+  }
+  const parsed = QueueMessage.safeParse(body);
+  try {
+    if (!parsed.success) {
+      const reason = `invalid queue message: ${describeZodError(parsed.error)}`;
+      const batchId = BatchId.safeParse((body as { batch_id?: unknown } | null)?.batch_id);
+      if (batchId.success) {
+        await stub(env, batchId.data).recordInvalid(batchId.data, reason, JSON.stringify(body));
+      }
+      // Never retried: a malformed message will not become valid.
+      log("Queue", "message_rejected", { message_id: message.id, batch_id: batchId.success ? batchId.data : null, error: reason });
+      message.ack();
+      return;
+    }
+    const result = await stub(env, parsed.data.batch_id).start(parsed.data);
+    log("Queue", result.created ? "batch_recorded" : "redelivery_ignored", {
+      message_id: message.id,
+      batch_id: parsed.data.batch_id,
+      status: result.status,
+    });
+    message.ack();
+  } catch (error) {
+    const delaySeconds = Math.min(300, 2 ** Math.min(message.attempts, 8));
+    logError("Queue", "message_retry", error, { message_id: message.id, attempts: message.attempts, delay_s: delaySeconds });
+    message.retry({ delaySeconds });
+  }
+}
+
+// ---- helpers --------------------------------------------------------------------------------
+
+class HttpError extends Error {
+  readonly status: number;
+  readonly details: Record<string, unknown>;
+  constructor(status: number, message: string, details: Record<string, unknown> = {}) {
+    super(message);
+    this.status = status;
+    this.details = details;
+  }
+}
+
+function parse<T extends z.ZodType>(schema: T, value: unknown, where: string): z.infer<T> {
+  const result = schema.safeParse(value);
+  if (!result.success) throw new HttpError(400, `invalid ${where}: ${describeZodError(result.error)}`);
+  return result.data;
+}
+
+function stub(env: Env, batchId: string) {
+  return env.BATCH_DO.getByName(batchId);
+}
+
+/** Validates :batchId before the handler runs. */
+function withBatch(handler: Handler): Handler {
+  return (req, env) => {
+    req.params.batchId = parse(BatchId, decodeURIComponent(req.params.batchId), "batchId");
+    return handler(req, env);
+  };
+}
+
+function admin(handler: Handler): Handler {
+  return (req, env) => {
+    const token = loadConfig(env).ADMIN_TOKEN;
+    const given = req.headers.get("authorization") ?? "";
+    if (!given.startsWith("Bearer ") || !timingSafeEqualText(given.slice(7).trim(), token)) {
+      throw new HttpError(401, "admin token missing or invalid (Authorization: Bearer $ADMIN_TOKEN)");
+    }
+    return handler(req, env);
+  };
+}
+
+/** Reads a JSON body of at most `limit` bytes without trusting Content-Length. */
+async function readJson(req: Request, limit: number): Promise<unknown> {
+  const declared = Number(req.headers.get("content-length") ?? 0);
+  if (declared > limit) throw new HttpError(413, `body larger than ${limit} bytes`);
+  const reader = req.body?.getReader();
+  if (!reader) throw new HttpError(400, "a JSON body is required");
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel();
+      throw new HttpError(413, `body larger than ${limit} bytes`);
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(size);
+  let offset = 0;
+  for (const c of chunks) {
+    bytes.set(c, offset);
+    offset += c.byteLength;
+  }
+  try {
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch (error) {
+    throw new HttpError(400, `body is not valid JSON: ${errorMessage(error)}`);
+  }
+}

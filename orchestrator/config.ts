@@ -1,0 +1,59 @@
+// The Worker's configuration (wrangler vars and secrets), validated once per isolate.
+// A bad value is named in the error; a secret's value never is.
+import { z } from "zod";
+import { describeZodError } from "../shared/contracts.ts";
+
+const int = (min: number, max: number, fallback: number) =>
+  z.preprocess(
+    (v) => (v === undefined || v === "" ? fallback : typeof v === "string" ? Number(v) : v),
+    z.number({ message: "must be a number" }).int("must be a whole number").min(min).max(max),
+  );
+const optionalUrl = z.preprocess((v) => (v === "" ? undefined : v), z.url({ protocol: /^https?$/ }).optional());
+const secret = z.string({ message: "must be set (a Worker secret)" }).min(1, "must be set (a Worker secret)");
+
+const ConfigSchema = z.object({
+  CALLBACK_BASE_URL: z.url({ protocol: /^https?$/, message: "must be the public http(s) URL of this Worker" }),
+  FLY_API_HOSTNAME: z.url({ protocol: /^https?$/ }).default("https://api.machines.dev"),
+  FLY_APP_NAME: z.string().min(1, "must name the Fly app whose image machines run"),
+  FLY_IMAGE: z.string().min(1, "must name the image machines run"),
+  FLY_REGIONS: z
+    .string()
+    .default("")
+    .transform((s) => s.split(",").map((r) => r.trim()).filter(Boolean)),
+  MAX_CONCURRENT_MACHINES: int(1, 10_000, 50),
+  MAX_RETRY_ATTEMPTS: int(1, 100, 3),
+  FLY_CREATE_RATE_PER_SECOND: z.preprocess(
+    (v) => (v === undefined || v === "" ? 1 : Number(v)),
+    z.number().positive().max(1000),
+  ),
+  FLY_CREATE_BURST: int(1, 1000, 3),
+  /** Override every phase's boot/run timeouts (the local stack and tests use short ones). */
+  BOOT_TIMEOUT_MS: z.preprocess((v) => (v === undefined || v === "" ? undefined : Number(v)), z.number().int().positive().optional()),
+  RUN_TIMEOUT_MS: z.preprocess((v) => (v === undefined || v === "" ? undefined : Number(v)), z.number().int().positive().optional()),
+  R2_ACCOUNT_ID: z.string().default(""),
+  R2_BUCKET: z.string().min(1, "must name the bucket machines read and write"),
+  R2_ENDPOINT: optionalUrl,
+  WORKER_URL: optionalUrl,
+  FLY_API_TOKEN: secret,
+  CALLBACK_SECRET: secret,
+  ADMIN_TOKEN: secret,
+  R2_ACCESS_KEY_ID: secret,
+  R2_SECRET_ACCESS_KEY: secret,
+});
+export type Config = z.infer<typeof ConfigSchema>;
+
+export class ConfigError extends Error {}
+
+const cache = new WeakMap<object, Config>();
+
+export function loadConfig(env: Env): Config {
+  const hit = cache.get(env);
+  if (hit) return hit;
+  const parsed = ConfigSchema.safeParse(env);
+  if (!parsed.success) throw new ConfigError(`orchestrator misconfigured: ${describeZodError(parsed.error)}`);
+  if (!parsed.data.R2_ENDPOINT && !parsed.data.R2_ACCOUNT_ID) {
+    throw new ConfigError("orchestrator misconfigured: set R2_ACCOUNT_ID (or R2_ENDPOINT for an S3-compatible store)");
+  }
+  cache.set(env, parsed.data);
+  return parsed.data;
+}

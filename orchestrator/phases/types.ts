@@ -1,0 +1,71 @@
+// The phase contract. A phase is data and small pure functions: it never spawns, sleeps or
+// counts by itself — the engine (batch-do.ts) does all of that from what the phase declares.
+import type { CallbackBody, FileEntry } from "../../shared/contracts.ts";
+import type { GuestSize } from "../machines.ts";
+
+/** A file of the batch as a phase sees it when it discovers tasks. */
+export interface PhaseFile {
+  r2_key: string;
+  logical_path: string;
+  file_name: string;
+  file_size: number;
+  content_type: string;
+}
+
+/** What one task of a phase will do; the engine turns it into a task row. */
+export interface TaskPlan {
+  input_key: string;
+  /** Output keys in order of preference; the engine takes the first that no other file or task uses. */
+  output_key_candidates: Iterable<string>;
+  size_bytes: number;
+  params?: Record<string, string | number | boolean>;
+}
+
+/** A task as handed back to the phase. */
+export interface TaskView {
+  task_id: string;
+  batch_id: string;
+  input_key: string;
+  output_key: string;
+  size_bytes: number;
+  attempt: number;
+  params: Record<string, string | number | boolean>;
+}
+
+export interface MachineRequest {
+  guest: GuestSize;
+  /** Phase-specific env; the engine adds the machine contract (ids, R2, callback). */
+  env: Record<string, string>;
+  /** Image override; FLY_IMAGE by default. */
+  image?: string;
+}
+
+/** How a callback maps to a task outcome, and how a finished task changes the file list. */
+export type TaskOutcome =
+  | { ok: true; add: FileEntry[]; remove?: string[] }
+  | { ok: false; error: string; retryable: boolean };
+
+export interface PhaseLimits {
+  /** How long a machine may take from create to `started` (image pulls can take minutes). */
+  bootTimeoutMs: number;
+  /** How long a started machine may run before it is destroyed and the task retried. */
+  runTimeoutMs: number;
+  /** Attempts per task before FAILED; MAX_RETRY_ATTEMPTS when unset. */
+  maxAttempts?: number;
+  /** Live machines for this phase; MAX_CONCURRENT_MACHINES when unset (the lower wins). */
+  maxConcurrentMachines?: number;
+}
+
+export interface Phase {
+  /** Shown as the batch status while the phase runs, e.g. `TIFF_CONVERSION`. */
+  name: string;
+  /** Task id prefix: lowercase letters/digits, e.g. `tiff` → `tiff-000042`. */
+  slug: string;
+  /** The phase that follows, or null when this is the last. */
+  next: string | null;
+  limits: PhaseLimits;
+  /** The task for `file`, or null when this phase has nothing to do with it. */
+  plan(file: PhaseFile): TaskPlan | null;
+  machine(task: TaskView): MachineRequest;
+  result(task: TaskView, callback: CallbackBody): TaskOutcome;
+}

@@ -1,0 +1,126 @@
+// ObjectStore: how the orchestrator reads the batch's objects. The R2 binding in production;
+// the S3 API (signed with aws4fetch) when R2_ENDPOINT is set — the local stack, or any
+// S3-compatible store. Machines always use the S3 API (see the machine contract).
+import { AwsClient } from "aws4fetch";
+
+export interface ObjectInfo {
+  key: string;
+  size: number;
+  contentType?: string;
+}
+
+export interface ObjectPage {
+  objects: ObjectInfo[];
+  /** Pass back to continue the listing; null when it is complete. */
+  cursor: string | null;
+}
+
+export interface ObjectStore {
+  /** The object's text, or null when there is no such object. */
+  getText(key: string): Promise<string | null>;
+  list(prefix: string, cursor: string | null, limit: number): Promise<ObjectPage>;
+}
+
+/** A storage failure worth retrying later (5xx, network); anything else is final. */
+export class StorageError extends Error {
+  readonly retryable: boolean;
+  constructor(message: string, retryable: boolean) {
+    super(message);
+    this.retryable = retryable;
+  }
+}
+
+export class R2ObjectStore implements ObjectStore {
+  private readonly bucket: R2Bucket;
+  constructor(bucket: R2Bucket) {
+    this.bucket = bucket;
+  }
+
+  async getText(key: string): Promise<string | null> {
+    const object = await this.bucket.get(key);
+    return object ? await object.text() : null;
+  }
+
+  async list(prefix: string, cursor: string | null, limit: number): Promise<ObjectPage> {
+    const page = await this.bucket.list({ prefix, limit, ...(cursor ? { cursor } : {}), include: ["httpMetadata"] });
+    return {
+      objects: page.objects.map((o) => ({ key: o.key, size: o.size, contentType: o.httpMetadata?.contentType })),
+      cursor: page.truncated ? page.cursor : null,
+    };
+  }
+}
+
+export interface S3Options {
+  endpoint: string;
+  bucket: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+}
+
+const XML_ENTITIES: Record<string, string> = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'" };
+function xmlText(s: string): string {
+  return s.replace(/&(#x[0-9a-f]+|#[0-9]+|[a-z]+);/gi, (whole, name: string) => {
+    if (name[0] === "#") return String.fromCodePoint(name[1] === "x" || name[1] === "X" ? parseInt(name.slice(2), 16) : Number(name.slice(1)));
+    return XML_ENTITIES[name] ?? whole;
+  });
+}
+function xmlTag(xml: string, tag: string): string | undefined {
+  const m = xml.match(new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`));
+  return m ? xmlText(m[1]) : undefined;
+}
+
+export class S3ObjectStore implements ObjectStore {
+  private readonly client: AwsClient;
+  private readonly base: string;
+
+  constructor(opts: S3Options) {
+    this.client = new AwsClient({
+      accessKeyId: opts.accessKeyId,
+      secretAccessKey: opts.secretAccessKey,
+      service: "s3",
+      region: "auto",
+    });
+    this.base = `${opts.endpoint.replace(/\/+$/, "")}/${encodeURIComponent(opts.bucket)}`;
+  }
+
+  private async send(url: string): Promise<Response> {
+    let res: Response;
+    try {
+      res = await this.client.fetch(url, { method: "GET" });
+    } catch (error) {
+      throw new StorageError(`S3 request failed: ${error instanceof Error ? error.message : String(error)}`, true);
+    }
+    return res;
+  }
+
+  async getText(key: string): Promise<string | null> {
+    const res = await this.send(`${this.base}/${key.split("/").map(encodeURIComponent).join("/")}`);
+    if (res.status === 404) {
+      await res.body?.cancel();
+      return null;
+    }
+    if (!res.ok) throw await this.failure(res, `GET ${key}`);
+    return await res.text();
+  }
+
+  async list(prefix: string, cursor: string | null, limit: number): Promise<ObjectPage> {
+    const q = new URLSearchParams({ "list-type": "2", prefix, "max-keys": String(limit) });
+    if (cursor) q.set("continuation-token", cursor);
+    const res = await this.send(`${this.base}?${q}`);
+    if (!res.ok) throw await this.failure(res, `LIST ${prefix}`);
+    const xml = await res.text();
+    const objects: ObjectInfo[] = [];
+    for (const m of xml.matchAll(/<Contents>([\s\S]*?)<\/Contents>/g)) {
+      const key = xmlTag(m[1], "Key");
+      if (key !== undefined) objects.push({ key, size: Number(xmlTag(m[1], "Size") ?? 0) });
+    }
+    const truncated = xmlTag(xml, "IsTruncated") === "true";
+    return { objects, cursor: truncated ? (xmlTag(xml, "NextContinuationToken") ?? null) : null };
+  }
+
+  private async failure(res: Response, what: string): Promise<StorageError> {
+    const body = (await res.text()).slice(0, 2000);
+    const code = xmlTag(body, "Code") ?? "";
+    return new StorageError(`S3 ${what} answered ${res.status}${code ? ` ${code}` : ""}`, res.status >= 500 || res.status === 429);
+  }
+}

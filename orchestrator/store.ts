@@ -1,0 +1,599 @@
+// The BatchDO's SQLite schema, migrations and queries: the only file that writes SQL.
+// Every task change updates its phase's counters in the same transaction, and every query
+// on a hot path (callback, alarm, status) is an index lookup whose cost does not grow with
+// the batch.
+import type { FileEntry } from "../shared/contracts.ts";
+
+/** Where a batch is in its life. `status` in the API is the phase name, DONE or ERROR. */
+export type Stage = "discover" | "plan" | "run" | "finalise" | "done" | "error";
+/** Task states as stored. `creating`: a create request was sent and its outcome is not yet known. */
+export const TASK_STATES = ["pending", "retrying", "creating", "booting", "running", "done", "failed"] as const;
+export type TaskState = (typeof TASK_STATES)[number];
+export const OPEN_STATES: readonly TaskState[] = ["pending", "retrying", "creating", "booting", "running"];
+export const LIVE_STATES: readonly TaskState[] = ["creating", "booting", "running"];
+
+export interface BatchMeta {
+  batch_id: string;
+  stage: Stage;
+  phase: string;
+  error: string | null;
+  message_json: string;
+  manifest_key: string | null;
+  prefix: string | null;
+  discover_cursor: string | null;
+  plan_cursor: number;
+  started_at: number;
+  updated_at: number;
+  completed_at: number | null;
+  fly_blocked_until: number;
+  bucket_tokens: number;
+  bucket_at: number;
+  step_failures: number;
+  finalise_attempts: number;
+  finalise_error: string | null;
+  next_seq: number;
+}
+
+export interface TaskRow {
+  id: number;
+  task_id: string;
+  phase: string;
+  file_id: number;
+  input_key: string;
+  output_key: string;
+  size_bytes: number;
+  params_json: string;
+  state: TaskState;
+  attempt: number;
+  next_at: number;
+  /** When the task is next looked at (create answer, machine check). */
+  deadline_at: number;
+  /** The hard limit of the current stage: boot deadline while booting, run deadline while running. */
+  limit_at: number;
+  machine_id: string | null;
+  machine_name: string | null;
+  region: string | null;
+  error: string | null;
+  updated_at: number;
+  finished_at: number | null;
+}
+
+export interface FileRow {
+  id: number;
+  r2_key: string;
+  logical_path: string;
+  file_name: string;
+  file_size: number;
+  content_type: string;
+  cid: string | null;
+  source_key: string | null;
+  extra_json: string | null;
+}
+
+export interface AttemptRow {
+  task_id: string;
+  attempt: number;
+  machine_id: string | null;
+  machine_name: string;
+  region: string | null;
+  outcome: string | null;
+  error: string | null;
+  started_at: number;
+  ended_at: number | null;
+}
+
+export type PhaseCounts = Record<TaskState, number> & { phase: string; total: number };
+
+// Numbered migrations, applied once each in order (cloudflare/actors style).
+const MIGRATIONS: string[] = [
+  `CREATE TABLE meta (
+     id INTEGER PRIMARY KEY CHECK (id = 1),
+     batch_id TEXT NOT NULL,
+     stage TEXT NOT NULL,
+     phase TEXT NOT NULL,
+     error TEXT,
+     message_json TEXT NOT NULL,
+     manifest_key TEXT,
+     prefix TEXT,
+     discover_cursor TEXT,
+     plan_cursor INTEGER NOT NULL DEFAULT 0,
+     started_at INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL,
+     completed_at INTEGER,
+     fly_blocked_until INTEGER NOT NULL DEFAULT 0,
+     bucket_tokens REAL NOT NULL DEFAULT 0,
+     bucket_at INTEGER NOT NULL DEFAULT 0,
+     step_failures INTEGER NOT NULL DEFAULT 0,
+     finalise_attempts INTEGER NOT NULL DEFAULT 0,
+     finalise_error TEXT,
+     next_seq INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE TABLE files (
+     id INTEGER PRIMARY KEY,
+     r2_key TEXT NOT NULL UNIQUE,
+     logical_path TEXT NOT NULL,
+     file_name TEXT NOT NULL,
+     file_size INTEGER NOT NULL,
+     content_type TEXT NOT NULL,
+     cid TEXT,
+     source_key TEXT,
+     extra_json TEXT
+   );
+   CREATE TABLE tasks (
+     id INTEGER PRIMARY KEY,
+     task_id TEXT NOT NULL UNIQUE,
+     phase TEXT NOT NULL,
+     file_id INTEGER NOT NULL,
+     input_key TEXT NOT NULL,
+     output_key TEXT NOT NULL UNIQUE,
+     size_bytes INTEGER NOT NULL,
+     params_json TEXT NOT NULL DEFAULT '{}',
+     state TEXT NOT NULL,
+     attempt INTEGER NOT NULL DEFAULT 0,
+     next_at INTEGER NOT NULL DEFAULT 0,
+     deadline_at INTEGER NOT NULL DEFAULT 0,
+     limit_at INTEGER NOT NULL DEFAULT 0,
+     machine_id TEXT,
+     machine_name TEXT,
+     region TEXT,
+     error TEXT,
+     updated_at INTEGER NOT NULL,
+     finished_at INTEGER
+   );
+   CREATE INDEX tasks_ready ON tasks (state, next_at);
+   CREATE INDEX tasks_deadline ON tasks (state, deadline_at);
+   CREATE INDEX tasks_state_id ON tasks (state, id);
+   CREATE TABLE phase_counts (
+     phase TEXT NOT NULL,
+     state TEXT NOT NULL,
+     n INTEGER NOT NULL,
+     PRIMARY KEY (phase, state)
+   ) WITHOUT ROWID;
+   CREATE TABLE attempts (
+     task_id TEXT NOT NULL,
+     attempt INTEGER NOT NULL,
+     machine_id TEXT,
+     machine_name TEXT NOT NULL,
+     region TEXT,
+     outcome TEXT,
+     error TEXT,
+     started_at INTEGER NOT NULL,
+     ended_at INTEGER,
+     PRIMARY KEY (task_id, attempt)
+   ) WITHOUT ROWID;
+   CREATE INDEX attempts_failed ON attempts (outcome, ended_at);
+   CREATE TABLE orphan_machines (
+     machine_id TEXT PRIMARY KEY,
+     reason TEXT NOT NULL,
+     tries INTEGER NOT NULL DEFAULT 0,
+     next_at INTEGER NOT NULL DEFAULT 0
+   ) WITHOUT ROWID;`,
+];
+
+/** Rows read and written by the queries of this store, for the scale tests and benchmarks. */
+export interface SqlWork {
+  rowsRead: number;
+  rowsWritten: number;
+}
+
+type SqlValue = string | number | null | ArrayBuffer;
+
+export class BatchStore {
+  readonly work: SqlWork = { rowsRead: 0, rowsWritten: 0 };
+  private readonly storage: DurableObjectStorage;
+  private readonly sql: SqlStorage;
+
+  constructor(storage: DurableObjectStorage) {
+    this.storage = storage;
+    this.sql = storage.sql;
+  }
+
+  /** Applies the migrations this database has not seen yet. Call under blockConcurrencyWhile. */
+  migrate(): void {
+    this.sql.exec("CREATE TABLE IF NOT EXISTS _migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)");
+    const row = this.sql.exec<{ v: number | null }>("SELECT MAX(version) AS v FROM _migrations").one();
+    const applied = row.v ?? 0;
+    for (let version = applied + 1; version <= MIGRATIONS.length; version++) {
+      this.storage.transactionSync(() => {
+        this.sql.exec(MIGRATIONS[version - 1]);
+        this.sql.exec("INSERT INTO _migrations (version, applied_at) VALUES (?, ?)", version, Date.now());
+      });
+    }
+  }
+
+  transaction<T>(fn: () => T): T {
+    return this.storage.transactionSync(fn);
+  }
+
+  private exec<T extends Record<string, SqlStorageValue>>(query: string, ...params: SqlValue[]): T[] {
+    const cursor = this.sql.exec<T>(query, ...params);
+    const rows = cursor.toArray();
+    this.work.rowsRead += cursor.rowsRead;
+    this.work.rowsWritten += cursor.rowsWritten;
+    return rows;
+  }
+
+  private run(query: string, ...params: SqlValue[]): number {
+    const cursor = this.sql.exec(query, ...params);
+    cursor.toArray();
+    this.work.rowsRead += cursor.rowsRead;
+    this.work.rowsWritten += cursor.rowsWritten;
+    return cursor.rowsWritten;
+  }
+
+  // ---- batch ----------------------------------------------------------------------------
+
+  getMeta(): BatchMeta | null {
+    return (this.exec<BatchMeta & Record<string, SqlStorageValue>>("SELECT * FROM meta WHERE id = 1")[0] as BatchMeta) ?? null;
+  }
+
+  createMeta(m: {
+    batch_id: string;
+    stage: Stage;
+    phase: string;
+    error: string | null;
+    message_json: string;
+    manifest_key: string | null;
+    prefix: string | null;
+    now: number;
+    bucket_tokens: number;
+  }): void {
+    this.run(
+      `INSERT INTO meta (id, batch_id, stage, phase, error, message_json, manifest_key, prefix, started_at, updated_at,
+                         completed_at, bucket_tokens, bucket_at)
+       VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      m.batch_id,
+      m.stage,
+      m.phase,
+      m.error,
+      m.message_json,
+      m.manifest_key,
+      m.prefix,
+      m.now,
+      m.now,
+      m.stage === "error" ? m.now : null,
+      m.bucket_tokens,
+      m.now,
+    );
+  }
+
+  updateMeta(fields: Partial<Omit<BatchMeta, "batch_id">>, now: number): void {
+    const entries = Object.entries({ ...fields, updated_at: now });
+    const sets = entries.map(([k]) => `${k} = ?`).join(", ");
+    this.run(`UPDATE meta SET ${sets} WHERE id = 1`, ...entries.map(([, v]) => v as SqlValue));
+  }
+
+  // ---- files ----------------------------------------------------------------------------
+
+  /** Adds files to the list; a key already present is kept as it was. Returns how many were new. */
+  insertFiles(files: FileEntry[]): number {
+    let added = 0;
+    for (const f of files) {
+      const { r2_key, logical_path, file_name, file_size, content_type, cid, source_r2_key, ...extra } = f;
+      const written = this.run(
+        `INSERT INTO files (r2_key, logical_path, file_name, file_size, content_type, cid, source_key, extra_json)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (r2_key) DO NOTHING`,
+        r2_key,
+        logical_path,
+        file_name,
+        file_size,
+        content_type,
+        cid ?? null,
+        source_r2_key ?? null,
+        Object.keys(extra).length > 0 ? JSON.stringify(extra) : null,
+      );
+      if (written > 0) added++;
+    }
+    return added;
+  }
+
+  removeFile(key: string): void {
+    this.run("DELETE FROM files WHERE r2_key = ?", key);
+  }
+
+  filesAfter(afterId: number, limit: number): FileRow[] {
+    return this.exec<FileRow & Record<string, SqlStorageValue>>(
+      "SELECT * FROM files WHERE id > ? ORDER BY id LIMIT ?",
+      afterId,
+      limit,
+    );
+  }
+
+  fileCount(): number {
+    return this.exec<{ n: number }>("SELECT COUNT(*) AS n FROM files")[0].n;
+  }
+
+  /** True when `key` is already a file of the batch or the output of a task. */
+  keyTaken(key: string): boolean {
+    return (
+      this.exec("SELECT 1 FROM files WHERE r2_key = ? UNION ALL SELECT 1 FROM tasks WHERE output_key = ? LIMIT 1", key, key)
+        .length > 0
+    );
+  }
+
+  // ---- tasks ----------------------------------------------------------------------------
+
+  insertTask(t: {
+    task_id: string;
+    phase: string;
+    file_id: number;
+    input_key: string;
+    output_key: string;
+    size_bytes: number;
+    params_json: string;
+    now: number;
+  }): boolean {
+    const written = this.run(
+      `INSERT INTO tasks (task_id, phase, file_id, input_key, output_key, size_bytes, params_json, state, updated_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT (task_id) DO NOTHING`,
+      t.task_id,
+      t.phase,
+      t.file_id,
+      t.input_key,
+      t.output_key,
+      t.size_bytes,
+      t.params_json,
+      t.now,
+    );
+    if (written === 0) return false;
+    this.bumpCount(t.phase, "pending", 1);
+    return true;
+  }
+
+  getTask(taskId: string): TaskRow | null {
+    return (this.exec<TaskRow & Record<string, SqlStorageValue>>("SELECT * FROM tasks WHERE task_id = ?", taskId)[0] as TaskRow) ?? null;
+  }
+
+  /**
+   * Moves a task from `from` to `to` (with the other columns in `set`) only if it is still in
+   * `from` at `attempt`; keeps the phase counters exact. Returns whether the task moved.
+   */
+  moveTask(
+    task: Pick<TaskRow, "task_id" | "phase" | "state" | "attempt">,
+    to: TaskState,
+    set: Partial<Omit<TaskRow, "id" | "task_id" | "phase" | "state">>,
+    now: number,
+  ): boolean {
+    const entries = Object.entries({ ...set, updated_at: now });
+    const sets = entries.map(([k]) => `${k} = ?`).join(", ");
+    const changed = this.run(
+      `UPDATE tasks SET state = ?, ${sets} WHERE task_id = ? AND state = ? AND attempt = ?`,
+      to,
+      ...entries.map(([, v]) => v as SqlValue),
+      task.task_id,
+      task.state,
+      task.attempt,
+    );
+    if (changed === 0) return false;
+    if (task.state !== to) {
+      this.bumpCount(task.phase, task.state, -1);
+      this.bumpCount(task.phase, to, 1);
+    }
+    return true;
+  }
+
+  private bumpCount(phase: string, state: TaskState, delta: number): void {
+    this.run(
+      `INSERT INTO phase_counts (phase, state, n) VALUES (?, ?, ?)
+       ON CONFLICT (phase, state) DO UPDATE SET n = n + excluded.n`,
+      phase,
+      state,
+      delta,
+    );
+  }
+
+  /** Tasks ready to spawn, oldest first: one index range scan per state, no sort of the batch. */
+  readyTasks(now: number, limit: number): TaskRow[] {
+    const take = (state: TaskState) =>
+      this.exec<TaskRow & Record<string, SqlStorageValue>>(
+        "SELECT * FROM tasks WHERE state = ? AND next_at <= ? ORDER BY next_at LIMIT ?",
+        state,
+        now,
+        limit,
+      );
+    return [...take("retrying"), ...take("pending")].sort((a, b) => a.next_at - b.next_at || a.id - b.id).slice(0, limit);
+  }
+
+  /** Live tasks whose deadline has passed. */
+  overdueTasks(now: number, limit: number): TaskRow[] {
+    const rows: TaskRow[] = [];
+    for (const state of LIVE_STATES) {
+      rows.push(
+        ...this.exec<TaskRow & Record<string, SqlStorageValue>>(
+          "SELECT * FROM tasks WHERE state = ? AND deadline_at <= ? ORDER BY deadline_at LIMIT ?",
+          state,
+          now,
+          limit - rows.length,
+        ),
+      );
+      if (rows.length >= limit) break;
+    }
+    return rows;
+  }
+
+  /** The earliest time something needs doing: a deadline or a ready task (index MIN lookups). */
+  earliest(includeReady: boolean): number | null {
+    const times: number[] = [];
+    for (const state of LIVE_STATES) {
+      const row = this.exec<{ t: number | null }>("SELECT MIN(deadline_at) AS t FROM tasks WHERE state = ?", state)[0];
+      if (row.t !== null) times.push(row.t);
+    }
+    if (includeReady) {
+      for (const state of ["pending", "retrying"] as const) {
+        const row = this.exec<{ t: number | null }>("SELECT MIN(next_at) AS t FROM tasks WHERE state = ?", state)[0];
+        if (row.t !== null) times.push(row.t);
+      }
+    }
+    const orphan = this.exec<{ t: number | null }>("SELECT MIN(next_at) AS t FROM orphan_machines")[0];
+    if (orphan.t !== null) times.push(orphan.t);
+    return times.length > 0 ? Math.min(...times) : null;
+  }
+
+  /** Live tasks with their machine, for reset. Bounded by MAX_CONCURRENT_MACHINES in practice. */
+  liveTasks(limit: number): TaskRow[] {
+    const rows: TaskRow[] = [];
+    for (const state of LIVE_STATES) {
+      rows.push(...this.exec<TaskRow & Record<string, SqlStorageValue>>("SELECT * FROM tasks WHERE state = ? LIMIT ?", state, limit));
+    }
+    return rows;
+  }
+
+  /** Fails every open task of the batch with `reason` (reset); counters follow. */
+  failOpenTasks(reason: string, now: number): number {
+    let failed = 0;
+    for (const state of OPEN_STATES) {
+      const byPhase = this.exec<{ phase: string; n: number }>(
+        "SELECT phase, COUNT(*) AS n FROM tasks WHERE state = ? GROUP BY phase",
+        state,
+      );
+      this.run(
+        "UPDATE tasks SET state = 'failed', error = ?, finished_at = ?, updated_at = ? WHERE state = ?",
+        reason,
+        now,
+        now,
+        state,
+      );
+      for (const { phase, n } of byPhase) {
+        this.bumpCount(phase, state, -n);
+        this.bumpCount(phase, "failed", n);
+        failed += n;
+      }
+    }
+    return failed;
+  }
+
+  tasksPage(opts: { states: readonly TaskState[] | null; afterId: number; limit: number }): TaskRow[] {
+    if (opts.states === null) {
+      return this.exec<TaskRow & Record<string, SqlStorageValue>>(
+        "SELECT * FROM tasks WHERE id > ? ORDER BY id LIMIT ?",
+        opts.afterId,
+        opts.limit,
+      );
+    }
+    const rows: TaskRow[] = [];
+    for (const state of opts.states) {
+      rows.push(
+        ...this.exec<TaskRow & Record<string, SqlStorageValue>>(
+          "SELECT * FROM tasks WHERE state = ? AND id > ? ORDER BY id LIMIT ?",
+          state,
+          opts.afterId,
+          opts.limit,
+        ),
+      );
+    }
+    return rows.sort((a, b) => a.id - b.id).slice(0, opts.limit);
+  }
+
+  counts(): PhaseCounts[] {
+    const rows = this.exec<{ phase: string; state: TaskState; n: number }>("SELECT phase, state, n FROM phase_counts");
+    const byPhase = new Map<string, PhaseCounts>();
+    for (const r of rows) {
+      let c = byPhase.get(r.phase);
+      if (!c) {
+        c = { phase: r.phase, total: 0, pending: 0, retrying: 0, creating: 0, booting: 0, running: 0, done: 0, failed: 0 };
+        byPhase.set(r.phase, c);
+      }
+      c[r.state] += r.n;
+      c.total += r.n;
+    }
+    return [...byPhase.values()];
+  }
+
+  phaseCounts(phase: string): PhaseCounts {
+    return (
+      this.counts().find((c) => c.phase === phase) ?? {
+        phase,
+        total: 0,
+        pending: 0,
+        retrying: 0,
+        creating: 0,
+        booting: 0,
+        running: 0,
+        done: 0,
+        failed: 0,
+      }
+    );
+  }
+
+  // ---- attempts (machine per task attempt) ----------------------------------------------
+
+  startAttempt(a: { task_id: string; attempt: number; machine_name: string; now: number }): void {
+    this.run(
+      `INSERT INTO attempts (task_id, attempt, machine_name, started_at) VALUES (?, ?, ?, ?)
+       ON CONFLICT (task_id, attempt) DO NOTHING`,
+      a.task_id,
+      a.attempt,
+      a.machine_name,
+      a.now,
+    );
+  }
+
+  recordMachine(taskId: string, attempt: number, machineId: string, region: string | null): void {
+    this.run("UPDATE attempts SET machine_id = ?, region = ? WHERE task_id = ? AND attempt = ?", machineId, region, taskId, attempt);
+  }
+
+  endAttempt(taskId: string, attempt: number, outcome: string, error: string | null, now: number): void {
+    this.run(
+      "UPDATE attempts SET outcome = ?, error = ?, ended_at = ? WHERE task_id = ? AND attempt = ? AND outcome IS NULL",
+      outcome,
+      error,
+      now,
+      taskId,
+      attempt,
+    );
+  }
+
+  /** A create that turned out never to have happened (429, budget): the attempt is forgotten. */
+  dropAttempt(taskId: string, attempt: number): void {
+    this.run("DELETE FROM attempts WHERE task_id = ? AND attempt = ?", taskId, attempt);
+  }
+
+  recentFailures(limit: number): AttemptRow[] {
+    return this.exec<AttemptRow & Record<string, SqlStorageValue>>(
+      "SELECT * FROM attempts WHERE outcome = 'failed' ORDER BY ended_at DESC LIMIT ?",
+      limit,
+    );
+  }
+
+  attemptsOf(taskId: string): AttemptRow[] {
+    return this.exec<AttemptRow & Record<string, SqlStorageValue>>(
+      "SELECT * FROM attempts WHERE task_id = ? ORDER BY attempt",
+      taskId,
+    );
+  }
+
+  // ---- machines to destroy later (destroy failed, or created after the task closed) -----
+
+  addOrphan(machineId: string, reason: string, now: number): void {
+    this.run(
+      "INSERT INTO orphan_machines (machine_id, reason, next_at) VALUES (?, ?, ?) ON CONFLICT (machine_id) DO NOTHING",
+      machineId,
+      reason,
+      now,
+    );
+  }
+
+  dueOrphans(now: number, limit: number): { machine_id: string; tries: number }[] {
+    return this.exec<{ machine_id: string; tries: number }>(
+      "SELECT machine_id, tries FROM orphan_machines WHERE next_at <= ? ORDER BY next_at LIMIT ?",
+      now,
+      limit,
+    );
+  }
+
+  orphanDone(machineId: string): void {
+    this.run("DELETE FROM orphan_machines WHERE machine_id = ?", machineId);
+  }
+
+  orphanRetry(machineId: string, nextAt: number): void {
+    this.run("UPDATE orphan_machines SET tries = tries + 1, next_at = ? WHERE machine_id = ?", nextAt, machineId);
+  }
+
+  orphanCount(): number {
+    return this.exec<{ n: number }>("SELECT COUNT(*) AS n FROM orphan_machines")[0].n;
+  }
+
+  databaseSize(): number {
+    return this.sql.databaseSize;
+  }
+}

@@ -1,0 +1,59 @@
+import { env } from "cloudflare:workers";
+import { runDurableObjectAlarm } from "cloudflare:test";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import {
+  createRequests,
+  getStatus,
+  installWorld,
+  putManifest,
+  putTiffs,
+  stub,
+  waitForStatus,
+  type World,
+} from "./support/engine.ts";
+
+let world: World;
+beforeEach(() => {
+  world = installWorld();
+});
+afterEach(async () => {
+  await world.restore();
+});
+
+describe("a batch end to end through real alarms and callbacks", () => {
+  it("converts 60 TIFFs from a manifest to DONE and posts the final list", async () => {
+    const keys = await putTiffs("b-many/", 60);
+    await putManifest("b-many", "b-many/manifest.json", [...keys, "b-many/notes.txt"]);
+    const started = await stub("b-many").start({ batch_id: "b-many", manifest_r2_key: "b-many/manifest.json" });
+    expect(started).toEqual({ created: true, status: "TIFF_CONVERSION" });
+
+    const status = await waitForStatus("b-many", (s) => s.status === "DONE");
+    expect(status.progress).toMatchObject({ tasks_total: 60, tasks_completed: 60, tasks_failed: 0, pending: 0, running: 0 });
+    expect(status.files_total).toBe(61 + 60);
+    expect(status.completed_at).not.toBeNull();
+
+    // One machine per task, created exactly as the engine rules say.
+    const creates = createRequests(world.fly);
+    expect(creates).toHaveLength(60);
+    const body = creates[0].body as { name: string; region: string; config: Record<string, unknown> };
+    expect(body.config).toMatchObject({ auto_destroy: true, restart: { policy: "no" }, image: env.FLY_IMAGE });
+    expect(body.config.metadata).toMatchObject({ fanout_batch: "b-many", fanout_phase: "TIFF_CONVERSION", fanout_attempt: "1" });
+    expect(body.region).toBe("iad");
+    const machineEnv = world.runner.started[0].env;
+    for (const name of ["TASK_ID", "BATCH_ID", "INPUT_R2_KEY", "OUTPUT_R2_KEY", "R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET", "CALLBACK_URL", "CALLBACK_TOKEN"]) {
+      expect(machineEnv[name], name).toBeTruthy();
+    }
+    expect(machineEnv.OUTPUT_R2_KEY).toBe(machineEnv.INPUT_R2_KEY.replace(/\.tif$/, ".jpg"));
+    await vi.waitFor(() => expect(world.fly.liveMachineCount()).toBe(0));
+
+    // Finalisation: the final list keeps every original and adds each JPEG.
+    expect(world.downstream.calls).toHaveLength(1);
+    expect(world.downstream.calls[0].url).toBe("http://downstream.test/api/batches/b-many/enqueue-processed");
+    const { files } = JSON.parse(world.downstream.calls[0].body) as { files: { r2_key: string; source_r2_key?: string; cid?: string }[] };
+    expect(files).toHaveLength(121);
+    expect(files.filter((f) => f.r2_key.endsWith(".tif"))).toHaveLength(60);
+    const jpeg = files.find((f) => f.r2_key === "b-many/scan-00007.jpg");
+    expect(jpeg).toMatchObject({ source_r2_key: "b-many/scan-00007.tif", content_type: "image/jpeg" });
+    expect(files.find((f) => f.r2_key === "b-many/scan-00007.tif")?.cid).toBe("cid-b-many/scan-00007.tif");
+  });
+});

@@ -1,0 +1,203 @@
+// Drives the orchestrator in workerd tests: a Fly Machines API emulator behind
+// http://fly.test (the documented API, the only thing mocked), a downstream behind
+// http://downstream.test, and machines whose behaviour each test chooses.
+import { env, exports } from "cloudflare:workers";
+import { runInDurableObject } from "cloudflare:test";
+import { vi } from "vitest";
+import {
+  FlyEmulator,
+  emulatorFetch,
+  machineProcessEnv,
+  type FlyEmulatorOptions,
+  type MachineRunner,
+  type RunnerEvents,
+  type RunnerMachine,
+} from "../../../local/fly-emulator/core.ts";
+import type { BatchDO, StatusBody } from "../../../orchestrator/batch-do.ts";
+import type { BatchStore } from "../../../orchestrator/store.ts";
+import { callbackSubject, signToken } from "../../../shared/token.ts";
+
+export const CALLBACK_SECRET = "test-callback-secret";
+export const ADMIN = { authorization: "Bearer test-admin-token" };
+
+/** What a machine does once started. */
+export type Behaviour = "succeed" | "hang" | "error" | "silent-exit";
+
+/** A runner whose machines do what the test says: call back, hang, or exit silently. */
+export class TestRunner implements MachineRunner {
+  readonly started: RunnerMachine[] = [];
+  readonly live = new Map<string, { machine: RunnerMachine; events: RunnerEvents }>();
+  behaviour: (m: RunnerMachine, nth: number) => Behaviour = () => "succeed";
+
+  start(machine: RunnerMachine, events: RunnerEvents): void {
+    this.started.push(machine);
+    this.live.set(machine.id, { machine, events });
+    const what = machine.dieSilently ? "silent-exit" : this.behaviour(machine, this.started.length);
+    if (what === "hang") return;
+    queueMicrotask(async () => {
+      const env = machineProcessEnv(machine);
+      let code = 0;
+      if (what === "succeed" || what === "error") {
+        const res = await postCallback(env, what === "succeed" ? successBody(env) : errorBody(env, "simulated failure"));
+        code = res.ok ? 0 : 2;
+      } else code = 137;
+      this.live.delete(machine.id);
+      events.exit(code);
+    });
+  }
+
+  kill(id: string): void {
+    this.live.delete(id);
+  }
+
+  /** Makes a hanging machine finish now. */
+  async finish(id: string, what: "succeed" | "error" = "succeed"): Promise<Response> {
+    const entry = this.live.get(id)!;
+    const env = machineProcessEnv(entry.machine);
+    const res = await postCallback(env, what === "succeed" ? successBody(env) : errorBody(env, "simulated failure"));
+    this.live.delete(id);
+    entry.events.exit(0);
+    return res;
+  }
+}
+
+export function successBody(env: Record<string, string>): Record<string, unknown> {
+  const key = env.OUTPUT_R2_KEY;
+  return {
+    task_id: env.TASK_ID,
+    batch_id: env.BATCH_ID,
+    status: "success",
+    output_r2_key: key,
+    output_file_name: key.slice(key.lastIndexOf("/") + 1),
+    output_file_size: 1234,
+    machine_id: env.FLY_MACHINE_ID,
+    performance: { total_time_ms: 10, download_time_ms: 1, conversion_time_ms: 8, upload_time_ms: 1 },
+  };
+}
+
+export function errorBody(env: Record<string, string>, error: string, retryable?: boolean): Record<string, unknown> {
+  return { task_id: env.TASK_ID, batch_id: env.BATCH_ID, status: "error", error, ...(retryable === undefined ? {} : { retryable }) };
+}
+
+export async function postCallback(env: Record<string, string>, body: unknown, token?: string): Promise<Response> {
+  return exports.default.fetch(
+    new Request(env.CALLBACK_URL, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${token ?? env.CALLBACK_TOKEN}` },
+      body: JSON.stringify(body),
+    }),
+  );
+}
+
+export async function callbackTo(batchId: string, taskId: string, body: unknown, token?: string): Promise<Response> {
+  const t = token ?? (await signToken(CALLBACK_SECRET, callbackSubject(batchId, taskId)));
+  return postCallback({ CALLBACK_URL: `http://orchestrator.test/callback/${batchId}/${taskId}`, CALLBACK_TOKEN: t }, body);
+}
+
+export interface Downstream {
+  calls: { url: string; body: string }[];
+  /** Status codes to answer, in order; 200 once they run out. */
+  script: number[];
+}
+
+export interface World {
+  fly: FlyEmulator;
+  runner: TestRunner;
+  downstream: Downstream;
+  restore(): Promise<void>;
+}
+
+/** Routes fetches to the Fly emulator and the downstream; everything else passes through. */
+export function installWorld(options: FlyEmulatorOptions = {}): World {
+  const runner = new TestRunner();
+  const fly = new FlyEmulator({ rateLimits: false, runner, ...options });
+  const flyFetch = emulatorFetch(fly);
+  const downstream: Downstream = { calls: [], script: [] };
+  const original = globalThis.fetch;
+  const spy = vi.spyOn(globalThis, "fetch").mockImplementation(async (input, init) => {
+    const request = new Request(input, init);
+    const host = new URL(request.url).host;
+    if (host === "fly.test") return flyFetch(request);
+    if (host === "downstream.test") {
+      downstream.calls.push({ url: request.url, body: await request.text() });
+      return new Response(null, { status: downstream.script.shift() ?? 200 });
+    }
+    return original(request);
+  });
+  return {
+    fly,
+    runner,
+    downstream,
+    async restore() {
+      spy.mockRestore();
+      await fly.stop();
+    },
+  };
+}
+
+export const stub = (batchId: string) => env.BATCH_DO.getByName(batchId);
+
+export async function getStatus(batchId: string): Promise<StatusBody> {
+  const res = await exports.default.fetch(`http://orchestrator.test/status/${batchId}`);
+  if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
+  return (await res.json()) as StatusBody;
+}
+
+/** Polls GET /status until `done(status)`; real alarms and callbacks do the work. */
+export async function waitForStatus(
+  batchId: string,
+  done: (s: StatusBody) => boolean,
+  timeoutMs = 20_000,
+): Promise<StatusBody> {
+  const until = Date.now() + timeoutMs;
+  let last: StatusBody | undefined;
+  while (Date.now() < until) {
+    last = await getStatus(batchId).catch(() => undefined);
+    if (last && done(last)) return last;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`timed out waiting; last status: ${JSON.stringify(last)}`);
+}
+
+/** Puts `n` TIFF-named objects under `prefix` (content does not matter: no conversion here). */
+export async function putTiffs(prefix: string, n: number, extra: string[] = []): Promise<string[]> {
+  const keys = Array.from({ length: n }, (_, i) => `${prefix}scan-${String(i).padStart(5, "0")}.tif`);
+  for (let i = 0; i < keys.length; i += 100) {
+    await Promise.all(keys.slice(i, i + 100).map((k) => env.BUCKET.put(k, "II*\0", { httpMetadata: { contentType: "image/tiff" } })));
+  }
+  await Promise.all(extra.map((k) => env.BUCKET.put(k, "x")));
+  return keys;
+}
+
+export async function putManifest(batchId: string, key: string, files: string[]): Promise<void> {
+  const manifest = {
+    batch_id: batchId,
+    directories: [
+      {
+        directory_path: "/archive",
+        processing_config: { ocr: false },
+        files: files.map((k) => ({ r2_key: k, logical_path: `/archive/${k.split("/").pop()}`, file_name: k.split("/").pop(), file_size: 4, content_type: k.endsWith(".tif") ? "image/tiff" : "text/plain", cid: `cid-${k}` })),
+      },
+    ],
+  };
+  await env.BUCKET.put(key, JSON.stringify(manifest));
+}
+
+/** Runs `fn` with the DO's store, e.g. to move a deadline into the past. */
+export function withStore<R>(batchId: string, fn: (store: BatchStore, sql: SqlStorage) => R): Promise<R> {
+  return runInDurableObject(stub(batchId), (instance: BatchDO, state) =>
+    fn((instance as unknown as { store: BatchStore }).store, state.storage.sql),
+  );
+}
+
+/** Makes every deadline and backoff of the batch due now, as if time had passed. */
+export function expireAll(batchId: string): Promise<void> {
+  return withStore(batchId, (_s, sql) => {
+    sql.exec("UPDATE tasks SET deadline_at = 0, limit_at = 0 WHERE state IN ('creating','booting','running')");
+    sql.exec("UPDATE tasks SET next_at = 0 WHERE state IN ('pending','retrying')");
+  });
+}
+
+export function createRequests(fly: FlyEmulator) {
+  return fly.requests.filter((r) => r.method === "POST" && /\/machines$/.test(r.path.split("?")[0]));
+}
