@@ -1,0 +1,111 @@
+// The machine's environment: the shared MachineEnv contract plus worker-only tuning knobs,
+// parsed once at start. Problems name the variable, what was expected and what was received
+// (never the value of a secret).
+import { readFileSync } from "node:fs";
+import { totalmem } from "node:os";
+import { z } from "zod";
+import { BatchId, MachineEnv, SECRET_ENV_NAMES, TaskId } from "../shared/contracts.ts";
+
+const envInt = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^[0-9]+$/, "must be a whole number")
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max));
+
+/** Knobs of this worker only (the orchestrator never sets them; tests and operators may). */
+export const WorkerTuning = z.object({
+  CALLBACK_MAX_ATTEMPTS: envInt(1, 20).default(6),
+  /** First retry delay; doubles per attempt with jitter, capped at 30 s. */
+  CALLBACK_BACKOFF_MS: envInt(1, 60_000).default(1000),
+  CALLBACK_TIMEOUT_MS: envInt(100, 600_000).default(15_000),
+});
+export type WorkerTuning = z.infer<typeof WorkerTuning>;
+
+export type WorkerEnv = MachineEnv & WorkerTuning & { memory: MemoryBudget };
+
+export interface MemoryBudget {
+  /** The machine's memory in MB. */
+  mb: number;
+  source: "MEMORY_MB" | "cgroup" | "os.totalmem";
+}
+
+/** Where an error callback can still go when the rest of the env is unusable. */
+export interface CallbackTarget {
+  url: string;
+  token: string;
+  batchId: string;
+  taskId: string;
+}
+
+export type EnvResult =
+  | { ok: true; env: WorkerEnv }
+  | { ok: false; problems: string[]; callback?: CallbackTarget };
+
+const SECRET = new Set<string>(SECRET_ENV_NAMES);
+
+function received(name: string, raw: Record<string, string | undefined>): string {
+  const value = raw[name];
+  if (value === undefined) return "it is not set";
+  if (SECRET.has(name)) return "received a value that does not fit (not shown: secret)";
+  const shown = value.length > 80 ? `${value.slice(0, 80)}…` : value;
+  return `received ${JSON.stringify(shown)}`;
+}
+
+export function parseEnv(source: NodeJS.ProcessEnv): EnvResult {
+  // An empty variable means "unset": orchestrator templates often render optional ones as "".
+  const raw: Record<string, string | undefined> = {};
+  for (const [k, v] of Object.entries(source)) if (v !== undefined && v !== "") raw[k] = v;
+
+  const machine = MachineEnv.safeParse(raw);
+  const tuning = WorkerTuning.safeParse(raw);
+  if (machine.success && tuning.success) {
+    return { ok: true, env: { ...machine.data, ...tuning.data, memory: machineMemory(machine.data.MEMORY_MB) } };
+  }
+  const problems: string[] = [];
+  for (const issue of [...(machine.error?.issues ?? []), ...(tuning.error?.issues ?? [])]) {
+    const name = String(issue.path[0] ?? "(env)");
+    problems.push(
+      raw[name] === undefined ? `${name} is required but ${received(name, raw)}` : `${name}: ${issue.message}; ${received(name, raw)}`,
+    );
+  }
+  return { ok: false, problems, callback: callbackTarget(raw) };
+}
+
+/** The error callback is possible when its URL, token and the task's identity are usable. */
+function callbackTarget(raw: Record<string, string | undefined>): CallbackTarget | undefined {
+  const url = MachineEnv.shape.CALLBACK_URL.safeParse(raw.CALLBACK_URL);
+  const token = raw.CALLBACK_TOKEN;
+  if (!url.success || !token) return undefined;
+  // The orchestrator's URL is /callback/:batchId/:taskId: fall back to it for the identity.
+  const segments = new URL(url.data).pathname.split("/").filter(Boolean).map(decodeURIComponent);
+  const batchId = BatchId.safeParse(raw.BATCH_ID).data ?? BatchId.safeParse(segments.at(-2)).data;
+  const taskId = TaskId.safeParse(raw.TASK_ID).data ?? TaskId.safeParse(segments.at(-1)).data;
+  if (!batchId || !taskId) return undefined;
+  return { url: url.data, token, batchId, taskId };
+}
+
+/** MEMORY_MB when set, else the cgroup limit (containers), else the VM's memory (Fly). */
+export function machineMemory(memoryMb: number | undefined): MemoryBudget {
+  if (memoryMb !== undefined) return { mb: memoryMb, source: "MEMORY_MB" };
+  const os = Math.floor(totalmem() / 1024 / 1024);
+  for (const file of ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]) {
+    try {
+      const text = readFileSync(file, "utf8").trim();
+      if (/^[0-9]+$/.test(text)) {
+        const mb = Math.floor(Number(text) / 1024 / 1024);
+        if (mb > 0 && mb < os) return { mb, source: "cgroup" };
+      }
+    } catch {
+      // no cgroup memory controller visible: fall through to the VM's memory
+    }
+  }
+  return { mb: os, source: "os.totalmem" };
+}
+
+/** The env as it may be logged: secrets replaced by whether they are set. */
+export function describeEnv(env: WorkerEnv): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(env)) out[k] = SECRET.has(k) ? (v ? "[set]" : "[unset]") : v;
+  return out;
+}

@@ -1,0 +1,41 @@
+// One JSON object per line, prefixed by component, so `fly logs -a APP -i MACHINE_ID --no-tail`
+// reads as the story of one task. Secret values are scrubbed from every line.
+
+export type Component = "TiffConversion" | "Env" | "S3" | "Callback" | "FlyWorker";
+type Fields = Record<string, unknown>;
+
+let context: Fields = {};
+let secrets: string[] = [];
+
+/** Fields added to every later line (batch_id, task_id, machine_id). */
+export function setLogContext(fields: Fields): void {
+  context = { ...context, ...fields };
+}
+
+/** Values that must never appear in output; ignored when too short to be meaningful. */
+export function registerSecrets(values: (string | undefined)[]): void {
+  for (const v of values) if (v && v.length >= 4 && !secrets.includes(v)) secrets.push(v);
+  secrets.sort((a, b) => b.length - a.length); // longest first, so a prefix never leaves a tail
+}
+
+export function redact(text: string): string {
+  let out = text;
+  for (const s of secrets) out = out.split(s).join("[redacted]");
+  return out;
+}
+
+function emit(stream: NodeJS.WriteStream, component: Component, level: string, event: string, fields: Fields): void {
+  const line = JSON.stringify({ ts: new Date().toISOString(), level, event, ...context, ...fields }, (_k, v: unknown) =>
+    v instanceof Error ? v.message : typeof v === "bigint" ? Number(v) : v,
+  );
+  stream.write(`[${component}] ${redact(line)}\n`);
+}
+
+export const log = {
+  info: (component: Component, event: string, fields: Fields = {}) => emit(process.stdout, component, "info", event, fields),
+  warn: (component: Component, event: string, fields: Fields = {}) => emit(process.stdout, component, "warn", event, fields),
+  error: (component: Component, event: string, fields: Fields = {}) => emit(process.stderr, component, "error", event, fields),
+};
+
+/** Milliseconds since `start` (a performance.now() value), rounded to 0.1 ms. */
+export const since = (start: number) => Math.round((performance.now() - start) * 10) / 10;

@@ -1,0 +1,211 @@
+// Reads a TIFF's directory chain from disk with positional reads (never the whole file):
+// enough to tell a thumbnail from a scan, size the memory plan and reject non-TIFFs clearly.
+import { open, type FileHandle } from "node:fs/promises";
+import { TaskError } from "./errors.ts";
+
+export interface TiffDirectory {
+  /** 0-based position in the IFD chain; sharp's `page` option counts the same way. */
+  index: number;
+  width: number;
+  height: number;
+  /** Tag 254: bit 0 reduced-resolution, bit 1 page of a multi-page image, bit 2 mask. */
+  newSubfileType: number;
+  /** Tag 255 (old style): 2 = reduced-resolution. */
+  subfileType?: number;
+  samplesPerPixel: number;
+  bitsPerSample: number;
+  /** Tag 339: 1 unsigned int, 2 signed int, 3 float. */
+  sampleFormat: number;
+  compression: number;
+  photometric?: number;
+  orientation: number;
+  /** Rows per strip (strip-based files): libtiff decodes a whole strip at once. */
+  rowsPerStrip?: number;
+  tileWidth?: number;
+  tileHeight?: number;
+}
+
+const TYPE_SIZE: Record<number, number> = { 1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8 };
+const MAX_DIRECTORIES = 10_000;
+
+const SIGNATURES: [string, (b: Buffer) => boolean][] = [
+  ["a PNG image", (b) => b.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))],
+  ["a JPEG image", (b) => b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff],
+  ["a PDF document", (b) => b.toString("latin1", 0, 5) === "%PDF-"],
+  ["a GIF image", (b) => b.toString("latin1", 0, 4) === "GIF8"],
+  ["a WebP image", (b) => b.toString("latin1", 0, 4) === "RIFF" && b.toString("latin1", 8, 12) === "WEBP"],
+  ["a JPEG 2000 image", (b) => b.subarray(0, 12).equals(Buffer.from("0000000c6a5020200d0a870a", "hex"))],
+  ["an ISO media file (HEIF/AVIF/MP4)", (b) => b.toString("latin1", 4, 8) === "ftyp"],
+  ["a ZIP archive", (b) => b.toString("latin1", 0, 4) === "PK\x03\x04"],
+  ["a BMP image", (b) => b.toString("latin1", 0, 2) === "BM"],
+  ["an HTML or XML document (an error page saved as the object?)", (b) => /^\s*</.test(b.toString("latin1", 0, 16))],
+];
+
+/** What the first bytes say the file is, for the error message of a non-TIFF. */
+export function describeSignature(head: Buffer): string {
+  for (const [name, test] of SIGNATURES) if (head.length >= 12 && test(head)) return name;
+  const hex = [...head.subarray(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join(" ");
+  return `an unknown format (first bytes ${hex})`;
+}
+
+/** Reads every directory of the TIFF at `path`; throws a TaskError saying why it cannot. */
+export async function readTiffDirectories(path: string): Promise<TiffDirectory[]> {
+  const file = await open(path, "r");
+  try {
+    const { size } = await file.stat();
+    if (size === 0) throw new TaskError("input", "input object is empty (0 bytes): nothing to convert");
+    const head = await readAt(file, 0, Math.min(16, size));
+    const order = head.toString("latin1", 0, 2);
+    const le = order === "II";
+    if (head.length < 8 || (order !== "II" && order !== "MM")) {
+      throw new TaskError("input", `input is not a TIFF: it looks like ${describeSignature(head)}`);
+    }
+    const r = new Reader(le);
+    const magic = r.u16(head, 2);
+    if (magic !== 42 && magic !== 43) {
+      throw new TaskError("input", `input is not a TIFF: byte-order mark ${order} is followed by ${magic}, not 42 (TIFF) or 43 (BigTIFF)`);
+    }
+    const big = magic === 43;
+    if (big && head.length < 16) throw new TaskError("input", `input is truncated: a BigTIFF header needs 16 bytes, the file has ${size}`);
+    let offset = big ? r.u64(head, 8) : r.u32(head, 4);
+    const directories: TiffDirectory[] = [];
+    const seen = new Set<number>();
+    while (offset !== 0) {
+      const index = directories.length;
+      const where = index === 0 ? "the first TIFF directory" : `TIFF directory ${index + 1}`;
+      if (offset + (big ? 8 : 2) > size) {
+        throw new TaskError(
+          "input",
+          `input is truncated or corrupt: ${where} is at byte ${offset}, beyond the end of the file (${size} bytes)`,
+        );
+      }
+      if (seen.has(offset)) throw new TaskError("input", `input is corrupt: ${where} points back to an earlier directory (a loop)`);
+      if (index >= MAX_DIRECTORIES) throw new TaskError("input", `input has more than ${MAX_DIRECTORIES} TIFF directories`);
+      seen.add(offset);
+      const countBytes = await readAt(file, offset, big ? 8 : 2);
+      const count = big ? r.u64(countBytes, 0) : r.u16(countBytes, 0);
+      const entrySize = big ? 20 : 12;
+      const tableSize = count * entrySize + (big ? 8 : 4);
+      const tableStart = offset + countBytes.length;
+      if (tableStart + tableSize > size) {
+        throw new TaskError("input", `input is truncated or corrupt: ${where} (${count} entries at byte ${offset}) runs past the end of the file (${size} bytes)`);
+      }
+      const table = await readAt(file, tableStart, tableSize);
+      const tags = new Map<number, number>();
+      for (let i = 0; i < count; i++) {
+        const at = i * entrySize;
+        const tag = r.u16(table, at);
+        const type = r.u16(table, at + 2);
+        const n = big ? r.u64(table, at + 4) : r.u32(table, at + 4);
+        const width = TYPE_SIZE[type];
+        if (!width || n === 0) continue;
+        const inline = width * n <= (big ? 8 : 4);
+        const valueAt = at + (big ? 12 : 8);
+        // Only the first value of each tag matters here (e.g. BitsPerSample 8,8,8 → 8).
+        const bytes = inline ? table.subarray(valueAt, valueAt + width) : await readFirstValue(file, big ? r.u64(table, valueAt) : r.u32(table, valueAt), width, size);
+        if (bytes) tags.set(tag, r.scalar(bytes, type));
+      }
+      const width = tags.get(256);
+      const height = tags.get(257);
+      if (!width || !height) {
+        throw new TaskError("input", `input is corrupt: ${where} has no ImageWidth/ImageLength (width ${width ?? "missing"}, height ${height ?? "missing"})`);
+      }
+      directories.push({
+        index,
+        width,
+        height,
+        newSubfileType: tags.get(254) ?? 0,
+        subfileType: tags.get(255),
+        samplesPerPixel: tags.get(277) ?? 1,
+        bitsPerSample: tags.get(258) ?? 1,
+        sampleFormat: tags.get(339) ?? 1,
+        compression: tags.get(259) ?? 1,
+        photometric: tags.get(262),
+        orientation: tags.get(274) ?? 1,
+        rowsPerStrip: tags.has(322) ? undefined : Math.min(tags.get(278) ?? height, height),
+        tileWidth: tags.get(322),
+        tileHeight: tags.get(323),
+      });
+      const next = table.subarray(count * entrySize);
+      offset = big ? r.u64(next, 0) : r.u32(next, 0);
+    }
+    if (directories.length === 0) throw new TaskError("input", "input is corrupt: the TIFF has no image directory");
+    return directories;
+  } finally {
+    await file.close();
+  }
+}
+
+async function readAt(file: FileHandle, position: number, length: number): Promise<Buffer> {
+  const buffer = Buffer.alloc(length);
+  const { bytesRead } = await file.read(buffer, 0, length, position);
+  return buffer.subarray(0, bytesRead);
+}
+
+async function readFirstValue(file: FileHandle, at: number, width: number, size: number): Promise<Buffer | undefined> {
+  if (at + width > size) return undefined;
+  return readAt(file, at, width);
+}
+
+class Reader {
+  readonly le: boolean;
+  constructor(le: boolean) {
+    this.le = le;
+  }
+  u16 = (b: Buffer, at: number) => (this.le ? b.readUInt16LE(at) : b.readUInt16BE(at));
+  u32 = (b: Buffer, at: number) => (this.le ? b.readUInt32LE(at) : b.readUInt32BE(at));
+  u64 = (b: Buffer, at: number) => Number(this.le ? b.readBigUInt64LE(at) : b.readBigUInt64BE(at));
+  scalar(b: Buffer, type: number): number {
+    switch (type) {
+      case 1:
+      case 2:
+      case 6:
+      case 7:
+        return b[0];
+      case 3:
+      case 8:
+        return this.u16(b, 0);
+      case 16:
+      case 17:
+      case 18:
+        return this.u64(b, 0);
+      default:
+        return this.u32(b, 0);
+    }
+  }
+}
+
+export interface PageSelection {
+  convert: TiffDirectory[];
+  skipped: { page: number; width: number; height: number; reason: string }[];
+}
+
+/**
+ * The full-resolution pages of a TIFF. Reduced-resolution images (thumbnails, previews) and
+ * masks are skipped — by their NewSubfileType flag, or, unflagged, by being a small fraction
+ * of the largest page — and every skip is reported, never silent.
+ */
+export function selectPages(directories: TiffDirectory[]): PageSelection {
+  const area = (d: TiffDirectory) => d.width * d.height;
+  const largest = Math.max(...directories.map(area));
+  const convert: TiffDirectory[] = [];
+  const skipped: PageSelection["skipped"] = [];
+  for (const d of directories) {
+    let reason: string | undefined;
+    if (d.newSubfileType & 1) reason = "reduced-resolution image (NewSubfileType bit 0), e.g. a thumbnail";
+    else if (d.newSubfileType & 4) reason = "transparency mask (NewSubfileType bit 2)";
+    else if (d.subfileType === 2) reason = "reduced-resolution image (SubfileType=2)";
+    else if (area(d) * 16 <= largest && Math.max(d.width, d.height) <= 1024) {
+      reason = `unflagged thumbnail: ${d.width}×${d.height} is at most 1/16 of the largest page and ≤ 1024 px`;
+    }
+    if (reason) skipped.push({ page: d.index + 1, width: d.width, height: d.height, reason });
+    else convert.push(d);
+  }
+  if (convert.length === 0) {
+    // Every image is flagged reduced: the largest one is the best rendition there is.
+    const best = directories.reduce((a, b) => (area(b) > area(a) ? b : a));
+    convert.push(best);
+    skipped.splice(skipped.findIndex((s) => s.page === best.index + 1), 1);
+  }
+  return { convert, skipped };
+}
