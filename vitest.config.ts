@@ -3,6 +3,8 @@ import { cloudflareTest } from "@cloudflare/vitest-plugin";
 
 export default defineConfig({
   test: {
+    // Component logs are JSON lines meant for wrangler tail; show them only for failing tests.
+    silent: "passed-only",
     projects: [
       {
         // The orchestrator in workerd: real DOs, SQLite, alarms, queues and R2 (miniflare).
@@ -29,7 +31,7 @@ export default defineConfig({
             },
           }),
         ],
-        test: { name: "workers", include: ["test/workers/**/*.test.ts"], silent: "passed-only" },
+        test: { name: "workers", include: ["test/workers/**/*.test.ts"] },
       },
       {
         // The fly-worker, the local stack's parts: real child processes, S3 and HTTP on loopback.

@@ -39,8 +39,6 @@ const ORPHANS_PER_ALARM = 50;
 /** How long a create may stay without an answer before we look for its machine. */
 const CREATE_ANSWER_MS = 60_000;
 const RECHECK_MS = 5_000;
-/** How often a live machine's state is looked at (catches machines that die without calling back). */
-const MACHINE_CHECK_MS = 30_000;
 const MAX_STEP_FAILURES = 10;
 const RECENT_FAILURES = 10;
 
@@ -549,7 +547,7 @@ export class BatchDO extends DurableObject<Env> {
     const after = this.store.getMeta()!;
     const live = counts.creating + counts.booting + counts.running;
     const canSpawn = live < this.limits(phase).maxLive;
-    let next = this.store.earliest(canSpawn) ?? now + MACHINE_CHECK_MS;
+    let next = this.store.earliest(canSpawn) ?? now + this.config.MACHINE_CHECK_INTERVAL_MS;
     if (canSpawn && counts.pending + counts.retrying > 0) {
       // Wait for the create budget: a token, and any Retry-After the API asked for.
       const rate = this.config.FLY_CREATE_RATE_PER_SECOND;
@@ -657,7 +655,7 @@ export class BatchDO extends DurableObject<Env> {
           this.store.moveTask(
             task,
             "booting",
-            { machine_id: outcome.machineId, region: outcome.region, limit_at: limitAt, deadline_at: Math.min(now + MACHINE_CHECK_MS, limitAt) },
+            { machine_id: outcome.machineId, region: outcome.region, limit_at: limitAt, deadline_at: Math.min(now + this.config.MACHINE_CHECK_INTERVAL_MS, limitAt) },
             now,
           );
           log("DO", "machine_created", { ...fields, machine_id: outcome.machineId, region: outcome.region });
@@ -766,7 +764,7 @@ export class BatchDO extends DurableObject<Env> {
     const current = this.store.getTask(task.task_id);
     if (!current || current.state !== task.state || current.attempt !== task.attempt) return;
     const state = machine?.state ?? "destroyed";
-    const nextCheck = (limitAt: number) => Math.min(now + MACHINE_CHECK_MS, limitAt);
+    const nextCheck = (limitAt: number) => Math.min(now + this.config.MACHINE_CHECK_INTERVAL_MS, limitAt);
     let failure: string | null = null;
     if (state === "stopped" || state === "destroyed" || state === "destroying" || state === "failed") {
       failure = `machine ${machineId} ${state === "failed" ? "failed" : "exited"} without calling back`;

@@ -30,6 +30,8 @@ const ConfigSchema = z.object({
   /** Override every phase's boot/run timeouts (the local stack and tests use short ones). */
   BOOT_TIMEOUT_MS: z.preprocess((v) => (v === undefined || v === "" ? undefined : Number(v)), z.number().int().positive().optional()),
   RUN_TIMEOUT_MS: z.preprocess((v) => (v === undefined || v === "" ? undefined : Number(v)), z.number().int().positive().optional()),
+  /** How often a live machine's state is looked at, to catch machines that die without calling back. */
+  MACHINE_CHECK_INTERVAL_MS: int(100, 600_000, 30_000),
   R2_ACCOUNT_ID: z.string().default(""),
   R2_BUCKET: z.string().min(1, "must name the bucket machines read and write"),
   R2_ENDPOINT: optionalUrl,
