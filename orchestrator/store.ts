@@ -32,6 +32,8 @@ export interface BatchMeta {
   finalise_attempts: number;
   finalise_error: string | null;
   next_seq: number;
+  /** Size of the file list, kept with every insert and delete so status never counts rows. */
+  files_total: number;
 }
 
 export interface TaskRow {
@@ -106,7 +108,8 @@ const MIGRATIONS: string[] = [
      step_failures INTEGER NOT NULL DEFAULT 0,
      finalise_attempts INTEGER NOT NULL DEFAULT 0,
      finalise_error TEXT,
-     next_seq INTEGER NOT NULL DEFAULT 0
+     next_seq INTEGER NOT NULL DEFAULT 0,
+     files_total INTEGER NOT NULL DEFAULT 0
    );
    CREATE TABLE files (
      id INTEGER PRIMARY KEY,
@@ -284,11 +287,14 @@ export class BatchStore {
       );
       if (written > 0) added++;
     }
+    if (added > 0) this.run("UPDATE meta SET files_total = files_total + ? WHERE id = 1", added);
     return added;
   }
 
   removeFile(key: string): void {
-    this.run("DELETE FROM files WHERE r2_key = ?", key);
+    if (this.run("DELETE FROM files WHERE r2_key = ?", key) > 0) {
+      this.run("UPDATE meta SET files_total = files_total - 1 WHERE id = 1");
+    }
   }
 
   filesAfter(afterId: number, limit: number): FileRow[] {
@@ -300,7 +306,7 @@ export class BatchStore {
   }
 
   fileCount(): number {
-    return this.exec<{ n: number }>("SELECT COUNT(*) AS n FROM files")[0].n;
+    return this.exec<{ n: number }>("SELECT files_total AS n FROM meta WHERE id = 1")[0]?.n ?? 0;
   }
 
   /** True when `key` is already a file of the batch or the output of a task. */

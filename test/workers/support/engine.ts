@@ -129,15 +129,24 @@ export function installWorld(options: FlyEmulatorOptions = {}): World {
     runner,
     downstream,
     async restore() {
+      for (const id of touched) await env.BATCH_DO.getByName(id).reset();
+      touched.clear();
       spy.mockRestore();
       await fly.stop();
     },
   };
 }
 
-export const stub = (batchId: string) => env.BATCH_DO.getByName(batchId);
+/** Batches a test touched: reset when its world is restored, so no batch keeps working into the next test. */
+const touched = new Set<string>();
+
+export const stub = (batchId: string) => {
+  touched.add(batchId);
+  return env.BATCH_DO.getByName(batchId);
+};
 
 export async function getStatus(batchId: string): Promise<StatusBody> {
+  touched.add(batchId);
   const res = await exports.default.fetch(`http://orchestrator.test/status/${batchId}`);
   if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
   return (await res.json()) as StatusBody;
