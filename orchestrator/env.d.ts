@@ -23,6 +23,7 @@ interface Env {
   R2_SECRET_ACCESS_KEY: string;
 }
 declare namespace Cloudflare {
+  // eslint-disable-next-line @typescript-eslint/no-empty-object-type -- declaration merging
   interface Env extends globalThis.Env {}
   interface GlobalProps {
     mainModule: typeof import("./index.ts");

@@ -30,9 +30,18 @@ export class StorageError extends Error {
   }
 }
 
+/** The part of the R2 binding used here (structural, so Node code can import this file). */
+export interface R2BucketLike {
+  get(key: string): Promise<{ text(): Promise<string> } | null>;
+  list(options: { prefix: string; limit: number; cursor?: string; include?: ("httpMetadata" | "customMetadata")[] }): Promise<
+    | { objects: { key: string; size: number; httpMetadata?: { contentType?: string } }[]; truncated: true; cursor: string }
+    | { objects: { key: string; size: number; httpMetadata?: { contentType?: string } }[]; truncated: false }
+  >;
+}
+
 export class R2ObjectStore implements ObjectStore {
-  private readonly bucket: R2Bucket;
-  constructor(bucket: R2Bucket) {
+  private readonly bucket: R2BucketLike;
+  constructor(bucket: R2BucketLike) {
     this.bucket = bucket;
   }
 
@@ -107,7 +116,7 @@ export class S3ObjectStore implements ObjectStore {
     const q = new URLSearchParams({ "list-type": "2", prefix, "max-keys": String(limit) });
     if (cursor) q.set("continuation-token", cursor);
     const res = await this.send(`${this.base}?${q}`);
-    if (!res.ok) throw await this.failure(res, `LIST ${prefix}`);
+    if (!res.ok) throw await this.failure(res, `LIST ${prefix || "(whole bucket)"}`);
     const xml = await res.text();
     const objects: ObjectInfo[] = [];
     for (const m of xml.matchAll(/<Contents>([\s\S]*?)<\/Contents>/g)) {

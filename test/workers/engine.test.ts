@@ -1,9 +1,7 @@
 import { env } from "cloudflare:workers";
-import { runDurableObjectAlarm } from "cloudflare:test";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import {
   createRequests,
-  getStatus,
   installWorld,
   putManifest,
   putTiffs,

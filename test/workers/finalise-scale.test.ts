@@ -22,7 +22,7 @@ describe("finalisation", () => {
     s = await getStatus("fin-retry");
     expect(s.finalisation).toEqual({ attempts: 2, last_error: "downstream answered 500" });
     await runDurableObjectAlarm(stub("fin-retry"));
-    s = await waitForStatus("fin-retry", (x) => x.status === "DONE");
+    await waitForStatus("fin-retry", (x) => x.status === "DONE");
     expect(world.downstream.calls).toHaveLength(3);
     for (const call of world.downstream.calls) {
       expect((JSON.parse(call.body) as { files: unknown[] }).files).toHaveLength(6);

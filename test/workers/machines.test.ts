@@ -118,7 +118,7 @@ describe("createMachine", () => {
   });
 
   it("retries 5xx with backoff and creates exactly one machine", async () => {
-    const { machines, core, requests } = setup();
+    const { core, requests } = setup();
     let failures = 2;
     const flaky: typeof fetch = async (input, init) => {
       const request = new Request(input, init);

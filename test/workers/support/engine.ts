@@ -36,11 +36,11 @@ export class TestRunner implements MachineRunner {
     if (what === "hang") return;
     queueMicrotask(async () => {
       const env = machineProcessEnv(machine);
-      let code = 0;
+      let code = 137;
       if (what === "succeed" || what === "error") {
         const res = await postCallback(env, what === "succeed" ? successBody(env) : errorBody(env, "simulated failure"));
         code = res.ok ? 0 : 2;
-      } else code = 137;
+      }
       this.live.delete(machine.id);
       events.exit(code);
     });
