@@ -5,11 +5,12 @@ import { TaskError, errorMessage } from "./errors.ts";
 import type { TiffDirectory } from "./tiff.ts";
 
 // Measured with sharp 0.35 / libvips 8.18 on a 50.5 MP LZW TIFF, file input, MALLOC_ARENA_MAX=2:
-// streaming baseline q95 95 MB RSS; optimiseCoding, trellis or mozjpeg ≈ 382-392 MB, i.e. the
-// encoder buffers ≈ 5.7 bytes per pixel; a 90° turn adds one decoded copy (3 B/px for RGB8).
+// the whole worker peaks at 160 MB with the streaming baseline encoder and 458 MB with mozjpeg
+// (optimiseCoding or trellis alone buffer the same), i.e. ≈ 5.9 bytes per pixel in the encoder;
+// a 90° turn adds one decoded copy (3 B/px for RGB8).
 export const MEMORY_MODEL = {
-  /** Node + sharp + AWS SDK + libvips line buffers. */
-  baseMb: 120,
+  /** Node + sharp + AWS SDK + libvips line buffers, measured peak of the streaming path. */
+  baseMb: 160,
   /** Coefficient buffer of an encoder that makes more than one pass (mozjpeg, optimiseCoding). */
   bufferedEncoderBytesPerPixel: 6.5,
   /** Share of the machine's memory the worker plans to use (kernel, page cache, slack). */
@@ -45,10 +46,17 @@ export function memoryBudgetMb(machineMb: number): number {
   return Math.floor(machineMb * MEMORY_MODEL.usableFraction);
 }
 
-/** The default pixel limit: the largest 8-bit RGB image that fits even when it must be turned. */
+/** sharp's own default limitInputPixels (0x3FFF × 0x3FFF). */
+export const SHARP_DEFAULT_PIXEL_LIMIT = 268_402_689;
+
+/**
+ * The default pixel limit, a guard against decompression bombs: sharp's default, raised on
+ * machines big enough to turn a larger 8-bit RGB image. Whether a page actually fits is
+ * planEncoder's job, which knows its orientation and depth.
+ */
 export function defaultMaxInputPixels(machineMb: number): number {
   const spare = (memoryBudgetMb(machineMb) - MEMORY_MODEL.baseMb) * 1024 * 1024;
-  return Math.max(1_000_000, Math.floor(spare / 3));
+  return Math.max(SHARP_DEFAULT_PIXEL_LIMIT, Math.floor(spare / 3));
 }
 
 /**

@@ -5,7 +5,7 @@ export type Component = "TiffConversion" | "Env" | "S3" | "Callback" | "FlyWorke
 type Fields = Record<string, unknown>;
 
 let context: Fields = {};
-let secrets: string[] = [];
+const secrets: string[] = [];
 
 /** Fields added to every later line (batch_id, task_id, machine_id). */
 export function setLogContext(fields: Fields): void {

@@ -1,6 +1,7 @@
 // One task: download the TIFF, pick its full-resolution pages, convert and upload each, and
 // build the success callback. Every failure surfaces as a TaskError for the error callback.
 import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import type { CallbackOutput, CallbackSuccess } from "../shared/contracts.ts";
 import { fileName, pageKey } from "../shared/keys.ts";
@@ -21,7 +22,19 @@ export interface TaskProgress {
   timings: Timings;
 }
 
-export const peakRssMb = () => Math.round(process.resourceUsage().maxRSS / 1024);
+/**
+ * This process's peak RSS in MB. VmHWM, not getrusage's maxRSS: Linux carries maxRSS across
+ * execve, so a worker spawned by a big parent (a test runner, an emulator) would report its parent's.
+ */
+export function peakRssMb(): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
+    if (m) return Math.round(Number(m[1]) / 1024);
+  } catch {
+    // not Linux: fall back to getrusage
+  }
+  return Math.round(process.resourceUsage().maxRSS / 1024);
+}
 
 /** Runs the task in `workDir`; `progress.timings` stays readable when it throws. */
 export async function runTask(env: WorkerEnv, workDir: string, progress: TaskProgress): Promise<CallbackSuccess> {
@@ -33,7 +46,7 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
   log.info("TiffConversion", "download.start", { bucket: env.R2_BUCKET, key: env.INPUT_R2_KEY });
   const downloaded = await downloadToFile(s3, env.R2_BUCKET, env.INPUT_R2_KEY, input);
   timings.download_time_ms = since(t);
-  log.info("TiffConversion", "download.done", { bytes: downloaded.bytes, content_type: downloaded.contentType, duration_ms: timings.download_time_ms });
+  log.info("TiffConversion", "download.done", { bytes: downloaded.bytes, content_type: downloaded.contentType, duration_ms: timings.download_time_ms, peak_rss_mb: peakRssMb() });
 
   t = performance.now();
   const directories = await readTiffDirectories(input);

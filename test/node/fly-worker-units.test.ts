@@ -1,0 +1,72 @@
+// The worker's decisions in isolation: which pages are the scan, which encoder fits, what a
+// bad env says. (The child-process suite checks the same end to end on real files.)
+import { describe, expect, it } from "vitest";
+import { defaultMaxInputPixels, planEncoder, SHARP_DEFAULT_PIXEL_LIMIT } from "../../fly-worker/convert.ts";
+import { parseEnv } from "../../fly-worker/env.ts";
+import { TaskError } from "../../fly-worker/errors.ts";
+import { describeSignature, selectPages, type TiffDirectory } from "../../fly-worker/tiff.ts";
+
+const dir = (index: number, width: number, height: number, extra: Partial<TiffDirectory> = {}): TiffDirectory => ({
+  index, width, height, newSubfileType: 0, samplesPerPixel: 3, bitsPerSample: 8, sampleFormat: 1, compression: 5, orientation: 1, rowsPerStrip: 16, ...extra,
+});
+
+describe("selectPages", () => {
+  it("keeps every full-resolution page, skips flagged and unflagged thumbnails, and says why", () => {
+    const { convert, skipped } = selectPages([dir(0, 200, 150, { newSubfileType: 1 }), dir(1, 6000, 4000), dir(2, 5900, 4100), dir(3, 300, 200), dir(4, 6000, 4000, { newSubfileType: 4 })]);
+    expect(convert.map((d) => d.index)).toEqual([1, 2]);
+    expect(skipped.map((s) => [s.page, s.reason.split(" ")[0]])).toEqual([[1, "reduced-resolution"], [4, "unflagged"], [5, "transparency"]]);
+  });
+  it("a small page among small pages is a page, not a thumbnail", () => {
+    expect(selectPages([dir(0, 800, 600), dir(1, 700, 500)]).convert).toHaveLength(2);
+  });
+  it("when every image is flagged reduced, converts the largest rather than nothing", () => {
+    expect(selectPages([dir(0, 100, 100, { newSubfileType: 1 }), dir(1, 400, 300, { newSubfileType: 1 })]).convert.map((d) => d.index)).toEqual([1]);
+  });
+});
+
+describe("planEncoder", () => {
+  const request = { quality: 95, mozjpeg: true, machineMbSource: "MEMORY_MB" };
+  it("keeps mozjpeg when it fits and falls back to the streaming encoder when it does not", () => {
+    expect(planEncoder(dir(0, 8700, 5800), { ...request, machineMb: 1024 })).toMatchObject({ mozjpeg: true, optimise_coding: true });
+    expect(planEncoder(dir(0, 8700, 5800), { ...request, machineMb: 512 })).toMatchObject({ mozjpeg: false, optimise_coding: false, quality: 95 });
+  });
+  it("counts the rotated copy of a turned page", () => {
+    const upright = planEncoder(dir(0, 10000, 10000), { ...request, machineMb: 4096 });
+    const turned = planEncoder(dir(0, 10000, 10000, { orientation: 6 }), { ...request, machineMb: 4096 });
+    expect(turned.estimated_peak_mb - upright.estimated_peak_mb).toBeCloseTo((10000 * 10000 * 3) / 1024 / 1024, -1);
+  });
+  it("refuses with the numbers when nothing fits", () => {
+    expect(() => planEncoder(dir(0, 20000, 20000, { orientation: 8, bitsPerSample: 16 }), { ...request, machineMb: 1024 })).toThrow(TaskError);
+    expect(() => planEncoder(dir(0, 20000, 20000, { orientation: 8, bitsPerSample: 16 }), { ...request, machineMb: 1024 })).toThrow(/needs ~\d+ MB even with the streaming encoder; the budget is 819 MB of 1024 MB/);
+  });
+  it("the default pixel limit is never below sharp's and grows with the machine", () => {
+    expect(defaultMaxInputPixels(256)).toBe(SHARP_DEFAULT_PIXEL_LIMIT);
+    expect(defaultMaxInputPixels(8192)).toBeGreaterThan(SHARP_DEFAULT_PIXEL_LIMIT);
+  });
+});
+
+describe("parseEnv", () => {
+  it("names each problem, shows non-secret values, hides secret ones", () => {
+    const result = parseEnv({ TASK_ID: "bad id", BATCH_ID: "b1", R2_SECRET_ACCESS_KEY: "", CALLBACK_TOKEN: "tok-123456", MEMORY_MB: "12" });
+    expect(result.ok).toBe(false);
+    if (result.ok) return;
+    const text = result.problems.join("\n");
+    expect(text).toContain(`TASK_ID: task_id must look like 'tiff-000042'; received "bad id"`);
+    expect(text).toContain("R2_SECRET_ACCESS_KEY is required but it is not set");
+    expect(text).toMatch(/MEMORY_MB: .*; received "12"/);
+    expect(text).not.toContain("tok-123456");
+    expect(result.callback, "no CALLBACK_URL: no error callback").toBeUndefined();
+  });
+  it("recovers the task identity from CALLBACK_URL for the error callback", () => {
+    const result = parseEnv({ CALLBACK_URL: "http://o.test/callback/b-7/tiff-000003", CALLBACK_TOKEN: "t0ken" });
+    expect(result.ok ? undefined : result.callback).toEqual({ url: "http://o.test/callback/b-7/tiff-000003", token: "t0ken", batchId: "b-7", taskId: "tiff-000003" });
+  });
+});
+
+describe("describeSignature", () => {
+  it("names common non-TIFF formats", () => {
+    expect(describeSignature(Buffer.from("%PDF-1.7\n%âãÏÓ\n", "latin1"))).toBe("a PDF document");
+    expect(describeSignature(Buffer.from("<!DOCTYPE html><html>", "latin1"))).toMatch(/HTML/);
+    expect(describeSignature(Buffer.from([0xff, 0xd8, 0xff, 0xe0, 0, 0x10, 0x4a, 0x46, 0x49, 0x46, 0, 1]))).toBe("a JPEG image");
+  });
+});

@@ -1,0 +1,366 @@
+// A corpus of archival-style TIFFs generated with sharp at test time, so no binaries are
+// committed. Each case says what it is and what a correct JPEG of it looks like.
+import { mkdir, stat, writeFile, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import sharp, { type Sharp } from "sharp";
+
+export type Rgb = readonly [number, number, number];
+
+/** What a correct conversion of a corpus file looks like, page by page. */
+export interface ExpectedPage {
+  width: number;
+  height: number;
+  /** Points (fractions of width/height) and the colour expected there, ± tolerance. */
+  samples: { x: number; y: number; rgb: Rgb }[];
+}
+
+export interface CorpusCase {
+  name: string;
+  path: string;
+  /** Undefined when conversion must fail; then `error` is a pattern the reason must match. */
+  pages?: ExpectedPage[];
+  error?: RegExp;
+}
+
+export const RED: Rgb = [200, 30, 30];
+export const GREEN: Rgb = [30, 160, 60];
+export const BLUE: Rgb = [30, 60, 200];
+export const YELLOW: Rgb = [230, 200, 40];
+export const WHITE: Rgb = [255, 255, 255];
+
+/** A w×h RGB image in four coloured quadrants: red | green over blue | yellow. */
+export function quadrants(width: number, height: number, colours: readonly Rgb[] = [RED, GREEN, BLUE, YELLOW]): Sharp {
+  const raw = Buffer.alloc(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const q = (y < height / 2 ? 0 : 2) + (x < width / 2 ? 0 : 1);
+      raw.set(colours[q], (y * width + x) * 3);
+    }
+  }
+  return sharp(raw, { raw: { width, height, channels: 3 } });
+}
+
+/** Sample points at the centre of each quadrant, for an upright image. */
+export function quadrantSamples(colours: readonly Rgb[] = [RED, GREEN, BLUE, YELLOW]): ExpectedPage["samples"] {
+  return [
+    { x: 0.25, y: 0.25, rgb: colours[0] },
+    { x: 0.75, y: 0.25, rgb: colours[1] },
+    { x: 0.25, y: 0.75, rgb: colours[2] },
+    { x: 0.75, y: 0.75, rgb: colours[3] },
+  ];
+}
+
+const solid = (width: number, height: number, rgb: Rgb) =>
+  sharp({ create: { width, height, channels: 3, background: { r: rgb[0], g: rgb[1], b: rgb[2] } } });
+
+// ---------------------------------------------------------------------------------------
+// Multi-page TIFF assembly: sharp writes one page per file (all pages the same size), so
+// pages of different sizes — a thumbnail before the scan — are joined here at the IFD level.
+
+const TYPE_SIZE: Record<number, number> = { 1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4 };
+/** Tags whose values are file offsets and must move with the data they point to. */
+const OFFSET_TAGS = new Set([273, 288, 324, 330, 513, 34665, 34853]);
+const NEW_SUBFILE_TYPE = 254;
+
+interface Entry {
+  tag: number;
+  type: number;
+  count: number;
+  /** The 4 raw value/offset bytes as stored. */
+  raw: Buffer;
+}
+
+export interface PageSpec {
+  /** A single-page, little-endian classic TIFF as sharp writes it. */
+  tiff: Buffer;
+  /** Sets NewSubfileType (254): 1 marks a reduced-resolution image such as a thumbnail. */
+  newSubfileType?: number;
+}
+
+/** Joins single-page TIFFs into one multi-page TIFF, in order. */
+export function joinTiffPages(pages: PageSpec[]): Buffer {
+  const chunks: Buffer[] = [];
+  let length = 8;
+  const ifdOffsets: number[] = [];
+  const rebuilt: { delta: number; entries: Entry[] }[] = [];
+  for (const page of pages) {
+    const buf = page.tiff;
+    if (buf.toString("latin1", 0, 2) !== "II" || buf.readUInt16LE(2) !== 42) {
+      throw new Error("joinTiffPages expects little-endian classic TIFFs");
+    }
+    const delta = length;
+    chunks.push(buf);
+    length += buf.length + (buf.length % 2);
+    if (buf.length % 2) chunks.push(Buffer.alloc(1));
+    const ifd = buf.readUInt32LE(4);
+    const n = buf.readUInt16LE(ifd);
+    const entries: Entry[] = [];
+    for (let i = 0; i < n; i++) {
+      const at = ifd + 2 + i * 12;
+      entries.push({
+        tag: buf.readUInt16LE(at),
+        type: buf.readUInt16LE(at + 2),
+        count: buf.readUInt32LE(at + 4),
+        raw: Buffer.from(buf.subarray(at + 8, at + 12)),
+      });
+    }
+    if (page.newSubfileType !== undefined) {
+      const raw = Buffer.alloc(4);
+      raw.writeUInt32LE(page.newSubfileType);
+      const without = entries.filter((e) => e.tag !== NEW_SUBFILE_TYPE);
+      without.push({ tag: NEW_SUBFILE_TYPE, type: 4, count: 1, raw });
+      without.sort((a, b) => a.tag - b.tag);
+      entries.splice(0, entries.length, ...without);
+    }
+    rebuilt.push({ delta, entries });
+  }
+  // Relocate every offset by where its page's bytes now start (the original 8-byte header
+  // of each page is kept in place as harmless padding, so the arithmetic is one addition).
+  const body = Buffer.concat(chunks);
+  const out = Buffer.alloc(8 + body.length);
+  out.write("II", 0, "latin1");
+  out.writeUInt16LE(42, 2);
+  body.copy(out, 8);
+  const ifdBlocks: Buffer[] = [];
+  let ifdAt = out.length;
+  for (const { delta, entries } of rebuilt) {
+    for (const e of entries) {
+      const size = (TYPE_SIZE[e.type] ?? 1) * e.count;
+      const outOfLine = size > 4;
+      if (outOfLine) e.raw.writeUInt32LE(e.raw.readUInt32LE(0) + delta);
+      if (OFFSET_TAGS.has(e.tag)) {
+        const width = TYPE_SIZE[e.type];
+        const base = outOfLine ? e.raw.readUInt32LE(0) : -1;
+        for (let i = 0; i < e.count; i++) {
+          if (outOfLine) {
+            const at = base + i * width;
+            if (width === 2) out.writeUInt16LE(out.readUInt16LE(at) + delta, at);
+            else out.writeUInt32LE(out.readUInt32LE(at) + delta, at);
+          } else if (width === 2) e.raw.writeUInt16LE(e.raw.readUInt16LE(i * 2) + delta, i * 2);
+          else e.raw.writeUInt32LE(e.raw.readUInt32LE(0) + delta);
+        }
+      }
+    }
+    ifdOffsets.push(ifdAt);
+    const block = Buffer.alloc(2 + entries.length * 12 + 4);
+    block.writeUInt16LE(entries.length, 0);
+    entries.forEach((e, i) => {
+      const at = 2 + i * 12;
+      block.writeUInt16LE(e.tag, at);
+      block.writeUInt16LE(e.type, at + 2);
+      block.writeUInt32LE(e.count, at + 4);
+      e.raw.copy(block, at + 8);
+    });
+    ifdBlocks.push(block);
+    ifdAt += block.length;
+  }
+  ifdBlocks.forEach((block, i) => block.writeUInt32LE(ifdOffsets[i + 1] ?? 0, block.length - 4));
+  out.writeUInt32LE(ifdOffsets[0], 4);
+  return Buffer.concat([out, ...ifdBlocks]);
+}
+
+// ---------------------------------------------------------------------------------------
+
+export interface CorpusOptions {
+  /** Also generate the 50+ megapixel scan (a few seconds, ~30 MB on disk). */
+  large?: boolean;
+}
+
+export const LARGE_SCAN = { width: 8700, height: 5800 } as const; // 50.46 MP
+/** Red grows left→right, green top→bottom, blue ≈ 130 with noise. */
+export const LARGE_SCAN_SAMPLES: ExpectedPage["samples"] = [
+  { x: 0.75, y: 0.25, rgb: [191, 64, 130] },
+  { x: 0.25, y: 0.75, rgb: [64, 191, 130] },
+  { x: 0.5, y: 0.5, rgb: [128, 128, 130] },
+];
+
+/**
+ * Writes the corpus into `dir` and returns its cases by name. Small images (≤ 800 px) keep
+ * the suite fast on shared CPUs; only `large-scan` is big.
+ */
+export async function generateTiffCorpus(dir: string, options: CorpusOptions = {}): Promise<Record<string, CorpusCase>> {
+  await mkdir(dir, { recursive: true });
+  const cases: CorpusCase[] = [];
+  const file = (name: string, ext = "tif") => join(dir, `${name}.${ext}`);
+  const W = 640;
+  const H = 480;
+  const upright = (width = W, height = H): ExpectedPage => ({ width, height, samples: quadrantSamples() });
+
+  await quadrants(W, H).tiff({ compression: "none" }).toFile(file("rgb8"));
+  cases.push({ name: "rgb8", path: file("rgb8"), pages: [upright()] });
+
+  await quadrants(W, H).tiff({ compression: "lzw", predictor: "horizontal" }).toFile(file("rgb8-lzw"));
+  cases.push({ name: "rgb8-lzw", path: file("rgb8-lzw"), pages: [upright()] });
+
+  await quadrants(W, H).tiff({ compression: "deflate", predictor: "horizontal" }).toFile(file("rgb8-deflate"));
+  cases.push({ name: "rgb8-deflate", path: file("rgb8-deflate"), pages: [upright()] });
+
+  await quadrants(W, H).toColourspace("rgb16").tiff({ compression: "lzw" }).toFile(file("rgb16"));
+  cases.push({ name: "rgb16", path: file("rgb16"), pages: [upright()] });
+
+  // 16-bit greyscale is where naive casts go all black: a mid-grey must stay mid-grey.
+  await solid(W, H, [128, 128, 128]).toColourspace("grey16").tiff({ compression: "deflate" }).toFile(file("grey16"));
+  cases.push({ name: "grey16", path: file("grey16"), pages: [{ width: W, height: H, samples: [{ x: 0.5, y: 0.5, rgb: [128, 128, 128] }] }] });
+
+  await quadrants(W, H).toColourspace("cmyk").tiff({ compression: "lzw" }).toFile(file("cmyk"));
+  cases.push({ name: "cmyk", path: file("cmyk"), pages: [upright()] });
+
+  await quadrants(W, H).toColourspace("cmyk").withIccProfile("cmyk").tiff({ compression: "lzw" }).toFile(file("cmyk-icc"));
+  cases.push({ name: "cmyk-icc", path: file("cmyk-icc"), pages: [upright()] });
+
+  // An RGB scan tagged with a wide-gamut profile: the output must be converted to sRGB.
+  await solid(W, H, [200, 30, 30]).withIccProfile("p3").tiff({ compression: "lzw" }).toFile(file("rgb-p3-icc"));
+  cases.push({ name: "rgb-p3-icc", path: file("rgb-p3-icc"), pages: [{ width: W, height: H, samples: [{ x: 0.5, y: 0.5, rgb: [200, 30, 30] }] }] });
+
+  // Alpha: left half opaque red, right half fully transparent → white, never black.
+  {
+    const raw = Buffer.alloc(W * H * 4);
+    for (let i = 0; i < W * H; i++) if (i % W < W / 2) raw.set([200, 30, 30, 255], i * 4);
+    await sharp(raw, { raw: { width: W, height: H, channels: 4 } }).tiff({ compression: "lzw" }).toFile(file("rgba"));
+    cases.push({
+      name: "rgba",
+      path: file("rgba"),
+      pages: [{ width: W, height: H, samples: [{ x: 0.25, y: 0.5, rgb: RED }, { x: 0.75, y: 0.5, rgb: WHITE }] }],
+    });
+  }
+
+  // Orientation 6 (rotate 90° clockwise to display): stored W×H, shown H×W, red top-right.
+  await quadrants(W, H).withMetadata({ orientation: 6 }).tiff({ compression: "lzw" }).toFile(file("orientation-6"));
+  cases.push({
+    name: "orientation-6",
+    path: file("orientation-6"),
+    pages: [
+      {
+        width: H,
+        height: W,
+        // Stored red|green over blue|yellow, turned clockwise: blue|red over yellow|green.
+        samples: [
+          { x: 0.25, y: 0.25, rgb: BLUE },
+          { x: 0.75, y: 0.25, rgb: RED },
+          { x: 0.25, y: 0.75, rgb: YELLOW },
+          { x: 0.75, y: 0.75, rgb: GREEN },
+        ],
+      },
+    ],
+  });
+
+  // Multi-page: a flagged 160×120 thumbnail first, then two full-resolution pages.
+  {
+    const thumb = await quadrants(160, 120, [WHITE, WHITE, WHITE, WHITE]).tiff().toBuffer();
+    const page1 = await quadrants(W, H).tiff({ compression: "lzw" }).toBuffer();
+    const page2Colours = [BLUE, YELLOW, RED, GREEN] as const;
+    const page2 = await quadrants(W, H, page2Colours).tiff({ compression: "deflate" }).toBuffer();
+    await writeFile(
+      file("multipage-thumb-first"),
+      joinTiffPages([{ tiff: thumb, newSubfileType: 1 }, { tiff: page1 }, { tiff: page2, newSubfileType: 2 }]),
+    );
+    cases.push({
+      name: "multipage-thumb-first",
+      path: file("multipage-thumb-first"),
+      pages: [upright(), { width: W, height: H, samples: quadrantSamples(page2Colours) }],
+    });
+    // The same without the flag, as some scanners write it: found by size instead.
+    await writeFile(file("multipage-thumb-unflagged"), joinTiffPages([{ tiff: thumb }, { tiff: page1 }]));
+    cases.push({ name: "multipage-thumb-unflagged", path: file("multipage-thumb-unflagged"), pages: [upright()] });
+  }
+
+  // Failures.
+  {
+    const whole = await readFile(file("rgb8-lzw"));
+    await writeFile(file("truncated"), whole.subarray(0, Math.floor(whole.length * 0.5)));
+    cases.push({ name: "truncated", path: file("truncated"), error: /truncated|corrupt|beyond the end|unreadable/i });
+    // Image data cut short with the directory intact: the decoder, not the parser, must notice.
+    const uncompressed = await readFile(file("rgb8"));
+    await writeFile(file("truncated-data"), truncateImageData(uncompressed));
+    cases.push({ name: "truncated-data", path: file("truncated-data"), error: /truncated|corrupt|unreadable|read error/i });
+  }
+  await writeFile(file("zero-byte"), Buffer.alloc(0));
+  cases.push({ name: "zero-byte", path: file("zero-byte"), error: /empty \(0 bytes\)/ });
+
+  await quadrants(64, 48).png().toFile(file("png-named-tif"));
+  cases.push({ name: "png-named-tif", path: file("png-named-tif"), error: /not a TIFF.*PNG/ });
+
+  await writeFile(file("garbage"), Buffer.from("II*\0" + "\xff".repeat(400), "latin1"));
+  cases.push({ name: "garbage", path: file("garbage"), error: /corrupt|directory|unreadable/i });
+
+  if (options.large) {
+    const path = file("large-scan");
+    await generateLargeScan(path);
+    cases.push({
+      name: "large-scan",
+      path,
+      pages: [{ width: LARGE_SCAN.width, height: LARGE_SCAN.height, samples: LARGE_SCAN_SAMPLES }],
+    });
+  }
+  return Object.fromEntries(cases.map((c) => [c.name, c]));
+}
+
+/**
+ * A 50.5 MP LZW scan: a colour ramp with noise, upscaled from a small seed, so it
+ * compresses like a real scan (tens of MB) and generates in a couple of seconds.
+ */
+export async function generateLargeScan(path: string, size: { width: number; height: number } = LARGE_SCAN): Promise<void> {
+  const sw = Math.ceil(size.width / 10);
+  const sh = Math.ceil(size.height / 10);
+  const raw = Buffer.alloc(sw * sh * 3);
+  let seed = 42;
+  const noise = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % 40);
+  for (let y = 0; y < sh; y++) {
+    for (let x = 0; x < sw; x++) {
+      raw.set([Math.floor((x * 255) / sw), Math.floor((y * 255) / sh), 110 + noise()], (y * sw + x) * 3);
+    }
+  }
+  await sharp(raw, { raw: { width: sw, height: sh, channels: 3 } })
+    .resize(size.width, size.height, { kernel: "cubic" })
+    .tiff({ compression: "lzw", predictor: "horizontal" })
+    .toFile(path);
+}
+
+export async function fileSize(path: string): Promise<number> {
+  return (await stat(path)).size;
+}
+
+/**
+ * Cuts the image data of a single-page, uncompressed, little-endian TIFF in half while
+ * keeping its directory readable (moved to the front), like an upload that stopped early.
+ */
+export function truncateImageData(tiff: Buffer): Buffer {
+  const ifd = tiff.readUInt32LE(4);
+  const n = tiff.readUInt16LE(ifd);
+  const entry = (tag: number) => {
+    for (let i = 0; i < n; i++) if (tiff.readUInt16LE(ifd + 2 + i * 12) === tag) return ifd + 2 + i * 12;
+    throw new Error(`truncateImageData: tag ${tag} not found`);
+  };
+  const values = (at: number): number[] => {
+    const type = tiff.readUInt16LE(at + 2);
+    const count = tiff.readUInt32LE(at + 4);
+    const width = type === 3 ? 2 : 4;
+    const base = count * width > 4 ? tiff.readUInt32LE(at + 8) : at + 8;
+    return Array.from({ length: count }, (_, i) => (width === 2 ? tiff.readUInt16LE(base + i * 2) : tiff.readUInt32LE(base + i * 4)));
+  };
+  const offsets = values(entry(273));
+  const counts = values(entry(279));
+  const dataEnd = Math.max(...offsets.map((o, i) => o + counts[i]));
+  const tail = tiff.subarray(dataEnd); // the directory and its out-of-line values
+  const data = tiff.subarray(8, 8 + Math.floor((dataEnd - 8) / 2));
+  const out = Buffer.concat([tiff.subarray(0, 8), tail, data]);
+  const toFront = 8 - dataEnd; // where the tail moved by
+  const dataShift = tail.length; // where the data moved by
+  const newIfd = ifd + toFront;
+  out.writeUInt32LE(newIfd, 4);
+  for (let i = 0; i < n; i++) {
+    const at = newIfd + 2 + i * 12;
+    const type = out.readUInt16LE(at + 2);
+    const count = out.readUInt32LE(at + 4);
+    const width = TYPE_SIZE[type] ?? 1;
+    const outOfLine = width * count > 4;
+    if (outOfLine) out.writeUInt32LE(out.readUInt32LE(at + 8) + toFront, at + 8);
+    if (out.readUInt16LE(at) !== 273) continue;
+    const base = outOfLine ? out.readUInt32LE(at + 8) : at + 8;
+    for (let k = 0; k < count; k++) {
+      if (width === 2) out.writeUInt16LE(out.readUInt16LE(base + k * 2) + dataShift, base + k * 2);
+      else out.writeUInt32LE(out.readUInt32LE(base + k * 4) + dataShift, base + k * 4);
+    }
+  }
+  return out;
+}
