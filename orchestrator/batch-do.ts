@@ -11,6 +11,7 @@ import {
   type QueueMessage,
 } from "../shared/contracts.ts";
 import { signToken, callbackSubject } from "../shared/token.ts";
+import { leaseSubject, type LeaseResponse } from "../shared/contracts.ts";
 import { fileName } from "../shared/keys.ts";
 import { type Config, loadConfig } from "./config.ts";
 import { errorMessage, log, logError } from "./log.ts";
@@ -26,6 +27,7 @@ import {
   type Stage,
   type TaskRow,
   type TaskState,
+  type WorkerRow,
 } from "./store.ts";
 
 /** Creates per alarm: each may take a few subrequests (regions, retries); Workers allow 1,000. */
@@ -58,6 +60,8 @@ export interface StatusBody {
   };
   phases: { name: string; total: number; done: number; failed: number; open: number }[];
   files_total: number;
+  mode: "single" | "pool";
+  workers: { starting: number; live: number; created: number } | null;
   started_at: string;
   updated_at: string;
   completed_at: string | null;
@@ -106,10 +110,13 @@ export function backoffMs(attempt: number, baseMs = 2000, capMs = 300_000): numb
   return Math.round(exp / 2 + Math.random() * (exp / 2));
 }
 
-/** A Fly machine name for one attempt of one task: deterministic, DNS-safe, ≤ 63 chars. */
-export function machineName(batchId: string, taskId: string, attempt: number): string {
+/**
+ * A Fly machine name: deterministic, DNS-safe, ≤ 63 chars. `suffix` names what the machine
+ * is for: `tiff-000042-a1` (one attempt of one task) or `pool-0003` (a pool machine).
+ */
+export function machineName(batchId: string, suffix: string): string {
   let b = batchId.toLowerCase().replace(/[^a-z0-9-]/g, "-");
-  const tail = `-${taskId}-a${attempt}`;
+  const tail = `-${suffix}`;
   if (b.length + tail.length + 3 > 63) {
     let h = 0x811c9dc5;
     for (const ch of batchId) h = Math.imul(h ^ ch.charCodeAt(0), 0x01000193) >>> 0;
@@ -150,6 +157,7 @@ export class BatchDO extends DurableObject<Env> {
       now,
       bucket_tokens: this.config.FLY_CREATE_BURST,
     });
+    if (message.pool ?? this.config.POOL_MODE) this.store.updateMeta({ pool: 1 }, now);
     await this.ctx.storage.setAlarm(now);
     log("DO", "batch_started", { batch_id: message.batch_id, phase: phase.name });
     return { created: true, status: phase.name };
@@ -199,7 +207,7 @@ export class BatchDO extends DurableObject<Env> {
         this.failAttempt(meta, task, outcome.error, outcome.retryable, now);
       }
       // A late callback from an earlier attempt settles the task: the current machine is moot.
-      if (task.machine_id && typeof reportedMachine === "string" && reportedMachine !== task.machine_id) {
+      if (!task.worker_id && task.machine_id && typeof reportedMachine === "string" && reportedMachine !== task.machine_id) {
         this.store.addOrphan(task.machine_id, "task settled by an earlier attempt", now);
       }
     });
@@ -208,14 +216,16 @@ export class BatchDO extends DurableObject<Env> {
       attempt: task.attempt,
       ...(outcome.ok ? { outputs: outcome.add.length } : { error: outcome.error, retryable: outcome.retryable }),
     });
-    await this.wakeSoon(meta.phase);
+    await this.wakeSoon(meta);
     return { code: 200, body: { ok: true, outcome: outcome.ok ? "done" : "error_recorded", late: task.state === "retrying" } };
   }
 
   /** Brings the alarm forward when a callback freed a slot or closed the phase. */
-  private async wakeSoon(phaseName: string): Promise<void> {
-    const counts = this.store.phaseCounts(phaseName);
-    if (counts.pending + counts.retrying === 0 && open(counts) > 0) return;
+  private async wakeSoon(meta: BatchMeta): Promise<void> {
+    const counts = this.store.phaseCounts(meta.phase);
+    // Pool machines lease the next task themselves; single-task mode spawns for it.
+    const spawnable = meta.pool ? 0 : counts.pending + counts.retrying;
+    if (spawnable === 0 && open(counts) > 0) return;
     const now = Date.now();
     const current = await this.ctx.storage.getAlarm();
     if (current === null || current > now + 50) await this.ctx.storage.setAlarm(now);
@@ -245,6 +255,8 @@ export class BatchDO extends DurableObject<Env> {
       },
       phases: counts.map((c) => ({ name: c.phase, total: c.total, done: c.done, failed: c.failed, open: open(c) })),
       files_total: this.store.fileCount(),
+      mode: meta.pool ? "pool" : "single",
+      workers: meta.pool ? this.workerSummary(meta) : null,
       started_at: iso(meta.started_at)!,
       updated_at: iso(meta.updated_at)!,
       completed_at: iso(meta.completed_at),
@@ -309,6 +321,7 @@ export class BatchDO extends DurableObject<Env> {
     const live = this.store.liveTasks(10_000);
     const failed = this.store.transaction(() => {
       for (const t of live) if (t.machine_id) this.store.addOrphan(t.machine_id, "batch reset", now);
+      this.retireWorkers("batch reset", now);
       const n = this.store.failOpenTasks("batch reset by admin", now);
       this.store.updateMeta({ stage: "error", error: "reset by admin", completed_at: meta.completed_at ?? now }, now);
       return n;
@@ -479,9 +492,11 @@ export class BatchDO extends DurableObject<Env> {
     const files = this.store.filesAfter(meta.plan_cursor, PLAN_FILES_PER_ALARM);
     this.store.transaction(() => {
       let seq = meta.next_seq;
+      let maxSize = meta.max_task_size;
       for (const f of files) {
         const plan = phase.plan(toPhaseFile(f));
         if (!plan) continue;
+        maxSize = Math.max(maxSize, plan.size_bytes);
         let output: string | undefined;
         for (const candidate of plan.output_key_candidates) {
           if (!this.store.keyTaken(candidate)) {
@@ -502,7 +517,7 @@ export class BatchDO extends DurableObject<Env> {
       }
       const done = files.length < PLAN_FILES_PER_ALARM;
       this.store.updateMeta(
-        { next_seq: seq, plan_cursor: files.length > 0 ? files[files.length - 1].id : meta.plan_cursor, ...(done ? { stage: "run" } : {}) },
+        { next_seq: seq, max_task_size: maxSize, plan_cursor: files.length > 0 ? files[files.length - 1].id : meta.plan_cursor, ...(done ? { stage: "run" } : {}) },
         now,
       );
       if (done) log("DO", "phase_planned", { batch_id: meta.batch_id, phase: phase.name, tasks: this.store.phaseCounts(phase.name).total });
@@ -537,17 +552,26 @@ export class BatchDO extends DurableObject<Env> {
     const fly = this.fly();
     await this.destroyOrphans(fly, Date.now());
     await this.checkOverdue(meta, phase, fly);
-    const fresh = this.store.getMeta()!;
+    let fresh = this.store.getMeta()!;
     if (fresh.stage !== "run") return this.store.earliest(false);
-    await this.spawn(fresh, phase, fly);
+    if (fresh.pool) {
+      await this.checkWorkers(fresh, phase, fly);
+      fresh = this.store.getMeta()!;
+      await this.tendPool(fresh, phase, fly);
+    } else {
+      await this.spawn(fresh, phase, fly);
+    }
 
     const now = Date.now();
     const counts = this.store.phaseCounts(phase.name);
     if (open(counts) === 0) return this.finishPhase(fresh, phase, counts);
     const after = this.store.getMeta()!;
-    const live = counts.creating + counts.booting + counts.running;
-    const canSpawn = live < this.limits(phase).maxLive;
-    let next = this.store.earliest(canSpawn) ?? now + this.config.MACHINE_CHECK_INTERVAL_MS;
+    const maxLive = this.limits(phase).maxLive;
+    const canSpawn = after.pool
+      ? this.poolTarget(counts, maxLive) > this.liveWorkerCount()
+      : counts.creating + counts.booting + counts.running < maxLive;
+    // In pool mode ready tasks are leased by machines, not spawned: only deadlines wake the loop.
+    let next = this.store.earliest(canSpawn && !after.pool) ?? now + this.config.MACHINE_CHECK_INTERVAL_MS;
     if (canSpawn && counts.pending + counts.retrying > 0) {
       // Wait for the create budget: a token, and any Retry-After the API asked for.
       const rate = this.config.FLY_CREATE_RATE_PER_SECOND;
@@ -560,8 +584,9 @@ export class BatchDO extends DurableObject<Env> {
   private finishPhase(meta: BatchMeta, phase: Phase, counts: PhaseCounts): number {
     const now = Date.now();
     log("DO", "phase_finished", { batch_id: meta.batch_id, phase: phase.name, done: counts.done, failed: counts.failed });
+    if (meta.pool) this.retireWorkers("phase finished", now);
     if (phase.next) {
-      this.store.updateMeta({ stage: "plan", phase: getPhase(phase.next).name, plan_cursor: 0 }, now);
+      this.store.updateMeta({ stage: "plan", phase: getPhase(phase.next).name, plan_cursor: 0, max_task_size: 0 }, now);
     } else {
       this.store.updateMeta({ stage: "finalise" }, now);
     }
@@ -576,7 +601,7 @@ export class BatchDO extends DurableObject<Env> {
     const counts = this.store.phaseCounts(phase.name);
     const free = limits.maxLive - (counts.creating + counts.booting + counts.running);
     const c = this.config;
-    const tokens = Math.min(c.FLY_CREATE_BURST, meta.bucket_tokens + ((now - meta.bucket_at) / 1000) * c.FLY_CREATE_RATE_PER_SECOND);
+    const tokens = this.createTokens(meta, now);
     const n = Math.min(free, Math.floor(tokens), SPAWNS_PER_ALARM);
     if (n <= 0) {
       this.store.updateMeta({ bucket_tokens: tokens, bucket_at: now }, now);
@@ -587,7 +612,7 @@ export class BatchDO extends DurableObject<Env> {
       const moved: TaskRow[] = [];
       for (const task of ready) {
         const attempt = task.attempt + 1;
-        const name = machineName(meta.batch_id, task.task_id, attempt);
+        const name = machineName(meta.batch_id, `${task.task_id}-a${attempt}`);
         const set = { attempt, machine_name: name, machine_id: null, region: null, deadline_at: now + CREATE_ANSWER_MS };
         if (this.store.moveTask(task, "creating", set, now)) {
           this.store.startAttempt({ task_id: task.task_id, attempt, machine_name: name, now });
@@ -621,6 +646,12 @@ export class BatchDO extends DurableObject<Env> {
     this.store.transaction(() => {
       launches.forEach((t, i) => this.applyCreate(meta, phase, t, outcomes[i], after));
     });
+  }
+
+  /** Create tokens available now: Fly's documented create limit as a token bucket. */
+  private createTokens(meta: BatchMeta, now: number): number {
+    const c = this.config;
+    return Math.min(c.FLY_CREATE_BURST, meta.bucket_tokens + ((now - meta.bucket_at) / 1000) * c.FLY_CREATE_RATE_PER_SECOND);
   }
 
   /** The machine contract env (see DESIGN.md), on top of the phase's own. */
@@ -704,7 +735,7 @@ export class BatchDO extends DurableObject<Env> {
     this.store.endAttempt(task.task_id, task.attempt, "failed", error, now);
     const fields = { batch_id: meta.batch_id, task_id: task.task_id, phase: task.phase, attempt: task.attempt, machine_id: task.machine_id, error };
     if (retryable && task.attempt < limits.maxAttempts) {
-      this.store.moveTask(task, "retrying", { error, deadline_at: 0, next_at: now + backoffMs(task.attempt) }, now);
+      this.store.moveTask(task, "retrying", { error, deadline_at: 0, worker_id: null, next_at: now + backoffMs(task.attempt) }, now);
       log("DO", "task_retry", fields);
     } else {
       const reason = retryable ? `${error} (after ${task.attempt} attempts)` : error;
@@ -722,7 +753,8 @@ export class BatchDO extends DurableObject<Env> {
     await Promise.all(
       overdue.map(async (task) => {
         try {
-          if (task.state === "creating") await this.reconcileCreate(meta, phase, task, fly);
+          if (task.worker_id) this.leaseOverdue(meta, task, limits);
+          else if (task.state === "creating") await this.reconcileCreate(meta, phase, task, fly);
           else await this.checkMachine(meta, task, fly, limits);
         } catch (error) {
           logError("DO", "check_failed", error, { batch_id: meta.batch_id, task_id: task.task_id });
@@ -803,6 +835,285 @@ export class BatchDO extends DurableObject<Env> {
       }),
     );
     return destroyed;
+  }
+
+  // ---- pool mode ---------------------------------------------------------------------------
+  // A pool machine leases a task, converts it, calls back like any machine, and leases again.
+  // Tasks move exactly as in single-task mode (the same states, counters and callbacks); only
+  // who starts them differs. A lease is kept by heartbeats; one that lapses returns its task.
+
+  /** RPC: the next task for pool machine `workerId`, or wait, or done (the machine exits). */
+  async lease(workerId: string, machineId: string | null): Promise<LeaseResponse | null> {
+    const meta = this.store.getMeta();
+    if (!meta) return null;
+    if (meta.stage === "done" || meta.stage === "error" || meta.stage === "finalise") {
+      return { kind: "done", reason: `batch is ${this.apiStatus(meta)}` };
+    }
+    const worker = this.store.getWorker(workerId);
+    if (!worker || worker.state === "gone") return { kind: "done", reason: "this machine has been retired" };
+    if (worker.phase !== meta.phase) return { kind: "done", reason: `phase ${worker.phase} is finished` };
+    const now = Date.now();
+    this.store.updateWorker(workerId, {
+      state: "live",
+      last_seen: now,
+      machine_id: worker.machine_id ?? machineId,
+      check_at: Math.max(worker.check_at, now + this.config.MACHINE_CHECK_INTERVAL_MS),
+    });
+    if (meta.stage !== "run") return { kind: "wait", wait_ms: 1000 };
+    const phase = getPhase(meta.phase);
+    const limits = this.limits(phase);
+    const leaseMs = this.config.LEASE_TIMEOUT_MS;
+    const [ready] = this.store.readyTasks(now, 1);
+    if (!ready) {
+      const counts = this.store.phaseCounts(phase.name);
+      if (counts.pending + counts.retrying > 0) {
+        const nextAt = this.store.earliest(true) ?? now + 1000;
+        return { kind: "wait", wait_ms: Math.min(5000, Math.max(200, nextAt - now)) };
+      }
+      // A running task's lease may still lapse and need a machine.
+      if (counts.running + counts.creating + counts.booting > 0) return { kind: "wait", wait_ms: 2000 };
+      return { kind: "done", reason: "no work left" };
+    }
+    const attempt = ready.attempt + 1;
+    const task: TaskRow = {
+      ...ready,
+      state: "running",
+      attempt,
+      worker_id: workerId,
+      machine_id: worker.machine_id ?? machineId,
+      machine_name: workerId,
+    };
+    this.store.transaction(() => {
+      this.store.moveTask(
+        ready,
+        "running",
+        {
+          attempt,
+          worker_id: workerId,
+          machine_id: task.machine_id,
+          machine_name: workerId,
+          region: null,
+          deadline_at: now + leaseMs,
+          limit_at: now + limits.runTimeoutMs,
+        },
+        now,
+      );
+      this.store.startAttempt({ task_id: task.task_id, attempt, machine_name: workerId, now });
+      if (task.machine_id) this.store.recordMachine(task.task_id, attempt, task.machine_id, null);
+      this.store.updateWorker(workerId, { leases: worker.leases + 1 });
+    });
+    log("DO", "task_leased", { batch_id: meta.batch_id, task_id: task.task_id, phase: phase.name, attempt, worker_id: workerId, machine_id: task.machine_id });
+    const req = phase.machine(this.view(meta, task));
+    const env = { ...req.env, ...(await this.machineEnv(meta, phase, task)) };
+    for (const secret of ["R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"]) delete env[secret]; // the machine has them already
+    return { kind: "task", task_id: task.task_id, env, lease_ms: leaseMs, heartbeat_ms: Math.max(500, Math.floor(leaseMs / 3)) };
+  }
+
+  /** RPC: renews the lease of a task a pool machine is working on. */
+  async heartbeat(workerId: string, taskId: string): Promise<{ ok: boolean; reason?: string } | null> {
+    const meta = this.store.getMeta();
+    if (!meta) return null;
+    const task = this.store.getTask(taskId);
+    if (!task || task.state !== "running" || task.worker_id !== workerId) {
+      return { ok: false, reason: task ? `lease lost: task is ${task.state}${task.worker_id && task.worker_id !== workerId ? ` (leased to ${task.worker_id})` : ""}` : "unknown task" };
+    }
+    const now = Date.now();
+    this.store.moveTask(task, "running", { deadline_at: Math.min(now + this.config.LEASE_TIMEOUT_MS, task.limit_at) }, now);
+    this.store.updateWorker(workerId, { last_seen: now });
+    return { ok: true };
+  }
+
+  private liveWorkerCount(): number {
+    const w = this.store.workerCounts();
+    return w.creating + w.booting + w.live;
+  }
+
+  /** Machines worth having: one per open task, at most the phase's concurrency. */
+  private poolTarget(counts: PhaseCounts, maxLive: number): number {
+    return Math.min(maxLive, counts.pending + counts.retrying + counts.running);
+  }
+
+  private workerSummary(meta: BatchMeta) {
+    const w = this.store.workerCounts();
+    return { starting: w.creating + w.booting, live: w.live, created: meta.worker_seq };
+  }
+
+  /** Marks every live pool machine gone and queues its machine for destruction. */
+  private retireWorkers(reason: string, now: number): void {
+    for (const w of this.store.liveWorkers()) {
+      if (w.machine_id) this.store.addOrphan(w.machine_id, reason, now);
+      this.store.updateWorker(w.worker_id, { state: "gone" });
+    }
+  }
+
+  /** Pool mode: creates machines up to the target, within the create budget. */
+  private async tendPool(meta: BatchMeta, phase: Phase, fly: FlyMachines): Promise<void> {
+    const now = Date.now();
+    if (meta.fly_blocked_until > now) return;
+    const counts = this.store.phaseCounts(phase.name);
+    const want = this.poolTarget(counts, this.limits(phase).maxLive) - this.liveWorkerCount();
+    const tokens = this.createTokens(meta, now);
+    const n = Math.min(want, Math.floor(tokens), SPAWNS_PER_ALARM);
+    if (n <= 0) {
+      this.store.updateMeta({ bucket_tokens: tokens, bucket_at: now }, now);
+      return;
+    }
+    const c = this.config;
+    const limits = this.limits(phase);
+    // One size for the pool: the machine the largest task of the phase needs.
+    const sizing = phase.machine({ task_id: "sizing", batch_id: meta.batch_id, input_key: "", output_key: "", size_bytes: meta.max_task_size, attempt: 0, params: {} });
+    const ids = Array.from({ length: n }, (_, i) => `pool-${String(meta.worker_seq + i + 1).padStart(4, "0")}`);
+    this.store.transaction(() => {
+      for (const id of ids) this.store.insertWorker({ worker_id: id, phase: phase.name, now, check_at: now + CREATE_ANSWER_MS, limit_at: now + limits.bootTimeoutMs });
+      this.store.updateMeta({ worker_seq: meta.worker_seq + n, bucket_tokens: tokens - n, bucket_at: now }, now);
+    });
+    const base = c.CALLBACK_BASE_URL.replace(/\/+$/, "");
+    const outcomes = await Promise.all(
+      ids.map(async (id) => {
+        const env: Record<string, string> = {
+          POOL_MODE: "true",
+          BATCH_ID: meta.batch_id,
+          PHASE: phase.name,
+          WORKER_ID: id,
+          LEASE_URL: `${base}/lease/${encodeURIComponent(meta.batch_id)}`,
+          LEASE_TOKEN: await signToken(c.CALLBACK_SECRET, leaseSubject(meta.batch_id, id)),
+          IDLE_TIMEOUT_MS: String(c.POOL_IDLE_TIMEOUT_MS),
+          MEMORY_MB: String(sizing.guest.memory_mb),
+          R2_ACCOUNT_ID: c.R2_ACCOUNT_ID,
+          R2_ACCESS_KEY_ID: c.R2_ACCESS_KEY_ID,
+          R2_SECRET_ACCESS_KEY: c.R2_SECRET_ACCESS_KEY,
+          R2_BUCKET: c.R2_BUCKET,
+          ...(c.R2_ENDPOINT ? { R2_ENDPOINT: c.R2_ENDPOINT } : {}),
+        };
+        return fly.createMachine({
+          name: machineName(meta.batch_id, id),
+          image: sizing.image ?? c.FLY_IMAGE,
+          guest: sizing.guest,
+          env,
+          metadata: { fanout_batch: meta.batch_id, fanout_phase: phase.name, fanout_worker: id },
+          regions: c.FLY_REGIONS,
+        });
+      }),
+    );
+    const after = Date.now();
+    this.store.transaction(() => ids.forEach((id, i) => this.applyWorkerCreate(meta, phase, id, outcomes[i], after)));
+  }
+
+  private applyWorkerCreate(meta: BatchMeta, phase: Phase, workerId: string, outcome: CreateOutcome, now: number): void {
+    const worker = this.store.getWorker(workerId);
+    const fields = { batch_id: meta.batch_id, phase: phase.name, worker_id: workerId };
+    if (!worker) return;
+    switch (outcome.kind) {
+      case "created":
+        if (worker.state === "gone") {
+          this.store.addOrphan(outcome.machineId, "pool machine created after the pool closed", now);
+        } else {
+          this.store.updateWorker(workerId, {
+            state: worker.state === "live" ? "live" : "booting",
+            machine_id: outcome.machineId,
+            check_at: now + this.config.MACHINE_CHECK_INTERVAL_MS,
+          });
+        }
+        log("DO", "pool_machine_created", { ...fields, machine_id: outcome.machineId, region: outcome.region });
+        return;
+      case "rate_limited":
+      case "budget": {
+        this.store.deleteWorker(workerId);
+        if (outcome.kind === "rate_limited") {
+          const blocked = Math.max(this.store.getMeta()!.fly_blocked_until, now + outcome.retryAfterMs);
+          this.store.updateMeta({ fly_blocked_until: blocked, bucket_tokens: 0, bucket_at: blocked }, now);
+        }
+        return;
+      }
+      case "no_capacity":
+        this.store.deleteWorker(workerId);
+        this.store.updateMeta({ fly_blocked_until: now + backoffMs(1, 5000, 60_000) }, now);
+        log("DO", "pool_no_capacity", { ...fields, error: outcome.message });
+        return;
+      case "invalid": {
+        // Every pool machine of the phase has this config: no task can run.
+        this.store.deleteWorker(workerId);
+        const reason = `Fly API rejected the pool machine (${outcome.status}): ${outcome.message}`;
+        const failed = this.store.failOpenTasks(reason, now);
+        log("DO", "pool_invalid", { ...fields, error: reason, tasks_failed: failed });
+        return;
+      }
+      case "unknown":
+        this.store.updateWorker(workerId, { check_at: now + RECHECK_MS });
+        log("DO", "create_outcome_unknown", { ...fields, error: outcome.message });
+        return;
+    }
+  }
+
+  /** Pool machines due a look: unknown creates reconciled, dead or stuck machines retired. */
+  private async checkWorkers(meta: BatchMeta, phase: Phase, fly: FlyMachines): Promise<void> {
+    const due = this.store.workersDue(Date.now(), CHECKS_PER_ALARM);
+    await Promise.all(
+      due.map(async (w) => {
+        try {
+          await this.checkWorker(meta, phase, w, fly);
+        } catch (error) {
+          logError("DO", "worker_check_failed", error, { batch_id: meta.batch_id, worker_id: w.worker_id });
+          this.store.updateWorker(w.worker_id, { check_at: Date.now() + RECHECK_MS });
+        }
+      }),
+    );
+  }
+
+  private async checkWorker(meta: BatchMeta, phase: Phase, w: WorkerRow, fly: FlyMachines): Promise<void> {
+    if (w.state === "creating" && !w.machine_id) {
+      const found = await fly.listMachines({ fanout_batch: meta.batch_id, fanout_worker: w.worker_id });
+      const machine = found.find((m) => m.state !== "destroyed");
+      const now = Date.now();
+      if (machine) this.applyWorkerCreate(meta, phase, w.worker_id, { kind: "created", machineId: machine.id, name: machine.name, region: machine.region, state: machine.state }, now);
+      else this.store.deleteWorker(w.worker_id); // never created
+      return;
+    }
+    const machineId = w.machine_id!;
+    const machine = await fly.getMachine(machineId);
+    const now = Date.now();
+    const current = this.store.getWorker(w.worker_id);
+    if (!current || current.state === "gone") return;
+    const state = machine?.state ?? "destroyed";
+    const interval = this.config.MACHINE_CHECK_INTERVAL_MS;
+    let gone: string | null = null;
+    if (state === "stopped" || state === "destroyed" || state === "destroying" || state === "failed") {
+      gone = `pool machine ${machineId} exited`;
+    } else if (state === "started") {
+      this.store.updateWorker(w.worker_id, { state: current.state === "booting" ? "live" : current.state, check_at: now + interval });
+      return;
+    } else if (current.state !== "live" && now >= current.limit_at) {
+      gone = `pool machine ${machineId} did not start within ${Math.round(this.limits(phase).bootTimeoutMs / 1000)}s (state: ${state})`;
+    }
+    if (gone === null) {
+      this.store.updateWorker(w.worker_id, { check_at: now + interval });
+      return;
+    }
+    this.store.transaction(() => {
+      this.store.updateWorker(w.worker_id, { state: "gone" });
+      if (state !== "destroyed") this.store.addOrphan(machineId, gone, now);
+      // Its task need not wait for the lease to lapse.
+      for (const t of this.store.leasedBy(w.worker_id)) this.failAttempt(meta, t, `${gone} while holding the lease`, true, now);
+    });
+    log("DO", "pool_machine_gone", { batch_id: meta.batch_id, worker_id: w.worker_id, machine_id: machineId, reason: gone });
+  }
+
+  /** A leased task past its deadline: the lease lapsed, or the run limit passed. */
+  private leaseOverdue(meta: BatchMeta, task: TaskRow, limits: { runTimeoutMs: number }): void {
+    const now = Date.now();
+    this.store.transaction(() => {
+      if (now >= task.limit_at) {
+        // Heartbeats kept coming but the work did not finish: the machine is stuck.
+        const worker = task.worker_id ? this.store.getWorker(task.worker_id) : null;
+        if (worker?.machine_id && worker.state !== "gone") {
+          this.store.addOrphan(worker.machine_id, "stuck on a task", now);
+          this.store.updateWorker(worker.worker_id, { state: "gone" });
+        }
+        this.failAttempt(meta, task, `task ran longer than ${Math.round(limits.runTimeoutMs / 1000)}s on ${task.worker_id}`, true, now);
+      } else {
+        this.failAttempt(meta, task, `lease expired: ${task.worker_id} stopped heartbeating`, true, now);
+      }
+    });
   }
 
   // ---- finalisation ---------------------------------------------------------------------

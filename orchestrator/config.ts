@@ -30,6 +30,12 @@ const ConfigSchema = z.object({
   /** Override every phase's boot/run timeouts (the local stack and tests use short ones). */
   BOOT_TIMEOUT_MS: z.preprocess((v) => (v === undefined || v === "" ? undefined : Number(v)), z.number().int().positive().optional()),
   RUN_TIMEOUT_MS: z.preprocess((v) => (v === undefined || v === "" ? undefined : Number(v)), z.number().int().positive().optional()),
+  /** Run batches in pool mode unless their message says otherwise (machines lease task after task). */
+  POOL_MODE: z.preprocess((v) => (v === undefined || v === "" ? "false" : v), z.enum(["true", "false"], { message: "must be 'true' or 'false'" }).transform((v) => v === "true")),
+  /** Pool mode: a lease not renewed by a heartbeat within this long returns its task for retry. */
+  LEASE_TIMEOUT_MS: int(1000, 3_600_000, 60_000),
+  /** Pool mode: a machine with no work for this long exits. */
+  POOL_IDLE_TIMEOUT_MS: int(0, 3_600_000, 60_000),
   /** How often a live machine's state is looked at, to catch machines that die without calling back. */
   MACHINE_CHECK_INTERVAL_MS: int(100, 600_000, 30_000),
   R2_ACCOUNT_ID: z.string().default(""),

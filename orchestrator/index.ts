@@ -5,6 +5,9 @@ import { z } from "zod";
 import {
   BatchId,
   CallbackBody,
+  HeartbeatRequest,
+  LeaseRequest,
+  leaseSubject,
   describeZodError,
   MAX_CALLBACK_BYTES,
   QueueMessage,
@@ -36,13 +39,15 @@ router
   .get("/status/:batchId", withBatch(status))
   .get("/status/:batchId/tasks", withBatch(tasks))
   .post("/callback/:batchId/:taskId", withBatch(callback))
+  .post("/lease/:batchId", withBatch(lease))
+  .post("/lease/:batchId/heartbeat", withBatch(heartbeat))
   .post("/admin/reset/:batchId", admin(withBatch(reset)))
   .post("/admin/batches", admin(enqueue))
   .all("*", (req) => Response.json({ error: `no route for ${req.method} ${new URL(req.url).pathname}` }, { status: 404 }));
 
 export default {
   fetch: (request, env) => router.fetch(request, env),
-  queue: async (batch, env) => {
+  queue: async (batch, env, _ctx) => {
     await Promise.all(batch.messages.map((message) => consume(message, env)));
   },
 } satisfies ExportedHandler<Env>;
@@ -89,6 +94,31 @@ async function callback(req: IRequest, env: Env): Promise<Response> {
   }
   const reply = await stub(env, batchId).callback(taskId, body);
   return Response.json(reply.body, { status: reply.code });
+}
+
+/** Pool machines authenticate with a token bound to their batch and worker id. */
+async function poolMachine<T extends { worker_id: string }>(req: IRequest, env: Env, schema: z.ZodType<T>): Promise<T> {
+  const body = parse(schema, await readJson(req, 16 * 1024), "body");
+  const secret = loadConfig(env).CALLBACK_SECRET;
+  if (!(await verifyToken(secret, leaseSubject(req.params.batchId, body.worker_id), req.headers.get("authorization")))) {
+    log("Lease", "rejected", { batch_id: req.params.batchId, worker_id: body.worker_id, reason: "bad token" });
+    throw new HttpError(401, "lease token missing or invalid");
+  }
+  return body;
+}
+
+async function lease(req: IRequest, env: Env): Promise<Response> {
+  const body = await poolMachine(req, env, LeaseRequest);
+  const answer = await stub(env, req.params.batchId).lease(body.worker_id, body.machine_id ?? null);
+  if (!answer) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
+  return Response.json(answer);
+}
+
+async function heartbeat(req: IRequest, env: Env): Promise<Response> {
+  const body = await poolMachine(req, env, HeartbeatRequest);
+  const answer = await stub(env, req.params.batchId).heartbeat(body.worker_id, body.task_id);
+  if (!answer) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
+  return Response.json(answer, { status: answer.ok ? 200 : 409 });
 }
 
 async function reset(req: IRequest, env: Env): Promise<Response> {

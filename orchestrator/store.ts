@@ -34,6 +34,11 @@ export interface BatchMeta {
   next_seq: number;
   /** Size of the file list, kept with every insert and delete so status never counts rows. */
   files_total: number;
+  /** 1 when the batch runs in pool mode. */
+  pool: number;
+  worker_seq: number;
+  /** Largest input of the current phase: pool machines are sized for it. */
+  max_task_size: number;
 }
 
 export interface TaskRow {
@@ -58,6 +63,23 @@ export interface TaskRow {
   error: string | null;
   updated_at: number;
   finished_at: number | null;
+  /** Pool mode: the worker holding the task's lease. */
+  worker_id: string | null;
+}
+
+/** A pool machine. `creating`: create sent, answer not yet known; `booting`: created, not yet seen started. */
+export const WORKER_STATES = ["creating", "booting", "live", "gone"] as const;
+export type WorkerState = (typeof WORKER_STATES)[number];
+export interface WorkerRow {
+  worker_id: string;
+  phase: string;
+  machine_id: string | null;
+  state: WorkerState;
+  created_at: number;
+  check_at: number;
+  limit_at: number;
+  leases: number;
+  last_seen: number | null;
 }
 
 export interface FileRow {
@@ -171,6 +193,23 @@ const MIGRATIONS: string[] = [
      tries INTEGER NOT NULL DEFAULT 0,
      next_at INTEGER NOT NULL DEFAULT 0
    ) WITHOUT ROWID;`,
+  // 2: pool mode — machines (workers) that lease task after task.
+  `ALTER TABLE meta ADD COLUMN pool INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE meta ADD COLUMN worker_seq INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE meta ADD COLUMN max_task_size INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE tasks ADD COLUMN worker_id TEXT;
+   CREATE TABLE workers (
+     worker_id TEXT PRIMARY KEY,
+     phase TEXT NOT NULL,
+     machine_id TEXT,
+     state TEXT NOT NULL,
+     created_at INTEGER NOT NULL,
+     check_at INTEGER NOT NULL,
+     limit_at INTEGER NOT NULL,
+     leases INTEGER NOT NULL DEFAULT 0,
+     last_seen INTEGER
+   ) WITHOUT ROWID;
+   CREATE INDEX workers_check ON workers (state, check_at);`,
 ];
 
 /** Rows read and written by the queries of this store, for the scale tests and benchmarks. */
@@ -432,6 +471,10 @@ export class BatchStore {
     }
     const orphan = this.exec<{ t: number | null }>("SELECT MIN(next_at) AS t FROM orphan_machines")[0];
     if (orphan.t !== null) times.push(orphan.t);
+    for (const state of ["creating", "booting", "live"] as const) {
+      const row = this.exec<{ t: number | null }>("SELECT MIN(check_at) AS t FROM workers WHERE state = ?", state)[0];
+      if (row.t !== null) times.push(row.t);
+    }
     return times.length > 0 ? Math.min(...times) : null;
   }
 
@@ -597,6 +640,64 @@ export class BatchStore {
 
   orphanCount(): number {
     return this.exec<{ n: number }>("SELECT COUNT(*) AS n FROM orphan_machines")[0].n;
+  }
+
+  // ---- pool workers ---------------------------------------------------------------------
+
+  insertWorker(w: { worker_id: string; phase: string; now: number; check_at: number; limit_at: number }): void {
+    this.run(
+      `INSERT INTO workers (worker_id, phase, state, created_at, check_at, limit_at) VALUES (?, ?, 'creating', ?, ?, ?)`,
+      w.worker_id,
+      w.phase,
+      w.now,
+      w.check_at,
+      w.limit_at,
+    );
+  }
+
+  getWorker(workerId: string): WorkerRow | null {
+    return (this.exec<WorkerRow & Record<string, SqlStorageValue>>("SELECT * FROM workers WHERE worker_id = ?", workerId)[0] as WorkerRow) ?? null;
+  }
+
+  updateWorker(workerId: string, set: Partial<Omit<WorkerRow, "worker_id" | "phase">>): void {
+    const entries = Object.entries(set);
+    if (entries.length === 0) return;
+    this.run(`UPDATE workers SET ${entries.map(([k]) => `${k} = ?`).join(", ")} WHERE worker_id = ?`, ...entries.map(([, v]) => v as SqlValue), workerId);
+  }
+
+  deleteWorker(workerId: string): void {
+    this.run("DELETE FROM workers WHERE worker_id = ?", workerId);
+  }
+
+  /** Live pool machines (creating, booting, live): at most MAX_CONCURRENT_MACHINES rows. */
+  liveWorkers(): WorkerRow[] {
+    return this.exec<WorkerRow & Record<string, SqlStorageValue>>("SELECT * FROM workers WHERE state IN ('creating', 'booting', 'live')");
+  }
+
+  workersDue(now: number, limit: number): WorkerRow[] {
+    const rows: WorkerRow[] = [];
+    for (const state of ["creating", "booting", "live"] as const) {
+      rows.push(
+        ...this.exec<WorkerRow & Record<string, SqlStorageValue>>(
+          "SELECT * FROM workers WHERE state = ? AND check_at <= ? ORDER BY check_at LIMIT ?",
+          state,
+          now,
+          limit,
+        ),
+      );
+    }
+    return rows.slice(0, limit);
+  }
+
+  /** Pool machines per live state (index counts bounded by MAX_CONCURRENT_MACHINES). */
+  workerCounts(): { creating: number; booting: number; live: number } {
+    const count = (state: WorkerState) => this.exec<{ n: number }>("SELECT COUNT(*) AS n FROM workers WHERE state = ?", state)[0].n;
+    return { creating: count("creating"), booting: count("booting"), live: count("live") };
+  }
+
+  /** The task a worker holds, if any (pool mode). */
+  leasedBy(workerId: string): TaskRow[] {
+    return this.exec<TaskRow & Record<string, SqlStorageValue>>("SELECT * FROM tasks WHERE state = 'running' AND worker_id = ?", workerId);
   }
 
   databaseSize(): number {

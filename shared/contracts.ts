@@ -32,6 +32,8 @@ export const QueueMessage = z
     batch_id: BatchId,
     manifest_r2_key: ObjectKey.optional(),
     r2_prefix: z.string().max(1024).optional(),
+    /** Run the batch's phases in pool mode (machines lease task after task); POOL_MODE by default. */
+    pool: z.boolean().optional(),
   })
   .refine((m) => m.manifest_r2_key !== undefined || m.r2_prefix !== undefined, {
     message: "a queue message needs manifest_r2_key or r2_prefix",
@@ -178,3 +180,45 @@ export function describeZodError(error: z.ZodError): string {
     })
     .join("; ");
 }
+
+// ---------------------------------------------------------------------------------------
+// Pool mode: a machine converts task after task, leasing each from its batch.
+
+/** Env of a pool machine; each leased task adds its own TASK_ID, keys and callback. */
+export const PoolEnv = z.object({
+  POOL_MODE: z.literal("true"),
+  BATCH_ID: BatchId,
+  WORKER_ID: z.string().min(1, "must be set"),
+  LEASE_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }),
+  LEASE_TOKEN: z.string().min(1, "must be set"),
+  /** Exit after this long without work. */
+  IDLE_TIMEOUT_MS: envInt(0, 3_600_000).default(60_000),
+});
+export type PoolEnv = z.infer<typeof PoolEnv>;
+
+export const LeaseRequest = z.object({
+  worker_id: z.string().min(1).max(128),
+  machine_id: z.string().max(64).optional(),
+});
+export type LeaseRequest = z.infer<typeof LeaseRequest>;
+
+export const LeaseResponse = z.discriminatedUnion("kind", [
+  z.object({
+    kind: z.literal("task"),
+    task_id: TaskId,
+    /** Task env to lay over the machine's own (TASK_ID, INPUT/OUTPUT keys, CALLBACK_URL/TOKEN…). */
+    env: z.record(z.string(), z.string()),
+    lease_ms: z.number().int().positive(),
+    heartbeat_ms: z.number().int().positive(),
+  }),
+  /** Work may come back (a retry's backoff, a lease that may expire): ask again after wait_ms. */
+  z.object({ kind: z.literal("wait"), wait_ms: z.number().int().positive() }),
+  /** Nothing left for this machine: exit. */
+  z.object({ kind: z.literal("done"), reason: z.string() }),
+]);
+export type LeaseResponse = z.infer<typeof LeaseResponse>;
+
+export const HeartbeatRequest = z.object({ worker_id: z.string().min(1).max(128), task_id: TaskId });
+export type HeartbeatRequest = z.infer<typeof HeartbeatRequest>;
+
+export const leaseSubject = (batchId: string, workerId: string) => `${batchId}/worker/${workerId}`;
