@@ -1,0 +1,181 @@
+// A small client of the orchestrator's HTTP API for the CLI, the demo and the e2e tests.
+// Every failure becomes an ApiError whose message says what to do about it.
+import { z } from "zod";
+import { describeZodError, type QueueMessage } from "../shared/contracts.ts";
+
+export class ApiError extends Error {
+  readonly status: number | null;
+  constructor(message: string, status: number | null = null) {
+    super(message);
+    this.status = status;
+  }
+}
+
+const Progress = z.looseObject({
+  tasks_total: z.number(),
+  tasks_completed: z.number(),
+  tasks_failed: z.number(),
+  pending: z.number().default(0),
+  starting: z.number().default(0),
+  running: z.number().default(0),
+  retrying: z.number().default(0),
+});
+
+export const BatchStatus = z.looseObject({
+  batch_id: z.string(),
+  status: z.string(),
+  phase: z.string().optional(),
+  stage: z.string().optional(),
+  progress: Progress,
+  started_at: z.string().nullable(),
+  updated_at: z.string().nullable(),
+  completed_at: z.string().nullable(),
+  error: z.string().nullable(),
+  recent_failures: z
+    .array(
+      z.looseObject({
+        task_id: z.string(),
+        attempt: z.number(),
+        machine_id: z.string().nullable(),
+        error: z.string().nullable(),
+        logs: z.string().nullable(),
+      }),
+    )
+    .default([]),
+});
+export type BatchStatus = z.infer<typeof BatchStatus>;
+
+export const TaskItem = z.looseObject({
+  task_id: z.string(),
+  phase: z.string(),
+  status: z.string().optional(),
+  attempt: z.number(),
+  input_key: z.string(),
+  output_key: z.string(),
+  machine_id: z.string().nullable(),
+  region: z.string().nullable(),
+  error: z.string().nullable(),
+  updated_at: z.string().nullable(),
+  logs: z.string().nullable(),
+});
+export type TaskItem = z.infer<typeof TaskItem>;
+
+const TaskPage = z.looseObject({ batch_id: z.string(), tasks: z.array(TaskItem), next_cursor: z.string().nullable() });
+
+export const TASK_FILTERS = ["pending", "retrying", "starting", "running", "done", "failed"] as const;
+export type TaskFilter = (typeof TASK_FILTERS)[number];
+
+export const TERMINAL = new Set(["DONE", "ERROR"]);
+
+export interface ClientOptions {
+  /** Base URL of the orchestrator, e.g. http://127.0.0.1:8787 */
+  url: string;
+  /** Needed for the admin routes (enqueue, reset). */
+  adminToken?: string;
+  timeoutMs?: number;
+}
+
+export class OrchestratorClient {
+  readonly url: string;
+  #token: string | undefined;
+  #timeoutMs: number;
+
+  constructor(options: ClientOptions) {
+    this.url = options.url.replace(/\/+$/, "");
+    this.#token = options.adminToken;
+    this.#timeoutMs = options.timeoutMs ?? 15_000;
+  }
+
+  async health(): Promise<boolean> {
+    try {
+      const res = await fetch(`${this.url}/health`, { signal: AbortSignal.timeout(2000) });
+      await res.body?.cancel();
+      return res.ok;
+    } catch {
+      return false;
+    }
+  }
+
+  async enqueue(message: QueueMessage): Promise<{ batch_id: string; status_url: string }> {
+    const body = await this.#call("POST", "/admin/batches", { admin: true, body: message });
+    return z.looseObject({ batch_id: z.string(), status_url: z.string() }).parse(body);
+  }
+
+  async status(batchId: string): Promise<BatchStatus> {
+    return this.#parse(BatchStatus, await this.#call("GET", `/status/${encodeURIComponent(batchId)}`), "status");
+  }
+
+  async tasks(batchId: string, options: { status?: TaskFilter; cursor?: string | null; limit?: number } = {}) {
+    const q = new URLSearchParams();
+    if (options.status) q.set("status", options.status);
+    if (options.cursor) q.set("cursor", options.cursor);
+    q.set("limit", String(options.limit ?? 500));
+    return this.#parse(TaskPage, await this.#call("GET", `/status/${encodeURIComponent(batchId)}/tasks?${q}`), "task list");
+  }
+
+  /** Every task of the batch (optionally of one status), page by page. */
+  async allTasks(batchId: string, status?: TaskFilter): Promise<TaskItem[]> {
+    const out: TaskItem[] = [];
+    let cursor: string | null = null;
+    do {
+      const page = await this.tasks(batchId, { status, cursor, limit: 1000 });
+      out.push(...page.tasks);
+      cursor = page.next_cursor;
+    } while (cursor);
+    return out;
+  }
+
+  async reset(batchId: string): Promise<Record<string, unknown>> {
+    const body = await this.#call("POST", `/admin/reset/${encodeURIComponent(batchId)}`, { admin: true });
+    return z.record(z.string(), z.unknown()).parse(body);
+  }
+
+  #parse<T extends z.ZodType>(schema: T, body: unknown, what: string): z.infer<T> {
+    const parsed = schema.safeParse(body);
+    if (!parsed.success) {
+      throw new ApiError(`the orchestrator at ${this.url} answered an unexpected ${what}: ${describeZodError(parsed.error)}`);
+    }
+    return parsed.data;
+  }
+
+  async #call(method: string, path: string, options: { admin?: boolean; body?: unknown } = {}): Promise<unknown> {
+    const headers: Record<string, string> = {};
+    if (options.body !== undefined) headers["content-type"] = "application/json";
+    if (options.admin) {
+      if (!this.#token) throw new ApiError("ADMIN_TOKEN is not set: the admin routes need it (for the local stack, `npm start` prints where it is)");
+      headers.authorization = `Bearer ${this.#token}`;
+    }
+    let res: Response;
+    try {
+      res = await fetch(`${this.url}${path}`, {
+        method,
+        headers,
+        body: options.body === undefined ? undefined : JSON.stringify(options.body),
+        signal: AbortSignal.timeout(this.#timeoutMs),
+      });
+    } catch (error) {
+      const cause = error instanceof Error ? ((error.cause as { code?: string } | undefined)?.code ?? error.message) : String(error);
+      throw new ApiError(
+        `cannot reach the orchestrator at ${this.url} (${cause}). Is it running (\`npm start\`)? Set ORCHESTRATOR_URL to its address.`,
+      );
+    }
+    const text = await res.text();
+    let body: unknown = undefined;
+    try {
+      body = text ? JSON.parse(text) : undefined;
+    } catch {
+      // not JSON: described below
+    }
+    if (res.ok) return body;
+    const reason = (body as { error?: unknown } | undefined)?.error;
+    const said = typeof reason === "string" ? reason : text.slice(0, 200) || res.statusText;
+    if (res.status === 401) {
+      throw new ApiError(
+        `the orchestrator at ${this.url} refused the admin token (401: ${said}). Check ADMIN_TOKEN; for the local stack it is in .local/stack/secrets.json.`,
+        401,
+      );
+    }
+    if (res.status === 404 && said === "unknown batch") throw new ApiError(`no such batch on ${this.url}: ${path.split("/")[2] ?? ""}`, 404);
+    throw new ApiError(`${method} ${path} failed: the orchestrator answered ${res.status}: ${said}`, res.status);
+  }
+}

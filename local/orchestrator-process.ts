@@ -1,0 +1,149 @@
+// The orchestrator under `wrangler dev`, as a real process group: killing it kills wrangler,
+// workerd and esbuild together (killing only the parent orphans workerd — TOOLCHAIN.md).
+import { spawn, type ChildProcess } from "node:child_process";
+import { appendFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+
+export const REPO_ROOT = fileURLToPath(new URL("../", import.meta.url));
+const WRANGLER = fileURLToPath(new URL("../node_modules/wrangler/bin/wrangler.js", import.meta.url));
+
+export interface OrchestratorProcessOptions {
+  port: number;
+  /** wrangler's --persist-to: DO SQLite, alarms, queues survive a restart. */
+  persistDir: string;
+  /** Vars and secrets (mode 0600); given with --env-file so no secret is on a command line. */
+  envFile: string;
+  /** Every output line is appended here. */
+  logFile?: string;
+  onLine?: (line: string) => void;
+  readyTimeoutMs?: number;
+}
+
+export interface OrchestratorProcess {
+  url: string;
+  pid: number;
+  /** Stops the whole process group: SIGTERM (then SIGKILL after a grace period), or SIGKILL at once. */
+  stop(signal?: "SIGTERM" | "SIGKILL"): Promise<void>;
+}
+
+// eslint-disable-next-line no-control-regex
+const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;
+
+export async function startOrchestratorProcess(options: OrchestratorProcessOptions): Promise<OrchestratorProcess> {
+  const url = `http://127.0.0.1:${options.port}`;
+  const args = [
+    WRANGLER,
+    "dev",
+    "--ip", "127.0.0.1",
+    "--port", String(options.port),
+    "--persist-to", options.persistDir,
+    "--env-file", options.envFile,
+    "--inspector-port", "0",
+    "--show-interactive-dev-session=false",
+  ];
+  const child = spawn(process.execPath, args, {
+    cwd: REPO_ROOT,
+    env: { ...process.env, WRANGLER_SEND_METRICS: "false", FORCE_COLOR: "0", NO_COLOR: "1" },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  const pid = child.pid;
+  if (pid === undefined) throw new Error(`could not start wrangler dev (${process.execPath} ${WRANGLER})`);
+
+  const recent: string[] = [];
+  const onLine = (raw: string) => {
+    const line = raw.replace(ANSI, "").replace(/\r$/, "");
+    if (!line.trim()) return;
+    recent.push(line);
+    if (recent.length > 40) recent.shift();
+    if (options.logFile) appendFileSync(options.logFile, `${line}\n`);
+    options.onLine?.(line);
+  };
+  lines(child.stdout!, onLine);
+  lines(child.stderr!, onLine);
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+
+  const stop = stopper(child, pid, exited);
+  try {
+    await waitReady(url, exited, options.readyTimeoutMs ?? 60_000);
+  } catch (error) {
+    await stop("SIGKILL");
+    const tail = recent.slice(-15).join("\n  ");
+    throw new Error(`${error instanceof Error ? error.message : String(error)}\n  last lines of wrangler dev:\n  ${tail}`);
+  }
+  return { url, pid, stop };
+}
+
+async function waitReady(url: string, exited: Promise<number | null>, timeoutMs: number): Promise<void> {
+  let gone: number | null | undefined;
+  void exited.then((code) => (gone = code));
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (gone !== undefined) throw new Error(`wrangler dev exited with code ${gone} before it was ready on ${url}`);
+    try {
+      const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(2000) });
+      await res.body?.cancel();
+      if (res.ok) return;
+    } catch {
+      // not listening yet
+    }
+    await sleep(200);
+  }
+  throw new Error(`wrangler dev did not answer ${url}/health within ${Math.round(timeoutMs / 1000)}s`);
+}
+
+function stopper(child: ChildProcess, pgid: number, exited: Promise<number | null>) {
+  let stopping: Promise<void> | undefined;
+  return (signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<void> => {
+    stopping ??= (async () => {
+      signalGroup(pgid, signal);
+      const graceful = await Promise.race([waitGroupGone(pgid, 8000), exited.then(() => waitGroupGone(pgid, 8000))]);
+      if (!graceful) signalGroup(pgid, "SIGKILL");
+      await exited;
+      await waitGroupGone(pgid, 5000);
+      child.stdout?.destroy();
+      child.stderr?.destroy();
+    })();
+    return stopping;
+  };
+}
+
+function signalGroup(pgid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pgid, signal);
+  } catch {
+    // the group is already gone
+  }
+}
+
+/** True once no process of the group is left (within timeoutMs). */
+async function waitGroupGone(pgid: number, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      process.kill(-pgid, 0);
+    } catch {
+      return true;
+    }
+    if (Date.now() > deadline) return false;
+    await sleep(100);
+  }
+}
+
+function lines(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
+  let buffered = "";
+  stream.setEncoding("utf8");
+  stream.on("data", (chunk: string) => {
+    buffered += chunk;
+    const parts = buffered.split("\n");
+    buffered = parts.pop() ?? "";
+    for (const p of parts) onLine(p);
+  });
+  stream.on("end", () => {
+    if (buffered) onLine(buffered);
+  });
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,88 @@
+// `npm start`: the whole system on this machine — local S3, the Fly Machines API emulator and
+// the orchestrator under wrangler dev — until Ctrl-C, which stops every process it started.
+import { rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { z } from "zod";
+import { describeZodError } from "../shared/contracts.ts";
+import { DEFAULT_STATE_DIR, STACK_FILE, startStack } from "./stack.ts";
+
+const Env = z.object({
+  FANOUT_PORT: z.coerce.number().int().min(1).max(65535).default(8787),
+  FANOUT_S3_PORT: z.coerce.number().int().min(1).max(65535).default(4569),
+  FANOUT_FLY_PORT: z.coerce.number().int().min(1).max(65535).default(4280),
+  FANOUT_STATE_DIR: z.string().min(1).default(DEFAULT_STATE_DIR),
+});
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { quiet: { type: "boolean", short: "q" }, help: { type: "boolean", short: "h" } } });
+  if (values.help) {
+    console.log(`usage: npm start [-- --quiet]
+  Starts local S3, the Fly Machines API emulator and the orchestrator (wrangler dev).
+  Env: FANOUT_PORT (8787), FANOUT_S3_PORT (4569), FANOUT_FLY_PORT (4280), FANOUT_STATE_DIR (.local/stack)`);
+    return;
+  }
+  const parsed = Env.safeParse(process.env);
+  if (!parsed.success) throw new Error(`bad environment: ${describeZodError(parsed.error)}`);
+  const env = parsed.data;
+
+  console.log("Starting the fanout local stack…");
+  const stack = await startStack({
+    stateDir: env.FANOUT_STATE_DIR,
+    ports: { orchestrator: env.FANOUT_PORT, s3: env.FANOUT_S3_PORT, emulator: env.FANOUT_FLY_PORT },
+    onOrchestratorLine: values.quiet ? undefined : (line) => {
+      // Component log lines and request lines; wrangler's banner and binding table are in the log file.
+      if (/^\[[A-Za-z:]+\]/.test(line) || line.startsWith("✘")) console.log(`[orchestrator] ${line}`);
+    },
+  });
+  const stackFile = join(stack.stateDir, STACK_FILE);
+  writeFileSync(
+    stackFile,
+    `${JSON.stringify(
+      { orchestrator_url: stack.orchestratorUrl, s3_endpoint: stack.s3.endpoint, bucket: stack.bucket, fly_api: stack.emulator.url, app: stack.vars.FLY_APP_NAME, pid: process.pid },
+      null,
+      2,
+    )}\n`,
+  );
+
+  console.log(`
+fanout is running (state in ${stack.stateDir})
+  orchestrator      ${stack.orchestratorUrl}        GET /health · /status/:id · POST /admin/batches
+  local S3 (R2)     ${stack.s3.endpoint}/${stack.bucket}   path-style, any credentials
+  Fly Machines API  ${stack.emulator.url}         machines run as local fly-worker processes
+  admin token       in ${join(stack.stateDir, "secrets.json")} (ADMIN_TOKEN; the CLI reads it)
+  logs              ${stack.logDir}/orchestrator.log, ${stack.logDir}/machines/<id>.log
+
+Try:  npm run fanout -- submit <dir-of-tiffs> --watch
+Ctrl-C stops everything.
+`);
+
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) {
+      console.log("Still stopping… (machines and wrangler are being shut down)");
+      return;
+    }
+    stopping = true;
+    console.log(`\n${signal}: stopping the orchestrator, machines, emulator and local S3…`);
+    void stack.stop().then(
+      () => {
+        rmSync(stackFile, { force: true });
+        console.log("Stopped.");
+        process.exit(0);
+      },
+      (error: unknown) => {
+        console.error(`stop failed: ${error instanceof Error ? error.message : String(error)}`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGINT", () => shutdown("SIGINT"));
+  process.on("SIGTERM", () => shutdown("SIGTERM"));
+  process.on("SIGHUP", () => shutdown("SIGHUP"));
+}
+
+main().catch((error: unknown) => {
+  console.error(`npm start: ${error instanceof Error ? error.message : String(error)}`);
+  process.exit(1);
+});
