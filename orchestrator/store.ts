@@ -269,17 +269,11 @@ export class BatchStore {
     return (this.exec<BatchMeta & Record<string, SqlStorageValue>>("SELECT * FROM meta WHERE id = 1")[0] as BatchMeta) ?? null;
   }
 
-  createMeta(m: {
-    batch_id: string;
-    stage: Stage;
-    phase: string;
-    error: string | null;
-    message_json: string;
-    manifest_key: string | null;
-    prefix: string | null;
-    now: number;
-    bucket_tokens: number;
-  }): void {
+  createMeta(
+    m: Pick<BatchMeta, "batch_id" | "stage" | "phase" | "error" | "message_json" | "manifest_key" | "prefix" | "bucket_tokens"> & {
+      now: number;
+    },
+  ): void {
     this.run(
       `INSERT INTO meta (id, batch_id, stage, phase, error, message_json, manifest_key, prefix, started_at, updated_at,
                          completed_at, bucket_tokens, bucket_at)
