@@ -31,7 +31,7 @@ export default defineConfig({
             },
           }),
         ],
-        test: { name: "workers", include: ["test/workers/**/*.test.ts"] },
+        test: { name: "workers", include: ["test/workers/**/*.test.ts"], testTimeout: 60_000 },
       },
       {
         // The fly-worker, the local stack's parts: real child processes, S3 and HTTP on loopback.

@@ -357,7 +357,7 @@ export class BatchDO extends DurableObject<Env> {
     } finally {
       // Always re-arm while work remains, whatever the step did.
       const after = this.store.getMeta();
-      if (after && (after.stage === "done" || after.stage === "error")) next = this.store.earliest(false);
+      if (after && (after.stage === "done" || after.stage === "error")) next = this.store.earliestDeadline();
       if (next !== null) await this.ctx.storage.setAlarm(Math.max(next, Date.now()));
     }
   }
@@ -390,7 +390,7 @@ export class BatchDO extends DurableObject<Env> {
       case "done":
       case "error":
         await this.destroyOrphans(this.fly(), Date.now());
-        return this.store.earliest(false);
+        return this.store.earliestDeadline();
     }
   }
 
@@ -553,7 +553,7 @@ export class BatchDO extends DurableObject<Env> {
     await this.destroyOrphans(fly, Date.now());
     await this.checkOverdue(meta, phase, fly);
     let fresh = this.store.getMeta()!;
-    if (fresh.stage !== "run") return this.store.earliest(false);
+    if (fresh.stage !== "run") return this.store.earliestDeadline();
     if (fresh.pool) {
       await this.checkWorkers(fresh, phase, fly);
       fresh = this.store.getMeta()!;
@@ -570,13 +570,14 @@ export class BatchDO extends DurableObject<Env> {
     const canSpawn = after.pool
       ? this.poolTarget(counts, maxLive) > this.liveWorkerCount()
       : counts.creating + counts.booting + counts.running < maxLive;
-    // In pool mode ready tasks are leased by machines, not spawned: only deadlines wake the loop.
-    let next = this.store.earliest(canSpawn && !after.pool) ?? now + this.config.MACHINE_CHECK_INTERVAL_MS;
+    let next = this.store.earliestDeadline() ?? now + this.config.MACHINE_CHECK_INTERVAL_MS;
     if (canSpawn && counts.pending + counts.retrying > 0) {
-      // Wait for the create budget: a token, and any Retry-After the API asked for.
+      // The next create: once a task is ready (pool mode: a machine is wanted now), a create
+      // token is there and any Retry-After the API asked for has passed.
+      const readyAt = after.pool ? now : (this.store.earliestReady() ?? now);
       const rate = this.config.FLY_CREATE_RATE_PER_SECOND;
       const tokenAt = after.bucket_at + Math.max(0, ((1 - after.bucket_tokens) / rate) * 1000);
-      next = Math.max(next, tokenAt, after.fly_blocked_until);
+      next = Math.min(next, Math.max(readyAt, tokenAt, after.fly_blocked_until));
     }
     return next;
   }
@@ -867,7 +868,7 @@ export class BatchDO extends DurableObject<Env> {
     if (!ready) {
       const counts = this.store.phaseCounts(phase.name);
       if (counts.pending + counts.retrying > 0) {
-        const nextAt = this.store.earliest(true) ?? now + 1000;
+        const nextAt = this.store.earliestReady() ?? now + 1000;
         return { kind: "wait", wait_ms: Math.min(5000, Math.max(200, nextAt - now)) };
       }
       // A running task's lease may still lapse and need a machine.

@@ -450,18 +450,22 @@ export class BatchStore {
     return rows;
   }
 
-  /** The earliest time something needs doing: a deadline or a ready task (index MIN lookups). */
-  earliest(includeReady: boolean): number | null {
+  /** When the next pending or retrying task becomes ready (index MIN lookups). */
+  earliestReady(): number | null {
+    const times: number[] = [];
+    for (const state of ["pending", "retrying"] as const) {
+      const row = this.exec<{ t: number | null }>("SELECT MIN(next_at) AS t FROM tasks WHERE state = ?", state)[0];
+      if (row.t !== null) times.push(row.t);
+    }
+    return times.length > 0 ? Math.min(...times) : null;
+  }
+
+  /** The earliest deadline: a live task's, an orphan machine's or a pool machine's check (index MIN lookups). */
+  earliestDeadline(): number | null {
     const times: number[] = [];
     for (const state of LIVE_STATES) {
       const row = this.exec<{ t: number | null }>("SELECT MIN(deadline_at) AS t FROM tasks WHERE state = ?", state)[0];
       if (row.t !== null) times.push(row.t);
-    }
-    if (includeReady) {
-      for (const state of ["pending", "retrying"] as const) {
-        const row = this.exec<{ t: number | null }>("SELECT MIN(next_at) AS t FROM tasks WHERE state = ?", state)[0];
-        if (row.t !== null) times.push(row.t);
-      }
     }
     const orphan = this.exec<{ t: number | null }>("SELECT MIN(next_at) AS t FROM orphan_machines")[0];
     if (orphan.t !== null) times.push(orphan.t);

@@ -1,8 +1,8 @@
 import { env, exports } from "cloudflare:workers";
 import { createMessageBatch, getQueueResult, runDurableObjectAlarm } from "cloudflare:test";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import worker from "../../orchestrator/index.ts";
-import { ADMIN, getStatus, installWorld, putManifest, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
+import { ADMIN, createRequests, getStatus, installWorld, putManifest, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
 
 let world: World;
 beforeEach(() => {
@@ -103,14 +103,15 @@ describe("queue consumer", () => {
     const body = { batch_id: "q-redeliver", r2_prefix: "q-redeliver/" };
     const first = await deliver([{ id: "m1", body }]);
     expect(first.explicitAcks).toEqual(["m1"]);
-    await waitForStatus("q-redeliver", (x) => x.progress.starting + x.progress.running === 3);
+    const ours = () => world.runner.started.filter((m) => m.env.BATCH_ID === "q-redeliver");
+    await vi.waitFor(() => expect(ours()).toHaveLength(3), { timeout: 20_000 });
     const second = await deliver([{ id: "m1", body, attempts: 2 }, { id: "m2", body: JSON.stringify(body) }]);
     expect(second.explicitAcks.sort()).toEqual(["m1", "m2"]);
     await runDurableObjectAlarm(stub("q-redeliver"));
     const s = await getStatus("q-redeliver");
     expect(s.progress.tasks_total).toBe(3);
-    // (Batches of earlier tests may still be running in this isolate: count this batch's machines.)
-    expect(world.runner.started.filter((m) => m.env.BATCH_ID === "q-redeliver")).toHaveLength(3);
+    expect(ours()).toHaveLength(3);
+    expect(createRequests(world.fly).filter((r) => JSON.stringify(r.body).includes('"fanout_batch":"q-redeliver"'))).toHaveLength(3);
   });
 
   it("acks a malformed message; with a usable batch_id the batch exists in ERROR explaining why", async () => {

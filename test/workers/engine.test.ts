@@ -42,7 +42,7 @@ describe("a batch end to end through real alarms and callbacks", () => {
       expect(machineEnv[name], name).toBeTruthy();
     }
     expect(machineEnv.OUTPUT_R2_KEY).toBe(machineEnv.INPUT_R2_KEY.replace(/\.tif$/, ".jpg"));
-    await vi.waitFor(() => expect(world.fly.liveMachineCount()).toBe(0));
+    await vi.waitFor(() => expect(world.fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
 
     // Finalisation: the final list keeps every original and adds each JPEG.
     expect(world.downstream.calls).toHaveLength(1);

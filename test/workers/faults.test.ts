@@ -88,7 +88,7 @@ describe("Fly API faults", () => {
     const w = await start("f-crash", 3);
     w.runner.behaviour = () => "hang";
     await waitForStatus("f-crash", (x) => x.progress.starting === 3);
-    await vi.waitFor(() => expect(w.runner.started).toHaveLength(3));
+    await vi.waitFor(() => expect(w.runner.started).toHaveLength(3), { timeout: 10_000 });
     // As if the DO died after sending the create and before storing its answer.
     const lost = await withStore("f-crash", (store, sql) => {
       const t = store.getTask("tiff-000001")!;
@@ -184,7 +184,7 @@ describe("reset", () => {
     const w = await start("r-mid", 30);
     w.runner.behaviour = () => "hang";
     await waitForStatus("r-mid", (x) => x.progress.starting + x.progress.running === 20); // MAX_CONCURRENT_MACHINES
-    await vi.waitFor(() => expect(w.fly.liveMachineCount()).toBe(20));
+    await vi.waitFor(() => expect(w.fly.liveMachineCount()).toBe(20), { timeout: 10_000 });
     const unauthorised = await exports.default.fetch("http://orchestrator.test/admin/reset/r-mid", { method: "POST" });
     expect(unauthorised.status).toBe(401);
     const res = await exports.default.fetch("http://orchestrator.test/admin/reset/r-mid", { method: "POST", headers: ADMIN });
