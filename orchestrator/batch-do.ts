@@ -15,7 +15,7 @@ import { leaseSubject, type LeaseResponse } from "../shared/contracts.ts";
 import { fileName } from "../shared/keys.ts";
 import { type Config, loadConfig } from "./config.ts";
 import { errorMessage, log, logError } from "./log.ts";
-import { type CreateOutcome, FlyMachines } from "./machines.ts";
+import { type CreateOutcome, type FlyMachine, FlyMachines } from "./machines.ts";
 import { FIRST_PHASE, getPhase } from "./phases/index.ts";
 import type { Phase, PhaseFile, TaskView } from "./phases/types.ts";
 import { R2ObjectStore, S3ObjectStore, StorageError, type ObjectStore } from "./storage.ts";
@@ -123,6 +123,38 @@ export function machineName(batchId: string, suffix: string): string {
     b = `${b.slice(0, 63 - tail.length - 3 - 9)}-${h.toString(16).padStart(8, "0")}`;
   }
   return `fo-${b}${tail}`;
+}
+
+/**
+ * The batch's machines as one list per alarm, instead of one read per machine: Fly's read
+ * limit (5/s, burst 10) would otherwise be met by a batch with many live machines. A machine
+ * missing from the list is confirmed with a single read before it is taken for gone.
+ */
+class MachineCensus {
+  private readonly fly: FlyMachines;
+  private readonly batchId: string;
+  private listing: Promise<Map<string, FlyMachine>> | undefined;
+
+  constructor(fly: FlyMachines, batchId: string) {
+    this.fly = fly;
+    this.batchId = batchId;
+  }
+
+  private all(): Promise<Map<string, FlyMachine>> {
+    this.listing ??= this.fly.listMachines({ fanout_batch: this.batchId }).then((ms) => new Map(ms.map((m) => [m.id, m])));
+    return this.listing;
+  }
+
+  async byId(id: string): Promise<FlyMachine | null> {
+    return (await this.all()).get(id) ?? (await this.fly.getMachine(id));
+  }
+
+  async find(metadata: Record<string, string>): Promise<FlyMachine | undefined> {
+    for (const m of (await this.all()).values()) {
+      if (Object.entries(metadata).every(([k, v]) => m.metadata[k] === v)) return m;
+    }
+    return undefined;
+  }
 }
 
 export class BatchDO extends DurableObject<Env> {
@@ -551,11 +583,12 @@ export class BatchDO extends DurableObject<Env> {
     const phase = getPhase(meta.phase);
     const fly = this.fly();
     await this.destroyOrphans(fly, Date.now());
-    await this.checkOverdue(meta, phase, fly);
+    const census = new MachineCensus(fly, meta.batch_id);
+    await this.checkOverdue(meta, phase, census);
     let fresh = this.store.getMeta()!;
     if (fresh.stage !== "run") return this.store.earliestDeadline();
     if (fresh.pool) {
-      await this.checkWorkers(fresh, phase, fly);
+      await this.checkWorkers(fresh, phase, census);
       fresh = this.store.getMeta()!;
       await this.tendPool(fresh, phase, fly);
     } else {
@@ -746,7 +779,7 @@ export class BatchDO extends DurableObject<Env> {
   }
 
   /** Looks at live tasks whose deadline passed: unknown creates, boot and run timeouts, dead machines. */
-  private async checkOverdue(meta: BatchMeta, phase: Phase, fly: FlyMachines): Promise<void> {
+  private async checkOverdue(meta: BatchMeta, phase: Phase, census: MachineCensus): Promise<void> {
     const now = Date.now();
     const overdue = this.store.overdueTasks(now, CHECKS_PER_ALARM);
     if (overdue.length === 0) return;
@@ -755,8 +788,8 @@ export class BatchDO extends DurableObject<Env> {
       overdue.map(async (task) => {
         try {
           if (task.worker_id) this.leaseOverdue(meta, task, limits);
-          else if (task.state === "creating") await this.reconcileCreate(meta, phase, task, fly);
-          else await this.checkMachine(meta, task, fly, limits);
+          else if (task.state === "creating") await this.reconcileCreate(meta, phase, task, census);
+          else await this.checkMachine(meta, task, census, limits);
         } catch (error) {
           logError("DO", "check_failed", error, { batch_id: meta.batch_id, task_id: task.task_id });
           this.store.moveTask(task, task.state, { deadline_at: Date.now() + RECHECK_MS }, Date.now());
@@ -765,16 +798,11 @@ export class BatchDO extends DurableObject<Env> {
     );
   }
 
-  private async reconcileCreate(meta: BatchMeta, phase: Phase, task: TaskRow, fly: FlyMachines): Promise<void> {
-    const found = await fly.listMachines({
-      fanout_batch: meta.batch_id,
-      fanout_task: task.task_id,
-      fanout_attempt: String(task.attempt),
-    });
+  private async reconcileCreate(meta: BatchMeta, phase: Phase, task: TaskRow, census: MachineCensus): Promise<void> {
+    const machine = await census.find({ fanout_task: task.task_id, fanout_attempt: String(task.attempt) });
     const now = Date.now();
     const current = this.store.getTask(task.task_id);
     if (!current || current.state !== "creating" || current.attempt !== task.attempt) return;
-    const machine = found.find((m) => m.state !== "destroyed") ?? found[0];
     this.store.transaction(() => {
       if (machine) {
         this.applyCreate(meta, phase, current, { kind: "created", machineId: machine.id, name: machine.name, region: machine.region, state: machine.state }, now);
@@ -788,11 +816,11 @@ export class BatchDO extends DurableObject<Env> {
   private async checkMachine(
     meta: BatchMeta,
     task: TaskRow,
-    fly: FlyMachines,
+    census: MachineCensus,
     limits: { bootTimeoutMs: number; runTimeoutMs: number },
   ): Promise<void> {
     const machineId = task.machine_id!;
-    const machine = await fly.getMachine(machineId);
+    const machine = await census.byId(machineId);
     const now = Date.now();
     const current = this.store.getTask(task.task_id);
     if (!current || current.state !== task.state || current.attempt !== task.attempt) return;
@@ -1047,12 +1075,12 @@ export class BatchDO extends DurableObject<Env> {
   }
 
   /** Pool machines due a look: unknown creates reconciled, dead or stuck machines retired. */
-  private async checkWorkers(meta: BatchMeta, phase: Phase, fly: FlyMachines): Promise<void> {
+  private async checkWorkers(meta: BatchMeta, phase: Phase, census: MachineCensus): Promise<void> {
     const due = this.store.workersDue(Date.now(), CHECKS_PER_ALARM);
     await Promise.all(
       due.map(async (w) => {
         try {
-          await this.checkWorker(meta, phase, w, fly);
+          await this.checkWorker(meta, phase, w, census);
         } catch (error) {
           logError("DO", "worker_check_failed", error, { batch_id: meta.batch_id, worker_id: w.worker_id });
           this.store.updateWorker(w.worker_id, { check_at: Date.now() + RECHECK_MS });
@@ -1061,17 +1089,16 @@ export class BatchDO extends DurableObject<Env> {
     );
   }
 
-  private async checkWorker(meta: BatchMeta, phase: Phase, w: WorkerRow, fly: FlyMachines): Promise<void> {
+  private async checkWorker(meta: BatchMeta, phase: Phase, w: WorkerRow, census: MachineCensus): Promise<void> {
     if (w.state === "creating" && !w.machine_id) {
-      const found = await fly.listMachines({ fanout_batch: meta.batch_id, fanout_worker: w.worker_id });
-      const machine = found.find((m) => m.state !== "destroyed");
+      const machine = await census.find({ fanout_worker: w.worker_id });
       const now = Date.now();
       if (machine) this.applyWorkerCreate(meta, phase, w.worker_id, { kind: "created", machineId: machine.id, name: machine.name, region: machine.region, state: machine.state }, now);
       else this.store.deleteWorker(w.worker_id); // never created
       return;
     }
     const machineId = w.machine_id!;
-    const machine = await fly.getMachine(machineId);
+    const machine = await census.byId(machineId);
     const now = Date.now();
     const current = this.store.getWorker(w.worker_id);
     if (!current || current.state === "gone") return;

@@ -99,7 +99,8 @@ describe("Fly API faults", () => {
     await runDurableObjectAlarm(stub("f-crash"));
     const task = await withStore("f-crash", (store) => store.getTask("tiff-000001")!);
     expect(task).toMatchObject({ state: "booting", machine_id: lost, attempt: 1 });
-    expect(w.fly.requests.filter((r) => r.method === "GET" && r.path.includes("metadata.fanout_task=tiff-000001"))).toHaveLength(1);
+    // One list of the batch's machines, not a read per machine.
+    expect(w.fly.requests.filter((r) => r.method === "GET" && r.path.includes("metadata.fanout_batch=f-crash"))).toHaveLength(1);
     expect(createRequests(w.fly)).toHaveLength(3);
     for (const id of [...w.runner.live.keys()]) await w.runner.finish(id);
     const s = await waitForStatus("f-crash", (x) => x.status === "DONE");
@@ -176,6 +177,22 @@ describe("timeouts and retries", () => {
     };
     expect(page.tasks[0]).toMatchObject({ attempt: 3, error: expect.stringMatching(/exited without calling back \(after 3 attempts\)$/) });
     expect(s.recent_failures).toHaveLength(3);
+  });
+});
+
+describe("machine checks", () => {
+  it("look at 20 live machines with one list request, within Fly's read limit", async () => {
+    const w = await start("c-census", 20);
+    w.runner.behaviour = () => "hang";
+    await vi.waitFor(() => expect(w.runner.live.size).toBe(20), { timeout: 10_000 }); // started, not just created
+    const booting = () => withStore("c-census", (_s, sql) => sql.exec("SELECT COUNT(*) AS n FROM tasks WHERE state = 'booting'").one().n);
+    await vi.waitFor(async () => expect(await booting()).toBe(20), { timeout: 10_000 });
+    const readsBefore = w.fly.requests.filter((r) => r.method === "GET").length;
+    await expireAll("c-census");
+    await runDurableObjectAlarm(stub("c-census"));
+    const reads = w.fly.requests.filter((r) => r.method === "GET").slice(readsBefore);
+    expect(reads.map((r) => r.path)).toEqual(["/v1/apps/fanout-worker/machines?metadata.fanout_batch=c-census"]);
+    expect((await getStatus("c-census")).progress.running).toBe(20);
   });
 });
 
