@@ -4,7 +4,7 @@
 import { readFileSync } from "node:fs";
 import { totalmem } from "node:os";
 import { z } from "zod";
-import { BatchId, MachineEnv, SECRET_ENV_NAMES, TaskId } from "../shared/contracts.ts";
+import { BatchId, MachineEnv, PoolEnv, SECRET_ENV_NAMES, TaskId } from "../shared/contracts.ts";
 
 const envInt = (min: number, max: number) =>
   z
@@ -42,7 +42,7 @@ export type EnvResult =
   | { ok: true; env: WorkerEnv }
   | { ok: false; problems: string[]; callback?: CallbackTarget };
 
-const SECRET = new Set<string>(SECRET_ENV_NAMES);
+const SECRET = new Set<string>([...SECRET_ENV_NAMES, "LEASE_TOKEN"]);
 
 function received(name: string, raw: Record<string, string | undefined>): string {
   const value = raw[name];
@@ -52,24 +52,56 @@ function received(name: string, raw: Record<string, string | undefined>): string
   return `received ${JSON.stringify(shown)}`;
 }
 
-export function parseEnv(source: NodeJS.ProcessEnv): EnvResult {
-  // An empty variable means "unset": orchestrator templates often render optional ones as "".
-  const raw: Record<string, string | undefined> = {};
+/** The env without unset variables: an empty one means "unset" (templates render optional ones as ""). */
+export function setVariables(source: NodeJS.ProcessEnv): Record<string, string> {
+  const raw: Record<string, string> = {};
   for (const [k, v] of Object.entries(source)) if (v !== undefined && v !== "") raw[k] = v;
+  return raw;
+}
 
+function problemsOf(issues: z.ZodError["issues"], raw: Record<string, string | undefined>): string[] {
+  return issues.map((issue) => {
+    const name = String(issue.path[0] ?? "(env)");
+    return raw[name] === undefined ? `${name} is required but ${received(name, raw)}` : `${name}: ${issue.message}; ${received(name, raw)}`;
+  });
+}
+
+export function parseEnv(source: NodeJS.ProcessEnv): EnvResult {
+  const raw = setVariables(source);
   const machine = MachineEnv.safeParse(raw);
   const tuning = WorkerTuning.safeParse(raw);
   if (machine.success && tuning.success) {
     return { ok: true, env: { ...machine.data, ...tuning.data, memory: machineMemory(machine.data.MEMORY_MB) } };
   }
-  const problems: string[] = [];
-  for (const issue of [...(machine.error?.issues ?? []), ...(tuning.error?.issues ?? [])]) {
-    const name = String(issue.path[0] ?? "(env)");
-    problems.push(
-      raw[name] === undefined ? `${name} is required but ${received(name, raw)}` : `${name}: ${issue.message}; ${received(name, raw)}`,
-    );
-  }
+  const problems = problemsOf([...(machine.error?.issues ?? []), ...(tuning.error?.issues ?? [])], raw);
   return { ok: false, problems, callback: callbackTarget(raw) };
+}
+
+/** Knobs of pool mode only: how hard a pool machine tries to reach its lease endpoint. */
+export const PoolTuning = z.object({
+  /** Network errors and 5xx on lease are retried for this long, then the machine exits (69). */
+  LEASE_RETRY_WINDOW_MS: envInt(0, 3_600_000).default(60_000),
+  /** First lease retry delay; doubles per attempt with jitter, capped at 5 s. */
+  LEASE_BACKOFF_MS: envInt(1, 60_000).default(500),
+  LEASE_REQUEST_TIMEOUT_MS: envInt(100, 600_000).default(15_000),
+});
+
+/** What a pool machine knows before its first lease: who it is, where to lease, R2 access. */
+const PoolMachine = MachineEnv.pick({ R2_ACCOUNT_ID: true, R2_ACCESS_KEY_ID: true, R2_SECRET_ACCESS_KEY: true, R2_BUCKET: true, R2_ENDPOINT: true, MEMORY_MB: true, FLY_MACHINE_ID: true });
+
+export type PoolMachineEnv = PoolEnv & z.infer<typeof PoolTuning> & z.infer<typeof PoolMachine>;
+
+export type PoolEnvResult = { ok: true; env: PoolMachineEnv } | { ok: false; problems: string[] };
+
+/** The pool machine's own env; each leased task's env is checked with parseEnv when it comes. */
+export function parsePoolEnv(source: NodeJS.ProcessEnv): PoolEnvResult {
+  const raw = setVariables(source);
+  const parts = [PoolEnv.safeParse(raw), PoolTuning.safeParse(raw), PoolMachine.safeParse(raw), WorkerTuning.safeParse(raw)] as const;
+  const [pool, tuning, machine] = parts;
+  if (pool.success && tuning.success && machine.success && parts[3].success) {
+    return { ok: true, env: { ...pool.data, ...tuning.data, ...machine.data } };
+  }
+  return { ok: false, problems: problemsOf(parts.flatMap((p) => p.error?.issues ?? []), raw) };
 }
 
 /** The error callback is possible when its URL, token and the task's identity are usable. */

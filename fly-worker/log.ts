@@ -1,7 +1,7 @@
 // One JSON object per line, prefixed by component, so `fly logs -a APP -i MACHINE_ID --no-tail`
 // reads as the story of one task. Secret values are scrubbed from every line.
 
-export type Component = "TiffConversion" | "Env" | "S3" | "Callback" | "FlyWorker";
+export type Component = "TiffConversion" | "Env" | "S3" | "Callback" | "FlyWorker" | "Pool";
 type Fields = Record<string, unknown>;
 
 let context: Fields = {};
@@ -16,6 +16,14 @@ export function setLogContext(fields: Fields): void {
 export function registerSecrets(values: (string | undefined)[]): void {
   for (const v of values) if (v && v.length >= 4 && !secrets.includes(v)) secrets.push(v);
   secrets.sort((a, b) => b.length - a.length); // longest first, so a prefix never leaves a tail
+}
+
+/** Stops scrubbing values that are no longer in use (a pool machine's finished task's token). */
+export function forgetSecrets(values: (string | undefined)[]): void {
+  for (const v of values) {
+    const i = v === undefined ? -1 : secrets.indexOf(v);
+    if (i >= 0) secrets.splice(i, 1);
+  }
 }
 
 export function redact(text: string): string {

@@ -1,0 +1,103 @@
+// One task from a parsed env: convert, call back, and say what happened as an exit code.
+// Single-task mode runs it once for the machine's env; pool mode once per leased task.
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { CallbackBody, CallbackError } from "../shared/contracts.ts";
+import { sendCallback, type CallbackOptions } from "./callback.ts";
+import { describeEnv, type CallbackTarget, type WorkerEnv } from "./env.ts";
+import { TaskError, errorMessage } from "./errors.ts";
+import { EXIT, type ExitCode } from "./exit-codes.ts";
+import { log } from "./log.ts";
+import { peakRssMb, runTask, type Timings } from "./task.ts";
+
+const ERROR_MAX_CHARS = 4000;
+
+export interface TaskOutcome {
+  /** What this task's exit code would be in single-task mode. */
+  code: ExitCode;
+  status: CallbackBody["status"];
+  delivered: boolean;
+}
+
+/**
+ * Converts the task `env` names, in a temp dir of its own (removed after), and delivers the
+ * callback. `startedAt` (a performance.now() value) is where total_time_ms counts from.
+ */
+export async function convertTask(env: WorkerEnv, startedAt = 0): Promise<TaskOutcome> {
+  log.info("TiffConversion", "task.start", { env: describeEnv(env), node: process.version, region: env.FLY_REGION ?? null });
+  const callbackOptions: CallbackOptions = { maxAttempts: env.CALLBACK_MAX_ATTEMPTS, backoffMs: env.CALLBACK_BACKOFF_MS, timeoutMs: env.CALLBACK_TIMEOUT_MS };
+  const timings: Timings = { download_time_ms: 0, inspect_time_ms: 0, conversion_time_ms: 0, upload_time_ms: 0 };
+  const totalMs = () => Math.round(performance.now() - startedAt);
+  const performanceNow = () => ({ total_time_ms: totalMs(), ...roundAll(timings), peak_rss_mb: peakRssMb() });
+
+  const workDir = await mkdtemp(join(tmpdir(), `fanout-${env.TASK_ID}-`));
+  let body: CallbackBody;
+  let failureExit: ExitCode = EXIT.SUCCESS;
+  try {
+    const success = await runTask(env, workDir, { timings });
+    body = { ...success, performance: performanceNow(), machine_id: env.FLY_MACHINE_ID };
+    log.info("TiffConversion", "task.converted", { pages: success.pages, output_r2_key: success.output_r2_key, performance: body.performance });
+  } catch (error) {
+    const known = error instanceof TaskError;
+    failureExit = known && error.kind !== "internal" ? EXIT.TASK_FAILED : EXIT.INTERNAL_ERROR;
+    const message = known ? error.message : `internal error in fly-worker: ${errorMessage(error)}`;
+    log.error("TiffConversion", "task.failed", {
+      error: message,
+      kind: known ? error.kind : "internal",
+      stack: known ? undefined : error instanceof Error ? error.stack : undefined,
+      performance: performanceNow(),
+    });
+    body = {
+      task_id: env.TASK_ID,
+      batch_id: env.BATCH_ID,
+      status: "error",
+      error: truncate(message),
+      error_kind: known ? error.kind : "internal",
+      retryable: known ? error.retryable : true,
+      machine_id: env.FLY_MACHINE_ID,
+      performance: performanceNow(),
+    };
+  } finally {
+    await rm(workDir, { recursive: true, force: true });
+  }
+
+  const delivered = await deliver(env.CALLBACK_URL, env.CALLBACK_TOKEN, body, callbackOptions);
+  const code = !delivered ? EXIT.CALLBACK_UNDELIVERABLE : failureExit;
+  log.info("TiffConversion", "task.exit", { exit_code: code, status: body.status, total_time_ms: totalMs(), peak_rss_mb: peakRssMb() });
+  return { code, status: body.status, delivered };
+}
+
+/** The error callback for a task whose env is unusable: it cannot run anywhere as it is. */
+export async function reportBadEnv(target: CallbackTarget, problems: string[]): Promise<boolean> {
+  const body: CallbackError = {
+    task_id: target.taskId,
+    batch_id: target.batchId,
+    status: "error",
+    error: truncate(`fly-worker environment is invalid: ${problems.join("; ")}`),
+    error_kind: "config",
+    retryable: false,
+  };
+  return deliver(target.url, target.token, body, { maxAttempts: 3, backoffMs: 500, timeoutMs: 10_000 });
+}
+
+async function deliver(url: string, token: string, body: CallbackBody, options: CallbackOptions): Promise<boolean> {
+  const outcome = await sendCallback(url, token, body, options);
+  if (!outcome.delivered) {
+    log.error("Callback", "callback.undeliverable", { status: body.status, attempts: outcome.attempts, http_status: outcome.status ?? null, reason: outcome.reason });
+  }
+  return outcome.delivered;
+}
+
+function truncate(message: string): string {
+  return message.length > ERROR_MAX_CHARS ? `${message.slice(0, ERROR_MAX_CHARS - 1)}…` : message;
+}
+
+function roundAll(timings: Timings): Timings {
+  return {
+    download_time_ms: Math.round(timings.download_time_ms),
+    inspect_time_ms: Math.round(timings.inspect_time_ms),
+    conversion_time_ms: Math.round(timings.conversion_time_ms),
+    upload_time_ms: Math.round(timings.upload_time_ms),
+  };
+}
