@@ -187,7 +187,7 @@ export class BatchDO extends DurableObject<Env> {
       manifest_key: message.manifest_r2_key ?? null,
       prefix: message.manifest_r2_key ? null : (message.r2_prefix ?? ""),
       now,
-      bucket_tokens: this.config.FLY_CREATE_BURST,
+      bucket_tokens: 0,
     });
     if (message.pool ?? this.config.POOL_MODE) this.store.updateMeta({ pool: 1 }, now);
     await this.ctx.storage.setAlarm(now);
@@ -608,9 +608,7 @@ export class BatchDO extends DurableObject<Env> {
       // The next create: once a task is ready (pool mode: a machine is wanted now), a create
       // token is there and any Retry-After the API asked for has passed.
       const readyAt = after.pool ? now : (this.store.earliestReady() ?? now);
-      const rate = this.config.FLY_CREATE_RATE_PER_SECOND;
-      const tokenAt = after.bucket_at + Math.max(0, ((1 - after.bucket_tokens) / rate) * 1000);
-      next = Math.min(next, Math.max(readyAt, tokenAt, after.fly_blocked_until));
+      next = Math.min(next, Math.max(readyAt, after.bucket_at, after.fly_blocked_until));
     }
     return next;
   }
@@ -635,13 +633,10 @@ export class BatchDO extends DurableObject<Env> {
     const counts = this.store.phaseCounts(phase.name);
     const free = limits.maxLive - (counts.creating + counts.booting + counts.running);
     const c = this.config;
-    const tokens = this.createTokens(meta, now);
-    const n = Math.min(free, Math.floor(tokens), SPAWNS_PER_ALARM);
-    if (n <= 0) {
-      this.store.updateMeta({ bucket_tokens: tokens, bucket_at: now }, now);
-      return;
-    }
-    const ready = this.store.readyTasks(now, n);
+    if (free <= 0) return;
+    const candidates = this.store.readyTasks(now, Math.min(free, SPAWNS_PER_ALARM));
+    if (candidates.length === 0) return;
+    const ready = candidates.slice(0, await this.takeCreates(candidates.length));
     const launches = this.store.transaction(() => {
       const moved: TaskRow[] = [];
       for (const task of ready) {
@@ -653,7 +648,6 @@ export class BatchDO extends DurableObject<Env> {
           moved.push({ ...task, ...set, state: "creating" });
         }
       }
-      this.store.updateMeta({ bucket_tokens: tokens - moved.length, bucket_at: now }, now);
       return moved;
     });
     if (launches.length === 0) return;
@@ -680,12 +674,25 @@ export class BatchDO extends DurableObject<Env> {
     this.store.transaction(() => {
       launches.forEach((t, i) => this.applyCreate(meta, phase, t, outcomes[i], after));
     });
+    await this.shareRetryAfter(outcomes, after);
   }
 
-  /** Create tokens available now: Fly's documented create limit as a token bucket. */
-  private createTokens(meta: BatchMeta, now: number): number {
+  private budget() {
+    return this.env.FLY_BUDGET.getByName(this.config.FLY_APP_NAME);
+  }
+
+  /** Create tokens from the app-wide budget (Fly's documented create limit), up to `want`. */
+  private async takeCreates(want: number): Promise<number> {
     const c = this.config;
-    return Math.min(c.FLY_CREATE_BURST, meta.bucket_tokens + ((now - meta.bucket_at) / 1000) * c.FLY_CREATE_RATE_PER_SECOND);
+    const grant = await this.budget().take(want, c.FLY_CREATE_RATE_PER_SECOND, c.FLY_CREATE_BURST);
+    this.store.updateMeta({ bucket_at: grant.next_at }, Date.now());
+    return grant.granted;
+  }
+
+  /** A 429 holds back every batch of the app, not just this one. */
+  private async shareRetryAfter(outcomes: CreateOutcome[], now: number): Promise<void> {
+    const waits = outcomes.flatMap((o) => (o.kind === "rate_limited" ? [o.retryAfterMs] : []));
+    if (waits.length > 0) await this.budget().block(now + Math.max(...waits));
   }
 
   /** The machine contract env (see DESIGN.md), on top of the phase's own. */
@@ -744,7 +751,7 @@ export class BatchDO extends DurableObject<Env> {
         );
         if (outcome.kind === "rate_limited") {
           const blocked = Math.max(this.store.getMeta()!.fly_blocked_until, now + wait);
-          this.store.updateMeta({ fly_blocked_until: blocked, bucket_tokens: 0, bucket_at: blocked }, now);
+          this.store.updateMeta({ fly_blocked_until: blocked, bucket_at: blocked }, now);
           log("DO", "rate_limited", { ...fields, retry_after_ms: wait });
         }
         return;
@@ -980,13 +987,11 @@ export class BatchDO extends DurableObject<Env> {
     const now = Date.now();
     if (meta.fly_blocked_until > now) return;
     const counts = this.store.phaseCounts(phase.name);
-    const want = this.poolTarget(counts, this.limits(phase).maxLive) - this.liveWorkerCount();
-    const tokens = this.createTokens(meta, now);
-    const n = Math.min(want, Math.floor(tokens), SPAWNS_PER_ALARM);
-    if (n <= 0) {
-      this.store.updateMeta({ bucket_tokens: tokens, bucket_at: now }, now);
-      return;
-    }
+    const want = Math.min(this.poolTarget(counts, this.limits(phase).maxLive) - this.liveWorkerCount(), SPAWNS_PER_ALARM);
+    if (want <= 0) return;
+    const n = await this.takeCreates(want);
+    if (n <= 0) return;
+    meta = this.store.getMeta()!;
     const c = this.config;
     const limits = this.limits(phase);
     // One size for the pool: the machine the largest task of the phase needs.
@@ -994,7 +999,7 @@ export class BatchDO extends DurableObject<Env> {
     const ids = Array.from({ length: n }, (_, i) => `pool-${String(meta.worker_seq + i + 1).padStart(4, "0")}`);
     this.store.transaction(() => {
       for (const id of ids) this.store.insertWorker({ worker_id: id, phase: phase.name, now, check_at: now + CREATE_ANSWER_MS, limit_at: now + limits.bootTimeoutMs });
-      this.store.updateMeta({ worker_seq: meta.worker_seq + n, bucket_tokens: tokens - n, bucket_at: now }, now);
+      this.store.updateMeta({ worker_seq: meta.worker_seq + n }, now);
     });
     const base = c.CALLBACK_BASE_URL.replace(/\/+$/, "");
     const outcomes = await Promise.all(
@@ -1026,6 +1031,7 @@ export class BatchDO extends DurableObject<Env> {
     );
     const after = Date.now();
     this.store.transaction(() => ids.forEach((id, i) => this.applyWorkerCreate(meta, phase, id, outcomes[i], after)));
+    await this.shareRetryAfter(outcomes, after);
   }
 
   private applyWorkerCreate(meta: BatchMeta, phase: Phase, workerId: string, outcome: CreateOutcome, now: number): void {
@@ -1050,7 +1056,7 @@ export class BatchDO extends DurableObject<Env> {
         this.store.deleteWorker(workerId);
         if (outcome.kind === "rate_limited") {
           const blocked = Math.max(this.store.getMeta()!.fly_blocked_until, now + outcome.retryAfterMs);
-          this.store.updateMeta({ fly_blocked_until: blocked, bucket_tokens: 0, bucket_at: blocked }, now);
+          this.store.updateMeta({ fly_blocked_until: blocked, bucket_at: blocked }, now);
         }
         return;
       }

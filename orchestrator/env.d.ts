@@ -1,6 +1,7 @@
 // Bindings and vars of wrangler.jsonc, plus the secrets set with `wrangler secret put`.
 interface Env {
   BATCH_DO: DurableObjectNamespace<import("./batch-do.ts").BatchDO>;
+  FLY_BUDGET: DurableObjectNamespace<import("./fly-budget.ts").FlyBudget>;
   BATCH_QUEUE: Queue<unknown>;
   BUCKET: R2Bucket;
   CALLBACK_BASE_URL: string;
@@ -27,6 +28,6 @@ declare namespace Cloudflare {
   interface Env extends globalThis.Env {}
   interface GlobalProps {
     mainModule: typeof import("./index.ts");
-    durableNamespaces: "BatchDO";
+    durableNamespaces: "BatchDO" | "FlyBudget";
   }
 }

@@ -19,6 +19,7 @@ import { ConfigError, loadConfig } from "./config.ts";
 import { errorMessage, log, logError } from "./log.ts";
 
 export { BatchDO } from "./batch-do.ts";
+export { FlyBudget } from "./fly-budget.ts";
 
 type Handler = (req: IRequest, env: Env) => Promise<Response> | Response;
 

@@ -26,7 +26,9 @@ export interface BatchMeta {
   updated_at: number;
   completed_at: number | null;
   fly_blocked_until: number;
+  /** Unused since the create budget moved to the app-wide FlyBudget DO (kept: migrations only add). */
   bucket_tokens: number;
+  /** When the app-wide create budget next has a token for this batch. */
   bucket_at: number;
   step_failures: number;
   finalise_attempts: number;
