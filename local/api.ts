@@ -154,7 +154,8 @@ export class OrchestratorClient {
         signal: AbortSignal.timeout(this.#timeoutMs),
       });
     } catch (error) {
-      const cause = error instanceof Error ? ((error.cause as { code?: string } | undefined)?.code ?? error.message) : String(error);
+      const inner = error instanceof Error ? (error.cause as { code?: string; message?: string } | undefined) : undefined;
+      const cause = inner?.code ?? inner?.message ?? (error instanceof Error ? error.message : String(error));
       throw new ApiError(
         `cannot reach the orchestrator at ${this.url} (${cause}). Is it running (\`npm start\`)? Set ORCHESTRATOR_URL to its address.`,
       );

@@ -4,7 +4,8 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { appendFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
-export const REPO_ROOT = fileURLToPath(new URL("../", import.meta.url));
+import { REPO_ROOT } from "./paths.ts";
+export { REPO_ROOT };
 const WRANGLER = fileURLToPath(new URL("../node_modules/wrangler/bin/wrangler.js", import.meta.url));
 
 export interface OrchestratorProcessOptions {
@@ -69,7 +70,7 @@ export async function startOrchestratorProcess(options: OrchestratorProcessOptio
   } catch (error) {
     await stop("SIGKILL");
     const tail = recent.slice(-15).join("\n  ");
-    throw new Error(`${error instanceof Error ? error.message : String(error)}\n  last lines of wrangler dev:\n  ${tail}`);
+    throw new Error(`${error instanceof Error ? error.message : String(error)}\n  last lines of wrangler dev:\n  ${tail}`, { cause: error });
   }
   return { url, pid, stop };
 }

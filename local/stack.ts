@@ -11,14 +11,11 @@ import { startCallbackProxy, type CallbackProxy } from "./callback-proxy.ts";
 import type { FaultOptions, RateLimit } from "./fly-emulator/core.ts";
 import { ProcessRunner, startFlyEmulator, type RunningFlyEmulator } from "./fly-emulator/server.ts";
 import { MachineLedger } from "./machine-ledger.ts";
-import { REPO_ROOT, startOrchestratorProcess, type OrchestratorProcess } from "./orchestrator-process.ts";
+import { APP_NAME, BUCKET, DEFAULT_STATE_DIR } from "./paths.ts";
+import { startOrchestratorProcess, type OrchestratorProcess } from "./orchestrator-process.ts";
 import { LOCAL_S3_CREDENTIALS, startLocalS3, type LocalS3 } from "./s3.ts";
 
-export const DEFAULT_STATE_DIR = join(REPO_ROOT, ".local", "stack");
-export const BUCKET = "fanout-archive";
-export const APP_NAME = "fanout-worker";
-/** Written by `npm start` into the state dir: where the running stack is, for the CLI. */
-export const STACK_FILE = "stack.json";
+export { APP_NAME, BUCKET, DEFAULT_STATE_DIR, STACK_FILE } from "./paths.ts";
 
 export interface StackOptions {
   /** Everything the stack keeps: S3 objects, wrangler state, secrets, logs. Default .local/stack */

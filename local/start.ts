@@ -39,7 +39,16 @@ async function main(): Promise<void> {
   writeFileSync(
     stackFile,
     `${JSON.stringify(
-      { orchestrator_url: stack.orchestratorUrl, s3_endpoint: stack.s3.endpoint, bucket: stack.bucket, fly_api: stack.emulator.url, app: stack.vars.FLY_APP_NAME, pid: process.pid },
+      {
+        orchestrator_url: stack.orchestratorUrl,
+        s3_endpoint: stack.s3.endpoint,
+        bucket: stack.bucket,
+        s3_access_key_id: stack.s3.credentials.accessKeyId,
+        s3_secret_access_key: stack.s3.credentials.secretAccessKey,
+        fly_api: stack.emulator.url,
+        app: stack.vars.FLY_APP_NAME,
+        pid: process.pid,
+      },
       null,
       2,
     )}\n`,
@@ -59,10 +68,7 @@ Ctrl-C stops everything.
 
   let stopping = false;
   const shutdown = (signal: string) => {
-    if (stopping) {
-      console.log("Still stopping… (machines and wrangler are being shut down)");
-      return;
-    }
+    if (stopping) return; // npm passes the terminal's Ctrl-C on as a second SIGINT
     stopping = true;
     console.log(`\n${signal}: stopping the orchestrator, machines, emulator and local S3…`);
     void stack.stop().then(
