@@ -49,9 +49,6 @@ export default defineConfig({
           name: "e2e",
           include: ["test/e2e/**/*.test.ts"],
           environment: "node",
-          // Each file starts its own stack (wrangler dev + machine processes): one at a time.
-          // The `[e2e] …` figure lines are printed even when the tests pass.
-          silent: false,
           testTimeout: 300_000,
           hookTimeout: 180_000,
           fileParallelism: false,
