@@ -1,0 +1,290 @@
+// The engine in pool mode: machines lease task after task (support/pool.ts runs the fly-worker's
+// pool loop against exports.default.fetch), heartbeats keep leases, lapsed leases return tasks,
+// machines are retired at the end and destroyed on reset.
+import { runDurableObjectAlarm } from "cloudflare:test";
+import { exports } from "cloudflare:workers";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { leaseSubject } from "../../shared/contracts.ts";
+import { signToken } from "../../shared/token.ts";
+import type { FlyEmulatorOptions } from "../../local/fly-emulator/core.ts";
+import {
+  ADMIN,
+  CALLBACK_SECRET,
+  createRequests,
+  expireAll,
+  getStatus,
+  installWorld,
+  putTiffs,
+  stub,
+  waitForStatus,
+  withStore,
+  type World,
+} from "./support/engine.ts";
+import { PoolRunner, lease } from "./support/pool.ts";
+
+let world: World | undefined;
+afterEach(async () => {
+  await world?.restore();
+  world = undefined;
+});
+
+async function startPool(batchId: string, n: number, setup: (runner: PoolRunner) => void = () => {}, options: FlyEmulatorOptions = {}) {
+  const runner = new PoolRunner();
+  setup(runner);
+  world = installWorld({ runner, ...options });
+  await putTiffs(`${batchId}/`, n);
+  await stub(batchId).start({ batch_id: batchId, r2_prefix: `${batchId}/`, pool: true });
+  return { runner, fly: world.fly };
+}
+
+/** The stored counters agree with the task rows, state by state. */
+async function expectCountersExact(batchId: string): Promise<void> {
+  const { counters, rows } = await withStore(batchId, (_s, sql) => ({
+    counters: Object.fromEntries(sql.exec<{ state: string; n: number }>("SELECT state, n FROM phase_counts WHERE n != 0").toArray().map((r) => [r.state, r.n])),
+    rows: Object.fromEntries(sql.exec<{ state: string; n: number }>("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state").toArray().map((r) => [r.state, r.n])),
+  }));
+  expect(counters).toEqual(rows);
+}
+
+function attemptsOf(batchId: string, taskId: string) {
+  return stub(batchId).taskAttempts(taskId);
+}
+
+/** As if LEASE_TIMEOUT_MS passed without a heartbeat (run limits untouched). */
+function lapseLeases(batchId: string): Promise<void> {
+  return withStore(batchId, (_s, sql) => {
+    sql.exec("UPDATE tasks SET deadline_at = 0 WHERE state = 'running' AND worker_id IS NOT NULL");
+  });
+}
+
+async function leaseAs(batchId: string, workerId: string, token?: string): Promise<Response> {
+  const env = {
+    LEASE_URL: `http://orchestrator.test/lease/${batchId}`,
+    LEASE_TOKEN: token ?? (await signToken(CALLBACK_SECRET, leaseSubject(batchId, workerId))),
+    WORKER_ID: workerId,
+    FLY_MACHINE_ID: "m-test",
+  };
+  return lease(env);
+}
+
+describe("pool mode", () => {
+  it("40 tasks, MAX_CONCURRENT_MACHINES=20: DONE with at most 20 creates, every task done once", async () => {
+    const { runner, fly } = await startPool("pool-40", 40);
+    const s = await waitForStatus("pool-40", (x) => x.status === "DONE", 30_000);
+    expect(s.progress).toMatchObject({ tasks_total: 40, tasks_completed: 40, tasks_failed: 0, pending: 0, starting: 0, running: 0, retrying: 0 });
+    expect(s.mode).toBe("pool");
+    const creates = createRequests(fly).filter((r) => r.status === 200);
+    expect(creates.length).toBeGreaterThan(0);
+    expect(creates.length).toBeLessThanOrEqual(20);
+    expect(s.workers?.created).toBe(creates.length);
+    // Each create is a pool machine: its env is PoolEnv, not one task's.
+    for (const m of runner.started) expect(m.env).toMatchObject({ POOL_MODE: "true", BATCH_ID: "pool-40", WORKER_ID: expect.stringMatching(/^pool-\d{4}$/) });
+    for (const m of runner.started) expect(m.env.TASK_ID).toBeUndefined();
+    const done = runner.doneCallbacks();
+    expect(done.size).toBe(40);
+    expect([...done.values()].every((n) => n === 1)).toBe(true);
+    expect(runner.callbacks.filter((c) => c.outcome !== "done")).toEqual([]);
+    // Some machine converted more than one task: the point of the pool.
+    const perMachine = new Map<string, number>();
+    for (const c of runner.callbacks) perMachine.set(c.machineId, (perMachine.get(c.machineId) ?? 0) + 1);
+    expect(Math.max(...perMachine.values())).toBeGreaterThan(1);
+    const attempts = await withStore("pool-40", (_s, sql) => sql.exec<{ task_id: string; n: number }>("SELECT task_id, COUNT(*) AS n FROM attempts GROUP BY task_id").toArray());
+    expect(attempts).toHaveLength(40);
+    expect(attempts.every((a) => a.n === 1), "one attempt per task").toBe(true);
+    await expectCountersExact("pool-40");
+    // Retired at the end: machines that asked again were told done; none is left running.
+    await vi.waitFor(() => expect(fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
+    expect(runner.exits.every((e) => e.code === 0)).toBe(true);
+    expect((await getStatus("pool-40")).workers).toMatchObject({ starting: 0, live: 0 });
+  });
+
+  it("a machine that stops heartbeating: its lease lapses, another machine does the task, exactly once", async () => {
+    let first = true;
+    const { runner, fly } = await startPool("pool-lapse", 6, (r) => {
+      r.onTask = () => (first ? ((first = false), "hold") : "succeed");
+    });
+    await waitForStatus("pool-lapse", (x) => x.progress.tasks_completed === 5 && x.progress.running === 1);
+    const [held] = [...runner.held.values()];
+    // While the lease holds, the holder's heartbeat renews it.
+    expect(await runner.heartbeat(held.taskId)).toEqual({ status: 200, body: { ok: true } });
+
+    await lapseLeases("pool-lapse");
+    await runDurableObjectAlarm(stub("pool-lapse"));
+    const attempts = await attemptsOf("pool-lapse", held.taskId);
+    expect(attempts[0]).toMatchObject({ attempt: 1, outcome: "failed", error: expect.stringMatching(/^lease expired: pool-\d{4} stopped heartbeating/) });
+    expect(await runner.heartbeat(held.taskId)).toMatchObject({ status: 409, body: { ok: false, reason: expect.stringMatching(/lease lost/) } });
+    await expireAll("pool-lapse"); // skip the retry's backoff
+
+    const s = await waitForStatus("pool-lapse", (x) => x.status === "DONE");
+    expect(s.progress).toMatchObject({ tasks_total: 6, tasks_completed: 6, tasks_failed: 0 });
+    const done = runner.doneCallbacks();
+    expect(done.get(held.taskId)).toBe(1);
+    const retriedBy = runner.callbacks.find((c) => c.taskId === held.taskId)!.machineId;
+    expect(retriedBy).not.toBe(held.machine.id);
+    expect((await attemptsOf("pool-lapse", held.taskId)).map((a) => a.outcome)).toEqual(["failed", "done"]);
+
+    // The dead lease holder wakes up and calls back late: ignored, nothing counted twice.
+    expect(await runner.lateCallback(held.taskId)).toMatchObject({ status: 200, body: { ok: true, outcome: "ignored", reason: "duplicate" } });
+    expect((await getStatus("pool-lapse")).progress).toMatchObject({ tasks_total: 6, tasks_completed: 6, tasks_failed: 0 });
+    await expectCountersExact("pool-lapse");
+    // The holder never asked again; the engine retired (destroyed) it.
+    await vi.waitFor(() => expect(fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
+    expect(runner.exits.find((e) => e.machineId === held.machine.id)).toBeUndefined();
+  });
+
+  it("a machine that dies holding a lease: after expireAll + alarm its task is retried by another machine", async () => {
+    let first = true;
+    const { runner, fly } = await startPool("pool-die", 6, (r) => {
+      r.onTask = () => (first ? ((first = false), "die") : "succeed");
+    });
+    await waitForStatus("pool-die", (x) => x.progress.tasks_completed === 5 && x.progress.running === 1);
+    const [held] = [...runner.held.values()];
+    await vi.waitFor(() => expect(runner.exits).toContainEqual({ machineId: held.machine.id, code: 137 }));
+
+    await expireAll("pool-die");
+    await runDurableObjectAlarm(stub("pool-die"));
+    await expireAll("pool-die"); // the retry's backoff
+    const s = await waitForStatus("pool-die", (x) => x.status === "DONE");
+    expect(s.progress).toMatchObject({ tasks_total: 6, tasks_completed: 6, tasks_failed: 0 });
+    expect(runner.doneCallbacks().get(held.taskId)).toBe(1);
+    const attempts = await attemptsOf("pool-die", held.taskId);
+    expect(attempts.map((a) => a.outcome)).toEqual(["failed", "done"]);
+    expect(attempts[1].machine_id).not.toBe(held.machine.id);
+    expect(await runner.lateCallback(held.taskId)).toMatchObject({ status: 200, body: { outcome: "ignored", reason: "duplicate" } });
+    await expectCountersExact("pool-die");
+    expect(createRequests(fly).filter((r) => r.status === 200).length).toBeLessThanOrEqual(6 + 1);
+    await vi.waitFor(() => expect(fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
+  });
+
+  it("a machine found exited while holding a lease returns its task at once, without waiting for the lease", async () => {
+    let first = true;
+    const { runner } = await startPool("pool-exit", 4, (r) => {
+      r.onTask = () => (first ? ((first = false), "die") : "succeed");
+    });
+    await waitForStatus("pool-exit", (x) => x.progress.tasks_completed === 3 && x.progress.running === 1);
+    const [held] = [...runner.held.values()];
+    await vi.waitFor(() => expect(runner.exits).toContainEqual({ machineId: held.machine.id, code: 137 }));
+    // Only the machine check comes due; the lease itself has a minute left.
+    await withStore("pool-exit", (_s, sql) => sql.exec("UPDATE workers SET check_at = 0"));
+    await runDurableObjectAlarm(stub("pool-exit"));
+    const attempts = await attemptsOf("pool-exit", held.taskId);
+    expect(attempts[0]).toMatchObject({ outcome: "failed", error: expect.stringMatching(/^pool machine \S+ exited while holding the lease/) });
+    await expireAll("pool-exit");
+    const s = await waitForStatus("pool-exit", (x) => x.status === "DONE");
+    expect(s.progress).toMatchObject({ tasks_total: 4, tasks_completed: 4, tasks_failed: 0 });
+    await expectCountersExact("pool-exit");
+  });
+
+  it("a late callback from the lapsed holder while the retry runs is counted once; the retry's is ignored", async () => {
+    const holdFirstTwo = new Set<string>();
+    const { runner } = await startPool("pool-race", 2, (r) => {
+      // Both attempts of tiff-000001 hold; the other task succeeds.
+      r.onTask = (_m, l) => (l.task_id === "tiff-000001" ? (holdFirstTwo.add(l.task_id), "hold") : "succeed");
+    });
+    await waitForStatus("pool-race", (x) => x.progress.tasks_completed === 1 && x.progress.running === 1);
+    const firstHolder = runner.held.get("tiff-000001")!;
+    await lapseLeases("pool-race");
+    await runDurableObjectAlarm(stub("pool-race"));
+    await expireAll("pool-race");
+    await vi.waitFor(() => expect(runner.held.get("tiff-000001")?.machine.id).not.toBe(firstHolder.machine.id));
+    const secondHolder = runner.held.get("tiff-000001")!;
+    // The first holder's callback arrives while attempt 2 holds the lease: it settles the task.
+    runner.held.set("tiff-000001", firstHolder);
+    expect(await runner.lateCallback("tiff-000001")).toMatchObject({ status: 200, body: { outcome: "done" } });
+    runner.held.set("tiff-000001", secondHolder);
+    expect(await runner.heartbeat("tiff-000001")).toMatchObject({ status: 409, body: { ok: false, reason: expect.stringMatching(/lease lost: task is done/) } });
+    expect(await runner.lateCallback("tiff-000001")).toMatchObject({ status: 200, body: { outcome: "ignored", reason: "duplicate" } });
+    const s = await waitForStatus("pool-race", (x) => x.status === "DONE");
+    expect(s.progress).toMatchObject({ tasks_total: 2, tasks_completed: 2, tasks_failed: 0 });
+    await expectCountersExact("pool-race");
+  });
+
+  it("an error callback retries the task on some machine; the machine goes on leasing", async () => {
+    const failedOnce = new Set<string>();
+    const { runner } = await startPool("pool-err", 5, (r) => {
+      r.onTask = (_m, l) => (l.task_id === "tiff-000002" && !failedOnce.has(l.task_id) ? (failedOnce.add(l.task_id), "error") : "succeed");
+    });
+    await waitForStatus("pool-err", (x) => x.progress.retrying === 1 || x.status === "DONE");
+    await expireAll("pool-err");
+    const s = await waitForStatus("pool-err", (x) => x.status === "DONE");
+    expect(s.progress).toMatchObject({ tasks_total: 5, tasks_completed: 5, tasks_failed: 0 });
+    expect(runner.callbacks.filter((c) => c.taskId === "tiff-000002").map((c) => c.outcome)).toEqual(["error_recorded", "done"]);
+    const failer = runner.callbacks.find((c) => c.outcome === "error_recorded")!.machineId;
+    expect(runner.leases.filter((l) => l.machineId === failer).length).toBeGreaterThan(1);
+    await expectCountersExact("pool-err");
+  });
+
+  it("lease and heartbeat refuse a forged token (401) and an unknown batch (404); change nothing", async () => {
+    const { runner } = await startPool("pool-auth", 2, (r) => {
+      r.onTask = () => "hold";
+    });
+    await waitForStatus("pool-auth", (x) => x.progress.running === 2);
+    const forged = await leaseAs("pool-auth", "pool-0001", "0".repeat(64));
+    expect(forged.status).toBe(401);
+    expect(await forged.json()).toEqual({ error: "lease token missing or invalid" });
+    // A real token of another worker, or of the same worker in another batch, is not this one's.
+    expect((await leaseAs("pool-auth", "pool-0001", await signToken(CALLBACK_SECRET, leaseSubject("pool-auth", "pool-0002")))).status).toBe(401);
+    expect((await leaseAs("pool-auth", "pool-0001", await signToken(CALLBACK_SECRET, leaseSubject("other-batch", "pool-0001")))).status).toBe(401);
+    const noAuth = await exports.default.fetch(new Request("http://orchestrator.test/lease/pool-auth", { method: "POST", body: JSON.stringify({ worker_id: "pool-0001" }) }));
+    expect(noAuth.status).toBe(401);
+    const [held] = [...runner.held.values()];
+    const hb = await exports.default.fetch(
+      new Request("http://orchestrator.test/lease/pool-auth/heartbeat", {
+        method: "POST",
+        headers: { authorization: `Bearer ${"0".repeat(64)}` },
+        body: JSON.stringify({ worker_id: held.env.WORKER_ID, task_id: held.taskId }),
+      }),
+    );
+    expect(hb.status).toBe(401);
+    const unknown = await leaseAs("pool-nope", "pool-0001");
+    expect(unknown.status).toBe(404);
+    expect(await unknown.json()).toMatchObject({ error: "unknown batch", batch_id: "pool-nope" });
+    const bad = await exports.default.fetch(new Request("http://orchestrator.test/lease/pool-auth", { method: "POST", body: "{}" }));
+    expect(bad.status).toBe(400);
+    const s = await getStatus("pool-auth");
+    expect(s.progress).toMatchObject({ tasks_total: 2, running: 2, tasks_completed: 0 });
+    await expectCountersExact("pool-auth");
+  });
+
+  it("a lease after DONE answers done", async () => {
+    const { runner } = await startPool("pool-after", 3);
+    await waitForStatus("pool-after", (x) => x.status === "DONE");
+    const worker = runner.started[0].env.WORKER_ID;
+    const res = await leaseAs("pool-after", worker);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ kind: "done", reason: "batch is DONE" });
+    // A retired machine is told so even when its token is good.
+    const again = await leaseAs("pool-after", "pool-0099");
+    expect(await again.json()).toMatchObject({ kind: "done" });
+  });
+
+  it("reset destroys every pool machine; their next lease is done", async () => {
+    const { runner, fly } = await startPool("pool-reset", 8, (r) => {
+      r.onTask = () => "hold";
+    });
+    await waitForStatus("pool-reset", (x) => x.progress.running === 8);
+    expect(fly.liveMachineCount()).toBe(8);
+    const res = await exports.default.fetch(new Request("http://orchestrator.test/admin/reset/pool-reset", { method: "POST", headers: ADMIN }));
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ ok: true, status: "ERROR", tasks_failed: 8 });
+    await vi.waitFor(() => expect(fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
+    const s = await getStatus("pool-reset");
+    expect(s).toMatchObject({ status: "ERROR", workers: { starting: 0, live: 0 } });
+    expect(s.progress).toMatchObject({ tasks_total: 8, tasks_failed: 8, running: 0 });
+    const [held] = [...runner.held.values()];
+    expect(await (await leaseAs("pool-reset", held.env.WORKER_ID)).json()).toMatchObject({ kind: "done" });
+    expect(await runner.heartbeat(held.taskId)).toMatchObject({ status: 409 });
+    await expectCountersExact("pool-reset");
+  });
+
+  it("machines that never ask again are retired at the end: 0 alive", async () => {
+    const { runner, fly } = await startPool("pool-retire", 10, (r) => {
+      r.lazy = (_m, nth) => nth <= 3; // booted, never leasing (as if stuck before the first lease)
+    });
+    const s = await waitForStatus("pool-retire", (x) => x.status === "DONE");
+    expect(s.progress).toMatchObject({ tasks_total: 10, tasks_completed: 10, tasks_failed: 0 });
+    await vi.waitFor(() => expect(fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
+    for (const m of runner.started.slice(0, 3)) expect(fly.machine(m.id)?.state).toBe("destroyed");
+    expect(createRequests(fly).filter((r) => r.status === 200).length).toBeLessThanOrEqual(10);
+  });
+});
