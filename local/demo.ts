@@ -2,6 +2,7 @@
 // generates sample TIFFs of different kinds, uploads them with a manifest, enqueues the batch,
 // shows live progress, prints the outputs and where they are, and stops everything.
 // Exit code: 0 when the batch is DONE with every task converted, 1 otherwise.
+import "./quiet-warnings.ts";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { parseArgs } from "node:util";

@@ -1,5 +1,6 @@
 // `npm start`: the whole system on this machine — local S3, the Fly Machines API emulator and
 // the orchestrator under wrangler dev — until Ctrl-C, which stops every process it started.
+import "./quiet-warnings.ts";
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
