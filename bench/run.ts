@@ -1,0 +1,319 @@
+// `npm run bench`: measures, prints and writes bench/RESULTS.md. Benchmarks assert nothing
+// about speed; targets are printed next to the figures they concern.
+//   1. Orchestrator scale (workerd, Fly API emulated at the fetch boundary)   bench/workerd/scale.bench-run.ts
+//   2. Conversion: fly-worker pipeline vs the `vips` CLI                      bench/conversion.ts
+//   3. Makespan: the real engine + emulator in simulated time                 bench/workerd/makespan.bench-run.ts
+// BENCH_ONLY=conversion,scale,makespan runs a subset (RESULTS.md is written only for a full run).
+import { execFileSync, spawn } from "node:child_process";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { join } from "node:path";
+import sharp from "sharp";
+import { runConversionBench, SETTINGS, type ConversionFigure } from "./conversion.ts";
+import { ensureVips } from "./vips.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+process.chdir(ROOT);
+
+const [major, minor] = process.versions.node.split(".").map(Number);
+if (major < 22 || (major === 22 && minor < 18)) {
+  console.error(`npm run bench needs Node >= 22.18 (the node devDependency); this is ${process.version}. Run \`npm install\` first.`);
+  process.exit(1);
+}
+
+const only = new Set((process.env.BENCH_ONLY ?? "conversion,scale,makespan").split(",").map((s) => s.trim()));
+const CONVERSION_SIZES = [25, 100, 300];
+const CONVERSION_REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
+/** The makespan's machines convert the 100 MP scan, with the contract's settings. */
+const MAKESPAN_IMAGE_MP = 100;
+const BOOT_DELAY_MS = Number(process.env.BENCH_BOOT_DELAY_MS ?? 5_000);
+
+const t0 = performance.now();
+const loadAtStart = os.loadavg();
+const log = (line: string) => console.log(line);
+
+interface ScaleFigure {
+  tasks: number;
+  discovery_source: string;
+  discovery_ms: number;
+  timed_callbacks: number;
+  callback_p50_ms: number;
+  callback_p99_ms: number;
+  callback_mean_ms: number;
+  callback_loaded_p50_ms: number;
+  callback_loaded_p99_ms: number;
+  callbacks_per_s: number;
+  in_flight: number;
+  status_p50_ms: number;
+  status_p99_ms: number;
+  db_bytes: number;
+  rows_written_per_callback: number;
+  rows_read_per_callback: number;
+  runs: number;
+}
+
+interface MakespanFigure {
+  tasks: number;
+  machines_limit: number;
+  conversion_ms: number;
+  boot_delay_ms: number;
+  makespan_s: number;
+  machine_s: number;
+  machines: number;
+  lower_bound_s: number;
+  create_bound_s: number;
+  work_bound_s: number;
+  creates_429: number;
+  alarms: number;
+  real_s: number;
+}
+
+/** Runs one workerd bench project and returns the figures it printed as `BENCH_JSON name …`. */
+function vitestBench<T>(project: string, name: string, env: Record<string, string> = {}): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const vitest = join(ROOT, "node_modules/.bin/vitest");
+    const child = spawn(vitest, ["run", "--config", "bench/vitest.bench.config.ts", "--project", project], {
+      env: { ...process.env, ...env, FORCE_COLOR: "0" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let figures: T | undefined;
+    let tail = "";
+    let buffered = "";
+    child.stdout.setEncoding("utf8");
+    child.stdout.on("data", (chunk: string) => {
+      buffered += chunk;
+      const lines = buffered.split("\n");
+      buffered = lines.pop() ?? "";
+      for (const line of lines) {
+        const m = /^BENCH_JSON (\S+) (.*)$/.exec(line.trim());
+        if (m && m[1] === name) figures = JSON.parse(m[2]) as T;
+        else if (/^\s+(scale|makespan) /.test(line)) log(line);
+        tail = (tail + line + "\n").slice(-4000);
+      }
+    });
+    child.stderr.setEncoding("utf8");
+    child.stderr.on("data", (chunk: string) => {
+      tail = (tail + chunk).slice(-4000);
+    });
+    child.on("close", (code) => {
+      if (code === 0 && figures !== undefined) resolve(figures);
+      else reject(new Error(`the ${project} bench failed (exit ${code}):\n${tail}`));
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+
+const vips = only.has("conversion") ? ensureVips(log) : null;
+let conversion: ConversionFigure[] = [];
+let conversionS = 0;
+if (only.has("conversion")) {
+  log(`Conversion: fly-worker pipeline vs ${vips!.version}, ${CONVERSION_SIZES.join("/")} MP, ${CONVERSION_REPEATS} runs each`);
+  const t = performance.now();
+  conversion = (await runConversionBench({ sizes: CONVERSION_SIZES, repeats: CONVERSION_REPEATS, log })).figures;
+  conversionS = (performance.now() - t) / 1000;
+}
+const makespanImage = conversion.find((f) => Math.round(f.megapixels) === MAKESPAN_IMAGE_MP && f.setting === "contract" && f.side === "pipeline");
+const conversionMs = makespanImage ? Math.round(makespanImage.in_process_s! * 1000) : Number(process.env.BENCH_CONVERSION_MS ?? 12_900);
+
+let scale: ScaleFigure[] = [];
+let scaleS = 0;
+if (only.has("scale")) {
+  log("Orchestrator scale: 1,000 / 10,000 / 100,000 tasks in one BatchDO (workerd)");
+  const t = performance.now();
+  scale = await vitestBench<ScaleFigure[]>("scale", "scale");
+  scaleS = (performance.now() - t) / 1000;
+}
+
+let makespan: MakespanFigure[] = [];
+let makespanS = 0;
+if (only.has("makespan")) {
+  log(`Makespan: real engine + Fly emulator in simulated time, ${conversionMs} ms per conversion, ${BOOT_DELAY_MS} ms boot`);
+  const t = performance.now();
+  makespan = await vitestBench<MakespanFigure[]>("makespan", "makespan", {
+    BENCH_CONVERSION_MS: String(conversionMs),
+    BENCH_BOOT_DELAY_MS: String(BOOT_DELAY_MS),
+    BENCH_FILE_BYTES: String(makespanImage?.tiff_bytes ?? 256_000_000),
+    BENCH_MAKESPAN_SIZES: "1000,10000",
+  });
+  makespanS = (performance.now() - t) / 1000;
+}
+
+const totalS = (performance.now() - t0) / 1000;
+
+// ---------------------------------------------------------------------------------------
+// Report
+
+const f = (x: number, digits = 1) => x.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+const mb = (bytes: number) => f(bytes / 1024 / 1024, 1);
+const n0 = (x: number) => Math.round(x).toLocaleString("en-US");
+
+function git(args: string[]): string {
+  try {
+    return execFileSync("git", args, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
+  } catch {
+    return "unknown";
+  }
+}
+
+function packageVersion(name: string): string {
+  const path = join(ROOT, "node_modules", name, "package.json");
+  return existsSync(path) ? (JSON.parse(readFileSync(path, "utf8")) as { version: string }).version : "?";
+}
+
+const cpus = os.cpus();
+const busiest = Math.max(...loadAtStart, ...os.loadavg());
+const machine = [
+  ...(busiest > cpus.length
+    ? [`- **Warning: the load average reached ${f(busiest, 1)} on ${cpus.length} cores during this run: other work competed for the CPU, so timings (not row counts, sizes or the simulated makespan) are dominated by noise. Re-run on an idle machine before comparing timings.**`]
+    : []),
+  `- Date: ${new Date().toISOString()}`,
+  `- Machine: ${cpus.length} × ${cpus[0]?.model ?? "unknown CPU"}, ${f(os.totalmem() / 1024 ** 3, 1)} GiB RAM, ${os.type()} ${os.release()} (${os.arch()})`,
+  `- Load average (1/5/15 min) at start ${loadAtStart.map((x) => f(x, 2)).join(" / ")}, at end ${os.loadavg().map((x) => f(x, 2)).join(" / ")} — the machine is shared, so figures are medians`,
+  `- Node ${process.version}; sharp ${sharp.versions.sharp} (libvips ${sharp.versions.vips}); ${vips?.version ?? "vips CLI not run"}; vitest ${packageVersion("vitest")}, @cloudflare/vitest-plugin ${packageVersion("@cloudflare/vitest-plugin")}, wrangler ${packageVersion("wrangler")}`,
+  `- Commit: ${git(["rev-parse", "--short", "HEAD"])}${git(["status", "--porcelain", "--untracked-files=no"]) ? " (with uncommitted changes in the tree)" : ""}`,
+  `- \`npm run bench\` wall time: ${f(totalS / 60, 1)} min (conversion ${f(conversionS, 0)} s, scale ${f(scaleS, 0)} s, makespan ${f(makespanS, 0)} s)`,
+].join("\n");
+
+function scaleSection(): string {
+  if (scale.length === 0) return "";
+  const first = scale[0];
+  const last = scale[scale.length - 1];
+  const rows = scale.map(
+    (s) =>
+      `| ${n0(s.tasks)} | ${n0(s.discovery_ms)} ms | ${n0(s.callbacks_per_s)} | ${f(s.callback_p50_ms, 0)} / ${f(s.callback_p99_ms, 0)} ms | ${f(s.callback_mean_ms, 2)} ms | ${f(s.callback_loaded_p50_ms, 0)} / ${f(s.callback_loaded_p99_ms, 0)} ms | ${f(s.status_p50_ms, 0)} / ${f(s.status_p99_ms, 0)} ms | ${mb(s.db_bytes)} MiB | ${f(s.rows_written_per_callback, 1)} | ${f(s.rows_read_per_callback, 1)} |`,
+  );
+  const p50Ratio = last.callback_p50_ms / first.callback_p50_ms;
+  const meanRatio = last.callback_mean_ms / first.callback_mean_ms;
+  return `## 1. Orchestrator scale (workerd, Fly Machines API emulated at the fetch boundary)
+
+| tasks | discovery | callbacks/s (${first.in_flight} in flight) | callback p50 / p99 (one at a time) | callback mean | callback p50 / p99 (${first.in_flight} in flight) | status p50 / p99 | DO storage | rows written / callback | rows read / callback |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+${rows.join("\n")}
+
+**Target: p50 callback latency at ${n0(last.tasks)} within 1.5× of ${n0(first.tasks)}.** Measured p50 ratio ${f(p50Ratio, 2)}× (mean ratio ${f(meanRatio, 2)}×).
+
+How it is measured (\`bench/workerd/scale.bench-run.ts\`): for each size a manifest of N TIFFs is put in the R2
+binding and \`BatchDO.start\` is called; **discovery** is the time until GET /status shows the batch in stage
+\`run\` with N tasks: the real alarm loop reads and validates the manifest, inserts the files and plans every task
+(the manifest path is used at every size: seeding 100,000 objects for a prefix listing takes ~100 s in miniflare's
+R2, the manifest one put). The engine then creates machines against the Fly Machines API emulator
+(\`local/fly-emulator/core.ts\`, routed from \`fetch\` to http://fly.test) with MAX_CONCURRENT_MACHINES 200 and a
+create budget that never binds; the machines wait until the bench makes them call back. Each callback is a
+signed POST through the Worker's \`fetch\` (token check, routing, DO RPC) for a machine the engine created, and
+the engine spawns a replacement after each. ${first.timed_callbacks} callbacks are timed per size (equal at every size, so
+the figures compare): ${first.timed_callbacks / 2} one at a time (latency), then ${first.timed_callbacks / 2} with ${first.in_flight} in flight (callbacks/s and loaded
+latency). **Rows written/read per callback** are the DO's SQLite \`rowsWritten\`/\`rowsRead\` (\`BatchStore.work\`) over
+the timed callbacks divided by their number, so they include the alarm work each callback triggers (creating the
+next machine), not only the callback's own transaction. **DO storage** is \`sql.databaseSize\` with all N tasks
+planned. **Status** is ${"`GET /status/:batchId`"}, 200 reads one at a time. Every figure is the median of ${first.runs} runs per size
+(a new batch each), after one unreported warm-up run. workerd's clock advances in whole milliseconds (a Spectre
+mitigation), so per-callback percentiles are whole ms; the mean is total time / callbacks. The engine's JSON
+info logs are dropped during the bench (in vitest they cost an RPC to Node per line).
+`;
+}
+
+function conversionSection(): string {
+  if (conversion.length === 0) return "";
+  const sizes = [...new Set(conversion.map((c) => c.megapixels))];
+  const lines: string[] = [];
+  for (const mp of sizes) {
+    const at = conversion.filter((c) => c.megapixels === mp);
+    const c0 = at[0];
+    lines.push(
+      `### ${f(mp, 1)} MP (${c0.width}×${c0.height}, LZW TIFF ${mb(c0.tiff_bytes)} MiB; \`guestFor\` picks ${c0.guest.cpu_kind}-cpu-${c0.guest.cpus}x, ${c0.guest.memory_mb} MB)`,
+      "",
+      "| settings | side | wall time | MP/s | peak RSS | fits the machine | output | time vs vips (same settings) |",
+      "|---|---|---:|---:|---:|---|---:|---:|",
+    );
+    for (const c of at) {
+      const vipsSame = at.find((x) => x.setting === c.setting && x.side === "vips");
+      const vipsRef = at.find((x) => x.setting === "optimised" && x.side === "vips")!;
+      const time = c.in_process_s ?? c.process_s;
+      let ratio = "";
+      if (c.side === "pipeline" && vipsSame) ratio = `**${f(time / vipsSame.process_s, 2)}×**`;
+      else if (c.side === "pipeline") ratio = `(${f(time / vipsRef.process_s, 1)}× vips Huffman-optimised; not the same settings)`;
+      const timeText = c.side === "pipeline" ? `${f(time, 2)} s (process ${f(c.process_s, 2)} s)` : `${f(time, 2)} s`;
+      const fits = c.peak_rss_mb <= c.guest.memory_mb ? `yes (${n0(c.guest.memory_mb)} MB)` : `**no** (${n0(c.guest.memory_mb)} MB)`;
+      lines.push(
+        `| ${SETTINGS[c.setting].label}${c.encoder && c.setting === "contract" ? `<br>chosen: ${c.encoder}` : ""} | ${c.side === "pipeline" ? "fly-worker pipeline" : "vips CLI"} | ${timeText} | ${n0(c.mp_per_s)} | ${n0(c.peak_rss_mb)} MiB | ${fits} | ${mb(c.output_bytes)} MiB | ${ratio} |`,
+      );
+    }
+    lines.push("");
+  }
+  const same = conversion.filter((c) => c.side === "pipeline" && SETTINGS[c.setting].vips);
+  const worst = Math.max(
+    ...same.map((c) => c.in_process_s! / conversion.find((x) => x.megapixels === c.megapixels && x.setting === c.setting && x.side === "vips")!.process_s),
+  );
+  const overRss = conversion.filter((c) => c.side === "pipeline" && c.peak_rss_mb > c.guest.memory_mb);
+  return `## 2. Conversion: fly-worker pipeline vs \`vips\` CLI
+
+**Target: within 1.1× of \`vips\` at identical settings; peak RSS within the machine \`guestFor\` picks.** Worst
+time ratio at identical settings: ${f(worst, 2)}×. Pipeline runs over their machine's memory: ${overRss.length === 0 ? "none" : overRss.map((c) => `${f(c.megapixels, 0)} MP ${c.setting}`).join(", ")}.
+
+${lines.join("\n")}
+How it is measured (\`bench/conversion.ts\`, \`bench/convert-one.ts\`): each run is its own process under GNU
+\`time\` (wall time, peak RSS of that process), ${CONVERSION_REPEATS} runs per cell, interleaved, medians reported. The pipeline side
+runs fly-worker's own code — \`readTiffDirectories\`, \`selectPages\`, \`planEncoder\`, \`convertPage\` (file input,
+\`sequentialRead\`, autoOrient, flatten, sRGB, JPEG) — with the machine's env (\`MALLOC_ARENA_MAX=2\`, as in
+fly-worker/Dockerfile); its **wall time** is measured inside the process from reading the TIFF header to the JPEG
+on disk (the process time, which adds Node start and loading sharp, is shown beside it); its peak RSS is the
+whole Node process. The vips side is \`vips jpegsave IN OUT --Q 95 --subsample-mode on --strip
+[--optimize-coding]\` (Debian's libvips-tools, libjpeg-turbo), its wall time the whole process. Both use
+every core (2 threads here). Download and upload are not included. The contract row is what a machine of the
+\`guestFor\` size runs by default (JPEG_QUALITY 95, MOZJPEG true): \`planEncoder\` keeps mozjpeg when its memory
+model says it fits that machine and falls back to the streaming encoder when it does not; Debian's vips has no
+mozjpeg, so that row has no same-settings comparison. Inputs are generated once per machine (cached in
+${"`$TMPDIR/fanout-bench/`"}): a colour ramp overlaid with film grain, LZW-compressed, so that TIFF and JPEG bytes per
+pixel are those of real scans.
+`;
+}
+
+function makespanSection(): string {
+  if (makespan.length === 0) return "";
+  const m0 = makespan[0];
+  const rows = makespan.map(
+    (m) =>
+      `| ${n0(m.tasks)} | ${f(m.makespan_s / 3600, 2)} h (${n0(m.makespan_s)} s) | ${n0(m.lower_bound_s)} s (create ${n0(m.create_bound_s)} s, work ${n0(m.work_bound_s)} s) | ${f(m.makespan_s / m.lower_bound_s, 3)}× | ${n0(m.machine_s)} s (${f(m.machine_s / m.tasks, 1)} s/task) | ${n0(m.alarms)} | ${m.creates_429} | ${f(m.real_s, 1)} s |`,
+  );
+  return `## 3. Makespan (real engine + Fly emulator, simulated time) — the baseline pool mode must beat
+
+Each machine boots in ${f(m0.boot_delay_ms / 1000, 1)} s and converts for ${f(m0.conversion_ms / 1000, 2)} s (the measured median pipeline time of the
+${MAKESPAN_IMAGE_MP} MP scan with the contract's settings, section 2); ${m0.machines_limit} machines at most (MAX_CONCURRENT_MACHINES); Fly's documented
+create limit of 1 request/s, burst 3, enforced by the emulator and budgeted by the engine.
+
+| TIFFs | makespan | lower bound max(create time, conversion time × tasks / machines) | makespan / bound | machine-seconds | alarms run | creates answered 429 | real time |
+|---:|---:|---:|---:|---:|---:|---:|---:|
+${rows.join("\n")}
+
+How it is built (\`bench/workerd/makespan.bench-run.ts\`): not a model — the real BatchDO (discovery, planning,
+alarm loop, create-rate token bucket, concurrency limit, machine checks, callbacks through the Worker's \`fetch\`)
+and the real emulator core (documented rate limits, boot delay, auto-destroy), run as a discrete-event simulation.
+\`Date\` is faked in the test isolate (the DO runs there) and starts in 2100, so the runtime never fires an alarm on
+its own; the bench advances virtual time to the earlier of the DO's next alarm and the emulator's next timer, runs
+that alarm (exactly as \`runDurableObjectAlarm\` does) or fires those timers (boot, end of conversion → signed
+callback, auto-destroy), and repeats until the batch is DONE. The create time in the bound is (N − 3 burst)/1 s.
+Machine-seconds are each machine's time from create to stop (boot + conversion; billing granularity ignored).
+Download and upload are not simulated. The simulation has no randomness left (no faults, no retries), so one run
+per size is reported.
+`;
+}
+
+const report = `# fanout benchmarks
+
+Written by \`npm run bench\` (bench/run.ts). Benchmarks measure; they assert nothing. Figures are medians of
+repeated runs; every ratio compares figures measured in the same run.
+
+${machine}
+
+${scaleSection()}
+${conversionSection()}
+${makespanSection()}`;
+
+console.log(`\n${report}`);
+if (only.size === 3) {
+  writeFileSync(join(ROOT, "bench/RESULTS.md"), report);
+  log(`wrote bench/RESULTS.md (${f(totalS / 60, 1)} min)`);
+} else {
+  log(`BENCH_ONLY=${[...only].join(",")}: bench/RESULTS.md not written`);
+}

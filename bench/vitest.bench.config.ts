@@ -1,0 +1,85 @@
+// Benchmarks in workerd (not tests: `npm test` never includes bench/). bench/run.ts runs one
+// project at a time; each bench prints one `BENCH_JSON <name> <json>` line, written here to
+// bench/.out/<name>.json for run.ts to read.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { defineConfig } from "vitest/config";
+import { cloudflareTest } from "@cloudflare/vitest-plugin";
+
+const OUT = new URL("./.out/", import.meta.url);
+
+/** The Worker's env in the benches: as in the workerd tests, except the limits a bench sets. */
+function bindings(limits: Record<string, string>) {
+  return {
+    FLY_API_HOSTNAME: "http://fly.test",
+    FLY_API_TOKEN: "bench-fly-token",
+    CALLBACK_SECRET: "bench-callback-secret",
+    ADMIN_TOKEN: "bench-admin-token",
+    CALLBACK_BASE_URL: "http://orchestrator.test",
+    R2_ACCOUNT_ID: "bench-account",
+    R2_ACCESS_KEY_ID: "bench-access-key",
+    R2_SECRET_ACCESS_KEY: "bench-secret-key",
+    WORKER_URL: "",
+    FLY_REGIONS: "iad",
+    ...limits,
+  };
+}
+
+function onConsoleLog(log: string): boolean | void {
+  const m = /^BENCH_JSON (\S+) (.*)$/s.exec(log.trim());
+  if (m) {
+    mkdirSync(OUT, { recursive: true });
+    writeFileSync(new URL(`${m[1]}.json`, OUT), m[2]);
+    return false;
+  }
+  // The engine's JSON log lines (meant for wrangler tail) would drown the bench's progress lines.
+  if (/^\[[A-Za-z]+\] /.test(log) || log.startsWith("{")) return false;
+}
+
+function project(name: string, limits: Record<string, string>, provide: Record<string, unknown> = {}) {
+  return {
+    plugins: [
+      cloudflareTest({
+        wrangler: { configPath: "./wrangler.jsonc" },
+        miniflare: { bindings: bindings(limits) },
+      }),
+    ],
+    test: {
+      name,
+      include: [`bench/workerd/${name}.bench-run.ts`],
+      testTimeout: 900_000,
+      hookTimeout: 120_000,
+      silent: false,
+      provide,
+      onConsoleLog,
+    },
+  };
+}
+
+const number = (name: string, fallback: number) => {
+  const v = Number(process.env[name] ?? fallback);
+  if (!Number.isFinite(v) || v < 0) throw new Error(`${name} must be a non-negative number, got "${process.env[name]}"`);
+  return v;
+};
+
+export default defineConfig({
+  test: {
+    fileParallelism: false,
+    projects: [
+      // A machine budget and create rate that never bind: the engine's own cost is measured.
+      project("scale", { MAX_CONCURRENT_MACHINES: "200", FLY_CREATE_RATE_PER_SECOND: "1000", FLY_CREATE_BURST: "1000" }),
+      // Production limits (wrangler.jsonc): 50 machines, Fly's documented create limit 1/s burst 3.
+      project(
+        "makespan",
+        { MAX_CONCURRENT_MACHINES: "50", FLY_CREATE_RATE_PER_SECOND: "1", FLY_CREATE_BURST: "3" },
+        {
+          makespan: {
+            conversionMs: number("BENCH_CONVERSION_MS", 12_900),
+            bootDelayMs: number("BENCH_BOOT_DELAY_MS", 5_000),
+            fileBytes: number("BENCH_FILE_BYTES", 60_000_000),
+            sizes: (process.env.BENCH_MAKESPAN_SIZES ?? "1000,10000").split(",").map(Number),
+          },
+        },
+      ),
+    ],
+  },
+});

@@ -1,0 +1,107 @@
+// Shared by the workerd benches: a machine runner the bench drives, the manifest a batch is
+// discovered from, and the summary statistics every figure is reported with.
+import { env, exports } from "cloudflare:workers";
+import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../local/fly-emulator/core.ts";
+
+/** Machines that start and wait: the bench decides when each one calls back. */
+export class HeldRunner implements MachineRunner {
+  readonly waiting: { machine: RunnerMachine; events: RunnerEvents }[] = [];
+  started = 0;
+
+  start(machine: RunnerMachine, events: RunnerEvents): void {
+    this.started++;
+    this.waiting.push({ machine, events });
+  }
+
+  kill(id: string): void {
+    const i = this.waiting.findIndex((w) => w.machine.id === id);
+    if (i >= 0) this.waiting.splice(i, 1);
+  }
+
+  /** The oldest started machine that has not called back yet, waiting up to `timeoutMs` for one. */
+  async take(timeoutMs = 30_000): Promise<{ machine: RunnerMachine; events: RunnerEvents }> {
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const next = this.waiting.shift();
+      if (next) return next;
+      if (Date.now() > until) throw new Error(`no machine started within ${timeoutMs} ms (started so far: ${this.started})`);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+}
+
+/** The success callback fly-worker sends, as in the contract (DESIGN.md). */
+export function successCallback(machineEnv: Record<string, string>): Request {
+  const key = machineEnv.OUTPUT_R2_KEY;
+  const body = {
+    task_id: machineEnv.TASK_ID,
+    batch_id: machineEnv.BATCH_ID,
+    status: "success",
+    output_r2_key: key,
+    output_file_name: key.slice(key.lastIndexOf("/") + 1),
+    output_file_size: 24_100_000,
+    machine_id: machineEnv.FLY_MACHINE_ID,
+    performance: { total_time_ms: 14_000, download_time_ms: 600, conversion_time_ms: 12_900, upload_time_ms: 500 },
+  };
+  return new Request(machineEnv.CALLBACK_URL, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${machineEnv.CALLBACK_TOKEN}` },
+    body: JSON.stringify(body),
+  });
+}
+
+/** Posts a machine's callback through the Worker's HTTP entry; returns the status code. */
+export async function callBack(machine: RunnerMachine): Promise<number> {
+  const res = await exports.default.fetch(successCallback(machineProcessEnv(machine)));
+  await res.body?.cancel();
+  return res.status;
+}
+
+/** Puts a manifest of `n` TIFFs (one directory, as the ingest pipeline writes it) in R2. */
+export async function putManifest(batchId: string, n: number, fileSize = 60_000_000): Promise<string> {
+  const files = Array.from({ length: n }, (_, i) => {
+    const name = `scan-${String(i).padStart(6, "0")}.tif`;
+    return { r2_key: `${batchId}/${name}`, logical_path: `/archive/${name}`, file_name: name, file_size: fileSize, content_type: "image/tiff", cid: `cid-${i}` };
+  });
+  const key = `${batchId}/manifest.json`;
+  const manifest = { batch_id: batchId, directories: [{ directory_path: "/archive", processing_config: { ocr: false }, files }] };
+  await env.BUCKET.put(key, JSON.stringify(manifest));
+  return key;
+}
+
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[rank];
+}
+
+export const median = (values: number[]) => percentile(values, 50);
+
+const print = console.log.bind(console);
+
+/** Hands the figures to bench/run.ts, which reads this line from vitest's output. */
+export function report(name: string, value: unknown): void {
+  print(`BENCH_JSON ${name} ${JSON.stringify(value)}`);
+}
+
+/** Progress for whoever watches the bench run. */
+export function progress(line: string): void {
+  print(line);
+}
+
+/**
+ * Drops the engine's info lines (`[DO] {...}`, one per task event, meant for wrangler tail)
+ * while a bench runs: at 100k tasks they would cost more than what is measured. The DO runs
+ * in this isolate, so this console is its console. Errors (console.error) still show.
+ */
+export function quietEngineLogs(): () => void {
+  const original = console.log;
+  console.log = (...args: unknown[]) => {
+    if (typeof args[0] === "string" && /^\[[A-Za-z]+\] \{/.test(args[0])) return;
+    original(...args);
+  };
+  return () => {
+    console.log = original;
+  };
+}
