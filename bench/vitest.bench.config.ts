@@ -1,11 +1,7 @@
 // Benchmarks in workerd (not tests: `npm test` never includes bench/). bench/run.ts runs one
-// project at a time; each bench prints one `BENCH_JSON <name> <json>` line, written here to
-// bench/.out/<name>.json for run.ts to read.
-import { mkdirSync, writeFileSync } from "node:fs";
+// project at a time and reads the one `BENCH_JSON <name> <json>` line each bench prints.
 import { defineConfig } from "vitest/config";
 import { cloudflareTest } from "@cloudflare/vitest-plugin";
-
-const OUT = new URL("./.out/", import.meta.url);
 
 /** The Worker's env in the benches: as in the workerd tests, except the limits a bench sets. */
 function bindings(limits: Record<string, string>) {
@@ -24,17 +20,6 @@ function bindings(limits: Record<string, string>) {
   };
 }
 
-function onConsoleLog(log: string): boolean | void {
-  const m = /^BENCH_JSON (\S+) (.*)$/s.exec(log.trim());
-  if (m) {
-    mkdirSync(OUT, { recursive: true });
-    writeFileSync(new URL(`${m[1]}.json`, OUT), m[2]);
-    return false;
-  }
-  // The engine's JSON log lines (meant for wrangler tail) would drown the bench's progress lines.
-  if (/^\[[A-Za-z]+\] /.test(log) || log.startsWith("{")) return false;
-}
-
 function project(name: string, limits: Record<string, string>, provide: Record<string, unknown> = {}) {
   return {
     plugins: [
@@ -50,7 +35,6 @@ function project(name: string, limits: Record<string, string>, provide: Record<s
       hookTimeout: 120_000,
       silent: false,
       provide,
-      onConsoleLog,
     },
   };
 }
