@@ -270,7 +270,6 @@ export class BatchDO extends DurableObject<Env> {
     if (!meta) return null;
     const counts = this.store.counts();
     const sum = (f: (c: PhaseCounts) => number) => counts.reduce((n, c) => n + f(c), 0);
-    const app = this.env.FLY_APP_NAME;
     return {
       batch_id: meta.batch_id,
       status: this.apiStatus(meta),
@@ -302,7 +301,7 @@ export class BatchDO extends DurableObject<Env> {
         region: a.region,
         error: a.error,
         at: iso(a.ended_at),
-        logs: a.machine_id ? `fly logs -a ${app} -i ${a.machine_id} --no-tail` : null,
+        logs: this.logsCommand(a.machine_id),
       })),
     };
   }
@@ -315,29 +314,53 @@ export class BatchDO extends DurableObject<Env> {
       afterId: opts.cursor,
       limit: opts.limit,
     });
-    const app = this.env.FLY_APP_NAME;
     return {
       batch_id: meta.batch_id,
-      tasks: rows.map((t) => ({
-        task_id: t.task_id,
-        phase: t.phase,
-        status: (Object.keys(API_STATES) as ApiStatus[]).find((k) => API_STATES[k].includes(t.state)),
-        attempt: t.attempt,
-        input_key: t.input_key,
-        output_key: t.output_key,
-        machine_id: t.machine_id,
-        region: t.region,
-        error: t.error,
-        updated_at: iso(t.updated_at),
-        logs: t.machine_id ? `fly logs -a ${app} -i ${t.machine_id} --no-tail` : null,
-      })),
+      tasks: rows.map((t) => this.taskView(t)),
       next_cursor: rows.length === opts.limit ? String(rows[rows.length - 1].id) : null,
     };
   }
 
-  /** Attempts of one task, with the machine each ran on. */
-  async taskAttempts(taskId: string) {
-    return this.store.attemptsOf(taskId);
+  private logsCommand(machineId: string | null): string | null {
+    return machineId ? `fly logs -a ${this.env.FLY_APP_NAME} -i ${machineId} --no-tail` : null;
+  }
+
+  private taskView(t: TaskRow) {
+    return {
+      task_id: t.task_id,
+      phase: t.phase,
+      status: (Object.keys(API_STATES) as ApiStatus[]).find((k) => API_STATES[k].includes(t.state)),
+      attempt: t.attempt,
+      input_key: t.input_key,
+      output_key: t.output_key,
+      machine_id: t.machine_id,
+      region: t.region,
+      error: t.error,
+      updated_at: iso(t.updated_at),
+      logs: this.logsCommand(t.machine_id),
+    };
+  }
+
+  /** One task with every attempt: the machine each ran on, how it ended and why. */
+  async task(taskId: string) {
+    const meta = this.store.getMeta();
+    const task = meta ? this.store.getTask(taskId) : null;
+    if (!meta || !task) return null;
+    return {
+      batch_id: meta.batch_id,
+      ...this.taskView(task),
+      attempts: this.store.attemptsOf(taskId).map((a) => ({
+        attempt: a.attempt,
+        machine_name: a.machine_name,
+        machine_id: a.machine_id,
+        region: a.region,
+        outcome: a.outcome ?? "open",
+        error: a.error,
+        started_at: iso(a.started_at),
+        ended_at: iso(a.ended_at),
+        logs: this.logsCommand(a.machine_id),
+      })),
+    };
   }
 
   // ---- RPC: reset --------------------------------------------------------------------------

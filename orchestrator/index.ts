@@ -39,6 +39,7 @@ router
   .get("/health", () => Response.json({ ok: true, service: "fanout" }))
   .get("/status/:batchId", withBatch(status))
   .get("/status/:batchId/tasks", withBatch(tasks))
+  .get("/status/:batchId/tasks/:taskId", withBatch(task))
   .post("/callback/:batchId/:taskId", withBatch(callback))
   .post("/lease/:batchId", withBatch(lease))
   .post("/lease/:batchId/heartbeat", withBatch(heartbeat))
@@ -76,6 +77,13 @@ async function tasks(req: IRequest, env: Env): Promise<Response> {
   });
   if (!page) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
   return Response.json(page);
+}
+
+async function task(req: IRequest, env: Env): Promise<Response> {
+  const taskId = parse(TaskId, req.params.taskId, "taskId");
+  const body = await stub(env, req.params.batchId).task(taskId);
+  if (!body) throw new HttpError(404, "unknown batch or task", { batch_id: req.params.batchId, task_id: taskId });
+  return Response.json(body);
 }
 
 async function callback(req: IRequest, env: Env): Promise<Response> {

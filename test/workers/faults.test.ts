@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import type { FlyEmulatorOptions } from "../../local/fly-emulator/core.ts";
 import {
   ADMIN,
+  attemptsOf,
   createRequests,
   expireAll,
   getStatus,
@@ -135,7 +136,7 @@ describe("timeouts and retries", () => {
     await runDurableObjectAlarm(stub("t-boot"));
     s = await waitForStatus("t-boot", (x) => x.status === "DONE");
     expect(s.progress).toMatchObject({ tasks_completed: 1, tasks_failed: 0 });
-    const attempts = await stub("t-boot").taskAttempts("tiff-000000");
+    const attempts = await attemptsOf("t-boot", "tiff-000000");
     expect(attempts.map((a) => [a.attempt, a.outcome])).toEqual([
       [1, "failed"],
       [2, "done"],

@@ -9,6 +9,7 @@ import { signToken } from "../../shared/token.ts";
 import type { FlyEmulatorOptions } from "../../local/fly-emulator/core.ts";
 import {
   ADMIN,
+  attemptsOf,
   CALLBACK_SECRET,
   createRequests,
   expireAll,
@@ -46,9 +47,6 @@ async function expectCountersExact(batchId: string): Promise<void> {
   expect(counters).toEqual(rows);
 }
 
-function attemptsOf(batchId: string, taskId: string) {
-  return stub(batchId).taskAttempts(taskId);
-}
 
 /** As if LEASE_TIMEOUT_MS passed without a heartbeat (run limits untouched). */
 function lapseLeases(batchId: string): Promise<void> {

@@ -152,6 +152,20 @@ export async function getStatus(batchId: string): Promise<StatusBody> {
   return (await res.json()) as StatusBody;
 }
 
+export interface AttemptView {
+  attempt: number;
+  machine_id: string | null;
+  outcome: string;
+  error: string | null;
+}
+
+/** Every attempt of a task, through GET /status/:batchId/tasks/:taskId. */
+export async function attemptsOf(batchId: string, taskId: string): Promise<AttemptView[]> {
+  const res = await exports.default.fetch(`http://orchestrator.test/status/${batchId}/tasks/${taskId}`);
+  if (res.status !== 200) throw new Error(`task ${taskId}: ${res.status} ${await res.text()}`);
+  return ((await res.json()) as { attempts: AttemptView[] }).attempts;
+}
+
 /** Polls GET /status until `done(status)`; real alarms and callbacks do the work. */
 export async function waitForStatus(
   batchId: string,
