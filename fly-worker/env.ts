@@ -4,14 +4,7 @@
 import { readFileSync } from "node:fs";
 import { totalmem } from "node:os";
 import { z } from "zod";
-import { BatchId, MachineEnv, PoolEnv, SECRET_ENV_NAMES, TaskId } from "../shared/contracts.ts";
-
-const envInt = (min: number, max: number) =>
-  z
-    .string()
-    .regex(/^[0-9]+$/, "must be a whole number")
-    .transform(Number)
-    .pipe(z.number().int().min(min).max(max));
+import { BatchId, envInt, MachineEnv, PoolEnv, SECRET_ENV_NAMES, TaskId } from "../shared/contracts.ts";
 
 /** Knobs of this worker only (the orchestrator never sets them; tests and operators may). */
 export const WorkerTuning = z.object({

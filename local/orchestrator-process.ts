@@ -5,6 +5,7 @@ import { appendFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 import { REPO_ROOT } from "./paths.ts";
+import { splitLines } from "./fly-emulator/server.ts";
 export { REPO_ROOT };
 const WRANGLER = fileURLToPath(new URL("../node_modules/wrangler/bin/wrangler.js", import.meta.url));
 
@@ -60,8 +61,8 @@ export async function startOrchestratorProcess(options: OrchestratorProcessOptio
     if (options.logFile) appendFileSync(options.logFile, `${line}\n`);
     options.onLine?.(line);
   };
-  lines(child.stdout!, onLine);
-  lines(child.stderr!, onLine);
+  splitLines(child.stdout!, onLine);
+  splitLines(child.stderr!, onLine);
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
 
   const stop = stopper(child, pid, exited);
@@ -129,20 +130,6 @@ async function waitGroupGone(pgid: number, timeoutMs: number): Promise<boolean> 
     if (Date.now() > deadline) return false;
     await sleep(100);
   }
-}
-
-function lines(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
-  let buffered = "";
-  stream.setEncoding("utf8");
-  stream.on("data", (chunk: string) => {
-    buffered += chunk;
-    const parts = buffered.split("\n");
-    buffered = parts.pop() ?? "";
-    for (const p of parts) onLine(p);
-  });
-  stream.on("end", () => {
-    if (buffered) onLine(buffered);
-  });
 }
 
 export function sleep(ms: number): Promise<void> {

@@ -354,16 +354,9 @@ export class BatchStore {
 
   // ---- tasks ----------------------------------------------------------------------------
 
-  insertTask(t: {
-    task_id: string;
-    phase: string;
-    file_id: number;
-    input_key: string;
-    output_key: string;
-    size_bytes: number;
-    params_json: string;
-    now: number;
-  }): boolean {
+  insertTask(
+    t: Pick<TaskRow, "task_id" | "phase" | "file_id" | "input_key" | "output_key" | "size_bytes" | "params_json"> & { now: number },
+  ): boolean {
     const written = this.run(
       `INSERT INTO tasks (task_id, phase, file_id, input_key, output_key, size_bytes, params_json, state, updated_at)
        VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT (task_id) DO NOTHING`,

@@ -82,7 +82,8 @@ export type FileEntry = z.infer<typeof FileEntry>;
 const envBool = z
   .enum(["true", "false", "1", "0"], { message: "must be 'true' or 'false'" })
   .transform((v) => v === "true" || v === "1");
-const envInt = (min: number, max: number) =>
+/** A whole number given as an environment variable (a string), within [min, max]. */
+export const envInt = (min: number, max: number) =>
   z
     .string()
     .regex(/^[0-9]+$/, "must be a whole number")

@@ -106,7 +106,8 @@ function signalNumber(signal: NodeJS.Signals | null): number {
   return signal === "SIGKILL" ? 9 : signal === "SIGTERM" ? 15 : signal === "SIGINT" ? 2 : 0;
 }
 
-function splitLines(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
+/** Calls `onLine` for each line of a child's output stream. */
+export function splitLines(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
   let buffered = "";
   stream.setEncoding("utf8");
   stream.on("data", (chunk: string) => {
