@@ -51,8 +51,13 @@ export function successCallback(machineEnv: Record<string, string>): Request {
 }
 
 /** Posts a machine's callback through the Worker's HTTP entry; returns the status code. */
-export async function callBack(machine: RunnerMachine): Promise<number> {
-  const res = await exports.default.fetch(successCallback(machineProcessEnv(machine)));
+export function callBack(machine: RunnerMachine): Promise<number> {
+  return callBackWith(machineProcessEnv(machine));
+}
+
+/** Posts the success callback of the task whose env this is (a pool machine's leased task). */
+export async function callBackWith(taskEnv: Record<string, string>): Promise<number> {
+  const res = await exports.default.fetch(successCallback(taskEnv));
   await res.body?.cancel();
   return res.status;
 }
