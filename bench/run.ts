@@ -30,6 +30,10 @@ const BOOT_DELAY_MS = Number(process.env.BENCH_BOOT_DELAY_MS ?? 5_000);
 
 const t0 = performance.now();
 const loadAtStart = os.loadavg();
+/** The 1-minute load sampled through the run: the 5/15-minute averages at start remember work done before it. */
+const loadSamples = [loadAtStart[0]];
+const loadSampler = setInterval(() => loadSamples.push(os.loadavg()[0]), 10_000);
+loadSampler.unref();
 const log = (line: string) => console.log(line);
 
 interface ScaleFigure {
@@ -172,14 +176,16 @@ function packageVersion(name: string): string {
 }
 
 const cpus = os.cpus();
-const busiest = Math.max(...loadAtStart, ...os.loadavg());
+clearInterval(loadSampler);
+loadSamples.push(os.loadavg()[0]);
+const busiest = Math.max(...loadSamples);
 const machine = [
   ...(busiest > cpus.length
-    ? [`- **Warning: the load average reached ${f(busiest, 1)} on ${cpus.length} cores during this run: other work competed for the CPU, so timings (not row counts, sizes or the simulated makespan) are dominated by noise. Re-run on an idle machine before comparing timings.**`]
+    ? [`- **Warning: the 1-minute load average reached ${f(busiest, 1)} on ${cpus.length} cores during this run: other work competed for the CPU, so timings (not row counts, sizes or the simulated makespan) are dominated by noise. Re-run on an idle machine before comparing timings.**`]
     : []),
   `- Date: ${new Date().toISOString()}`,
   `- Machine: ${cpus.length} × ${cpus[0]?.model ?? "unknown CPU"}, ${f(os.totalmem() / 1024 ** 3, 1)} GiB RAM, ${os.type()} ${os.release()} (${os.arch()})`,
-  `- Load average (1/5/15 min) at start ${loadAtStart.map((x) => f(x, 2)).join(" / ")}, at end ${os.loadavg().map((x) => f(x, 2)).join(" / ")} — the machine is shared, so figures are medians`,
+  `- Load average (1/5/15 min) at start ${loadAtStart.map((x) => f(x, 2)).join(" / ")}, at end ${os.loadavg().map((x) => f(x, 2)).join(" / ")}; 1-minute load sampled every 10 s during the run: max ${f(busiest, 2)} — the machine is shared, so figures are medians`,
   `- Node ${process.version}; sharp ${sharp.versions.sharp} (libvips ${sharp.versions.vips}); ${vips?.version ?? "vips CLI not run"}; vitest ${packageVersion("vitest")}, @cloudflare/vitest-plugin ${packageVersion("@cloudflare/vitest-plugin")}, wrangler ${packageVersion("wrangler")}`,
   `- Commit: ${git(["rev-parse", "--short", "HEAD"])}${git(["status", "--porcelain", "--untracked-files=no"]) ? " (with uncommitted changes in the tree)" : ""}`,
   `- \`npm run bench\` wall time: ${f(totalS / 60, 1)} min (conversion ${f(conversionS, 0)} s, scale ${f(scaleS, 0)} s, makespan ${f(makespanS, 0)} s)`,
