@@ -43,6 +43,8 @@ const CREATE_ANSWER_MS = 60_000;
 const RECHECK_MS = 5_000;
 const MAX_STEP_FAILURES = 10;
 const RECENT_FAILURES = 10;
+/** A pool machine told `done` exits by itself; it is destroyed after this if it has not. */
+const RETIRE_GRACE_MS = 30_000;
 
 export interface StatusBody {
   batch_id: string;
@@ -925,13 +927,21 @@ export class BatchDO extends DurableObject<Env> {
     const [ready] = this.store.readyTasks(now, 1);
     if (!ready) {
       const counts = this.store.phaseCounts(phase.name);
-      if (counts.pending + counts.retrying > 0) {
+      const queued = counts.pending + counts.retrying;
+      // Stay only while the other machines are too few for the tasks still waiting (a retry's
+      // backoff); an idle machine costs money, and a lapsed lease gets a new machine anyway.
+      if (queued > this.liveWorkerCount() - 1) {
         const nextAt = this.store.earliestReady() ?? now + 1000;
         return { kind: "wait", wait_ms: Math.min(5000, Math.max(200, nextAt - now)) };
       }
-      // A running task's lease may still lapse and need a machine.
-      if (counts.running + counts.creating + counts.booting > 0) return { kind: "wait", wait_ms: 2000 };
-      return { kind: "done", reason: "no work left" };
+      this.store.transaction(() => {
+        this.store.updateWorker(workerId, { state: "gone" });
+        // It exits by itself; destroy it later in case it does not.
+        const machine = worker.machine_id ?? machineId;
+        if (machine) this.store.addOrphan(machine, "retired: no work left", now + RETIRE_GRACE_MS);
+      });
+      log("DO", "pool_machine_retired", { batch_id: meta.batch_id, worker_id: workerId, machine_id: worker.machine_id ?? machineId, leases: worker.leases });
+      return { kind: "done", reason: "no work left for this machine" };
     }
     const attempt = ready.attempt + 1;
     const task: TaskRow = {
@@ -1168,6 +1178,12 @@ export class BatchDO extends DurableObject<Env> {
         }
         this.failAttempt(meta, task, `task ran longer than ${Math.round(limits.runTimeoutMs / 1000)}s on ${task.worker_id}`, true, now);
       } else {
+        // A machine that stopped heartbeating is dead or hung: it must not keep counting as pool capacity.
+        const worker = task.worker_id ? this.store.getWorker(task.worker_id) : null;
+        if (worker && worker.state !== "gone") {
+          if (worker.machine_id) this.store.addOrphan(worker.machine_id, "stopped heartbeating", now);
+          this.store.updateWorker(worker.worker_id, { state: "gone" });
+        }
         this.failAttempt(meta, task, `lease expired: ${task.worker_id} stopped heartbeating`, true, now);
       }
     });

@@ -275,6 +275,32 @@ describe("pool mode", () => {
     await expectCountersExact("pool-reset");
   });
 
+  it("idle machines leave as soon as nothing waits; a hung lease holder is retired and its task gets a new machine", async () => {
+    let first = true;
+    const { runner, fly } = await startPool("pool-hung", 4, (r) => {
+      r.onTask = () => (first ? ((first = false), "hold") : "succeed");
+    });
+    await waitForStatus("pool-hung", (x) => x.progress.tasks_completed === 3 && x.progress.running === 1);
+    const [held] = [...runner.held.values()];
+    // Nothing waits for a machine: every machine but the holder is told done and exits, not kept waiting.
+    await vi.waitFor(() => expect(runner.exits.filter((e) => e.code === 0)).toHaveLength(runner.started.length - 1), { timeout: 10_000 });
+    const idleAnswers = runner.leases.filter((l) => "kind" in l.answer && l.answer.kind === "wait");
+    expect(idleAnswers).toEqual([]);
+    // The holder hangs (up, no heartbeat, no callback): when its lease lapses it stops counting as
+    // capacity and is destroyed, and the task is given to a new machine.
+    await lapseLeases("pool-hung");
+    await runDurableObjectAlarm(stub("pool-hung"));
+    await expireAll("pool-hung");
+    await runDurableObjectAlarm(stub("pool-hung"));
+    const s = await waitForStatus("pool-hung", (x) => x.status === "DONE");
+    expect(s.progress).toMatchObject({ tasks_total: 4, tasks_completed: 4, tasks_failed: 0 });
+    expect(fly.machine(held.machine.id)?.state).toBe("destroyed");
+    const retriedBy = runner.callbacks.find((c) => c.taskId === held.taskId)!.machineId;
+    expect(runner.started.findIndex((m) => m.id === retriedBy)).toBeGreaterThan(runner.started.findIndex((m) => m.id === held.machine.id));
+    await expectCountersExact("pool-hung");
+    await vi.waitFor(() => expect(fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
+  });
+
   it("machines that never ask again are retired at the end: 0 alive", async () => {
     const { runner, fly } = await startPool("pool-retire", 10, (r) => {
       r.lazy = (_m, nth) => nth <= 3; // booted, never leasing (as if stuck before the first lease)
