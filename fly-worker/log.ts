@@ -1,15 +1,25 @@
 // One JSON object per line, prefixed by component, so `fly logs -a APP -i MACHINE_ID --no-tail`
 // reads as the story of one task. Secret values are scrubbed from every line.
+import { AsyncLocalStorage } from "node:async_hooks";
 
 export type Component = "TiffConversion" | "Env" | "S3" | "Callback" | "FlyWorker" | "Pool";
 type Fields = Record<string, unknown>;
 
 let context: Fields = {};
 const secrets: string[] = [];
+// Per-task fields for code running inside withLogContext: a pool machine converts several tasks at once.
+const scoped = new AsyncLocalStorage<Fields>();
 
 /** Fields added to every later line (batch_id, task_id, machine_id). */
 export function setLogContext(fields: Fields): void {
-  context = { ...context, ...fields };
+  const inner = scoped.getStore();
+  if (inner) Object.assign(inner, fields);
+  else context = { ...context, ...fields };
+}
+
+/** Runs `fn` with `fields` on every line it logs, without touching other concurrent work's lines. */
+export function withLogContext<T>(fields: Fields, fn: () => Promise<T>): Promise<T> {
+  return scoped.run({ ...scoped.getStore(), ...fields }, fn);
 }
 
 /** Values that must never appear in output; ignored when too short to be meaningful. */
@@ -33,7 +43,7 @@ export function redact(text: string): string {
 }
 
 function emit(stream: NodeJS.WriteStream, component: Component, level: string, event: string, fields: Fields): void {
-  const line = JSON.stringify({ ts: new Date().toISOString(), level, event, ...context, ...fields }, (_k, v: unknown) =>
+  const line = JSON.stringify({ ts: new Date().toISOString(), level, event, ...context, ...scoped.getStore(), ...fields }, (_k, v: unknown) =>
     v instanceof Error ? v.message : typeof v === "bigint" ? Number(v) : v,
   );
   stream.write(`[${component}] ${redact(line)}\n`);

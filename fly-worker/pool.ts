@@ -10,7 +10,7 @@ import { configureSharp } from "./convert.ts";
 import { parseEnv, parsePoolEnv, setVariables, type PoolMachineEnv } from "./env.ts";
 import { errorMessage } from "./errors.ts";
 import { EXIT, type ExitCode } from "./exit-codes.ts";
-import { forgetSecrets, log, registerSecrets, setLogContext, since } from "./log.ts";
+import { forgetSecrets, log, registerSecrets, setLogContext, since, withLogContext } from "./log.ts";
 import { convertTask, reportBadEnv } from "./run.ts";
 
 type TaskLease = Extract<LeaseResponse, { kind: "task" }>;
@@ -42,24 +42,29 @@ export async function runPool(source: NodeJS.ProcessEnv): Promise<ExitCode> {
     (code === EXIT.SUCCESS ? log.info : log.error)("Pool", event, { reason, exit_code: code, ...stats, uptime_ms: Math.round(performance.now()) });
     return code;
   };
-  let idleSince = performance.now();
-  for (;;) {
-    const result = await client.lease();
-    if (result.kind === "exit") return exit(result.code, "pool.exit", result.reason);
-    const lease = result.lease;
-    if (lease.kind === "done") return exit(EXIT.SUCCESS, "pool.done", lease.reason);
-    if (lease.kind === "wait") {
-      const idleMs = performance.now() - idleSince;
-      if (idleMs >= pool.IDLE_TIMEOUT_MS) return exit(EXIT.SUCCESS, "pool.idle", `no task for ${Math.round(idleMs)} ms (IDLE_TIMEOUT_MS=${pool.IDLE_TIMEOUT_MS})`);
-      // Never sleep past the idle deadline: ask once more, then exit if there is still nothing.
-      await sleep(Math.max(1, Math.min(lease.wait_ms, pool.IDLE_TIMEOUT_MS - idleMs)));
-      continue;
+  // POOL_CONCURRENCY lease loops share the machine; it exits when every loop has ended.
+  const slot = async (): Promise<ExitCode> => {
+    let idleSince = performance.now();
+    for (;;) {
+      const result = await client.lease();
+      if (result.kind === "exit") return exit(result.code, "pool.exit", result.reason);
+      const lease = result.lease;
+      if (lease.kind === "done") return exit(EXIT.SUCCESS, "pool.done", lease.reason);
+      if (lease.kind === "wait") {
+        const idleMs = performance.now() - idleSince;
+        if (idleMs >= pool.IDLE_TIMEOUT_MS) return exit(EXIT.SUCCESS, "pool.idle", `no task for ${Math.round(idleMs)} ms (IDLE_TIMEOUT_MS=${pool.IDLE_TIMEOUT_MS})`);
+        // Never sleep past the idle deadline: ask once more, then exit if there is still nothing.
+        await sleep(Math.max(1, Math.min(lease.wait_ms, pool.IDLE_TIMEOUT_MS - idleMs)));
+        continue;
+      }
+      stats.tasks++;
+      const ok = await withLogContext({ task_id: lease.task_id }, () => runLeasedTask(client, lease, machineVars));
+      if (!ok) stats.failed++;
+      idleSince = performance.now();
     }
-    stats.tasks++;
-    const ok = await runLeasedTask(client, lease, machineVars);
-    if (!ok) stats.failed++;
-    idleSince = performance.now();
-  }
+  };
+  const codes = await Promise.all(Array.from({ length: pool.POOL_CONCURRENCY }, (_, i) => withLogContext({ slot: i + 1 }, slot)));
+  return codes.find((code) => code !== EXIT.SUCCESS) ?? EXIT.SUCCESS;
 }
 
 /** One leased task, heartbeats kept while it runs. False when it failed (its callback says how). */
@@ -68,7 +73,6 @@ async function runLeasedTask(client: LeaseClient, lease: TaskLease, machineVars:
   const taskVars = { ...lease.env, ...machineVars };
   const token = taskVars.CALLBACK_TOKEN;
   registerSecrets([token]);
-  setLogContext({ task_id: lease.task_id });
   log.info("Pool", "task.leased", { lease_ms: lease.lease_ms, heartbeat_ms: lease.heartbeat_ms });
   const heartbeats = client.keepLease(lease.task_id, lease.heartbeat_ms);
   try {
@@ -89,7 +93,6 @@ async function runLeasedTask(client: LeaseClient, lease: TaskLease, machineVars:
   } finally {
     await heartbeats.stop();
     forgetSecrets([token]);
-    setLogContext({ task_id: null });
   }
 }
 

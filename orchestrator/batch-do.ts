@@ -191,7 +191,7 @@ export class BatchDO extends DurableObject<Env> {
       now,
       bucket_tokens: 0,
     });
-    if (message.pool ?? this.config.POOL_MODE) this.store.updateMeta({ pool: 1 }, now);
+    if (message.pool ?? this.config.POOL_MODE) this.store.updateMeta({ pool: 1, pool_slots: message.pool_tasks_per_machine ?? 0 }, now);
     await this.ctx.storage.setAlarm(now);
     log("DO", "batch_started", { batch_id: message.batch_id, phase: phase.name });
     return { created: true, status: phase.name };
@@ -626,7 +626,7 @@ export class BatchDO extends DurableObject<Env> {
     const after = this.store.getMeta()!;
     const maxLive = this.limits(phase).maxLive;
     const canSpawn = after.pool
-      ? this.poolTarget(counts, maxLive) > this.liveWorkerCount()
+      ? this.poolTarget(after, counts, maxLive) > this.liveWorkerCount()
       : counts.creating + counts.booting + counts.running < maxLive;
     let next = this.store.earliestDeadline() ?? now + this.config.MACHINE_CHECK_INTERVAL_MS;
     if (canSpawn && counts.pending + counts.retrying > 0) {
@@ -928,19 +928,22 @@ export class BatchDO extends DurableObject<Env> {
     if (!ready) {
       const counts = this.store.phaseCounts(phase.name);
       const queued = counts.pending + counts.retrying;
-      // Stay only while the other machines are too few for the tasks still waiting (a retry's
+      // Stay only while the other slots are too few for the tasks still waiting (a retry's
       // backoff); an idle machine costs money, and a lapsed lease gets a new machine anyway.
-      if (queued > this.liveWorkerCount() - 1) {
+      if (queued > this.liveWorkerCount() * this.poolSlots(meta) - 1) {
         const nextAt = this.store.earliestReady() ?? now + 1000;
         return { kind: "wait", wait_ms: Math.min(5000, Math.max(200, nextAt - now)) };
       }
-      this.store.transaction(() => {
-        this.store.updateWorker(workerId, { state: "gone" });
-        // It exits by itself; destroy it later in case it does not.
-        const machine = worker.machine_id ?? machineId;
-        if (machine) this.store.addOrphan(machine, "retired: no work left", now + RETIRE_GRACE_MS);
-      });
-      log("DO", "pool_machine_retired", { batch_id: meta.batch_id, worker_id: workerId, machine_id: worker.machine_id ?? machineId, leases: worker.leases });
+      // The machine is retired once its last slot is told done (its other slots may still work).
+      if (this.store.leasedBy(workerId).length === 0) {
+        this.store.transaction(() => {
+          this.store.updateWorker(workerId, { state: "gone" });
+          // It exits by itself; destroy it later in case it does not.
+          const machine = worker.machine_id ?? machineId;
+          if (machine) this.store.addOrphan(machine, "retired: no work left", now + RETIRE_GRACE_MS);
+        });
+        log("DO", "pool_machine_retired", { batch_id: meta.batch_id, worker_id: workerId, machine_id: worker.machine_id ?? machineId, leases: worker.leases });
+      }
       return { kind: "done", reason: "no work left for this machine" };
     }
     const attempt = ready.attempt + 1;
@@ -997,9 +1000,14 @@ export class BatchDO extends DurableObject<Env> {
     return w.creating + w.booting + w.live;
   }
 
-  /** Machines worth having: one per open task, at most the phase's concurrency. */
-  private poolTarget(counts: PhaseCounts, maxLive: number): number {
-    return Math.min(maxLive, counts.pending + counts.retrying + counts.running);
+  /** Tasks one pool machine converts at once. */
+  private poolSlots(meta: BatchMeta): number {
+    return meta.pool_slots || this.config.POOL_TASKS_PER_MACHINE;
+  }
+
+  /** Machines worth having: a slot per open task, at most the phase's concurrency. */
+  private poolTarget(meta: BatchMeta, counts: PhaseCounts, maxLive: number): number {
+    return Math.min(maxLive, Math.ceil((counts.pending + counts.retrying + counts.running) / this.poolSlots(meta)));
   }
 
   private workerSummary(meta: BatchMeta) {
@@ -1020,15 +1028,17 @@ export class BatchDO extends DurableObject<Env> {
     const now = Date.now();
     if (meta.fly_blocked_until > now) return;
     const counts = this.store.phaseCounts(phase.name);
-    const want = Math.min(this.poolTarget(counts, this.limits(phase).maxLive) - this.liveWorkerCount(), SPAWNS_PER_ALARM);
+    const want = Math.min(this.poolTarget(meta, counts, this.limits(phase).maxLive) - this.liveWorkerCount(), SPAWNS_PER_ALARM);
     if (want <= 0) return;
     const n = await this.takeCreates(want);
     if (n <= 0) return;
     meta = this.store.getMeta()!;
     const c = this.config;
     const limits = this.limits(phase);
-    // One size for the pool: the machine the largest task of the phase needs.
+    // One size for the pool: the machine the largest task of the phase needs, once per slot.
     const sizing = phase.machine({ task_id: "sizing", batch_id: meta.batch_id, input_key: "", output_key: "", size_bytes: meta.max_task_size, attempt: 0, params: {} });
+    const slots = this.poolSlots(meta);
+    const guest = { ...sizing.guest, cpus: sizing.guest.cpus * slots, memory_mb: sizing.guest.memory_mb * slots };
     const ids = Array.from({ length: n }, (_, i) => `pool-${String(meta.worker_seq + i + 1).padStart(4, "0")}`);
     this.store.transaction(() => {
       for (const id of ids) this.store.insertWorker({ worker_id: id, phase: phase.name, now, check_at: now + CREATE_ANSWER_MS, limit_at: now + limits.bootTimeoutMs });
@@ -1045,6 +1055,8 @@ export class BatchDO extends DurableObject<Env> {
           LEASE_URL: `${base}/lease/${encodeURIComponent(meta.batch_id)}`,
           LEASE_TOKEN: await signToken(c.CALLBACK_SECRET, leaseSubject(meta.batch_id, id)),
           IDLE_TIMEOUT_MS: String(c.POOL_IDLE_TIMEOUT_MS),
+          POOL_CONCURRENCY: String(slots),
+          // Per slot: what one conversion may use.
           MEMORY_MB: String(sizing.guest.memory_mb),
           R2_ACCOUNT_ID: c.R2_ACCOUNT_ID,
           R2_ACCESS_KEY_ID: c.R2_ACCESS_KEY_ID,
@@ -1055,7 +1067,7 @@ export class BatchDO extends DurableObject<Env> {
         return fly.createMachine({
           name: machineName(meta.batch_id, id),
           image: sizing.image ?? c.FLY_IMAGE,
-          guest: sizing.guest,
+          guest,
           env,
           metadata: { fanout_batch: meta.batch_id, fanout_phase: phase.name, fanout_worker: id },
           regions: c.FLY_REGIONS,

@@ -34,6 +34,8 @@ const ConfigSchema = z.object({
   POOL_MODE: z.preprocess((v) => (v === undefined || v === "" ? "false" : v), z.enum(["true", "false"], { message: "must be 'true' or 'false'" }).transform((v) => v === "true")),
   /** Pool mode: a lease not renewed by a heartbeat within this long returns its task for retry. */
   LEASE_TIMEOUT_MS: int(1000, 3_600_000, 60_000),
+  /** Pool mode: tasks one machine converts at once; its guest is that many times one task's. */
+  POOL_TASKS_PER_MACHINE: int(1, 16, 1),
   /** Pool mode: a machine with no work for this long exits. */
   POOL_IDLE_TIMEOUT_MS: int(0, 3_600_000, 60_000),
   /** How often a live machine's state is looked at, to catch machines that die without calling back. */

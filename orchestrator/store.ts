@@ -41,6 +41,8 @@ export interface BatchMeta {
   worker_seq: number;
   /** Largest input of the current phase: pool machines are sized for it. */
   max_task_size: number;
+  /** Pool mode: tasks per machine from the batch's message; 0 = POOL_TASKS_PER_MACHINE. */
+  pool_slots: number;
 }
 
 export interface TaskRow {
@@ -212,6 +214,8 @@ const MIGRATIONS: string[] = [
      last_seen INTEGER
    ) WITHOUT ROWID;
    CREATE INDEX workers_check ON workers (state, check_at);`,
+  // 3: pool machines' size chosen per batch.
+  `ALTER TABLE meta ADD COLUMN pool_slots INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 /** Rows read and written by the queries of this store, for the scale tests and benchmarks. */

@@ -34,6 +34,8 @@ export const QueueMessage = z
     r2_prefix: z.string().max(1024).optional(),
     /** Run the batch's phases in pool mode (machines lease task after task); POOL_MODE by default. */
     pool: z.boolean().optional(),
+    /** Pool mode: tasks each machine converts at once; POOL_TASKS_PER_MACHINE by default. */
+    pool_tasks_per_machine: z.number().int().min(1).max(16).optional(),
   })
   .refine((m) => m.manifest_r2_key !== undefined || m.r2_prefix !== undefined, {
     message: "a queue message needs manifest_r2_key or r2_prefix",
@@ -194,6 +196,8 @@ export const PoolEnv = z.object({
   LEASE_TOKEN: z.string().min(1, "must be set"),
   /** Exit after this long without work. */
   IDLE_TIMEOUT_MS: envInt(0, 3_600_000).default(60_000),
+  /** Tasks converted at once (one lease loop each); MEMORY_MB is then each one's budget. */
+  POOL_CONCURRENCY: envInt(1, 16).default(1),
 });
 export type PoolEnv = z.infer<typeof PoolEnv>;
 

@@ -286,6 +286,27 @@ describe("fly-worker pool mode", () => {
     expect(r.logs.find((l) => l.fields.event === "pool.done")?.fields).toMatchObject({ reason: "no work left", tasks: 4, failed: 0, exit_code: 0 });
   });
 
+  it("POOL_CONCURRENCY=2 converts two tasks at once; every log line names its own task", async () => {
+    const names = ["rgb8", "cmyk-icc", "rgb16", "rgba"];
+    const p = await pool(names);
+    const r = await run(p, { POOL_CONCURRENCY: "2" });
+    expect(r.code, r.stderr).toBe(EXIT.SUCCESS);
+    await checkHygiene(r, p);
+    const answers = p.server.leases.map((l) => ("kind" in l.answer ? l.answer.kind : l.answer.http));
+    expect(answers.filter((a) => a === "task")).toHaveLength(4);
+    expect(answers.filter((a) => a === "done")).toHaveLength(2); // each slot asks until told done
+    // The second lease came before the first task's callback: two conversions overlapped.
+    const firstCallback = Math.min(...p.tasks.map((t) => onlyCallback(p, t).receivedAt));
+    expect(p.server.leases[1].at).toBeLessThan(firstCallback);
+    for (const t of p.tasks) {
+      expect(CallbackSuccess.parse(onlyCallback(p, t).body)).toMatchObject({ task_id: t.taskId, output_r2_key: t.outputKey });
+      expect(await objectExists(client, BUCKET, t.outputKey)).toBe(true);
+      // Lines about this task's output carry this task's id, never the other slot's.
+      const converted = r.logs.filter((l) => l.fields.event === "task.converted" && l.fields.output_r2_key === t.outputKey);
+      expect(converted.map((l) => l.fields.task_id)).toEqual([t.taskId]);
+    }
+  });
+
   it("heartbeats every heartbeat_ms while a slow task runs", async () => {
     const p = await pool(["slow"], { heartbeatMs: 100 });
     const r = await run(p);

@@ -29,12 +29,18 @@ afterEach(async () => {
   world = undefined;
 });
 
-async function startPool(batchId: string, n: number, setup: (runner: PoolRunner) => void = () => {}, options: FlyEmulatorOptions = {}) {
+async function startPool(
+  batchId: string,
+  n: number,
+  setup: (runner: PoolRunner) => void = () => {},
+  options: FlyEmulatorOptions = {},
+  tasksPerMachine?: number,
+) {
   const runner = new PoolRunner();
   setup(runner);
   world = installWorld({ runner, ...options });
   await putTiffs(`${batchId}/`, n);
-  await stub(batchId).start({ batch_id: batchId, r2_prefix: `${batchId}/`, pool: true });
+  await stub(batchId).start({ batch_id: batchId, r2_prefix: `${batchId}/`, pool: true, pool_tasks_per_machine: tasksPerMachine });
   return { runner, fly: world.fly };
 }
 
@@ -298,6 +304,25 @@ describe("pool mode", () => {
     const retriedBy = runner.callbacks.find((c) => c.taskId === held.taskId)!.machineId;
     expect(runner.started.findIndex((m) => m.id === retriedBy)).toBeGreaterThan(runner.started.findIndex((m) => m.id === held.machine.id));
     await expectCountersExact("pool-hung");
+    await vi.waitFor(() => expect(fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
+  });
+
+  it("pool_tasks_per_machine=4: machines four times the size each convert four tasks at once", async () => {
+    const { runner, fly } = await startPool("pool-slots", 30, () => {}, {}, 4);
+    const s = await waitForStatus("pool-slots", (x) => x.status === "DONE", 30_000);
+    expect(s.progress).toMatchObject({ tasks_total: 30, tasks_completed: 30, tasks_failed: 0 });
+    const creates = createRequests(fly).filter((r) => r.status === 200);
+    expect(creates.length).toBeLessThanOrEqual(Math.ceil(30 / 4)); // never more machines than slots needed
+    const config = (creates[0].body as { config: { guest: { cpus: number; memory_mb: number; cpu_kind: string } } }).config;
+    expect(config.guest).toEqual({ cpu_kind: "shared", cpus: 4, memory_mb: 4096 });
+    const env = runner.started[0].env;
+    expect(env).toMatchObject({ POOL_CONCURRENCY: "4", MEMORY_MB: "1024" });
+    // Fewer, bigger machines: some machine took at least as many tasks as it has slots.
+    const perMachine = new Map<string, number>();
+    for (const l of runner.leases) if ("kind" in l.answer && l.answer.kind === "task") perMachine.set(l.machineId, (perMachine.get(l.machineId) ?? 0) + 1);
+    expect(Math.max(...perMachine.values())).toBeGreaterThanOrEqual(4);
+    expect([...runner.doneCallbacks().values()].every((n) => n === 1)).toBe(true);
+    await expectCountersExact("pool-slots");
     await vi.waitFor(() => expect(fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
   });
 

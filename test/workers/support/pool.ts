@@ -49,11 +49,20 @@ export class PoolRunner implements MachineRunner {
     this.started.push(machine);
     this.live.set(machine.id, machine);
     if (this.lazy(machine, this.started.length)) return;
+    // POOL_CONCURRENCY lease loops, as fly-worker runs them; the machine exits when all have ended.
+    const slots = Number(machineProcessEnv(machine).POOL_CONCURRENCY ?? "1");
     queueMicrotask(() => {
-      this.#loop(machine, events).catch((error: unknown) => {
-        events.log(`pool loop crashed: ${error instanceof Error ? error.message : String(error)}`, "stderr");
-        this.#exit(machine, events, 70);
-      });
+      Promise.all(Array.from({ length: slots }, () => this.#loop(machine, events))).then(
+        (ends) => {
+          if (ends.includes("stays")) return; // a slot holds its lease: the machine stays up
+          const failed = ends.find((e) => typeof e === "number" && e !== 0);
+          if (!ends.includes("gone")) this.#exit(machine, events, typeof failed === "number" ? failed : 0);
+        },
+        (error: unknown) => {
+          events.log(`pool loop crashed: ${error instanceof Error ? error.message : String(error)}`, "stderr");
+          this.#exit(machine, events, 70);
+        },
+      );
     });
   }
 
@@ -62,20 +71,21 @@ export class PoolRunner implements MachineRunner {
     this.live.delete(id);
   }
 
-  async #loop(machine: RunnerMachine, events: RunnerEvents): Promise<void> {
+  /** One slot's loop: its exit code, "stays" (holding a lease) or "gone" (the machine died or was killed). */
+  async #loop(machine: RunnerMachine, events: RunnerEvents): Promise<number | "stays" | "gone"> {
     const env = machineProcessEnv(machine);
     let nth = 0;
     for (;;) {
-      if (this.#killed.has(machine.id)) return;
+      if (this.#killed.has(machine.id) || !this.live.has(machine.id)) return "gone";
       const res = await lease(env);
       if (res.status !== 200) {
         this.leases.push({ machineId: machine.id, answer: { http: res.status } });
         events.log(`lease refused: HTTP ${res.status} ${await res.text()}`, "stderr");
-        return this.#exit(machine, events, 78);
+        return 78;
       }
       const answer = LeaseResponse.parse(await res.json());
       this.leases.push({ machineId: machine.id, answer });
-      if (answer.kind === "done") return this.#exit(machine, events, 0);
+      if (answer.kind === "done") return 0;
       if (answer.kind === "wait") {
         await new Promise((r) => setTimeout(r, Math.min(answer.wait_ms, this.maxWaitMs)));
         continue;
@@ -84,8 +94,9 @@ export class PoolRunner implements MachineRunner {
       const action = machine.dieSilently ? "die" : this.onTask(machine, answer, ++nth);
       if (action === "die" || action === "hold") {
         this.held.set(answer.task_id, { machine, taskId: answer.task_id, env: taskEnv });
-        if (action === "die") this.#exit(machine, events, 137);
-        return;
+        if (action === "hold") return "stays";
+        this.#exit(machine, events, 137);
+        return "gone";
       }
       const cb = await postCallback(taskEnv, action === "succeed" ? successBody(taskEnv) : errorBody(taskEnv, "simulated failure"));
       const body = (await cb.json()) as { outcome?: string };
