@@ -60,12 +60,19 @@ interface MakespanFigure {
   mode: "single" | "pool";
   tasks: number;
   machines_limit: number;
+  /** Tasks each machine converts at once (its lease loops; 1 in single mode) and its CPUs. */
+  slots: number;
+  cpus: number;
   conversion_ms: number;
   boot_delay_ms: number;
   makespan_s: number;
   machine_s: number;
+  /** Machine-seconds × the machine's config.guest.cpus, summed. */
+  cpu_s: number;
   busy_s: number;
+  busy_cpu_s: number;
   boot_s: number;
+  boot_cpu_s: number;
   machines: number;
   lower_bound_s: number;
   create_bound_s: number;
@@ -73,7 +80,7 @@ interface MakespanFigure {
   ramp_bound_s: number | null;
   creates_429: number;
   alarms: number;
-  pool: { leases: number; tasks: number; waits: number; heartbeats: number; leases_lost: number; exit_done: number; exit_idle: number; exit_refused: number; tail_s: number; tail_max_s: number } | null;
+  pool: { leases: number; tasks: number; waits: number; heartbeats: number; leases_lost: number; exit_done: number; exit_idle: number; exit_refused: number; slot_done: number; slot_idle: number; slot_refused: number; tail_s: number; tail_max_s: number; peak_busy: { min: number; max: number } } | null;
   real_s: number;
 }
 
@@ -136,9 +143,12 @@ if (only.has("scale")) {
 
 let makespan: MakespanFigure[] = [];
 let makespanWide: MakespanFigure[] = [];
+let makespanSlots: MakespanFigure[] = [];
 let makespanS = 0;
 /** The pool size that minimises the ramp-aware bound at 10,000 TIFFs: ≈ √(2 × work × create rate). */
 const WIDE_TASKS = 10_000;
+/** Tasks per machine in the slots row (its pool is production's 50 machines). */
+const SLOTS = Number(process.env.BENCH_SLOTS ?? 8);
 const wideMachines = Math.round(Math.sqrt(2 * WIDE_TASKS * (conversionMs / 1000) * 1));
 if (only.has("makespan")) {
   log(`Makespan: real engine + Fly emulator in simulated time, ${conversionMs} ms per conversion, ${BOOT_DELAY_MS} ms boot`);
@@ -150,6 +160,7 @@ if (only.has("makespan")) {
   };
   makespan = await vitestBench<MakespanFigure[]>("makespan", "makespan", { ...env, BENCH_MAKESPAN_SIZES: "1000,10000", BENCH_MAKESPAN_MODES: "single,pool" });
   makespanWide = await vitestBench<MakespanFigure[]>("makespan-wide", "makespan", { ...env, BENCH_WIDE_SIZES: String(WIDE_TASKS), BENCH_WIDE_MACHINES: String(wideMachines) });
+  makespanSlots = await vitestBench<MakespanFigure[]>("makespan-slots", "makespan", { ...env, BENCH_SLOTS_SIZES: String(WIDE_TASKS), BENCH_SLOTS_MACHINES: "50", BENCH_SLOTS: String(SLOTS) });
   makespanS = (performance.now() - t) / 1000;
 }
 
@@ -288,13 +299,14 @@ pixel are those of real scans.
 function makespanSection(): string {
   if (makespan.length === 0) return "";
   const m0 = makespan[0];
+  const machineText = (m: MakespanFigure) => `${m.slots} / ${m.cpus}`;
   const row = (m: MakespanFigure) => {
     const bound = m.mode === "pool"
       ? `${n0(m.lower_bound_s)} s (pool ${n0(m.create_bound_s)} s, work ${n0(m.work_bound_s)} s)`
       : `${n0(m.lower_bound_s)} s (creates ${n0(m.create_bound_s)} s, work ${n0(m.work_bound_s)} s)`;
-    return `| ${n0(m.tasks)} | ${m.mode} | ${n0(m.machines_limit)} | ${n0(m.makespan_s)} s (${f(m.makespan_s / 3600, 2)} h) | ${bound} | ${f(m.makespan_s / m.lower_bound_s, 3)}× | ${m.ramp_bound_s === null ? "—" : `${n0(m.ramp_bound_s)} s, ${f(m.makespan_s / m.ramp_bound_s, 3)}×`} | ${n0(m.machine_s)} s | ${f(m.machine_s / m.tasks, 2)} s | ${n0(m.machines)} | ${m.creates_429} | ${n0(m.alarms)} | ${f(m.real_s, 1)} s |`;
+    return `| ${n0(m.tasks)} | ${m.mode} | ${n0(m.machines_limit)} | ${machineText(m)} | ${n0(m.makespan_s)} s (${f(m.makespan_s / 3600, 2)} h) | ${bound} | ${f(m.makespan_s / m.lower_bound_s, 3)}× | ${m.ramp_bound_s === null ? "—" : `${n0(m.ramp_bound_s)} s, ${f(m.makespan_s / m.ramp_bound_s, 3)}×`} | ${n0(m.machine_s)} s | ${f(m.machine_s / m.tasks, 2)} s | ${n0(m.cpu_s)} s | ${f(m.cpu_s / m.tasks, 2)} s | ${n0(m.machines)} | ${m.creates_429} | ${n0(m.alarms)} | ${f(m.real_s, 1)} s |`;
   };
-  const all = [...makespan, ...makespanWide];
+  const all = [...makespan, ...makespanWide, ...makespanSlots];
   const sizes = [...new Set(makespan.map((m) => m.tasks))];
   const compare = sizes.flatMap((n) => {
     const single = makespan.find((m) => m.tasks === n && m.mode === "single");
@@ -303,42 +315,52 @@ function makespanSection(): string {
       .flatMap((pool) =>
         single
           ? [
-              `| ${n0(n)} | ${n0(pool.machines_limit)} | **${f(single.makespan_s / pool.makespan_s, 2)}×** | ${f(pool.makespan_s / pool.lower_bound_s, 3)}× | ${f(single.machine_s / single.tasks, 2)} s → ${f(pool.machine_s / pool.tasks, 2)} s (${f(pool.machine_s / single.machine_s, 3)}×) | ${n0(single.machines)} → ${n0(pool.machines)} |`,
+              `| ${n0(n)} | ${n0(pool.machines_limit)} | ${machineText(pool)} | **${f(single.makespan_s / pool.makespan_s, 2)}×** | ${f(pool.makespan_s / pool.lower_bound_s, 3)}× | ${f(single.machine_s / single.tasks, 2)} s → ${f(pool.machine_s / pool.tasks, 2)} s (${f(pool.machine_s / single.machine_s, 3)}×) | ${f(single.cpu_s / single.tasks, 2)} s → ${f(pool.cpu_s / pool.tasks, 2)} s (${f(pool.cpu_s / single.cpu_s, 3)}×) | ${n0(single.machines)} → ${n0(pool.machines)} |`,
             ]
           : [],
       );
   });
   const pools = all.filter((m) => m.pool);
-  const poolDetail = pools.map(
-    (m) =>
-      `| ${n0(m.tasks)} | ${n0(m.machines_limit)} | ${n0(m.pool!.leases)} | ${n0(m.pool!.waits)} | ${n0(m.pool!.heartbeats)} | ${n0(m.busy_s)} s | ${n0(m.boot_s)} s | ${n0(m.machine_s - m.busy_s - m.boot_s)} s (${f((100 * (m.machine_s - m.busy_s - m.boot_s)) / m.machine_s, 2)}%) | ${n0(m.pool!.tail_s)} s (≤ ${f(m.pool!.tail_max_s, 1)} s each) | ${m.pool!.exit_done} / ${m.pool!.exit_idle} / ${m.machines - m.pool!.exit_done - m.pool!.exit_idle - m.pool!.exit_refused} |`,
-  );
+  const poolDetail = pools.map((m) => {
+    const idle = m.cpu_s - m.busy_cpu_s - m.boot_cpu_s;
+    const p = m.pool!;
+    return `| ${n0(m.tasks)} | ${n0(m.machines_limit)} | ${machineText(m)} | ${n0(p.leases)} | ${n0(p.waits)} | ${n0(p.heartbeats)} | ${n0(m.busy_cpu_s)} s | ${n0(m.boot_cpu_s)} s | ${n0(idle)} s (${f((100 * idle) / m.cpu_s, 2)}%) | ${n0(p.tail_s)} s (≤ ${f(p.tail_max_s, 1)} s each) | ${p.peak_busy.min}–${p.peak_busy.max} | ${p.exit_done} / ${p.exit_idle} / ${m.machines - p.exit_done - p.exit_idle - p.exit_refused} |`;
+  });
   const wide = makespanWide[0];
+  const slotted = makespanSlots[0];
   return `## 3. Makespan in both modes (real engine + Fly emulator, simulated time) — issue 6's yardstick
 
 Each machine boots in ${f(m0.boot_delay_ms / 1000, 1)} s and converts for ${f(m0.conversion_ms / 1000, 2)} s (the measured median pipeline time of the
 ${MAKESPAN_IMAGE_MP} MP scan with the contract's settings, section 2); Fly's documented create limit of 1 request/s, burst 3, enforced by the
 emulator and budgeted by the engine. **single**: one machine per TIFF (the engine's default). **pool**: the batch starts with
-\`{ pool: true }\`; machines lease task after task. MAX_CONCURRENT_MACHINES is wrangler.jsonc's 50, and in the last row
-${wide ? n0(wide.machines_limit) : "—"}: the pool size that minimises the ramp-aware bound at ${n0(WIDE_TASKS)} TIFFs (≈ √(2 × conversion time × tasks × create rate)).
+\`{ pool: true, pool_tasks_per_machine: N }\`; each machine runs N lease loops side by side (N slots) on a guest N times one
+task's (CPUs and memory × N), and each slot leases task after task. The three pool rows at ${n0(WIDE_TASKS)} TIFFs: 1-slot machines
+with wrangler.jsonc's MAX_CONCURRENT_MACHINES of 50; 1-slot machines with ${wide ? n0(wide.machines_limit) : "—"}, the pool size that minimises the
+ramp-aware bound (≈ √(2 × conversion time × tasks × create rate)); and ${slotted ? `${slotted.slots}-slot machines (${slotted.cpus} CPUs each)` : "N-slot machines"} with 50, which
+gives ${slotted ? n0(slotted.machines_limit * slotted.slots) : "50 × N"} slots from 50 creates. A slot's conversion time is the measured single-thread figure (mozjpeg encodes on one
+thread) and each slot has a CPU of its own, so slots do not slow each other down in this model.
 
-| TIFFs | mode | machines max | makespan | lower bound | makespan / bound | ramp-aware bound, makespan / it | machine-seconds | per scan | machines created | creates answered 429 | alarms run | real time |
-|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| TIFFs | mode | machines max | tasks at once / CPUs per machine | makespan | lower bound | makespan / bound | ramp-aware bound, makespan / it | machine-seconds | per scan | CPU-seconds | per scan | machines created | creates answered 429 | alarms run | real time |
+|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 ${all.map(row).join("\n")}
 
 **Issue 6's target at 10,000 TIFFs: ≥ 20× shorter makespan than one machine per TIFF, within 1.25× of the lower bound, fewer
-machine-seconds per scan.**
+machine-seconds per scan.** Machine-seconds are judged here as **CPU-seconds** (machine-seconds × the machine's
+\`config.guest.cpus\`): Fly prices a machine by its CPUs and memory, both N times larger on an N-slot machine, so a
+machine-second of an ${slotted ? slotted.cpus : "N"}-CPU machine is not a machine-second of a 1-CPU one. Plain machine-seconds per scan are shown too;
+on N-slot machines they fall about N-fold by construction, which is not a saving.
 
-| TIFFs | pool machines max | speed-up single ÷ pool | pool makespan / bound | machine-seconds per scan, single → pool | machines created, single → pool |
-|---:|---:|---:|---:|---:|---:|
+| TIFFs | pool machines max | tasks at once / CPUs per machine | speed-up single ÷ pool | pool makespan / bound | machine-seconds per scan, single → pool | CPU-seconds per scan, single → pool | machines created, single → pool |
+|---:|---:|---:|---:|---:|---:|---:|---:|
 ${compare.join("\n")}
 
-Where pool machines' time goes (busy = conversions; idle = boot-to-exit time not converting, almost all of it the tail
-below; tail = each machine's time from its last callback to its exit, summed; exits: told \`done\` / idle timeout /
-destroyed by the engine when the phase finished):
+Where pool machines' CPU-seconds go (busy = conversions, one slot's CPUs each; boot = every machine's CPUs during boot;
+idle = the rest: CPUs of slots with no task, almost all of it the tail below; tail = each machine's time from its last
+callback to its exit, summed; slots busy together = the fewest and most tasks any one machine had in flight at once;
+exits: told \`done\` / idle timeout / destroyed by the engine when the phase finished):
 
-| TIFFs | machines max | leases | \`wait\` answers | heartbeats | busy | boot | idle | tail | exits done / idle / destroyed |
-|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| TIFFs | machines max | tasks at once / CPUs per machine | leases | \`wait\` answers | heartbeats | busy | boot | idle | tail | slots busy together (min–max per machine) | exits done / idle / destroyed |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 ${poolDetail.join("\n")}
 
 How it is built (\`bench/workerd/makespan.bench-run.ts\`): not a model — the real BatchDO (discovery, planning,
@@ -348,17 +370,20 @@ discrete-event simulation. \`Date\` is faked in the test isolate (the DO runs th
 runtime never fires an alarm on its own; the bench advances virtual time to the earlier of the DO's next alarm and
 the emulator's next timer, runs that alarm (exactly as \`runDurableObjectAlarm\` does) or fires those timers and
 waits for the HTTP work they start, and repeats until the batch is DONE and every machine has stopped. A single-mode
-machine converts, calls back and exits. A pool machine does what \`fly-worker/pool.ts\` does: after boot it POSTs
-\`/lease/:batchId\` with its signed LEASE_TOKEN, converts for the measured time while heartbeating every
-\`heartbeat_ms\` (${f(m0.conversion_ms / 1000, 2)} s is under the default 20 s, so no heartbeat is due), calls back, leases again; it exits on
-\`done\`, or when \`wait\` answers have kept it idle for IDLE_TIMEOUT_MS (60 s), never sleeping past that deadline.
+machine converts, calls back and exits. A pool machine does what \`fly-worker/pool.ts\` does: after boot it starts
+POOL_CONCURRENCY lease loops; each POSTs \`/lease/:batchId\` with the machine's signed LEASE_TOKEN, converts for the
+measured time while heartbeating every \`heartbeat_ms\` (${f(m0.conversion_ms / 1000, 2)} s is under the default 20 s, so no heartbeat is due),
+calls back, leases again; a loop ends on \`done\`, or when \`wait\` answers have kept it idle for IDLE_TIMEOUT_MS (60 s),
+never sleeping past that deadline, and the machine exits when its last loop has ended.
 **Lower bound** — single: max(creating every machine at the create limit, (N − 3 burst)/1 s; all conversion time over
-MAX_CONCURRENT_MACHINES); pool: max(creating the pool at the create limit + one boot; all conversion time over the pool).
-When those two are close, machines join the pool one per second and the bound cannot be met: the **ramp-aware bound**
-is the earliest T at which machine i, ready at create_i + boot, could have done all the work, Σ max(0, T − ready_i) =
-N × conversion time. Machine-seconds are each machine's time from create to stop (boot + conversions + idle; billing
-granularity ignored). Download and upload are not simulated. No randomness is left (no faults, no retries), so one
-run per row is reported.
+MAX_CONCURRENT_MACHINES); pool: max(creating the pool, min(MAX_CONCURRENT_MACHINES, ⌈tasks / slots⌉) machines, at the
+create limit + one boot; all conversion time over machines × slots). When those two are close, machines join the pool
+one per second and the bound cannot be met: the **ramp-aware bound** is the earliest T at which machine i, ready at
+create_i + boot and converting on all its slots from then on, could have done all the work,
+Σ slots × max(0, T − ready_i) = N × conversion time. Machine-seconds are each machine's time from create to stop (boot +
+conversions + idle; billing granularity ignored); CPU-seconds multiply each by the CPUs its create request asked for
+(\`config.guest.cpus\`, as the emulator recorded it). Download and upload are not simulated (on an N-slot machine they
+would share one network interface). No randomness is left (no faults, no retries), so one run per row is reported.
 `;
 }
 

@@ -45,8 +45,18 @@ const number = (name: string, fallback: number) => {
   return v;
 };
 
-/** A makespan project: `machines` is its MAX_CONCURRENT_MACHINES; the create limit is Fly's. */
-function makespan(name: string, machines: number, sizes: string, modes: string) {
+/** Pool machines' slots: the batch's pool_tasks_per_machine (the engine takes 1 to 16). */
+const slots = (name: string, fallback: number) => {
+  const v = number(name, fallback);
+  if (!Number.isInteger(v) || v < 1 || v > 16) throw new Error(`${name} must be a whole number of tasks per pool machine from 1 to 16, got "${process.env[name]}"`);
+  return v;
+};
+
+/**
+ * A makespan project: `machines` is its MAX_CONCURRENT_MACHINES, `slots` the tasks each pool
+ * machine converts at once; the create limit is Fly's.
+ */
+function makespan(name: string, machines: number, sizes: string, modes: string, slots = 1) {
   return project(
     name,
     { MAX_CONCURRENT_MACHINES: String(machines), FLY_CREATE_RATE_PER_SECOND: "1", FLY_CREATE_BURST: "3" },
@@ -56,6 +66,7 @@ function makespan(name: string, machines: number, sizes: string, modes: string) 
         bootDelayMs: number("BENCH_BOOT_DELAY_MS", 5_000),
         fileBytes: number("BENCH_FILE_BYTES", 60_000_000),
         machines,
+        slots,
         sizes: sizes.split(",").map(Number),
         modes: modes.split(",").map((m) => {
           if (m !== "single" && m !== "pool") throw new Error(`makespan modes: expected single and/or pool, got "${m}"`);
@@ -77,6 +88,8 @@ export default defineConfig({
       makespan("makespan", 50, process.env.BENCH_MAKESPAN_SIZES ?? "1000,10000", process.env.BENCH_MAKESPAN_MODES ?? "single,pool"),
       // The same create limit with a pool wide enough for issue 6's 20× target at 10,000 TIFFs.
       makespan("makespan-wide", number("BENCH_WIDE_MACHINES", 400), process.env.BENCH_WIDE_SIZES ?? "10000", "pool"),
+      // Production's 50 machines, each converting BENCH_SLOTS tasks at once on as many CPUs.
+      makespan("makespan-slots", number("BENCH_SLOTS_MACHINES", 50), process.env.BENCH_SLOTS_SIZES ?? "10000", "pool", slots("BENCH_SLOTS", 8)),
     ],
   },
 });
