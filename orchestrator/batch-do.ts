@@ -15,7 +15,7 @@ import { leaseSubject, type LeaseResponse } from "../shared/contracts.ts";
 import { fileName } from "../shared/keys.ts";
 import { type Config, loadConfig } from "./config.ts";
 import { errorMessage, log, logError } from "./log.ts";
-import { type CreateOutcome, type FlyMachine, FlyMachines } from "./machines.ts";
+import { type CreateOutcome, type FlyMachine, FlyMachines, guestForSlots } from "./machines.ts";
 import { FIRST_PHASE, getPhase } from "./phases/index.ts";
 import type { Phase, PhaseFile, TaskView } from "./phases/types.ts";
 import { R2ObjectStore, S3ObjectStore, StorageError, type ObjectStore } from "./storage.ts";
@@ -1038,7 +1038,7 @@ export class BatchDO extends DurableObject<Env> {
     // One size for the pool: the machine the largest task of the phase needs, once per slot.
     const sizing = phase.machine({ task_id: "sizing", batch_id: meta.batch_id, input_key: "", output_key: "", size_bytes: meta.max_task_size, attempt: 0, params: {} });
     const slots = this.poolSlots(meta);
-    const guest = { ...sizing.guest, cpus: sizing.guest.cpus * slots, memory_mb: sizing.guest.memory_mb * slots };
+    const { guest, perSlotMb } = guestForSlots(sizing.guest, slots);
     const ids = Array.from({ length: n }, (_, i) => `pool-${String(meta.worker_seq + i + 1).padStart(4, "0")}`);
     this.store.transaction(() => {
       for (const id of ids) this.store.insertWorker({ worker_id: id, phase: phase.name, now, check_at: now + CREATE_ANSWER_MS, limit_at: now + limits.bootTimeoutMs });
@@ -1057,7 +1057,7 @@ export class BatchDO extends DurableObject<Env> {
           IDLE_TIMEOUT_MS: String(c.POOL_IDLE_TIMEOUT_MS),
           POOL_CONCURRENCY: String(slots),
           // Per slot: what one conversion may use.
-          MEMORY_MB: String(sizing.guest.memory_mb),
+          MEMORY_MB: String(perSlotMb),
           R2_ACCOUNT_ID: c.R2_ACCOUNT_ID,
           R2_ACCESS_KEY_ID: c.R2_ACCESS_KEY_ID,
           R2_SECRET_ACCESS_KEY: c.R2_SECRET_ACCESS_KEY,

@@ -28,6 +28,22 @@ export interface GuestSize {
   memory_mb: number;
 }
 
+const GUEST_CPUS = [1, 2, 4, 8, 16];
+/** MiB per CPU a guest may have: shared 256–2048, performance 2048–8192 (Fly's machine sizes). */
+const MEMORY_PER_CPU = { shared: [256, 2048], performance: [2048, 8192] } as const;
+
+/**
+ * The guest for `slots` tasks of size `one` side by side, as Fly accepts it: CPUs rounded up to
+ * 1, 2, 4, 8 or 16, memory in whole 256 MiB within the CPU count's range. `perSlotMb` is what each
+ * task may then use (less than `one.memory_mb` only when the largest guest is too small).
+ */
+export function guestForSlots(one: GuestSize, slots: number): { guest: GuestSize; perSlotMb: number } {
+  const cpus = GUEST_CPUS.find((c) => c >= one.cpus * slots) ?? GUEST_CPUS[GUEST_CPUS.length - 1];
+  const [min, max] = MEMORY_PER_CPU[one.cpu_kind];
+  const memory = Math.min(max * cpus, Math.max(min * cpus, Math.ceil((one.memory_mb * slots) / 256) * 256));
+  return { guest: { cpu_kind: one.cpu_kind, cpus, memory_mb: memory }, perSlotMb: Math.min(one.memory_mb, Math.floor(memory / slots)) };
+}
+
 export interface MachineSpec {
   name: string;
   image: string;
