@@ -927,10 +927,11 @@ export class BatchDO extends DurableObject<Env> {
     const [ready] = this.store.readyTasks(now, 1);
     if (!ready) {
       const counts = this.store.phaseCounts(phase.name);
-      const queued = counts.pending + counts.retrying;
-      // Stay only while the other slots are too few for the tasks still waiting (a retry's
-      // backoff); an idle machine costs money, and a lapsed lease gets a new machine anyway.
-      if (queued > this.liveWorkerCount() * this.poolSlots(meta) - 1) {
+      // Leave when the other slots cover every open task, the same count poolTarget creates
+      // machines by (so a machine is never retired only to be replaced); stay while they do not,
+      // e.g. while a retry's backoff runs.
+      const open = counts.pending + counts.retrying + counts.running;
+      if (open > this.liveWorkerCount() * this.poolSlots(meta) - 1) {
         const nextAt = this.store.earliestReady() ?? now + 1000;
         return { kind: "wait", wait_ms: Math.min(5000, Math.max(200, nextAt - now)) };
       }

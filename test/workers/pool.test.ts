@@ -4,7 +4,7 @@
 import { runDurableObjectAlarm } from "cloudflare:test";
 import { exports } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { leaseSubject } from "../../shared/contracts.ts";
+import { LeaseResponse, leaseSubject } from "../../shared/contracts.ts";
 import { signToken } from "../../shared/token.ts";
 import type { FlyEmulatorOptions } from "../../local/fly-emulator/core.ts";
 import {
@@ -12,9 +12,11 @@ import {
   attemptsOf,
   CALLBACK_SECRET,
   createRequests,
+  errorBody,
   expireAll,
   getStatus,
   installWorld,
+  postCallback,
   putTiffs,
   stub,
   waitForStatus,
@@ -324,6 +326,25 @@ describe("pool mode", () => {
     expect([...runner.doneCallbacks().values()].every((n) => n === 1)).toBe(true);
     await expectCountersExact("pool-slots");
     await vi.waitFor(() => expect(fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
+  });
+
+  it("a machine is not retired while the others' slots cannot cover every open task (no retire-then-replace)", async () => {
+    const { runner, fly } = await startPool("pool-cover", 3, (r) => {
+      r.lazy = () => true; // this test leases by hand
+    });
+    await vi.waitFor(() => expect(runner.started).toHaveLength(3), { timeout: 10_000 });
+    const answers = [];
+    for (const m of runner.started) answers.push(LeaseResponse.parse(await (await leaseAs("pool-cover", m.env.WORKER_ID)).json()));
+    expect(answers.map((a) => a.kind)).toEqual(["task", "task", "task"]);
+    // The third machine's task fails (retryable): it waits out its backoff, the others still run theirs.
+    const third = answers[2] as Extract<LeaseResponse, { kind: "task" }>;
+    await postCallback({ ...third.env }, errorBody(third.env, "transient"));
+    const again = LeaseResponse.parse(await (await leaseAs("pool-cover", runner.started[2].env.WORKER_ID)).json());
+    // 3 open tasks, 2 other slots: this machine is still needed, so it waits instead of leaving
+    // (leaving would only make the engine create a replacement).
+    expect(again.kind).toBe("wait");
+    await runDurableObjectAlarm(stub("pool-cover"));
+    expect(createRequests(fly).filter((r) => r.status === 200)).toHaveLength(3);
   });
 
   it("machines that never ask again are retired at the end: 0 alive", async () => {
