@@ -10,7 +10,7 @@ import { runInDurableObject } from "cloudflare:test";
 import { exports } from "cloudflare:workers";
 import { inject, it, vi } from "vitest";
 import { z } from "zod";
-import { machineProcessEnv, type Clock, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../local/fly-emulator/core.ts";
+import { ManualClock, machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../local/fly-emulator/core.ts";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
 import { LeaseResponse } from "../../shared/contracts.ts";
 import { getStatus, installWorld, stub } from "../../test/workers/support/engine.ts";
@@ -27,40 +27,14 @@ export type Mode = "single" | "pool";
 const START = Date.UTC(2100, 0, 1);
 const CREATE = { perSecond: 1, burst: 3 }; // Fly's documented create limit per app
 
-/** A clock that moves only when the simulation moves it, and says when its next timer is due. */
-class SimClock implements Clock {
-  #now = START;
-  #timers = new Map<number, { at: number; fn: () => void }>();
-  #next = 1;
-  now(): number {
-    return this.#now;
+/** The emulator's manual clock, with the isolate's Date following it (the DO reads Date.now()). */
+class SimClock extends ManualClock {
+  constructor() {
+    super(START);
   }
-  setTimeout(fn: () => void, ms: number): unknown {
-    const id = this.#next++;
-    this.#timers.set(id, { at: this.#now + Math.max(0, ms), fn });
-    return id;
-  }
-  clearTimeout(handle: unknown): void {
-    this.#timers.delete(handle as number);
-  }
-  nextAt(): number | null {
-    let at: number | null = null;
-    for (const t of this.#timers.values()) if (at === null || t.at < at) at = t.at;
-    return at;
-  }
-  set(now: number): void {
-    this.#now = now;
+  override set(now: number): void {
+    super.set(now);
     vi.setSystemTime(now);
-  }
-  /** Fires every timer due by now, in time order (timers they set for now fire too). */
-  fireDue(): void {
-    for (;;) {
-      let due: [number, { at: number; fn: () => void }] | undefined;
-      for (const entry of this.#timers) if (entry[1].at <= this.#now && (!due || entry[1].at < due[1].at)) due = entry;
-      if (!due) return;
-      this.#timers.delete(due[0]);
-      due[1].fn();
-    }
   }
 }
 

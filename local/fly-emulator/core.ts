@@ -39,26 +39,42 @@ export class ManualClock implements Clock {
   clearTimeout(handle: unknown): void {
     this.#timers.delete(handle as number);
   }
+  /** When the earliest timer is due, or null when none is set. */
+  nextAt(): number | null {
+    let at: number | null = null;
+    for (const t of this.#timers.values()) if (at === null || t.at < at) at = t.at;
+    return at;
+  }
+  /** Sets the time without firing anything (a simulation that drives the clock itself). */
+  set(now: number): void {
+    this.#now = now;
+  }
+  /** Fires the earliest timer due by `upTo` (moving time to it); false when there is none. */
+  #fireNext(upTo: number): boolean {
+    let dueId = -1;
+    let dueAt = Number.POSITIVE_INFINITY;
+    for (const [id, t] of this.#timers) {
+      if (t.at <= upTo && (t.at < dueAt || (t.at === dueAt && id < dueId))) {
+        dueId = id;
+        dueAt = t.at;
+      }
+    }
+    if (dueId === -1) return false;
+    const timer = this.#timers.get(dueId)!;
+    this.#timers.delete(dueId);
+    this.set(Math.max(this.#now, timer.at));
+    timer.fn();
+    return true;
+  }
+  /** Fires every timer due by now, in time order (timers they set for now fire too). */
+  fireDue(): void {
+    while (this.#fireNext(this.#now));
+  }
   /** Moves time forward, firing due timers (including ones they schedule) and letting promises settle. */
   async advance(ms: number): Promise<void> {
     const target = this.#now + ms;
-    for (;;) {
-      let dueId = -1;
-      let dueAt = Number.POSITIVE_INFINITY;
-      for (const [id, t] of this.#timers) {
-        if (t.at <= target && (t.at < dueAt || (t.at === dueAt && id < dueId))) {
-          dueId = id;
-          dueAt = t.at;
-        }
-      }
-      if (dueId === -1) break;
-      const timer = this.#timers.get(dueId)!;
-      this.#timers.delete(dueId);
-      this.#now = Math.max(this.#now, timer.at);
-      timer.fn();
-      await settle();
-    }
-    this.#now = target;
+    while (this.#fireNext(target)) await settle();
+    this.set(target);
     await settle();
   }
 }
