@@ -209,7 +209,13 @@ function stub(env: Env, batchId: string) {
 /** Validates :batchId before the handler runs. */
 function withBatch(handler: Handler): Handler {
   return (req, env) => {
-    req.params.batchId = parse(BatchId, decodeURIComponent(req.params.batchId), "batchId");
+    let raw: string;
+    try {
+      raw = decodeURIComponent(req.params.batchId);
+    } catch {
+      throw new HttpError(400, "invalid batchId: malformed percent-encoding in the URL");
+    }
+    req.params.batchId = parse(BatchId, raw, "batchId");
     return handler(req, env);
   };
 }

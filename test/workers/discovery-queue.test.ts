@@ -142,6 +142,9 @@ describe("HTTP API", () => {
     expect(nowhere.status).toBe(404);
     const bad = await exports.default.fetch("http://o.test/status/%20bad%20id");
     expect(bad.status).toBe(400);
+    const malformed = await exports.default.fetch("http://o.test/status/%E0%A4%A");
+    expect(malformed.status).toBe(400);
+    expect(await malformed.json()).toEqual({ error: "invalid batchId: malformed percent-encoding in the URL" });
     expect(await bad.json()).toMatchObject({ error: expect.stringContaining("batchId") });
     const noAuth = await exports.default.fetch("http://o.test/admin/batches", { method: "POST", body: "{}" });
     expect(noAuth.status).toBe(401);
