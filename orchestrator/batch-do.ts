@@ -189,7 +189,6 @@ export class BatchDO extends DurableObject<Env> {
       manifest_key: message.manifest_r2_key ?? null,
       prefix: message.manifest_r2_key ? null : (message.r2_prefix ?? ""),
       now,
-      bucket_tokens: 0,
     });
     if (message.pool ?? this.config.POOL_MODE) this.store.updateMeta({ pool: 1, pool_slots: message.pool_tasks_per_machine ?? 0 }, now);
     await this.ctx.storage.setAlarm(now);
@@ -209,7 +208,6 @@ export class BatchDO extends DurableObject<Env> {
       manifest_key: null,
       prefix: null,
       now: Date.now(),
-      bucket_tokens: 0,
     });
     return { created: true };
   }

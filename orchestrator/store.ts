@@ -276,14 +276,12 @@ export class BatchStore {
   }
 
   createMeta(
-    m: Pick<BatchMeta, "batch_id" | "stage" | "phase" | "error" | "message_json" | "manifest_key" | "prefix" | "bucket_tokens"> & {
-      now: number;
-    },
+    m: Pick<BatchMeta, "batch_id" | "stage" | "phase" | "error" | "message_json" | "manifest_key" | "prefix"> & { now: number },
   ): void {
     this.run(
       `INSERT INTO meta (id, batch_id, stage, phase, error, message_json, manifest_key, prefix, started_at, updated_at,
-                         completed_at, bucket_tokens, bucket_at)
-       VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+                         completed_at, bucket_at)
+       VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       m.batch_id,
       m.stage,
       m.phase,
@@ -294,7 +292,6 @@ export class BatchStore {
       m.now,
       m.now,
       m.stage === "error" ? m.now : null,
-      m.bucket_tokens,
       m.now,
     );
   }
