@@ -6,8 +6,8 @@
 // runtime never fires an alarm by itself; this file fires each alarm when virtual time reaches
 // it, and each emulator timer (boot, conversion end, lease retry, heartbeat, auto-destroy)
 // through the emulator's Clock.
-import { runInDurableObject } from "cloudflare:test";
-import { exports } from "cloudflare:workers";
+import { evictDurableObject, runInDurableObject } from "cloudflare:test";
+import { env, exports } from "cloudflare:workers";
 import { inject, it, vi } from "vitest";
 import { z } from "zod";
 import { ManualClock, machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../local/fly-emulator/core.ts";
@@ -313,6 +313,9 @@ function alarmStep(batchId: string, now: number): Promise<{ ran: boolean; next: 
 
 async function simulate(mode: Mode, n: number, machinesLimit: number, slots: number, conversionMs: number, bootDelayMs: number, fileBytes: number) {
   const batchId = `makespan-${mode}-${n}-${machinesLimit}-${slots}`;
+  // Every simulation starts at the same virtual time: the app-wide create budget (in memory in
+  // its Durable Object) must not carry the previous simulation's spent tokens into this one.
+  await evictDurableObject(env.FLY_BUDGET.getByName(env.FLY_APP_NAME)).catch(() => undefined);
   const clock = new SimClock();
   clock.set(START);
   const pool = mode === "pool" ? new SimPoolRunner(clock, conversionMs) : null;

@@ -2,6 +2,7 @@
 // discovered from, and the summary statistics every figure is reported with.
 import { env, exports } from "cloudflare:workers";
 import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../local/fly-emulator/core.ts";
+import { successBody } from "../../test/workers/support/engine.ts";
 
 /** Machines that start and wait: the bench decides when each one calls back. */
 export class HeldRunner implements MachineRunner {
@@ -30,17 +31,11 @@ export class HeldRunner implements MachineRunner {
   }
 }
 
-/** The success callback fly-worker sends, as in the contract (DESIGN.md). */
+/** The success callback fly-worker sends (the tests' body, with a 100 MP scan's size and timings). */
 export function successCallback(machineEnv: Record<string, string>): Request {
-  const key = machineEnv.OUTPUT_R2_KEY;
   const body = {
-    task_id: machineEnv.TASK_ID,
-    batch_id: machineEnv.BATCH_ID,
-    status: "success",
-    output_r2_key: key,
-    output_file_name: key.slice(key.lastIndexOf("/") + 1),
+    ...successBody(machineEnv),
     output_file_size: 24_100_000,
-    machine_id: machineEnv.FLY_MACHINE_ID,
     performance: { total_time_ms: 14_000, download_time_ms: 600, conversion_time_ms: 12_900, upload_time_ms: 500 },
   };
   return new Request(machineEnv.CALLBACK_URL, {
