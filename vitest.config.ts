@@ -27,6 +27,8 @@ export default defineConfig({
                 FLY_CREATE_RATE_PER_SECOND: "1000",
                 FLY_CREATE_BURST: "100",
                 MAX_CONCURRENT_MACHINES: "20",
+                // Tests put each batch under its own top-level prefix; the allow-list test narrows this.
+                ALLOWED_PREFIXES: "/",
               },
             },
           }),

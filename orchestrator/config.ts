@@ -40,6 +40,21 @@ const ConfigSchema = z.object({
   POOL_IDLE_TIMEOUT_MS: int(0, 3_600_000, 60_000),
   /** How often a live machine's state is looked at, to catch machines that die without calling back. */
   MACHINE_CHECK_INTERVAL_MS: int(100, 600_000, 30_000),
+  /**
+   * What storage access a machine gets: `scoped` (presigned URLs for its own input and reserved
+   * outputs, expiring with the attempt) or `legacy-keys` (the R2 key pair, for images that only
+   * speak the old env contract; anyone who can read the Fly app can then read the key).
+   */
+  MACHINE_STORAGE: z.preprocess((v) => (v === undefined || v === "" ? "scoped" : v), z.enum(["scoped", "legacy-keys"], { message: "must be 'scoped' or 'legacy-keys'" })),
+  /** Roots a batch may read and write under, comma-separated; "/" is the whole bucket. */
+  ALLOWED_PREFIXES: z
+    .preprocess((v) => (v === undefined ? "batches/" : v), z.string())
+    .transform((s) => s.split(",").map((r) => r.trim()).filter(Boolean))
+    .pipe(z.array(z.string()).min(1, "must name at least one root, e.g. batches/ (or / for the whole bucket)")),
+  /** A step that fails this many times in a row stops the batch in ERROR. */
+  MAX_STEP_FAILURES: int(1, 1000, 10),
+  /** When set, status reads need `Authorization: Bearer $READ_TOKEN` (or the admin token). */
+  READ_TOKEN: z.preprocess((v) => (v === "" ? undefined : v), z.string().min(16, "must be at least 16 characters").optional()),
   R2_ACCOUNT_ID: z.string().default(""),
   R2_BUCKET: z.string().min(1, "must name the bucket machines read and write"),
   R2_ENDPOINT: optionalUrl,

@@ -4,16 +4,15 @@ import { Router, type IRequest } from "itty-router";
 import { z } from "zod";
 import {
   BatchId,
-  CallbackBody,
   HeartbeatRequest,
   LeaseRequest,
-  leaseSubject,
   describeZodError,
   MAX_CALLBACK_BYTES,
   QueueMessage,
+  ReserveRequest,
   TaskId,
 } from "../shared/contracts.ts";
-import { callbackSubject, timingSafeEqualText, verifyToken } from "../shared/token.ts";
+import { timingSafeEqualText, verifyGrant } from "../shared/token.ts";
 import type { ApiStatus } from "./batch-do.ts";
 import { ConfigError, loadConfig } from "./config.ts";
 import { errorMessage, log, logError } from "./log.ts";
@@ -37,10 +36,11 @@ const router = Router<IRequest, [Env]>({
 
 router
   .get("/health", () => Response.json({ ok: true, service: "fanout" }))
-  .get("/status/:batchId", withBatch(status))
-  .get("/status/:batchId/tasks", withBatch(tasks))
-  .get("/status/:batchId/tasks/:taskId", withBatch(task))
+  .get("/status/:batchId", reader(withBatch(status)))
+  .get("/status/:batchId/tasks", reader(withBatch(tasks)))
+  .get("/status/:batchId/tasks/:taskId", reader(withBatch(task)))
   .post("/callback/:batchId/:taskId", withBatch(callback))
+  .post("/outputs/:batchId/:taskId", withBatch(reserveOutputs))
   .post("/lease/:batchId", withBatch(lease))
   .post("/lease/:batchId/heartbeat", withBatch(heartbeat))
   .post("/admin/reset/:batchId", admin(withBatch(reset)))
@@ -86,32 +86,53 @@ async function task(req: IRequest, env: Env): Promise<Response> {
   return Response.json(body);
 }
 
+/** The attempt a machine's credential names, or 401: bound to batch, task and attempt, and expiring. */
+async function attemptOf(req: IRequest, env: Env, taskId: string, what: string): Promise<number> {
+  const batchId = req.params.batchId;
+  const verified = await verifyGrant(loadConfig(env).CALLBACK_SECRET, { kind: "callback", batchId, taskId }, req.headers.get("authorization"));
+  if (!verified.ok) {
+    log("Callback", "rejected", { batch_id: batchId, task_id: taskId, what, reason: verified.reason });
+    throw new HttpError(401, `${what} token missing, invalid or expired`);
+  }
+  return verified.attempt;
+}
+
+/** Only the envelope is checked here; the task's phase checks the rest of the body. */
+const CallbackEnvelope = z.looseObject({ task_id: TaskId, batch_id: BatchId });
+
 async function callback(req: IRequest, env: Env): Promise<Response> {
   const { batchId } = req.params;
   const taskId = parse(TaskId, req.params.taskId, "taskId");
-  const config = loadConfig(env);
-  if (!(await verifyToken(config.CALLBACK_SECRET, callbackSubject(batchId, taskId), req.headers.get("authorization")))) {
-    log("Callback", "rejected", { batch_id: batchId, task_id: taskId, reason: "bad token" });
-    throw new HttpError(401, "callback token missing or invalid");
-  }
-  const body = parse(CallbackBody, await readJson(req, MAX_CALLBACK_BYTES), "body");
+  const attempt = await attemptOf(req, env, taskId, "callback");
+  const raw = await readJson(req, MAX_CALLBACK_BYTES);
+  const body = parse(CallbackEnvelope, raw, "body");
   if (body.batch_id !== batchId || body.task_id !== taskId) {
     throw new HttpError(400, "body batch_id/task_id do not match the URL", {
       expected: { batch_id: batchId, task_id: taskId },
       received: { batch_id: body.batch_id, task_id: body.task_id },
     });
   }
-  const reply = await stub(env, batchId).callback(taskId, body);
+  const reply = await stub(env, batchId).callback(taskId, attempt, raw);
   return Response.json(reply.body, { status: reply.code });
 }
 
-/** Pool machines authenticate with a token bound to their batch and worker id. */
+async function reserveOutputs(req: IRequest, env: Env): Promise<Response> {
+  const taskId = parse(TaskId, req.params.taskId, "taskId");
+  const attempt = await attemptOf(req, env, taskId, "outputs");
+  const body = parse(ReserveRequest, await readJson(req, 4 * 1024), "body");
+  const reply = await stub(env, req.params.batchId).reserveOutputs(taskId, attempt, body.pages);
+  return Response.json(reply.body, { status: reply.code });
+}
+
+/** Pool machines authenticate with an expiring token bound to their batch and machine. */
 async function poolMachine<T extends { worker_id: string }>(req: IRequest, env: Env, schema: z.ZodType<T>): Promise<T> {
   const body = parse(schema, await readJson(req, 16 * 1024), "body");
   const secret = loadConfig(env).CALLBACK_SECRET;
-  if (!(await verifyToken(secret, leaseSubject(req.params.batchId, body.worker_id), req.headers.get("authorization")))) {
-    log("Lease", "rejected", { batch_id: req.params.batchId, worker_id: body.worker_id, reason: "bad token" });
-    throw new HttpError(401, "lease token missing or invalid");
+  const batchId = req.params.batchId;
+  const verified = await verifyGrant(secret, { kind: "lease", batchId, workerId: body.worker_id }, req.headers.get("authorization"));
+  if (!verified.ok) {
+    log("Lease", "rejected", { batch_id: batchId, worker_id: body.worker_id, reason: verified.reason });
+    throw new HttpError(401, "lease token missing, invalid or expired");
   }
   return body;
 }
@@ -216,6 +237,20 @@ function withBatch(handler: Handler): Handler {
       throw new HttpError(400, "invalid batchId: malformed percent-encoding in the URL");
     }
     req.params.batchId = parse(BatchId, raw, "batchId");
+    return handler(req, env);
+  };
+}
+
+/** Status reads: open unless READ_TOKEN is set; then that token or the admin token. */
+function reader(handler: Handler): Handler {
+  return (req, env) => {
+    const config = loadConfig(env);
+    if (config.READ_TOKEN) {
+      const given = (req.headers.get("authorization") ?? "").replace(/^Bearer\s+/, "").trim();
+      if (!timingSafeEqualText(given, config.READ_TOKEN) && !timingSafeEqualText(given, config.ADMIN_TOKEN)) {
+        throw new HttpError(401, "read token missing or invalid (Authorization: Bearer $READ_TOKEN)");
+      }
+    }
     return handler(req, env);
   };
 }

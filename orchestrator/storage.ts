@@ -19,6 +19,8 @@ export interface ObjectStore {
   /** The object's text, or null when there is no such object. */
   getText(key: string): Promise<string | null>;
   list(prefix: string, cursor: string | null, limit: number): Promise<ObjectPage>;
+  /** The object's size, or null when there is no such object. */
+  head(key: string): Promise<{ size: number } | null>;
 }
 
 /** A storage failure worth retrying later (5xx, network); anything else is final. */
@@ -33,6 +35,7 @@ export class StorageError extends Error {
 /** The part of the R2 binding used here (structural, so Node code can import this file). */
 export interface R2BucketLike {
   get(key: string): Promise<{ text(): Promise<string> } | null>;
+  head(key: string): Promise<{ size: number } | null>;
   list(options: { prefix: string; limit: number; cursor?: string; include?: ("httpMetadata" | "customMetadata")[] }): Promise<
     | { objects: { key: string; size: number; httpMetadata?: { contentType?: string } }[]; truncated: true; cursor: string }
     | { objects: { key: string; size: number; httpMetadata?: { contentType?: string } }[]; truncated: false }
@@ -48,6 +51,11 @@ export class R2ObjectStore implements ObjectStore {
   async getText(key: string): Promise<string | null> {
     const object = await this.bucket.get(key);
     return object ? await object.text() : null;
+  }
+
+  async head(key: string): Promise<{ size: number } | null> {
+    const object = await this.bucket.head(key);
+    return object ? { size: object.size } : null;
   }
 
   async list(prefix: string, cursor: string | null, limit: number): Promise<ObjectPage> {
@@ -92,10 +100,10 @@ export class S3ObjectStore implements ObjectStore {
     this.base = `${opts.endpoint.replace(/\/+$/, "")}/${encodeURIComponent(opts.bucket)}`;
   }
 
-  private async send(url: string): Promise<Response> {
+  private async send(url: string, method: "GET" | "HEAD" = "GET"): Promise<Response> {
     let res: Response;
     try {
-      res = await this.client.fetch(url, { method: "GET" });
+      res = await this.client.fetch(url, { method });
     } catch (error) {
       throw new StorageError(`S3 request failed: ${error instanceof Error ? error.message : String(error)}`, true);
     }
@@ -110,6 +118,14 @@ export class S3ObjectStore implements ObjectStore {
     }
     if (!res.ok) throw await this.failure(res, `GET ${key}`);
     return await res.text();
+  }
+
+  async head(key: string): Promise<{ size: number } | null> {
+    const res = await this.send(`${this.base}/${key.split("/").map(encodeURIComponent).join("/")}`, "HEAD");
+    await res.body?.cancel();
+    if (res.status === 404) return null;
+    if (!res.ok) throw new StorageError(`S3 HEAD ${key} answered ${res.status}`, res.status >= 500 || res.status === 429);
+    return { size: Number(res.headers.get("content-length") ?? 0) };
   }
 
   async list(prefix: string, cursor: string | null, limit: number): Promise<ObjectPage> {

@@ -43,6 +43,10 @@ export interface BatchMeta {
   max_task_size: number;
   /** Pool mode: tasks per machine from the batch's message; 0 = POOL_TASKS_PER_MACHINE. */
   pool_slots: number;
+  /** The last error of the step that keeps failing (step_failures in a row), shown in status. */
+  step_error: string | null;
+  /** JSON array of batch-level warnings (e.g. nothing to do). */
+  warnings_json: string | null;
 }
 
 export interface TaskRow {
@@ -67,11 +71,17 @@ export interface TaskRow {
   error: string | null;
   updated_at: number;
   finished_at: number | null;
-  /** Pool mode: the worker holding the task's lease. */
+  /** The machine row (workers.worker_id) running the current attempt: assigned at create, or leased. */
   worker_id: string | null;
+  /** JSON array of warnings from the phase (e.g. pages skipped). */
+  warnings_json: string | null;
 }
 
-/** A pool machine. `creating`: create sent, answer not yet known; `booting`: created, not yet seen started. */
+/**
+ * A machine, whatever the mode. `creating`: create sent, answer not yet known; `booting`: created,
+ * not yet seen started; `live`: started; `gone`: exited, destroyed or given up on. A single-task
+ * machine has its task (and attempt) assigned at create; a pool machine leases tasks.
+ */
 export const WORKER_STATES = ["creating", "booting", "live", "gone"] as const;
 export type WorkerState = (typeof WORKER_STATES)[number];
 export interface WorkerRow {
@@ -84,7 +94,12 @@ export interface WorkerRow {
   limit_at: number;
   leases: number;
   last_seen: number | null;
+  /** Single-task machine: its task and attempt. Null for a pool machine. */
+  task_id: string | null;
+  attempt: number;
+  slots: number;
 }
+export type MachineRow = WorkerRow;
 
 export interface FileRow {
   id: number;
@@ -108,6 +123,8 @@ export interface AttemptRow {
   error: string | null;
   started_at: number;
   ended_at: number | null;
+  /** What happened after the attempt ended (a late callback from it, say). */
+  note: string | null;
 }
 
 export type PhaseCounts = Record<TaskState, number> & { phase: string; total: number };
@@ -216,6 +233,24 @@ const MIGRATIONS: string[] = [
    CREATE INDEX workers_check ON workers (state, check_at);`,
   // 3: pool machines' size chosen per batch.
   `ALTER TABLE meta ADD COLUMN pool_slots INTEGER NOT NULL DEFAULT 0;`,
+  // 4: one machine lifecycle (a single-task machine is a row with its task assigned at create),
+  // every output key reserved before it is written, why a step keeps failing, warnings.
+  `ALTER TABLE workers ADD COLUMN task_id TEXT;
+   ALTER TABLE workers ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE workers ADD COLUMN slots INTEGER NOT NULL DEFAULT 1;
+   CREATE TABLE outputs (
+     key TEXT PRIMARY KEY,
+     task_id TEXT NOT NULL,
+     page INTEGER NOT NULL
+   ) WITHOUT ROWID;
+   CREATE UNIQUE INDEX outputs_task_page ON outputs (task_id, page);
+   INSERT INTO outputs (key, task_id, page) SELECT output_key, task_id, 1 FROM tasks;
+   ALTER TABLE meta ADD COLUMN step_error TEXT;
+   ALTER TABLE meta ADD COLUMN warnings_json TEXT;
+   ALTER TABLE tasks ADD COLUMN warnings_json TEXT;
+   ALTER TABLE attempts ADD COLUMN note TEXT;
+   CREATE INDEX tasks_worker ON tasks (worker_id);
+   CREATE INDEX tasks_warned ON tasks (finished_at) WHERE warnings_json IS NOT NULL;`,
 ];
 
 /** Rows read and written by the queries of this store, for the scale tests and benchmarks. */
@@ -228,12 +263,18 @@ type SqlValue = string | number | null | ArrayBuffer;
 
 export class BatchStore {
   readonly work: SqlWork = { rowsRead: 0, rowsWritten: 0 };
+  private hasSchema = false;
   private readonly storage: DurableObjectStorage;
   private readonly sql: SqlStorage;
 
   constructor(storage: DurableObjectStorage) {
     this.storage = storage;
     this.sql = storage.sql;
+  }
+
+  /** True once the batch's schema exists: reads of an unknown batch must not create it. */
+  exists(): boolean {
+    return this.sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'").toArray().length > 0;
   }
 
   /** Applies the migrations this database has not seen yet. Call under blockConcurrencyWhile. */
@@ -247,6 +288,7 @@ export class BatchStore {
         this.sql.exec("INSERT INTO _migrations (version, applied_at) VALUES (?, ?)", version, Date.now());
       });
     }
+    this.hasSchema = true;
   }
 
   transaction<T>(fn: () => T): T {
@@ -272,6 +314,11 @@ export class BatchStore {
   // ---- batch ----------------------------------------------------------------------------
 
   getMeta(): BatchMeta | null {
+    // An unknown batch has no schema: answering "none" must not create one.
+    if (!this.hasSchema) {
+      if (!this.exists()) return null;
+      this.hasSchema = true;
+    }
     return (this.exec<BatchMeta & Record<string, SqlStorageValue>>("SELECT * FROM meta WHERE id = 1")[0] as BatchMeta) ?? null;
   }
 
@@ -345,22 +392,35 @@ export class BatchStore {
     return this.exec<{ n: number }>("SELECT files_total AS n FROM meta WHERE id = 1")[0]?.n ?? 0;
   }
 
-  /** True when `key` is already a file of the batch or the output of a task. */
+  /** True when `key` is already a file of the batch or reserved as a task's output. */
   keyTaken(key: string): boolean {
-    return (
-      this.exec("SELECT 1 FROM files WHERE r2_key = ? UNION ALL SELECT 1 FROM tasks WHERE output_key = ? LIMIT 1", key, key)
-        .length > 0
-    );
+    return this.exec("SELECT 1 FROM files WHERE r2_key = ? UNION ALL SELECT 1 FROM outputs WHERE key = ? LIMIT 1", key, key).length > 0;
+  }
+
+  /** Reserves `key` as page `page` of `taskId`'s outputs; false when it is taken (by a file or any task). */
+  reserveOutput(key: string, taskId: string, page: number): boolean {
+    if (this.keyTaken(key)) return false;
+    return this.run("INSERT INTO outputs (key, task_id, page) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", key, taskId, page) > 0;
+  }
+
+  /** The keys reserved for a task, by page. */
+  outputsOf(taskId: string): { key: string; page: number }[] {
+    return this.exec<{ key: string; page: number }>("SELECT key, page FROM outputs WHERE task_id = ? ORDER BY page", taskId);
   }
 
   // ---- tasks ----------------------------------------------------------------------------
 
+  /** A new task (pending; or failed with `error` when it cannot run); its output key is reserved with it. */
   insertTask(
-    t: Pick<TaskRow, "task_id" | "phase" | "file_id" | "input_key" | "output_key" | "size_bytes" | "params_json"> & { now: number },
+    t: Pick<TaskRow, "task_id" | "phase" | "file_id" | "input_key" | "output_key" | "size_bytes" | "params_json"> & {
+      now: number;
+      error?: string;
+    },
   ): boolean {
+    const state: TaskState = t.error ? "failed" : "pending";
     const written = this.run(
-      `INSERT INTO tasks (task_id, phase, file_id, input_key, output_key, size_bytes, params_json, state, updated_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT (task_id) DO NOTHING`,
+      `INSERT INTO tasks (task_id, phase, file_id, input_key, output_key, size_bytes, params_json, state, error, finished_at, updated_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id) DO NOTHING`,
       t.task_id,
       t.phase,
       t.file_id,
@@ -368,10 +428,14 @@ export class BatchStore {
       t.output_key,
       t.size_bytes,
       t.params_json,
+      state,
+      t.error ?? null,
+      t.error ? t.now : null,
       t.now,
     );
     if (written === 0) return false;
-    this.bumpCount(t.phase, "pending", 1);
+    if (!t.error) this.run("INSERT INTO outputs (key, task_id, page) VALUES (?, ?, 1) ON CONFLICT DO NOTHING", t.output_key, t.task_id);
+    this.bumpCount(t.phase, state, 1);
     return true;
   }
 
@@ -591,11 +655,37 @@ export class BatchStore {
     this.run("DELETE FROM attempts WHERE task_id = ? AND attempt = ?", taskId, attempt);
   }
 
+  getAttempt(taskId: string, attempt: number): AttemptRow | null {
+    return (
+      (this.exec<AttemptRow & Record<string, SqlStorageValue>>("SELECT * FROM attempts WHERE task_id = ? AND attempt = ?", taskId, attempt)[0] as AttemptRow) ??
+      null
+    );
+  }
+
+  /** Adds to an attempt's history without changing its outcome (a late callback from it, say). */
+  noteAttempt(taskId: string, attempt: number, note: string): void {
+    this.run(
+      "UPDATE attempts SET note = substr(coalesce(note || '; ', '') || ?, 1, 4000) WHERE task_id = ? AND attempt = ?",
+      note,
+      taskId,
+      attempt,
+    );
+  }
+
   recentFailures(limit: number): AttemptRow[] {
     return this.exec<AttemptRow & Record<string, SqlStorageValue>>(
       "SELECT * FROM attempts WHERE outcome = 'failed' ORDER BY ended_at DESC LIMIT ?",
       limit,
     );
+  }
+
+  /** The latest tasks with warnings (pages skipped, say): an index range, newest first. */
+  recentWarnings(limit: number): { task_id: string; warning: string }[] {
+    const rows = this.exec<{ task_id: string; warnings_json: string }>(
+      "SELECT task_id, warnings_json FROM tasks WHERE warnings_json IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+      limit,
+    );
+    return rows.flatMap((r) => (JSON.parse(r.warnings_json) as string[]).map((warning) => ({ task_id: r.task_id, warning }))).slice(0, limit);
   }
 
   attemptsOf(taskId: string): AttemptRow[] {
@@ -638,14 +728,27 @@ export class BatchStore {
 
   // ---- pool workers ---------------------------------------------------------------------
 
-  insertWorker(w: { worker_id: string; phase: string; now: number; check_at: number; limit_at: number }): void {
+  insertWorker(w: {
+    worker_id: string;
+    phase: string;
+    now: number;
+    check_at: number;
+    limit_at: number;
+    task_id?: string;
+    attempt?: number;
+    slots?: number;
+  }): void {
     this.run(
-      `INSERT INTO workers (worker_id, phase, state, created_at, check_at, limit_at) VALUES (?, ?, 'creating', ?, ?, ?)`,
+      `INSERT INTO workers (worker_id, phase, state, created_at, check_at, limit_at, task_id, attempt, slots)
+       VALUES (?, ?, 'creating', ?, ?, ?, ?, ?, ?)`,
       w.worker_id,
       w.phase,
       w.now,
       w.check_at,
       w.limit_at,
+      w.task_id ?? null,
+      w.attempt ?? 0,
+      w.slots ?? 1,
     );
   }
 
@@ -663,7 +766,7 @@ export class BatchStore {
     this.run("DELETE FROM workers WHERE worker_id = ?", workerId);
   }
 
-  /** Live pool machines (creating, booting, live): at most MAX_CONCURRENT_MACHINES rows. */
+  /** Live machines (creating, booting, live): at most MAX_CONCURRENT_MACHINES rows. */
   liveWorkers(): WorkerRow[] {
     return this.exec<WorkerRow & Record<string, SqlStorageValue>>("SELECT * FROM workers WHERE state IN ('creating', 'booting', 'live')");
   }
@@ -683,15 +786,24 @@ export class BatchStore {
     return rows.slice(0, limit);
   }
 
-  /** Pool machines per live state (index counts bounded by MAX_CONCURRENT_MACHINES). */
+  /** Machines per live state (index counts bounded by MAX_CONCURRENT_MACHINES). */
   workerCounts(): { creating: number; booting: number; live: number } {
     const count = (state: WorkerState) => this.exec<{ n: number }>("SELECT COUNT(*) AS n FROM workers WHERE state = ?", state)[0].n;
     return { creating: count("creating"), booting: count("booting"), live: count("live") };
   }
 
-  /** The task a worker holds, if any (pool mode). */
-  leasedBy(workerId: string): TaskRow[] {
-    return this.exec<TaskRow & Record<string, SqlStorageValue>>("SELECT * FROM tasks WHERE state = 'running' AND worker_id = ?", workerId);
+  /** The open tasks a machine holds: its assigned task, or its leases. */
+  heldBy(workerId: string): TaskRow[] {
+    return LIVE_STATES.flatMap((state) =>
+      this.exec<TaskRow & Record<string, SqlStorageValue>>("SELECT * FROM tasks WHERE state = ? AND worker_id = ?", state, workerId),
+    );
+  }
+
+  /** Pool machines only (single-task machines have their task), per live state. */
+  poolMachineCounts(): { creating: number; booting: number; live: number } {
+    const count = (state: WorkerState) =>
+      this.exec<{ n: number }>("SELECT COUNT(*) AS n FROM workers WHERE state = ? AND task_id IS NULL", state)[0].n;
+    return { creating: count("creating"), booting: count("booting"), live: count("live") };
   }
 
   databaseSize(): number {

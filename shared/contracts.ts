@@ -227,3 +227,14 @@ export const HeartbeatRequest = z.object({ worker_id: z.string().min(1).max(128)
 export type HeartbeatRequest = z.infer<typeof HeartbeatRequest>;
 
 export const leaseSubject = (batchId: string, workerId: string) => `${batchId}/worker/${workerId}`;
+
+/** POST /outputs/:batchId/:taskId — a machine asks for the keys (and upload URLs) of pages 2…pages. */
+export const ReserveRequest = z.object({ pages: z.number().int().min(2).max(10_000) });
+export type ReserveRequest = z.infer<typeof ReserveRequest>;
+export const ReserveResponse = z.object({
+  batch_id: BatchId,
+  task_id: TaskId,
+  attempt: z.number().int().positive(),
+  outputs: z.array(z.object({ page: z.number().int().min(2), r2_key: ObjectKey, url: z.url() })),
+});
+export type ReserveResponse = z.infer<typeof ReserveResponse>;

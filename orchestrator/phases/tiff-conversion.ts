@@ -1,7 +1,7 @@
 // TIFF_CONVERSION: every TIFF of the batch becomes a JPEG (one per page) next to it.
 // The original TIFF stays in the file list; its JPEG(s) are added.
-import type { CallbackBody, FileEntry } from "../../shared/contracts.ts";
-import { fileName, isTiff, jpegKeyCandidates, pageKey } from "../../shared/keys.ts";
+import { CallbackBody, type FileEntry } from "../../shared/contracts.ts";
+import { fileName, isTiff, jpegKeyCandidates, pageKey, splitExtension } from "../../shared/keys.ts";
 import type { Phase, TaskView } from "./types.ts";
 
 const MB = 1024 * 1024;
@@ -35,7 +35,7 @@ function outputsOf(task: TaskView, cb: Extract<CallbackBody, { status: "success"
   }));
 }
 
-export const tiffConversion: Phase = {
+export const tiffConversion: Phase<CallbackBody> = {
   name: "TIFF_CONVERSION",
   slug: "tiff",
   next: null,
@@ -46,10 +46,11 @@ export const tiffConversion: Phase = {
     return { input_key: file.r2_key, output_key_candidates: jpegKeyCandidates(file.r2_key), size_bytes: file.file_size };
   },
 
+  guest: guestFor,
+
   machine(task) {
     const guest = guestFor(task.size_bytes);
     return {
-      guest,
       env: {
         INPUT_R2_KEY: task.input_key,
         OUTPUT_R2_KEY: task.output_key,
@@ -58,21 +59,25 @@ export const tiffConversion: Phase = {
     };
   },
 
+  callback: CallbackBody,
+
+  /** `scan-p002.jpg`; when that is taken (a file `scan-p002.tif` exists), `scan-p002-2.jpg`, … */
+  *pageKeyCandidates(outputKey, page) {
+    const first = pageKey(outputKey, page);
+    yield first;
+    const { stem, ext } = splitExtension(first);
+    for (let n = 2; n < 1000; n++) yield `${stem}-${n}${ext}`;
+  },
+
   result(task, cb) {
     if (cb.status === "error") {
       const retryable = (cb as { retryable?: unknown }).retryable;
       return { ok: false, error: cb.error, retryable: retryable !== false };
     }
     const outputs = outputsOf(task, cb);
-    // A machine may only write the key it was given and that key's page keys.
-    const allowed = (key: string, page: number) => key === pageKey(task.output_key, page);
-    const stray = outputs.find((o, i) => !allowed(o.r2_key, i + 1));
-    if (stray || outputs[0]?.r2_key !== cb.output_r2_key) {
-      return {
-        ok: false,
-        error: `callback listed output ${stray?.r2_key ?? cb.output_r2_key}, but this task writes ${task.output_key} and its page keys`,
-        retryable: false,
-      };
+    // Page 1 is the key the task was given; the engine checks every key is reserved for the task.
+    if (outputs[0]?.r2_key !== task.output_key || cb.output_r2_key !== task.output_key) {
+      return { ok: false, error: `callback listed output ${cb.output_r2_key}, but this task writes ${task.output_key}`, retryable: false };
     }
     return { ok: true, add: outputs };
   },

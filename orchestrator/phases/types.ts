@@ -1,6 +1,7 @@
 // The phase contract. A phase is data and small pure functions: it never spawns, sleeps or
 // counts by itself — the engine (batch-do.ts) does all of that from what the phase declares.
-import type { CallbackBody, FileEntry } from "../../shared/contracts.ts";
+import type { z } from "zod";
+import type { FileEntry } from "../../shared/contracts.ts";
 import type { GuestSize } from "../machines.ts";
 
 /** A file of the batch as a phase sees it when it discovers tasks. */
@@ -10,6 +11,8 @@ export interface PhaseFile {
   file_name: string;
   file_size: number;
   content_type: string;
+  /** The manifest directory's processing_config, when the batch came with a manifest. */
+  processing_config?: unknown;
 }
 
 /** What one task of a phase will do; the engine turns it into a task row. */
@@ -33,8 +36,7 @@ export interface TaskView {
 }
 
 export interface MachineRequest {
-  guest: GuestSize;
-  /** Phase-specific env; the engine adds the machine contract (ids, R2, callback). */
+  /** Phase-specific env; the engine adds the machine contract (ids, storage access, callback). */
   env: Record<string, string>;
   /** Image override; FLY_IMAGE by default. */
   image?: string;
@@ -42,7 +44,7 @@ export interface MachineRequest {
 
 /** How a callback maps to a task outcome, and how a finished task changes the file list. */
 export type TaskOutcome =
-  | { ok: true; add: FileEntry[]; remove?: string[] }
+  | { ok: true; add: FileEntry[]; remove?: string[]; warnings?: string[] }
   | { ok: false; error: string; retryable: boolean };
 
 export interface PhaseLimits {
@@ -56,7 +58,7 @@ export interface PhaseLimits {
   maxConcurrentMachines?: number;
 }
 
-export interface Phase {
+export interface Phase<Callback = unknown> {
   /** Shown as the batch status while the phase runs, e.g. `TIFF_CONVERSION`. */
   name: string;
   /** Task id prefix: lowercase letters/digits, e.g. `tiff` → `tiff-000042`. */
@@ -66,6 +68,16 @@ export interface Phase {
   limits: PhaseLimits;
   /** The task for `file`, or null when this phase has nothing to do with it. */
   plan(file: PhaseFile): TaskPlan | null;
+  /** The machine a task of `sizeBytes` input needs; a pool machine is this once per slot for the largest task. */
+  guest(sizeBytes: number): GuestSize;
   machine(task: TaskView): MachineRequest;
-  result(task: TaskView, callback: CallbackBody): TaskOutcome;
+  /** The callback body this phase's machines send; the engine checks it before `result` sees it. */
+  callback: z.ZodType<Callback>;
+  /**
+   * Keys for page `page` (2, 3, …) of an output, most preferred first, when one task may write
+   * several; the engine reserves the first free one when the machine asks. Absent: one output per task.
+   */
+  pageKeyCandidates?(outputKey: string, page: number): Iterable<string>;
+  /** How a checked callback maps to the task's outcome. The files it adds must be outputs reserved for the task. */
+  result(task: TaskView, callback: Callback): TaskOutcome;
 }

@@ -11,6 +11,7 @@ import {
   putTiffs,
   stub,
   successBody,
+  writeOutput,
   waitForStatus,
   withStore,
   type World,
@@ -41,6 +42,7 @@ async function waitForStatusMachines(n: number) {
 describe("callbacks", () => {
   it("first result wins; a duplicate answers 200 and changes nothing", async () => {
     const [m] = await startHanging("cb-dup", 1);
+    await writeOutput(m);
     const first = await callbackTo("cb-dup", m.TASK_ID, successBody(m));
     expect(first.status).toBe(200);
     expect(await first.json()).toMatchObject({ ok: true, outcome: "done" });
@@ -57,7 +59,7 @@ describe("callbacks", () => {
     const [m] = await startHanging("cb-forged", 1);
     const forged = await callbackTo("cb-forged", m.TASK_ID, successBody(m), "0".repeat(64));
     expect(forged.status).toBe(401);
-    expect(await forged.json()).toEqual({ error: "callback token missing or invalid" });
+    expect(await forged.json()).toEqual({ error: "callback token missing, invalid or expired" });
     // A real token for another task does not open this one.
     const other = await callbackTo("cb-forged", "tiff-000999", successBody(m), m.CALLBACK_TOKEN);
     expect(other.status).toBe(401);
@@ -104,6 +106,7 @@ describe("callbacks", () => {
       const t = store.getTask(m.TASK_ID)!;
       store.moveTask(t, "retrying", { next_at: Date.now() + 3_600_000, deadline_at: 0 }, Date.now());
     });
+    await writeOutput(m);
     const late = await callbackTo("cb-late", m.TASK_ID, successBody(m));
     expect(await late.json()).toMatchObject({ outcome: "done", late: true });
     const s = await waitForStatus("cb-late", (x) => x.status === "DONE");

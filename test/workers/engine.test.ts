@@ -38,8 +38,22 @@ describe("a batch end to end through real alarms and callbacks", () => {
     expect(body.config.metadata).toMatchObject({ fanout_batch: "b-many", fanout_phase: "TIFF_CONVERSION", fanout_attempt: "1" });
     expect(body.region).toBe("iad");
     const machineEnv = world.runner.started[0].env;
-    for (const name of ["TASK_ID", "BATCH_ID", "INPUT_R2_KEY", "OUTPUT_R2_KEY", "R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET", "CALLBACK_URL", "CALLBACK_TOKEN"]) {
+    for (const name of ["TASK_ID", "BATCH_ID", "ATTEMPT", "INPUT_R2_KEY", "OUTPUT_R2_KEY", "INPUT_URL", "OUTPUT_URL", "OUTPUTS_URL", "CALLBACK_URL", "CALLBACK_TOKEN", "CREDENTIALS_EXPIRE_AT"]) {
       expect(machineEnv[name], name).toBeTruthy();
+    }
+    // What Fly stores (and shows anyone who can read the app) holds no storage key and no lasting secret.
+    const recorded = JSON.stringify(creates.map((c) => c.body));
+    for (const secret of [env.R2_ACCESS_KEY_ID, env.R2_SECRET_ACCESS_KEY, env.CALLBACK_SECRET, env.FLY_API_TOKEN, env.ADMIN_TOKEN]) {
+      expect(recorded.includes(secret), "a secret in a create body").toBe(false);
+    }
+    for (const name of ["R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_ACCOUNT_ID"]) expect(machineEnv[name], name).toBeUndefined();
+    // Its credentials expire with the attempt: create + boot + run limits + grace, never days.
+    const expires = Date.parse(machineEnv.CREDENTIALS_EXPIRE_AT) - Date.now();
+    expect(expires).toBeGreaterThan(0);
+    expect(expires).toBeLessThan(2 * 3_600_000);
+    for (const name of ["INPUT_URL", "OUTPUT_URL"]) {
+      const lifetime = Number(new URL(machineEnv[name]).searchParams.get("X-Amz-Expires")) * 1000;
+      expect(Math.abs(lifetime - expires), `${name} expires with the attempt`).toBeLessThan(60_000);
     }
     expect(machineEnv.OUTPUT_R2_KEY).toBe(machineEnv.INPUT_R2_KEY.replace(/\.tif$/, ".jpg"));
     await vi.waitFor(() => expect(world.fly.liveMachineCount()).toBe(0), { timeout: 10_000 });

@@ -1,6 +1,6 @@
 import { runDurableObjectAlarm } from "cloudflare:test";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { callbackTo, getStatus, installWorld, putTiffs, stub, successBody, waitForStatus, withStore, type World } from "./support/engine.ts";
+import { callbackTo, getStatus, installWorld, putTiffs, stub, successBody, waitForStatus, withStore, writeOutput, type World } from "./support/engine.ts";
 
 let world: World;
 beforeEach(() => {
@@ -61,12 +61,16 @@ describe("scale", () => {
   /** SQLite rows read and written by one success callback for task `i`. */
   async function callbackWork(batchId: string, i: number) {
     const taskId = `tiff-${String(i).padStart(6, "0")}`;
-    await withStore(batchId, (store) => {
+    const outputKey = await withStore(batchId, (store) => {
       const t = store.getTask(taskId)!;
       store.moveTask(t, "running", { attempt: 1, machine_id: `m${i}`, deadline_at: Date.now() + 3_600_000 }, Date.now());
+      store.startAttempt({ task_id: taskId, attempt: 1, machine_name: `m${i}`, now: Date.now() });
+      return t.output_key;
     });
+    const machine = { TASK_ID: taskId, BATCH_ID: batchId, OUTPUT_R2_KEY: outputKey, FLY_MACHINE_ID: `m${i}` };
+    await writeOutput(machine);
     const before = await withStore(batchId, (store) => ({ ...store.work }));
-    const body = successBody({ TASK_ID: taskId, BATCH_ID: batchId, OUTPUT_R2_KEY: `${batchId}/s${i}.jpg`, FLY_MACHINE_ID: `m${i}` });
+    const body = successBody(machine);
     const res = await callbackTo(batchId, taskId, body);
     expect(res.status).toBe(200);
     const after = await withStore(batchId, (store) => ({ ...store.work }));

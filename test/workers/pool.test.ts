@@ -4,8 +4,8 @@
 import { runDurableObjectAlarm } from "cloudflare:test";
 import { exports } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { LeaseResponse, leaseSubject } from "../../shared/contracts.ts";
-import { signToken } from "../../shared/token.ts";
+import { LeaseResponse } from "../../shared/contracts.ts";
+import { signGrant } from "../../shared/token.ts";
 import type { FlyEmulatorOptions } from "../../local/fly-emulator/core.ts";
 import {
   ADMIN,
@@ -63,10 +63,14 @@ function lapseLeases(batchId: string): Promise<void> {
   });
 }
 
+function leaseTokenFor(batchId: string, workerId: string, expiresAt = Date.now() + 3_600_000): Promise<string> {
+  return signGrant(CALLBACK_SECRET, { kind: "lease", batchId, workerId }, expiresAt);
+}
+
 async function leaseAs(batchId: string, workerId: string, token?: string): Promise<Response> {
   const env = {
     LEASE_URL: `http://orchestrator.test/lease/${batchId}`,
-    LEASE_TOKEN: token ?? (await signToken(CALLBACK_SECRET, leaseSubject(batchId, workerId))),
+    LEASE_TOKEN: token ?? (await leaseTokenFor(batchId, workerId)),
     WORKER_ID: workerId,
     FLY_MACHINE_ID: "m-test",
   };
@@ -227,10 +231,10 @@ describe("pool mode", () => {
     await waitForStatus("pool-auth", (x) => x.progress.running === 2);
     const forged = await leaseAs("pool-auth", "pool-0001", "0".repeat(64));
     expect(forged.status).toBe(401);
-    expect(await forged.json()).toEqual({ error: "lease token missing or invalid" });
+    expect(await forged.json()).toEqual({ error: "lease token missing, invalid or expired" });
     // A real token of another worker, or of the same worker in another batch, is not this one's.
-    expect((await leaseAs("pool-auth", "pool-0001", await signToken(CALLBACK_SECRET, leaseSubject("pool-auth", "pool-0002")))).status).toBe(401);
-    expect((await leaseAs("pool-auth", "pool-0001", await signToken(CALLBACK_SECRET, leaseSubject("other-batch", "pool-0001")))).status).toBe(401);
+    expect((await leaseAs("pool-auth", "pool-0001", await leaseTokenFor("pool-auth", "pool-0002"))).status).toBe(401);
+    expect((await leaseAs("pool-auth", "pool-0001", await leaseTokenFor("other-batch", "pool-0001"))).status).toBe(401);
     const noAuth = await exports.default.fetch(new Request("http://orchestrator.test/lease/pool-auth", { method: "POST", body: JSON.stringify({ worker_id: "pool-0001" }) }));
     expect(noAuth.status).toBe(401);
     const [held] = [...runner.held.values()];

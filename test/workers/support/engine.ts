@@ -15,9 +15,12 @@ import {
 } from "../../../local/fly-emulator/core.ts";
 import type { BatchDO, StatusBody } from "../../../orchestrator/batch-do.ts";
 import type { BatchStore } from "../../../orchestrator/store.ts";
-import { callbackSubject, signToken } from "../../../shared/token.ts";
+import { signGrant } from "../../../shared/token.ts";
 
 export const CALLBACK_SECRET = "test-callback-secret";
+/** Bytes of every output a test machine writes (and reports). */
+export const OUTPUT_SIZE = 1234;
+const env_ = env;
 export const ADMIN = { authorization: "Bearer test-admin-token" };
 
 /** What a machine does once started. */
@@ -37,6 +40,7 @@ export class TestRunner implements MachineRunner {
     queueMicrotask(async () => {
       const env = machineProcessEnv(machine);
       let code = 137;
+      if (what === "succeed") await writeOutput(env);
       if (what === "succeed" || what === "error") {
         const res = await postCallback(env, what === "succeed" ? successBody(env) : errorBody(env, "simulated failure"));
         code = res.ok ? 0 : 2;
@@ -54,11 +58,17 @@ export class TestRunner implements MachineRunner {
   async finish(id: string, what: "succeed" | "error" = "succeed"): Promise<Response> {
     const entry = this.live.get(id)!;
     const env = machineProcessEnv(entry.machine);
+    if (what === "succeed") await writeOutput(env);
     const res = await postCallback(env, what === "succeed" ? successBody(env) : errorBody(env, "simulated failure"));
     this.live.delete(id);
     entry.events.exit(0);
     return res;
   }
+}
+
+/** What a converting machine's upload leaves behind: the output object, of the size successBody reports. */
+export async function writeOutput(env: Record<string, string>): Promise<void> {
+  await env_.BUCKET.put(env.OUTPUT_R2_KEY, new Uint8Array(OUTPUT_SIZE));
 }
 
 export function successBody(env: Record<string, string>): Record<string, unknown> {
@@ -69,7 +79,7 @@ export function successBody(env: Record<string, string>): Record<string, unknown
     status: "success",
     output_r2_key: key,
     output_file_name: key.slice(key.lastIndexOf("/") + 1),
-    output_file_size: 1234,
+    output_file_size: OUTPUT_SIZE,
     machine_id: env.FLY_MACHINE_ID,
     performance: { total_time_ms: 10, download_time_ms: 1, conversion_time_ms: 8, upload_time_ms: 1 },
   };
@@ -89,9 +99,14 @@ export async function postCallback(env: Record<string, string>, body: unknown, t
   );
 }
 
-export async function callbackTo(batchId: string, taskId: string, body: unknown, token?: string): Promise<Response> {
-  const t = token ?? (await signToken(CALLBACK_SECRET, callbackSubject(batchId, taskId)));
+/** A callback as attempt `attempt` (default 1) of the task would send it, with that attempt's credential. */
+export async function callbackTo(batchId: string, taskId: string, body: unknown, token?: string, attempt = 1): Promise<Response> {
+  const t = token ?? (await attemptToken(batchId, taskId, attempt));
   return postCallback({ CALLBACK_URL: `http://orchestrator.test/callback/${batchId}/${taskId}`, CALLBACK_TOKEN: t }, body);
+}
+
+export function attemptToken(batchId: string, taskId: string, attempt: number, expiresAt = Date.now() + 3_600_000): Promise<string> {
+  return signGrant(CALLBACK_SECRET, { kind: "callback", batchId, taskId, attempt }, expiresAt);
 }
 
 export interface Downstream {
@@ -218,6 +233,9 @@ export function expireAll(batchId: string): Promise<void> {
   return withStore(batchId, (_s, sql) => {
     sql.exec("UPDATE tasks SET deadline_at = 0, limit_at = 0 WHERE state IN ('creating','booting','running')");
     sql.exec("UPDATE tasks SET next_at = 0 WHERE state IN ('pending','retrying')");
+    // Machines are looked at now; a single-task machine's boot deadline passes with its task's.
+    sql.exec("UPDATE workers SET check_at = 0 WHERE state IN ('creating','booting','live')");
+    sql.exec("UPDATE workers SET limit_at = 0 WHERE state IN ('creating','booting') AND task_id IS NOT NULL");
   });
 }
 

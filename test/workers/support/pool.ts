@@ -4,7 +4,7 @@
 import { exports } from "cloudflare:workers";
 import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../../local/fly-emulator/core.ts";
 import { LeaseResponse } from "../../../shared/contracts.ts";
-import { errorBody, postCallback, successBody } from "./engine.ts";
+import { errorBody, postCallback, successBody, writeOutput } from "./engine.ts";
 
 type TaskLease = Extract<LeaseResponse, { kind: "task" }>;
 
@@ -98,6 +98,7 @@ export class PoolRunner implements MachineRunner {
         this.#exit(machine, events, 137);
         return "gone";
       }
+      if (action === "succeed") await writeOutput(taskEnv);
       const cb = await postCallback(taskEnv, action === "succeed" ? successBody(taskEnv) : errorBody(taskEnv, "simulated failure"));
       const body = (await cb.json()) as { outcome?: string };
       this.callbacks.push({ machineId: machine.id, taskId: answer.task_id, httpStatus: cb.status, outcome: body.outcome });
@@ -115,6 +116,7 @@ export class PoolRunner implements MachineRunner {
   async lateCallback(taskId: string): Promise<{ status: number; body: Record<string, unknown> }> {
     const held = this.held.get(taskId);
     if (!held) throw new Error(`no machine holds ${taskId}`);
+    await writeOutput(held.env);
     const res = await postCallback(held.env, successBody(held.env));
     return { status: res.status, body: (await res.json()) as Record<string, unknown> };
   }

@@ -1,0 +1,115 @@
+// What every engine module works with: the batch's store, its validated config, the Fly client,
+// the object store, and the phase limits. Built once per RPC or alarm by the DO shell.
+import type { Config } from "../config.ts";
+import { FlyMachines } from "../machines.ts";
+import { getPhase } from "../phases/index.ts";
+import type { Phase, TaskView } from "../phases/types.ts";
+import { R2ObjectStore, S3ObjectStore, type ObjectStore } from "../storage.ts";
+import type { BatchMeta, BatchStore, PhaseCounts, TaskRow } from "../store.ts";
+
+/** Creates per alarm: each may take a few subrequests (regions, retries); Workers allow 1,000. */
+export const SPAWNS_PER_ALARM = 40;
+export const SUBREQUESTS_PER_ALARM = 800;
+/** How long a create may stay without an answer before we look for its machine. */
+export const CREATE_ANSWER_MS = 60_000;
+export const RECHECK_MS = 5_000;
+/** A machine told it is done exits by itself; it is destroyed after this if it has not. */
+export const RETIRE_GRACE_MS = 30_000;
+/** A credential outlives its attempt's hard limits by this much (clock skew, a slow callback). */
+export const CREDENTIAL_GRACE_MS = 5 * 60_000;
+
+export interface Limits {
+  bootTimeoutMs: number;
+  runTimeoutMs: number;
+  maxAttempts: number;
+  maxLive: number;
+}
+
+export interface Engine {
+  readonly store: BatchStore;
+  readonly config: Config;
+  readonly env: Env;
+  /** The Fly client of this RPC or alarm (its subrequest budget is per invocation). */
+  fly(): FlyMachines;
+  objects(): ObjectStore;
+  limits(phase: Phase): Limits;
+  /** Brings the alarm forward (a callback freed a slot or closed the phase). */
+  wake(at: number): Promise<void>;
+}
+
+export function makeEngine(store: BatchStore, config: Config, env: Env, wake: (at: number) => Promise<void>): Engine {
+  let fly: FlyMachines | undefined;
+  let objects: ObjectStore | undefined;
+  return {
+    store,
+    config,
+    env,
+    wake,
+    fly: () =>
+      (fly ??= new FlyMachines({
+        apiHostname: config.FLY_API_HOSTNAME,
+        apiToken: config.FLY_API_TOKEN,
+        appName: config.FLY_APP_NAME,
+        maxRequests: SUBREQUESTS_PER_ALARM,
+      })),
+    objects: () => (objects ??= objectStore(config, env)),
+    limits: (phase) => ({
+      bootTimeoutMs: config.BOOT_TIMEOUT_MS ?? phase.limits.bootTimeoutMs,
+      runTimeoutMs: config.RUN_TIMEOUT_MS ?? phase.limits.runTimeoutMs,
+      maxAttempts: phase.limits.maxAttempts ?? config.MAX_RETRY_ATTEMPTS,
+      maxLive: Math.min(config.MAX_CONCURRENT_MACHINES, phase.limits.maxConcurrentMachines ?? Infinity),
+    }),
+  };
+}
+
+export function objectStore(config: Config, env: Env): ObjectStore {
+  if (config.R2_ENDPOINT) {
+    return new S3ObjectStore({
+      endpoint: config.R2_ENDPOINT,
+      bucket: config.R2_BUCKET,
+      accessKeyId: config.R2_ACCESS_KEY_ID,
+      secretAccessKey: config.R2_SECRET_ACCESS_KEY,
+    });
+  }
+  return new R2ObjectStore(env.BUCKET);
+}
+
+export const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
+export const openCount = (c: PhaseCounts) => c.pending + c.retrying + c.creating + c.booting + c.running;
+
+export function apiStatus(meta: BatchMeta): string {
+  if (meta.stage === "done") return "DONE";
+  if (meta.stage === "error") return "ERROR";
+  return meta.phase;
+}
+
+export function taskView(meta: BatchMeta, task: TaskRow): TaskView {
+  return {
+    task_id: task.task_id,
+    batch_id: meta.batch_id,
+    input_key: task.input_key,
+    output_key: task.output_key,
+    size_bytes: task.size_bytes,
+    attempt: task.attempt,
+    params: JSON.parse(task.params_json) as TaskView["params"],
+  };
+}
+
+export const phaseOf = (task: TaskRow) => getPhase(task.phase);
+
+/**
+ * A Fly machine name: deterministic, DNS-safe, ≤ 63 chars. `suffix` names what the machine is
+ * for: `tiff-000042-a1` (one attempt of one task) or `pool-0003`. Batch ids that differ only in
+ * case or punctuation (`Batch_1`, `batch.1`) get different names: a hash of the exact id is
+ * added whenever the id is not already its own DNS-safe form.
+ */
+export function machineName(batchId: string, suffix: string): string {
+  const safe = batchId.toLowerCase().replace(/[^a-z0-9-]/g, "-");
+  const tail = `-${suffix}`;
+  const hashed = safe !== batchId || safe.length + tail.length + 3 > 63;
+  if (!hashed) return `fo-${safe}${tail}`;
+  let h = 0x811c9dc5;
+  for (const ch of batchId) h = Math.imul(h ^ ch.charCodeAt(0), 0x01000193) >>> 0;
+  const hash = h.toString(16).padStart(8, "0");
+  return `fo-${safe.slice(0, 63 - tail.length - 3 - 9)}-${hash}${tail}`;
+}

@@ -1,0 +1,118 @@
+// Discovery: the batch's file list, from its manifest or by listing its prefix, page by page
+// across alarms with a cursor. Only keys under the roots the batch may touch are taken.
+import { describeZodError, type FileEntry, Manifest } from "../../shared/contracts.ts";
+import { fileName } from "../../shared/keys.ts";
+import { errorMessage, log } from "../log.ts";
+import type { BatchMeta } from "../store.ts";
+import type { Engine } from "./context.ts";
+
+const LIST_PAGES_PER_ALARM = 20;
+const LIST_PAGE_SIZE = 1000;
+
+/** True when `key` lies under one of the configured roots ("/" allows the whole bucket). */
+export function underRoots(key: string, roots: readonly string[]): boolean {
+  return roots.some((r) => r === "/" || key.startsWith(r));
+}
+
+/** Why a queue message may not run here, or null. Checked before a batch is recorded. */
+export function outsideRoots(message: { r2_prefix?: string; manifest_r2_key?: string }, roots: readonly string[]): string | null {
+  const where = message.manifest_r2_key ?? message.r2_prefix;
+  if (message.manifest_r2_key === undefined && message.r2_prefix === "") return "r2_prefix must not be empty (it would take the whole bucket)";
+  if (where !== undefined && !underRoots(where, roots)) {
+    return `${message.manifest_r2_key !== undefined ? "manifest_r2_key" : "r2_prefix"} ${where} is outside the allowed roots (${roots.join(", ")}); see ALLOWED_PREFIXES`;
+  }
+  return null;
+}
+
+/** One discovery step; returns when to run the next. Moves the batch to plan (or error) when done. */
+export async function discover(e: Engine, meta: BatchMeta): Promise<number | null> {
+  const store = e.objects();
+  const now = Date.now();
+  if (meta.manifest_key !== null) {
+    const files = await readManifest(e, meta);
+    if (typeof files === "string") {
+      e.store.updateMeta({ stage: "error", error: files, completed_at: now }, now);
+      log("DO", "discovery_failed", { batch_id: meta.batch_id, error: files });
+      return null;
+    }
+    for (let i = 0; i < files.length; i += 1000) {
+      e.store.transaction(() => e.store.insertFiles(files.slice(i, i + 1000)));
+    }
+    e.store.updateMeta({ stage: "plan", plan_cursor: 0 }, Date.now());
+    log("DO", "discovered", { batch_id: meta.batch_id, source: "manifest", files: files.length });
+    return Date.now();
+  }
+  // Prefix listing continues across alarms from the stored cursor.
+  let cursor = meta.discover_cursor;
+  for (let page = 0; page < LIST_PAGES_PER_ALARM; page++) {
+    const result = await store.list(meta.prefix ?? "", cursor, LIST_PAGE_SIZE);
+    const files = result.objects
+      .filter((o) => !o.key.endsWith("/"))
+      .map((o) => ({
+        r2_key: o.key,
+        logical_path: o.key.slice((meta.prefix ?? "").length).replace(/^\/+/, "") || fileName(o.key),
+        file_name: fileName(o.key),
+        file_size: o.size,
+        content_type: o.contentType ?? guessContentType(o.key),
+      }));
+    cursor = result.cursor;
+    e.store.transaction(() => {
+      e.store.insertFiles(files);
+      e.store.updateMeta({ discover_cursor: cursor }, Date.now());
+    });
+    if (cursor === null) {
+      e.store.updateMeta({ stage: "plan", plan_cursor: 0 }, Date.now());
+      log("DO", "discovered", { batch_id: meta.batch_id, source: "prefix", files: e.store.fileCount() });
+      break;
+    }
+  }
+  return Date.now();
+}
+
+/** The manifest's files, or a reason the batch cannot run. Storage outages throw (retried). */
+async function readManifest(e: Engine, meta: BatchMeta): Promise<FileEntry[] | string> {
+  const key = meta.manifest_key!;
+  const text = await e.objects().getText(key);
+  if (text === null) return `manifest ${key} not found`;
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    return `manifest ${key} is not valid JSON: ${errorMessage(error)}`;
+  }
+  const parsed = Manifest.safeParse(json);
+  if (!parsed.success) return `manifest ${key} is invalid: ${describeZodError(parsed.error)}`;
+  if (parsed.data.batch_id !== meta.batch_id) {
+    return `manifest ${key} is for batch ${parsed.data.batch_id}, not ${meta.batch_id}`;
+  }
+  return parsed.data.directories.flatMap((dir) =>
+    dir.files.map(({ r2_key, logical_path, file_name, file_size, content_type, ...rest }) => {
+      const name = file_name ?? fileName(r2_key);
+      return {
+        ...rest,
+        r2_key,
+        logical_path: logical_path ?? `${dir.directory_path.replace(/\/+$/, "")}/${name}`,
+        file_name: name,
+        file_size: file_size ?? 0,
+        content_type: content_type ?? guessContentType(r2_key),
+        ...(dir.processing_config !== undefined ? { processing_config: dir.processing_config } : {}),
+      };
+    }),
+  );
+}
+
+const CONTENT_TYPES: Record<string, string> = {
+  tif: "image/tiff",
+  tiff: "image/tiff",
+  jpg: "image/jpeg",
+  jpeg: "image/jpeg",
+  png: "image/png",
+  pdf: "application/pdf",
+  json: "application/json",
+  txt: "text/plain",
+  xml: "application/xml",
+};
+export function guessContentType(key: string): string {
+  const ext = key.slice(key.lastIndexOf(".") + 1).toLowerCase();
+  return CONTENT_TYPES[ext] ?? "application/octet-stream";
+}

@@ -1,0 +1,85 @@
+// Planning: a phase's tasks from the file list, a page of files per alarm. Each task's output
+// key is reserved with it; a file outside the roots the batch may touch fails with a reason.
+import { log } from "../log.ts";
+import { getPhase } from "../phases/index.ts";
+import type { PhaseFile } from "../phases/types.ts";
+import type { BatchMeta, FileRow } from "../store.ts";
+import type { Engine } from "./context.ts";
+import { underRoots } from "./discovery.ts";
+
+const PLAN_FILES_PER_ALARM = 5000;
+
+export function plan(e: Engine, meta: BatchMeta): number {
+  const phase = getPhase(meta.phase);
+  const now = Date.now();
+  const files = e.store.filesAfter(meta.plan_cursor, PLAN_FILES_PER_ALARM);
+  const roots = e.config.ALLOWED_PREFIXES;
+  e.store.transaction(() => {
+    let seq = meta.next_seq;
+    let maxSize = meta.max_task_size;
+    for (const f of files) {
+      const nextId = () => `${phase.slug}-${String(seq++).padStart(6, "0")}`;
+      if (!underRoots(f.r2_key, roots)) {
+        // Never read or written: the batch may only touch keys under its roots.
+        e.store.removeFile(f.r2_key);
+        const id = nextId();
+        e.store.insertTask({
+          task_id: id,
+          phase: phase.name,
+          file_id: f.id,
+          input_key: f.r2_key,
+          output_key: `(none: ${id})`,
+          size_bytes: f.file_size,
+          params_json: "{}",
+          now,
+          error: `${f.r2_key} is outside the allowed roots (${roots.join(", ")})`,
+        });
+        continue;
+      }
+      const planned = phase.plan(toPhaseFile(f));
+      if (!planned) continue;
+      maxSize = Math.max(maxSize, planned.size_bytes);
+      let output: string | undefined;
+      for (const candidate of planned.output_key_candidates) {
+        if (!e.store.keyTaken(candidate)) {
+          output = candidate;
+          break;
+        }
+      }
+      e.store.insertTask({
+        task_id: nextId(),
+        phase: phase.name,
+        file_id: f.id,
+        input_key: planned.input_key,
+        output_key: output!,
+        size_bytes: planned.size_bytes,
+        params_json: JSON.stringify(planned.params ?? {}),
+        now,
+      });
+    }
+    const done = files.length < PLAN_FILES_PER_ALARM;
+    e.store.updateMeta(
+      {
+        next_seq: seq,
+        max_task_size: maxSize,
+        plan_cursor: files.length > 0 ? files[files.length - 1].id : meta.plan_cursor,
+        ...(done ? { stage: "run" } : {}),
+      },
+      now,
+    );
+    if (done) log("DO", "phase_planned", { batch_id: meta.batch_id, phase: phase.name, tasks: e.store.phaseCounts(phase.name).total });
+  });
+  return Date.now();
+}
+
+function toPhaseFile(f: FileRow): PhaseFile {
+  const extra = f.extra_json ? (JSON.parse(f.extra_json) as Record<string, unknown>) : {};
+  return {
+    r2_key: f.r2_key,
+    logical_path: f.logical_path,
+    file_name: f.file_name,
+    file_size: f.file_size,
+    content_type: f.content_type,
+    ...(extra.processing_config !== undefined ? { processing_config: extra.processing_config } : {}),
+  };
+}

@@ -1,0 +1,161 @@
+// Running a phase: each alarm lapses overdue tasks, looks at machines due a check, asks the
+// scheduler what to do, and creates machines — one per ready task (single-task mode) or pool
+// machines that lease tasks (pool mode) — within the concurrency and the app's create budget.
+import { log } from "../log.ts";
+import { guestForSlots } from "../machines.ts";
+import { getPhase } from "../phases/index.ts";
+import type { Phase } from "../phases/types.ts";
+import type { BatchMeta, TaskRow } from "../store.ts";
+import { attemptEnv, attemptExpiry, leaseToken, leaseUrl } from "./access.ts";
+import { CREATE_ANSWER_MS, type Engine, SPAWNS_PER_ALARM, taskView } from "./context.ts";
+import { checkMachines, createMachines, destroyOrphans, lapseOverdue, MachineCensus, type MachinePlan, recordCreating, retireAll } from "./machines.ts";
+import { decide, type SchedulerState } from "./schedule.ts";
+
+/** A pool machine's lease credential outlives any one task; the engine retires the machine itself. */
+export const POOL_TOKEN_TTL_MS = 12 * 3_600_000;
+
+export function slotsOf(e: Engine, meta: BatchMeta): number {
+  return meta.pool_slots || e.config.POOL_TASKS_PER_MACHINE;
+}
+
+export function schedulerState(e: Engine, meta: BatchMeta, phase: Phase, now: number): SchedulerState {
+  const c = e.store.phaseCounts(phase.name);
+  const pool = e.store.poolMachineCounts();
+  return {
+    mode: meta.pool ? "pool" : "single",
+    counts: c,
+    poolMachines: pool.creating + pool.booting + pool.live,
+    slots: slotsOf(e, meta),
+    maxLive: e.limits(phase).maxLive,
+    ready: meta.pool ? 0 : e.store.readyTasks(now, SPAWNS_PER_ALARM).length,
+    readyAt: e.store.earliestReady(),
+    blockedUntil: meta.fly_blocked_until,
+    budgetAt: meta.bucket_at,
+    earliestDeadline: e.store.earliestDeadline(),
+    checkIntervalMs: e.config.MACHINE_CHECK_INTERVAL_MS,
+    spawnsPerAlarm: SPAWNS_PER_ALARM,
+  };
+}
+
+export async function run(e: Engine, meta: BatchMeta): Promise<number | null> {
+  const phase = getPhase(meta.phase);
+  await destroyOrphans(e, Date.now());
+  lapseOverdue(e, meta, Date.now());
+  await checkMachines(e, meta, new MachineCensus(e.fly(), meta.batch_id));
+  let fresh = e.store.getMeta()!;
+  if (fresh.stage !== "run") return e.store.earliestDeadline();
+  const decision = decide(schedulerState(e, fresh, phase, Date.now()), Date.now());
+  if (decision.phaseFinished) return finishPhase(e, fresh, phase);
+  if (decision.create > 0) {
+    const granted = await takeCreates(e, decision.create);
+    fresh = e.store.getMeta()!;
+    if (granted > 0) await (fresh.pool ? launchPool(e, fresh, phase, granted) : launchSingle(e, fresh, phase, granted));
+  }
+  const after = e.store.getMeta()!;
+  if (after.stage !== "run") return e.store.earliestDeadline();
+  return decide(schedulerState(e, after, phase, Date.now()), Date.now()).nextAt;
+}
+
+function finishPhase(e: Engine, meta: BatchMeta, phase: Phase): number {
+  const now = Date.now();
+  const counts = e.store.phaseCounts(phase.name);
+  log("DO", "phase_finished", { batch_id: meta.batch_id, phase: phase.name, done: counts.done, failed: counts.failed });
+  e.store.transaction(() => {
+    retireAll(e, "phase finished", now);
+    if (phase.next) e.store.updateMeta({ stage: "plan", phase: getPhase(phase.next).name, plan_cursor: 0, max_task_size: 0 }, now);
+    else e.store.updateMeta({ stage: "finalise" }, now);
+  });
+  return now;
+}
+
+/** Create tokens from the app-wide budget (Fly's documented create limit), up to `want`. */
+async function takeCreates(e: Engine, want: number): Promise<number> {
+  const c = e.config;
+  const grant = await e.env.FLY_BUDGET.getByName(c.FLY_APP_NAME).take(want, c.FLY_CREATE_RATE_PER_SECOND, c.FLY_CREATE_BURST);
+  e.store.updateMeta({ bucket_at: grant.next_at }, Date.now());
+  return grant.granted;
+}
+
+/** Single-task mode: one machine per ready task, its task assigned at create. */
+async function launchSingle(e: Engine, meta: BatchMeta, phase: Phase, n: number): Promise<void> {
+  const now = Date.now();
+  const limits = e.limits(phase);
+  const ready = e.store.readyTasks(now, n);
+  const launched = e.store.transaction(() => {
+    const moved: TaskRow[] = [];
+    for (const task of ready) {
+      const attempt = task.attempt + 1;
+      const id = `${task.task_id}-a${attempt}`;
+      const limitAt = now + CREATE_ANSWER_MS + limits.bootTimeoutMs;
+      const set = { attempt, machine_name: id, worker_id: id, machine_id: null, region: null, deadline_at: limitAt, limit_at: limitAt };
+      if (e.store.moveTask(task, "creating", set, now)) {
+        e.store.startAttempt({ task_id: task.task_id, attempt, machine_name: id, now });
+        moved.push({ ...task, ...set, state: "creating" });
+      }
+    }
+    return moved;
+  });
+  if (launched.length === 0) return;
+  const expiresAt = attemptExpiry(now, limits);
+  const plans: MachinePlan[] = await Promise.all(
+    launched.map(async (t) => {
+      const req = phase.machine(taskView(meta, t));
+      return {
+        id: t.worker_id!,
+        phase,
+        guest: phase.guest(t.size_bytes),
+        image: req.image ?? e.config.FLY_IMAGE,
+        env: { ...req.env, ...(await attemptEnv(e, meta, t, expiresAt)) },
+        slots: 1,
+        task: t,
+      };
+    }),
+  );
+  e.store.transaction(() => recordCreating(e, plans, limits.bootTimeoutMs, now));
+  await createMachines(e, meta, plans);
+}
+
+/** Pool mode: machines sized for the phase's largest task, once per slot, that lease tasks. */
+async function launchPool(e: Engine, meta: BatchMeta, phase: Phase, n: number): Promise<void> {
+  const now = Date.now();
+  const c = e.config;
+  const limits = e.limits(phase);
+  const slots = slotsOf(e, meta);
+  const { guest, perSlotMb } = guestForSlots(phase.guest(meta.max_task_size), slots);
+  const ids = Array.from({ length: n }, (_, i) => `pool-${String(meta.worker_seq + i + 1).padStart(4, "0")}`);
+  const plans: MachinePlan[] = await Promise.all(
+    ids.map(async (id) => ({
+      id,
+      phase,
+      guest,
+      image: c.FLY_IMAGE,
+      slots,
+      env: {
+        POOL_MODE: "true",
+        BATCH_ID: meta.batch_id,
+        PHASE: phase.name,
+        WORKER_ID: id,
+        LEASE_URL: leaseUrl(c, meta.batch_id),
+        LEASE_TOKEN: await leaseToken(e, meta.batch_id, id, now + POOL_TOKEN_TTL_MS),
+        IDLE_TIMEOUT_MS: String(c.POOL_IDLE_TIMEOUT_MS),
+        POOL_CONCURRENCY: String(slots),
+        // Per slot: what one task may use.
+        MEMORY_MB: String(perSlotMb),
+        ...(c.MACHINE_STORAGE === "legacy-keys"
+          ? {
+              R2_ACCOUNT_ID: c.R2_ACCOUNT_ID,
+              R2_ACCESS_KEY_ID: c.R2_ACCESS_KEY_ID,
+              R2_SECRET_ACCESS_KEY: c.R2_SECRET_ACCESS_KEY,
+              R2_BUCKET: c.R2_BUCKET,
+              ...(c.R2_ENDPOINT ? { R2_ENDPOINT: c.R2_ENDPOINT } : {}),
+            }
+          : {}),
+      },
+    })),
+  );
+  e.store.transaction(() => {
+    recordCreating(e, plans, limits.bootTimeoutMs, now);
+    e.store.updateMeta({ worker_seq: meta.worker_seq + n }, now);
+  });
+  await createMachines(e, meta, plans);
+}
