@@ -63,11 +63,25 @@ export function parseEnv(source: NodeJS.ProcessEnv): EnvResult {
   const raw = setVariables(source);
   const machine = MachineEnv.safeParse(raw);
   const tuning = WorkerTuning.safeParse(raw);
-  if (machine.success && tuning.success) {
+  const access = storageAccessProblems(raw);
+  if (machine.success && tuning.success && access.length === 0) {
     return { ok: true, env: { ...machine.data, ...tuning.data, memory: machineMemory(machine.data.MEMORY_MB) } };
   }
-  const problems = problemsOf([...(machine.error?.issues ?? []), ...(tuning.error?.issues ?? [])], raw);
+  const problems = [...problemsOf([...(machine.error?.issues ?? []), ...(tuning.error?.issues ?? [])], raw), ...access];
   return { ok: false, problems, callback: callbackTarget(raw) };
+}
+
+/**
+ * Storage access is one of: presigned URLs (INPUT_URL + OUTPUT_URL, the default) or the old
+ * contract's R2 key pair. Names what is missing, never a value.
+ */
+function storageAccessProblems(raw: Record<string, string | undefined>): string[] {
+  if (raw.INPUT_URL !== undefined || raw.OUTPUT_URL !== undefined) {
+    return ["INPUT_URL", "OUTPUT_URL"].filter((n) => raw[n] === undefined).map((n) => `${n} is required but it is not set (scoped storage access)`);
+  }
+  const missing = ["R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET"].filter((n) => raw[n] === undefined);
+  if (raw.R2_ACCOUNT_ID === undefined && raw.R2_ENDPOINT === undefined) missing.push("R2_ACCOUNT_ID");
+  return missing.map((n) => `${n} is required but it is not set (or give INPUT_URL and OUTPUT_URL for scoped access)`);
 }
 
 /** Knobs of pool mode only: how hard a pool machine tries to reach its lease endpoint. */

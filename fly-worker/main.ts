@@ -20,7 +20,7 @@ export function isPoolMode(source: NodeJS.ProcessEnv): boolean {
 /** Single-task mode: the contract existing worker images speak (one machine, one task). */
 async function runSingle(source: NodeJS.ProcessEnv): Promise<ExitCode> {
   // Scrub every secret-looking variable, parsed or not, before anything is logged.
-  registerSecrets([source.R2_SECRET_ACCESS_KEY, source.R2_ACCESS_KEY_ID, source.CALLBACK_TOKEN]);
+  registerSecrets([source.R2_SECRET_ACCESS_KEY, source.R2_ACCESS_KEY_ID, source.CALLBACK_TOKEN, source.INPUT_URL, source.OUTPUT_URL]);
   setLogContext({ machine_id: source.FLY_MACHINE_ID ?? null, batch_id: source.BATCH_ID ?? null, task_id: source.TASK_ID ?? null });
   const parsed = parseEnv(source);
   if (!parsed.ok) {

@@ -72,7 +72,8 @@ async function runLeasedTask(client: LeaseClient, lease: TaskLease, machineVars:
   const started = performance.now();
   const taskVars = { ...lease.env, ...machineVars };
   const token = taskVars.CALLBACK_TOKEN;
-  registerSecrets([token]);
+  const secrets = [token, taskVars.INPUT_URL, taskVars.OUTPUT_URL];
+  registerSecrets(secrets);
   log.info("Pool", "task.leased", { lease_ms: lease.lease_ms, heartbeat_ms: lease.heartbeat_ms });
   const heartbeats = client.keepLease(lease.task_id, lease.heartbeat_ms);
   try {
@@ -92,7 +93,7 @@ async function runLeasedTask(client: LeaseClient, lease: TaskLease, machineVars:
     return outcome.status === "success" && outcome.delivered;
   } finally {
     await heartbeats.stop();
-    forgetSecrets([token]);
+    forgetSecrets(secrets);
   }
 }
 

@@ -4,11 +4,11 @@ import { join } from "node:path";
 import { readFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import type { CallbackOutput, CallbackSuccess } from "../shared/contracts.ts";
-import { fileName, pageKey } from "../shared/keys.ts";
+import { fileName } from "../shared/keys.ts";
 import { checkSupported, convertPage, defaultMaxInputPixels, planEncoder, type EncoderSettings } from "./convert.ts";
 import type { WorkerEnv } from "./env.ts";
 import { log, since } from "./log.ts";
-import { downloadToFile, makeS3Client, uploadFile } from "./s3.ts";
+import { taskStorage } from "./storage.ts";
 import { readTiffDirectories, selectPages } from "./tiff.ts";
 
 export interface Timings {
@@ -39,12 +39,12 @@ export function peakRssMb(): number {
 /** Runs the task in `workDir`; `progress.timings` stays readable when it throws. */
 export async function runTask(env: WorkerEnv, workDir: string, progress: TaskProgress): Promise<CallbackSuccess> {
   const timings = progress.timings;
-  const s3 = makeS3Client(env);
+  const storage = taskStorage(env);
   const input = join(workDir, "input.tif");
 
   let t = performance.now();
-  log.info("TiffConversion", "download.start", { bucket: env.R2_BUCKET, key: env.INPUT_R2_KEY });
-  const downloaded = await downloadToFile(s3, env.R2_BUCKET, env.INPUT_R2_KEY, input);
+  log.info("TiffConversion", "download.start", { key: env.INPUT_R2_KEY, access: env.INPUT_URL ? "presigned" : "keys" });
+  const downloaded = await storage.download(input);
   timings.download_time_ms = since(t);
   log.info("TiffConversion", "download.done", { bytes: downloaded.bytes, content_type: downloaded.contentType, duration_ms: timings.download_time_ms, peak_rss_mb: peakRssMb() });
 
@@ -64,9 +64,11 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
   });
   for (const s of skipped) log.warn("TiffConversion", "page.skipped", s);
 
+  // Every key this task writes is reserved by the orchestrator before it is written.
+  const keys = await storage.reserve(convert.length);
   const outputs: (CallbackOutput & { source_page: number; encoder?: EncoderSettings })[] = [];
   for (const [i, page] of convert.entries()) {
-    const key = pageKey(env.OUTPUT_R2_KEY, i + 1);
+    const key = keys[i];
     const jpeg = join(workDir, `page-${i + 1}.jpg`);
     const encoder = plans[i];
     log.info("TiffConversion", "convert.start", { page: page.index + 1, output_page: i + 1, encoder });
@@ -82,7 +84,7 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
     });
 
     t = performance.now();
-    const uploaded = await uploadFile(s3, env.R2_BUCKET, key, jpeg, "image/jpeg");
+    const uploaded = await storage.upload(i + 1, jpeg, "image/jpeg");
     const uploadMs = since(t);
     timings.upload_time_ms += uploadMs;
     log.info("TiffConversion", "upload.done", { page: page.index + 1, key, bytes: uploaded.bytes, duration_ms: uploadMs });
@@ -101,7 +103,7 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
       encoder: i > 0 && JSON.stringify(encoder) !== JSON.stringify(plans[0]) ? encoder : undefined,
     });
   }
-  s3.destroy();
+  storage.close();
 
   const first = outputs[0];
   return {

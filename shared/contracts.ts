@@ -97,10 +97,17 @@ export const MachineEnv = z.object({
   BATCH_ID: BatchId,
   INPUT_R2_KEY: ObjectKey,
   OUTPUT_R2_KEY: ObjectKey,
-  R2_ACCOUNT_ID: z.string().min(1, "must be set"),
-  R2_ACCESS_KEY_ID: z.string().min(1, "must be set"),
-  R2_SECRET_ACCESS_KEY: z.string().min(1, "must be set"),
-  R2_BUCKET: z.string().min(1, "must be set"),
+  /** Scoped access (the default): presigned GET of the input, PUT of page 1's output, and where to reserve more pages. */
+  INPUT_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),
+  OUTPUT_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),
+  OUTPUTS_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),
+  ATTEMPT: envInt(1, 1_000_000).optional(),
+  CREDENTIALS_EXPIRE_AT: z.string().optional(),
+  /** The old contract (MACHINE_STORAGE=legacy-keys): the R2 key pair. */
+  R2_ACCOUNT_ID: z.string().optional(),
+  R2_ACCESS_KEY_ID: z.string().optional(),
+  R2_SECRET_ACCESS_KEY: z.string().optional(),
+  R2_BUCKET: z.string().optional(),
   CALLBACK_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }),
   CALLBACK_TOKEN: z.string().min(1, "must be set"),
   R2_ENDPOINT: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),
@@ -116,7 +123,7 @@ export const MachineEnv = z.object({
 });
 export type MachineEnv = z.infer<typeof MachineEnv>;
 /** Names in MachineEnv whose values are secret: never logged, never in status output. */
-export const SECRET_ENV_NAMES = ["R2_SECRET_ACCESS_KEY", "CALLBACK_TOKEN", "R2_ACCESS_KEY_ID"] as const;
+export const SECRET_ENV_NAMES = ["R2_SECRET_ACCESS_KEY", "CALLBACK_TOKEN", "R2_ACCESS_KEY_ID", "INPUT_URL", "OUTPUT_URL"] as const;
 
 // ---------------------------------------------------------------------------------------
 // Callback POST {CALLBACK_URL} = /callback/:batchId/:taskId
