@@ -650,6 +650,18 @@ export class BatchStore {
     );
   }
 
+  /** An attempt given up on whose work arrived after all: it is the one that finished the task. */
+  reviveAttempt(taskId: string, attempt: number, now: number): void {
+    this.run(
+      `UPDATE attempts SET note = substr(coalesce(note || '; ', '') || 'had ended ' || coalesce(outcome, 'open') || coalesce(': ' || error, '') || ' before its callback arrived', 1, 4000),
+                           outcome = 'done', error = NULL, ended_at = ?
+       WHERE task_id = ? AND attempt = ? AND coalesce(outcome, '') <> 'done'`,
+      now,
+      taskId,
+      attempt,
+    );
+  }
+
   /** A create that turned out never to have happened (429, budget): the attempt is forgotten. */
   dropAttempt(taskId: string, attempt: number): void {
     this.run("DELETE FROM attempts WHERE task_id = ? AND attempt = ?", taskId, attempt);

@@ -94,10 +94,10 @@ export async function settleCallback(e: Engine, taskId: string, attempt: number,
         now,
       );
       if (attempt !== settled.attempt) {
-        e.store.noteAttempt(taskId, attempt, "settled the task after it had been retried");
         e.store.endAttempt(taskId, settled.attempt, "superseded", `attempt ${attempt} finished the task first`, now);
       }
       e.store.endAttempt(taskId, attempt, "done", null, now);
+      e.store.reviveAttempt(taskId, attempt, now);
       if (outcome.ok) for (const key of outcome.remove ?? []) e.store.removeFile(key);
       e.store.insertFiles(verdict.add);
     } else {

@@ -110,7 +110,7 @@ export function attemptToken(batchId: string, taskId: string, attempt: number, e
 }
 
 export interface Downstream {
-  calls: { url: string; body: string }[];
+  calls: { url: string; body: string; headers: Record<string, string> }[];
   /** Status codes to answer, in order; 200 once they run out. */
   script: number[];
 }
@@ -134,7 +134,7 @@ export function installWorld(options: FlyEmulatorOptions = {}): World {
     const host = new URL(request.url).host;
     if (host === "fly.test") return flyFetch(request);
     if (host === "downstream.test") {
-      downstream.calls.push({ url: request.url, body: await request.text() });
+      downstream.calls.push({ url: request.url, body: await request.text(), headers: Object.fromEntries(request.headers) });
       return new Response(null, { status: downstream.script.shift() ?? 200 });
     }
     return original(request);
