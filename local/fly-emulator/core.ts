@@ -671,10 +671,10 @@ export class FlyEmulator {
     return this.#random() < rate;
   }
 
+  /** Random, not seeded: ids must not repeat across restarts (logs are kept per machine id). */
   #newId(): string {
-    let id = "";
-    for (let i = 0; i < 14; i++) id += Math.floor(this.#random() * 16).toString(16);
-    return id;
+    const bytes = crypto.getRandomValues(new Uint8Array(7));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   }
 
   #delay(ms: number): Promise<void> {

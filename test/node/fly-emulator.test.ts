@@ -248,4 +248,15 @@ describe("fly emulator server", () => {
     expect(emulator!.machinePids()).toEqual([]);
     expect(ids.map((id) => emulator!.core.machine(id)!.state)).toEqual(["destroyed", "destroyed"]);
   });
+
+  it("machine ids do not repeat across restarts with the same fault seed (per-machine log files stay one machine's)", async () => {
+    const first = await start({ runner: "simulate", simulate: { durationMs: 10_000, callback: false } });
+    const a = await created(first.client, spec("tiff-000012"));
+    await emulator!.stop();
+    emulator = undefined;
+    const second = await start({ runner: "simulate", simulate: { durationMs: 10_000, callback: false } });
+    const b = await created(second.client, spec("tiff-000012"));
+    expect(b).not.toBe(a);
+    expect(a).toMatch(/^[0-9a-f]{14}$/);
+  });
 });
