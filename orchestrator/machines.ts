@@ -2,6 +2,7 @@
 // Runs in workerd: fetch, Web APIs and zod only. Every outcome a caller must act on is a
 // value (CreateOutcome, null, "not_found"); only unexpected failures of reads throw.
 import { z } from "zod";
+import { backoffMs, parseRetryAfter } from "../shared/backoff.ts";
 
 export interface FlyClientOptions {
   /** e.g. https://api.machines.dev, or http://fly.test / http://127.0.0.1:PORT for the emulator. */
@@ -136,17 +137,6 @@ export function isCapacityError(status: number, body: { error?: string; status?:
   return [403, 409, 412, 422, 503].includes(status) && CAPACITY_PHRASES.test(body.error ?? "");
 }
 
-/** Retry-After is either delta-seconds or an HTTP date (RFC 9110 §10.2.3); default 1 s. */
-export function parseRetryAfter(value: string | null, nowMs: number = Date.now()): number {
-  const DEFAULT_MS = 1000;
-  if (value === null || value.trim() === "") return DEFAULT_MS;
-  const text = value.trim();
-  if (/^\d+(\.\d+)?$/.test(text)) return Math.ceil(Number(text) * 1000);
-  const at = Date.parse(text);
-  if (Number.isNaN(at)) return DEFAULT_MS;
-  return Math.max(0, at - nowMs);
-}
-
 // ---------------------------------------------------------------------------------------
 
 type Sent =
@@ -157,6 +147,8 @@ type Sent =
 
 const MAX_MESSAGE = 300;
 const DEFAULT_TIMEOUT_MS = 15_000;
+/** Retries inside one alarm must not eat it: no single wait between attempts over 5 s. */
+const MAX_BACKOFF_MS = 5000;
 
 export class FlyMachines {
   #opts: FlyClientOptions;
@@ -291,7 +283,7 @@ export class FlyMachines {
         const m = toFlyMachine(parsed.data);
         return { kind: "created", machineId: m.id, name: m.name || spec.name, region: m.region || region || "", state: m.state };
       }
-      if (status === 429) return { kind: "rate_limited", retryAfterMs: parseRetryAfter(headers.get("retry-after")) };
+      if (status === 429) return { kind: "rate_limited", retryAfterMs: retryAfterOr1s(headers) };
       const error = parseError(text);
       if (isCapacityError(status, error)) return { kind: "capacity", message: this.#clean(error.error ?? `HTTP ${status}`, spec) };
       if (status >= 500 || status === 408) {
@@ -354,7 +346,7 @@ export class FlyMachines {
     if (sent.kind === "timeout") throw new FlyApiError("timeout", `${what}: timed out after ${this.#timeoutMs} ms`);
     if (sent.kind === "network") throw new FlyApiError("network", `${what}: ${this.#clean(sent.message)}`);
     if (sent.status === 429) {
-      const retryAfterMs = parseRetryAfter(sent.headers.get("retry-after"));
+      const retryAfterMs = retryAfterOr1s(sent.headers);
       throw new FlyApiError("rate_limited", `${what}: rate limited, retry after ${retryAfterMs} ms`, 429, retryAfterMs);
     }
     if (sent.status < 200 || sent.status >= 300) {
@@ -370,8 +362,7 @@ export class FlyMachines {
   }
 
   #backoff(retry: number): number {
-    const base = this.#backoffMs * 2 ** (retry - 1);
-    return Math.round(base / 2 + this.#random() * base);
+    return backoffMs(retry, this.#backoffMs, MAX_BACKOFF_MS, this.#random);
   }
 
   /** API text may echo our request: drop the token and env values, and keep it short. */
@@ -402,6 +393,11 @@ function outcomeFields(outcome: CreateOutcome): Record<string, unknown> {
     case "budget":
       return {};
   }
+}
+
+/** A 429 without a readable Retry-After waits 1 s (Fly's create limit refills at ~1/s). */
+function retryAfterOr1s(headers: Headers): number {
+  return parseRetryAfter(headers.get("retry-after"), Date.now()) ?? 1000;
 }
 
 function safeJson(text: string): unknown {
