@@ -14,6 +14,7 @@ import { signToken, callbackSubject } from "../shared/token.ts";
 import { leaseSubject, type LeaseResponse } from "../shared/contracts.ts";
 import { fileName } from "../shared/keys.ts";
 import { type Config, loadConfig } from "./config.ts";
+import { createDraw } from "./fly-budget.ts";
 import { errorMessage, log, logError } from "./log.ts";
 import { type CreateOutcome, type FlyMachine, FlyMachines, guestForSlots } from "./machines.ts";
 import { FIRST_PHASE, getPhase } from "./phases/index.ts";
@@ -690,7 +691,7 @@ export class BatchDO extends DurableObject<Env> {
             fanout_attempt: String(t.attempt),
           },
           regions: c.FLY_REGIONS,
-        });
+        }, { draw: createDraw(this.budget(), c.FLY_CREATE_RATE_PER_SECOND, c.FLY_CREATE_BURST, 1) });
       }),
     );
     const after = Date.now();
@@ -1070,7 +1071,7 @@ export class BatchDO extends DurableObject<Env> {
           env,
           metadata: { fanout_batch: meta.batch_id, fanout_phase: phase.name, fanout_worker: id },
           regions: c.FLY_REGIONS,
-        });
+        }, { draw: createDraw(this.budget(), c.FLY_CREATE_RATE_PER_SECOND, c.FLY_CREATE_BURST, 1) });
       }),
     );
     const after = Date.now();

@@ -55,13 +55,22 @@ export interface MachineSpec {
   regions: string[];
 }
 
+/** A create token from the app's budget (Fly's create limit), or when the next one will be there. */
+export type CreateToken = { ok: true } | { ok: false; retryAt: number };
+
+export interface CreateOptions {
+  /** Called before every create POST (first try, retry, next region); without a token nothing is sent. */
+  draw?: () => Promise<CreateToken>;
+}
+
 export type CreateOutcome =
   | { kind: "created"; machineId: string; name: string; region: string; state: string }
   | { kind: "rate_limited"; retryAfterMs: number }
   | { kind: "no_capacity"; message: string }
   | { kind: "invalid"; status: number; message: string }
   | { kind: "unknown"; message: string }
-  | { kind: "budget" };
+  /** Nothing sent: out of subrequests, or out of create tokens until `retryAt`. */
+  | { kind: "budget"; retryAt?: number };
 
 export interface FlyMachine {
   id: string;
@@ -189,11 +198,11 @@ export class FlyMachines {
     return Math.max(0, this.#max - this.#requests);
   }
 
-  async createMachine(spec: MachineSpec): Promise<CreateOutcome> {
+  async createMachine(spec: MachineSpec, options: CreateOptions = {}): Promise<CreateOutcome> {
     const regions: (string | undefined)[] = spec.regions.length > 0 ? spec.regions : [undefined];
     const refusals: string[] = [];
     for (const region of regions) {
-      const outcome = await this.#createIn(spec, region);
+      const outcome = await this.#createIn(spec, region, options);
       if (outcome.kind !== "capacity") {
         this.#event("create", { name: spec.name, region, outcome: outcome.kind, ...outcomeFields(outcome) });
         return outcome;
@@ -244,6 +253,7 @@ export class FlyMachines {
   async #createIn(
     spec: MachineSpec,
     region: string | undefined,
+    options: CreateOptions,
   ): Promise<Exclude<CreateOutcome, { kind: "no_capacity" }> | { kind: "capacity"; message: string }> {
     const body = {
       name: spec.name,
@@ -266,6 +276,10 @@ export class FlyMachines {
         if (found) return { kind: "created", machineId: found.id, name: found.name, region: found.region, state: found.state };
         await this.#sleep(this.#backoff(attempt - 1));
       }
+      if (this.requestsLeft === 0) return { kind: "budget" };
+      // Every POST counts against Fly's create limit, a retry or the next region as much as the first.
+      const token = options.draw ? await options.draw() : { ok: true as const };
+      if (!token.ok) return { kind: "budget", retryAt: token.retryAt };
       const sent = await this.#send("POST", this.#base, JSON.stringify(body));
       if (sent.kind === "budget") return { kind: "budget" };
       if (sent.kind === "timeout") {
@@ -391,7 +405,7 @@ function outcomeFields(outcome: CreateOutcome): Record<string, unknown> {
     case "no_capacity":
       return { message: outcome.message };
     case "budget":
-      return {};
+      return outcome.retryAt === undefined ? {} : { retry_at: new Date(outcome.retryAt).toISOString() };
   }
 }
 

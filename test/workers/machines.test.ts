@@ -193,6 +193,35 @@ describe("createMachine", () => {
     expect(sleeps).toEqual([]);
   });
 
+  it("draws a create token before every POST: first try, 5xx retry and next region", async () => {
+    setup({ faults: { capacityErrorsByRegion: { iad: 1 } } });
+    let failures = 1;
+    let sent = 0;
+    const flaky: typeof fetch = async (input, init) => {
+      const request = new Request(input, init);
+      if (request.method === "POST" && ++sent && failures-- > 0) return Response.json({ error: "upstream hiccup" }, { status: 503 });
+      return fly!.fetch(request);
+    };
+    const client = new FlyMachines({ apiHostname: env.FLY_API_HOSTNAME, apiToken: env.FLY_API_TOKEN, appName: APP, fetch: flaky, sleep: async () => {}, log: () => {} });
+    let draws = 0;
+    const outcome = await client.createMachine(spec({ regions: ["iad", "ord"] }), { draw: async () => (draws++, { ok: true }) });
+    expect(outcome).toMatchObject({ kind: "created", region: "ord" });
+    // 503 in iad, retried in iad (refused for capacity), then ord: three POSTs, three tokens.
+    expect(sent).toBe(3);
+    expect(draws).toBe(3);
+  });
+
+  it("without a token sends nothing more and says when to come back", async () => {
+    const { machines, requests } = setup({ faults: { capacityErrorsByRegion: { iad: 1 } } });
+    const retryAt = Date.now() + 700;
+    const tokens = [true];
+    const outcome = await machines.createMachine(spec({ regions: ["iad", "ord"] }), {
+      draw: async () => (tokens.shift() ? { ok: true } : { ok: false, retryAt }),
+    });
+    expect(outcome).toEqual({ kind: "budget", retryAt });
+    expect(posts(requests).map((r) => (r.body as { region: string }).region)).toEqual(["iad"]);
+  });
+
   it("reports no_capacity when every region refuses", async () => {
     const { machines } = setup({ faults: { capacityErrorsByRegion: { iad: 1, ord: 1 } } });
     const outcome = await machines.createMachine(spec({ regions: ["iad", "ord"] }));
