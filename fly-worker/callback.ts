@@ -3,6 +3,7 @@
 // itself is wrong, so repeating it cannot help.
 import { setTimeout as sleep } from "node:timers/promises";
 import { request } from "undici";
+import { backoffMs, parseRetryAfter } from "../shared/backoff.ts";
 import { CallbackBody, MAX_CALLBACK_BYTES, describeZodError } from "../shared/contracts.ts";
 import { errorMessage } from "./errors.ts";
 import { log } from "./log.ts";
@@ -18,12 +19,14 @@ export type CallbackOutcome =
   | { delivered: false; status?: number; attempts: number; reason: string };
 
 const MAX_DELAY_MS = 30_000;
+/** A server asking for a longer wait than this is not waited for longer (the machine costs money idle). */
+const MAX_RETRY_AFTER_MS = 60_000;
 
-function retryDelay(attempt: number, backoffMs: number, retryAfter: string | undefined): number {
-  const seconds = retryAfter !== undefined && /^[0-9]+$/.test(retryAfter) ? Number(retryAfter) : undefined;
-  if (seconds !== undefined) return Math.min(seconds * 1000, 60_000);
-  const ceiling = Math.min(backoffMs * 2 ** (attempt - 1), MAX_DELAY_MS);
-  return Math.round(ceiling / 2 + Math.random() * (ceiling / 2)); // jitter: callbacks of a batch don't retry in step
+/** The server's Retry-After (seconds or an HTTP date) when it sent one, else backoff with jitter. */
+function callbackRetryDelay(attempt: number, baseMs: number, retryAfter: string | undefined, nowMs = Date.now()): number {
+  const asked = parseRetryAfter(retryAfter, nowMs);
+  if (asked !== undefined) return Math.min(asked, MAX_RETRY_AFTER_MS);
+  return backoffMs(attempt, baseMs, MAX_DELAY_MS); // jitter: callbacks of a batch don't retry in step
 }
 
 /** Posts `body` (checked against the shared contract first) with the bearer token. */
@@ -65,7 +68,7 @@ export async function sendCallback(url: string, token: string, body: CallbackBod
       last = { delivered: false, attempts: attempt, reason: `network error: ${errorMessage(error)}` };
       log.warn("Callback", "callback.network_error", { attempt, error: errorMessage(error), duration_ms: Math.round(performance.now() - start) });
     }
-    if (attempt < options.maxAttempts) await sleep(retryDelay(attempt, options.backoffMs, retryAfter));
+    if (attempt < options.maxAttempts) await sleep(callbackRetryDelay(attempt, options.backoffMs, retryAfter));
   }
   return last;
 }

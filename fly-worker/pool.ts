@@ -5,6 +5,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { request } from "undici";
 import { z } from "zod";
+import { backoffMs, parseRetryAfter } from "../shared/backoff.ts";
 import { HeartbeatRequest, LeaseRequest, LeaseResponse, describeZodError } from "../shared/contracts.ts";
 import { configureSharp } from "./convert.ts";
 import { parseEnv, parsePoolEnv, setVariables, type PoolMachineEnv } from "./env.ts";
@@ -235,8 +236,9 @@ function parseJson<T>(text: string, schema: z.ZodType<T>): { ok: true; value: T 
   return parsed.success ? { ok: true, value: parsed.data } : { ok: false, problem: describeZodError(parsed.error) };
 }
 
-function retryDelay(attempt: number, backoffMs: number, retryAfter: string | undefined): number {
-  if (retryAfter !== undefined && /^[0-9]+$/.test(retryAfter)) return Math.min(Number(retryAfter) * 1000, MAX_LEASE_DELAY_MS);
-  const ceiling = Math.min(backoffMs * 2 ** (attempt - 1), MAX_LEASE_DELAY_MS);
-  return Math.round(ceiling / 2 + Math.random() * (ceiling / 2)); // jitter: a pool's machines don't retry in step
+/** The server's Retry-After (seconds or an HTTP date) when it sent one, else backoff with jitter; at most 5 s. */
+function retryDelay(attempt: number, baseMs: number, retryAfter: string | undefined): number {
+  const asked = parseRetryAfter(retryAfter, Date.now());
+  if (asked !== undefined) return Math.min(asked, MAX_LEASE_DELAY_MS);
+  return backoffMs(attempt, baseMs, MAX_LEASE_DELAY_MS); // jitter: a pool's machines don't retry in step
 }

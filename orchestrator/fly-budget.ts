@@ -1,7 +1,8 @@
 // Fly's create limit (1 request/s, burst 3) is per app, not per batch. One FlyBudget Durable
-// Object per Fly app hands create tokens to every batch, so batches running at the same time
-// stay under the limit together instead of discovering it through 429s.
+// Object per Fly app hands a token to every create POST of every batch, so batches running at
+// the same time stay under the limit together instead of discovering it through 429s.
 import { DurableObject } from "cloudflare:workers";
+import type { CreateToken } from "./machines.ts";
 
 export interface Grant {
   granted: number;
@@ -9,31 +10,97 @@ export interface Grant {
   next_at: number;
 }
 
+interface Bucket {
+  tokens: number;
+  /** When `tokens` was last brought up to date. */
+  at: number;
+  /** A 429's Retry-After: no create of this app before then. */
+  blocked_until: number;
+}
+
 export class FlyBudget extends DurableObject<Env> {
-  // In memory: after an eviction the bucket starts full again, at most one extra burst.
-  private tokens: number | null = null;
-  private at = 0;
-  private blockedUntil = 0;
+  private readonly sql: SqlStorage;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    this.sql = ctx.storage.sql;
+    // In storage, not memory: an evicted or restarted budget must not hand out a fresh burst.
+    this.sql.exec(
+      `CREATE TABLE IF NOT EXISTS bucket (
+         id INTEGER PRIMARY KEY CHECK (id = 1),
+         tokens REAL NOT NULL,
+         at INTEGER NOT NULL,
+         blocked_until INTEGER NOT NULL
+       )`,
+    );
+  }
 
   /** Takes up to `want` create tokens from a bucket refilled at `rate`/s up to `burst`. */
   take(want: number, rate: number, burst: number): Grant {
     const now = Date.now();
-    if (this.tokens === null) {
-      this.tokens = burst;
-      this.at = now;
-    }
-    if (now < this.blockedUntil) return { granted: 0, next_at: this.blockedUntil };
-    this.tokens = Math.min(burst, this.tokens + (Math.max(0, now - this.at) / 1000) * rate);
-    this.at = now;
-    const granted = Math.max(0, Math.min(Math.floor(want), Math.floor(this.tokens)));
-    this.tokens -= granted;
-    return { granted, next_at: this.tokens >= 1 ? now : now + Math.ceil(((1 - this.tokens) / rate) * 1000) };
+    const bucket = this.read(now, burst);
+    if (now < bucket.blocked_until) return { granted: 0, next_at: bucket.blocked_until };
+    let tokens = Math.min(burst, bucket.tokens + (Math.max(0, now - bucket.at) / 1000) * rate);
+    const granted = Math.max(0, Math.min(Math.floor(want), Math.floor(tokens)));
+    tokens -= granted;
+    this.write({ tokens, at: Math.max(now, bucket.at), blocked_until: bucket.blocked_until });
+    return { granted, next_at: tokens >= 1 ? now : now + Math.ceil(((1 - tokens) / rate) * 1000) };
+  }
+
+  /** One token for one create POST (first try, retry or next region alike). */
+  draw(rate: number, burst: number): CreateToken {
+    const grant = this.take(1, rate, burst);
+    return grant.granted === 1 ? { ok: true } : { ok: false, retryAt: grant.next_at };
   }
 
   /** The API answered 429 with Retry-After: no batch of this app creates before `until`. */
   block(until: number): void {
-    this.blockedUntil = Math.max(this.blockedUntil, until);
-    this.tokens = 0;
-    this.at = this.blockedUntil;
+    const bucket = this.read(Date.now(), 0);
+    const blocked = Math.max(bucket.blocked_until, until);
+    this.write({ tokens: 0, at: blocked, blocked_until: blocked });
   }
+
+  /** The stored bucket; a budget never used starts full. */
+  private read(now: number, burst: number): Bucket {
+    const row = this.sql.exec<{ tokens: number; at: number; blocked_until: number }>("SELECT tokens, at, blocked_until FROM bucket WHERE id = 1").toArray()[0];
+    return row ?? { tokens: burst, at: now, blocked_until: 0 };
+  }
+
+  private write(bucket: Bucket): void {
+    this.sql.exec(
+      "INSERT INTO bucket (id, tokens, at, blocked_until) VALUES (1, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET tokens = excluded.tokens, at = excluded.at, blocked_until = excluded.blocked_until",
+      bucket.tokens,
+      bucket.at,
+      bucket.blocked_until,
+    );
+  }
+}
+
+/**
+ * The `draw` a createMachine call is given: every POST it sends takes a token from the app's
+ * budget. `prepaid` POSTs are covered by tokens the caller already took in bulk (takeCreates).
+ * A later POST (a retry, the next region) waits up to `maxWaitMs` for its token: its create is
+ * under way and already paid for, and the next alarm's bulk take would claim every new token for
+ * first tries again, so giving up at once could starve fallbacks for ever.
+ */
+export function createDraw(
+  budget: { draw(rate: number, burst: number): Promise<CreateToken> },
+  rate: number,
+  burst: number,
+  prepaid = 0,
+  maxWaitMs = 2000,
+): () => Promise<CreateToken> {
+  let covered = prepaid;
+  return async () => {
+    if (covered > 0) {
+      covered--;
+      return { ok: true };
+    }
+    const giveUpAt = Date.now() + maxWaitMs;
+    for (;;) {
+      const token = await budget.draw(rate, burst);
+      if (token.ok || token.retryAt > giveUpAt) return token;
+      await new Promise((resolve) => setTimeout(resolve, Math.max(1, token.retryAt - Date.now())));
+    }
+  };
 }

@@ -12,6 +12,7 @@ import {
   ReserveRequest,
   TaskId,
 } from "../shared/contracts.ts";
+import { backoffMs } from "../shared/backoff.ts";
 import { timingSafeEqualText, verifyGrant } from "../shared/token.ts";
 import type { ApiStatus } from "./batch-do.ts";
 import { ConfigError, loadConfig } from "./config.ts";
@@ -199,7 +200,8 @@ async function consume(message: Message<unknown>, env: Env): Promise<void> {
     });
     message.ack();
   } catch (error) {
-    const delaySeconds = Math.min(300, 2 ** Math.min(message.attempts, 8));
+    // ~2 s, 4 s … 5 min with jitter: messages that failed together do not come back together.
+    const delaySeconds = Math.ceil(backoffMs(message.attempts, 2000, 300_000) / 1000);
     logError("Queue", "message_retry", error, { message_id: message.id, attempts: message.attempts, delay_s: delaySeconds });
     message.retry({ delaySeconds });
   }

@@ -2,6 +2,7 @@
 // Runs in workerd: fetch, Web APIs and zod only. Every outcome a caller must act on is a
 // value (CreateOutcome, null, "not_found"); only unexpected failures of reads throw.
 import { z } from "zod";
+import { backoffMs, parseRetryAfter } from "../shared/backoff.ts";
 
 export interface FlyClientOptions {
   /** e.g. https://api.machines.dev, or http://fly.test / http://127.0.0.1:PORT for the emulator. */
@@ -54,13 +55,22 @@ export interface MachineSpec {
   regions: string[];
 }
 
+/** A create token from the app's budget (Fly's create limit), or when the next one will be there. */
+export type CreateToken = { ok: true } | { ok: false; retryAt: number };
+
+export interface CreateOptions {
+  /** Called before every create POST (first try, retry, next region); without a token nothing is sent. */
+  draw?: () => Promise<CreateToken>;
+}
+
 export type CreateOutcome =
   | { kind: "created"; machineId: string; name: string; region: string; state: string }
   | { kind: "rate_limited"; retryAfterMs: number }
   | { kind: "no_capacity"; message: string }
   | { kind: "invalid"; status: number; message: string }
   | { kind: "unknown"; message: string }
-  | { kind: "budget" };
+  /** Nothing sent: out of subrequests, or out of create tokens until `retryAt`. */
+  | { kind: "budget"; retryAt?: number };
 
 export interface FlyMachine {
   id: string;
@@ -136,17 +146,6 @@ export function isCapacityError(status: number, body: { error?: string; status?:
   return [403, 409, 412, 422, 503].includes(status) && CAPACITY_PHRASES.test(body.error ?? "");
 }
 
-/** Retry-After is either delta-seconds or an HTTP date (RFC 9110 §10.2.3); default 1 s. */
-export function parseRetryAfter(value: string | null, nowMs: number = Date.now()): number {
-  const DEFAULT_MS = 1000;
-  if (value === null || value.trim() === "") return DEFAULT_MS;
-  const text = value.trim();
-  if (/^\d+(\.\d+)?$/.test(text)) return Math.ceil(Number(text) * 1000);
-  const at = Date.parse(text);
-  if (Number.isNaN(at)) return DEFAULT_MS;
-  return Math.max(0, at - nowMs);
-}
-
 // ---------------------------------------------------------------------------------------
 
 type Sent =
@@ -157,6 +156,8 @@ type Sent =
 
 const MAX_MESSAGE = 300;
 const DEFAULT_TIMEOUT_MS = 15_000;
+/** Retries inside one alarm must not eat it: no single wait between attempts over 5 s. */
+const MAX_BACKOFF_MS = 5000;
 
 export class FlyMachines {
   #opts: FlyClientOptions;
@@ -197,11 +198,11 @@ export class FlyMachines {
     return Math.max(0, this.#max - this.#requests);
   }
 
-  async createMachine(spec: MachineSpec): Promise<CreateOutcome> {
+  async createMachine(spec: MachineSpec, options: CreateOptions = {}): Promise<CreateOutcome> {
     const regions: (string | undefined)[] = spec.regions.length > 0 ? spec.regions : [undefined];
     const refusals: string[] = [];
     for (const region of regions) {
-      const outcome = await this.#createIn(spec, region);
+      const outcome = await this.#createIn(spec, region, options);
       if (outcome.kind !== "capacity") {
         this.#event("create", { name: spec.name, region, outcome: outcome.kind, ...outcomeFields(outcome) });
         return outcome;
@@ -252,6 +253,7 @@ export class FlyMachines {
   async #createIn(
     spec: MachineSpec,
     region: string | undefined,
+    options: CreateOptions,
   ): Promise<Exclude<CreateOutcome, { kind: "no_capacity" }> | { kind: "capacity"; message: string }> {
     const body = {
       name: spec.name,
@@ -274,6 +276,10 @@ export class FlyMachines {
         if (found) return { kind: "created", machineId: found.id, name: found.name, region: found.region, state: found.state };
         await this.#sleep(this.#backoff(attempt - 1));
       }
+      if (this.requestsLeft === 0) return { kind: "budget" };
+      // Every POST counts against Fly's create limit, a retry or the next region as much as the first.
+      const token = options.draw ? await options.draw() : { ok: true as const };
+      if (!token.ok) return { kind: "budget", retryAt: token.retryAt };
       const sent = await this.#send("POST", this.#base, JSON.stringify(body));
       if (sent.kind === "budget") return { kind: "budget" };
       if (sent.kind === "timeout") {
@@ -291,7 +297,7 @@ export class FlyMachines {
         const m = toFlyMachine(parsed.data);
         return { kind: "created", machineId: m.id, name: m.name || spec.name, region: m.region || region || "", state: m.state };
       }
-      if (status === 429) return { kind: "rate_limited", retryAfterMs: parseRetryAfter(headers.get("retry-after")) };
+      if (status === 429) return { kind: "rate_limited", retryAfterMs: retryAfterOr1s(headers) };
       const error = parseError(text);
       if (isCapacityError(status, error)) return { kind: "capacity", message: this.#clean(error.error ?? `HTTP ${status}`, spec) };
       if (status >= 500 || status === 408) {
@@ -354,7 +360,7 @@ export class FlyMachines {
     if (sent.kind === "timeout") throw new FlyApiError("timeout", `${what}: timed out after ${this.#timeoutMs} ms`);
     if (sent.kind === "network") throw new FlyApiError("network", `${what}: ${this.#clean(sent.message)}`);
     if (sent.status === 429) {
-      const retryAfterMs = parseRetryAfter(sent.headers.get("retry-after"));
+      const retryAfterMs = retryAfterOr1s(sent.headers);
       throw new FlyApiError("rate_limited", `${what}: rate limited, retry after ${retryAfterMs} ms`, 429, retryAfterMs);
     }
     if (sent.status < 200 || sent.status >= 300) {
@@ -370,8 +376,7 @@ export class FlyMachines {
   }
 
   #backoff(retry: number): number {
-    const base = this.#backoffMs * 2 ** (retry - 1);
-    return Math.round(base / 2 + this.#random() * base);
+    return backoffMs(retry, this.#backoffMs, MAX_BACKOFF_MS, this.#random);
   }
 
   /** API text may echo our request: drop the token and env values, and keep it short. */
@@ -400,8 +405,13 @@ function outcomeFields(outcome: CreateOutcome): Record<string, unknown> {
     case "no_capacity":
       return { message: outcome.message };
     case "budget":
-      return {};
+      return outcome.retryAt === undefined ? {} : { retry_at: new Date(outcome.retryAt).toISOString() };
   }
+}
+
+/** A 429 without a readable Retry-After waits 1 s (Fly's create limit refills at ~1/s). */
+function retryAfterOr1s(headers: Headers): number {
+  return parseRetryAfter(headers.get("retry-after"), Date.now()) ?? 1000;
 }
 
 function safeJson(text: string): unknown {

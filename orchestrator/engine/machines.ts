@@ -1,6 +1,7 @@
 // One machine lifecycle for both modes: create → booting → live → gone. A single-task machine is
 // a machine whose one task is assigned at create; a pool machine leases tasks. Creating, checking,
 // lapsing, retiring and destroying are written once, here.
+import { createDraw } from "../fly-budget.ts";
 import { log, logError } from "../log.ts";
 import type { CreateOutcome, FlyMachine, FlyMachines, GuestSize } from "../machines.ts";
 import { getPhase } from "../phases/index.ts";
@@ -85,16 +86,22 @@ export function recordCreating(e: Engine, plans: MachinePlan[], bootTimeoutMs: n
 /** Sends the creates (in parallel) and applies each outcome. */
 export async function createMachines(e: Engine, meta: BatchMeta, plans: MachinePlan[]): Promise<void> {
   const fly = e.fly();
+  const c = e.config;
+  const budget = e.env.FLY_BUDGET.getByName(c.FLY_APP_NAME);
   const outcomes = await Promise.all(
     plans.map((p) =>
-      fly.createMachine({
-        name: machineName(meta.batch_id, p.id),
-        image: p.image,
-        guest: p.guest,
-        env: p.env,
-        metadata: metadataOf(meta, p),
-        regions: e.config.FLY_REGIONS,
-      }),
+      fly.createMachine(
+        {
+          name: machineName(meta.batch_id, p.id),
+          image: p.image,
+          guest: p.guest,
+          env: p.env,
+          metadata: metadataOf(meta, p),
+          regions: c.FLY_REGIONS,
+        },
+        // The first POST spends the token the scheduler took; every retry and next region draws its own.
+        { draw: createDraw(budget, c.FLY_CREATE_RATE_PER_SECOND, c.FLY_CREATE_BURST, 1) },
+      ),
     ),
   );
   const now = Date.now();

@@ -58,7 +58,7 @@ interface PlannedTask {
 }
 
 /** What to answer a lease request with: a contract answer, or an HTTP status (an outage). */
-type LeasePlan = LeaseResponse | { http: number };
+type LeasePlan = LeaseResponse | { http: number; retryAfter?: string };
 
 interface LeaseServer {
   leaseUrl: string;
@@ -168,7 +168,10 @@ async function startLeaseServer(options: { tasks: PlannedTask[]; plan?: (n: numb
     const body = LeaseRequest.parse(json);
     const answer = options.plan ? options.plan(server.leases.length + 1, next, server) : next();
     server.leases.push({ at: now, body, answer });
-    if ("http" in answer) return reply(res, answer.http, { error: `scripted ${answer.http}` });
+    if ("http" in answer) {
+      if (answer.retryAfter !== undefined) res.setHeader("retry-after", answer.retryAfter);
+      return reply(res, answer.http, { error: `scripted ${answer.http}` });
+    }
     const checked = LeaseResponse.parse(answer); // the fake speaks the contract exactly
     if (checked.kind === "task") {
       holder.set(checked.task_id, body.worker_id);
@@ -438,6 +441,24 @@ describe("fly-worker pool mode", () => {
     expect(r.code, r.stderr).toBe(EXIT.SUCCESS);
     expect(p.server.leases.map((l) => ("http" in l.answer ? l.answer.http : l.answer.kind))).toEqual([503, 503, "task", "done"]);
     expect(events(r)).toEqual(expect.arrayContaining(["lease.retry", "lease.recovered"]));
+  });
+
+  it("waits as long as a 503's Retry-After HTTP date asks before leasing again", async () => {
+    // Whole seconds only in an HTTP date: two seconds ahead is at least one second away.
+    let askedUntil = 0;
+    const p = await pool(["rgb8"], {
+      plan: (n, next) => {
+        if (n > 1) return next();
+        askedUntil = (Math.floor(Date.now() / 1000) + 2) * 1000;
+        return { http: 503, retryAfter: new Date(askedUntil).toUTCString() };
+      },
+    });
+    const r = await run(p, { LEASE_BACKOFF_MS: "20" });
+    expect(r.code, r.stderr).toBe(EXIT.SUCCESS);
+    const [refused, second] = p.server.leases;
+    expect("http" in refused.answer && refused.answer.http).toBe(503);
+    // Backoff alone would ask again after ~20 ms; the date says a second or more.
+    expect(second.at, `second lease ${second.at - refused.at} ms after the 503`).toBeGreaterThanOrEqual(askedUntil - 50);
   });
 
   it("gives up with exit 69 when the lease endpoint stays down for LEASE_RETRY_WINDOW_MS", async () => {

@@ -1,5 +1,9 @@
 import { env } from "cloudflare:workers";
-import { describe, expect, it } from "vitest";
+import { evictDurableObject, runInDurableObject } from "cloudflare:test";
+import { afterEach, describe, expect, it } from "vitest";
+import type { FlyEmulatorOptions, RecordedRequest } from "../../local/fly-emulator/core.ts";
+import type { BatchDO } from "../../orchestrator/batch-do.ts";
+import { installWorld, putTiffs, stub, waitForStatus, type World } from "./support/engine.ts";
 
 describe("FlyBudget: the create limit every batch of a Fly app shares", () => {
   it("hands out the burst, then one token per second, across callers", async () => {
@@ -23,5 +27,111 @@ describe("FlyBudget: the create limit every batch of a Fly app shares", () => {
   it("apps do not share a budget", async () => {
     expect((await env.FLY_BUDGET.getByName("budget-app-3").take(3, 1, 3)).granted).toBe(3);
     expect((await env.FLY_BUDGET.getByName("budget-app-4").take(3, 1, 3)).granted).toBe(3);
+  });
+
+  it("an evicted budget remembers its spent tokens and its Retry-After block", async () => {
+    const spent = env.FLY_BUDGET.getByName("budget-app-5");
+    expect((await spent.take(3, 1, 3)).granted).toBe(3);
+    await evictDurableObject(spent);
+    expect((await spent.take(3, 1, 3)).granted, "a new instance must not hand out a fresh burst").toBe(0);
+
+    const blocked = env.FLY_BUDGET.getByName("budget-app-6");
+    const until = Date.now() + 60_000;
+    await blocked.block(until);
+    await evictDurableObject(blocked);
+    expect(await blocked.draw(1000, 100)).toEqual({ ok: false, retryAt: until });
+  });
+});
+
+// ---- the engine against the budget: every create POST the Fly API sees is paid for -------------
+
+const RATE = 3;
+const BURST = 3;
+/** Time between a token drawn and its POST arriving at the emulator (signing, RPC), allowed as slack. */
+const SLACK_MS = 300;
+
+let world: World | undefined;
+afterEach(async () => {
+  await world?.restore();
+  world = undefined;
+});
+
+/** A batch whose DO reads a tight create limit and its own app's budget (as `--var` would set them). */
+async function startThrottled(batchId: string, app: string, n: number, options: FlyEmulatorOptions = {}): Promise<World> {
+  world = installWorld(options);
+  await putTiffs(`${batchId}/`, n);
+  await runInDurableObject(stub(batchId), (instance: BatchDO) => {
+    const self = instance as unknown as { env: Env };
+    self.env = { ...self.env, FLY_APP_NAME: app, FLY_CREATE_RATE_PER_SECOND: String(RATE), FLY_CREATE_BURST: String(BURST) };
+  });
+  await stub(batchId).start({ batch_id: batchId, r2_prefix: `${batchId}/` });
+  return world;
+}
+
+function createPosts(w: World, app: string): RecordedRequest[] {
+  return w.fly.requests.filter((r) => r.method === "POST" && r.path.split("?")[0] === `/v1/apps/${app}/machines`);
+}
+
+/**
+ * The interval where the POSTs most exceed what a bucket of RATE/s and BURST allows
+ * (BURST + RATE × its length, plus SLACK_MS), and POSTs per second from the first, for the message.
+ */
+function overLimit(posts: RecordedRequest[]): { excess: number; where: string; perSecond: number[] } {
+  const t = posts.map((p) => p.time).sort((a, b) => a - b);
+  let worst = { excess: -Infinity, where: "" };
+  for (let i = 0; i < t.length; i++) {
+    for (let j = i; j < t.length; j++) {
+      const allowed = BURST + (RATE * (t[j] - t[i] + SLACK_MS)) / 1000;
+      const excess = j - i + 1 - allowed;
+      if (excess > worst.excess) worst = { excess, where: `${j - i + 1} POSTs in ${t[j] - t[i]} ms (allowed ${allowed.toFixed(1)})` };
+    }
+  }
+  const perSecond: number[] = [];
+  for (const x of t) perSecond[Math.floor((x - t[0]) / 1000)] = (perSecond[Math.floor((x - t[0]) / 1000)] ?? 0) + 1;
+  return { ...worst, perSecond: Array.from(perSecond, (c) => c ?? 0) };
+}
+
+describe("FlyBudget under a running batch", () => {
+  it("evicting the budget mid-batch gives no burst beyond the configured rate", async () => {
+    const app = "budget-evict-app";
+    const w = await startThrottled("fb-evict", app, 15);
+    const budget = env.FLY_BUDGET.getByName(app);
+    let evictions = 0;
+    let finished = false;
+    const evicting = (async () => {
+      while (!finished) {
+        await new Promise((r) => setTimeout(r, 150));
+        // Rejects while the budget is not running (between alarms): nothing to evict then.
+        await evictDurableObject(budget).then(() => evictions++, () => undefined);
+      }
+    })();
+    try {
+      const s = await waitForStatus("fb-evict", (x) => x.status === "DONE" || x.status === "ERROR", 45_000);
+      expect(s.progress).toMatchObject({ tasks_completed: 15, tasks_failed: 0 });
+    } finally {
+      finished = true;
+      await evicting;
+    }
+    const posts = createPosts(w, app);
+    const { excess, where, perSecond } = overLimit(posts);
+    console.log(`[Test] ${JSON.stringify({ test: "evict", evictions, posts: posts.length, per_second: perSecond, worst: where })}`);
+    expect(evictions, "the budget was evicted while the batch ran").toBeGreaterThanOrEqual(3);
+    expect(posts).toHaveLength(15);
+    expect(excess, `worst: ${where}; POSTs per second: ${perSecond.join(", ")}`).toBeLessThanOrEqual(0);
+  });
+
+  it("a 5xx retry and a capacity refusal's next region each draw a token", async () => {
+    const app = "budget-faults-app";
+    // Every create in iad is refused for capacity (so each machine costs two POSTs), and some get 503.
+    const w = await startThrottled("fb-faults", app, 8, { faults: { seed: 11, serverErrorRate: 0.15, capacityErrorsByRegion: { iad: 1 } } });
+    const s = await waitForStatus("fb-faults", (x) => x.status === "DONE" || x.status === "ERROR", 50_000);
+    expect(s.progress).toMatchObject({ tasks_completed: 8, tasks_failed: 0 });
+    const posts = createPosts(w, app);
+    const region = (p: RecordedRequest) => (p.body as { region?: string }).region;
+    expect(posts.filter((p) => p.status === 503).length, "some creates were retried after a 503").toBeGreaterThan(0);
+    expect(posts.filter((p) => region(p) === "iad").length, "every machine was refused in iad first").toBeGreaterThanOrEqual(8);
+    const { excess, where, perSecond } = overLimit(posts);
+    console.log(`[Test] ${JSON.stringify({ test: "faults", posts: posts.length, status_503: posts.filter((p) => p.status === 503).length, iad: posts.filter((p) => region(p) === "iad").length, per_second: perSecond, worst: where })}`);
+    expect(excess, `worst: ${where}; ${posts.length} POSTs; per second: ${perSecond.join(", ")}`).toBeLessThanOrEqual(0);
   });
 });

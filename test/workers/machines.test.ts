@@ -5,10 +5,10 @@ import {
   FlyApiError,
   FlyMachines,
   isCapacityError,
-  parseRetryAfter,
   type FlyClientOptions,
   type MachineSpec,
 } from "../../orchestrator/machines.ts";
+import { backoffMs, parseRetryAfter } from "../../shared/backoff.ts";
 import { ManualClock, SimulatedRunner, type FlyEmulatorOptions } from "../../local/fly-emulator/core.ts";
 import { installFakeFly, type FakeFly } from "./support/fly.ts";
 
@@ -107,14 +107,27 @@ describe("createMachine", () => {
     expect(await machines.createMachine(spec({ name: "m-4" }))).toMatchObject({ kind: "created", name: "m-4" });
   });
 
-  it("reads Retry-After as seconds or an HTTP date", () => {
+  it("reads Retry-After as seconds or an HTTP date (shared/backoff.ts, in workerd)", () => {
     const now = Date.UTC(2026, 10, 1, 12, 0, 0);
     expect(parseRetryAfter("3", now)).toBe(3000);
     expect(parseRetryAfter("0.5", now)).toBe(500);
     expect(parseRetryAfter(new Date(now + 7000).toUTCString(), now)).toBe(7000);
     expect(parseRetryAfter(new Date(now - 7000).toUTCString(), now)).toBe(0);
-    expect(parseRetryAfter(null, now)).toBe(1000);
-    expect(parseRetryAfter("soon", now)).toBe(1000);
+    // RFC 9110's obsolete forms a recipient must still accept: RFC 850 and asctime.
+    expect(parseRetryAfter("Sunday, 01-Nov-26 12:00:09 GMT", now)).toBe(9000);
+    expect(parseRetryAfter("Sun Nov  1 12:00:09 2026", now)).toBe(9000);
+    expect(parseRetryAfter(null, now)).toBeUndefined();
+    expect(parseRetryAfter("soon", now)).toBeUndefined();
+    expect(parseRetryAfter("2026-11-02", now)).toBeUndefined();
+  });
+
+  it("backs off exponentially with jitter, within half and all of the capped step", () => {
+    expect(backoffMs(1, 1000, 60_000, () => 0)).toBe(500);
+    expect(backoffMs(1, 1000, 60_000, () => 1)).toBe(1000);
+    expect(backoffMs(3, 1000, 60_000, () => 1)).toBe(4000);
+    expect(backoffMs(20, 1000, 60_000, () => 1)).toBe(60_000);
+    expect(backoffMs(0, 2000, 300_000, () => 0)).toBe(1000);
+    for (let i = 0; i < 50; i++) expect(backoffMs(2)).toBeGreaterThanOrEqual(2000);
   });
 
   it("retries 5xx with backoff and creates exactly one machine", async () => {
@@ -178,6 +191,35 @@ describe("createMachine", () => {
       ["ord", 200],
     ]);
     expect(sleeps).toEqual([]);
+  });
+
+  it("draws a create token before every POST: first try, 5xx retry and next region", async () => {
+    setup({ faults: { capacityErrorsByRegion: { iad: 1 } } });
+    let failures = 1;
+    let sent = 0;
+    const flaky: typeof fetch = async (input, init) => {
+      const request = new Request(input, init);
+      if (request.method === "POST" && ++sent && failures-- > 0) return Response.json({ error: "upstream hiccup" }, { status: 503 });
+      return fly!.fetch(request);
+    };
+    const client = new FlyMachines({ apiHostname: env.FLY_API_HOSTNAME, apiToken: env.FLY_API_TOKEN, appName: APP, fetch: flaky, sleep: async () => {}, log: () => {} });
+    let draws = 0;
+    const outcome = await client.createMachine(spec({ regions: ["iad", "ord"] }), { draw: async () => (draws++, { ok: true }) });
+    expect(outcome).toMatchObject({ kind: "created", region: "ord" });
+    // 503 in iad, retried in iad (refused for capacity), then ord: three POSTs, three tokens.
+    expect(sent).toBe(3);
+    expect(draws).toBe(3);
+  });
+
+  it("without a token sends nothing more and says when to come back", async () => {
+    const { machines, requests } = setup({ faults: { capacityErrorsByRegion: { iad: 1 } } });
+    const retryAt = Date.now() + 700;
+    const tokens = [true];
+    const outcome = await machines.createMachine(spec({ regions: ["iad", "ord"] }), {
+      draw: async () => (tokens.shift() ? { ok: true } : { ok: false, retryAt }),
+    });
+    expect(outcome).toEqual({ kind: "budget", retryAt });
+    expect(posts(requests).map((r) => (r.body as { region: string }).region)).toEqual(["iad"]);
   });
 
   it("reports no_capacity when every region refuses", async () => {
