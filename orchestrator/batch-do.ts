@@ -5,9 +5,7 @@
 import { DurableObject } from "cloudflare:workers";
 import {
   type CallbackBody,
-  describeZodError,
   type FileEntry,
-  Manifest,
   type QueueMessage,
 } from "../shared/contracts.ts";
 import { signToken, callbackSubject } from "../shared/token.ts";
@@ -16,6 +14,13 @@ import { fileName } from "../shared/keys.ts";
 import { type Config, loadConfig } from "./config.ts";
 import { errorMessage, log, logError } from "./log.ts";
 import { type CreateOutcome, type FlyMachine, FlyMachines, guestForSlots } from "./machines.ts";
+import {
+  MANIFEST_PAGE_SIZE,
+  MANIFEST_PAGES_PER_ALARM,
+  type ManifestCursor,
+  parseManifestCursor,
+  readManifestPage,
+} from "./engine/manifest.ts";
 import { FIRST_PHASE, getPhase } from "./phases/index.ts";
 import type { Phase, PhaseFile, TaskView } from "./phases/types.ts";
 import { R2ObjectStore, S3ObjectStore, StorageError, type ObjectStore } from "./storage.ts";
@@ -466,19 +471,32 @@ export class BatchDO extends DurableObject<Env> {
 
   private async discover(meta: BatchMeta): Promise<number | null> {
     const store = this.objectStore();
-    const now = Date.now();
     if (meta.manifest_key !== null) {
-      const files = await this.readManifest(store, meta);
-      if (typeof files === "string") {
-        this.store.updateMeta({ stage: "error", error: files, completed_at: now }, now);
-        log("DO", "discovery_failed", { batch_id: meta.batch_id, error: files });
+      // The manifest is streamed a page at a time from the stored cursor, as listing is below.
+      let cursor = parseManifestCursor(meta.discover_cursor);
+      for (let page = 0; page < MANIFEST_PAGES_PER_ALARM && typeof cursor !== "string"; page++) {
+        const result = await this.readManifest(store, meta, cursor);
+        if (typeof result === "string") {
+          cursor = result;
+          break;
+        }
+        cursor = result.cursor;
+        const next = cursor === null ? null : JSON.stringify(cursor);
+        this.store.transaction(() => {
+          this.store.insertFiles(result.files);
+          this.store.updateMeta({ discover_cursor: next, ...(next === null ? { stage: "plan", plan_cursor: 0 } : {}) }, Date.now());
+        });
+        if (cursor === null) {
+          log("DO", "discovered", { batch_id: meta.batch_id, source: "manifest", files: this.store.fileCount() });
+          return Date.now();
+        }
+      }
+      if (typeof cursor === "string") {
+        const now = Date.now();
+        this.store.updateMeta({ stage: "error", error: cursor, completed_at: now }, now);
+        log("DO", "discovery_failed", { batch_id: meta.batch_id, error: cursor });
         return null;
       }
-      for (let i = 0; i < files.length; i += 1000) {
-        this.store.transaction(() => this.store.insertFiles(files.slice(i, i + 1000)));
-      }
-      this.store.updateMeta({ stage: "plan", plan_cursor: 0 }, Date.now());
-      log("DO", "discovered", { batch_id: meta.batch_id, source: "manifest", files: files.length });
       return Date.now();
     }
     // Prefix listing continues across alarms from the stored cursor.
@@ -508,35 +526,27 @@ export class BatchDO extends DurableObject<Env> {
     return Date.now();
   }
 
-  /** The manifest's files, or a reason the batch cannot run. Storage outages throw (retried). */
-  private async readManifest(store: ObjectStore, meta: BatchMeta): Promise<FileEntry[] | string> {
-    const key = meta.manifest_key!;
-    const text = await store.getText(key);
-    if (text === null) return `manifest ${key} not found`;
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch (error) {
-      return `manifest ${key} is not valid JSON: ${errorMessage(error)}`;
-    }
-    const parsed = Manifest.safeParse(json);
-    if (!parsed.success) return `manifest ${key} is invalid: ${describeZodError(parsed.error)}`;
-    if (parsed.data.batch_id !== meta.batch_id) {
-      return `manifest ${key} is for batch ${parsed.data.batch_id}, not ${meta.batch_id}`;
-    }
-    return parsed.data.directories.flatMap((dir) =>
-      dir.files.map(({ r2_key, logical_path, file_name, file_size, content_type, ...rest }) => {
-        const name = file_name ?? fileName(r2_key);
-        return {
-          ...rest,
-          r2_key,
-          logical_path: logical_path ?? `${dir.directory_path.replace(/\/+$/, "")}/${name}`,
-          file_name: name,
-          file_size: file_size ?? 0,
-          content_type: content_type ?? guessContentType(r2_key),
-        };
-      }),
-    );
+  /** The next page of the manifest's files, or a reason the batch cannot run. Storage outages throw (retried). */
+  private async readManifest(
+    store: ObjectStore,
+    meta: BatchMeta,
+    cursor: ManifestCursor | null,
+  ): Promise<{ files: FileEntry[]; cursor: ManifestCursor | null } | string> {
+    const page = await readManifestPage(store, meta.manifest_key!, meta.batch_id, cursor, MANIFEST_PAGE_SIZE);
+    if (page.error !== undefined) return page.error;
+    const files = page.entries.map(({ file, directory_path }) => {
+      const { r2_key, logical_path, file_name, file_size, content_type, ...rest } = file;
+      const name = file_name ?? fileName(r2_key);
+      return {
+        ...rest,
+        r2_key,
+        logical_path: logical_path ?? `${directory_path.replace(/\/+$/, "")}/${name}`,
+        file_name: name,
+        file_size: file_size ?? 0,
+        content_type: content_type ?? guessContentType(r2_key),
+      };
+    });
+    return { files, cursor: page.cursor };
   }
 
   // ---- planning a phase's tasks -------------------------------------------------------------
