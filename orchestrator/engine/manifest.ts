@@ -121,7 +121,7 @@ export async function readManifestPage(
   try {
     reader.begin();
     for (;;) {
-      let chunk: ReadableStreamReadResult<Uint8Array>;
+      let chunk: Awaited<ReturnType<typeof body.read>>;
       try {
         chunk = await body.read();
       } catch (error) {
