@@ -161,6 +161,9 @@ class PageReader {
   private directory: DirectoryContext | null;
   private stopAt: ManifestCursor | null = null;
   private done = false;
+  /** The first bytes of the manifest, held until it is known whether they are a BOM; null after. */
+  private head: Uint8Array | null;
+  private bomBytes = 0;
   /** Absolute byte offset of the token being handled (for error messages). */
   lastOffset: number;
 
@@ -182,6 +185,7 @@ class PageReader {
     this.directory = cursor && cursor.at !== "directory" ? cursor.directory : null;
     this.sawFiles = cursor !== null && cursor.at !== "directory";
     this.lastOffset = cursor?.offset ?? 0;
+    this.head = cursor === null ? new Uint8Array(0) : null;
     this.tokenizer.onToken = (t) => this.token(t);
     this.parser.onValue = (v) => this.value(v);
   }
@@ -191,10 +195,30 @@ class PageReader {
   }
 
   write(chunk: Uint8Array): void {
-    this.tokenizer.write(chunk);
+    if (this.head === null) {
+      this.tokenizer.write(chunk);
+      return;
+    }
+    // The tokenizer skips a UTF-8 BOM without counting it in its offsets: drop it here and count it.
+    const head = new Uint8Array(this.head.byteLength + chunk.byteLength);
+    head.set(this.head);
+    head.set(chunk, this.head.byteLength);
+    const bom = [0xef, 0xbb, 0xbf];
+    if (head.byteLength < 3 && head.every((b, i) => b === bom[i])) {
+      this.head = head;
+      return;
+    }
+    this.head = null;
+    if (bom.every((b, i) => head[i] === b)) {
+      this.bomBytes = 3;
+      this.tokenizer.write(head.subarray(3));
+    } else {
+      this.tokenizer.write(head);
+    }
   }
 
   end(): ManifestPage {
+    if (this.head !== null) this.tokenizer.write(this.head);
     this.tokenizer.end();
     if (!this.done) throw new TokenizerError("the manifest ended before its closing brace");
     return { entries: this.entries, cursor: null };
@@ -219,7 +243,7 @@ class PageReader {
   }
 
   private absolute(offset: number): number {
-    return offset - this.prefixBytes + (this.cursor?.offset ?? 0);
+    return offset - this.prefixBytes + (this.cursor?.offset ?? this.bomBytes);
   }
 
   private token(t: ParsedTokenInfo): void {

@@ -73,6 +73,14 @@ describe("readManifestPage (R2 binding)", () => {
     expect(Math.max(...result.pages.map((p) => p.length))).toBe(1);
   });
 
+  it("a manifest that starts with a UTF-8 byte order mark resumes at the right bytes", async () => {
+    const { text } = shapedManifest("m-bom", 40);
+    await env.BUCKET.put("m-bom/manifest.json", `\uFEFF${text}`);
+    const result = await readAll(new ChunkedStore(r2(), 1), "m-bom/manifest.json", "m-bom", 17);
+    expect(result.error).toBeUndefined();
+    expect(result.pages.flat()).toEqual(wholeTextEntries(text));
+  });
+
   it("gives the reason for a manifest that cannot run, naming where", async () => {
     const put = async (key: string, body: string) => env.BUCKET.put(key, body);
     const read = async (key: string, batchId = "m-err") => (await readAll(new ChunkedStore(r2(), 64), key, batchId, 50)).error;
