@@ -15,9 +15,20 @@ export interface ObjectPage {
   cursor: string | null;
 }
 
+/** An object's bytes from an offset on, streamed, with what identifies the whole object. */
+export interface ObjectStream {
+  body: ReadableStream<Uint8Array>;
+  /** Size of the whole object, not of the range. */
+  size: number;
+  /** The whole object's ETag (unquoted): a resumed read checks it is still the same object. */
+  etag: string;
+}
+
 export interface ObjectStore {
   /** The object's text, or null when there is no such object. */
   getText(key: string): Promise<string | null>;
+  /** The object's bytes from `offset` to its end as a stream, or null when there is no such object. */
+  getStream(key: string, offset: number): Promise<ObjectStream | null>;
   list(prefix: string, cursor: string | null, limit: number): Promise<ObjectPage>;
   /** The object's size, or null when there is no such object. */
   head(key: string): Promise<{ size: number } | null>;
@@ -34,7 +45,10 @@ export class StorageError extends Error {
 
 /** The part of the R2 binding used here (structural, so Node code can import this file). */
 export interface R2BucketLike {
-  get(key: string): Promise<{ text(): Promise<string> } | null>;
+  get(
+    key: string,
+    options?: { range?: { offset: number } },
+  ): Promise<{ text(): Promise<string>; body: ReadableStream<Uint8Array>; size: number; etag: string } | null>;
   head(key: string): Promise<{ size: number } | null>;
   list(options: { prefix: string; limit: number; cursor?: string; include?: ("httpMetadata" | "customMetadata")[] }): Promise<
     | { objects: { key: string; size: number; httpMetadata?: { contentType?: string } }[]; truncated: true; cursor: string }
@@ -56,6 +70,11 @@ export class R2ObjectStore implements ObjectStore {
   async head(key: string): Promise<{ size: number } | null> {
     const object = await this.bucket.head(key);
     return object ? { size: object.size } : null;
+  }
+
+  async getStream(key: string, offset: number): Promise<ObjectStream | null> {
+    const object = await this.bucket.get(key, offset > 0 ? { range: { offset } } : undefined);
+    return object ? { body: object.body, size: object.size, etag: object.etag } : null;
   }
 
   async list(prefix: string, cursor: string | null, limit: number): Promise<ObjectPage> {
@@ -100,10 +119,10 @@ export class S3ObjectStore implements ObjectStore {
     this.base = `${opts.endpoint.replace(/\/+$/, "")}/${encodeURIComponent(opts.bucket)}`;
   }
 
-  private async send(url: string, method: "GET" | "HEAD" = "GET"): Promise<Response> {
+  private async send(url: string, headers?: Record<string, string>, method: "GET" | "HEAD" = "GET"): Promise<Response> {
     let res: Response;
     try {
-      res = await this.client.fetch(url, { method });
+      res = await this.client.fetch(url, { method, ...(headers ? { headers } : {}) });
     } catch (error) {
       throw new StorageError(`S3 request failed: ${error instanceof Error ? error.message : String(error)}`, true);
     }
@@ -111,7 +130,7 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async getText(key: string): Promise<string | null> {
-    const res = await this.send(`${this.base}/${key.split("/").map(encodeURIComponent).join("/")}`);
+    const res = await this.send(this.objectUrl(key));
     if (res.status === 404) {
       await res.body?.cancel();
       return null;
@@ -121,11 +140,38 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async head(key: string): Promise<{ size: number } | null> {
-    const res = await this.send(`${this.base}/${key.split("/").map(encodeURIComponent).join("/")}`, "HEAD");
+    const res = await this.send(this.objectUrl(key), undefined, "HEAD");
     await res.body?.cancel();
     if (res.status === 404) return null;
     if (!res.ok) throw new StorageError(`S3 HEAD ${key} answered ${res.status}`, res.status >= 500 || res.status === 429);
     return { size: Number(res.headers.get("content-length") ?? 0) };
+  }
+
+  async getStream(key: string, offset: number): Promise<ObjectStream | null> {
+    const res = await this.send(this.objectUrl(key), offset > 0 ? { range: `bytes=${offset}-` } : undefined);
+    if (res.status === 404) {
+      await res.body?.cancel();
+      return null;
+    }
+    const etag = (res.headers.get("etag") ?? "").replace(/^(W\/)?"|"$/g, "");
+    if (res.status === 416) {
+      // Nothing at or after offset: the whole size is in `Content-Range: bytes */size`.
+      await res.body?.cancel();
+      const size = Number(res.headers.get("content-range")?.match(/\/(\d+)$/)?.[1] ?? offset);
+      return { body: new ReadableStream({ start: (c) => c.close() }), size, etag };
+    }
+    if (!res.ok) throw await this.failure(res, `GET ${key}`);
+    if (offset > 0 && res.status !== 206) {
+      await res.body?.cancel();
+      throw new StorageError(`S3 GET ${key} ignored the range bytes=${offset}- (answered ${res.status})`, false);
+    }
+    const range = res.headers.get("content-range")?.match(/\/(\d+)$/);
+    const size = range ? Number(range[1]) : Number(res.headers.get("content-length") ?? 0);
+    return { body: res.body ?? new ReadableStream({ start: (c) => c.close() }), size, etag };
+  }
+
+  private objectUrl(key: string): string {
+    return `${this.base}/${key.split("/").map(encodeURIComponent).join("/")}`;
   }
 
   async list(prefix: string, cursor: string | null, limit: number): Promise<ObjectPage> {

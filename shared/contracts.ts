@@ -53,15 +53,16 @@ export const ManifestFile = z.looseObject({
 });
 export type ManifestFile = z.infer<typeof ManifestFile>;
 
+/** A directory's fields other than its files (a streamed reader checks them apart from the files). */
+export const ManifestDirectoryHeader = z.looseObject({
+  directory_path: z.string(),
+  processing_config: z.unknown().optional(),
+});
+export const ManifestDirectory = ManifestDirectoryHeader.extend({ files: z.array(ManifestFile) });
+
 export const Manifest = z.looseObject({
   batch_id: BatchId,
-  directories: z.array(
-    z.looseObject({
-      directory_path: z.string(),
-      processing_config: z.unknown().optional(),
-      files: z.array(ManifestFile),
-    }),
-  ),
+  directories: z.array(ManifestDirectory),
 });
 export type Manifest = z.infer<typeof Manifest>;
 

@@ -1,10 +1,12 @@
 // Discovery: the batch's file list, from its manifest or by listing its prefix, page by page
 // across alarms with a cursor. Only keys under the roots the batch may touch are taken.
-import { describeZodError, type FileEntry, Manifest } from "../../shared/contracts.ts";
+import type { FileEntry } from "../../shared/contracts.ts";
 import { fileName } from "../../shared/keys.ts";
-import { errorMessage, log } from "../log.ts";
+import { log } from "../log.ts";
+import type { ObjectStore } from "../storage.ts";
 import type { BatchMeta } from "../store.ts";
 import type { Engine } from "./context.ts";
+import { MANIFEST_PAGE_SIZE, MANIFEST_PAGES_PER_ALARM, type ManifestCursor, parseManifestCursor, readManifestPage } from "./manifest.ts";
 
 const LIST_PAGES_PER_ALARM = 20;
 const LIST_PAGE_SIZE = 1000;
@@ -29,17 +31,30 @@ export async function discover(e: Engine, meta: BatchMeta): Promise<number | nul
   const store = e.objects();
   const now = Date.now();
   if (meta.manifest_key !== null) {
-    const files = await readManifest(e, meta);
-    if (typeof files === "string") {
-      e.store.updateMeta({ stage: "error", error: files, completed_at: now }, now);
-      log("DO", "discovery_failed", { batch_id: meta.batch_id, error: files });
+    // The manifest is streamed a page at a time from the stored cursor, as listing is below.
+    let cursor = parseManifestCursor(meta.discover_cursor);
+    for (let page = 0; page < MANIFEST_PAGES_PER_ALARM && typeof cursor !== "string"; page++) {
+      const result = await manifestPage(store, meta, cursor);
+      if (typeof result === "string") {
+        cursor = result;
+        break;
+      }
+      cursor = result.cursor;
+      const next = cursor === null ? null : JSON.stringify(cursor);
+      e.store.transaction(() => {
+        e.store.insertFiles(result.files);
+        e.store.updateMeta({ discover_cursor: next, ...(next === null ? { stage: "plan", plan_cursor: 0 } : {}) }, Date.now());
+      });
+      if (cursor === null) {
+        log("DO", "discovered", { batch_id: meta.batch_id, source: "manifest", files: e.store.fileCount() });
+        return Date.now();
+      }
+    }
+    if (typeof cursor === "string") {
+      e.store.updateMeta({ stage: "error", error: cursor, completed_at: now }, now);
+      log("DO", "discovery_failed", { batch_id: meta.batch_id, error: cursor });
       return null;
     }
-    for (let i = 0; i < files.length; i += 1000) {
-      e.store.transaction(() => e.store.insertFiles(files.slice(i, i + 1000)));
-    }
-    e.store.updateMeta({ stage: "plan", plan_cursor: 0 }, Date.now());
-    log("DO", "discovered", { batch_id: meta.batch_id, source: "manifest", files: files.length });
     return Date.now();
   }
   // Prefix listing continues across alarms from the stored cursor.
@@ -69,36 +84,29 @@ export async function discover(e: Engine, meta: BatchMeta): Promise<number | nul
   return Date.now();
 }
 
-/** The manifest's files, or a reason the batch cannot run. Storage outages throw (retried). */
-async function readManifest(e: Engine, meta: BatchMeta): Promise<FileEntry[] | string> {
-  const key = meta.manifest_key!;
-  const text = await e.objects().getText(key);
-  if (text === null) return `manifest ${key} not found`;
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (error) {
-    return `manifest ${key} is not valid JSON: ${errorMessage(error)}`;
-  }
-  const parsed = Manifest.safeParse(json);
-  if (!parsed.success) return `manifest ${key} is invalid: ${describeZodError(parsed.error)}`;
-  if (parsed.data.batch_id !== meta.batch_id) {
-    return `manifest ${key} is for batch ${parsed.data.batch_id}, not ${meta.batch_id}`;
-  }
-  return parsed.data.directories.flatMap((dir) =>
-    dir.files.map(({ r2_key, logical_path, file_name, file_size, content_type, ...rest }) => {
-      const name = file_name ?? fileName(r2_key);
-      return {
-        ...rest,
-        r2_key,
-        logical_path: logical_path ?? `${dir.directory_path.replace(/\/+$/, "")}/${name}`,
-        file_name: name,
-        file_size: file_size ?? 0,
-        content_type: content_type ?? guessContentType(r2_key),
-        ...(dir.processing_config !== undefined ? { processing_config: dir.processing_config } : {}),
-      };
-    }),
-  );
+/** The next page of the manifest's files, or a reason the batch cannot run. Storage outages throw (retried). */
+async function manifestPage(
+  store: ObjectStore,
+  meta: BatchMeta,
+  cursor: ManifestCursor | null,
+): Promise<{ files: FileEntry[]; cursor: ManifestCursor | null } | string> {
+  const page = await readManifestPage(store, meta.manifest_key!, meta.batch_id, cursor, MANIFEST_PAGE_SIZE);
+  if (page.error !== undefined) return page.error;
+  const files = page.entries.map(({ file, directory_path, processing_config }) => {
+    const { r2_key, logical_path, file_name, file_size, content_type, ...rest } = file;
+    const name = file_name ?? fileName(r2_key);
+    return {
+      ...rest,
+      r2_key,
+      logical_path: logical_path ?? `${directory_path.replace(/\/+$/, "")}/${name}`,
+      file_name: name,
+      file_size: file_size ?? 0,
+      content_type: content_type ?? guessContentType(r2_key),
+      // Carried with the file for its phases (never sent downstream).
+      ...(processing_config !== undefined ? { processing_config } : {}),
+    };
+  });
+  return { files, cursor: page.cursor };
 }
 
 const CONTENT_TYPES: Record<string, string> = {

@@ -3,7 +3,9 @@
 import { PutObjectCommand } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startLocalS3, type LocalS3 } from "../../local/s3.ts";
+import { readManifestPage, type ManifestCursor, type ManifestEntry } from "../../orchestrator/engine/manifest.ts";
 import { S3ObjectStore, StorageError } from "../../orchestrator/storage.ts";
+import { ChunkedStore, shapedManifest, wholeTextEntries } from "../workers/support/manifest-fixture.ts";
 import { localS3Client } from "./support/s3.ts";
 
 let s3: LocalS3;
@@ -22,6 +24,8 @@ beforeAll(async () => {
     await Promise.all(keys.slice(i, i + 100).map((Key) => client.send(new PutObjectCommand({ Bucket: "archive", Key, Body: "II*\0" }))));
   }
   await client.send(new PutObjectCommand({ Bucket: "archive", Key: "manifests/b1.json", Body: '{"batch_id":"b1"}' }));
+  await client.send(new PutObjectCommand({ Bucket: "archive", Key: "ranged/obj.txt", Body: "0123456789é" }));
+  await client.send(new PutObjectCommand({ Bucket: "archive", Key: "manifests/shaped.json", Body: shapedManifest("s3-shaped", 300).text }));
 });
 afterAll(async () => {
   await s3?.stop();
@@ -46,6 +50,39 @@ describe("S3ObjectStore", () => {
   it("reads an object's text, and answers null for a missing one", async () => {
     expect(await store.getText("manifests/b1.json")).toBe('{"batch_id":"b1"}');
     expect(await store.getText("manifests/none.json")).toBeNull();
+  });
+
+  it("streams an object from a byte offset (Range: bytes=N-) with the whole size and ETag; null when missing", async () => {
+    const whole = await store.getStream("ranged/obj.txt", 0);
+    expect(whole).toMatchObject({ size: 12 });
+    expect(await new Response(whole!.body).text()).toBe("0123456789é");
+    const tail = await store.getStream("ranged/obj.txt", 7);
+    expect(tail).toMatchObject({ size: 12, etag: whole!.etag });
+    expect(whole!.etag).toMatch(/^[^"]+$/);
+    expect(await new Response(tail!.body).text()).toBe("789é");
+    const past = await store.getStream("ranged/obj.txt", 12);
+    expect(past).toMatchObject({ size: 12 });
+    expect(await new Response(past!.body).text()).toBe("");
+    expect(await store.getStream("ranged/none.txt", 3)).toBeNull();
+  });
+
+  it("reads a manifest page by page through ranged reads, as the whole-text read does", async () => {
+    const chunked = new ChunkedStore(store, 13);
+    const entries: ManifestEntry[] = [];
+    let cursor: ManifestCursor | null = null;
+    let pages = 0;
+    do {
+      const page = await readManifestPage(chunked, "manifests/shaped.json", "s3-shaped", cursor, 211);
+      if (page.error !== undefined) throw new Error(page.error);
+      expect(page.entries.length).toBeLessThanOrEqual(211);
+      entries.push(...page.entries);
+      cursor = page.cursor === null ? null : (JSON.parse(JSON.stringify(page.cursor)) as ManifestCursor);
+      pages++;
+    } while (cursor !== null);
+    const text = (await store.getText("manifests/shaped.json"))!;
+    expect(entries).toEqual(wholeTextEntries(text));
+    expect(pages).toBeGreaterThanOrEqual(Math.ceil(1500 / 211));
+    expect(chunked.reads.slice(1).every((r) => r.offset > 0)).toBe(true);
   });
 
   it("a missing bucket is a final StorageError naming the status", async () => {

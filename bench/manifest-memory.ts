@@ -1,0 +1,167 @@
+// Memory and responsiveness of manifest discovery at 300,000 entries (issue 13 point 3): starts
+// the local stack (wrangler dev + local S3 + Fly emulator), uploads a generated manifest, submits
+// it, samples workerd's RSS every 100 ms and times GET /status every 250 ms until the batch is
+// DONE. The files are not TIFFs, so no task is planned and no machine is created.
+//   node bench/manifest-memory.ts            (MANIFEST_ENTRIES=300000 by default)
+// Targets: RSS growth < 64 MB, every /status answer < 1 s.
+import { readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { Upload } from "@aws-sdk/lib-storage";
+import { startStack, type Stack } from "../local/stack.ts";
+import { localS3Client } from "../test/node/support/s3.ts";
+
+const ENTRIES = Number(process.env.MANIFEST_ENTRIES ?? 300_000);
+const PER_DIRECTORY = 10_000;
+const BATCH_ID = `mem-${Date.now()}`;
+const MANIFEST_KEY = `${BATCH_ID}/manifest.json`;
+const TIMEOUT_MS = Number(process.env.MANIFEST_BENCH_TIMEOUT_MS ?? 20 * 60_000);
+const MB = 1024 * 1024;
+
+/** A manifest shaped like the ingest pipeline's: ~135 bytes per entry, 40 MB at 300,000. */
+function manifestText(): string {
+  const parts: string[] = [`{"batch_id":${JSON.stringify(BATCH_ID)},"directories":[`];
+  for (let d = 0; d * PER_DIRECTORY < ENTRIES; d++) {
+    if (d > 0) parts.push(",");
+    parts.push(`{"directory_path":"/scans/box-${d}","processing_config":{"ocr":true,"dpi":600},"files":[`);
+    const n = Math.min(PER_DIRECTORY, ENTRIES - d * PER_DIRECTORY);
+    for (let i = 0; i < n; i++) {
+      const name = `page-${String(i).padStart(6, "0")}.txt`;
+      const entry = {
+        r2_key: `${BATCH_ID}/box-${d}/${name}`,
+        logical_path: `/scans/box-${d}/${name}`,
+        file_name: name,
+        file_size: 1000 + i,
+        content_type: "text/plain",
+        cid: `bafy${String(d * PER_DIRECTORY + i).padStart(10, "0")}`,
+      };
+      parts.push(i > 0 ? `,${JSON.stringify(entry)}` : JSON.stringify(entry));
+    }
+    parts.push("]}");
+  }
+  parts.push("]}");
+  return parts.join("");
+}
+
+/** workerd processes started below this process (wrangler dev's children), not other users'. */
+function ourWorkerdPids(): number[] {
+  const parent = new Map<number, number>();
+  const names = new Map<number, string>();
+  for (const entry of readdirSync("/proc")) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const close = stat.lastIndexOf(")");
+      names.set(pid, stat.slice(stat.indexOf("(") + 1, close));
+      parent.set(pid, Number(stat.slice(close + 2).split(" ")[1]));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const ours = (pid: number): boolean => {
+    for (let p = parent.get(pid); p !== undefined && p > 1; p = parent.get(p)) if (p === process.pid) return true;
+    return false;
+  };
+  return [...names].filter(([pid, name]) => name === "workerd" && ours(pid)).map(([pid]) => pid);
+}
+
+function rssBytes(pids: number[]): number {
+  let total = 0;
+  for (const pid of pids) {
+    try {
+      const m = readFileSync(`/proc/${pid}/status`, "utf8").match(/^VmRSS:\s+(\d+) kB/m);
+      if (m) total += Number(m[1]) * 1024;
+    } catch {
+      // gone
+    }
+  }
+  return total;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function main(): Promise<void> {
+  const t0 = performance.now();
+  const text = manifestText();
+  const bytes = Buffer.byteLength(text);
+  console.log(`manifest: ${ENTRIES.toLocaleString("en")} entries, ${(bytes / MB).toFixed(1)} MB`);
+
+  let stack: Stack | undefined;
+  try {
+    stack = await startStack({
+      stateDir: join(process.cwd(), ".local", "bench-manifest"),
+      fresh: true,
+      vars: { MAX_CONCURRENT_MACHINES: "1" },
+    });
+    const s3 = localS3Client(stack.s3.endpoint);
+    await new Upload({ client: s3, params: { Bucket: stack.bucket, Key: MANIFEST_KEY, Body: Buffer.from(text), ContentType: "application/json" }, partSize: 8 * MB }).done();
+
+    const pids = ourWorkerdPids();
+    if (pids.length === 0) throw new Error("found no workerd process under this one");
+    // Warm up: the Worker and a Durable Object class loaded, as they would be in service.
+    for (let i = 0; i < 5; i++) await (await fetch(`${stack.orchestratorUrl}/status/warm-up-${i}`)).body?.cancel();
+    await sleep(2000);
+    const baseline = rssBytes(pids);
+    console.log(`workerd pids ${pids.join(",")}: RSS at rest ${(baseline / MB).toFixed(1)} MB`);
+
+    let peak = baseline;
+    let discoveryPeak = baseline;
+    let discovering = true;
+    const sampler = setInterval(() => {
+      const rss = rssBytes(pids);
+      peak = Math.max(peak, rss);
+      if (discovering) discoveryPeak = Math.max(discoveryPeak, rss);
+    }, 100);
+
+    const submitted = performance.now();
+    const res = await fetch(`${stack.orchestratorUrl}/admin/batches`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${stack.adminToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ batch_id: BATCH_ID, manifest_r2_key: MANIFEST_KEY }),
+    });
+    if (res.status !== 202) throw new Error(`submit answered ${res.status}: ${await res.text()}`);
+
+    const latencies: number[] = [];
+    let slowest = { ms: 0, at: 0 };
+    let last: { status: string; stage?: string; files_total?: number; error?: string | null } | undefined;
+    let discoveredAt: number | undefined;
+    while (performance.now() - submitted < TIMEOUT_MS) {
+      const start = performance.now();
+      const r = await fetch(`${stack.orchestratorUrl}/status/${BATCH_ID}`);
+      const body = (await r.json().catch(() => ({}))) as typeof last;
+      const ms = performance.now() - start;
+      if (r.status === 200) {
+        latencies.push(ms);
+        if (ms > slowest.ms) slowest = { ms, at: (start - submitted) / 1000 };
+        last = body;
+        if (discovering && last?.stage && last.stage !== "discover") {
+          discovering = false;
+          discoveredAt = (performance.now() - submitted) / 1000;
+        }
+        if (last?.status === "DONE" || last?.status === "ERROR") break;
+      }
+      await sleep(Math.max(0, 250 - ms));
+    }
+    clearInterval(sampler);
+    if (last?.status !== "DONE") throw new Error(`batch did not finish: ${JSON.stringify(last)}`);
+
+    latencies.sort((a, b) => a - b);
+    const p = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))];
+    const growth = (discoveryPeak - baseline) / MB;
+    console.log(`files discovered: ${last.files_total?.toLocaleString("en")} in ${discoveredAt?.toFixed(1)} s; batch DONE in ${((performance.now() - submitted) / 1000).toFixed(1)} s`);
+    console.log(`workerd RSS: at rest ${(baseline / MB).toFixed(1)} MB, peak during discovery ${(discoveryPeak / MB).toFixed(1)} MB, peak to DONE ${(peak / MB).toFixed(1)} MB`);
+    console.log(`peak RSS growth during discovery: ${growth.toFixed(1)} MB (target < 64 MB) ${growth < 64 ? "OK" : "OVER"}`);
+    console.log(`peak RSS growth to DONE: ${((peak - baseline) / MB).toFixed(1)} MB`);
+    console.log(
+      `GET /status: ${latencies.length} answers, p50 ${p(0.5).toFixed(0)} ms, p99 ${p(0.99).toFixed(0)} ms, slowest ${slowest.ms.toFixed(0)} ms at ${slowest.at.toFixed(1)} s (target < 1000 ms) ${slowest.ms < 1000 ? "OK" : "OVER"}`,
+    );
+    console.log(`wall ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+  } finally {
+    await stack?.stop();
+  }
+}
+
+main().catch((error: unknown) => {
+  console.error(error instanceof Error ? (error.stack ?? error.message) : String(error));
+  process.exit(1);
+});

@@ -1,0 +1,207 @@
+// The streamed manifest reader against the real R2 binding in workerd: page by page from a
+// cursor that goes through JSON as it does through the batch's meta, and discovery in the DO.
+import { env } from "cloudflare:workers";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import {
+  MANIFEST_PAGE_SIZE,
+  MANIFEST_PAGES_PER_ALARM,
+  type ManifestCursor,
+  type ManifestEntry,
+  parseManifestCursor,
+  readManifestPage,
+} from "../../orchestrator/engine/manifest.ts";
+import { R2ObjectStore } from "../../orchestrator/storage.ts";
+import { fileName } from "../../shared/keys.ts";
+import { installWorld, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
+import { ChunkedStore, shapedManifest, wholeTextEntries } from "./support/manifest-fixture.ts";
+
+const r2 = () => new R2ObjectStore(env.BUCKET);
+
+/** Reads the whole manifest a page at a time, each page from a fresh reader and a JSON-stored cursor. */
+async function readAll(store: ChunkedStore, key: string, batchId: string, limit: number) {
+  const pages: ManifestEntry[][] = [];
+  const cursors: ManifestCursor[] = [];
+  let stored: string | null = null;
+  for (;;) {
+    const cursor = parseManifestCursor(stored);
+    if (typeof cursor === "string") throw new Error(cursor);
+    const page = await readManifestPage(store, key, batchId, cursor, limit);
+    if (page.error !== undefined) return { error: page.error, pages, cursors };
+    pages.push(page.entries);
+    if (page.cursor === null) return { pages, cursors };
+    cursors.push(page.cursor);
+    stored = JSON.stringify(page.cursor);
+    if (pages.length > 10_000) throw new Error(`no end after ${pages.length} pages; last cursor ${stored}`);
+  }
+}
+
+describe("readManifestPage (R2 binding)", () => {
+  it("pages through a manifest in 7-byte chunks and gives exactly what the whole-text read gave", async () => {
+    const { text, files } = shapedManifest("m-shapes", 500);
+    await env.BUCKET.put("m-shapes/manifest.json", text);
+    const store = new ChunkedStore(r2(), 7);
+    const limit = 97;
+    const result = await readAll(store, "m-shapes/manifest.json", "m-shapes", limit);
+    expect(result.error).toBeUndefined();
+    const entries = result.pages.flat();
+    expect(entries).toHaveLength(files);
+    expect(entries).toEqual(wholeTextEntries(text));
+    // Unknown fields and the directory context come through.
+    expect(entries[3].file).toMatchObject({ checksum: { parts: [1, 2.5, -300, true, null] } });
+    expect(entries.find((e) => e.directory === 1)).toMatchObject({ directory_path: "/d1", processing_config: { ocr: false } });
+    expect(entries.find((e) => e.directory === 2)).toMatchObject({ directory_path: "/d2", processing_config: { late: true } });
+    expect(entries.find((e) => e.directory === 4)).toMatchObject({ processing_config: "fast" });
+    // Never more than a page held; each page resumed where the last stopped, never from the start.
+    expect(Math.max(...result.pages.map((p) => p.length))).toBeLessThanOrEqual(limit);
+    expect(result.pages.length).toBeGreaterThanOrEqual(Math.ceil(files / limit));
+    const size = new TextEncoder().encode(text).byteLength;
+    expect(store.reads[0].offset).toBe(0);
+    for (const read of store.reads.slice(1)) expect(read.offset).toBeGreaterThan(0);
+    // Each read stops soon after its page: together they pull the manifest once, plus directories 1,
+    // 2 and 5 (a fifth each) a second time: their header is not all known when their files start.
+    const pulled = store.reads.reduce((sum, r) => sum + r.bytes, 0);
+    expect(pulled).toBeLessThan(size * 1.65 + store.reads.length * 2 * 7);
+    expect(Math.max(...result.cursors.map((c) => JSON.stringify(c).length))).toBeLessThan(400);
+  });
+
+  it("a page of one entry still makes progress, and whitespace-free JSON reads the same", async () => {
+    const { text } = shapedManifest("m-tiny", 9);
+    const compact = JSON.stringify(JSON.parse(text));
+    await env.BUCKET.put("m-tiny/manifest.json", compact);
+    const result = await readAll(new ChunkedStore(r2(), 1), "m-tiny/manifest.json", "m-tiny", 1);
+    expect(result.pages.flat()).toEqual(wholeTextEntries(compact));
+    expect(Math.max(...result.pages.map((p) => p.length))).toBe(1);
+  });
+
+  it("a manifest that starts with a UTF-8 byte order mark resumes at the right bytes", async () => {
+    const { text } = shapedManifest("m-bom", 40);
+    await env.BUCKET.put("m-bom/manifest.json", `\uFEFF${text}`);
+    const result = await readAll(new ChunkedStore(r2(), 1), "m-bom/manifest.json", "m-bom", 17);
+    expect(result.error).toBeUndefined();
+    expect(result.pages.flat()).toEqual(wholeTextEntries(text));
+  });
+
+  it("gives the reason for a manifest that cannot run, naming where", async () => {
+    const put = async (key: string, body: string) => env.BUCKET.put(key, body);
+    const read = async (key: string, batchId = "m-err") => (await readAll(new ChunkedStore(r2(), 64), key, batchId, 50)).error;
+    const good = JSON.parse(shapedManifest("m-err", 120).text) as { batch_id: string; directories: { files: Record<string, unknown>[] }[] };
+
+    expect(await read("m-err/none.json")).toBe("manifest m-err/none.json not found");
+    await put("m-err/notjson.json", "{oops");
+    expect(await read("m-err/notjson.json")).toMatch(/^manifest m-err\/notjson.json is not valid JSON: /);
+
+    // Broken well after the first page: the pages before it were read, then the reason.
+    const text = JSON.stringify(good);
+    await put("m-err/truncated.json", text.slice(0, Math.floor(text.length * 0.8)));
+    expect(await read("m-err/truncated.json")).toMatch(/^manifest m-err\/truncated.json is not valid JSON: /);
+    await put("m-err/garbage.json", text.replace('"scan-101.tif"', '"scan-101.tif" oops'));
+    expect(await read("m-err/garbage.json")).toMatch(/is not valid JSON: .*near byte \d+/);
+
+    const bad = structuredClone(good);
+    bad.directories[2].files[117] = { r2_key: "", file_size: -1 };
+    await put("m-err/bad-entry.json", JSON.stringify(bad));
+    expect(await read("m-err/bad-entry.json")).toBe(
+      "manifest m-err/bad-entry.json is invalid: directories.2.files.117.r2_key: an object key must not be empty; directories.2.files.117.file_size: Too small: expected number to be >=0",
+    );
+
+    await put("m-err/other.json", JSON.stringify({ ...good, batch_id: "someone-else" }));
+    expect(await read("m-err/other.json")).toBe("manifest m-err/other.json is for batch someone-else, not m-err");
+    // batch_id after the directories: still checked, when it comes.
+    const { batch_id: _ignored, ...rest } = { ...good, batch_id: "late-one" };
+    await put("m-err/late-id.json", JSON.stringify({ ...rest, batch_id: "late-one" }));
+    expect(await read("m-err/late-id.json")).toBe("manifest m-err/late-id.json is for batch late-one, not m-err");
+    await put("m-err/no-id.json", JSON.stringify(rest));
+    expect(await read("m-err/no-id.json")).toMatch(/^manifest m-err\/no-id.json is invalid: batch_id: /);
+
+    await put("m-err/no-path.json", JSON.stringify({ batch_id: "m-err", directories: [{ files: [{ r2_key: "a.tif" }] }] }));
+    expect(await read("m-err/no-path.json")).toMatch(/is invalid: directories.0.directory_path: /);
+    await put("m-err/dirs-object.json", JSON.stringify({ batch_id: "m-err", directories: { a: 1 } }));
+    expect(await read("m-err/dirs-object.json")).toMatch(/is invalid: directories: .*expected array/);
+    await put("m-err/files-string.json", JSON.stringify({ batch_id: "m-err", directories: [{ directory_path: "/", files: "x" }] }));
+    expect(await read("m-err/files-string.json")).toMatch(/is invalid: directories.0.files: .*expected array/);
+    await put("m-err/no-dirs.json", JSON.stringify({ batch_id: "m-err" }));
+    expect(await read("m-err/no-dirs.json")).toMatch(/is invalid: directories: /);
+  });
+
+  it("a manifest replaced while it is being read is refused, not mixed", async () => {
+    await env.BUCKET.put("m-swap/manifest.json", shapedManifest("m-swap", 100).text);
+    const store = r2();
+    const first = await readManifestPage(store, "m-swap/manifest.json", "m-swap", null, 50);
+    if (first.error !== undefined || first.cursor === null) throw new Error(`first page: ${JSON.stringify(first)}`);
+    await env.BUCKET.put("m-swap/manifest.json", shapedManifest("m-swap", 101).text);
+    const second = await readManifestPage(store, "m-swap/manifest.json", "m-swap", first.cursor, 50);
+    expect(second.error).toMatch(/^manifest m-swap\/manifest.json changed while it was being read/);
+  });
+});
+
+describe("R2ObjectStore.getStream", () => {
+  it("streams from an offset, with the whole object's size and ETag; null when missing", async () => {
+    const put = await env.BUCKET.put("m-range/obj.txt", "0123456789é");
+    const store = r2();
+    const whole = await store.getStream("m-range/obj.txt", 0);
+    expect(await new Response(whole!.body).text()).toBe("0123456789é");
+    const tail = await store.getStream("m-range/obj.txt", 7);
+    expect(tail).toMatchObject({ size: 12, etag: put!.etag });
+    expect(await new Response(tail!.body).text()).toBe("789é");
+    expect(await store.getStream("m-range/none.txt", 3)).toBeNull();
+  });
+});
+
+describe("discovery from a manifest in the DO", () => {
+  let world: World;
+  beforeEach(() => {
+    world = installWorld();
+    world.runner.behaviour = () => "hang";
+  });
+  afterEach(async () => {
+    await world.restore();
+  });
+
+  it("stores the same file rows as the whole-text path, across several alarms", async () => {
+    // More entries than one alarm's pages, so discovery resumes from the stored cursor.
+    const perDir = Math.ceil((MANIFEST_PAGE_SIZE * MANIFEST_PAGES_PER_ALARM * 1.2) / 5);
+    const { text, files } = shapedManifest("m-do", perDir);
+    await env.BUCKET.put("m-do/manifest.json", text);
+    await stub("m-do").start({ batch_id: "m-do", manifest_r2_key: "m-do/manifest.json" });
+    const s = await waitForStatus("m-do", (x) => x.stage !== "discover" || x.status === "ERROR", 120_000);
+    expect(s.error).toBeNull();
+    expect(s.files_total).toBe(files);
+    const rows = await withStore("m-do", (_s, sql) =>
+      sql
+        .exec<{ r2_key: string; logical_path: string; file_name: string; file_size: number; content_type: string; cid: string | null; extra_json: string | null }>(
+          "SELECT r2_key, logical_path, file_name, file_size, content_type, cid, extra_json FROM files ORDER BY id",
+        )
+        .toArray(),
+    );
+    // The old readManifest's mapping (plus the directory's processing_config, kept for the phases), then the store's columns.
+    const expected = wholeTextEntries(text).map(({ file, directory_path, processing_config }) => {
+      const { r2_key, logical_path, file_name, file_size, content_type, cid, ...rest } = file;
+      const extra = { ...rest, ...(processing_config !== undefined ? { processing_config } : {}) };
+      const name = file_name ?? fileName(r2_key);
+      return {
+        r2_key,
+        logical_path: logical_path ?? `${directory_path.replace(/\/+$/, "")}/${name}`,
+        file_name: name,
+        file_size: file_size ?? 0,
+        content_type: content_type ?? "image/tiff",
+        cid: cid ?? null,
+        extra_json: Object.keys(extra).length > 0 ? JSON.stringify(extra) : null,
+      };
+    });
+    expect(rows.length).toBe(expected.length);
+    expect(rows).toEqual(expected);
+    const meta = await withStore("m-do", (store) => store.getMeta());
+    expect(meta?.discover_cursor).toBeNull();
+  });
+
+  it("puts the batch in ERROR with the reason when an entry after the first page is bad", async () => {
+    const good = JSON.parse(shapedManifest("m-do-bad", MANIFEST_PAGE_SIZE).text) as { directories: { files: unknown[] }[] };
+    good.directories[2].files[MANIFEST_PAGE_SIZE - 3] = { r2_key: 42 };
+    await env.BUCKET.put("m-do-bad/manifest.json", JSON.stringify(good));
+    await stub("m-do-bad").start({ batch_id: "m-do-bad", manifest_r2_key: "m-do-bad/manifest.json" });
+    const s = await waitForStatus("m-do-bad", (x) => x.status === "ERROR", 60_000);
+    expect(s.error).toBe(
+      `manifest m-do-bad/manifest.json is invalid: directories.2.files.${MANIFEST_PAGE_SIZE - 3}.r2_key: Invalid input: expected string, received number`,
+    );
+  });
+});
