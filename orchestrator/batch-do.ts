@@ -6,14 +6,14 @@ import type { LeaseResponse, QueueMessage } from "../shared/contracts.ts";
 import { backoffMs } from "../shared/backoff.ts";
 import { type Config, loadConfig } from "./config.ts";
 import { attemptExpiry } from "./engine/access.ts";
-import { apiStatus, type Engine, makeEngine } from "./engine/context.ts";
+import { apiStatus, type Engine, isFinished, makeEngine } from "./engine/context.ts";
 import { discover, outsideRoots } from "./engine/discovery.ts";
 import { finalise } from "./engine/finalise.ts";
-import { destroyOrphans, retireAll } from "./engine/machines.ts";
+import { destroyOrphans } from "./engine/machines.ts";
 import { type CallbackReply, type ReserveReply, reserveOutputs, settleCallback } from "./engine/outcomes.ts";
 import { plan } from "./engine/planning.ts";
 import { heartbeat, lease } from "./engine/pool.ts";
-import { run } from "./engine/run.ts";
+import { run, stopBatch } from "./engine/run.ts";
 import * as views from "./engine/views.ts";
 import { errorMessage, log, logError } from "./log.ts";
 import { FIRST_PHASE, getPhase } from "./phases/index.ts";
@@ -76,6 +76,10 @@ export class BatchDO extends DurableObject<Env> {
       now,
     });
     if (message.pool ?? this.config.POOL_MODE) this.store.updateMeta({ pool: 1, pool_slots: message.pool_tasks_per_machine ?? 0 }, now);
+    this.store.updateMeta(
+      { tolerated_failure_percentage: message.tolerated_failure_percentage ?? null, tolerated_failure_count: message.tolerated_failure_count ?? null },
+      now,
+    );
     await this.ctx.storage.setAlarm(now);
     log("DO", "batch_started", { batch_id: message.batch_id, phase: phase.name });
     return { created: true, status: phase.name };
@@ -150,10 +154,10 @@ export class BatchDO extends DurableObject<Env> {
   > {
     const meta = this.store.getMeta();
     if (!meta) return { ok: false, code: 404, error: "unknown batch" };
-    if (meta.stage === "done") return { ok: false, code: 409, error: "batch is DONE; there is nothing to reset" };
+    if (meta.stage === "done" || meta.stage === "failed") return { ok: false, code: 409, error: `batch is ${apiStatus(meta)}; there is nothing to reset` };
     const e = this.engine();
     const now = Date.now();
-    const failed = this.stop(e, meta, "reset by admin", "batch reset by admin", now);
+    const failed = stopBatch(e, meta, "error", "reset by admin", "batch reset by admin", now);
     await this.ctx.storage.deleteAlarm();
     // Machines whose create outcome was never learned are found by their metadata.
     try {
@@ -170,14 +174,40 @@ export class BatchDO extends DurableObject<Env> {
     return { ok: true, batch_id: meta.batch_id, status: "ERROR", tasks_failed: failed, machines_destroyed: destroyed, machines_pending: pending };
   }
 
-  /** Ends the batch in ERROR: every machine retired (destroyed), every open task failed. */
-  private stop(e: Engine, meta: BatchMeta, error: string, taskReason: string, now: number): number {
-    return this.store.transaction(() => {
-      retireAll(e, error, now);
-      const n = this.store.failOpenTasks(taskReason, now);
-      this.store.updateMeta({ stage: "error", error, completed_at: meta.completed_at ?? now }, now);
-      return n;
+
+  // ---- RPC: redrive -------------------------------------------------------------------------
+
+  /**
+   * Re-runs only the FAILED tasks of a finished batch (DONE with failures, FAILED, or ERROR after a
+   * reset): their attempts continue (history kept, numbers rising), each with a fresh retry budget;
+   * the final file list goes downstream again under a new Idempotency-Key.
+   */
+  async redrive(): Promise<{ ok: true; batch_id: string; tasks: number; status: string; redrive: number } | { ok: false; code: 404 | 409; error: string }> {
+    const meta = this.store.getMeta();
+    if (!meta) return { ok: false, code: 404, error: "unknown batch" };
+    if (!isFinished(meta)) return { ok: false, code: 409, error: `batch is running (${apiStatus(meta)}); only a finished batch can be redriven` };
+    if (meta.stage === "error" && meta.step_failures > 0) {
+      return { ok: false, code: 409, error: `batch stopped on a failing ${meta.stage} step (${meta.error}); fix the cause and submit it again` };
+    }
+    const e = this.engine();
+    const now = Date.now();
+    const result = this.store.transaction(() => {
+      const r = this.store.redriveFailed(now);
+      if (r.tasks === 0) return r;
+      // Run from the earliest phase (in pipeline order) that has a task to re-run.
+      let phase: string | null = FIRST_PHASE;
+      while (phase && !r.phases.includes(phase)) phase = getPhase(phase).next;
+      this.store.updateMeta(
+        { stage: "run", phase: phase ?? r.phases[0], error: null, completed_at: null, redrives: meta.redrives + 1, finalise_attempts: 0, finalise_error: null },
+        now,
+      );
+      return r;
     });
+    if (result.tasks === 0) return { ok: false, code: 409, error: "the batch has no failed task to redrive" };
+    e.emit("redrive", { tasks: result.tasks, redrive: meta.redrives + 1 });
+    log("DO", "batch_redriven", { batch_id: meta.batch_id, tasks: result.tasks, redrive: meta.redrives + 1 });
+    await this.ctx.storage.setAlarm(now);
+    return { ok: true, batch_id: meta.batch_id, tasks: result.tasks, status: apiStatus(this.store.getMeta()!), redrive: meta.redrives + 1 };
   }
 
   // ---- the alarm loop ------------------------------------------------------------------------
@@ -194,7 +224,7 @@ export class BatchDO extends DurableObject<Env> {
     } finally {
       // Always re-arm while work remains, whatever the step did.
       const after = this.store.getMeta();
-      if (after && (after.stage === "done" || after.stage === "error")) next = this.store.earliestDeadline();
+      if (after && isFinished(after)) next = this.store.earliestDeadline();
       if (next !== null) await this.ctx.storage.setAlarm(Math.max(next, Date.now()));
     }
   }
@@ -212,7 +242,7 @@ export class BatchDO extends DurableObject<Env> {
     this.store.updateMeta({ step_failures: failures, step_error: message.slice(0, 2000) }, now);
     if (final || failures >= this.config.MAX_STEP_FAILURES) {
       const what = meta.stage === "discover" ? "discovery failed" : `${meta.stage} step failed`;
-      this.stop(this.engine(), meta, `${what}${final ? "" : ` ${failures} times in a row`}: ${message}`, `batch stopped: ${meta.stage} step failed`, now);
+      stopBatch(this.engine(), meta, "error", `${what}${final ? "" : ` ${failures} times in a row`}: ${message}`, `batch stopped: ${meta.stage} step failed`, now);
       return this.store.earliestDeadline();
     }
     return now + backoffMs(failures, 1000, 60_000);
@@ -231,6 +261,7 @@ export class BatchDO extends DurableObject<Env> {
       case "finalise":
         return await finalise(e, meta);
       case "done":
+      case "failed":
       case "error":
         await destroyOrphans(e, Date.now());
         return this.store.earliestDeadline();

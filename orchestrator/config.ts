@@ -51,6 +51,9 @@ const ConfigSchema = z.object({
     .preprocess((v) => (v === undefined ? "batches/" : v), z.string())
     .transform((s) => s.split(",").map((r) => r.trim()).filter(Boolean))
     .pipe(z.array(z.string()).min(1, "must name at least one root, e.g. batches/ (or / for the whole bucket)")),
+  /** Defaults for a message without tolerated_failure_percentage / tolerated_failure_count (unset: no threshold). */
+  TOLERATED_FAILURE_PERCENTAGE: z.preprocess((v) => (v === undefined || v === "" ? undefined : Number(v)), z.number().min(0).max(100).optional()),
+  TOLERATED_FAILURE_COUNT: z.preprocess((v) => (v === undefined || v === "" ? undefined : Number(v)), z.number().int().min(0).optional()),
   /** A step that fails this many times in a row stops the batch in ERROR. */
   MAX_STEP_FAILURES: int(1, 1000, 10),
   /** When set, status reads need `Authorization: Bearer $READ_TOKEN` (or the admin token). */

@@ -45,6 +45,7 @@ router
   .post("/lease/:batchId", withBatch(lease))
   .post("/lease/:batchId/heartbeat", withBatch(heartbeat))
   .post("/admin/reset/:batchId", admin(withBatch(reset)))
+  .post("/admin/redrive/:batchId", admin(withBatch(redrive)))
   .post("/admin/batches", admin(enqueue))
   .all("*", (req) => Response.json({ error: `no route for ${req.method} ${new URL(req.url).pathname}` }, { status: 404 }));
 
@@ -156,6 +157,12 @@ async function reset(req: IRequest, env: Env): Promise<Response> {
   const result = await stub(env, req.params.batchId).reset();
   if (!result.ok) throw new HttpError(result.code, result.error, { batch_id: req.params.batchId });
   return Response.json(result);
+}
+
+async function redrive(req: IRequest, env: Env): Promise<Response> {
+  const result = await stub(env, req.params.batchId).redrive();
+  if (!result.ok) throw new HttpError(result.code, result.error, { batch_id: req.params.batchId });
+  return Response.json(result, { status: 202 });
 }
 
 async function enqueue(req: IRequest, env: Env): Promise<Response> {

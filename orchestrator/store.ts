@@ -5,7 +5,7 @@
 import type { FileEntry } from "../shared/contracts.ts";
 
 /** Where a batch is in its life. `status` in the API is the phase name, DONE or ERROR. */
-export type Stage = "discover" | "plan" | "run" | "finalise" | "done" | "error";
+export type Stage = "discover" | "plan" | "run" | "finalise" | "done" | "failed" | "error";
 /** Task states as stored. `creating`: a create request was sent and its outcome is not yet known. */
 export const TASK_STATES = ["pending", "retrying", "creating", "booting", "running", "done", "failed"] as const;
 export type TaskState = (typeof TASK_STATES)[number];
@@ -47,6 +47,10 @@ export interface BatchMeta {
   step_error: string | null;
   /** JSON array of batch-level warnings (e.g. nothing to do). */
   warnings_json: string | null;
+  tolerated_failure_percentage: number | null;
+  tolerated_failure_count: number | null;
+  /** How many times the batch's failed tasks were re-run. */
+  redrives: number;
 }
 
 export interface TaskRow {
@@ -75,6 +79,8 @@ export interface TaskRow {
   worker_id: string | null;
   /** JSON array of warnings from the phase (e.g. pages skipped). */
   warnings_json: string | null;
+  /** Attempts before the last redrive: the retry budget counts from here. */
+  attempt_base: number;
 }
 
 /**
@@ -251,6 +257,18 @@ const MIGRATIONS: string[] = [
    ALTER TABLE attempts ADD COLUMN note TEXT;
    CREATE INDEX tasks_worker ON tasks (worker_id);
    CREATE INDEX tasks_warned ON tasks (finished_at) WHERE warnings_json IS NOT NULL;`,
+  // 5: tolerated failures, redrives, and the events a live stream can resume from.
+  `ALTER TABLE meta ADD COLUMN tolerated_failure_percentage REAL;
+   ALTER TABLE meta ADD COLUMN tolerated_failure_count INTEGER;
+   ALTER TABLE meta ADD COLUMN redrives INTEGER NOT NULL DEFAULT 0;
+   CREATE INDEX tasks_phase_file ON tasks (phase, file_id);
+   ALTER TABLE tasks ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0;
+   CREATE TABLE events (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     type TEXT NOT NULL,
+     data TEXT NOT NULL,
+     at INTEGER NOT NULL
+   );`,
 ];
 
 /** Rows read and written by the queries of this store, for the scale tests and benchmarks. */
@@ -689,6 +707,53 @@ export class BatchStore {
       "SELECT * FROM attempts WHERE outcome = 'failed' ORDER BY ended_at DESC LIMIT ?",
       limit,
     );
+  }
+
+  /** True when `fileId` already has a task in `phase` (re-planning after a redrive adds only new files). */
+  hasTask(phase: string, fileId: number): boolean {
+    return this.exec("SELECT 1 FROM tasks WHERE phase = ? AND file_id = ? LIMIT 1", phase, fileId).length > 0;
+  }
+
+  /**
+   * Failed tasks of every phase back to retrying (their attempts kept, numbers rising), except
+   * those that can never run (no output reserved). Counters follow. Returns how many, and the
+   * earliest phase they are in.
+   */
+  redriveFailed(now: number): { tasks: number; phases: string[] } {
+    const byPhase = this.exec<{ phase: string; n: number }>(
+      "SELECT phase, COUNT(*) AS n FROM tasks WHERE state = 'failed' AND output_key NOT LIKE '(none:%' GROUP BY phase",
+    );
+    this.run(
+      `UPDATE tasks SET state = 'retrying', next_at = ?, deadline_at = 0, worker_id = NULL, finished_at = NULL, updated_at = ?, attempt_base = attempt
+       WHERE state = 'failed' AND output_key NOT LIKE '(none:%'`,
+      now,
+      now,
+    );
+    let tasks = 0;
+    for (const { phase, n } of byPhase) {
+      this.bumpCount(phase, "failed", -n);
+      this.bumpCount(phase, "retrying", n);
+      tasks += n;
+    }
+    return { tasks, phases: byPhase.map((p) => p.phase) };
+  }
+
+  // ---- events (what a live stream resumes from) ----------------------------------------
+
+  /** Appends an event; keeps the latest `keep` so the table never grows with the batch. */
+  addEvent(type: string, data: unknown, now: number, keep = 5000): number {
+    this.run("INSERT INTO events (type, data, at) VALUES (?, ?, ?)", type, JSON.stringify(data), now);
+    const id = this.exec<{ id: number }>("SELECT last_insert_rowid() AS id")[0].id;
+    if (id % 100 === 0) this.run("DELETE FROM events WHERE id <= ?", id - keep);
+    return id;
+  }
+
+  eventsAfter(id: number, limit: number): { id: number; type: string; data: string }[] {
+    return this.exec<{ id: number; type: string; data: string }>("SELECT id, type, data FROM events WHERE id > ? ORDER BY id LIMIT ?", id, limit);
+  }
+
+  lastEventId(): number {
+    return this.exec<{ id: number | null }>("SELECT MAX(id) AS id FROM events")[0].id ?? 0;
   }
 
   /** The latest tasks with warnings (pages skipped, say): an index range, newest first. */

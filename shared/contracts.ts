@@ -36,6 +36,10 @@ export const QueueMessage = z
     pool: z.boolean().optional(),
     /** Pool mode: tasks each machine converts at once; POOL_TASKS_PER_MACHINE by default. */
     pool_tasks_per_machine: z.number().int().min(1).max(16).optional(),
+    /** Step Functions' meaning: the batch stops FAILED once more than this share of its tasks failed. */
+    tolerated_failure_percentage: z.number().min(0).max(100).optional(),
+    /** … or once more than this many tasks failed. */
+    tolerated_failure_count: z.number().int().min(0).optional(),
   })
   .refine((m) => m.manifest_r2_key !== undefined || m.r2_prefix !== undefined, {
     message: "a queue message needs manifest_r2_key or r2_prefix",

@@ -62,6 +62,8 @@ export async function attemptEnv(e: Engine, meta: BatchMeta, task: TaskRow, expi
     BATCH_ID: meta.batch_id,
     PHASE: task.phase,
     ATTEMPT: String(task.attempt),
+    INPUT_R2_KEY: task.input_key,
+    OUTPUT_R2_KEY: task.output_key,
     CALLBACK_URL: callbackUrl(c, meta.batch_id, task.task_id),
     CALLBACK_TOKEN: await signGrant(c.CALLBACK_SECRET, { kind: "callback", batchId: meta.batch_id, taskId: task.task_id, attempt: task.attempt }, expiresAt),
     CREDENTIALS_EXPIRE_AT: new Date(expiresAt).toISOString(),

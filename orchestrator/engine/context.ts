@@ -35,9 +35,17 @@ export interface Engine {
   limits(phase: Phase): Limits;
   /** Brings the alarm forward (a callback freed a slot or closed the phase). */
   wake(at: number): Promise<void>;
+  /** Records an event for live streams (task_failed, phase, done, failed, error). */
+  emit(type: string, data: Record<string, unknown>): void;
 }
 
-export function makeEngine(store: BatchStore, config: Config, env: Env, wake: (at: number) => Promise<void>): Engine {
+export function makeEngine(
+  store: BatchStore,
+  config: Config,
+  env: Env,
+  wake: (at: number) => Promise<void>,
+  onEvent: (id: number, type: string, data: Record<string, unknown>) => void = () => {},
+): Engine {
   let fly: FlyMachines | undefined;
   let objects: ObjectStore | undefined;
   return {
@@ -45,6 +53,7 @@ export function makeEngine(store: BatchStore, config: Config, env: Env, wake: (a
     config,
     env,
     wake,
+    emit: (type, data) => onEvent(store.addEvent(type, data, Date.now()), type, data),
     fly: () =>
       (fly ??= new FlyMachines({
         apiHostname: config.FLY_API_HOSTNAME,
@@ -79,6 +88,7 @@ export const openCount = (c: PhaseCounts) => c.pending + c.retrying + c.creating
 
 export function apiStatus(meta: BatchMeta): string {
   if (meta.stage === "done") return "DONE";
+  if (meta.stage === "failed") return "FAILED";
   if (meta.stage === "error") return "ERROR";
   return meta.phase;
 }
@@ -94,6 +104,9 @@ export function taskView(meta: BatchMeta, task: TaskRow): TaskView {
     params: JSON.parse(task.params_json) as TaskView["params"],
   };
 }
+
+/** The batch has ended: DONE, FAILED or ERROR (a redrive may start it again). */
+export const isFinished = (meta: BatchMeta) => meta.stage === "done" || meta.stage === "failed" || meta.stage === "error";
 
 export const phaseOf = (task: TaskRow) => getPhase(task.phase);
 

@@ -7,7 +7,7 @@ import type { BatchMeta, BatchStore, FileRow } from "../store.ts";
 import { type Engine, iso } from "./context.ts";
 
 /** Stable per batch: a POST repeated after a crash or a timeout carries the same key. */
-export const idempotencyKey = (batchId: string) => `fanout:${batchId}:final`;
+export const idempotencyKey = (batchId: string, redrives = 0) => `fanout:${batchId}:final${redrives > 0 ? `:redrive-${redrives}` : ""}`;
 
 export async function finalise(e: Engine, meta: BatchMeta): Promise<number | null> {
   const url = e.config.WORKER_URL;
@@ -15,6 +15,7 @@ export async function finalise(e: Engine, meta: BatchMeta): Promise<number | nul
   if (!url) {
     e.store.updateMeta({ stage: "done", completed_at: now }, now);
     log("DO", "batch_done", { batch_id: meta.batch_id, files: e.store.fileCount() });
+    e.emit("done", { files: e.store.fileCount() });
     return null;
   }
   const target = `${url.replace(/\/+$/, "")}/api/batches/${encodeURIComponent(meta.batch_id)}/enqueue-processed`;
@@ -22,7 +23,7 @@ export async function finalise(e: Engine, meta: BatchMeta): Promise<number | nul
   try {
     const res = await fetch(target, {
       method: "POST",
-      headers: { "content-type": "application/json", "idempotency-key": idempotencyKey(meta.batch_id) },
+      headers: { "content-type": "application/json", "idempotency-key": idempotencyKey(meta.batch_id, meta.redrives) },
       body: fileListBody(e.store),
     });
     await res.body?.cancel();
@@ -30,6 +31,7 @@ export async function finalise(e: Engine, meta: BatchMeta): Promise<number | nul
       const done = Date.now();
       e.store.updateMeta({ stage: "done", completed_at: done, finalise_error: null }, done);
       log("DO", "batch_done", { batch_id: meta.batch_id, files: e.store.fileCount(), finalise_attempts: meta.finalise_attempts + 1 });
+      e.emit("done", { files: e.store.fileCount() });
       return null;
     }
     error = `downstream answered ${res.status}`;

@@ -14,14 +14,17 @@ export function failAttempt(e: Engine, meta: BatchMeta, task: TaskRow, error: st
   const limits = e.limits(getPhase(task.phase));
   e.store.endAttempt(task.task_id, task.attempt, "failed", error, now);
   const fields = { batch_id: meta.batch_id, task_id: task.task_id, phase: task.phase, attempt: task.attempt, machine_id: task.machine_id, error };
-  if (retryable && task.attempt < limits.maxAttempts) {
+  const more = retryable && task.attempt - task.attempt_base < limits.maxAttempts;
+  if (more) {
     e.store.moveTask(task, "retrying", { error, deadline_at: 0, worker_id: null, next_at: now + backoffMs(task.attempt) }, now);
     log("DO", "task_retry", fields);
   } else {
-    const reason = retryable ? `${error} (after ${task.attempt} attempts)` : error;
+    const reason = retryable ? `${error} (after ${task.attempt - task.attempt_base} attempts)` : error;
     e.store.moveTask(task, "failed", { error: reason, deadline_at: 0, worker_id: null, finished_at: now }, now);
     log("DO", "task_failed", fields);
   }
+  const logs = task.machine_id ? `fly logs -a ${e.config.FLY_APP_NAME} -i ${task.machine_id} --no-tail` : null;
+  e.emit("task_failed", { task_id: task.task_id, attempt: task.attempt, machine_id: task.machine_id, reason: error, final: !more, logs });
 }
 
 export interface CallbackReply {

@@ -36,6 +36,8 @@ export function plan(e: Engine, meta: BatchMeta): number {
         });
         continue;
       }
+      // After a redrive the phase is planned again: only files without a task get one.
+      if (meta.redrives > 0 && e.store.hasTask(phase.name, f.id)) continue;
       const planned = phase.plan(toPhaseFile(f));
       if (!planned) continue;
       maxSize = Math.max(maxSize, planned.size_bytes);

@@ -5,7 +5,7 @@ import { log } from "../log.ts";
 import { getPhase } from "../phases/index.ts";
 import type { TaskRow } from "../store.ts";
 import { attemptEnv, attemptExpiry } from "./access.ts";
-import { apiStatus, type Engine, RETIRE_GRACE_MS, taskView } from "./context.ts";
+import { apiStatus, type Engine, isFinished, RETIRE_GRACE_MS, taskView } from "./context.ts";
 import { retireMachine } from "./machines.ts";
 import { slotsOf } from "./run.ts";
 
@@ -13,7 +13,7 @@ import { slotsOf } from "./run.ts";
 export async function lease(e: Engine, workerId: string, machineId: string | null): Promise<LeaseResponse | null> {
   const meta = e.store.getMeta();
   if (!meta) return null;
-  if (meta.stage === "done" || meta.stage === "error" || meta.stage === "finalise") return { kind: "done", reason: `batch is ${apiStatus(meta)}` };
+  if (isFinished(meta) || meta.stage === "finalise") return { kind: "done", reason: `batch is ${apiStatus(meta)}` };
   const row = e.store.getWorker(workerId);
   if (!row || row.task_id || row.state === "gone") return { kind: "done", reason: "this machine has been retired" };
   if (row.phase !== meta.phase) return { kind: "done", reason: `phase ${row.phase} is finished` };

@@ -44,6 +44,11 @@ export async function run(e: Engine, meta: BatchMeta): Promise<number | null> {
   await checkMachines(e, meta, new MachineCensus(e.fly(), meta.batch_id));
   let fresh = e.store.getMeta()!;
   if (fresh.stage !== "run") return e.store.earliestDeadline();
+  const intolerable = toleranceExceeded(e, fresh, phase);
+  if (intolerable) {
+    stopBatch(e, fresh, "failed", intolerable, `cancelled: ${intolerable}`, Date.now());
+    return e.store.earliestDeadline();
+  }
   const decision = decide(schedulerState(e, fresh, phase, Date.now()), Date.now());
   if (decision.phaseFinished) return finishPhase(e, fresh, phase);
   if (decision.create > 0) {
@@ -60,12 +65,52 @@ function finishPhase(e: Engine, meta: BatchMeta, phase: Phase): number {
   const now = Date.now();
   const counts = e.store.phaseCounts(phase.name);
   log("DO", "phase_finished", { batch_id: meta.batch_id, phase: phase.name, done: counts.done, failed: counts.failed });
+  e.emit("phase", { phase: phase.name, finished: true, done: counts.done, failed: counts.failed, next: phase.next });
+  if (counts.total > 0 && counts.done === 0) {
+    // Whatever the threshold, nothing converted is a failed batch, not a DONE one.
+    stopBatch(e, meta, "failed", `every task of ${phase.name} failed (${counts.failed} of ${counts.total})`, "batch failed", now);
+    return now;
+  }
   e.store.transaction(() => {
     retireAll(e, "phase finished", now);
     if (phase.next) e.store.updateMeta({ stage: "plan", phase: getPhase(phase.next).name, plan_cursor: 0, max_task_size: 0 }, now);
-    else e.store.updateMeta({ stage: "finalise" }, now);
+    else {
+      const all = e.store.counts().reduce((n, c) => n + c.total, 0);
+      if (all === 0) {
+        const warning = `nothing to do: no file of the batch (${e.store.fileCount()} files) needed ${phase.name}`;
+        e.store.updateMeta({ warnings_json: JSON.stringify([warning]) }, now);
+      }
+      e.store.updateMeta({ stage: "finalise" }, now);
+    }
   });
   return now;
+}
+
+/** Why the batch's failures are past what its message tolerates (Step Functions' meaning), or null. */
+export function toleranceExceeded(e: Engine, meta: BatchMeta, phase: Phase): string | null {
+  const c = e.store.phaseCounts(phase.name);
+  const count = meta.tolerated_failure_count ?? e.config.TOLERATED_FAILURE_COUNT;
+  const pct = meta.tolerated_failure_percentage ?? e.config.TOLERATED_FAILURE_PERCENTAGE;
+  if (count !== undefined && count !== null && c.failed > count) {
+    return `${c.failed} of ${c.total} tasks failed, more than tolerated_failure_count=${count}`;
+  }
+  if (pct !== undefined && pct !== null && c.total > 0 && (c.failed / c.total) * 100 > pct) {
+    return `${c.failed} of ${c.total} tasks failed (${((c.failed / c.total) * 100).toFixed(1)}%), more than tolerated_failure_percentage=${pct}`;
+  }
+  return null;
+}
+
+/** Ends the batch in FAILED or ERROR: every machine retired (destroyed), every open task failed with `taskReason`. */
+export function stopBatch(e: Engine, meta: BatchMeta, stage: "failed" | "error", error: string, taskReason: string, now: number): number {
+  const n = e.store.transaction(() => {
+    retireAll(e, error, now);
+    const failed = e.store.failOpenTasks(taskReason, now);
+    e.store.updateMeta({ stage, error, completed_at: meta.completed_at ?? now }, now);
+    return failed;
+  });
+  log("DO", stage === "failed" ? "batch_failed" : "batch_error", { batch_id: meta.batch_id, error, tasks_cancelled: n });
+  e.emit(stage, { error, tasks_cancelled: n });
+  return n;
 }
 
 /** Create tokens from the app-wide budget (Fly's documented create limit), up to `want`. */

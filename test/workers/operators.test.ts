@@ -1,0 +1,185 @@
+// What an operator relies on: a batch that fails says so (tolerated failures, every task failed),
+// a batch with nothing to do says that, failed tasks can be redriven alone, a step that keeps
+// failing stops the batch with the count, and a second phase runs without an engine change.
+import { env } from "cloudflare:workers";
+import { runDurableObjectAlarm } from "cloudflare:test";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { z } from "zod";
+import { machineProcessEnv } from "../../local/fly-emulator/core.ts";
+import { registerPhase } from "../../orchestrator/phases/index.ts";
+import { tiffConversion } from "../../orchestrator/phases/tiff-conversion.ts";
+import type { Phase } from "../../orchestrator/phases/types.ts";
+import { ADMIN, attemptsOf, callbackTo, expireAll, getStatus, installWorld, OUTPUT_SIZE, putTiffs, stub, waitForStatus, withStore, writeOutput, type World } from "./support/engine.ts";
+import { exports } from "cloudflare:workers";
+
+let world: World;
+beforeEach(() => {
+  world = installWorld();
+});
+afterEach(async () => {
+  await world.restore();
+});
+
+describe("a batch that fails says so", () => {
+  it("tolerated_failure_count: past it the batch stops FAILED, open tasks cancelled, machines destroyed, the reason names the threshold", async () => {
+    await putTiffs("op-tol/", 30);
+    world.runner.behaviour = () => "error";
+    await stub("op-tol").start({ batch_id: "op-tol", r2_prefix: "op-tol/", tolerated_failure_count: 2 });
+    const s = await vi.waitFor(async () => {
+      await expireAll("op-tol");
+      await runDurableObjectAlarm(stub("op-tol"));
+      const x = await getStatus("op-tol");
+      expect(x.status).toBe("FAILED");
+      return x;
+    }, { timeout: 30_000, interval: 50 });
+    expect(s.error).toMatch(/^\d+ of 30 tasks failed, more than tolerated_failure_count=2$/);
+    expect(s.progress.tasks_failed).toBe(30);
+    expect(s.progress.pending + s.progress.starting + s.progress.running + s.progress.retrying).toBe(0);
+    await vi.waitFor(() => expect(world.fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
+    // Far fewer machines than tasks: the systemic fault did not burn through the batch.
+    expect(world.runner.started.length).toBeLessThan(30);
+  });
+
+  it("tolerated_failure_percentage stops the batch once the share is exceeded", async () => {
+    await putTiffs("op-pct/", 10);
+    world.runner.behaviour = (_m, nth) => (nth <= 6 ? "error" : "succeed");
+    await stub("op-pct").start({ batch_id: "op-pct", r2_prefix: "op-pct/", tolerated_failure_percentage: 10 });
+    await vi.waitFor(async () => {
+      await expireAll("op-pct");
+      await runDurableObjectAlarm(stub("op-pct"));
+      expect((await getStatus("op-pct")).status).toBe("FAILED");
+    }, { timeout: 30_000, interval: 50 });
+    expect((await getStatus("op-pct")).error).toMatch(/more than tolerated_failure_percentage=10$/);
+  });
+
+  it("every task failed: FAILED, not DONE, whatever the threshold; nothing is sent downstream", async () => {
+    await putTiffs("op-allfail/", 3);
+    world.runner.behaviour = () => "error";
+    await stub("op-allfail").start({ batch_id: "op-allfail", r2_prefix: "op-allfail/" });
+    await vi.waitFor(async () => {
+      await expireAll("op-allfail");
+      await runDurableObjectAlarm(stub("op-allfail"));
+      expect((await getStatus("op-allfail")).status).toBe("FAILED");
+    }, { timeout: 30_000, interval: 50 });
+    expect((await getStatus("op-allfail")).error).toBe("every task of TIFF_CONVERSION failed (3 of 3)");
+    expect(world.downstream.calls).toHaveLength(0);
+  });
+
+  it("a batch with nothing to do ends DONE with a warning saying so", async () => {
+    await env.BUCKET.put("op-empty/readme.txt", "no scans here");
+    await stub("op-empty").start({ batch_id: "op-empty", r2_prefix: "op-empty/" });
+    const s = await waitForStatus("op-empty", (x) => x.status === "DONE");
+    expect(s.warnings).toEqual(["nothing to do: no file of the batch (1 files) needed TIFF_CONVERSION"]);
+  });
+});
+
+/** Only retry backoffs pass (machines keep their own clocks). */
+const expireBackoffs = (b: string) => withStore(b, (_s, sql) => sql.exec("UPDATE tasks SET next_at = 0 WHERE state IN ('pending','retrying')"));
+
+describe("redrive", () => {
+  it("re-runs only the failed tasks, attempts continue, counters exact throughout, the final list goes again under a new Idempotency-Key", async () => {
+    const b = "op-redrive";
+    await putTiffs(`${b}/`, 6);
+    const bad = new Set(["tiff-000002", "tiff-000004"]);
+    let healed = false;
+    world.runner.behaviour = (m) => (bad.has(machineProcessEnv(m).TASK_ID) && !healed ? "error" : "succeed");
+    await stub(b).start({ batch_id: b, r2_prefix: `${b}/` });
+    const first = await vi.waitFor(async () => {
+      await expireBackoffs(b);
+      await runDurableObjectAlarm(stub(b));
+      const x = await getStatus(b);
+      expect(x.status).toBe("DONE");
+      return x;
+    }, { timeout: 30_000, interval: 50 });
+    expect(first.progress, JSON.stringify(first)).toMatchObject({ tasks_total: 6, tasks_completed: 4, tasks_failed: 2 });
+    const startedBefore = world.runner.started.length;
+    healed = true;
+    const res = await exports.default.fetch(`http://orchestrator.test/admin/redrive/${b}`, { method: "POST", headers: ADMIN });
+    expect(res.status).toBe(202);
+    expect(await res.json()).toMatchObject({ ok: true, tasks: 2, redrive: 1 });
+    // Counters exact at once: 4 done, 2 waiting, 0 failed.
+    expect((await getStatus(b)).progress).toMatchObject({ tasks_total: 6, tasks_completed: 4, tasks_failed: 0, retrying: 2 });
+    // A redrive of a running batch is 409.
+    expect((await exports.default.fetch(`http://orchestrator.test/admin/redrive/${b}`, { method: "POST", headers: ADMIN })).status).toBe(409);
+    const s = await vi.waitFor(async () => {
+      await expireBackoffs(b);
+      await runDurableObjectAlarm(stub(b));
+      const x = await getStatus(b);
+      expect(x.status).toBe("DONE");
+      return x;
+    }, { timeout: 30_000, interval: 50 });
+    expect(s.progress).toMatchObject({ tasks_total: 6, tasks_completed: 6, tasks_failed: 0 });
+    // Only the two failed tasks got machines again.
+    const again = world.runner.started.slice(startedBefore).map((m) => machineProcessEnv(m).TASK_ID).sort();
+    expect(again).toEqual([...bad].sort());
+    const attempts = await attemptsOf(b, "tiff-000002");
+    expect(attempts.map((a) => a.attempt)).toEqual([1, 2, 3, 4]);
+    expect(attempts.at(-1)!.outcome).toBe("done");
+    const keys = world.downstream.calls.map((c) => c.headers["idempotency-key"]);
+    expect(keys).toEqual([`fanout:${b}:final`, `fanout:${b}:final:redrive-1`]);
+    // Nothing left to redrive.
+    expect((await exports.default.fetch(`http://orchestrator.test/admin/redrive/${b}`, { method: "POST", headers: ADMIN })).status).toBe(409);
+  });
+});
+
+describe("no silent stalls", () => {
+  const boom: Phase = { ...tiffConversion, name: "TEST_BOOM", slug: "boom", plan: () => { throw new Error("planner exploded"); } };
+  registerPhase(boom);
+
+  it("a step that fails MAX_STEP_FAILURES times in a row stops the batch in ERROR with the step, the error and the count; status shows the count while it retries", async () => {
+    await putTiffs("op-stall/", 1);
+    await stub("op-stall").start({ batch_id: "op-stall", r2_prefix: "op-stall/" }, { firstPhase: "TEST_BOOM" });
+    await waitForStatus("op-stall", (x) => x.step_failures !== null && x.step_failures.count >= 1);
+    const during = await getStatus("op-stall");
+    expect(during.step_failures).toMatchObject({ limit: 10, last_error: "planner exploded", stage: "plan" });
+    for (let i = 0; i < 12 && (await getStatus("op-stall")).status !== "ERROR"; i++) await runDurableObjectAlarm(stub("op-stall"));
+    const s = await getStatus("op-stall");
+    expect(s.status).toBe("ERROR");
+    expect(s.error).toBe("plan step failed 10 times in a row: planner exploded");
+  });
+});
+
+describe("the phase contract", () => {
+  /** A second phase, defined here and nowhere in the engine: a SHA-256 sidecar for every JPEG. */
+  const ChecksumCallback = z.discriminatedUnion("status", [
+    z.object({ task_id: z.string(), batch_id: z.string(), status: z.literal("success"), sha256: z.string().regex(/^[0-9a-f]{64}$/), output_file_size: z.number().int() }),
+    z.object({ task_id: z.string(), batch_id: z.string(), status: z.literal("error"), error: z.string() }),
+  ]);
+  const checksum: Phase<z.infer<typeof ChecksumCallback>> = {
+    name: "TEST_CHECKSUM",
+    slug: "sum",
+    next: null,
+    limits: { bootTimeoutMs: 60_000, runTimeoutMs: 60_000 },
+    plan: (f) => (f.r2_key.endsWith(".jpg") ? { input_key: f.r2_key, output_key_candidates: [`${f.r2_key}.sha256`], size_bytes: f.file_size } : null),
+    guest: () => ({ cpu_kind: "shared", cpus: 1, memory_mb: 256 }),
+    machine: (t) => ({ env: { CHECKSUM_OF: t.input_key } }),
+    callback: ChecksumCallback,
+    result: (t, cb) =>
+      cb.status === "error"
+        ? { ok: false, error: cb.error, retryable: true }
+        : { ok: true, add: [{ r2_key: t.output_key, logical_path: t.output_key, file_name: t.output_key.split("/").pop()!, file_size: cb.output_file_size, content_type: "text/plain", sha256: cb.sha256 }] },
+  };
+  registerPhase(checksum);
+  registerPhase({ ...tiffConversion, name: "TEST_TIFF_THEN_SUM", slug: "tiff", next: "TEST_CHECKSUM" });
+
+  it("runs after TIFF_CONVERSION with its own callback schema; a TIFF-shaped callback is refused by it", async () => {
+    const b = "op-sum";
+    await putTiffs(`${b}/`, 2);
+    world.runner.behaviour = (m) => (machineProcessEnv(m).PHASE === "TEST_CHECKSUM" ? "hang" : "succeed");
+    await stub(b).start({ batch_id: b, r2_prefix: `${b}/` }, { firstPhase: "TEST_TIFF_THEN_SUM" });
+    await vi.waitFor(() => expect(world.runner.started.filter((m) => machineProcessEnv(m).PHASE === "TEST_CHECKSUM")).toHaveLength(2), { timeout: 20_000 });
+    for (const m of world.runner.started.map(machineProcessEnv).filter((x) => x.PHASE === "TEST_CHECKSUM")) {
+      expect(m.CHECKSUM_OF).toMatch(/\.jpg$/);
+      // The phase's schema, not the TIFF one, judges the body.
+      const wrong = await callbackTo(b, m.TASK_ID, { task_id: m.TASK_ID, batch_id: b, status: "success", output_r2_key: m.OUTPUT_R2_KEY }, m.CALLBACK_TOKEN);
+      expect(wrong.status).toBe(400);
+      await writeOutput(m);
+      const ok = await callbackTo(b, m.TASK_ID, { task_id: m.TASK_ID, batch_id: b, status: "success", sha256: "a".repeat(64), output_file_size: OUTPUT_SIZE }, m.CALLBACK_TOKEN);
+      expect(await ok.json(), JSON.stringify(await getStatus(b))).toMatchObject({ outcome: "done" });
+    }
+    const s = await waitForStatus(b, (x) => x.status === "DONE");
+    expect(s.phases.map((p) => [p.name, p.total, p.done])).toEqual(expect.arrayContaining([["TEST_TIFF_THEN_SUM", 2, 2], ["TEST_CHECKSUM", 2, 2]]));
+    const final = JSON.parse(world.downstream.calls.at(-1)!.body) as { files: { r2_key: string; sha256?: string }[] };
+    expect(final.files.filter((f) => f.r2_key.endsWith(".sha256")).map((f) => f.sha256)).toEqual(["a".repeat(64), "a".repeat(64)]);
+  });
+});
