@@ -15,6 +15,7 @@ import { plan } from "./engine/planning.ts";
 import { heartbeat, lease } from "./engine/pool.ts";
 import { run, stopBatch } from "./engine/run.ts";
 import * as views from "./engine/views.ts";
+import { LiveStreams } from "./engine/events.ts";
 import { errorMessage, log, logError } from "./log.ts";
 import { FIRST_PHASE, getPhase } from "./phases/index.ts";
 import { StorageError } from "./storage.ts";
@@ -41,7 +42,21 @@ export class BatchDO extends DurableObject<Env> {
   }
 
   private engine(): Engine {
-    return makeEngine(this.store, this.config, this.env, (at) => this.wake(at));
+    return makeEngine(this.store, this.config, this.env, (at) => this.wake(at), (id, type, data) => this.live.publish(id, type, data));
+  }
+
+  /** Open event streams of this batch (GET /status/:batchId/events). */
+  private readonly live = new LiveStreams(() => {
+    const meta = this.store.getMeta();
+    return meta ? views.status(this.engine(), meta) : null;
+  });
+
+  /** The DO's HTTP face: only the event stream, which RPC cannot carry. */
+  async fetch(request: Request): Promise<Response> {
+    if (new URL(request.url).pathname !== "/events") return Response.json({ error: "no such route" }, { status: 404 });
+    if (!this.store.getMeta()) return Response.json({ error: "unknown batch" }, { status: 404 });
+    const last = Number(request.headers.get("last-event-id") ?? new URL(request.url).searchParams.get("last_event_id") ?? 0);
+    return this.live.open(Number.isFinite(last) ? last : 0, (after) => this.store.eventsAfter(after, 1000), this.store.lastEventId());
   }
 
   /** Brings the alarm forward to `at` unless one is due sooner. */
@@ -107,7 +122,9 @@ export class BatchDO extends DurableObject<Env> {
   /** A callback from attempt `attempt` of `taskId` (the attempt the verified credential names). */
   async callback(taskId: string, attempt: number, body: unknown): Promise<CallbackReply> {
     if (!this.store.getMeta()) return { code: 404, body: { error: "unknown batch" } };
-    return settleCallback(this.engine(), taskId, attempt, body);
+    const reply = await settleCallback(this.engine(), taskId, attempt, body);
+    this.live.progressChanged();
+    return reply;
   }
 
   /** Reserves (and presigns) the keys of pages 2…pages of the task's output for its running attempt. */
@@ -226,6 +243,7 @@ export class BatchDO extends DurableObject<Env> {
       const after = this.store.getMeta();
       if (after && isFinished(after)) next = this.store.earliestDeadline();
       if (next !== null) await this.ctx.storage.setAlarm(Math.max(next, Date.now()));
+      this.live.progressChanged();
     }
   }
 

@@ -38,6 +38,7 @@ const router = Router<IRequest, [Env]>({
 router
   .get("/health", () => Response.json({ ok: true, service: "fanout" }))
   .get("/status/:batchId", reader(withBatch(status)))
+  .get("/status/:batchId/events", reader(withBatch(events)))
   .get("/status/:batchId/tasks", reader(withBatch(tasks)))
   .get("/status/:batchId/tasks/:taskId", reader(withBatch(task)))
   .post("/callback/:batchId/:taskId", withBatch(callback))
@@ -62,6 +63,13 @@ async function status(req: IRequest, env: Env): Promise<Response> {
   const body = await stub(env, req.params.batchId).status();
   if (!body) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
   return Response.json(body);
+}
+
+/** Server-Sent Events from the batch's DO; Last-Event-ID (header or ?last_event_id) resumes. */
+async function events(req: IRequest, env: Env): Promise<Response> {
+  const last = req.headers.get("last-event-id") ?? new URL(req.url).searchParams.get("last_event_id");
+  if (last !== null && !/^[0-9]{1,15}$/.test(last)) throw new HttpError(400, "invalid Last-Event-ID: must be the id of an event this stream sent");
+  return stub(env, req.params.batchId).fetch(new Request("https://batch/events", { headers: last !== null ? { "last-event-id": last } : {} }));
 }
 
 const TasksQuery = z.object({

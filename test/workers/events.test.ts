@@ -1,0 +1,107 @@
+// GET /status/:batchId/events: Server-Sent Events with progress, task_failed, phase and a final
+// event; Last-Event-ID resumes without gaps; a cap on open streams answers 429.
+import { exports } from "cloudflare:workers";
+import { runDurableObjectAlarm } from "cloudflare:test";
+import { afterEach, beforeEach, expect, it } from "vitest";
+import { installWorld, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
+
+let world: World;
+beforeEach(() => {
+  world = installWorld();
+});
+afterEach(async () => {
+  await world.restore();
+});
+
+interface Sse {
+  id?: number;
+  event: string;
+  data: Record<string, unknown>;
+}
+
+/** Reads events until `until` returns true or the stream ends; keeps the raw comments too. */
+async function readEvents(res: Response, until: (e: Sse) => boolean, timeoutMs = 20_000): Promise<{ events: Sse[]; ended: boolean }> {
+  const reader = res.body!.getReader();
+  const decoder = new TextDecoder();
+  const events: Sse[] = [];
+  let buffer = "";
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const next = await Promise.race([reader.read(), new Promise<null>((r) => setTimeout(() => r(null), Math.max(1, deadline - Date.now())))]);
+    if (next === null) throw new Error(`no end within ${timeoutMs} ms; events so far: ${events.map((e) => e.event).join(", ")}`);
+    if (next.done) return { events, ended: true };
+    buffer += decoder.decode(next.value, { stream: true });
+    let cut: number;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const frame = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const fields = Object.fromEntries(frame.split("\n").filter((l) => !l.startsWith(":") && l.includes(": ")).map((l) => [l.slice(0, l.indexOf(": ")), l.slice(l.indexOf(": ") + 2)]));
+      if (!fields.event) continue;
+      const e: Sse = { event: fields.event, data: JSON.parse(fields.data) as Record<string, unknown>, ...(fields.id ? { id: Number(fields.id) } : {}) };
+      events.push(e);
+      if (until(e)) {
+        await reader.cancel();
+        return { events, ended: false };
+      }
+    }
+  }
+}
+
+const open = (b: string, last?: number) =>
+  exports.default.fetch(`http://orchestrator.test/status/${b}/events`, { headers: last !== undefined ? { "last-event-id": String(last) } : {} });
+
+it("streams progress, task_failed and phase as the batch runs, then done; the stream ends with it", async () => {
+  const b = "ev-live";
+  await putTiffs(`${b}/`, 6);
+  world.runner.behaviour = (_m, nth) => (nth === 1 ? "error" : "succeed");
+  await stub(b).start({ batch_id: b, r2_prefix: `${b}/` });
+  const res = await open(b);
+  expect(res.status).toBe(200);
+  expect(res.headers.get("content-type")).toBe("text/event-stream");
+  const pump = (async () => {
+    // The retry's backoff is made due while the stream is open.
+    for (let i = 0; i < 200; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      await withStore(b, (_s, sql) => sql.exec("UPDATE tasks SET next_at = 0 WHERE state = 'retrying'"));
+      await runDurableObjectAlarm(stub(b)).catch(() => undefined);
+    }
+  })();
+  const { events, ended } = await readEvents(res, () => false);
+  expect(ended).toBe(true);
+  const types = events.map((e) => e.event);
+  expect(types[0]).toBe("progress");
+  expect(types).toContain("task_failed");
+  expect(types).toContain("phase");
+  expect(types.at(-1)).toBe("done");
+  const failed = events.find((e) => e.event === "task_failed")!;
+  expect(failed.data).toMatchObject({ attempt: 1, reason: "simulated failure", final: false, logs: expect.stringMatching(/^fly logs -a \S+ -i \S+ --no-tail$/) });
+  const progress = events.filter((e) => e.event === "progress");
+  expect(progress.length).toBeGreaterThanOrEqual(2);
+  // Ids never go back.
+  const ids = events.flatMap((e) => (e.id !== undefined ? [e.id] : []));
+  expect([...ids].sort((x, y) => x - y)).toEqual(ids);
+  void pump;
+
+  // Resuming from the task_failed event replays what came after it, without gaps, and ends.
+  const resumed = await readEvents(await open(b, failed.id), () => false);
+  const discrete = (list: Sse[]) => list.filter((e) => e.event !== "progress").map((e) => `${e.id}:${e.event}`);
+  expect(discrete(resumed.events)).toEqual(discrete(events).slice(discrete(events).indexOf(`${failed.id}:task_failed`) + 1));
+  expect(resumed.events.at(-1)!.event).toBe("done");
+});
+
+it("caps open streams per batch with a clear 429; unknown batches are 404; a bad Last-Event-ID is 400", async () => {
+  const b = "ev-cap";
+  world.runner.behaviour = () => "hang";
+  await putTiffs(`${b}/`, 1);
+  await stub(b).start({ batch_id: b, r2_prefix: `${b}/` });
+  await waitForStatus(b, (x) => x.progress.starting + x.progress.running === 1);
+  const streams: Response[] = [];
+  for (let i = 0; i < 20; i++) streams.push(await open(b));
+  expect(streams.every((r) => r.status === 200)).toBe(true);
+  const over = await open(b);
+  expect(over.status).toBe(429);
+  expect(await over.json()).toMatchObject({ error: expect.stringContaining("too many open event streams") });
+  for (const s of streams) await s.body!.cancel();
+  expect((await open("ev-nobody")).status).toBe(404);
+  expect((await exports.default.fetch(`http://orchestrator.test/status/${b}/events`, { headers: { "last-event-id": "x" } })).status).toBe(400);
+});
