@@ -3,7 +3,7 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["node_modules/", ".wrangler/", ".local/", "bench/.out/", "dist/"] },
+  { ignores: ["node_modules/", ".wrangler/", ".local/", "bench/.out/", "dist/", "orchestrator/worker-configuration.d.ts"] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -11,7 +11,7 @@ const int = (min: number, max: number, fallback: number) =>
 const optionalUrl = z.preprocess((v) => (v === "" ? undefined : v), z.url({ protocol: /^https?$/ }).optional());
 const secret = z.string({ message: "must be set (a Worker secret)" }).min(1, "must be set (a Worker secret)");
 
-const ConfigSchema = z.object({
+export const ConfigSchema = z.object({
   CALLBACK_BASE_URL: z.url({ protocol: /^https?$/, message: "must be the public http(s) URL of this Worker" }),
   FLY_API_HOSTNAME: z.url({ protocol: /^https?$/ }).default("https://api.machines.dev"),
   FLY_APP_NAME: z.string().min(1, "must name the Fly app whose image machines run"),
@@ -74,7 +74,8 @@ export class ConfigError extends Error {}
 
 const cache = new WeakMap<object, Config>();
 
-export function loadConfig(env: Env): Config {
+/** `env` is the Worker's Env; typed loosely so Node-side tests can check the schema against wrangler.jsonc. */
+export function loadConfig(env: object): Config {
   const hit = cache.get(env);
   if (hit) return hit;
   const parsed = ConfigSchema.safeParse(env);

@@ -1,9 +1,10 @@
 import { env } from "cloudflare:workers";
 import { evictDurableObject, runInDurableObject } from "cloudflare:test";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import type { FlyEmulatorOptions, RecordedRequest } from "../../local/fly-emulator/core.ts";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
 import { installWorld, putTiffs, stub, waitForStatus, type World } from "./support/engine.ts";
+import { PoolRunner } from "./support/pool.ts";
 
 describe("FlyBudget: the create limit every batch of a Fly app shares", () => {
   it("hands out the burst, then one token per second, across callers", async () => {
@@ -57,14 +58,14 @@ afterEach(async () => {
 });
 
 /** A batch whose DO reads a tight create limit and its own app's budget (as `--var` would set them). */
-async function startThrottled(batchId: string, app: string, n: number, options: FlyEmulatorOptions = {}): Promise<World> {
-  world = installWorld(options);
+async function startThrottled(batchId: string, app: string, n: number, options: FlyEmulatorOptions = {}, pool = false): Promise<World> {
+  world = installWorld(pool ? { runner: new PoolRunner(), ...options } : options);
   await putTiffs(`${batchId}/`, n);
   await runInDurableObject(stub(batchId), (instance: BatchDO) => {
     const self = instance as unknown as { env: Env };
     self.env = { ...self.env, FLY_APP_NAME: app, FLY_CREATE_RATE_PER_SECOND: String(RATE), FLY_CREATE_BURST: String(BURST) };
   });
-  await stub(batchId).start({ batch_id: batchId, r2_prefix: `${batchId}/` });
+  await stub(batchId).start({ batch_id: batchId, r2_prefix: `${batchId}/`, pool });
   return world;
 }
 
@@ -133,5 +134,22 @@ describe("FlyBudget under a running batch", () => {
     const { excess, where, perSecond } = overLimit(posts);
     console.log(`[Test] ${JSON.stringify({ test: "faults", posts: posts.length, status_503: posts.filter((p) => p.status === 503).length, iad: posts.filter((p) => region(p) === "iad").length, per_second: perSecond, worst: where })}`);
     expect(excess, `worst: ${where}; ${posts.length} POSTs; per second: ${perSecond.join(", ")}`).toBeLessThanOrEqual(0);
+  });
+
+  it("pool mode: each pool machine's next region draws a token too", async () => {
+    const app = "budget-pool-app";
+    // (Capacity only: 5xx retries go through the same createMachine path, tested above.)
+    const w = await startThrottled("fb-pool", app, 10, { faults: { capacityErrorsByRegion: { iad: 1 } } }, true);
+    const s = await waitForStatus("fb-pool", (x) => x.status === "DONE" || x.status === "ERROR", 50_000);
+    expect(s.progress).toMatchObject({ tasks_completed: 10, tasks_failed: 0 });
+    const posts = createPosts(w, app);
+    const iad = posts.filter((p) => (p.body as { region?: string }).region === "iad").length;
+    expect(iad, "every pool machine was refused in iad first").toBeGreaterThan(0);
+    expect(posts.length, "two POSTs per pool machine").toBe(2 * iad);
+    const { excess, where, perSecond } = overLimit(posts);
+    console.log(`[Test] ${JSON.stringify({ test: "pool", posts: posts.length, per_second: perSecond, worst: where })}`);
+    expect(excess, `worst: ${where}; ${posts.length} POSTs; per second: ${perSecond.join(", ")}`).toBeLessThanOrEqual(0);
+    // Let the retired machines go before the emulator does (no stray request after the test).
+    await vi.waitFor(() => expect(w.fly.liveMachineCount()).toBe(0), { timeout: 20_000 });
   });
 });
