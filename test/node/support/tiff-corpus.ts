@@ -364,3 +364,141 @@ export function truncateImageData(tiff: Buffer): Buffer {
   }
   return out;
 }
+
+// ---------------------------------------------------------------------------------------
+// Hand-written TIFFs: the kinds sharp cannot write (32-bit unsigned, unspecified extra
+// samples, CIELab, LogLuv, odd bit depths, old-style JPEG, directory loops), byte by byte.
+
+/** One tag value: TIFF type (3 SHORT, 4 LONG, 16 LONG8…) and its values. */
+export interface TagValue {
+  type: number;
+  values: (number | bigint)[];
+}
+
+export interface IfdSpec {
+  width: number;
+  height: number;
+  samplesPerPixel: number;
+  bitsPerSample: number;
+  photometric: number;
+  /** 1 unsigned (default), 2 signed, 3 float. */
+  sampleFormat?: number;
+  compression?: number;
+  /** 1 contiguous (default), 2 planar: then `chunks` holds one strip per sample. */
+  planar?: 1 | 2;
+  extraSamples?: number[];
+  /** Strip (or tile) data, written as given: one uncompressed strip of the whole image by default. */
+  chunks: Buffer[];
+  /** Write `chunks` as tiles of this size instead of strips. */
+  tile?: { width: number; height: number };
+  /** Point JPEGInterchangeFormat (513/514) at the first chunk (old-style JPEG). */
+  interchangeFormat?: boolean;
+  /** Tags added or overriding the ones above. */
+  tags?: Record<number, TagValue>;
+}
+
+/**
+ * A classic little-endian TIFF of the given directories, each followed by its data. With
+ * `loopTo`, the last directory's next-IFD pointer goes back to directory `loopTo` (0-based).
+ */
+export function buildTiff(ifds: IfdSpec[], options: { loopTo?: number } = {}): Buffer {
+  const parts: Buffer[] = [];
+  let length = 8;
+  const push = (b: Buffer) => {
+    const at = length;
+    parts.push(b);
+    length += b.length;
+    if (length % 2) {
+      parts.push(Buffer.alloc(1));
+      length++;
+    }
+    return at;
+  };
+  const ifdAt: number[] = [];
+  const nextSlot: number[] = [];
+  for (const spec of ifds) {
+    const chunkAt = spec.chunks.map(push);
+    const tags = new Map<number, TagValue>();
+    const short = (v: number | number[]) => ({ type: 3, values: Array.isArray(v) ? v : [v] });
+    const long = (v: number[]) => ({ type: 4, values: v });
+    tags.set(256, long([spec.width]));
+    tags.set(257, long([spec.height]));
+    tags.set(258, short(Array(spec.samplesPerPixel).fill(spec.bitsPerSample) as number[]));
+    tags.set(259, short(spec.compression ?? 1));
+    tags.set(262, short(spec.photometric));
+    tags.set(277, short(spec.samplesPerPixel));
+    tags.set(284, short(spec.planar ?? 1));
+    tags.set(339, short(Array(spec.samplesPerPixel).fill(spec.sampleFormat ?? 1) as number[]));
+    if (spec.extraSamples) tags.set(338, short(spec.extraSamples));
+    if (spec.tile) {
+      tags.set(322, long([spec.tile.width]));
+      tags.set(323, long([spec.tile.height]));
+      tags.set(324, long(chunkAt));
+      tags.set(325, long(spec.chunks.map((c) => c.length)));
+    } else {
+      tags.set(273, long(chunkAt));
+      tags.set(278, long([spec.planar === 2 ? spec.height : Math.ceil(spec.height / Math.max(1, spec.chunks.length))]));
+      tags.set(279, long(spec.chunks.map((c) => c.length)));
+    }
+    if (spec.interchangeFormat) {
+      tags.set(513, long([chunkAt[0]]));
+      tags.set(514, long([spec.chunks[0].length]));
+    }
+    for (const [tag, value] of Object.entries(spec.tags ?? {})) tags.set(Number(tag), value);
+    const entries = [...tags.entries()].sort((a, b) => a[0] - b[0]);
+    // Out-of-line values first, then the directory that points at them.
+    const raw = entries.map(([tag, { type, values }]) => {
+      const width = TYPE_SIZE[type] ?? (type === 16 ? 8 : 1);
+      const bytes = Buffer.alloc(Math.max(4, width * values.length));
+      values.forEach((v, i) => {
+        if (width === 1) bytes.writeUInt8(Number(v), i);
+        else if (width === 2) bytes.writeUInt16LE(Number(v), i * 2);
+        else if (width === 4) bytes.writeUInt32LE(Number(v), i * 4);
+        else bytes.writeBigUInt64LE(BigInt(v), i * 8);
+      });
+      const inline = width * values.length <= 4;
+      return { tag, type, count: values.length, inline, bytes, at: inline ? 0 : push(bytes) };
+    });
+    const block = Buffer.alloc(2 + raw.length * 12 + 4);
+    block.writeUInt16LE(raw.length, 0);
+    raw.forEach((e, i) => {
+      const at = 2 + i * 12;
+      block.writeUInt16LE(e.tag, at);
+      block.writeUInt16LE(e.type, at + 2);
+      block.writeUInt32LE(e.count, at + 4);
+      if (e.inline) e.bytes.copy(block, at + 8, 0, 4);
+      else block.writeUInt32LE(e.at, at + 8);
+    });
+    const at = push(block);
+    ifdAt.push(at);
+    nextSlot.push(at + block.length - 4);
+  }
+  const out = Buffer.concat([Buffer.alloc(8), ...parts]);
+  out.write("II", 0, "latin1");
+  out.writeUInt16LE(42, 2);
+  out.writeUInt32LE(ifdAt[0], 4);
+  ifdAt.forEach((_, i) => {
+    const next = i + 1 < ifdAt.length ? ifdAt[i + 1] : options.loopTo !== undefined ? ifdAt[options.loopTo] : 0;
+    out.writeUInt32LE(next, nextSlot[i]);
+  });
+  return out;
+}
+
+/** A w×h 8-bit greyscale (or `channels`-band) ramp, left → right from 0 to 255·(w-1)/w. */
+export function rampPixels(width: number, height: number, bytesPerSample: 1 | 2 | 4, channels = 1, scale = 1): Buffer {
+  const out = Buffer.alloc(width * height * channels * bytesPerSample);
+  let at = 0;
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const v8 = Math.floor((x * 256) / width);
+      for (let c = 0; c < channels; c++) {
+        const v = v8 * scale;
+        if (bytesPerSample === 1) out.writeUInt8(v, at);
+        else if (bytesPerSample === 2) out.writeUInt16LE(v, at);
+        else out.writeUInt32LE(v, at);
+        at += bytesPerSample;
+      }
+    }
+  }
+  return out;
+}
