@@ -42,7 +42,7 @@ export interface MachineRequest {
 
 /** How a callback maps to a task outcome, and how a finished task changes the file list. */
 export type TaskOutcome =
-  | { ok: true; add: FileEntry[]; remove?: string[] }
+  | { ok: true; add: FileEntry[]; remove?: string[]; /** Shown in the task view and status body, e.g. a skipped page. */ warnings?: string[] }
   | { ok: false; error: string; retryable: boolean };
 
 export interface PhaseLimits {

@@ -12,6 +12,8 @@ export interface ExpectedPage {
   height: number;
   /** Points (fractions of width/height) and the colour expected there, ± tolerance. */
   samples: { x: number; y: number; rgb: Rgb }[];
+  /** Bands of the JPEG: 1 for greyscale input (JPEG_COLOUR=auto), 3 (sRGB) otherwise. */
+  channels?: 1 | 3;
 }
 
 export interface CorpusCase {
@@ -200,7 +202,7 @@ export async function generateTiffCorpus(dir: string, options: CorpusOptions = {
 
   // 16-bit greyscale is where naive casts go all black: a mid-grey must stay mid-grey.
   await solid(W, H, [128, 128, 128]).toColourspace("grey16").tiff({ compression: "deflate" }).toFile(file("grey16"));
-  cases.push({ name: "grey16", path: file("grey16"), pages: [{ width: W, height: H, samples: [{ x: 0.5, y: 0.5, rgb: [128, 128, 128] }] }] });
+  cases.push({ name: "grey16", path: file("grey16"), pages: [{ width: W, height: H, channels: 1, samples: [{ x: 0.5, y: 0.5, rgb: [128, 128, 128] }] }] });
 
   await quadrants(W, H).toColourspace("cmyk").tiff({ compression: "lzw" }).toFile(file("cmyk"));
   cases.push({ name: "cmyk", path: file("cmyk"), pages: [upright()] });
@@ -501,4 +503,205 @@ export function rampPixels(width: number, height: number, bytesPerSample: 1 | 2 
     }
   }
   return out;
+}
+
+/** A case of the real-world kinds corpus (issue 15): what must happen to it, page by page. */
+export interface KindCase {
+  name: string;
+  path: string;
+  /** Extra machine env for this case (JPEG_COLOUR, JPEG_CHROMA…). */
+  env?: Record<string, string>;
+  /** Converted pages, each with its expected JPEG band count. */
+  pages?: (ExpectedPage & { channels: 1 | 3 })[];
+  /** Pages that must be listed in pages_skipped, with their reason. */
+  skipped?: { page: number; reason: RegExp }[];
+  /** When the task must fail: what the error says, and what it must not say. */
+  error?: RegExp;
+  notError?: RegExp;
+}
+
+async function rawPixels(image: Sharp): Promise<Buffer> {
+  return image.raw().toBuffer();
+}
+
+/** A page as 8-bit contiguous RGB built by `buildTiff`, from a sharp image. */
+async function rgbPage(image: Sharp, width: number, height: number): Promise<IfdSpec> {
+  return { width, height, samplesPerPixel: 3, bitsPerSample: 8, photometric: 2, chunks: [await rawPixels(image)] };
+}
+
+/** Left half `left`, right half `right`, as 32-bit unsigned samples (the 8-bit value in the top byte). */
+function halves32(width: number, height: number, channels: number, left: Rgb, right: Rgb, planar: boolean): Buffer[] {
+  const planes = Array.from({ length: planar ? channels : 1 }, () => Buffer.alloc(width * height * 4 * (planar ? 1 : channels)));
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const rgb = x < width / 2 ? left : right;
+      for (let c = 0; c < channels; c++) {
+        const v = rgb[c] * 2 ** 24 + 0xabcdef; // low bits set: they must not matter
+        if (planar) planes[c].writeUInt32LE(v, (y * width + x) * 4);
+        else planes[0].writeUInt32LE(v, ((y * width + x) * channels + c) * 4);
+      }
+    }
+  }
+  return planes;
+}
+
+/**
+ * The kinds of issue 15, each made for it: hand-written IFDs for what sharp cannot write,
+ * sharp for the rest. Small images (≤ 160 px) so the suite stays fast on shared CPUs.
+ */
+export async function generateKindsCorpus(dir: string): Promise<Record<string, KindCase>> {
+  await mkdir(dir, { recursive: true });
+  const cases: KindCase[] = [];
+  const add = async (c: Omit<KindCase, "path">, bytes: Buffer) => {
+    const path = join(dir, `${c.name}.tif`);
+    await writeFile(path, bytes);
+    cases.push({ ...c, path });
+  };
+  const W = 160;
+  const H = 120;
+  const grey = (v: number): Rgb => [v, v, v];
+  const halvesSamples = (left: Rgb, right: Rgb) => [
+    { x: 0.25, y: 0.5, rgb: left },
+    { x: 0.75, y: 0.5, rgb: right },
+  ];
+
+  // 1. Tiled old-style JPEG (Compression 6), YCbCr: sharp decodes it as all zeros with alpha 0.
+  {
+    const jpeg = await quadrants(64, 64).jpeg({ quality: 90 }).toBuffer();
+    await add(
+      { name: "ojpeg-tiled", error: /page 1 uses old-style JPEG compression \(Compression 6\), which the converter cannot decode/ },
+      buildTiff([{ width: 64, height: 64, samplesPerPixel: 3, bitsPerSample: 8, photometric: 6, compression: 6, tile: { width: 64, height: 64 }, interchangeFormat: true, chunks: [jpeg] }]),
+    );
+    // A decode that is fully transparent is never flattened into a white page.
+    const clear = await sharp(Buffer.alloc(W * H * 4), { raw: { width: W, height: H, channels: 4 } }).tiff({ compression: "lzw" }).toBuffer();
+    await add({ name: "fully-transparent", error: /page 1 decodes as fully transparent/ }, clear);
+  }
+
+  // 2. 32-bit unsigned samples: grey and RGB, contiguous and planar → their top 8 bits.
+  {
+    const g = halves32(W, H, 1, grey(64), grey(192), false);
+    await add(
+      { name: "uint32-grey", pages: [{ width: W, height: H, channels: 1, samples: halvesSamples(grey(64), grey(192)) }] },
+      buildTiff([{ width: W, height: H, samplesPerPixel: 1, bitsPerSample: 32, photometric: 1, chunks: g }]),
+    );
+    for (const planar of [false, true]) {
+      const chunks = halves32(W, H, 3, RED, BLUE, planar);
+      await add(
+        { name: `uint32-rgb-${planar ? "planar" : "contig"}`, pages: [{ width: W, height: H, channels: 3, samples: halvesSamples(RED, BLUE) }] },
+        buildTiff([{ width: W, height: H, samplesPerPixel: 3, bitsPerSample: 32, photometric: 2, planar: planar ? 2 : 1, chunks }]),
+      );
+    }
+  }
+
+  // 3. ExtraSamples = 0 is not alpha: black pixels whose extra sample is 0 stay black.
+  {
+    const rgbx = Buffer.alloc(W * H * 4);
+    for (let i = 0; i < W * H; i++) if (i % W >= W / 2) rgbx.set([200, 30, 30, 0], i * 4);
+    await add(
+      { name: "extrasample-unspecified", pages: [{ width: W, height: H, channels: 3, samples: halvesSamples([0, 0, 0], RED) }] },
+      buildTiff([{ width: W, height: H, samplesPerPixel: 4, bitsPerSample: 8, photometric: 2, extraSamples: [0], chunks: [rgbx] }]),
+    );
+    // Unassociated alpha (2) is alpha: the transparent left half → white, the opaque right half red.
+    const rgba = Buffer.from(rgbx);
+    for (let i = 0; i < W * H; i++) if (i % W >= W / 2) rgba[i * 4 + 3] = 255;
+    await add(
+      { name: "extrasample-alpha", pages: [{ width: W, height: H, channels: 3, samples: halvesSamples(WHITE, RED) }] },
+      buildTiff([{ width: W, height: H, samplesPerPixel: 4, bitsPerSample: 8, photometric: 2, extraSamples: [2], chunks: [rgba] }]),
+    );
+  }
+
+  // 4. Multi-page TIFFs with one bad page: the good pages convert, the bad one is listed.
+  {
+    const page1 = await rgbPage(quadrants(W, H), W, H);
+    const page3Colours = [BLUE, YELLOW, RED, GREEN] as const;
+    const page3 = await rgbPage(quadrants(W, H, page3Colours), W, H);
+    const floatPage: IfdSpec = { width: W, height: H, samplesPerPixel: 1, bitsPerSample: 32, sampleFormat: 3, photometric: 1, chunks: [Buffer.alloc(W * H * 4)] };
+    const lzmaPage: IfdSpec = { width: W, height: H, samplesPerPixel: 3, bitsPerSample: 8, photometric: 2, compression: 34925, chunks: [Buffer.alloc(64)] };
+    const good = (colours?: readonly Rgb[]) => ({ width: W, height: H, channels: 3 as const, samples: quadrantSamples(colours) });
+    await add(
+      { name: "multipage-float-page-2", pages: [good(), good(page3Colours)], skipped: [{ page: 2, reason: /^has 32-bit floating-point samples/ }] },
+      buildTiff([page1, floatPage, page3]),
+    );
+    await add(
+      { name: "multipage-loop-at-3", pages: [good(), good(page3Colours)], skipped: [{ page: 3, reason: /TIFF directory 3 points back to directory 1 \(a loop/ }] },
+      buildTiff([page1, page3], { loopTo: 0 }),
+    );
+    await add(
+      { name: "multipage-none-convertible", error: /^no page could be converted: page 1: has 32-bit floating-point samples.*; page 2: uses LZMA compression/ },
+      buildTiff([floatPage, lzmaPage]),
+    );
+  }
+
+  // 5. CIELab, 8-bit: refused as unsupported, never as corrupt.
+  {
+    const lab = Buffer.alloc(W * H * 3);
+    for (let i = 0; i < W * H; i++) lab.set([128, 0, 0], i * 3);
+    await add(
+      { name: "cielab8", error: /^page 1 is CIELab \(PhotometricInterpretation 8\): CIELab is not supported/, notError: /corrupt|labq/i },
+      buildTiff([{ width: W, height: H, samplesPerPixel: 3, bitsPerSample: 8, photometric: 8, chunks: [lab] }]),
+    );
+  }
+
+  // 6. LogLuv / SGILog HDR: said to be what it is, not "16-bit signed integer samples".
+  await add(
+    { name: "logluv", error: /^page 1 is a LogLuv\/SGILog high-dynamic-range image/, notError: /signed integer/ },
+    buildTiff([{ width: W, height: H, samplesPerPixel: 3, bitsPerSample: 16, sampleFormat: 2, photometric: 32845, compression: 34676, chunks: [Buffer.alloc(W * H * 6)] }]),
+  );
+  await add(
+    { name: "logl", error: /^page 1 is a LogLuv\/SGILog high-dynamic-range image/, notError: /signed integer/ },
+    buildTiff([{ width: W, height: H, samplesPerPixel: 1, bitsPerSample: 16, sampleFormat: 2, photometric: 32844, compression: 34676, chunks: [Buffer.alloc(W * H * 2)] }]),
+  );
+
+  // 7. Valid files with unsupported bit depths: named, without a "corrupt header" prefix.
+  for (const [name, spp, bits, photometric] of [["grey12", 1, 12, 1], ["rgb4", 3, 4, 2], ["rgb24", 3, 24, 2]] as const) {
+    await add(
+      { name, error: new RegExp(`^page 1 has ${bits}-bit samples, which the converter cannot read`), notError: /corrupt/i },
+      buildTiff([{ width: W, height: H, samplesPerPixel: spp, bitsPerSample: bits, photometric, chunks: [Buffer.alloc(Math.ceil((W * H * spp * bits) / 8))] }]),
+    );
+  }
+
+  // 8. Error texts: no temp path, no repeated libtiff line, exact 64-bit offsets, corrupt ≠ large.
+  await add(
+    { name: "strip-past-eof", error: /^could not decode page 1 \(160×120\): image data is truncated or corrupt \(bad seek to 999999/, notError: /\/tmp|fanout-|input\.tif/ },
+    buildTiff([{ width: W, height: H, samplesPerPixel: 1, bitsPerSample: 8, photometric: 1, chunks: [Buffer.alloc(W * H)], tags: { 273: { type: 4, values: [999999] } } }]),
+  );
+  await add(
+    { name: "lzma", error: /^page 1 uses LZMA compression \(Compression 34925\), which the converter cannot decode; re-save it [^;]*$/, notError: /not configured/ },
+    buildTiff([{ ...{ width: W, height: H, samplesPerPixel: 3, bitsPerSample: 8, photometric: 2, compression: 34925 }, chunks: [Buffer.alloc(64)] }]),
+  );
+  {
+    const big = Buffer.alloc(16);
+    big.write("II", 0, "latin1");
+    big.writeUInt16LE(43, 2);
+    big.writeUInt16LE(8, 4);
+    big.writeBigUInt64LE(9295429630892703745n, 8);
+    await add({ name: "bigtiff-offset-64bit", error: /the first TIFF directory is at byte 9295429630892703745, beyond the end of the file \(16 bytes\)/ }, big);
+  }
+  await add(
+    { name: "samples-per-pixel-65535", error: /^page 1 is corrupt: SamplesPerPixel is 65535$/, notError: /larger machine|MB/ },
+    buildTiff([{ width: W, height: H, samplesPerPixel: 3, bitsPerSample: 8, photometric: 2, chunks: [Buffer.alloc(W * H * 3)], tags: { 277: { type: 3, values: [65535] } } }]),
+  );
+
+  // 9. Greyscale and bilevel → 1-band JPEGs (unless JPEG_COLOUR=rgb).
+  {
+    const g8 = await sharp({ create: { width: W, height: H, channels: 3, background: { r: 90, g: 90, b: 90 } } }).toColourspace("b-w").tiff({ compression: "lzw" }).toBuffer();
+    await add({ name: "grey8", pages: [{ width: W, height: H, channels: 1, samples: [{ x: 0.5, y: 0.5, rgb: grey(90) }] }] }, g8);
+    await add({ name: "grey8-rgb", env: { JPEG_COLOUR: "rgb" }, pages: [{ width: W, height: H, channels: 3, samples: [{ x: 0.5, y: 0.5, rgb: grey(90) }] }] }, g8);
+    // Bilevel, MinIsWhite: 0 bits are white; the left half is set (black).
+    const rowBytes = W / 8;
+    const bits = Buffer.alloc(rowBytes * H);
+    for (let y = 0; y < H; y++) bits.fill(0xff, y * rowBytes, y * rowBytes + rowBytes / 2);
+    await add(
+      { name: "bilevel", pages: [{ width: W, height: H, channels: 1, samples: halvesSamples(grey(0), grey(255)) }] },
+      buildTiff([{ width: W, height: H, samplesPerPixel: 1, bitsPerSample: 1, photometric: 0, compression: 1, chunks: [bits] }]),
+    );
+  }
+
+  // 10. Chroma: 4:2:0 by default, 4:4:4 when the batch asks.
+  {
+    const rgb = await quadrants(W, H).tiff({ compression: "lzw" }).toBuffer();
+    await add({ name: "chroma-default", pages: [{ width: W, height: H, channels: 3, samples: quadrantSamples() }] }, rgb);
+    await add({ name: "chroma-444", env: { JPEG_CHROMA: "4:4:4", JPEG_QUALITY: "90" }, pages: [{ width: W, height: H, channels: 3, samples: quadrantSamples() }] }, rgb);
+  }
+  return Object.fromEntries(cases.map((c) => [c.name, c]));
 }
