@@ -80,7 +80,8 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
   for (const s of pagesSkipped) log.warn("TiffConversion", "page.unconvertible", { ...s });
 
   const outputs: (CallbackOutput & { source_page: number; channels: 1 | 3; encoder?: EncoderSettings })[] = [];
-  const firstEncoder = pages[0]?.encoder;
+  // The first output's settings (the first planned page may be skipped at decode).
+  let firstEncoder: EncoderSettings | undefined;
   for (const { page, kind, encoder } of pages) {
     const outputPage = outputs.length + 1;
     const key = outputKey(env, outputPage);
@@ -97,6 +98,7 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
       continue;
     }
     timings.conversion_time_ms += converted.conversion_time_ms;
+    firstEncoder ??= encoder;
     log.info("TiffConversion", "convert.done", {
       page: page.index + 1,
       width: converted.width,
@@ -128,14 +130,10 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
       encoder: outputPage > 1 && JSON.stringify(encoder) !== JSON.stringify(firstEncoder) ? encoder : undefined,
     });
   }
-  pagesSkipped.sort((a, b) => a.page - b.page);
-  if (outputs.length === 0) {
-    s3.destroy();
-    throw nothingConverted(pagesSkipped);
-  }
   s3.destroy();
-
+  pagesSkipped.sort((a, b) => a.page - b.page);
   const first = outputs[0];
+  if (!first || !firstEncoder) throw nothingConverted(pagesSkipped);
   return {
     task_id: env.TASK_ID,
     batch_id: env.BATCH_ID,

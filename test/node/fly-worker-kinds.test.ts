@@ -67,7 +67,7 @@ const names = (pick: (c: KindCase) => boolean) => Object.values(corpus ?? {}).fi
 
 describe("converts each kind to the right picture", () => {
   // Listed here (not from the corpus) so the test names exist before beforeAll has run.
-  const SUCCESS = ["uint32-grey", "uint32-rgb-contig", "uint32-rgb-planar", "extrasample-unspecified", "extrasample-alpha", "multipage-float-page-2", "multipage-loop-at-3", "grey8", "grey8-rgb", "bilevel", "chroma-default", "chroma-444"];
+  const SUCCESS = ["uint32-grey", "uint32-rgb-contig", "uint32-rgb-planar", "extrasample-unspecified", "extrasample-alpha", "multipage-float-page-2", "multipage-loop-at-3", "multipage-bad-data-page-1", "grey8", "grey8-rgb", "bilevel", "chroma-default", "chroma-444"];
 
   it("covers every case of the corpus that converts", () => {
     expect(names((c) => c.pages !== undefined).sort()).toEqual([...SUCCESS].sort());

@@ -626,6 +626,12 @@ export async function generateKindsCorpus(dir: string): Promise<Record<string, K
       { name: "multipage-loop-at-3", pages: [good(), good(page3Colours)], skipped: [{ page: 3, reason: /TIFF directory 3 points back to directory 1 \(a loop/ }] },
       buildTiff([page1, page3], { loopTo: 0 }),
     );
+    // Page 1's data is unreadable (its strip lies past the end): found only when decoding it.
+    const unreadable: IfdSpec = { ...page1, tags: { 273: { type: 4, values: [9_999_999] } } };
+    await add(
+      { name: "multipage-bad-data-page-1", pages: [good(page3Colours)], skipped: [{ page: 1, reason: /^could not decode page 1 \(160×120\): image data is truncated or corrupt \(bad seek to 9999999/ }] },
+      buildTiff([unreadable, page3]),
+    );
     await add(
       { name: "multipage-none-convertible", error: /^no page could be converted: page 1: has 32-bit floating-point samples.*; page 2: uses LZMA compression/ },
       buildTiff([floatPage, lzmaPage]),
