@@ -15,7 +15,16 @@ export const WorkerTuning = z.object({
 });
 export type WorkerTuning = z.infer<typeof WorkerTuning>;
 
-export type WorkerEnv = MachineEnv & WorkerTuning & { memory: MemoryBudget };
+/** Output settings beyond JPEG_QUALITY/MOZJPEG (MachineEnv): a batch's processing_config may set them. */
+export const JpegSettings = z.object({
+  /** Chroma subsampling of colour JPEGs: 4:2:0 (the ingest pipeline's default) or full-colour 4:4:4. */
+  JPEG_CHROMA: z.enum(["4:2:0", "4:4:4"], { message: "must be '4:2:0' or '4:4:4'" }).default("4:2:0"),
+  /** auto: greyscale and bilevel inputs become 1-band JPEGs; rgb: every JPEG is 3-band sRGB. */
+  JPEG_COLOUR: z.enum(["auto", "rgb"], { message: "must be 'auto' or 'rgb'" }).default("auto"),
+});
+export type JpegSettings = z.infer<typeof JpegSettings>;
+
+export type WorkerEnv = MachineEnv & WorkerTuning & JpegSettings & { memory: MemoryBudget };
 
 export interface MemoryBudget {
   /** The machine's memory in MB. */
@@ -64,10 +73,11 @@ export function parseEnv(source: NodeJS.ProcessEnv): EnvResult {
   const machine = MachineEnv.safeParse(raw);
   const tuning = WorkerTuning.safeParse(raw);
   const access = storageAccessProblems(raw);
-  if (machine.success && tuning.success && access.length === 0) {
-    return { ok: true, env: { ...machine.data, ...tuning.data, memory: machineMemory(machine.data.MEMORY_MB) } };
+  const jpeg = JpegSettings.safeParse(raw);
+  if (machine.success && tuning.success && jpeg.success && access.length === 0) {
+    return { ok: true, env: { ...machine.data, ...tuning.data, ...jpeg.data, memory: machineMemory(machine.data.MEMORY_MB) } };
   }
-  const problems = [...problemsOf([...(machine.error?.issues ?? []), ...(tuning.error?.issues ?? [])], raw), ...access];
+  const problems = [...problemsOf([...(machine.error?.issues ?? []), ...(tuning.error?.issues ?? []), ...(jpeg.error?.issues ?? [])], raw), ...access];
   return { ok: false, problems, callback: callbackTarget(raw) };
 }
 

@@ -42,9 +42,10 @@ export function redact(text: string): string {
   return out;
 }
 
+// A bigint is written as its exact decimal string: Number() would round a 64-bit file offset.
 function emit(stream: NodeJS.WriteStream, component: Component, level: string, event: string, fields: Fields): void {
   const line = JSON.stringify({ ts: new Date().toISOString(), level, event, ...context, ...scoped.getStore(), ...fields }, (_k, v: unknown) =>
-    v instanceof Error ? v.message : typeof v === "bigint" ? Number(v) : v,
+    v instanceof Error ? v.message : typeof v === "bigint" ? String(v) : v,
   );
   stream.write(`[${component}] ${redact(line)}\n`);
 }

@@ -5,11 +5,12 @@ import { readFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import type { CallbackOutput, CallbackSuccess } from "../shared/contracts.ts";
 import { fileName } from "../shared/keys.ts";
-import { checkSupported, convertPage, defaultMaxInputPixels, planEncoder, type EncoderSettings } from "./convert.ts";
+import { convertPage, defaultMaxInputPixels, inspectPage, planEncoder, type EncoderSettings, type PageKind } from "./convert.ts";
 import type { WorkerEnv } from "./env.ts";
+import { TaskError } from "./errors.ts";
 import { log, since } from "./log.ts";
 import { taskStorage } from "./storage.ts";
-import { readTiffDirectories, selectPages } from "./tiff.ts";
+import { readTiff, selectPages, type TiffDirectory } from "./tiff.ts";
 
 export interface Timings {
   download_time_ms: number;
@@ -49,42 +50,70 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
   log.info("TiffConversion", "download.done", { bytes: downloaded.bytes, content_type: downloaded.contentType, duration_ms: timings.download_time_ms, peak_rss_mb: peakRssMb() });
 
   t = performance.now();
-  const directories = await readTiffDirectories(input);
+  const { directories, broken } = await readTiff(input);
   const { convert, skipped } = selectPages(directories);
   const maxPixels = env.MAX_INPUT_PIXELS ?? defaultMaxInputPixels(env.memory.mb);
-  for (const page of convert) checkSupported(page, maxPixels);
-  const plans = convert.map((page) => planEncoder(page, { quality: env.JPEG_QUALITY, mozjpeg: env.MOZJPEG, machineMb: env.memory.mb, machineMbSource: env.memory.source }));
+  // Pages that cannot be converted are skipped with their reason; the task fails only when none converts.
+  const pagesSkipped: PageSkipped[] = broken.map((b) => ({ page: b.page, reason: b.reason }));
+  const pages: { page: TiffDirectory; kind: PageKind; encoder: EncoderSettings }[] = [];
+  for (const page of convert) {
+    try {
+      const kind = inspectPage(page, maxPixels);
+      const encoder = planEncoder(page, { quality: env.JPEG_QUALITY, mozjpeg: env.MOZJPEG, chroma: env.JPEG_CHROMA, machineMb: env.memory.mb, machineMbSource: env.memory.source });
+      pages.push({ page, kind, encoder });
+    } catch (error) {
+      // Too big for this machine is the machine's problem, not the page's: the whole task fails (and can be re-run bigger).
+      if (!(error instanceof TaskError) || error.kind !== "input") throw error;
+      pagesSkipped.push({ page: page.index + 1, reason: reasonOf(error, page) });
+    }
+  }
   timings.inspect_time_ms = since(t);
   log.info("TiffConversion", "inspect.done", {
-    tiff_pages: directories.length,
-    pages: convert.map((d) => ({ page: d.index + 1, width: d.width, height: d.height, bits: d.bitsPerSample, samples: d.samplesPerPixel, orientation: d.orientation })),
+    tiff_pages: directories.length + broken.length,
+    pages: pages.map(({ page: d, kind }) => ({ page: d.index + 1, width: d.width, height: d.height, bits: d.bitsPerSample, samples: d.samplesPerPixel, orientation: d.orientation, ...kind })),
     skipped_pages: skipped,
+    pages_skipped: pagesSkipped,
     max_input_pixels: maxPixels,
     duration_ms: timings.inspect_time_ms,
   });
   for (const s of skipped) log.warn("TiffConversion", "page.skipped", s);
+  for (const s of pagesSkipped) log.warn("TiffConversion", "page.unconvertible", { ...s });
 
-  // Every key this task writes is reserved by the orchestrator before it is written.
-  const keys = await storage.reserve(convert.length);
-  const outputs: (CallbackOutput & { source_page: number; encoder?: EncoderSettings })[] = [];
-  for (const [i, page] of convert.entries()) {
-    const key = keys[i];
-    const jpeg = join(workDir, `page-${i + 1}.jpg`);
-    const encoder = plans[i];
-    log.info("TiffConversion", "convert.start", { page: page.index + 1, output_page: i + 1, encoder });
-    const converted = await convertPage(input, jpeg, page, encoder, maxPixels);
+  // Every key this task may write is reserved by the orchestrator before it is written (one per
+  // planned page; a page skipped at decode leaves its key unused, never another task's).
+  const keys = pages.length > 0 ? await storage.reserve(pages.length) : [];
+  const outputs: (CallbackOutput & { source_page: number; channels: 1 | 3; encoder?: EncoderSettings })[] = [];
+  // The first output's settings (the first planned page may be skipped at decode).
+  let firstEncoder: EncoderSettings | undefined;
+  for (const { page, kind, encoder } of pages) {
+    const outputPage = outputs.length + 1;
+    const key = keys[outputPage - 1];
+    const jpeg = join(workDir, `page-${outputPage}.jpg`);
+    log.info("TiffConversion", "convert.start", { page: page.index + 1, output_page: outputPage, encoder });
+    let converted;
+    try {
+      converted = await convertPage(input, jpeg, page, kind, encoder, maxPixels, env.JPEG_COLOUR);
+    } catch (error) {
+      if (!(error instanceof TaskError) || error.kind !== "input") throw error;
+      pagesSkipped.push({ page: page.index + 1, reason: reasonOf(error, page) });
+      log.warn("TiffConversion", "page.unconvertible", { ...pagesSkipped.at(-1) });
+      await rm(jpeg, { force: true });
+      continue;
+    }
     timings.conversion_time_ms += converted.conversion_time_ms;
+    firstEncoder ??= encoder;
     log.info("TiffConversion", "convert.done", {
       page: page.index + 1,
       width: converted.width,
       height: converted.height,
+      channels: converted.channels,
       bytes: converted.bytes,
       duration_ms: converted.conversion_time_ms,
       peak_rss_mb: peakRssMb(),
     });
 
     t = performance.now();
-    const uploaded = await storage.upload(i + 1, jpeg, "image/jpeg");
+    const uploaded = await storage.upload(outputPage, jpeg, "image/jpeg");
     const uploadMs = since(t);
     timings.upload_time_ms += uploadMs;
     log.info("TiffConversion", "upload.done", { page: page.index + 1, key, bytes: uploaded.bytes, duration_ms: uploadMs });
@@ -95,17 +124,19 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
       file_name: fileName(key),
       file_size: uploaded.bytes,
       content_type: "image/jpeg",
-      page: i + 1,
+      page: outputPage,
       source_page: page.index + 1,
       width: converted.width,
       height: converted.height,
-      // Listed per page only where it differs from page 1's, keeping the callback small.
-      encoder: i > 0 && JSON.stringify(encoder) !== JSON.stringify(plans[0]) ? encoder : undefined,
+      channels: converted.channels,
+      // Listed per page only where it differs from the first page's, keeping the callback small.
+      encoder: outputPage > 1 && JSON.stringify(encoder) !== JSON.stringify(firstEncoder) ? encoder : undefined,
     });
   }
   storage.close();
-
+  pagesSkipped.sort((a, b) => a.page - b.page);
   const first = outputs[0];
+  if (!first || !firstEncoder) throw nothingConverted(pagesSkipped);
   return {
     task_id: env.TASK_ID,
     batch_id: env.BATCH_ID,
@@ -117,7 +148,30 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
     pages: outputs.length,
     width: first.width,
     height: first.height,
-    encoder: plans[0],
-    input: { r2_key: env.INPUT_R2_KEY, bytes: downloaded.bytes, tiff_pages: directories.length, skipped_pages: skipped },
+    encoder: firstEncoder,
+    jpeg: { quality: firstEncoder.quality, chroma: firstEncoder.chroma_subsampling, mozjpeg: firstEncoder.mozjpeg, channels: first.channels },
+    ...(pagesSkipped.length > 0 ? { pages_skipped: pagesSkipped } : {}),
+    input: { r2_key: env.INPUT_R2_KEY, bytes: downloaded.bytes, tiff_pages: directories.length + broken.length, skipped_pages: skipped },
   };
+}
+
+export interface PageSkipped {
+  /** 1-based page of the TIFF (its directory in the chain). */
+  page: number;
+  reason: string;
+}
+
+/** A page's TaskError as a skip reason: the "page N" it starts with is said by the list entry. */
+function reasonOf(error: TaskError, page: TiffDirectory): string {
+  return error.message.replace(new RegExp(`^page ${page.index + 1} `), "");
+}
+
+/** The task's error when no page converted: the one reason, or each page's. */
+function nothingConverted(skipped: PageSkipped[]): TaskError {
+  if (skipped.length === 1) {
+    const [only] = skipped;
+    const message = /^(could not|input )/.test(only.reason) ? only.reason : `page ${only.page} ${only.reason}`;
+    return new TaskError("input", message, { retryable: false });
+  }
+  return new TaskError("input", `no page could be converted: ${skipped.map((s) => `page ${s.page}: ${s.reason}`).join("; ")}`, { retryable: false });
 }

@@ -19,6 +19,8 @@ export interface TiffDirectory {
   compression: number;
   photometric?: number;
   orientation: number;
+  /** Tag 338, one per extra sample: 0 unspecified (not alpha), 1 associated alpha, 2 unassociated alpha. */
+  extraSamples: number[];
   /** Rows per strip (strip-based files): libtiff decodes a whole strip at once. */
   rowsPerStrip?: number;
   tileWidth?: number;
@@ -27,6 +29,9 @@ export interface TiffDirectory {
 
 const TYPE_SIZE: Record<number, number> = { 1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8 };
 const MAX_DIRECTORIES = 10_000;
+const EXTRA_SAMPLES = 338;
+/** More values than any real ExtraSamples list holds. */
+const MAX_LIST = 64;
 
 const SIGNATURES: [string, (b: Buffer) => boolean][] = [
   ["a PNG image", (b) => b.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))],
@@ -48,8 +53,32 @@ export function describeSignature(head: Buffer): string {
   return `an unknown format (first bytes ${hex})`;
 }
 
-/** Reads every directory of the TIFF at `path`; throws a TaskError saying why it cannot. */
+/** A directory that cannot be read, and why; the chain may end there. */
+export interface BrokenDirectory {
+  /** 1-based page number, counting every directory of the chain. */
+  page: number;
+  reason: string;
+}
+
+export interface TiffChain {
+  directories: TiffDirectory[];
+  /** Directories after the first that could not be read: their pages are skipped, with the reason. */
+  broken: BrokenDirectory[];
+}
+
+/** Reads every directory of the TIFF at `path`; throws a TaskError when not even the first is readable. */
 export async function readTiffDirectories(path: string): Promise<TiffDirectory[]> {
+  const { directories, broken } = await readTiff(path);
+  if (broken.length > 0) throw new TaskError("input", `input is corrupt: ${broken[0].reason}`);
+  return directories;
+}
+
+/**
+ * Reads the directory chain of the TIFF at `path`. A fault in the first directory (or the
+ * header) is a TaskError; a fault further on ends or skips there, reported in `broken`, so the
+ * good pages before it still convert.
+ */
+export async function readTiff(path: string): Promise<TiffChain> {
   const file = await open(path, "r");
   try {
     const { size } = await file.stat();
@@ -67,70 +96,98 @@ export async function readTiffDirectories(path: string): Promise<TiffDirectory[]
     }
     const big = magic === 43;
     if (big && head.length < 16) throw new TaskError("input", `input is truncated: a BigTIFF header needs 16 bytes, the file has ${size}`);
-    let offset = big ? r.u64(head, 8) : r.u32(head, 4);
+    const fileSize = BigInt(size);
+    // Offsets stay BigInt until checked against the file size: a corrupt 64-bit offset is shown exactly.
+    let offset: bigint = big ? r.u64(head, 8) : BigInt(r.u32(head, 4));
     const directories: TiffDirectory[] = [];
-    const seen = new Set<number>();
-    while (offset !== 0) {
-      const index = directories.length;
+    const broken: BrokenDirectory[] = [];
+    const seen = new Map<bigint, number>();
+    let index = 0;
+    for (; offset !== 0n; index++) {
       const where = index === 0 ? "the first TIFF directory" : `TIFF directory ${index + 1}`;
-      if (offset + (big ? 8 : 2) > size) {
-        throw new TaskError(
-          "input",
-          `input is truncated or corrupt: ${where} is at byte ${offset}, beyond the end of the file (${size} bytes)`,
-        );
+      const fail = (reason: string): TaskError | undefined => {
+        if (index === 0) return new TaskError("input", `input is ${reason.startsWith("truncated") ? "" : "corrupt: "}${reason}`);
+        broken.push({ page: index + 1, reason });
+        return undefined;
+      };
+      if (offset + (big ? 8n : 2n) > fileSize) {
+        const error = fail(`truncated or corrupt: ${where} is at byte ${offset}, beyond the end of the file (${size} bytes)`);
+        if (error) throw error;
+        break;
       }
-      if (seen.has(offset)) throw new TaskError("input", `input is corrupt: ${where} points back to an earlier directory (a loop)`);
-      if (index >= MAX_DIRECTORIES) throw new TaskError("input", `input has more than ${MAX_DIRECTORIES} TIFF directories`);
-      seen.add(offset);
-      const countBytes = await readAt(file, offset, big ? 8 : 2);
-      const count = big ? r.u64(countBytes, 0) : r.u16(countBytes, 0);
+      const earlier = seen.get(offset);
+      if (earlier !== undefined) {
+        fail(`${where} points back to directory ${earlier + 1} (a loop in the directory chain); no page after it can be read`);
+        break;
+      }
+      if (index >= MAX_DIRECTORIES) {
+        fail(`the TIFF has more than ${MAX_DIRECTORIES} directories; the rest are not read`);
+        break;
+      }
+      seen.set(offset, index);
+      const at = Number(offset);
+      const countBytes = await readAt(file, at, big ? 8 : 2);
+      const count = big ? r.u64(countBytes, 0) : BigInt(r.u16(countBytes, 0));
       const entrySize = big ? 20 : 12;
-      const tableSize = count * entrySize + (big ? 8 : 4);
-      const tableStart = offset + countBytes.length;
-      if (tableStart + tableSize > size) {
-        throw new TaskError("input", `input is truncated or corrupt: ${where} (${count} entries at byte ${offset}) runs past the end of the file (${size} bytes)`);
+      const tableSize = count * BigInt(entrySize) + (big ? 8n : 4n);
+      const tableStart = at + countBytes.length;
+      if (BigInt(tableStart) + tableSize > fileSize) {
+        const error = fail(`truncated or corrupt: ${where} (${count} entries at byte ${offset}) runs past the end of the file (${size} bytes)`);
+        if (error) throw error;
+        break;
       }
-      const table = await readAt(file, tableStart, tableSize);
+      const n = Number(count);
+      const table = await readAt(file, tableStart, Number(tableSize));
       const tags = new Map<number, number>();
-      for (let i = 0; i < count; i++) {
-        const at = i * entrySize;
-        const tag = r.u16(table, at);
-        const type = r.u16(table, at + 2);
-        const n = big ? r.u64(table, at + 4) : r.u32(table, at + 4);
+      const lists = new Map<number, number[]>();
+      for (let i = 0; i < n; i++) {
+        const e = i * entrySize;
+        const tag = r.u16(table, e);
+        const type = r.u16(table, e + 2);
+        const valueCount = big ? r.u64(table, e + 4) : BigInt(r.u32(table, e + 4));
         const width = TYPE_SIZE[type];
-        if (!width || n === 0) continue;
-        const inline = width * n <= (big ? 8 : 4);
-        const valueAt = at + (big ? 12 : 8);
-        // Only the first value of each tag matters here (e.g. BitsPerSample 8,8,8 → 8).
-        const bytes = inline ? table.subarray(valueAt, valueAt + width) : await readFirstValue(file, big ? r.u64(table, valueAt) : r.u32(table, valueAt), width, size);
-        if (bytes) tags.set(tag, r.scalar(bytes, type));
+        if (!width || valueCount === 0n) continue;
+        const inline = BigInt(width) * valueCount <= (big ? 8n : 4n);
+        const valueAt = e + (big ? 12 : 8);
+        // Only the first value of most tags matters (BitsPerSample 8,8,8 → 8); ExtraSamples is read whole.
+        const wanted = tag === EXTRA_SAMPLES ? Math.min(Number(valueCount), MAX_LIST) : 1;
+        const bytes = inline
+          ? table.subarray(valueAt, valueAt + width * wanted)
+          : await readValues(file, big ? r.u64(table, valueAt) : BigInt(r.u32(table, valueAt)), width * wanted, fileSize);
+        if (!bytes) continue;
+        tags.set(tag, r.scalar(bytes, type));
+        if (tag === EXTRA_SAMPLES) lists.set(tag, Array.from({ length: wanted }, (_, k) => r.scalar(bytes.subarray(k * width), type)));
       }
+      const next = table.subarray(n * entrySize);
+      const nextOffset = big ? r.u64(next, 0) : BigInt(r.u32(next, 0));
       const width = tags.get(256);
       const height = tags.get(257);
       if (!width || !height) {
-        throw new TaskError("input", `input is corrupt: ${where} has no ImageWidth/ImageLength (width ${width ?? "missing"}, height ${height ?? "missing"})`);
+        const error = fail(`${where} has no ImageWidth/ImageLength (width ${width ?? "missing"}, height ${height ?? "missing"})`);
+        if (error) throw error;
+      } else {
+        directories.push({
+          index,
+          width,
+          height,
+          newSubfileType: tags.get(254) ?? 0,
+          subfileType: tags.get(255),
+          samplesPerPixel: tags.get(277) ?? 1,
+          bitsPerSample: tags.get(258) ?? 1,
+          sampleFormat: tags.get(339) ?? 1,
+          compression: tags.get(259) ?? 1,
+          photometric: tags.get(262),
+          orientation: tags.get(274) ?? 1,
+          extraSamples: lists.get(EXTRA_SAMPLES) ?? [],
+          rowsPerStrip: tags.has(322) ? undefined : Math.min(tags.get(278) ?? height, height),
+          tileWidth: tags.get(322),
+          tileHeight: tags.get(323),
+        });
       }
-      directories.push({
-        index,
-        width,
-        height,
-        newSubfileType: tags.get(254) ?? 0,
-        subfileType: tags.get(255),
-        samplesPerPixel: tags.get(277) ?? 1,
-        bitsPerSample: tags.get(258) ?? 1,
-        sampleFormat: tags.get(339) ?? 1,
-        compression: tags.get(259) ?? 1,
-        photometric: tags.get(262),
-        orientation: tags.get(274) ?? 1,
-        rowsPerStrip: tags.has(322) ? undefined : Math.min(tags.get(278) ?? height, height),
-        tileWidth: tags.get(322),
-        tileHeight: tags.get(323),
-      });
-      const next = table.subarray(count * entrySize);
-      offset = big ? r.u64(next, 0) : r.u32(next, 0);
+      offset = nextOffset;
     }
-    if (directories.length === 0) throw new TaskError("input", "input is corrupt: the TIFF has no image directory");
-    return directories;
+    if (directories.length === 0) throw new TaskError("input", "input is corrupt: the TIFF has no readable image directory");
+    return { directories, broken };
   } finally {
     await file.close();
   }
@@ -142,9 +199,9 @@ async function readAt(file: FileHandle, position: number, length: number): Promi
   return buffer.subarray(0, bytesRead);
 }
 
-async function readFirstValue(file: FileHandle, at: number, width: number, size: number): Promise<Buffer | undefined> {
-  if (at + width > size) return undefined;
-  return readAt(file, at, width);
+async function readValues(file: FileHandle, at: bigint, length: number, size: bigint): Promise<Buffer | undefined> {
+  if (at + BigInt(length) > size) return undefined;
+  return readAt(file, Number(at), length);
 }
 
 class Reader {
@@ -154,7 +211,7 @@ class Reader {
   }
   u16 = (b: Buffer, at: number) => (this.le ? b.readUInt16LE(at) : b.readUInt16BE(at));
   u32 = (b: Buffer, at: number) => (this.le ? b.readUInt32LE(at) : b.readUInt32BE(at));
-  u64 = (b: Buffer, at: number) => Number(this.le ? b.readBigUInt64LE(at) : b.readBigUInt64BE(at));
+  u64 = (b: Buffer, at: number): bigint => (this.le ? b.readBigUInt64LE(at) : b.readBigUInt64BE(at));
   scalar(b: Buffer, type: number): number {
     switch (type) {
       case 1:
@@ -168,7 +225,7 @@ class Reader {
       case 16:
       case 17:
       case 18:
-        return this.u64(b, 0);
+        return Number(this.u64(b, 0));
       default:
         return this.u32(b, 0);
     }

@@ -164,6 +164,17 @@ export const CallbackSuccess = z.looseObject({
   pages: z.number().int().positive().optional(),
   width: z.number().int().positive().optional(),
   height: z.number().int().positive().optional(),
+  /** Pages of the input that could not be converted (1-based), each with its reason: never dropped silently. */
+  pages_skipped: z.array(z.object({ page: z.number().int().positive(), reason: z.string().min(1).max(1000) })).max(10_000).optional(),
+  /** The JPEG settings used (of the first output page). */
+  jpeg: z
+    .looseObject({
+      quality: z.number().int().min(1).max(100),
+      chroma: z.enum(["4:2:0", "4:4:4"]),
+      mozjpeg: z.boolean(),
+      channels: z.union([z.literal(1), z.literal(3)]),
+    })
+    .optional(),
 });
 export const CallbackError = z.looseObject({
   task_id: TaskId,

@@ -41,15 +41,17 @@ export function plan(e: Engine, meta: BatchMeta): number {
       const planned = phase.plan(toPhaseFile(f));
       if (!planned) continue;
       maxSize = Math.max(maxSize, planned.size_bytes);
-      let output: string | undefined;
-      for (const candidate of planned.output_key_candidates) {
+      const id = nextId();
+      // A file that cannot be processed writes nothing: no key is reserved, and a redrive skips it.
+      let output: string | undefined = planned.error ? `(none: ${id})` : undefined;
+      for (const candidate of output ? [] : planned.output_key_candidates) {
         if (!e.store.keyTaken(candidate)) {
           output = candidate;
           break;
         }
       }
       e.store.insertTask({
-        task_id: nextId(),
+        task_id: id,
         phase: phase.name,
         file_id: f.id,
         input_key: planned.input_key,
@@ -57,6 +59,7 @@ export function plan(e: Engine, meta: BatchMeta): number {
         size_bytes: planned.size_bytes,
         params_json: JSON.stringify(planned.params ?? {}),
         now,
+        ...(planned.error ? { error: planned.error } : {}),
       });
     }
     const done = files.length < PLAN_FILES_PER_ALARM;

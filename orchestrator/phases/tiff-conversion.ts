@@ -1,5 +1,6 @@
 // TIFF_CONVERSION: every TIFF of the batch becomes a JPEG (one per page) next to it.
 // The original TIFF stays in the file list; its JPEG(s) are added.
+import { z } from "zod";
 import { CallbackBody, type FileEntry } from "../../shared/contracts.ts";
 import { fileName, isTiff, jpegKeyCandidates, pageKey, splitExtension } from "../../shared/keys.ts";
 import type { Phase, TaskView } from "./types.ts";
@@ -18,6 +19,36 @@ export function guestFor(sizeBytes: number): { cpu_kind: "shared" | "performance
   if (wantMb <= 2048) return { cpu_kind: "shared", cpus: 1, memory_mb: 2048 };
   if (wantMb <= 4096) return { cpu_kind: "performance", cpus: 1, memory_mb: 4096 };
   return { cpu_kind: "performance", cpus: 2, memory_mb: 8192 };
+}
+
+/** The JPEG settings a manifest directory's processing_config may ask for; unknown keys are ignored. */
+const ProcessingConfig = z.looseObject({
+  jpeg_quality: z.number({ message: "jpeg_quality must be a number" }).int("jpeg_quality must be a whole number").min(1, "jpeg_quality must be 1–100").max(100, "jpeg_quality must be 1–100").optional(),
+  chroma_subsampling: z.enum(["4:2:0", "4:4:4"], { message: "chroma_subsampling must be \"4:2:0\" or \"4:4:4\"" }).optional(),
+  colour: z.enum(["auto", "rgb"], { message: "colour must be \"auto\" or \"rgb\"" }).optional(),
+});
+
+/** The machine env vars that carry conversion settings; task params with these names pass through. */
+export const CONVERSION_ENV = ["JPEG_QUALITY", "MOZJPEG", "JPEG_CHROMA", "JPEG_COLOUR"] as const;
+export type ConversionEnv = Partial<Record<(typeof CONVERSION_ENV)[number], string>>;
+
+/**
+ * A manifest directory's `processing_config` as machine env (only what it sets; the worker's
+ * defaults are quality 95, mozjpeg, 4:2:0, colour "auto"), or a clear error naming what is wrong.
+ */
+export function conversionSettings(processingConfig: unknown): { ok: true; env: ConversionEnv } | { ok: false; error: string } {
+  if (processingConfig === undefined || processingConfig === null) return { ok: true, env: {} };
+  const parsed = ProcessingConfig.safeParse(processingConfig);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => (i.path.length === 0 ? "processing_config must be an object" : i.message));
+    return { ok: false, error: `processing_config is invalid: ${[...new Set(problems)].join("; ")}` };
+  }
+  const env: ConversionEnv = {};
+  const { jpeg_quality, chroma_subsampling, colour } = parsed.data;
+  if (jpeg_quality !== undefined) env.JPEG_QUALITY = String(jpeg_quality);
+  if (chroma_subsampling !== undefined) env.JPEG_CHROMA = chroma_subsampling;
+  if (colour !== undefined) env.JPEG_COLOUR = colour;
+  return { ok: true, env };
 }
 
 function outputsOf(task: TaskView, cb: Extract<CallbackBody, { status: "success" }>): FileEntry[] {
@@ -43,15 +74,21 @@ export const tiffConversion: Phase<CallbackBody> = {
 
   plan(file) {
     if (!isTiff(file.r2_key, file.content_type)) return null;
-    return { input_key: file.r2_key, output_key_candidates: jpegKeyCandidates(file.r2_key), size_bytes: file.file_size };
+    const base = { input_key: file.r2_key, output_key_candidates: jpegKeyCandidates(file.r2_key), size_bytes: file.file_size };
+    // The manifest directory's processing_config asks for quality, chroma or colour; a bad one fails the file, saying why.
+    const settings = conversionSettings(file.processing_config);
+    return settings.ok ? { ...base, params: settings.env } : { ...base, error: settings.error };
   },
 
   guest: guestFor,
 
   machine(task) {
     const guest = guestFor(task.size_bytes);
+    const conversion: Record<string, string> = {};
+    for (const name of CONVERSION_ENV) if (task.params[name] !== undefined) conversion[name] = String(task.params[name]);
     return {
       env: {
+        ...conversion,
         INPUT_R2_KEY: task.input_key,
         OUTPUT_R2_KEY: task.output_key,
         MEMORY_MB: String(guest.memory_mb),
@@ -79,6 +116,7 @@ export const tiffConversion: Phase<CallbackBody> = {
     if (outputs[0]?.r2_key !== task.output_key || cb.output_r2_key !== task.output_key) {
       return { ok: false, error: `callback listed output ${cb.output_r2_key}, but this task writes ${task.output_key}`, retryable: false };
     }
-    return { ok: true, add: outputs };
+    const skipped = cb.pages_skipped ?? [];
+    return skipped.length > 0 ? { ok: true, add: outputs, warnings: skipped.map((s) => `page ${s.page} skipped: ${s.reason}`) } : { ok: true, add: outputs };
   },
 };

@@ -22,6 +22,8 @@ export interface TaskPlan {
   output_key_candidates: Iterable<string>;
   size_bytes: number;
   params?: Record<string, string | number | boolean>;
+  /** The file cannot be processed (e.g. a bad processing_config): its task is recorded FAILED with this reason. */
+  error?: string;
 }
 
 /** A task as handed back to the phase. */
@@ -44,7 +46,7 @@ export interface MachineRequest {
 
 /** How a callback maps to a task outcome, and how a finished task changes the file list. */
 export type TaskOutcome =
-  | { ok: true; add: FileEntry[]; remove?: string[]; warnings?: string[] }
+  | { ok: true; add: FileEntry[]; remove?: string[]; /** Shown in the task view and status body, e.g. a skipped page. */ warnings?: string[] }
   | { ok: false; error: string; retryable: boolean };
 
 export interface PhaseLimits {

@@ -1,13 +1,14 @@
 // The worker's decisions in isolation: which pages are the scan, which encoder fits, what a
 // bad env says. (The child-process suite checks the same end to end on real files.)
 import { describe, expect, it } from "vitest";
-import { defaultMaxInputPixels, planEncoder, SHARP_DEFAULT_PIXEL_LIMIT } from "../../fly-worker/convert.ts";
+import { defaultMaxInputPixels, describeDecodeError, planEncoder, SHARP_DEFAULT_PIXEL_LIMIT } from "../../fly-worker/convert.ts";
+import { conversionSettings, tiffConversion } from "../../orchestrator/phases/tiff-conversion.ts";
 import { parseEnv } from "../../fly-worker/env.ts";
 import { TaskError } from "../../fly-worker/errors.ts";
 import { describeSignature, selectPages, type TiffDirectory } from "../../fly-worker/tiff.ts";
 
 const dir = (index: number, width: number, height: number, extra: Partial<TiffDirectory> = {}): TiffDirectory => ({
-  index, width, height, newSubfileType: 0, samplesPerPixel: 3, bitsPerSample: 8, sampleFormat: 1, compression: 5, orientation: 1, rowsPerStrip: 16, ...extra,
+  index, width, height, newSubfileType: 0, samplesPerPixel: 3, bitsPerSample: 8, sampleFormat: 1, compression: 5, orientation: 1, extraSamples: [], rowsPerStrip: 16, ...extra,
 });
 
 describe("selectPages", () => {
@@ -68,5 +69,49 @@ describe("describeSignature", () => {
     expect(describeSignature(Buffer.from("%PDF-1.7\n%âãÏÓ\n", "latin1"))).toBe("a PDF document");
     expect(describeSignature(Buffer.from("<!DOCTYPE html><html>", "latin1"))).toMatch(/HTML/);
     expect(describeSignature(Buffer.from([0xff, 0xd8, 0xff, 0xe0, 0, 0x10, 0x4a, 0x46, 0x49, 0x46, 0, 1]))).toBe("a JPEG image");
+  });
+});
+
+describe("JPEG settings env (JPEG_CHROMA, JPEG_COLOUR)", () => {
+  const base = { TASK_ID: "tiff-000001", BATCH_ID: "b1", INPUT_R2_KEY: "a.tif", OUTPUT_R2_KEY: "a.jpg", R2_ACCOUNT_ID: "x", R2_ACCESS_KEY_ID: "k", R2_SECRET_ACCESS_KEY: "s", R2_BUCKET: "b", CALLBACK_URL: "http://o.test/callback/b1/tiff-000001", CALLBACK_TOKEN: "t0ken", MEMORY_MB: "1024" };
+  it("defaults to 4:2:0 and auto colour", () => {
+    const result = parseEnv(base);
+    expect(result.ok && { chroma: result.env.JPEG_CHROMA, colour: result.env.JPEG_COLOUR, quality: result.env.JPEG_QUALITY, mozjpeg: result.env.MOZJPEG }).toEqual({ chroma: "4:2:0", colour: "auto", quality: 95, mozjpeg: true });
+  });
+  it("names a bad value and what was expected", () => {
+    const result = parseEnv({ ...base, JPEG_CHROMA: "4:2:2", JPEG_COLOUR: "grey" });
+    expect(result.ok ? [] : result.problems).toEqual([`JPEG_CHROMA: must be '4:2:0' or '4:4:4'; received "4:2:2"`, `JPEG_COLOUR: must be 'auto' or 'rgb'; received "grey"`]);
+  });
+});
+
+describe("decoder messages", () => {
+  it("lose the temp path, the libtiff prefixes and repeated lines", () => {
+    const input = "/tmp/fanout-tiff-000017-AbC123/input.tif";
+    const raw = `${input}: bad seek to 3309\ntiff2vips: Seek error at scanline 4, strip 0\n` + "tiff2vips: Seek error at scanline 4, strip 0\n".repeat(9);
+    expect(describeDecodeError(raw, input)).toBe("image data is truncated or corrupt (bad seek to 3309; Seek error at scanline 4, strip 0)");
+    expect(describeDecodeError("Input file has corrupt header: tiff2vips: foo\ntiff2vips: foo", input)).toBe("foo");
+  });
+});
+
+describe("TIFF_CONVERSION phase: conversion settings and skipped pages", () => {
+  it("reads processing_config into machine env, ignoring unknown keys", () => {
+    expect(conversionSettings(undefined)).toEqual({ ok: true, env: {} });
+    expect(conversionSettings({ jpeg_quality: 88, chroma_subsampling: "4:4:4", colour: "rgb", ocr: true })).toEqual({ ok: true, env: { JPEG_QUALITY: "88", JPEG_CHROMA: "4:4:4", JPEG_COLOUR: "rgb" } });
+  });
+  it("says what is wrong with an invalid processing_config", () => {
+    expect(conversionSettings({ jpeg_quality: 101, chroma_subsampling: "4:2:2" })).toEqual({ ok: false, error: `processing_config is invalid: jpeg_quality must be 1–100; chroma_subsampling must be "4:2:0" or "4:4:4"` });
+    expect(conversionSettings("high")).toEqual({ ok: false, error: "processing_config is invalid: processing_config must be an object" });
+  });
+  const task = { task_id: "tiff-000001", batch_id: "b1", input_key: "s/a.tif", output_key: "s/a.jpg", size_bytes: 1000, attempt: 1, params: {} };
+  it("passes the task's conversion params to the machine as env", () => {
+    const { env } = tiffConversion.machine({ ...task, params: { JPEG_QUALITY: "88", JPEG_CHROMA: "4:4:4", other: "x" } });
+    expect(env).toMatchObject({ JPEG_QUALITY: "88", JPEG_CHROMA: "4:4:4" });
+    expect(env).not.toHaveProperty("other");
+    expect(tiffConversion.machine(task).env).not.toHaveProperty("JPEG_QUALITY");
+  });
+  it("turns each skipped page into a warning, and a clean run into none", () => {
+    const cb = { task_id: "tiff-000001", batch_id: "b1", status: "success" as const, output_r2_key: "s/a.jpg", output_file_name: "a.jpg", output_file_size: 10 };
+    expect(tiffConversion.result(task, { ...cb, pages_skipped: [{ page: 3, reason: "has 32-bit floating-point samples" }] })).toMatchObject({ ok: true, warnings: ["page 3 skipped: has 32-bit floating-point samples"] });
+    expect(tiffConversion.result(task, cb)).not.toHaveProperty("warnings");
   });
 });

@@ -39,7 +39,8 @@ export async function compareJpeg(bytes: Buffer, expected: ExpectedPage, toleran
   if (facts.width !== expected.width || facts.height !== expected.height) {
     problems.push(`size ${facts.width}×${facts.height}, expected ${expected.width}×${expected.height}`);
   }
-  if (facts.channels !== 3 || facts.space !== "srgb") problems.push(`${facts.channels} channels in ${facts.space}, expected 3 in srgb`);
+  const [channels, space] = expected.channels === 1 ? [1, "b-w"] : [3, "srgb"];
+  if (facts.channels !== channels || facts.space !== space) problems.push(`${facts.channels} channels in ${facts.space}, expected ${channels} in ${space}`);
   for (const s of expected.samples) {
     const got = await samplePixel(bytes, s.x, s.y);
     const off = got.some((v, c) => Math.abs(v - s.rgb[c]) > tolerance);

@@ -12,6 +12,8 @@ export interface ExpectedPage {
   height: number;
   /** Points (fractions of width/height) and the colour expected there, ± tolerance. */
   samples: { x: number; y: number; rgb: Rgb }[];
+  /** Bands of the JPEG: 1 for greyscale input (JPEG_COLOUR=auto), 3 (sRGB) otherwise. */
+  channels?: 1 | 3;
 }
 
 export interface CorpusCase {
@@ -200,7 +202,7 @@ export async function generateTiffCorpus(dir: string, options: CorpusOptions = {
 
   // 16-bit greyscale is where naive casts go all black: a mid-grey must stay mid-grey.
   await solid(W, H, [128, 128, 128]).toColourspace("grey16").tiff({ compression: "deflate" }).toFile(file("grey16"));
-  cases.push({ name: "grey16", path: file("grey16"), pages: [{ width: W, height: H, samples: [{ x: 0.5, y: 0.5, rgb: [128, 128, 128] }] }] });
+  cases.push({ name: "grey16", path: file("grey16"), pages: [{ width: W, height: H, channels: 1, samples: [{ x: 0.5, y: 0.5, rgb: [128, 128, 128] }] }] });
 
   await quadrants(W, H).toColourspace("cmyk").tiff({ compression: "lzw" }).toFile(file("cmyk"));
   cases.push({ name: "cmyk", path: file("cmyk"), pages: [upright()] });
@@ -363,4 +365,349 @@ export function truncateImageData(tiff: Buffer): Buffer {
     }
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Hand-written TIFFs: the kinds sharp cannot write (32-bit unsigned, unspecified extra
+// samples, CIELab, LogLuv, odd bit depths, old-style JPEG, directory loops), byte by byte.
+
+/** One tag value: TIFF type (3 SHORT, 4 LONG, 16 LONG8…) and its values. */
+export interface TagValue {
+  type: number;
+  values: (number | bigint)[];
+}
+
+export interface IfdSpec {
+  width: number;
+  height: number;
+  samplesPerPixel: number;
+  bitsPerSample: number;
+  photometric: number;
+  /** 1 unsigned (default), 2 signed, 3 float. */
+  sampleFormat?: number;
+  compression?: number;
+  /** 1 contiguous (default), 2 planar: then `chunks` holds one strip per sample. */
+  planar?: 1 | 2;
+  extraSamples?: number[];
+  /** Strip (or tile) data, written as given: one uncompressed strip of the whole image by default. */
+  chunks: Buffer[];
+  /** Write `chunks` as tiles of this size instead of strips. */
+  tile?: { width: number; height: number };
+  /** Point JPEGInterchangeFormat (513/514) at the first chunk (old-style JPEG). */
+  interchangeFormat?: boolean;
+  /** Tags added or overriding the ones above. */
+  tags?: Record<number, TagValue>;
+}
+
+/**
+ * A classic little-endian TIFF of the given directories, each followed by its data. With
+ * `loopTo`, the last directory's next-IFD pointer goes back to directory `loopTo` (0-based).
+ */
+export function buildTiff(ifds: IfdSpec[], options: { loopTo?: number } = {}): Buffer {
+  const parts: Buffer[] = [];
+  let length = 8;
+  const push = (b: Buffer) => {
+    const at = length;
+    parts.push(b);
+    length += b.length;
+    if (length % 2) {
+      parts.push(Buffer.alloc(1));
+      length++;
+    }
+    return at;
+  };
+  const ifdAt: number[] = [];
+  const nextSlot: number[] = [];
+  for (const spec of ifds) {
+    const chunkAt = spec.chunks.map(push);
+    const tags = new Map<number, TagValue>();
+    const short = (v: number | number[]) => ({ type: 3, values: Array.isArray(v) ? v : [v] });
+    const long = (v: number[]) => ({ type: 4, values: v });
+    tags.set(256, long([spec.width]));
+    tags.set(257, long([spec.height]));
+    tags.set(258, short(Array(spec.samplesPerPixel).fill(spec.bitsPerSample) as number[]));
+    tags.set(259, short(spec.compression ?? 1));
+    tags.set(262, short(spec.photometric));
+    tags.set(277, short(spec.samplesPerPixel));
+    tags.set(284, short(spec.planar ?? 1));
+    tags.set(339, short(Array(spec.samplesPerPixel).fill(spec.sampleFormat ?? 1) as number[]));
+    if (spec.extraSamples) tags.set(338, short(spec.extraSamples));
+    if (spec.tile) {
+      tags.set(322, long([spec.tile.width]));
+      tags.set(323, long([spec.tile.height]));
+      tags.set(324, long(chunkAt));
+      tags.set(325, long(spec.chunks.map((c) => c.length)));
+    } else {
+      tags.set(273, long(chunkAt));
+      tags.set(278, long([spec.planar === 2 ? spec.height : Math.ceil(spec.height / Math.max(1, spec.chunks.length))]));
+      tags.set(279, long(spec.chunks.map((c) => c.length)));
+    }
+    if (spec.interchangeFormat) {
+      tags.set(513, long([chunkAt[0]]));
+      tags.set(514, long([spec.chunks[0].length]));
+    }
+    for (const [tag, value] of Object.entries(spec.tags ?? {})) tags.set(Number(tag), value);
+    const entries = [...tags.entries()].sort((a, b) => a[0] - b[0]);
+    // Out-of-line values first, then the directory that points at them.
+    const raw = entries.map(([tag, { type, values }]) => {
+      const width = TYPE_SIZE[type] ?? (type === 16 ? 8 : 1);
+      const bytes = Buffer.alloc(Math.max(4, width * values.length));
+      values.forEach((v, i) => {
+        if (width === 1) bytes.writeUInt8(Number(v), i);
+        else if (width === 2) bytes.writeUInt16LE(Number(v), i * 2);
+        else if (width === 4) bytes.writeUInt32LE(Number(v), i * 4);
+        else bytes.writeBigUInt64LE(BigInt(v), i * 8);
+      });
+      const inline = width * values.length <= 4;
+      return { tag, type, count: values.length, inline, bytes, at: inline ? 0 : push(bytes) };
+    });
+    const block = Buffer.alloc(2 + raw.length * 12 + 4);
+    block.writeUInt16LE(raw.length, 0);
+    raw.forEach((e, i) => {
+      const at = 2 + i * 12;
+      block.writeUInt16LE(e.tag, at);
+      block.writeUInt16LE(e.type, at + 2);
+      block.writeUInt32LE(e.count, at + 4);
+      if (e.inline) e.bytes.copy(block, at + 8, 0, 4);
+      else block.writeUInt32LE(e.at, at + 8);
+    });
+    const at = push(block);
+    ifdAt.push(at);
+    nextSlot.push(at + block.length - 4);
+  }
+  const out = Buffer.concat([Buffer.alloc(8), ...parts]);
+  out.write("II", 0, "latin1");
+  out.writeUInt16LE(42, 2);
+  out.writeUInt32LE(ifdAt[0], 4);
+  ifdAt.forEach((_, i) => {
+    const next = i + 1 < ifdAt.length ? ifdAt[i + 1] : options.loopTo !== undefined ? ifdAt[options.loopTo] : 0;
+    out.writeUInt32LE(next, nextSlot[i]);
+  });
+  return out;
+}
+
+/** A w×h 8-bit greyscale (or `channels`-band) ramp, left → right from 0 to 255·(w-1)/w. */
+export function rampPixels(width: number, height: number, bytesPerSample: 1 | 2 | 4, channels = 1, scale = 1): Buffer {
+  const out = Buffer.alloc(width * height * channels * bytesPerSample);
+  let at = 0;
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const v8 = Math.floor((x * 256) / width);
+      for (let c = 0; c < channels; c++) {
+        const v = v8 * scale;
+        if (bytesPerSample === 1) out.writeUInt8(v, at);
+        else if (bytesPerSample === 2) out.writeUInt16LE(v, at);
+        else out.writeUInt32LE(v, at);
+        at += bytesPerSample;
+      }
+    }
+  }
+  return out;
+}
+
+/** A case of the real-world kinds corpus (issue 15): what must happen to it, page by page. */
+export interface KindCase {
+  name: string;
+  path: string;
+  /** Extra machine env for this case (JPEG_COLOUR, JPEG_CHROMA…). */
+  env?: Record<string, string>;
+  /** Converted pages, each with its expected JPEG band count. */
+  pages?: (ExpectedPage & { channels: 1 | 3 })[];
+  /** Pages that must be listed in pages_skipped, with their reason. */
+  skipped?: { page: number; reason: RegExp }[];
+  /** When the task must fail: what the error says, and what it must not say. */
+  error?: RegExp;
+  notError?: RegExp;
+}
+
+async function rawPixels(image: Sharp): Promise<Buffer> {
+  return image.raw().toBuffer();
+}
+
+/** A page as 8-bit contiguous RGB built by `buildTiff`, from a sharp image. */
+async function rgbPage(image: Sharp, width: number, height: number): Promise<IfdSpec> {
+  return { width, height, samplesPerPixel: 3, bitsPerSample: 8, photometric: 2, chunks: [await rawPixels(image)] };
+}
+
+/** Left half `left`, right half `right`, as 32-bit unsigned samples (the 8-bit value in the top byte). */
+function halves32(width: number, height: number, channels: number, left: Rgb, right: Rgb, planar: boolean): Buffer[] {
+  const planes = Array.from({ length: planar ? channels : 1 }, () => Buffer.alloc(width * height * 4 * (planar ? 1 : channels)));
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const rgb = x < width / 2 ? left : right;
+      for (let c = 0; c < channels; c++) {
+        const v = rgb[c] * 2 ** 24 + 0xabcdef; // low bits set: they must not matter
+        if (planar) planes[c].writeUInt32LE(v, (y * width + x) * 4);
+        else planes[0].writeUInt32LE(v, ((y * width + x) * channels + c) * 4);
+      }
+    }
+  }
+  return planes;
+}
+
+/**
+ * The kinds of issue 15, each made for it: hand-written IFDs for what sharp cannot write,
+ * sharp for the rest. Small images (≤ 160 px) so the suite stays fast on shared CPUs.
+ */
+export async function generateKindsCorpus(dir: string): Promise<Record<string, KindCase>> {
+  await mkdir(dir, { recursive: true });
+  const cases: KindCase[] = [];
+  const add = async (c: Omit<KindCase, "path">, bytes: Buffer) => {
+    const path = join(dir, `${c.name}.tif`);
+    await writeFile(path, bytes);
+    cases.push({ ...c, path });
+  };
+  const W = 160;
+  const H = 120;
+  const grey = (v: number): Rgb => [v, v, v];
+  const halvesSamples = (left: Rgb, right: Rgb) => [
+    { x: 0.25, y: 0.5, rgb: left },
+    { x: 0.75, y: 0.5, rgb: right },
+  ];
+
+  // 1. Tiled old-style JPEG (Compression 6), YCbCr: sharp decodes it as all zeros with alpha 0.
+  {
+    const jpeg = await quadrants(64, 64).jpeg({ quality: 90 }).toBuffer();
+    await add(
+      { name: "ojpeg-tiled", error: /page 1 uses old-style JPEG compression \(Compression 6\), which the converter cannot decode/ },
+      buildTiff([{ width: 64, height: 64, samplesPerPixel: 3, bitsPerSample: 8, photometric: 6, compression: 6, tile: { width: 64, height: 64 }, interchangeFormat: true, chunks: [jpeg] }]),
+    );
+    // A decode that is fully transparent is never flattened into a white page.
+    const clear = await sharp(Buffer.alloc(W * H * 4), { raw: { width: W, height: H, channels: 4 } }).tiff({ compression: "lzw" }).toBuffer();
+    await add({ name: "fully-transparent", error: /page 1 decodes as fully transparent/ }, clear);
+  }
+
+  // 2. 32-bit unsigned samples: grey and RGB, contiguous and planar → their top 8 bits.
+  {
+    const g = halves32(W, H, 1, grey(64), grey(192), false);
+    await add(
+      { name: "uint32-grey", pages: [{ width: W, height: H, channels: 1, samples: halvesSamples(grey(64), grey(192)) }] },
+      buildTiff([{ width: W, height: H, samplesPerPixel: 1, bitsPerSample: 32, photometric: 1, chunks: g }]),
+    );
+    for (const planar of [false, true]) {
+      const chunks = halves32(W, H, 3, RED, BLUE, planar);
+      await add(
+        { name: `uint32-rgb-${planar ? "planar" : "contig"}`, pages: [{ width: W, height: H, channels: 3, samples: halvesSamples(RED, BLUE) }] },
+        buildTiff([{ width: W, height: H, samplesPerPixel: 3, bitsPerSample: 32, photometric: 2, planar: planar ? 2 : 1, chunks }]),
+      );
+    }
+  }
+
+  // 3. ExtraSamples = 0 is not alpha: black pixels whose extra sample is 0 stay black.
+  {
+    const rgbx = Buffer.alloc(W * H * 4);
+    for (let i = 0; i < W * H; i++) if (i % W >= W / 2) rgbx.set([200, 30, 30, 0], i * 4);
+    await add(
+      { name: "extrasample-unspecified", pages: [{ width: W, height: H, channels: 3, samples: halvesSamples([0, 0, 0], RED) }] },
+      buildTiff([{ width: W, height: H, samplesPerPixel: 4, bitsPerSample: 8, photometric: 2, extraSamples: [0], chunks: [rgbx] }]),
+    );
+    // Unassociated alpha (2) is alpha: the transparent left half → white, the opaque right half red.
+    const rgba = Buffer.from(rgbx);
+    for (let i = 0; i < W * H; i++) if (i % W >= W / 2) rgba[i * 4 + 3] = 255;
+    await add(
+      { name: "extrasample-alpha", pages: [{ width: W, height: H, channels: 3, samples: halvesSamples(WHITE, RED) }] },
+      buildTiff([{ width: W, height: H, samplesPerPixel: 4, bitsPerSample: 8, photometric: 2, extraSamples: [2], chunks: [rgba] }]),
+    );
+  }
+
+  // 4. Multi-page TIFFs with one bad page: the good pages convert, the bad one is listed.
+  {
+    const page1 = await rgbPage(quadrants(W, H), W, H);
+    const page3Colours = [BLUE, YELLOW, RED, GREEN] as const;
+    const page3 = await rgbPage(quadrants(W, H, page3Colours), W, H);
+    const floatPage: IfdSpec = { width: W, height: H, samplesPerPixel: 1, bitsPerSample: 32, sampleFormat: 3, photometric: 1, chunks: [Buffer.alloc(W * H * 4)] };
+    const lzmaPage: IfdSpec = { width: W, height: H, samplesPerPixel: 3, bitsPerSample: 8, photometric: 2, compression: 34925, chunks: [Buffer.alloc(64)] };
+    const good = (colours?: readonly Rgb[]) => ({ width: W, height: H, channels: 3 as const, samples: quadrantSamples(colours) });
+    await add(
+      { name: "multipage-float-page-2", pages: [good(), good(page3Colours)], skipped: [{ page: 2, reason: /^has 32-bit floating-point samples/ }] },
+      buildTiff([page1, floatPage, page3]),
+    );
+    await add(
+      { name: "multipage-loop-at-3", pages: [good(), good(page3Colours)], skipped: [{ page: 3, reason: /TIFF directory 3 points back to directory 1 \(a loop/ }] },
+      buildTiff([page1, page3], { loopTo: 0 }),
+    );
+    // Page 1's data is unreadable (its strip lies past the end): found only when decoding it.
+    const unreadable: IfdSpec = { ...page1, tags: { 273: { type: 4, values: [9_999_999] } } };
+    await add(
+      { name: "multipage-bad-data-page-1", pages: [good(page3Colours)], skipped: [{ page: 1, reason: /^could not decode page 1 \(160×120\): image data is truncated or corrupt \(bad seek to 9999999/ }] },
+      buildTiff([unreadable, page3]),
+    );
+    await add(
+      { name: "multipage-none-convertible", error: /^no page could be converted: page 1: has 32-bit floating-point samples.*; page 2: uses LZMA compression/ },
+      buildTiff([floatPage, lzmaPage]),
+    );
+  }
+
+  // 5. CIELab, 8-bit: refused as unsupported, never as corrupt.
+  {
+    const lab = Buffer.alloc(W * H * 3);
+    for (let i = 0; i < W * H; i++) lab.set([128, 0, 0], i * 3);
+    await add(
+      { name: "cielab8", error: /^page 1 is CIELab \(PhotometricInterpretation 8\): CIELab is not supported/, notError: /corrupt|labq/i },
+      buildTiff([{ width: W, height: H, samplesPerPixel: 3, bitsPerSample: 8, photometric: 8, chunks: [lab] }]),
+    );
+  }
+
+  // 6. LogLuv / SGILog HDR: said to be what it is, not "16-bit signed integer samples".
+  await add(
+    { name: "logluv", error: /^page 1 is a LogLuv\/SGILog high-dynamic-range image/, notError: /signed integer/ },
+    buildTiff([{ width: W, height: H, samplesPerPixel: 3, bitsPerSample: 16, sampleFormat: 2, photometric: 32845, compression: 34676, chunks: [Buffer.alloc(W * H * 6)] }]),
+  );
+  await add(
+    { name: "logl", error: /^page 1 is a LogLuv\/SGILog high-dynamic-range image/, notError: /signed integer/ },
+    buildTiff([{ width: W, height: H, samplesPerPixel: 1, bitsPerSample: 16, sampleFormat: 2, photometric: 32844, compression: 34676, chunks: [Buffer.alloc(W * H * 2)] }]),
+  );
+
+  // 7. Valid files with unsupported bit depths: named, without a "corrupt header" prefix.
+  for (const [name, spp, bits, photometric] of [["grey12", 1, 12, 1], ["rgb4", 3, 4, 2], ["rgb24", 3, 24, 2]] as const) {
+    await add(
+      { name, error: new RegExp(`^page 1 has ${bits}-bit samples, which the converter cannot read`), notError: /corrupt/i },
+      buildTiff([{ width: W, height: H, samplesPerPixel: spp, bitsPerSample: bits, photometric, chunks: [Buffer.alloc(Math.ceil((W * H * spp * bits) / 8))] }]),
+    );
+  }
+
+  // 8. Error texts: no temp path, no repeated libtiff line, exact 64-bit offsets, corrupt ≠ large.
+  await add(
+    { name: "strip-past-eof", error: /^could not decode page 1 \(160×120\): image data is truncated or corrupt \(bad seek to 999999/, notError: /\/tmp|fanout-|input\.tif/ },
+    buildTiff([{ width: W, height: H, samplesPerPixel: 1, bitsPerSample: 8, photometric: 1, chunks: [Buffer.alloc(W * H)], tags: { 273: { type: 4, values: [999999] } } }]),
+  );
+  await add(
+    { name: "lzma", error: /^page 1 uses LZMA compression \(Compression 34925\), which the converter cannot decode; re-save it [^;]*$/, notError: /not configured/ },
+    buildTiff([{ ...{ width: W, height: H, samplesPerPixel: 3, bitsPerSample: 8, photometric: 2, compression: 34925 }, chunks: [Buffer.alloc(64)] }]),
+  );
+  {
+    const big = Buffer.alloc(16);
+    big.write("II", 0, "latin1");
+    big.writeUInt16LE(43, 2);
+    big.writeUInt16LE(8, 4);
+    big.writeBigUInt64LE(9295429630892703745n, 8);
+    await add({ name: "bigtiff-offset-64bit", error: /the first TIFF directory is at byte 9295429630892703745, beyond the end of the file \(16 bytes\)/ }, big);
+  }
+  await add(
+    { name: "samples-per-pixel-65535", error: /^page 1 is corrupt: SamplesPerPixel is 65535$/, notError: /larger machine|MB/ },
+    buildTiff([{ width: W, height: H, samplesPerPixel: 3, bitsPerSample: 8, photometric: 2, chunks: [Buffer.alloc(W * H * 3)], tags: { 277: { type: 3, values: [65535] } } }]),
+  );
+
+  // 9. Greyscale and bilevel → 1-band JPEGs (unless JPEG_COLOUR=rgb).
+  {
+    const g8 = await sharp({ create: { width: W, height: H, channels: 3, background: { r: 90, g: 90, b: 90 } } }).toColourspace("b-w").tiff({ compression: "lzw" }).toBuffer();
+    await add({ name: "grey8", pages: [{ width: W, height: H, channels: 1, samples: [{ x: 0.5, y: 0.5, rgb: grey(90) }] }] }, g8);
+    await add({ name: "grey8-rgb", env: { JPEG_COLOUR: "rgb" }, pages: [{ width: W, height: H, channels: 3, samples: [{ x: 0.5, y: 0.5, rgb: grey(90) }] }] }, g8);
+    // Bilevel, MinIsWhite: 0 bits are white; the left half is set (black).
+    const rowBytes = W / 8;
+    const bits = Buffer.alloc(rowBytes * H);
+    for (let y = 0; y < H; y++) bits.fill(0xff, y * rowBytes, y * rowBytes + rowBytes / 2);
+    await add(
+      { name: "bilevel", pages: [{ width: W, height: H, channels: 1, samples: halvesSamples(grey(0), grey(255)) }] },
+      buildTiff([{ width: W, height: H, samplesPerPixel: 1, bitsPerSample: 1, photometric: 0, compression: 1, chunks: [bits] }]),
+    );
+  }
+
+  // 10. Chroma: 4:2:0 by default, 4:4:4 when the batch asks.
+  {
+    const rgb = await quadrants(W, H).tiff({ compression: "lzw" }).toBuffer();
+    await add({ name: "chroma-default", pages: [{ width: W, height: H, channels: 3, samples: quadrantSamples() }] }, rgb);
+    await add({ name: "chroma-444", env: { JPEG_CHROMA: "4:4:4", JPEG_QUALITY: "90" }, pages: [{ width: W, height: H, channels: 3, samples: quadrantSamples() }] }, rgb);
+  }
+  return Object.fromEntries(cases.map((c) => [c.name, c]));
 }
