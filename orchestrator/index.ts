@@ -16,6 +16,7 @@ import {
 import { callbackSubject, timingSafeEqualText, verifyToken } from "../shared/token.ts";
 import type { ApiStatus } from "./batch-do.ts";
 import { ConfigError, loadConfig } from "./config.ts";
+import { health } from "./health.ts";
 import { errorMessage, log, logError } from "./log.ts";
 
 export { BatchDO } from "./batch-do.ts";
@@ -36,7 +37,7 @@ const router = Router<IRequest, [Env]>({
 });
 
 router
-  .get("/health", () => Response.json({ ok: true, service: "fanout" }))
+  .get("/health", (req, env) => health(req, env))
   .get("/status/:batchId", withBatch(status))
   .get("/status/:batchId/tasks", withBatch(tasks))
   .get("/status/:batchId/tasks/:taskId", withBatch(task))
