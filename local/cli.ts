@@ -459,24 +459,20 @@ async function main(argv: string[]): Promise<number> {
   return await entry.run(rest);
 }
 
-main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
-  (error: unknown) => {
-    const parseError = error instanceof TypeError && (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS");
-    if (error instanceof UsageError || parseError) {
-      const help = current ? `npm run fanout -- ${current} --help` : "npm run fanout -- help";
-      console.error(`fanout: ${error.message}\nSee \`${help}\`.`);
-      process.exit(EXIT.usage);
-    }
-    if (error instanceof NoOrchestrator || (error instanceof ApiError && error.status === null && /cannot reach/.test(error.message))) {
-      console.error(`fanout: ${error.message}`);
-      process.exit(EXIT.unreachable);
-    }
-    if (error instanceof Error && /^cannot reach the orchestrator/.test(error.message)) {
-      console.error(`fanout: ${error.message}`);
-      process.exit(EXIT.unreachable);
-    }
-    console.error(`fanout: ${error instanceof Error ? error.message : String(error)}`);
-    process.exit(EXIT.failed);
-  },
-);
+/** Exits once stdout and stderr are flushed: on a pipe, process.exit() alone can cut a long --json answer short. */
+function exit(code: number): void {
+  process.stdout.write("", () => process.stderr.write("", () => process.exit(code)));
+}
+
+main(process.argv.slice(2)).then(exit, (error: unknown) => {
+  const parseError = error instanceof TypeError && (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS");
+  if (error instanceof UsageError || parseError) {
+    const help = current ? `npm run fanout -- ${current} --help` : "npm run fanout -- help";
+    console.error(`fanout: ${error.message}\nSee \`${help}\`.`);
+    return exit(EXIT.usage);
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  console.error(`fanout: ${message}`);
+  const unreachable = error instanceof NoOrchestrator || (error instanceof ApiError && error.status === null && /cannot reach/.test(message)) || /^cannot reach the orchestrator/.test(message);
+  exit(unreachable ? EXIT.unreachable : EXIT.failed);
+});
