@@ -9,7 +9,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { REPO_ROOT } from "../../local/paths.ts";
+import { OrchestratorClient } from "../../local/api.ts";
+import { watchBatch, WatchError } from "../../local/progress.ts";
+import { generateSamples } from "../../local/samples.ts";
 import { freePort, startStack, type ComponentExit } from "../../local/stack.ts";
+import { s3Client, uploadBatch } from "../../local/submit.ts";
 
 interface Run {
   npm: ChildProcess;
@@ -203,9 +207,20 @@ describe("npm start exits non-zero when a part of the stack dies", () => {
     const exits: ComponentExit[] = [];
     const stack = await startStack({ stateDir: join(dir, "stack"), fresh: true, onComponentExit: (e) => exits.push(e) });
     try {
+      // A batch whose manifest cannot be read once S3 is gone: it stalls in discovery, and a
+      // watch with stallMs gives up saying where it stood (what the long e2e tests rely on).
+      const api = new OrchestratorClient({ url: stack.orchestratorUrl, adminToken: stack.adminToken });
+      const client = s3Client({ endpoint: stack.s3.endpoint, bucket: stack.bucket, ...stack.s3.credentials });
+      const samples = join(dir, "samples");
+      await generateSamples(samples, { count: 2, width: 32, height: 24 });
+      const uploaded = await uploadBatch(client, stack.bucket, { dir: samples, batchId: "stalls" });
       await stack.s3.stop();
       for (let i = 0; i < 50 && exits.length === 0; i++) await sleep(100);
       expect(exits).toEqual([{ component: "local S3", message: `the local S3 at ${stack.s3.endpoint} stopped listening` }]);
+      await api.enqueue({ batch_id: "stalls", manifest_r2_key: uploaded.manifestKey });
+      const watched = await watchBatch(api, "stalls", { intervalMs: 200, stallMs: 5000 }).catch((e: unknown) => e);
+      expect(watched).toBeInstanceOf(WatchError);
+      expect((watched as WatchError).message).toMatch(/^batch stalls made no progress for 5s: status [A-Z_]+(\/[a-z_]+)?, 0\/\d+ done, 0 failed, 0 running, 0 starting, 0 retrying, \d+ pending$/);
       await stack.emulator.stop();
       await sleep(200);
       expect(exits).toHaveLength(1); // reported once: the first death is the one that matters
