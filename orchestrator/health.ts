@@ -88,12 +88,14 @@ export function isAdmin(req: Request, config: Config | null): boolean {
 
 export interface DeepOptions {
   fetch?: typeof fetch;
+  /** Origin the health request itself arrived at: when it is CALLBACK_BASE_URL's, that URL demonstrably reaches us. */
+  requestOrigin?: string;
 }
 
 /** The checks that leave the Worker: a Fly list call, a storage HEAD, CALLBACK_BASE_URL/health. */
 export async function deepChecks(env: Env, config: Config, options: DeepOptions = {}): Promise<Check[]> {
   const doFetch = options.fetch ?? fetch;
-  return await Promise.all([flyCheck(config, doFetch), ...storageChecks(env, config, doFetch), callbackCheck(config, doFetch)]);
+  return await Promise.all([flyCheck(config, doFetch), ...storageChecks(env, config, doFetch), callbackCheck(config, doFetch, options.requestOrigin)]);
 }
 
 async function flyCheck(config: Config, doFetch: typeof fetch): Promise<Check> {
@@ -165,13 +167,16 @@ function storageChecks(env: Env, config: Config, doFetch: typeof fetch): Promise
 
 const ShallowHealth = z.looseObject({ service: z.literal("fanout") });
 
-async function callbackCheck(config: Config, doFetch: typeof fetch): Promise<Check> {
+async function callbackCheck(config: Config, doFetch: typeof fetch, requestOrigin?: string): Promise<Check> {
+  // This very request came in through CALLBACK_BASE_URL: it reaches us (and Cloudflare refuses a
+  // Worker fetching its own workers.dev URL, so a self-fetch could not show it anyway).
+  if (requestOrigin && new URL(config.CALLBACK_BASE_URL).origin === requestOrigin) return { name: "callback_reachable", ok: true };
   const url = `${config.CALLBACK_BASE_URL.replace(/\/+$/, "")}/health`;
   try {
     const res = await doFetch(url, { signal: AbortSignal.timeout(DEEP_TIMEOUT_MS) });
     const body: unknown = await res.json().catch(() => null);
     if (ShallowHealth.safeParse(body).success) return { name: "callback_reachable", ok: true };
-    return fail("callback_reachable", `CALLBACK_BASE_URL/health answered HTTP ${res.status}, not this orchestrator`, "set CALLBACK_BASE_URL to the URL this Worker is deployed at");
+    return fail("callback_reachable", `CALLBACK_BASE_URL/health answered HTTP ${res.status}, not this orchestrator (or Cloudflare refused the Worker fetching itself)`, "set CALLBACK_BASE_URL to the URL this Worker is deployed at, and run doctor with ORCHESTRATOR_URL set to that same URL", "warning");
   } catch {
     return fail("callback_reachable", "CALLBACK_BASE_URL/health could not be reached", "set CALLBACK_BASE_URL to the URL `wrangler deploy` printed for this Worker");
   }
@@ -187,7 +192,7 @@ export async function health(req: Request, env: Env, options: DeepOptions = {}):
     } else if (!isAdmin(req, config)) {
       return Response.json({ error: "admin token missing or invalid (GET /health?deep=1 needs Authorization: Bearer $ADMIN_TOKEN)" }, { status: 401 });
     } else {
-      checks.push(...(await deepChecks(env, config, options)));
+      checks.push(...(await deepChecks(env, config, { requestOrigin: new URL(req.url).origin, ...options })));
     }
   }
   const report: HealthReport = { ok: checks.every((c) => c.ok), service: "fanout", deep: deep && config !== null, checks };

@@ -15,8 +15,8 @@ const ADMIN = { authorization: `Bearer ${env.ADMIN_TOKEN}` };
 
 type Report = { ok: boolean; deep: boolean; checks: { name: string; ok: boolean; severity?: string; problem?: string; fix?: string }[] };
 
-async function get(path: string, envOverride: Partial<Env> = {}, headers: Record<string, string> = {}) {
-  const res = await worker.fetch(new Request(`http://orchestrator.test${path}`, { headers }), { ...env, ...envOverride } as Env);
+async function get(path: string, envOverride: Partial<Env> = {}, headers: Record<string, string> = {}, origin = "http://orchestrator.test") {
+  const res = await worker.fetch(new Request(`${origin}${path}`, { headers }), { ...env, ...envOverride } as Env);
   return { status: res.status, text: await res.text() };
 }
 
@@ -84,8 +84,9 @@ describe("GET /health?deep=1", () => {
 
   it("lists machines on the Fly API, HEADs the bucket and reaches CALLBACK_BASE_URL", async () => {
     fly = world();
-    // The machines' S3 endpoint: a real refused connection (nothing listens on port 9).
-    const { status, text } = await get("/health?deep=1", { R2_ENDPOINT: "http://127.0.0.1:9" }, ADMIN);
+    // The machines' S3 endpoint: a real refused connection (nothing listens on port 9). Asked at
+    // another origin than CALLBACK_BASE_URL, so the callback URL is fetched (routed to this Worker).
+    const { status, text } = await get("/health?deep=1", { R2_ENDPOINT: "http://127.0.0.1:9" }, ADMIN, "http://admin-side.test");
     const body = JSON.parse(text) as Report;
     const by = Object.fromEntries(body.checks.map((c) => [c.name, c]));
     expect(by.fly_api).toEqual({ name: "fly_api", ok: true });
@@ -95,6 +96,11 @@ describe("GET /health?deep=1", () => {
     expect(body.deep).toBe(true);
     const lists = fly.requests.filter((r) => r.method === "GET" && r.path.startsWith(`/v1/apps/${env.FLY_APP_NAME}/machines`));
     expect(lists).toHaveLength(1);
+
+    // A CALLBACK_BASE_URL that answers, but not as this orchestrator.
+    const elsewhere = await get("/health?deep=1", { R2_ENDPOINT: "http://127.0.0.1:9", CALLBACK_BASE_URL: "http://fly.test" }, ADMIN, "http://admin-side.test");
+    const cb = (JSON.parse(elsewhere.text) as Report).checks.find((c) => c.name === "callback_reachable");
+    expect(cb).toMatchObject({ severity: "warning", problem: expect.stringContaining("not this orchestrator") });
   });
 
   it("uses the R2 binding when no R2_ENDPOINT is set, and names a refused Fly token", async () => {
