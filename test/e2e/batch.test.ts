@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { REPO_ROOT } from "../../local/orchestrator-process.ts";
 import { generateSamples, type GeneratedSample } from "../../local/samples.ts";
 import { freePort } from "../../local/stack.ts";
-import { checkJpegs, expectedJpegKeys, jpegKeys, startE2EStack, waitNoLiveMachines, type E2EStack } from "./support/stack.ts";
+import { BACKSTOP_MS, checkJpegs, expectedJpegKeys, jpegKeys, startE2EStack, waitNoLiveMachines, type E2EStack } from "./support/stack.ts";
 
 interface CliRun {
   code: number | null;
@@ -48,7 +48,7 @@ describe("a batch of 25 mixed TIFFs", () => {
       R2_BUCKET: stack.bucket,
     };
     samples = await generateSamples(join(stack.workDir, "mixed"), { count: 25, width: 640, height: 480, perFolder: 10 });
-  });
+  }, BACKSTOP_MS); // a stack start and 25 sharp encodes: minutes on a loaded 2-core machine
   afterAll(async () => {
     await stack?.dispose();
   });
