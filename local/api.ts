@@ -67,6 +67,26 @@ export type TaskFilter = (typeof TASK_FILTERS)[number];
 
 export const TERMINAL = new Set(["DONE", "ERROR"]);
 
+export const HealthCheck = z.looseObject({
+  name: z.string(),
+  ok: z.boolean(),
+  severity: z.enum(["error", "warning"]).optional(),
+  problem: z.string().optional(),
+  fix: z.string().optional(),
+});
+export type HealthCheck = z.infer<typeof HealthCheck>;
+export const HealthReport = z.looseObject({ ok: z.boolean(), service: z.literal("fanout"), deep: z.boolean().default(false), checks: z.array(HealthCheck).default([]) });
+export type HealthReport = z.infer<typeof HealthReport>;
+
+export const ResetResult = z.looseObject({
+  batch_id: z.string(),
+  status: z.string(),
+  tasks_failed: z.number().default(0),
+  machines_destroyed: z.number().default(0),
+  machines_pending: z.number().default(0),
+});
+export type ResetResult = z.infer<typeof ResetResult>;
+
 export interface ClientOptions {
   /** Base URL of the orchestrator, e.g. http://127.0.0.1:8787 */
   url: string;
@@ -96,13 +116,29 @@ export class OrchestratorClient {
     }
   }
 
+  /** GET /health (deep: with the admin token); 503 answers are reports too. */
+  async healthReport(deep = false): Promise<HealthReport> {
+    const body = await this.#call("GET", deep ? "/health?deep=1" : "/health", { admin: deep, accept: [503] });
+    return this.#parse(HealthReport, body, "health report");
+  }
+
+  /** The batch's status, or null when the orchestrator has no such batch. */
+  async statusOrNull(batchId: string): Promise<BatchStatus | null> {
+    try {
+      return await this.status(batchId);
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 404) return null;
+      throw error;
+    }
+  }
+
   async enqueue(message: QueueMessage): Promise<{ batch_id: string; status_url: string }> {
     const body = await this.#call("POST", "/admin/batches", { admin: true, body: message });
     return z.looseObject({ batch_id: z.string(), status_url: z.string() }).parse(body);
   }
 
   async status(batchId: string): Promise<BatchStatus> {
-    return this.#parse(BatchStatus, await this.#call("GET", `/status/${encodeURIComponent(batchId)}`), "status");
+    return this.#parse(BatchStatus, await this.#call("GET", `/status/${encodeURIComponent(batchId)}`, { batchId }), "status");
   }
 
   async tasks(batchId: string, options: { status?: TaskFilter; cursor?: string | null; limit?: number } = {}) {
@@ -110,7 +146,7 @@ export class OrchestratorClient {
     if (options.status) q.set("status", options.status);
     if (options.cursor) q.set("cursor", options.cursor);
     q.set("limit", String(options.limit ?? 500));
-    return this.#parse(TaskPage, await this.#call("GET", `/status/${encodeURIComponent(batchId)}/tasks?${q}`), "task list");
+    return this.#parse(TaskPage, await this.#call("GET", `/status/${encodeURIComponent(batchId)}/tasks?${q}`, { batchId }), "task list");
   }
 
   /** Every task of the batch (optionally of one status), page by page. */
@@ -125,9 +161,9 @@ export class OrchestratorClient {
     return out;
   }
 
-  async reset(batchId: string): Promise<Record<string, unknown>> {
-    const body = await this.#call("POST", `/admin/reset/${encodeURIComponent(batchId)}`, { admin: true });
-    return z.record(z.string(), z.unknown()).parse(body);
+  async reset(batchId: string): Promise<ResetResult> {
+    const body = await this.#call("POST", `/admin/reset/${encodeURIComponent(batchId)}`, { admin: true, batchId });
+    return this.#parse(ResetResult, body, "reset answer");
   }
 
   #parse<T extends z.ZodType>(schema: T, body: unknown, what: string): z.infer<T> {
@@ -138,7 +174,8 @@ export class OrchestratorClient {
     return parsed.data;
   }
 
-  async #call(method: string, path: string, options: { admin?: boolean; body?: unknown } = {}): Promise<unknown> {
+  /** `batchId` names the batch in a 404's message; `accept` lists non-2xx statuses whose body is the answer. */
+  async #call(method: string, path: string, options: { admin?: boolean; body?: unknown; batchId?: string; accept?: number[] } = {}): Promise<unknown> {
     const headers: Record<string, string> = {};
     if (options.body !== undefined) headers["content-type"] = "application/json";
     if (options.admin) {
@@ -167,7 +204,7 @@ export class OrchestratorClient {
     } catch {
       // not JSON: described below
     }
-    if (res.ok) return body;
+    if (res.ok || options.accept?.includes(res.status)) return body;
     const reason = (body as { error?: unknown } | undefined)?.error;
     const said = typeof reason === "string" ? reason : text.slice(0, 200) || res.statusText;
     if (res.status === 401) {
@@ -176,7 +213,9 @@ export class OrchestratorClient {
         401,
       );
     }
-    if (res.status === 404 && said === "unknown batch") throw new ApiError(`no such batch on ${this.url}: ${path.split("/")[2] ?? ""}`, 404);
+    if (res.status === 404 && said === "unknown batch") {
+      throw new ApiError(`no such batch on ${this.url}: ${options.batchId ?? "(unnamed)"}`, 404);
+    }
     throw new ApiError(`${method} ${path} failed: the orchestrator answered ${res.status}: ${said}`, res.status);
   }
 }

@@ -26,6 +26,8 @@ export interface OrchestratorProcess {
   pid: number;
   /** Stops the whole process group: SIGTERM (then SIGKILL after a grace period), or SIGKILL at once. */
   stop(signal?: "SIGTERM" | "SIGKILL"): Promise<void>;
+  /** Resolves when wrangler dev exits, whoever stopped it: "code N" or "signal SIGX". */
+  exited: Promise<string>;
 }
 
 // eslint-disable-next-line no-control-regex
@@ -64,6 +66,7 @@ export async function startOrchestratorProcess(options: OrchestratorProcessOptio
   splitLines(child.stdout!, onLine);
   splitLines(child.stderr!, onLine);
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const how = new Promise<string>((resolve) => child.once("exit", (code, signal) => resolve(signal ? `signal ${signal}` : `code ${code}`)));
 
   const stop = stopper(child, pid, exited);
   try {
@@ -73,7 +76,7 @@ export async function startOrchestratorProcess(options: OrchestratorProcessOptio
     const tail = recent.slice(-15).join("\n  ");
     throw new Error(`${error instanceof Error ? error.message : String(error)}\n  last lines of wrangler dev:\n  ${tail}`, { cause: error });
   }
-  return { url, pid, stop };
+  return { url, pid, stop, exited: how };
 }
 
 async function waitReady(url: string, exited: Promise<number | null>, timeoutMs: number): Promise<void> {
@@ -84,14 +87,30 @@ async function waitReady(url: string, exited: Promise<number | null>, timeoutMs:
     if (gone !== undefined) throw new Error(`wrangler dev exited with code ${gone} before it was ready on ${url}`);
     try {
       const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(2000) });
-      await res.body?.cancel();
+      const text = await res.text();
       if (res.ok) return;
-    } catch {
+      const problems = healthProblems(text);
+      if (problems) throw new MisconfiguredError(`the orchestrator at ${url} is misconfigured: ${problems}`);
+    } catch (error) {
+      if (error instanceof MisconfiguredError) throw error;
       // not listening yet
     }
     await sleep(200);
   }
   throw new Error(`wrangler dev did not answer ${url}/health within ${Math.round(timeoutMs / 1000)}s`);
+}
+
+class MisconfiguredError extends Error {}
+
+/** The failed checks of a GET /health body, one sentence each, or null when it is not one. */
+function healthProblems(text: string): string | null {
+  try {
+    const body = JSON.parse(text) as { checks?: { ok?: boolean; problem?: string; fix?: string }[] };
+    const failed = (body.checks ?? []).filter((c) => c.ok === false);
+    return failed.length > 0 ? failed.map((c) => `${c.problem ?? "?"} (${c.fix ?? ""})`).join("; ") : null;
+  } catch {
+    return null;
+  }
 }
 
 function stopper(child: ChildProcess, pgid: number, exited: Promise<number | null>) {

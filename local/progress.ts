@@ -3,10 +3,12 @@ import { TERMINAL, type BatchStatus, type OrchestratorClient } from "./api.ts";
 
 export function progressLine(s: BatchStatus, elapsedMs: number, width = 30): string {
   const p = s.progress;
-  const finished = p.tasks_completed + p.tasks_failed;
+  // An ERROR batch did not get through its tasks (a reset fails every open one): count only the done.
+  const failed = s.status === "ERROR" ? 0 : p.tasks_failed;
+  const finished = p.tasks_completed + failed;
   const ratio = p.tasks_total > 0 ? finished / p.tasks_total : s.status === "DONE" ? 1 : 0;
   const full = Math.round(ratio * width);
-  const failedCells = p.tasks_total > 0 ? Math.min(full, Math.round((p.tasks_failed / p.tasks_total) * width)) : 0;
+  const failedCells = p.tasks_total > 0 ? Math.min(full, Math.round((failed / p.tasks_total) * width)) : 0;
   const bar = "█".repeat(full - failedCells) + "▒".repeat(failedCells) + "░".repeat(width - full);
   const parts = [
     `${p.tasks_completed}/${p.tasks_total} done`,
@@ -24,6 +26,8 @@ export interface WatchOptions {
   intervalMs?: number;
   /** Give up after this long (the batch keeps running). */
   timeoutMs?: number;
+  /** Give up when no task changed state for this long: a busy machine is slow, a stuck batch is still. */
+  stallMs?: number;
   out?: NodeJS.WriteStream;
   /** Called with each status read (tests use it to act mid-batch). */
   onStatus?: (s: BatchStatus) => void | Promise<void>;
@@ -36,6 +40,8 @@ export async function watchBatch(api: OrchestratorClient, batchId: string, optio
   const started = Date.now();
   let last = "";
   let unreachableSince: number | null = null;
+  let lastProgress = "";
+  let progressAt = Date.now();
   for (;;) {
     let s: BatchStatus;
     try {
@@ -69,11 +75,37 @@ export async function watchBatch(api: OrchestratorClient, batchId: string, optio
       if (tty) out?.write("\n");
       return s;
     }
+    const signature = JSON.stringify([s.status, s.stage, p(s)]);
+    if (signature !== lastProgress) {
+      lastProgress = signature;
+      progressAt = Date.now();
+    }
+    if (options.stallMs !== undefined && Date.now() - progressAt > options.stallMs) {
+      if (tty) out?.write("\n");
+      throw new WatchError(`batch ${batchId} made no progress for ${Math.round(options.stallMs / 1000)}s: ${countsByState(s)}`, s);
+    }
     if (options.timeoutMs !== undefined && Date.now() - started > options.timeoutMs) {
       if (tty) out?.write("\n");
-      throw new Error(`batch ${batchId} was not DONE after ${Math.round(options.timeoutMs / 1000)}s (status ${s.status}); it keeps running`);
+      throw new WatchError(`batch ${batchId} was not DONE after ${Math.round(options.timeoutMs / 1000)}s: ${countsByState(s)}; it keeps running`, s);
     }
     await sleep(options.intervalMs ?? 500);
+  }
+}
+
+const p = (s: BatchStatus) => s.progress;
+
+/** Where a batch stands, for a message: status and the count of tasks in each state. */
+export function countsByState(s: BatchStatus): string {
+  const q = s.progress;
+  return `status ${s.status}${s.stage ? `/${s.stage}` : ""}, ${q.tasks_completed}/${q.tasks_total} done, ${q.tasks_failed} failed, ${q.running} running, ${q.starting} starting, ${q.retrying} retrying, ${q.pending} pending`;
+}
+
+/** watchBatch gave up: the last status it saw is kept, so a caller can still report figures. */
+export class WatchError extends Error {
+  readonly last: BatchStatus;
+  constructor(message: string, last: BatchStatus) {
+    super(message);
+    this.last = last;
   }
 }
 

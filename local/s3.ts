@@ -23,6 +23,8 @@ export interface LocalS3 {
   /** Any non-empty credentials work: fauxqs does not check signatures. */
   credentials: { accessKeyId: string; secretAccessKey: string };
   stop(): Promise<void>;
+  /** Resolves when the server stops listening, whoever stopped it. */
+  closed: Promise<void>;
 }
 
 export const LOCAL_S3_CREDENTIALS = { accessKeyId: "local-access-key", secretAccessKey: "local-secret-key" } as const;
@@ -73,11 +75,13 @@ export async function startLocalS3(options: LocalS3Options = {}): Promise<LocalS
     }
   }
   const urlHost = host.includes(":") ? `[${host}]` : host;
+  const closed = new Promise<void>((resolve) => app.server.once("close", () => resolve()));
   return {
     endpoint: `http://${urlHost}:${address.port}`,
     port: address.port,
     buckets,
     credentials: { ...LOCAL_S3_CREDENTIALS },
+    closed,
     stop: async () => {
       await app.close();
     },

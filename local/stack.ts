@@ -40,6 +40,17 @@ export interface StackOptions {
   /** Each orchestrator / machine output line (they are also kept in stateDir/logs). */
   onOrchestratorLine?: (line: string) => void;
   onMachineLine?: (machineId: string, line: string) => void;
+  /**
+   * A part of the stack stopped by itself (not through stop() or stopOrchestrator()): the
+   * orchestrator process exited, or the emulator's or local S3's server closed. Called once.
+   */
+  onComponentExit?: (exit: ComponentExit) => void;
+}
+
+export interface ComponentExit {
+  component: "orchestrator" | "Fly Machines API emulator" | "local S3";
+  /** One sentence: what happened and where to look. */
+  message: string;
 }
 
 export interface Stack {
@@ -60,6 +71,8 @@ export interface Stack {
   stopOrchestrator(signal?: "SIGTERM" | "SIGKILL"): Promise<void>;
   /** Starts it again on the same port with the same persisted state. */
   startOrchestrator(): Promise<void>;
+  /** The orchestrator's process (group) id, while it runs. */
+  orchestratorPid(): number | null;
   stop(): Promise<void>;
 }
 
@@ -108,7 +121,16 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const secrets = loadOrCreateSecrets(stateDir);
 
   const cleanups: (() => Promise<void>)[] = [];
+  // Set once stop() begins (or startup fails): from then on a part closing is expected.
+  let stoppingAll = false;
+  let reported = false;
+  const died = (component: ComponentExit["component"], message: string) => {
+    if (stoppingAll || reported) return;
+    reported = true;
+    options.onComponentExit?.({ component, message });
+  };
   const cleanup = async () => {
+    stoppingAll = true;
     for (const fn of cleanups.reverse()) await fn().catch(() => undefined);
     cleanups.length = 0;
   };
@@ -118,6 +140,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       throw portHint(e, "local S3", options.ports?.s3);
     });
     cleanups.push(() => s3.stop());
+    void s3.closed.then(() => died("local S3", `the local S3 at ${s3.endpoint} stopped listening`));
 
     const vars: Record<string, string> = {
       FLY_APP_NAME: APP_NAME,
@@ -164,6 +187,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       await emulator.stop();
       await machines.killAll();
     });
+    void emulator.closed.then(() => died("Fly Machines API emulator", `the Fly Machines API emulator at ${emulator.url} stopped listening`));
 
     // 3. The orchestrator under wrangler dev, state persisted so it survives a restart.
     const port = options.ports?.orchestrator || (await freePort());
@@ -190,7 +214,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     let orchestrator: OrchestratorProcess | null = null;
     const startOrchestrator = async () => {
       if (orchestrator) return;
-      orchestrator = await startOrchestratorProcess({
+      const started = await startOrchestratorProcess({
         port,
         persistDir: join(stateDir, "wrangler"),
         envFile,
@@ -201,6 +225,13 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
         },
       }).catch((e: unknown) => {
         throw portHint(e, "orchestrator (wrangler dev)", options.ports?.orchestrator);
+      });
+      orchestrator = started;
+      void started.exited.then((how) => {
+        // Only the running one, not one stopOrchestrator() already let go.
+        if (orchestrator === started) {
+          died("orchestrator", `the orchestrator (wrangler dev, pid ${started.pid}) exited with ${how}; its output is in ${join(logDir, "orchestrator.log")}`);
+        }
       });
     };
     const stopOrchestrator = async (signal: "SIGTERM" | "SIGKILL" = "SIGTERM") => {
@@ -226,6 +257,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       vars,
       stopOrchestrator,
       startOrchestrator,
+      orchestratorPid: () => orchestrator?.pid ?? null,
       stop: () => (stopping ??= cleanup()),
     };
   } catch (error) {

@@ -1,12 +1,14 @@
 // `npm start`: the whole system on this machine — local S3, the Fly Machines API emulator and
-// the orchestrator under wrangler dev — until Ctrl-C, which stops every process it started.
+// the orchestrator under wrangler dev — until Ctrl-C, SIGINT, SIGTERM or SIGHUP (to this process
+// or to npm, which runs it with `exec`), or until npm itself is gone: then every process it
+// started is stopped. If a part of the stack dies on its own, the rest is stopped and it exits 1.
 import "./quiet-warnings.ts";
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { describeZodError } from "../shared/contracts.ts";
-import { DEFAULT_STATE_DIR, STACK_FILE, startStack } from "./stack.ts";
+import { DEFAULT_STATE_DIR, STACK_FILE, startStack, type ComponentExit } from "./stack.ts";
 
 const Env = z.object({
   FANOUT_PORT: z.coerce.number().int().min(1).max(65535).default(8787),
@@ -28,7 +30,11 @@ async function main(): Promise<void> {
   const env = parsed.data;
 
   console.log("Starting the fanout local stack…");
+  // A part dying before the stack is up fails startStack itself; after, it is reported here.
+  let early: ComponentExit | null = null;
+  let onDeath: (exit: ComponentExit) => void = (exit) => (early = exit);
   const stack = await startStack({
+    onComponentExit: (exit) => onDeath(exit),
     stateDir: env.FANOUT_STATE_DIR,
     ports: { orchestrator: env.FANOUT_PORT, s3: env.FANOUT_S3_PORT, emulator: env.FANOUT_FLY_PORT },
     onOrchestratorLine: values.quiet ? undefined : (line) => {
@@ -49,6 +55,7 @@ async function main(): Promise<void> {
         fly_api: stack.emulator.url,
         app: stack.vars.FLY_APP_NAME,
         pid: process.pid,
+        orchestrator_pid: stack.orchestratorPid(),
       },
       null,
       2,
@@ -68,15 +75,21 @@ Ctrl-C stops everything.
 `);
 
   let stopping = false;
-  const shutdown = (signal: string) => {
+  const shutdown = (why: string, code: number) => {
     if (stopping) return; // npm passes the terminal's Ctrl-C on as a second SIGINT
     stopping = true;
-    console.log(`\n${signal}: stopping the orchestrator, machines, emulator and local S3…`);
+    clearInterval(parentWatch);
+    (code === 0 ? console.log : console.error)(`\n${why}: stopping the orchestrator, machines, emulator and local S3…`);
+    // stop() escalates to SIGKILL itself; this only guards against a hang in between.
+    setTimeout(() => {
+      console.error("npm start: the stack did not stop within 60s; exiting anyway (check for stray wrangler/workerd processes)");
+      process.exit(1);
+    }, 60_000).unref();
     void stack.stop().then(
       () => {
         rmSync(stackFile, { force: true });
         console.log("Stopped.");
-        process.exit(0);
+        process.exit(code);
       },
       (error: unknown) => {
         console.error(`stop failed: ${error instanceof Error ? error.message : String(error)}`);
@@ -84,9 +97,16 @@ Ctrl-C stops everything.
       },
     );
   };
-  process.on("SIGINT", () => shutdown("SIGINT"));
-  process.on("SIGTERM", () => shutdown("SIGTERM"));
-  process.on("SIGHUP", () => shutdown("SIGHUP"));
+  onDeath = (exit) => shutdown(`npm start: ${exit.message}`, 1);
+  if (early) onDeath(early);
+  process.on("SIGINT", () => shutdown("SIGINT", 0));
+  process.on("SIGTERM", () => shutdown("SIGTERM", 0));
+  process.on("SIGHUP", () => shutdown("SIGHUP", 0));
+  // npm dies of a SIGHUP (or a SIGKILL) without passing it on: a new parent means it is gone.
+  const parent = process.ppid;
+  const parentWatch = setInterval(() => {
+    if (process.ppid !== parent) shutdown(`the parent process (pid ${parent}) is gone`, 0);
+  }, 500);
 }
 
 main().catch((error: unknown) => {

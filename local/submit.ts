@@ -3,7 +3,7 @@
 // message through POST /admin/batches. Used by `fanout submit`, the demo and the e2e tests.
 import { createReadStream } from "node:fs";
 import { readdir, stat } from "node:fs/promises";
-import { basename, join, relative, sep } from "node:path";
+import { basename, extname, join, relative, sep } from "node:path";
 import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
 import { BatchId, type Manifest } from "../shared/contracts.ts";
@@ -36,6 +36,47 @@ export interface SubmitOptions {
   /** Upload progress: called after each file. */
   onUpload?: (done: number, total: number, key: string) => void;
   concurrency?: number;
+  /** Pool mode for this batch (the message's `pool`); unset: the orchestrator's POOL_MODE. */
+  pool?: boolean;
+  /** Pool mode: tasks each machine converts at once (the message's `pool_tasks_per_machine`). */
+  slots?: number;
+}
+
+/** Re-using a batch id would overwrite its manifest while the orchestrator ignores the message. */
+export class BatchExistsError extends Error {
+  readonly batchId: string;
+  readonly status: string;
+  constructor(batchId: string, status: string) {
+    super(`batch ${batchId} already exists (status ${status}); nothing was uploaded. Choose another --batch-id, or leave it out for a fresh one.`);
+    this.batchId = batchId;
+    this.status = status;
+  }
+}
+
+const CONTENT_TYPES: Record<string, string> = {
+  ".tif": "image/tiff",
+  ".tiff": "image/tiff",
+  ".jpg": "image/jpeg",
+  ".jpeg": "image/jpeg",
+  ".jp2": "image/jp2",
+  ".png": "image/png",
+  ".gif": "image/gif",
+  ".webp": "image/webp",
+  ".pdf": "application/pdf",
+  ".json": "application/json",
+  ".xml": "application/xml",
+  ".txt": "text/plain; charset=utf-8",
+  ".md": "text/markdown; charset=utf-8",
+  ".csv": "text/csv; charset=utf-8",
+  ".html": "text/html; charset=utf-8",
+  ".htm": "text/html; charset=utf-8",
+  ".zip": "application/zip",
+};
+
+/** The Content-Type a file is uploaded (and listed in the manifest) with, from its extension. */
+export function contentTypeFor(path: string): string {
+  if (isTiff(path)) return "image/tiff";
+  return CONTENT_TYPES[extname(path).toLowerCase()] ?? "application/octet-stream";
 }
 
 export interface Submitted {
@@ -77,7 +118,7 @@ export async function uploadBatch(client: S3Client, bucket: string, options: Sub
   const queue = [...files];
   const worker = async () => {
     for (let f = queue.shift(); f; f = queue.shift()) {
-      const contentType = isTiff(f.key) ? "image/tiff" : "application/octet-stream";
+      const contentType = contentTypeFor(f.key);
       await new Upload({
         client,
         params: { Bucket: bucket, Key: f.key, Body: createReadStream(f.path), ContentType: contentType },
@@ -104,7 +145,7 @@ export async function uploadBatch(client: S3Client, bucket: string, options: Sub
         logical_path: `/${f.rel}`,
         file_name: basename(f.rel),
         file_size: f.size,
-        content_type: isTiff(f.key) ? "image/tiff" : "application/octet-stream",
+        content_type: contentTypeFor(f.key),
       })),
     })),
   };
@@ -121,8 +162,16 @@ export async function submitBatch(api: OrchestratorClient, client: S3Client, buc
   if (!(await api.health())) {
     throw new Error(`cannot reach the orchestrator at ${api.url}/health. Is it running (\`npm start\`)? Set ORCHESTRATOR_URL to its address.`);
   }
-  const submitted = await uploadBatch(client, bucket, options);
-  await api.enqueue({ batch_id: submitted.batchId, manifest_r2_key: submitted.manifestKey });
+  const batchId = BatchId.parse(options.batchId ?? defaultBatchId(options.dir));
+  const existing = await api.statusOrNull(batchId);
+  if (existing) throw new BatchExistsError(batchId, existing.status);
+  const submitted = await uploadBatch(client, bucket, { ...options, batchId });
+  await api.enqueue({
+    batch_id: submitted.batchId,
+    manifest_r2_key: submitted.manifestKey,
+    ...(options.pool !== undefined ? { pool: options.pool } : {}),
+    ...(options.slots !== undefined ? { pool_tasks_per_machine: options.slots } : {}),
+  });
   return submitted;
 }
 

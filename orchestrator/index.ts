@@ -16,6 +16,7 @@ import { backoffMs } from "../shared/backoff.ts";
 import { timingSafeEqualText, verifyGrant } from "../shared/token.ts";
 import type { ApiStatus } from "./batch-do.ts";
 import { ConfigError, loadConfig } from "./config.ts";
+import { health } from "./health.ts";
 import { errorMessage, log, logError } from "./log.ts";
 
 export { BatchDO } from "./batch-do.ts";
@@ -36,7 +37,7 @@ const router = Router<IRequest, [Env]>({
 });
 
 router
-  .get("/health", () => Response.json({ ok: true, service: "fanout" }))
+  .get("/health", (req, env) => health(req, env))
   .get("/status/:batchId", reader(withBatch(status)))
   .get("/status/:batchId/events", reader(withBatch(events)))
   .get("/status/:batchId/tasks", reader(withBatch(tasks)))

@@ -145,6 +145,8 @@ export interface RunningFlyEmulator {
   machinePids(): number[];
   /** Stops serving and kills every machine process; resolves once they are gone. */
   stop(): Promise<void>;
+  /** Resolves when the server stops listening, whoever stopped it. */
+  closed: Promise<void>;
 }
 
 export async function startFlyEmulator(options: FlyEmulatorServerOptions = {}): Promise<RunningFlyEmulator> {
@@ -170,6 +172,7 @@ export async function startFlyEmulator(options: FlyEmulatorServerOptions = {}): 
   });
   const address = server.address() as AddressInfo;
   const url = `http://${host.includes(":") ? `[${host}]` : host}:${address.port}`;
+  const serverClosed = new Promise<void>((resolve) => server.once("close", () => resolve()));
 
   let stopping: Promise<void> | undefined;
   return {
@@ -177,6 +180,7 @@ export async function startFlyEmulator(options: FlyEmulatorServerOptions = {}): 
     port: address.port,
     core: emulator,
     machinePids: () => processRunner?.pids() ?? [],
+    closed: serverClosed,
     stop() {
       stopping ??= (async () => {
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));

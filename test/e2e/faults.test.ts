@@ -5,9 +5,9 @@
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { watchBatch } from "../../local/progress.ts";
 import { REPO_ROOT } from "../../local/paths.ts";
 import {
+  BACKSTOP_MS,
   expectedJpegKeys,
   flyFigures,
   jpegKeys,
@@ -15,6 +15,7 @@ import {
   startE2EStack,
   submitSamples,
   waitNoLiveMachines,
+  watchToEnd,
   type E2EStack,
 } from "./support/stack.ts";
 
@@ -61,7 +62,8 @@ describe("300 TIFFs under injected faults", () => {
   it("finishes DONE with 0 lost tasks, exact counters, every failure explained, no machine left", async () => {
     const { samples, submitted } = await submitSamples(stack, batchId, { count: TASKS, width: 96, height: 72, perFolder: 50 });
     const started = Date.now();
-    const final = await watchBatch(stack.api, batchId, { intervalMs: 1000, timeoutMs: 240_000 });
+    // Fails on no progress (counts by state in the message), never on a wall-clock budget.
+    const { final, stalled } = await watchToEnd(stack, batchId, 1000);
     const wallMs = Date.now() - started;
     await stack.proxy!.settled();
     const alive = await waitNoLiveMachines(stack);
@@ -77,6 +79,7 @@ describe("300 TIFFs under injected faults", () => {
     const figures = {
       tasks: TASKS,
       status: final.status,
+      stalled,
       progress: final.progress,
       wall_ms: wallMs,
       ...flyFigures(stack),
@@ -98,6 +101,7 @@ describe("300 TIFFs under injected faults", () => {
     await writeFile(join(REPO_ROOT, ".local", "e2e-fault-figures.json"), `${JSON.stringify(figures, null, 2)}\n`);
     console.log(`[e2e] fault run figures ${JSON.stringify(figures)}`);
 
+    expect(stalled, "the batch stopped making progress (figures written to .local/e2e-fault-figures.json)").toBeNull();
     expect(final.status).toBe("DONE");
     expect(final.progress).toMatchObject({
       tasks_total: TASKS,
@@ -134,7 +138,7 @@ describe("300 TIFFs under injected faults", () => {
     const unconverted = machines.filter((m) => m.totalTimeMs === null).map((m) => m.id);
     expect(unconverted.filter((id) => !failedMachines.has(id))).toEqual([]);
     expect(alive).toEqual({ live: 0, pids: [] });
-  });
+  }, BACKSTOP_MS);
 });
 
 function countBy(values: string[]): Record<string, number> {

@@ -3,8 +3,8 @@
 // The batch must finish with every JPEG in S3, no machine left, and a create count bounded by
 // the pool size plus the deaths — not by the number of tasks.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { watchBatch } from "../../local/progress.ts";
 import {
+  BACKSTOP_MS,
   checkJpegs,
   expectedJpegKeys,
   flyFigures,
@@ -13,6 +13,7 @@ import {
   startE2EStack,
   submitSamples,
   waitNoLiveMachines,
+  watchToEnd,
   type E2EStack,
 } from "./support/stack.ts";
 
@@ -53,7 +54,7 @@ describe("a pool-mode batch of 30 TIFFs with machines dying mid-lease", () => {
   it("finishes DONE, every JPEG present, 0 machines alive, creates ≤ pool size + deaths", async () => {
     const s = stack!;
     const { samples, submitted } = await submitSamples(s, batchId, { count: TASKS, width: 96, height: 72, perFolder: 10 });
-    const final = await watchBatch(s.api, batchId, { intervalMs: 500, timeoutMs: 180_000 });
+    const { final, stalled } = await watchToEnd(s, batchId, 500);
     const alive = await waitNoLiveMachines(s);
     const fly = flyFigures(s);
     const events = orchestratorEvents(s);
@@ -62,6 +63,7 @@ describe("a pool-mode batch of 30 TIFFs with machines dying mid-lease", () => {
     const jpegs = await jpegKeys(s, submitted.prefix);
     console.log(`[e2e] pool run ${JSON.stringify({ status: final.status, progress: final.progress, ...fly, killed: killed.length, retries: retries.map((r) => r.error), leases: [...leasesPerMachine.values()] })}`);
 
+    expect(stalled).toBeNull();
     expect(final.status).toBe("DONE");
     expect(final.progress).toMatchObject({ tasks_total: TASKS, tasks_completed: TASKS, tasks_failed: 0, pending: 0, starting: 0, running: 0, retrying: 0 });
     expect((final as { mode?: string }).mode).toBe("pool");
@@ -84,5 +86,5 @@ describe("a pool-mode batch of 30 TIFFs with machines dying mid-lease", () => {
     expect(fly.create_requests - fly.create_429).toBeLessThanOrEqual(MAX_MACHINES + KILLS);
     expect(Math.max(...leasesPerMachine.values())).toBeGreaterThan(2);
     expect(alive).toEqual({ live: 0, pids: [] });
-  });
+  }, BACKSTOP_MS);
 });

@@ -1,8 +1,8 @@
 // The orchestrator process (wrangler dev: workerd, its SQLite and alarms) is killed mid-batch
 // and started again on the same persisted state: the batch finishes as if nothing happened.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { sleep, watchBatch } from "../../local/progress.ts";
-import { expectedJpegKeys, jpegKeys, startE2EStack, submitSamples, waitNoLiveMachines, type E2EStack } from "./support/stack.ts";
+import { sleep } from "../../local/progress.ts";
+import { BACKSTOP_MS, expectedJpegKeys, jpegKeys, startE2EStack, submitSamples, waitNoLiveMachines, watchToEnd, type E2EStack } from "./support/stack.ts";
 
 const TASKS = 30;
 const batchId = "e2e-restart";
@@ -34,7 +34,8 @@ describe("orchestrator killed and restarted mid-batch", () => {
     await sleep(3000);
     await stack.startOrchestrator();
 
-    const final = await watchBatch(stack.api, batchId, { intervalMs: 500, timeoutMs: 180_000 });
+    const { final, stalled } = await watchToEnd(stack, batchId, 500);
+    expect(stalled).toBeNull();
     expect(final.status).toBe("DONE");
     expect(final.progress).toMatchObject({ tasks_total: TASKS, tasks_completed: TASKS, tasks_failed: 0, pending: 0, starting: 0, running: 0, retrying: 0 });
     expect((await jpegKeys(stack, submitted.prefix)).sort()).toEqual(expectedJpegKeys(submitted.prefix, samples));
@@ -42,5 +43,5 @@ describe("orchestrator killed and restarted mid-batch", () => {
     const restarts = stack.orchestratorLines.filter((l) => l.includes("Ready on http://127.0.0.1")).length;
     expect(restarts).toBe(2);
     console.log(`[e2e] restart: killed at ${atKill.progress.tasks_completed}/${TASKS} done; DONE ${TASKS}/${TASKS} after restart`);
-  });
+  }, BACKSTOP_MS);
 });

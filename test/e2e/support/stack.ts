@@ -4,7 +4,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import sharp from "sharp";
-import { OrchestratorClient } from "../../../local/api.ts";
+import { OrchestratorClient, type BatchStatus } from "../../../local/api.ts";
+import { watchBatch, WatchError } from "../../../local/progress.ts";
 import { startStack, type Stack, type StackOptions } from "../../../local/stack.ts";
 import { generateSamples, type GeneratedSample, type SampleOptions } from "../../../local/samples.ts";
 import { getBytes, listObjects, s3Client, submitBatch, type Submitted } from "../../../local/submit.ts";
@@ -43,6 +44,28 @@ export async function startE2EStack(options: StackOptions = {}): Promise<E2EStac
       await rm(workDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * A long e2e waits on progress, not on a wall clock sized for an idle machine: it fails when no
+ * task changed state for this long (a loaded 2-core machine is slow, a stuck batch is still).
+ */
+export const STALL_MS = Number(process.env.FANOUT_E2E_STALL_MS ?? 120_000);
+/** Vitest's own limit for such a test: only a backstop, far above any progressing run. */
+export const BACKSTOP_MS = 60 * 60_000;
+
+/**
+ * Watches the batch to DONE/ERROR, or until it stalls for STALL_MS. Never throws for a stall:
+ * `stalled` says where it stood (counts by state), and `final` is the last status seen, so the
+ * caller can write its figures either way before it asserts.
+ */
+export async function watchToEnd(stack: E2EStack, batchId: string, intervalMs = 1000): Promise<{ final: BatchStatus; stalled: string | null }> {
+  try {
+    return { final: await watchBatch(stack.api, batchId, { intervalMs, stallMs: STALL_MS }), stalled: null };
+  } catch (error) {
+    if (error instanceof WatchError) return { final: error.last, stalled: error.message };
+    throw error;
+  }
 }
 
 export async function submitSamples(
