@@ -13,6 +13,7 @@ import {
 import { signToken, callbackSubject } from "../shared/token.ts";
 import { leaseSubject, type LeaseResponse } from "../shared/contracts.ts";
 import { fileName } from "../shared/keys.ts";
+import { syncBatchIndex } from "./batch-index.ts";
 import { type Config, loadConfig } from "./config.ts";
 import { errorMessage, log, logError } from "./log.ts";
 import { type CreateOutcome, type FlyMachine, FlyMachines, guestForSlots } from "./machines.ts";
@@ -192,6 +193,7 @@ export class BatchDO extends DurableObject<Env> {
     });
     if (message.pool ?? this.config.POOL_MODE) this.store.updateMeta({ pool: 1, pool_slots: message.pool_tasks_per_machine ?? 0 }, now);
     await this.ctx.storage.setAlarm(now);
+    await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
     log("DO", "batch_started", { batch_id: message.batch_id, phase: phase.name });
     return { created: true, status: phase.name };
   }
@@ -209,6 +211,7 @@ export class BatchDO extends DurableObject<Env> {
       prefix: null,
       now: Date.now(),
     });
+    await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
     return { created: true };
   }
 
@@ -394,6 +397,7 @@ export class BatchDO extends DurableObject<Env> {
     const destroyed = await this.destroyOrphans(fly, now);
     const pending = this.store.orphanCount();
     if (pending > 0) await this.ctx.storage.setAlarm(now + RECHECK_MS);
+    await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
     log("DO", "batch_reset", { batch_id: meta.batch_id, tasks_failed: failed, machines_destroyed: destroyed, machines_pending: pending });
     return { ok: true, batch_id: meta.batch_id, status: "ERROR", tasks_failed: failed, machines_destroyed: destroyed, machines_pending: pending };
   }
@@ -414,6 +418,7 @@ export class BatchDO extends DurableObject<Env> {
       const after = this.store.getMeta();
       if (after && (after.stage === "done" || after.stage === "error")) next = this.store.earliestDeadline();
       if (next !== null) await this.ctx.storage.setAlarm(Math.max(next, Date.now()));
+      await syncBatchIndex(this.env, after, () => this.status());
     }
   }
 

@@ -40,6 +40,8 @@ const ConfigSchema = z.object({
   POOL_IDLE_TIMEOUT_MS: int(0, 3_600_000, 60_000),
   /** How often a live machine's state is looked at, to catch machines that die without calling back. */
   MACHINE_CHECK_INTERVAL_MS: int(100, 600_000, 30_000),
+  /** The batch index (D1) gets a batch's progress at most this often; status transitions at once. */
+  BATCH_INDEX_PROGRESS_MS: int(100, 600_000, 5000),
   R2_ACCOUNT_ID: z.string().default(""),
   R2_BUCKET: z.string().min(1, "must name the bucket machines read and write"),
   R2_ENDPOINT: optionalUrl,

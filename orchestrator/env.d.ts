@@ -4,6 +4,8 @@ interface Env {
   FLY_BUDGET: DurableObjectNamespace<import("./fly-budget.ts").FlyBudget>;
   BATCH_QUEUE: Queue<unknown>;
   BUCKET: R2Bucket;
+  /** The batch index (D1 database fanout-batches); see migrations/. */
+  BATCH_INDEX: D1Database;
   CALLBACK_BASE_URL: string;
   FLY_API_HOSTNAME: string;
   FLY_APP_NAME: string;
