@@ -247,7 +247,7 @@ async function logs(args: string[]): Promise<number> {
   });
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { submit, status, tasks, reset, logs };
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { submit, status, tasks, reset, logs, list: async (args) => (await import("./cli-list.ts")).list(args) };
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
