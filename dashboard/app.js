@@ -553,7 +553,8 @@ function parseData(e) {
 function ticks(t0, span) {
   const out = [];
   for (let i = 0; i <= 4; i++) {
-    out.push(el("span", { class: "tl-tick small", style: `left:${i * 25}%`, text: `+${duration((span * i) / 4)}` }));
+    const at = (span * i) / 4;
+    out.push(el("span", { class: "tl-tick small", style: `left:${i * 25}%`, text: span < 20_000 ? `+${(at / 1000).toFixed(1)}s` : `+${duration(at)}` }));
   }
   return out;
 }
