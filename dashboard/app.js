@@ -2,7 +2,7 @@
 // Reads the same HTTP API as the CLI: GET /batches, /status/:id (+ /events when the Worker has
 // it, polling every 2 s when not), /status/:id/tasks[/:taskId]; reset and redrive with the admin
 // token, which lives in sessionStorage and is only ever sent as an Authorization header.
-/* global document, window, location, fetch, sessionStorage, navigator, EventSource, setTimeout, clearTimeout, URLSearchParams */
+/* global document, window, location, fetch, sessionStorage, navigator, EventSource, MessageEvent, setTimeout, clearTimeout, URLSearchParams */
 
 const POLL_MS = 2000;
 const LIST_REFRESH_MS = 3000;
@@ -381,7 +381,9 @@ function showBatch(view, batchId) {
     });
     for (const type of ["phase", "task_failed"]) source.addEventListener(type, () => void refreshStatus());
     for (const type of ["done", "failed", "error"]) {
-      source.addEventListener(type, () => {
+      source.addEventListener(type, (e) => {
+        // A connection error is also an "error" event, but not a MessageEvent: EventSource retries it.
+        if (!(e instanceof MessageEvent)) return;
         source?.close();
         source = null;
         setLive("finished");

@@ -70,6 +70,11 @@ describe("the dashboard in chromium", () => {
     await row.waitFor({ timeout: 30_000 });
     await expect.poll(() => row.locator("td").nth(5).textContent(), { timeout: 30_000 }).toBe("10");
 
+    const streamAnswers: number[] = [];
+    const onResponse = (r: { url(): string; status(): number }) => {
+      if (new URL(r.url()).pathname === `/status/${good}/events`) streamAnswers.push(r.status());
+    };
+    page.on("response", onResponse);
     await row.locator("a").click();
     await page.waitForURL(`**/#/batch/${good}`);
     // A marker on the window proves the page is never reloaded while it follows the batch.
@@ -93,8 +98,46 @@ describe("the dashboard in chromium", () => {
     expect(await page.locator('[data-testid=phases] tr[data-phase="TIFF_CONVERSION"]').count()).toBe(1);
     await expect.poll(() => page.locator("[data-testid=timeline] .tl-bar.done").count(), { timeout: 20_000 }).toBe(10);
     expect(await page.locator("[data-testid=timeline] .tl-row[data-machine]").count()).toBe(10);
-    // What the page's live line says: the event stream once the Worker has it, polling until then.
-    expect(await page.getByTestId("live").textContent()).toMatch(/finished|event stream|polling/);
+    // The page asked for the event stream first; until the Worker serves it (issue 11 point 1) that is a 404 and it polled.
+    page.off("response", onResponse);
+    expect(streamAnswers.length).toBeGreaterThanOrEqual(1);
+    if (streamAnswers[0] === 404) expect(seen.size).toBeGreaterThanOrEqual(2);
+  });
+
+  it("follows the event stream when the Worker serves one (a canned stream in the documented shape)", async () => {
+    // Stands in for GET /status/:id/events until the engine has it: progress, phase, done, with ids.
+    const body = [
+      `id: 1\nevent: progress\ndata: ${JSON.stringify({ tasks_total: 10, tasks_completed: 7, tasks_failed: 1 })}\n\n`,
+      `: keep-alive\n\n`,
+    ].join("");
+    let served = 0;
+    await page.route(`**/status/${good}/events`, async (route) => {
+      served++;
+      await route.fulfill({ status: 200, headers: { "content-type": "text/event-stream", "cache-control": "no-store" }, body });
+    });
+    // Every text the progress card shows, however briefly (the real status overwrites the canned counts).
+    await page.addInitScript({
+      content: `globalThis.__progressSeen = [];
+        new MutationObserver(() => {
+          const el = document.querySelector("[data-testid=progress]");
+          if (el) globalThis.__progressSeen.push(el.textContent);
+        }).observe(document, { subtree: true, childList: true, characterData: true });`,
+    });
+    await page.goto("about:blank");
+    await page.goto(`${stack.orchestratorUrl}/#/batch/${good}`);
+    const progressSeen = () => page.evaluate(() => (globalThis as unknown as { __progressSeen: string[] }).__progressSeen);
+    await expect.poll(async () => (await progressSeen()).some((t) => t.includes("7 / 10 done · 1 failed")), { timeout: 30_000 }).toBe(true);
+    await expect.poll(() => page.getByTestId("live").textContent()).toMatch(/event stream|reconnecting/);
+    expect(served).toBeGreaterThanOrEqual(1);
+    // The stream ended without a final event: EventSource reconnects, the page says so, and a
+    // done event then brings the real status back.
+    await page.unroute(`**/status/${good}/events`);
+    await page.route(`**/status/${good}/events`, (route) =>
+      route.fulfill({ status: 200, headers: { "content-type": "text/event-stream" }, body: `id: 2\nevent: done\ndata: {"status":"DONE"}\n\n` }),
+    );
+    await expect.poll(() => page.getByTestId("progress").textContent(), { timeout: 20_000 }).toContain("10 / 10 done");
+    await expect.poll(() => page.getByTestId("live").textContent()).toBe("finished");
+    await page.unroute(`**/status/${good}/events`);
   });
 
   it("`fanout list` shows the same batches from GET /batches", async () => {
