@@ -64,7 +64,9 @@ describe("the dashboard in chromium", () => {
     await generateSamples(dir, { count: 10, width: 1000, height: 800 });
     await submitBatch(stack.api, stack.s3client, stack.bucket, { dir, batchId: good });
 
-    await page.goto(stack.orchestratorUrl + "/");
+    const home = await page.goto(stack.orchestratorUrl + "/");
+    // Served from dashboard/ with its _headers: the page may load only its own scripts.
+    expect(home?.headers()["content-security-policy"]).toContain("script-src 'self'");
     const row = page.locator(`[data-testid=batch-list] tr[data-batch="${good}"]`);
     // The list refreshes itself every 3 s: the batch appears once its BatchDO has written its row.
     await row.waitFor({ timeout: 30_000 });

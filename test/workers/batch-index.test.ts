@@ -144,6 +144,7 @@ describe("the batch index (D1)", () => {
     await vi.waitFor(async () => expect((await row("ix-throttle"))?.status).toBe("DONE"), { timeout: 10_000 });
     const elapsedS = (Date.now() - began) / 1000;
     const r = (await row("ix-throttle"))!;
+    console.log(`[batch-index.test] D1 writes for a 40-task batch: ${r.writes} over ${elapsedS.toFixed(1)} s (${callbacks} callbacks)`);
     // start, the run phase, finalise, DONE: a handful of transitions, plus one progress write per second at most.
     const bound = 6 + Math.ceil(elapsedS);
     expect(r.writes, `writes ${r.writes} over ${elapsedS.toFixed(1)} s for ${callbacks} callbacks`).toBeLessThanOrEqual(bound);
