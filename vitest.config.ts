@@ -1,5 +1,8 @@
 import { defineConfig } from "vitest/config";
-import { cloudflareTest } from "@cloudflare/vitest-plugin";
+import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin";
+
+// The batch index's schema, applied to the tests' D1 by test/workers/support/d1-setup.ts.
+const d1Migrations = await readD1Migrations("./migrations");
 
 export default defineConfig({
   test: {
@@ -12,7 +15,11 @@ export default defineConfig({
           cloudflareTest({
             wrangler: { configPath: "./wrangler.jsonc" },
             miniflare: {
-              queueConsumers: { "fanout-batches": { maxBatchTimeout: 0 } },
+              // One retry before the DLQ (production: 10), so the dead-letter round trip takes seconds.
+              queueConsumers: {
+                "fanout-batches": { maxBatchTimeout: 0, maxRetries: 1, deadLetterQueue: "fanout-batches-dlq" },
+                "fanout-batches-dlq": { maxBatchTimeout: 0 },
+              },
               bindings: {
                 FLY_API_HOSTNAME: "http://fly.test",
                 FLY_API_TOKEN: "test-fly-token",
@@ -29,11 +36,18 @@ export default defineConfig({
                 MAX_CONCURRENT_MACHINES: "20",
                 // Tests put each batch under its own top-level prefix; the allow-list test narrows this.
                 ALLOWED_PREFIXES: "/",
+                BATCH_INDEX_PROGRESS_MS: "1000",
+                TEST_D1_MIGRATIONS: d1Migrations,
               },
             },
           }),
         ],
-        test: { name: "workers", include: ["test/workers/**/*.test.ts"], testTimeout: 60_000 },
+        test: {
+          name: "workers",
+          include: ["test/workers/**/*.test.ts"],
+          setupFiles: ["test/workers/support/d1-setup.ts"],
+          testTimeout: 60_000,
+        },
       },
       {
         // The fly-worker, the local stack's parts: real child processes, S3 and HTTP on loopback.

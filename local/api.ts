@@ -78,6 +78,8 @@ export type HealthCheck = z.infer<typeof HealthCheck>;
 export const HealthReport = z.looseObject({ ok: z.boolean(), service: z.literal("fanout"), deep: z.boolean().default(false), checks: z.array(HealthCheck).default([]) });
 export type HealthReport = z.infer<typeof HealthReport>;
 
+export const RedriveResult = z.looseObject({ ok: z.literal(true), batch_id: z.string(), tasks: z.number().int(), status: z.string(), redrive: z.number().int() });
+export type RedriveResult = z.infer<typeof RedriveResult>;
 export const ResetResult = z.looseObject({
   batch_id: z.string(),
   status: z.string(),
@@ -164,6 +166,12 @@ export class OrchestratorClient {
   async reset(batchId: string): Promise<ResetResult> {
     const body = await this.#call("POST", `/admin/reset/${encodeURIComponent(batchId)}`, { admin: true, batchId });
     return this.#parse(ResetResult, body, "reset answer");
+  }
+
+  /** Re-runs only the failed tasks of a finished batch. */
+  async redrive(batchId: string): Promise<RedriveResult> {
+    const body = await this.#call("POST", `/admin/redrive/${encodeURIComponent(batchId)}`, { admin: true, batchId });
+    return this.#parse(RedriveResult, body, "redrive answer");
   }
 
   #parse<T extends z.ZodType>(schema: T, body: unknown, what: string): z.infer<T> {

@@ -22,6 +22,9 @@ usage: npm run fanout -- <command> [options]        (npm run fanout -- <command>
   status <batchId> [--watch] [--json]        the batch's status; --watch shows progress until DONE/ERROR
   tasks <batchId> [--status S] [--json]      its tasks (S: ${TASK_FILTERS.join(", ")})
   reset <batchId>                            stop the batch: destroy its machines, mark it ERROR
+  redrive <batchId> [--json]                 re-run only the failed tasks of a finished batch (DONE with failures, FAILED, ERROR)
+  list [--status S] [--limit N] [--all] [--json]
+                                             the batch index, newest first
   logs <machineId> [--app APP]               a machine's output (local: the emulator's record; else fly logs)
   doctor [--json]                            check the orchestrator's configuration, Fly API, storage and callback URL
   help, --help, -h                           this text
@@ -303,6 +306,16 @@ async function reset(args: string[]): Promise<number> {
   return EXIT.ok;
 }
 
+async function redrive(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: "boolean" } } });
+  const batchId = batchArg(positionals[0]);
+  const { api } = context();
+  const r = await api.redrive(batchId);
+  if (values.json) console.log(JSON.stringify(r, null, 2));
+  else console.log(`batch ${r.batch_id}: ${r.tasks} failed task${r.tasks === 1 ? "" : "s"} re-running (redrive ${r.redrive}); follow it with: npm run fanout -- status ${r.batch_id} --watch`);
+  return EXIT.ok;
+}
+
 async function logs(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { app: { type: "string", short: "a" } } });
   const machineId = positionals[0];
@@ -404,6 +417,8 @@ const COMMANDS: Record<string, Command> = {
   reset: { run: reset, usage: "reset <batchId> [--json]" },
   logs: { run: logs, usage: "logs <machineId> [--app APP]" },
   doctor: { run: doctor, usage: "doctor [--json]" },
+  redrive: { run: redrive, usage: "redrive <batchId> [--json]" },
+  list: { run: async (args) => (await import("./cli-list.ts")).list(args), usage: "list [--status S] [--limit N] [--all] [--cursor C] [--json]" },
 };
 
 function version(): string {

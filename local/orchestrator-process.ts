@@ -1,7 +1,8 @@
 // The orchestrator under `wrangler dev`, as a real process group: killing it kills wrangler,
 // workerd and esbuild together (killing only the parent orphans workerd — TOOLCHAIN.md).
-import { spawn, type ChildProcess } from "node:child_process";
-import { appendFileSync } from "node:fs";
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { REPO_ROOT } from "./paths.ts";
@@ -33,8 +34,36 @@ export interface OrchestratorProcess {
 // eslint-disable-next-line no-control-regex
 const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;
 
+/**
+ * Applies migrations/ to the local D1 (the batch index) in persistDir; wrangler dev then serves it.
+ * A marker names the migrations applied, so a restart skips wrangler's ~2-10 s start when none are new.
+ */
+export async function applyLocalMigrations(persistDir: string): Promise<void> {
+  const applied = readdirSync(join(REPO_ROOT, "migrations")).filter((f) => f.endsWith(".sql")).sort().join("\n");
+  const marker = join(persistDir, "fanout-d1-migrations.txt");
+  if (existsSync(marker) && readFileSync(marker, "utf8") === applied) return;
+  const args = [WRANGLER, "d1", "migrations", "apply", "fanout-batches", "--local", "--persist-to", persistDir];
+  await new Promise<void>((resolve, reject) => {
+    execFile(
+      process.execPath,
+      args,
+      { cwd: REPO_ROOT, env: { ...process.env, CI: "true", WRANGLER_SEND_METRICS: "false", NO_COLOR: "1" }, timeout: 120_000 },
+      (error, stdout, stderr) => {
+        if (!error) {
+          mkdirSync(persistDir, { recursive: true });
+          writeFileSync(marker, applied);
+          return resolve();
+        }
+        const tail = `${stdout}\n${stderr}`.replace(ANSI, "").trim().split("\n").slice(-15).join("\n  ");
+        reject(new Error(`wrangler d1 migrations apply fanout-batches --local failed: ${error.message}\n  ${tail}`, { cause: error }));
+      },
+    );
+  });
+}
+
 export async function startOrchestratorProcess(options: OrchestratorProcessOptions): Promise<OrchestratorProcess> {
   const url = `http://127.0.0.1:${options.port}`;
+  await applyLocalMigrations(options.persistDir);
   const args = [
     WRANGLER,
     "dev",

@@ -4,6 +4,7 @@
 import { DurableObject } from "cloudflare:workers";
 import type { LeaseResponse, QueueMessage } from "../shared/contracts.ts";
 import { backoffMs } from "../shared/backoff.ts";
+import { syncBatchIndex } from "./batch-index.ts";
 import { type Config, loadConfig } from "./config.ts";
 import { attemptExpiry } from "./engine/access.ts";
 import { apiStatus, type Engine, isFinished, makeEngine } from "./engine/context.ts";
@@ -96,6 +97,7 @@ export class BatchDO extends DurableObject<Env> {
       now,
     );
     await this.ctx.storage.setAlarm(now);
+    await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
     log("DO", "batch_started", { batch_id: message.batch_id, phase: phase.name });
     return { created: true, status: phase.name };
   }
@@ -114,6 +116,7 @@ export class BatchDO extends DurableObject<Env> {
       prefix: null,
       now: Date.now(),
     });
+    await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
     return { created: true };
   }
 
@@ -187,6 +190,7 @@ export class BatchDO extends DurableObject<Env> {
     const destroyed = await destroyOrphans(e, now);
     const pending = this.store.orphanCount();
     if (pending > 0) await this.ctx.storage.setAlarm(now + 5_000);
+    await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
     log("DO", "batch_reset", { batch_id: meta.batch_id, tasks_failed: failed, machines_destroyed: destroyed, machines_pending: pending });
     return { ok: true, batch_id: meta.batch_id, status: "ERROR", tasks_failed: failed, machines_destroyed: destroyed, machines_pending: pending };
   }
@@ -244,6 +248,7 @@ export class BatchDO extends DurableObject<Env> {
       if (after && isFinished(after)) next = this.store.earliestDeadline();
       if (next !== null) await this.ctx.storage.setAlarm(Math.max(next, Date.now()));
       this.live.progressChanged();
+      await syncBatchIndex(this.env, after, () => this.status());
     }
   }
 

@@ -58,6 +58,8 @@ export const ConfigSchema = z.object({
   MAX_STEP_FAILURES: int(1, 1000, 10),
   /** When set, status reads need `Authorization: Bearer $READ_TOKEN` (or the admin token). */
   READ_TOKEN: z.preprocess((v) => (v === "" ? undefined : v), z.string().min(16, "must be at least 16 characters").optional()),
+  /** The batch index (D1) gets a batch's progress at most this often; status transitions at once. */
+  BATCH_INDEX_PROGRESS_MS: int(100, 600_000, 5000),
   R2_ACCOUNT_ID: z.string().default(""),
   R2_BUCKET: z.string().min(1, "must name the bucket machines read and write"),
   R2_ENDPOINT: optionalUrl,

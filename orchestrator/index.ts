@@ -15,6 +15,7 @@ import {
 import { backoffMs } from "../shared/backoff.ts";
 import { timingSafeEqualText, verifyGrant } from "../shared/token.ts";
 import type { ApiStatus } from "./batch-do.ts";
+import { CursorError, listBatches } from "./batch-index.ts";
 import { ConfigError, loadConfig } from "./config.ts";
 import { health } from "./health.ts";
 import { errorMessage, log, logError } from "./log.ts";
@@ -38,6 +39,7 @@ const router = Router<IRequest, [Env]>({
 
 router
   .get("/health", (req, env) => health(req, env))
+  .get("/batches", reader(batches))
   .get("/status/:batchId", reader(withBatch(status)))
   .get("/status/:batchId/events", reader(withBatch(events)))
   .get("/status/:batchId/tasks", reader(withBatch(tasks)))
@@ -54,7 +56,8 @@ router
 export default {
   fetch: (request, env) => router.fetch(request, env),
   queue: async (batch, env, _ctx) => {
-    await Promise.all(batch.messages.map((message) => consume(message, env)));
+    const handle = batch.queue === DEAD_LETTER_QUEUE ? consumeDeadLetter : consume;
+    await Promise.all(batch.messages.map((message) => handle(message, env)));
   },
 } satisfies ExportedHandler<Env>;
 
@@ -78,6 +81,26 @@ const TasksQuery = z.object({
   cursor: z.string().regex(/^[0-9]{1,15}$/, "cursor must be the next_cursor of a previous page").optional(),
   limit: z.coerce.number().int().min(1).max(1000).default(100),
 });
+
+const BatchesQuery = z.object({
+  status: z
+    .string()
+    .regex(/^(active|[A-Z][A-Z0-9_]{0,63})$/, "status must be `active` or a status such as DONE, ERROR, TIFF_CONVERSION")
+    .optional(),
+  cursor: z.string().regex(/^[A-Za-z0-9_-]{1,512}$/, "cursor must be the next_cursor of a previous page").optional(),
+  limit: z.coerce.number().int().min(1).max(200).default(50),
+});
+
+/** The batch index (D1), newest first: what is running, what ended and how. */
+async function batches(req: IRequest, env: Env): Promise<Response> {
+  const query = parse(BatchesQuery, Object.fromEntries(new URL(req.url).searchParams), "query");
+  try {
+    return Response.json(await listBatches(env.BATCH_INDEX, { status: query.status ?? null, cursor: query.cursor ?? null, limit: query.limit }));
+  } catch (error) {
+    if (error instanceof CursorError) throw new HttpError(400, `invalid query: ${error.message}`);
+    throw error;
+  }
+}
 
 async function tasks(req: IRequest, env: Env): Promise<Response> {
   const query = parse(TasksQuery, Object.fromEntries(new URL(req.url).searchParams), "query");
@@ -220,6 +243,45 @@ async function consume(message: Message<unknown>, env: Env): Promise<void> {
     const delaySeconds = Math.ceil(backoffMs(message.attempts, 2000, 300_000) / 1000);
     logError("Queue", "message_retry", error, { message_id: message.id, attempts: message.attempts, delay_s: delaySeconds });
     message.retry({ delaySeconds });
+  }
+}
+
+/** Where fanout-batches puts a message after its last retry (wrangler.jsonc). */
+const DEAD_LETTER_QUEUE = "fanout-batches-dlq";
+
+/**
+ * A message that exhausted its retries: its batch ends in ERROR saying so, so that /status
+ * explains the loss. Without a usable batch_id there is no batch to mark: the body is logged.
+ */
+async function consumeDeadLetter(message: Message<unknown>, env: Env): Promise<void> {
+  let body: unknown = message.body;
+  if (typeof body === "string") {
+    try {
+      body = JSON.parse(body);
+    } catch {
+      // kept as the string it is
+    }
+  }
+  const batchId = BatchId.safeParse((body as { batch_id?: unknown } | null)?.batch_id);
+  const content = (JSON.stringify(body) ?? String(body)).slice(0, 4096);
+  if (!batchId.success) {
+    log("DLQ", "dead_letter_without_batch", { message_id: message.id, attempts: message.attempts, body: content });
+    message.ack();
+    return;
+  }
+  const reason = `queue message dead-lettered: ${DEAD_LETTER_QUEUE} received it after fanout-batches gave up retrying (the consumer failed on every delivery; see [Queue] message_retry logs)`;
+  try {
+    const result = await stub(env, batchId.data).recordInvalid(batchId.data, reason, content);
+    // An existing batch was started by an earlier delivery: the DLQ copy is a leftover.
+    log("DLQ", result.created ? "batch_marked_error" : "dead_letter_for_existing_batch", {
+      message_id: message.id,
+      batch_id: batchId.data,
+      attempts: message.attempts,
+    });
+    message.ack();
+  } catch (error) {
+    logError("DLQ", "dead_letter_retry", error, { message_id: message.id, batch_id: batchId.data });
+    message.retry({ delaySeconds: Math.min(300, 2 ** Math.min(message.attempts, 8)) });
   }
 }
 

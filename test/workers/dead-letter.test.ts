@@ -1,0 +1,82 @@
+import { env, exports } from "cloudflare:workers";
+import { createExecutionContext, createMessageBatch, getQueueResult } from "cloudflare:test";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import worker from "../../orchestrator/index.ts";
+import { ADMIN, getStatus, installWorld, putTiffs, waitForStatus, type World } from "./support/engine.ts";
+
+let world: World;
+beforeEach(() => {
+  world = installWorld();
+  world.runner.behaviour = () => "hang";
+});
+afterEach(async () => {
+  await world.restore();
+  vi.restoreAllMocks();
+});
+
+/**
+ * The one fault injected here: the batch's Durable Object cannot take `start` (as when it is
+ * overloaded or being reset by a deploy), so the consumer retries until the queue gives up.
+ */
+function failStartFor(batchId: string): { starts: () => number } {
+  let starts = 0;
+  const namespace = env.BATCH_DO;
+  const real = namespace.getByName.bind(namespace);
+  vi.spyOn(namespace, "getByName").mockImplementation((name: string) => {
+    const stub = real(name);
+    if (name !== batchId) return stub;
+    return new Proxy(stub, {
+      get(target, prop) {
+        if (prop === "start") {
+          return () => {
+            starts++;
+            return Promise.reject(new Error("Durable Object is overloaded (injected)"));
+          };
+        }
+        return Reflect.get(target, prop) as unknown;
+      },
+    });
+  });
+  return { starts: () => starts };
+}
+
+describe("dead letters (fanout-batches-dlq)", () => {
+  it("a message that exhausts its retries on the real queue reaches the DLQ consumer, which marks its batch ERROR", async () => {
+    await putTiffs("dlq-exhausted/", 1);
+    const fault = failStartFor("dlq-exhausted");
+    const res = await exports.default.fetch("http://orchestrator.test/admin/batches", {
+      method: "POST",
+      headers: { ...ADMIN, "content-type": "application/json" },
+      body: JSON.stringify({ batch_id: "dlq-exhausted", r2_prefix: "dlq-exhausted/" }),
+    });
+    expect(res.status).toBe(202);
+    // maxRetries is 1 in the tests: a first delivery, one retry (after the consumer's 2 s backoff), then the DLQ.
+    const s = await waitForStatus("dlq-exhausted", (x) => x.status === "ERROR", 30_000);
+    expect(fault.starts()).toBe(2);
+    expect(s.error).toMatch(/^queue message dead-lettered: /);
+    expect(s.progress.tasks_total).toBe(0);
+    const row = await env.BATCH_INDEX.prepare("SELECT status, error FROM batches WHERE batch_id = ?").bind("dlq-exhausted").first();
+    expect(row).toMatchObject({ status: "ERROR", error: expect.stringMatching(/dead-lettered/) });
+  });
+
+  it("a dead letter for a batch that already exists changes nothing; one without a batch_id is logged with its content", async () => {
+    await putTiffs("dlq-exists/", 1);
+    await env.BATCH_DO.getByName("dlq-exists").start({ batch_id: "dlq-exists", r2_prefix: "dlq-exists/" });
+    await waitForStatus("dlq-exists", (x) => x.progress.tasks_total === 1);
+    const logs = vi.spyOn(console, "log");
+    const batch = createMessageBatch("fanout-batches-dlq", [
+      { id: "d1", timestamp: new Date(), attempts: 1, body: { batch_id: "dlq-exists", r2_prefix: "dlq-exists/" } },
+      { id: "d2", timestamp: new Date(), attempts: 1, body: { source: "ingest-v1", r2_prefix: "somewhere/" } },
+    ]);
+    const ctx = createExecutionContext();
+    await worker.queue(batch, env, ctx);
+    const result = await getQueueResult(batch, ctx);
+    expect(result.explicitAcks.sort()).toEqual(["d1", "d2"]);
+    expect((await getStatus("dlq-exists")).status).toBe("TIFF_CONVERSION");
+    const lines = logs.mock.calls.map((c) => String(c[0]));
+    expect(lines.find((l) => l.includes("dead_letter_for_existing_batch"))).toContain('"batch_id":"dlq-exists"');
+    const orphan = lines.find((l) => l.startsWith("[DLQ]") && l.includes("dead_letter_without_batch"));
+    expect(orphan).toContain("somewhere/");
+    expect(orphan).toContain("ingest-v1");
+  });
+});
