@@ -116,7 +116,7 @@ describe("callbacks", () => {
   it("an error callback with retryable:false fails the task at once with the worker's reason", async () => {
     const [m] = await startHanging("cb-err", 1);
     await callbackTo("cb-err", m.TASK_ID, errorBody(m, "input is not a TIFF (PNG signature)", false));
-    const s = await waitForStatus("cb-err", (x) => x.status === "DONE");
+    const s = await waitForStatus("cb-err", (x) => x.status === "FAILED");
     expect(s.progress).toMatchObject({ tasks_total: 1, tasks_completed: 0, tasks_failed: 1 });
     expect(s.recent_failures[0]).toMatchObject({
       task_id: m.TASK_ID,
@@ -129,7 +129,7 @@ describe("callbacks", () => {
   it("a machine may not report outputs outside its own keys", async () => {
     const [m] = await startHanging("cb-stray", 1);
     await callbackTo("cb-stray", m.TASK_ID, { ...successBody(m), output_r2_key: "elsewhere/x.jpg" });
-    const s = await waitForStatus("cb-stray", (x) => x.status === "DONE");
+    const s = await waitForStatus("cb-stray", (x) => x.status === "FAILED");
     expect(s.progress.tasks_failed).toBe(1);
     expect(s.recent_failures[0].error).toContain("elsewhere/x.jpg");
   });

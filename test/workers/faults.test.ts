@@ -111,7 +111,7 @@ describe("Fly API faults", () => {
 
   it("fails a task at once when the API rejects the machine config (4xx validation)", async () => {
     const w = await start("f-invalid", 1, { regions: ["ams"] }); // iad/ord are not valid regions here
-    const s = await waitForStatus("f-invalid", (x) => x.status === "DONE");
+    const s = await waitForStatus("f-invalid", (x) => x.status === "FAILED");
     expect(s.progress.tasks_failed).toBe(1);
     expect(s.recent_failures[0].error).toMatch(/^Fly API rejected the machine \(4\d\d\): /);
     expect(w.runner.started).toHaveLength(0);
@@ -172,7 +172,7 @@ describe("timeouts and retries", () => {
       await expireAll("t-dead");
       await runDurableObjectAlarm(stub("t-dead")); // the backoff has passed: next attempt
     }
-    const s = await waitForStatus("t-dead", (x) => x.status === "DONE");
+    const s = await waitForStatus("t-dead", (x) => x.status === "FAILED");
     expect(s.progress).toMatchObject({ tasks_total: 1, tasks_completed: 0, tasks_failed: 1 });
     const page = (await (await exports.default.fetch("http://orchestrator.test/status/t-dead/tasks?status=failed")).json()) as {
       tasks: { error: string; attempt: number }[];
