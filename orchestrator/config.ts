@@ -55,6 +55,8 @@ const ConfigSchema = z.object({
   MAX_STEP_FAILURES: int(1, 1000, 10),
   /** When set, status reads need `Authorization: Bearer $READ_TOKEN` (or the admin token). */
   READ_TOKEN: z.preprocess((v) => (v === "" ? undefined : v), z.string().min(16, "must be at least 16 characters").optional()),
+  /** Debug routes under /admin/debug/ (the soak evicts the create budget's DO); off unless "true". */
+  DEBUG_HOOKS: z.preprocess((v) => (v === undefined || v === "" ? "false" : v), z.enum(["true", "false"], { message: "must be 'true' or 'false'" }).transform((v) => v === "true")),
   R2_ACCOUNT_ID: z.string().default(""),
   R2_BUCKET: z.string().min(1, "must name the bucket machines read and write"),
   R2_ENDPOINT: optionalUrl,

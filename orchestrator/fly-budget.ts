@@ -30,6 +30,14 @@ export class FlyBudget extends DurableObject<Env> {
     return { granted, next_at: this.tokens >= 1 ? now : now + Math.ceil(((1 - this.tokens) / rate) * 1000) };
   }
 
+  /**
+   * Debug hook (route /admin/debug/evict-fly-budget, admin token and DEBUG_HOOKS=true): resets
+   * this object as the runtime does when it evicts it, so the soak can show what an eviction costs.
+   */
+  evict(): void {
+    this.ctx.abort("evicted on request (debug hook)");
+  }
+
   /** The API answered 429 with Retry-After: no batch of this app creates before `until`. */
   block(until: number): void {
     this.blockedUntil = Math.max(this.blockedUntil, until);
