@@ -268,6 +268,7 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
     }
   }
 
+  server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(0, "127.0.0.1", () => resolve());

@@ -53,11 +53,13 @@ async function main(): Promise<void> {
     const samples = await generateSamples(sampleDir, { count: args.tasks, width: 64, height: 48, perFolder: 100, kinds: soakKinds() });
     console.log(`[Soak] generated ${samples.length} TIFFs (${samples.filter((s) => s.pages > 1).length} multi-page) in ${secs(Date.now() - started)}`);
     const results: ModeResult[] = [];
+    let md = "";
     for (const mode of modes) {
       results.push(await soakMode(mode, args, samples, sampleDir, join(workDir, mode)));
+      // Written after each mode, so a long run leaves its first half's figures if stopped.
+      md = markdown(results, { tasks: args.tasks, seed: args.seed, wallMs: Date.now() - started, config: SOAK });
+      await writeFile(args.out, md);
     }
-    const md = markdown(results, { tasks: args.tasks, seed: args.seed, wallMs: Date.now() - started, config: SOAK });
-    await writeFile(args.out, md);
     console.log(`\n${md}`);
     console.log(`[Soak] report written to ${args.out}`);
     const failed = results.filter((r) => r.problems.length > 0);
@@ -65,8 +67,13 @@ async function main(): Promise<void> {
       console.error(`[Soak] FAILED (${failed.map((r) => `${r.mode}: ${r.problems.length} problem(s)`).join(", ")}); reproduce with --seed ${args.seed} --tasks ${args.tasks}`);
       process.exitCode = 1;
     } else console.log("[Soak] PASSED");
+  } catch (error) {
+    process.exitCode = 1;
+    throw error;
   } finally {
-    await rm(workDir, { recursive: true, force: true });
+    // A failed run keeps its logs (orchestrator, every machine) for the post-mortem.
+    if (process.exitCode === undefined || process.exitCode === 0) await rm(workDir, { recursive: true, force: true });
+    else console.error(`[Soak] logs kept in ${workDir} (orchestrator: <mode>/logs/orchestrator.log, machines: <mode>/logs/machines/)`);
   }
 }
 
@@ -207,4 +214,7 @@ async function drive(
 
 export const secs = (ms: number) => `${(ms / 1000).toFixed(1)}s`;
 
-await main();
+await main().catch((error: unknown) => {
+  console.error(`[Soak] ${error instanceof Error ? error.message : String(error)}`);
+  process.exitCode = 1;
+});

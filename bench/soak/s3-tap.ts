@@ -57,7 +57,11 @@ export async function startS3Tap(upstream: string, bucket: string): Promise<S3Ta
             at: Date.now(),
           });
         }
-        res.writeHead(status, upstreamRes.headers);
+        // Hop-by-hop headers are this hop's own: forwarding the upstream's `keep-alive: timeout=72`
+        // made clients reuse sockets this server had closed after its 5 s (ECONNRESET on downloads).
+        const headers = { ...upstreamRes.headers };
+        for (const h of ["connection", "keep-alive", "transfer-encoding"]) delete headers[h];
+        res.writeHead(status, headers);
         upstreamRes.pipe(res);
       },
     );
@@ -67,6 +71,7 @@ export async function startS3Tap(upstream: string, bucket: string): Promise<S3Ta
     });
     req.pipe(upstreamReq);
   });
+  server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(0, "127.0.0.1", () => resolve());
