@@ -31,6 +31,8 @@ export interface HeldCallback {
   currentAttemptAtDelivery: number | null;
   /** Delivered because it waited too long for its condition, not because the condition held. */
   forced: boolean;
+  /** Delivered because a later attempt of the task called (its callback or output reservation). */
+  releasedByNextAttempt: boolean;
 }
 
 export interface DuplicateRecord {
@@ -79,6 +81,10 @@ interface Entry {
   path: string;
   waiting: ServerResponse[];
   record: HeldCallback | null;
+  /** Ends the hold at once: a later attempt of the task is calling (so this one was given up). */
+  release: () => void;
+  released: Promise<void>;
+  delivered: Promise<void> | null;
 }
 
 export async function startCallbackFaults(options: CallbackFaultOptions): Promise<CallbackFaults> {
@@ -124,16 +130,27 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
       const headers: Record<string, string> = {};
       if (req.headers["content-type"]) headers["content-type"] = req.headers["content-type"];
       if (req.headers.authorization) headers.authorization = req.headers.authorization;
-      const m = /^\/callback\/[^/]+\/([^/?]+)/.exec(path);
+      const m = /^\/(callback|outputs)\/[^/]+\/([^/?]+)/.exec(path);
       const attemptMatch = TOKEN_ATTEMPT.exec(req.headers.authorization ?? "");
       if (method !== "POST" || !m || !attemptMatch) return pass(res, method, path, headers, body);
-      received++;
-      const taskId = decodeURIComponent(m[1]);
+      const taskId = decodeURIComponent(m[2]);
       const attempt = Number(attemptMatch[1]);
+      // A later attempt of the task is at work: a held callback of an earlier one goes in first, so
+      // a stale one always meets a started next attempt (polling alone can miss a quick one).
+      for (const earlier of entries.values()) {
+        if (earlier.record?.taskId === taskId && earlier.record.attempt < attempt && earlier.record.deliveredAt === null) {
+          earlier.release();
+          await earlier.delivered;
+        }
+      }
+      if (m[1] === "outputs") return pass(res, method, path, headers, body);
+      received++;
       const key = `${taskId}#${attempt}`;
       let entry = entries.get(key);
       if (!entry) {
-        entry = { fate: draw(attempt), body, authorization: req.headers.authorization!, path, waiting: [], record: null };
+        let release = () => {};
+        const released = new Promise<void>((resolve) => (release = resolve));
+        entry = { fate: draw(attempt), body, authorization: req.headers.authorization!, path, waiting: [], record: null, release, released, delivered: null };
         entries.set(key, entry);
       }
       if (entry.fate === "pass") return pass(res, method, path, headers, body);
@@ -166,9 +183,10 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
           reason: null,
           currentAttemptAtDelivery: null,
           forced: false,
+          releasedByNextAttempt: false,
         };
         held.push(entry.record);
-        void track(hold(entry, taskId, attempt));
+        entry.delivered = track(hold(entry, taskId, attempt));
       }
     })().catch(() => {
       if (!res.headersSent) res.writeHead(500);
@@ -224,9 +242,16 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
   async function hold(entry: Entry, taskId: string, attempt: number): Promise<void> {
     const record = entry.record!;
     let current: number | null;
+    let released = false;
+    void entry.released.then(() => (released = true));
     for (;;) {
       if (stopped) return;
-      await sleep(options.pollMs ?? 1000);
+      await Promise.race([sleep(options.pollMs ?? 1000), entry.released]);
+      if (released) {
+        record.releasedByNextAttempt = true;
+        current = null;
+        break;
+      }
       const t = await taskDetail(taskId);
       if (!t) continue;
       current = t.attempt;
