@@ -97,7 +97,23 @@ export function check(mode: string, batchId: string, ev: SoakEvidence, events: E
   const staleOk = ev.held.filter((h) => h.fate === "stale_success");
   expect(ev.heldSettled && ev.held.every((h) => h.deliveredAt !== null), `held callbacks not delivered: ${ev.held.filter((h) => h.deliveredAt === null).length}`);
   const forced = ev.held.filter((h) => h.forced);
-  expect(forced.length === 0, `${forced.length} held callbacks delivered before their condition (attempt given up / next attempt started) came: ${forced.map((h) => `${h.taskId}#${h.attempt}`).join(", ")}`);
+  expect(
+    forced.length === 0,
+    `${forced.length} held callbacks waited past the hold limit for their condition (late: attempt given up; stale: next attempt started), ` +
+      `delivered anyway: ${forced.map((h) => `${h.fate} ${h.taskId}#${h.attempt}`).join(", ")} — see "retry waits" (a retry that never starts keeps a stale callback waiting)`,
+  );
+  // How long a task waited between a failed attempt and its next one (the backoff is seconds).
+  const retryWaits: number[] = [];
+  for (const d of ev.details) {
+    const byNo = new Map(d.attempts.map((a) => [a.attempt, a]));
+    for (const a of d.attempts) {
+      const next = byNo.get(a.attempt + 1);
+      if (a.ended_at && next?.started_at && (a.outcome === "failed" || (a.note ?? "").includes("had ended failed"))) {
+        retryWaits.push(Date.parse(next.started_at) - Date.parse(a.ended_at));
+      }
+    }
+  }
+  retryWaits.sort((x, y) => x - y);
   const badDup = ev.duplicates.filter((d) => d.duplicateOutcome !== "ignored");
   expect(badDup.length === 0, `${badDup.length} duplicate callbacks not ignored: ${badDup.slice(0, 3).map((d) => `${d.taskId}#${d.attempt} → ${d.duplicateStatus} ${d.duplicateOutcome}`).join(", ")}`);
   for (const h of staleErr) {
@@ -164,12 +180,16 @@ export function check(mode: string, batchId: string, ev: SoakEvidence, events: E
     "machines left alive": ev.alive.live + ev.alive.pids.length,
     "create requests": creates.length,
     "peak create requests in 1 s": peak,
-    "configured create limit": `${cfg.createRate}/s, burst ${cfg.createBurst}`,
+    "configured create limit": `${cfg.createRate}/s, burst ${cfg.createBurst} (≤ ${cfg.createRate + cfg.createBurst} in any 1 s)`,
     "creates refused by the limit (not injected)": overLimit,
     "callbacks received (incl. retries)": ev.callbacksReceived,
     "late/stale successes that settled their task": lateCounted,
     "failed attempts": Object.values(causes).reduce((a, b) => a + b, 0) + unexplained.length,
     "failed attempts unexplained": unexplained.length,
+    "retry waits (failed attempt → next attempt) p50 / max": retryWaits.length
+      ? `${(retryWaits[Math.floor(retryWaits.length / 2)] / 1000).toFixed(1)} s / ${(retryWaits[retryWaits.length - 1] / 1000).toFixed(1)} s`
+      : "n/a",
+    "held callbacks released by a later attempt's call / at the hold limit": `${ev.held.filter((h) => h.releasedByNextAttempt).length} / ${forced.length}`,
     "restart: orchestrator down": events.killedAt && events.restartedAt ? `${((events.restartedAt - events.killedAt) / 1000).toFixed(1)} s` : "n/a",
     "wall time": `${(events.wallMs / 1000).toFixed(1)} s`,
   };
