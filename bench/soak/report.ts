@@ -88,7 +88,17 @@ export function check(mode: string, batchId: string, ev: SoakEvidence, events: E
   const creates = ev.flyRequests.filter(isCreate);
   const peak = peakPerWindow(creates.map((r) => r.time), 1000);
   const overLimit = faultCount(creates, "rate_limited");
-  expect(overLimit === 0, `${overLimit} create requests went over the configured limit (${cfg.createRate}/s, burst ${cfg.createBurst}): the emulator's own limiter refused them`);
+  const when = (t: number) => {
+    const marks: [string, number | null][] = [["eviction", events.evictedAt], ["restart", events.restartedAt]];
+    const near = marks.filter(([, at]) => at !== null && t >= at && t - at < 60_000).map(([name, at]) => `${((t - at!) / 1000).toFixed(1)} s after the ${name}`);
+    const second = creates.filter((r) => r.time > t - 1000 && r.time <= t);
+    return `${near.join(", ") || "not near the eviction or restart"}; ${second.length} create requests in the second before it (${second.filter((r) => r.fault).length} refused: ${[...new Set(second.map((r) => r.fault ?? "ok"))].join(", ")})`;
+  };
+  expect(
+    overLimit === 0,
+    `${overLimit} create requests went over the configured limit (${cfg.createRate}/s, burst ${cfg.createBurst}), refused by the emulator's own limiter: ` +
+      creates.filter((r) => r.fault === "rate_limited").slice(0, 5).map((r) => when(r.time)).join(" | "),
+  );
   expect(peak <= cfg.createRate + cfg.createBurst, `peak ${peak} create requests in one second, over ${cfg.createRate}/s + burst ${cfg.createBurst}`);
 
   // 5. Callbacks the proxy held or duplicated.

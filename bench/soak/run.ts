@@ -136,6 +136,8 @@ async function soakMode(
     console.log(`[Soak] ${mode}: ${submitted.files.length} TIFFs uploaded and the batch enqueued`);
     const final = await drive(mode, args, stack, api, batchId, faults!, events);
     const evidence: SoakEvidence = await collect({ stack, api, s3, batchId, prefix: submitted.prefix, manifestKey: submitted.manifestKey, tap: tap!, faults: faults!, final, samples });
+    // Kept with the logs when the soak fails (the work dir is removed when it passes).
+    await writeFile(join(stateDir, "..", `${mode}-evidence.json`), JSON.stringify({ events, flyRequests: evidence.flyRequests, held: evidence.held, duplicates: evidence.duplicates, writes: evidence.writes }));
     const wallMs = Date.now() - began;
     return check(mode, batchId, evidence, { ...events, wallMs, config: SOAK });
   } finally {
