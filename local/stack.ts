@@ -35,6 +35,10 @@ export interface StackOptions {
   /** Fraction of callbacks delivered twice (through a proxy); 0 = machines call the orchestrator directly. */
   duplicateCallbackRate?: number;
   seed?: number;
+  /** Puts something between every S3 client but the caller's and the local S3 (the soak counts writes per key). */
+  wrapS3Endpoint?: (endpoint: string) => Promise<{ endpoint: string; stop(): Promise<void> }>;
+  /** Puts a proxy of the caller's own between machines and the orchestrator (instead of the duplicating one). */
+  callbackProxy?: (orchestratorUrl: string) => Promise<{ url: string; stop(): Promise<void> }>;
   /** Extra env for every machine process (e.g. CALLBACK_BACKOFF_MS). */
   machineEnv?: Record<string, string>;
   /** Each orchestrator / machine output line (they are also kept in stateDir/logs). */
@@ -141,6 +145,12 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     });
     cleanups.push(() => s3.stop());
     void s3.closed.then(() => died("local S3", `the local S3 at ${s3.endpoint} stopped listening`));
+    let s3Endpoint = s3.endpoint;
+    if (options.wrapS3Endpoint) {
+      const wrapped = await options.wrapS3Endpoint(s3.endpoint);
+      cleanups.push(() => wrapped.stop());
+      s3Endpoint = wrapped.endpoint;
+    }
 
     const vars: Record<string, string> = {
       FLY_APP_NAME: APP_NAME,
@@ -155,7 +165,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       MACHINE_CHECK_INTERVAL_MS: "2000",
       R2_ACCOUNT_ID: "local",
       R2_BUCKET: BUCKET,
-      R2_ENDPOINT: s3.endpoint,
+      R2_ENDPOINT: s3Endpoint,
       WORKER_URL: "",
       ...options.vars,
     };
@@ -193,11 +203,16 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     const port = options.ports?.orchestrator || (await freePort());
     const orchestratorUrl = `http://127.0.0.1:${port}`;
     let proxy: CallbackProxy | null = null;
-    if (options.duplicateCallbackRate && options.duplicateCallbackRate > 0) {
+    let callbackBase: string | null = null;
+    if (options.callbackProxy) {
+      const own = await options.callbackProxy(orchestratorUrl);
+      cleanups.push(() => own.stop());
+      callbackBase = own.url;
+    } else if (options.duplicateCallbackRate && options.duplicateCallbackRate > 0) {
       proxy = await startCallbackProxy({ target: orchestratorUrl, duplicateRate: options.duplicateCallbackRate, seed: options.seed });
       cleanups.push(() => proxy!.stop());
     }
-    vars.CALLBACK_BASE_URL = proxy?.url ?? orchestratorUrl;
+    vars.CALLBACK_BASE_URL = callbackBase ?? proxy?.url ?? orchestratorUrl;
     vars.FLY_API_HOSTNAME = emulator.url;
 
     const envFile = join(stateDir, "orchestrator.env");

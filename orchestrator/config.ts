@@ -60,6 +60,8 @@ export const ConfigSchema = z.object({
   READ_TOKEN: z.preprocess((v) => (v === "" ? undefined : v), z.string().min(16, "must be at least 16 characters").optional()),
   /** The batch index (D1) gets a batch's progress at most this often; status transitions at once. */
   BATCH_INDEX_PROGRESS_MS: int(100, 600_000, 5000),
+  /** Debug routes under /admin/debug/ (the soak evicts the create budget's DO); off unless "true". */
+  DEBUG_HOOKS: z.preprocess((v) => (v === undefined || v === "" ? "false" : v), z.enum(["true", "false"], { message: "must be 'true' or 'false'" }).transform((v) => v === "true")),
   R2_ACCOUNT_ID: z.string().default(""),
   R2_BUCKET: z.string().min(1, "must name the bucket machines read and write"),
   R2_ENDPOINT: optionalUrl,

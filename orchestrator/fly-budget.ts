@@ -53,6 +53,14 @@ export class FlyBudget extends DurableObject<Env> {
     return grant.granted === 1 ? { ok: true } : { ok: false, retryAt: grant.next_at };
   }
 
+  /**
+   * Debug hook (route /admin/debug/evict-fly-budget, admin token and DEBUG_HOOKS=true): resets
+   * this object as the runtime does when it evicts it, so the soak can show what an eviction costs.
+   */
+  evict(): void {
+    this.ctx.abort("evicted on request (debug hook)");
+  }
+
   /** The API answered 429 with Retry-After: no batch of this app creates before `until`. */
   block(until: number): void {
     const bucket = this.read(Date.now(), 0);

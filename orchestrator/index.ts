@@ -51,6 +51,7 @@ router
   .post("/admin/reset/:batchId", admin(withBatch(reset)))
   .post("/admin/redrive/:batchId", admin(withBatch(redrive)))
   .post("/admin/batches", admin(enqueue))
+  .post("/admin/debug/evict-fly-budget", admin(evictFlyBudget))
   .all("*", (req) => Response.json({ error: `no route for ${req.method} ${new URL(req.url).pathname}` }, { status: 404 }));
 
 export default {
@@ -205,6 +206,20 @@ async function enqueue(req: IRequest, env: Env): Promise<Response> {
     { ok: true, batch_id: message.batch_id, queued: true, status_url: `/status/${encodeURIComponent(message.batch_id)}` },
     { status: 202 },
   );
+}
+
+/** Debug hook for the soak (DEBUG_HOOKS=true only): evicts the app's FlyBudget DO, as the runtime may at any time. */
+async function evictFlyBudget(_req: IRequest, env: Env): Promise<Response> {
+  const config = loadConfig(env);
+  if (!config.DEBUG_HOOKS) throw new HttpError(404, "debug hooks are off (set DEBUG_HOOKS=true)");
+  try {
+    await env.FLY_BUDGET.getByName(config.FLY_APP_NAME).evict();
+  } catch (error) {
+    // abort() ends the call with its reason: that is the eviction happening.
+    if (!/evicted on request/.test(errorMessage(error))) throw error;
+  }
+  log("HTTP", "fly_budget_evicted", { app: config.FLY_APP_NAME });
+  return Response.json({ ok: true, evicted: "FlyBudget", app: config.FLY_APP_NAME });
 }
 
 // ---- queue ----------------------------------------------------------------------------------

@@ -499,7 +499,7 @@ export class BatchStore {
     );
   }
 
-  /** Tasks ready to spawn, oldest first: one index range scan per state, no sort of the batch. */
+  /** Tasks ready to spawn (ready retries first, then pending in plan order): one index range scan per state. */
   readyTasks(now: number, limit: number): TaskRow[] {
     const take = (state: TaskState) =>
       this.exec<TaskRow & Record<string, SqlStorageValue>>(
@@ -508,7 +508,9 @@ export class BatchStore {
         now,
         limit,
       );
-    return [...take("retrying"), ...take("pending")].sort((a, b) => a.next_at - b.next_at || a.id - b.id).slice(0, limit);
+    // A retry whose backoff has passed goes first: sorted with the pending tasks (next_at 0) it
+    // would wait for every one of them, and a batch's stragglers would be its retries.
+    return [...take("retrying"), ...take("pending")].slice(0, limit);
   }
 
   /** Live tasks whose deadline has passed. */

@@ -264,7 +264,12 @@ export interface RecordedRequest {
   body: unknown;
   time: number;
   status: number;
+  /** Why the emulator refused it, when it did: a fault it injected or a limit it enforced. */
+  fault?: EmulatorFault;
 }
+
+/** Every way the emulator refuses a request, so a run can tell injected faults from real limits. */
+export type EmulatorFault = "rate_limited" | "injected_429" | "injected_5xx" | "capacity_region" | "capacity_full" | "lost_create_response";
 
 export interface LogLine {
   time: number;
@@ -329,6 +334,7 @@ export class FlyEmulator {
   #buckets = new Map<string, { tokens: number; at: number }>();
   #waiters = new Set<() => void>();
   #stopped = false;
+  #faultOf = new WeakMap<Response, EmulatorFault>();
 
   constructor(opts: FlyEmulatorOptions = {}) {
     this.#opts = opts;
@@ -355,6 +361,8 @@ export class FlyEmulator {
       response = fail(500, `emulator error: ${error instanceof Error ? error.message : String(error)}`);
     }
     record.status = response.status;
+    const fault = this.#faultOf.get(response);
+    if (fault) record.fault = fault;
     if (!url.pathname.startsWith("/_emulator/")) this.requests.push(record);
     return response;
   };
@@ -422,8 +430,8 @@ export class FlyEmulator {
     if (route === undefined) return fail(404, `no route for ${method} ${url.pathname}`);
 
     const limited = this.#rateLimit(route, app, id);
-    if (limited) return limited;
-    if (this.#chance(this.#opts.faults?.serverErrorRate)) return fail(503, "service unavailable (injected fault)");
+    if (limited) return this.#tag(limited, "rate_limited");
+    if (this.#chance(this.#opts.faults?.serverErrorRate)) return this.#tag(fail(503, "service unavailable (injected fault)"), "injected_5xx");
 
     switch (route) {
       case "list":
@@ -483,9 +491,9 @@ export class FlyEmulator {
     if (typeof invalid === "string") return fail(422, invalid);
     const { name, region, config } = invalid;
 
-    if (this.#chance(faults.createRateLimitRate)) return this.#tooMany(1000);
-    if (this.#chance(faults.capacityErrorsByRegion?.[region])) return capacityError();
-    if (this.liveMachineCount() >= (this.#opts.maxLiveMachines ?? 100)) return capacityError();
+    if (this.#chance(faults.createRateLimitRate)) return this.#tag(this.#tooMany(1000), "injected_429");
+    if (this.#chance(faults.capacityErrorsByRegion?.[region])) return this.#tag(capacityError(), "capacity_region");
+    if (this.liveMachineCount() >= (this.#opts.maxLiveMachines ?? 100)) return this.#tag(capacityError(), "capacity_full");
 
     const now = this.clock.now();
     const m: MachineRecord = {
@@ -511,7 +519,7 @@ export class FlyEmulator {
     m.timer = this.clock.setTimeout(() => this.#boot(m), faults.bootDelayMs ?? 0);
 
     const view = this.#view(m);
-    if (this.#chance(faults.lostCreateResponseRate)) return fail(500, "internal error (injected fault after create)");
+    if (this.#chance(faults.lostCreateResponseRate)) return this.#tag(fail(500, "internal error (injected fault after create)"), "lost_create_response");
     if (faults.createResponseDelayMs) await this.#delay(faults.createResponseDelayMs);
     return Response.json(view);
   }
@@ -664,6 +672,11 @@ export class FlyEmulator {
   #tooMany(waitMs: number): Response {
     const seconds = Math.max(1, Math.ceil(waitMs / 1000));
     return Response.json({ error: "rate limit exceeded" }, { status: 429, headers: { "Retry-After": String(seconds) } });
+  }
+
+  #tag(response: Response, fault: EmulatorFault): Response {
+    this.#faultOf.set(response, fault);
+    return response;
   }
 
   #chance(rate: number | undefined): boolean {

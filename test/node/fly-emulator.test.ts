@@ -204,6 +204,28 @@ describe("fly emulator server", () => {
     for (let i = 0; i < 8; i++) expect((await api(`/v1/apps/${APP}/machines`)).status).toBe(200);
   });
 
+  it("records which refusals were injected faults and which its own create limit, so a soak can tell them apart", async () => {
+    const { emulator: emu } = await start({
+      runner: "simulate",
+      simulate: { durationMs: 10 },
+      rateLimits: { create: { perSecond: 0.001, burst: 4 } },
+      faults: { seed: 3, createRateLimitRate: 0.3, capacityErrorsByRegion: { iad: 0.3 } },
+    });
+    for (let i = 0; i < 12; i++) {
+      const r = await api(`/v1/apps/${APP}/machines`, { method: "POST", body: JSON.stringify({ region: "iad", config: { image: "img", auto_destroy: true } }) });
+      await r.arrayBuffer();
+    }
+    const recorded = emu.core.requests.map((r) => ({ status: r.status, fault: r.fault ?? null }));
+    // The first 4 creates get tokens (each answered, refused by an injected fault, or created); the rest hit the limit.
+    expect(recorded.slice(4).every((r) => r.status === 429 && r.fault === "rate_limited")).toBe(true);
+    for (const r of recorded.slice(0, 4)) {
+      if (r.status === 429) expect(r.fault).toBe("injected_429");
+      else if (r.status === 422) expect(r.fault).toBe("capacity_region");
+      else expect(r).toEqual({ status: 200, fault: null });
+    }
+    expect(recorded.slice(0, 4).some((r) => r.fault !== null)).toBe(true);
+  });
+
   it("validates requests like the API: auth, JSON, config", async () => {
     await start({ runner: "simulate" });
     expect((await fetch(`${emulator!.url}/v1/apps/${APP}/machines`)).status).toBe(401);

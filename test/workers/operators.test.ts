@@ -183,3 +183,20 @@ describe("the phase contract", () => {
     expect(final.files.filter((f) => f.r2_key.endsWith(".sha256")).map((f) => f.sha256)).toEqual(["a".repeat(64), "a".repeat(64)]);
   });
 });
+
+describe("scheduling order", () => {
+  it("a retry whose backoff has passed starts before tasks still pending (it does not wait behind the whole batch)", async () => {
+    const b = "op-order";
+    world.runner.behaviour = () => "hang";
+    await putTiffs(`${b}/`, 5);
+    await stub(b).start({ batch_id: b, r2_prefix: `${b}/` });
+    await waitForStatus(b, (x) => x.progress.tasks_total === 5);
+    const order = await withStore(b, (store, sql) => {
+      sql.exec("UPDATE tasks SET state = 'pending', next_at = 0, attempt = 0");
+      // The last task failed once and its backoff has just passed.
+      sql.exec("UPDATE tasks SET state = 'retrying', attempt = 1, next_at = ? WHERE task_id = 'tiff-000004'", Date.now() - 1);
+      return store.readyTasks(Date.now(), 2).map((t) => t.task_id);
+    });
+    expect(order).toEqual(["tiff-000004", "tiff-000000"]);
+  });
+});

@@ -1,0 +1,21 @@
+// The soak's fault matrix and limits, in one place (the report prints them).
+export const SOAK = {
+  /** The create limit the orchestrator is configured with; the emulator enforces the same one. */
+  createRate: 5,
+  createBurst: 10,
+  maxMachines: 6,
+  maxAttempts: 5,
+  bootTimeoutMs: 15_000,
+  runTimeoutMs: 20_000,
+  faults: {
+    createRateLimitRate: 0.1,
+    serverErrorRate: 0.05,
+    dieSilentlyRate: 0.05,
+    capacityErrorsByRegion: { iad: 1 },
+  },
+  callbacks: { duplicate: 0.1, late: 0.02, stale: 0.02 },
+  evictAt: 0.2,
+  restartAt: 0.4,
+} as const;
+
+export type SoakConfig = typeof SOAK;
