@@ -371,23 +371,20 @@ export class BatchStore {
 
   /** Adds files to the list; a key already present is kept as it was. Returns how many were new. */
   insertFiles(files: FileEntry[]): number {
-    let added = 0;
-    for (const f of files) {
+    if (files.length === 0) return 0;
+    // One statement per page, its rows as one JSON parameter: a statement per row grew workerd's
+    // memory by ~150 MB over 60,000 manifest entries (one page per statement: ~55 MB).
+    const rows = files.map((f) => {
       const { r2_key, logical_path, file_name, file_size, content_type, cid, source_r2_key, ...extra } = f;
-      const written = this.run(
-        `INSERT INTO files (r2_key, logical_path, file_name, file_size, content_type, cid, source_key, extra_json)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (r2_key) DO NOTHING`,
-        r2_key,
-        logical_path,
-        file_name,
-        file_size,
-        content_type,
-        cid ?? null,
-        source_r2_key ?? null,
-        Object.keys(extra).length > 0 ? JSON.stringify(extra) : null,
-      );
-      if (written > 0) added++;
-    }
+      return [r2_key, logical_path, file_name, file_size, content_type, cid ?? null, source_r2_key ?? null, Object.keys(extra).length > 0 ? JSON.stringify(extra) : null];
+    });
+    const added = this.exec<{ id: number }>(
+      `INSERT INTO files (r2_key, logical_path, file_name, file_size, content_type, cid, source_key, extra_json)
+       SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7
+       FROM json_each(?) WHERE true ORDER BY key
+       ON CONFLICT (r2_key) DO NOTHING RETURNING id`,
+      JSON.stringify(rows),
+    ).length;
     if (added > 0) this.run("UPDATE meta SET files_total = files_total + ? WHERE id = 1", added);
     return added;
   }
