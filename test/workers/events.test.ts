@@ -77,6 +77,10 @@ it("streams progress, task_failed and phase as the batch runs, then done; the st
   expect(failed.data).toMatchObject({ attempt: 1, reason: "simulated failure", final: false, logs: expect.stringMatching(/^fly logs -a \S+ -i \S+ --no-tail$/) });
   const progress = events.filter((e) => e.event === "progress");
   expect(progress.length).toBeGreaterThanOrEqual(2);
+  // Bytes on the wire per event (the frame's data line), for the README's figures.
+  const bytes = (e: Sse) => `event: ${e.event}\ndata: ${JSON.stringify(e.data)}\n\n`.length + (e.id !== undefined ? `id: ${e.id}\n`.length : 0);
+  console.log(`[Events] progress ${bytes(progress[0])} B, task_failed ${bytes(failed)} B per event`);
+  expect(bytes(progress[0])).toBeLessThan(1024);
   // Ids never go back.
   const ids = events.flatMap((e) => (e.id !== undefined ? [e.id] : []));
   expect([...ids].sort((x, y) => x - y)).toEqual(ids);
