@@ -14,7 +14,7 @@ import { localS3Client } from "../test/node/support/s3.ts";
 const ENTRIES = Number(process.env.MANIFEST_ENTRIES ?? 300_000);
 const PER_DIRECTORY = 10_000;
 const BATCH_ID = `mem-${Date.now()}`;
-const MANIFEST_KEY = `${BATCH_ID}/manifest.json`;
+const MANIFEST_KEY = `batches/${BATCH_ID}/manifest.json`;
 const TIMEOUT_MS = Number(process.env.MANIFEST_BENCH_TIMEOUT_MS ?? 20 * 60_000);
 const MB = 1024 * 1024;
 
@@ -28,7 +28,7 @@ function manifestText(): string {
     for (let i = 0; i < n; i++) {
       const name = `page-${String(i).padStart(6, "0")}.txt`;
       const entry = {
-        r2_key: `${BATCH_ID}/box-${d}/${name}`,
+        r2_key: `batches/${BATCH_ID}/box-${d}/${name}`,
         logical_path: `/scans/box-${d}/${name}`,
         file_name: name,
         file_size: 1000 + i,

@@ -16,6 +16,8 @@ function bindings(limits: Record<string, string>) {
     R2_SECRET_ACCESS_KEY: "bench-secret-key",
     WORKER_URL: "",
     FLY_REGIONS: "iad",
+    // The benches' batches live under their own top-level prefixes.
+    ALLOWED_PREFIXES: "/",
     ...limits,
   };
 }
