@@ -80,3 +80,14 @@ export async function generateSamples(dir: string, options: SampleOptions): Prom
   }
   return out;
 }
+
+/** The JPEG keys a set of samples must produce (one per page; page n>1 as -pNNN, none of them clashing). */
+export function expectedJpegKeys(prefix: string, samples: Pick<GeneratedSample, "relative" | "pages">[]): string[] {
+  const keys: string[] = [];
+  for (const s of samples) {
+    const stem = `${prefix}${s.relative.replace(/\.tif$/, "")}`;
+    keys.push(`${stem}.jpg`);
+    for (let p = 2; p <= s.pages; p++) keys.push(`${stem}-p${String(p).padStart(3, "0")}.jpg`);
+  }
+  return keys.sort();
+}

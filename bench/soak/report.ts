@@ -1,5 +1,6 @@
 // The soak's verdict: every figure the issue asks for, each check that failed named with its
 // evidence, and bench/SOAK.md.
+import { expectedJpegKeys } from "../../local/samples.ts";
 import type { EmulatorFault, RecordedRequest } from "../../local/fly-emulator/core.ts";
 import type { SoakConfig } from "./config.ts";
 import type { SoakEvidence, TaskDetail } from "./collect.ts";
@@ -274,15 +275,7 @@ function table(head: string[], rows: string[][]): string {
   return [`| ${head.map(esc).join(" | ")} |`, `|${head.map((_, i) => (i === 0 ? "---" : "---:")).join("|")}|`, ...rows.map((r) => `| ${r.map(esc).join(" | ")} |`)].join("\n");
 }
 
-function expectedJpegKeys(prefix: string, samples: { relative: string; pages: number }[]): string[] {
-  const keys: string[] = [];
-  for (const s of samples) {
-    const stem = `${prefix}${s.relative.replace(/\.tif$/, "")}`;
-    keys.push(`${stem}.jpg`);
-    for (let p = 2; p <= s.pages; p++) keys.push(`${stem}-p${String(p).padStart(3, "0")}.jpg`);
-  }
-  return keys.sort();
-}
+
 
 function peakPerWindow(times: number[], windowMs: number): number {
   const t = [...times].sort((a, b) => a - b);

@@ -142,13 +142,4 @@ export async function jpegKeys(stack: E2EStack, prefix: string): Promise<string[
   return (await listObjects(stack.s3client, stack.bucket, prefix)).map((o) => o.key).filter((k) => k.endsWith(".jpg"));
 }
 
-/** The JPEG keys a set of samples must produce (one per page; page n>1 as -pNNN). */
-export function expectedJpegKeys(prefix: string, samples: GeneratedSample[]): string[] {
-  const keys: string[] = [];
-  for (const s of samples) {
-    const stem = `${prefix}${s.relative.replace(/\.tif$/, "")}`;
-    keys.push(`${stem}.jpg`);
-    for (let p = 2; p <= s.pages; p++) keys.push(`${stem}-p${String(p).padStart(3, "0")}.jpg`);
-  }
-  return keys.sort();
-}
+export { expectedJpegKeys } from "../../../local/samples.ts";
