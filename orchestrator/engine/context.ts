@@ -6,17 +6,9 @@ import { getPhase } from "../phases/index.ts";
 import type { Phase, TaskView } from "../phases/types.ts";
 import { R2ObjectStore, S3ObjectStore, type ObjectStore } from "../storage.ts";
 import type { BatchMeta, BatchStore, PhaseCounts, TaskRow } from "../store.ts";
+import { SUBREQUESTS_PER_ALARM } from "./constants.ts";
 
-/** Creates per alarm: each may take a few subrequests (regions, retries); Workers allow 1,000. */
-export const SPAWNS_PER_ALARM = 40;
-export const SUBREQUESTS_PER_ALARM = 800;
-/** How long a create may stay without an answer before we look for its machine. */
-export const CREATE_ANSWER_MS = 60_000;
-export const RECHECK_MS = 5_000;
-/** A machine told it is done exits by itself; it is destroyed after this if it has not. */
-export const RETIRE_GRACE_MS = 30_000;
-/** A credential outlives its attempt's hard limits by this much (clock skew, a slow callback). */
-export const CREDENTIAL_GRACE_MS = 5 * 60_000;
+export { CREATE_ANSWER_MS, CREDENTIAL_GRACE_MS, RECHECK_MS, RETIRE_GRACE_MS, SPAWNS_PER_ALARM, SUBREQUESTS_PER_ALARM } from "./constants.ts";
 
 export interface Limits {
   bootTimeoutMs: number;

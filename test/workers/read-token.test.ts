@@ -1,5 +1,4 @@
 // READ_TOKEN: unset, status reads are open; set, they need it (or the admin token).
-import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { afterEach, beforeEach, expect, it } from "vitest";
 import worker from "../../orchestrator/index.ts";
@@ -17,10 +16,10 @@ afterEach(async () => {
 const READ_TOKEN = "read-token-of-at-least-16-chars";
 
 async function get(path: string, headers: Record<string, string>, withToken: boolean): Promise<Response> {
-  const ctx = createExecutionContext();
+
   const e = (withToken ? { ...env, READ_TOKEN } : env) as Env;
-  const res = await worker.fetch(new Request(`http://orchestrator.test${path}`, { headers }), e, ctx);
-  await waitOnExecutionContext(ctx);
+  const res = await worker.fetch(new Request(`http://orchestrator.test${path}`, { headers }), e);
+
   return res;
 }
 
