@@ -1,0 +1,59 @@
+// The scheduler is a pure function: decide(state, now) → how many machines to create, whether
+// the phase is finished, and when to look again. No workerd needed.
+import { describe, expect, it } from "vitest";
+import { decide, poolTarget, type SchedulerState } from "../../orchestrator/engine/schedule.ts";
+
+const NOW = 1_000_000;
+const base: SchedulerState = {
+  mode: "single",
+  counts: { pending: 0, retrying: 0, creating: 0, booting: 0, running: 0 },
+  poolMachines: 0,
+  slots: 1,
+  maxLive: 20,
+  ready: 0,
+  readyAt: null,
+  blockedUntil: 0,
+  budgetAt: 0,
+  earliestDeadline: null,
+  checkIntervalMs: 30_000,
+  spawnsPerAlarm: 40,
+};
+const state = (over: Partial<SchedulerState>, counts: Partial<SchedulerState["counts"]> = {}): SchedulerState => ({ ...base, ...over, counts: { ...base.counts, ...counts } });
+
+describe("decide", () => {
+  it("finishes a phase with no open task", () => {
+    expect(decide(state({}), NOW)).toEqual({ phaseFinished: true, create: 0, nextAt: NOW });
+  });
+
+  it("single-task mode: one machine per ready task, within the concurrency and the per-alarm cap", () => {
+    expect(decide(state({ ready: 30 }, { pending: 30 }), NOW).create).toBe(20);
+    expect(decide(state({ ready: 30, maxLive: 100 }, { pending: 30 }), NOW).create).toBe(30);
+    expect(decide(state({ ready: 100, maxLive: 100 }, { pending: 100 }), NOW).create).toBe(40);
+    expect(decide(state({ ready: 5 }, { pending: 5, running: 18 }), NOW).create).toBe(2);
+    // Tasks still in their backoff get no machine yet; the next look is when the first is ready.
+    const waiting = decide(state({ ready: 0, readyAt: NOW + 4000 }, { retrying: 3 }), NOW);
+    expect(waiting).toMatchObject({ create: 0, nextAt: NOW + 4000 });
+  });
+
+  it("creates nothing while the API's Retry-After holds, and wakes when it passes (or the budget refills)", () => {
+    expect(decide(state({ ready: 5, blockedUntil: NOW + 7000 }, { pending: 5 }), NOW)).toMatchObject({ create: 0, nextAt: NOW + 7000 });
+    expect(decide(state({ ready: 5, budgetAt: NOW + 900 }, { pending: 5 }), NOW).nextAt).toBe(NOW + 900);
+  });
+
+  it("pool mode: machines for one slot per open task, never more than the concurrency", () => {
+    expect(poolTarget({ counts: { ...base.counts, pending: 10, running: 2 }, slots: 4, maxLive: 20 })).toBe(3);
+    expect(decide(state({ mode: "pool", slots: 4, poolMachines: 1 }, { pending: 10, running: 2 }), NOW).create).toBe(2);
+    expect(decide(state({ mode: "pool", slots: 1, poolMachines: 0, maxLive: 5 }, { pending: 50 }), NOW).create).toBe(5);
+    // Enough machines: none created; look again at the earliest deadline.
+    expect(decide(state({ mode: "pool", slots: 2, poolMachines: 3, earliestDeadline: NOW + 1500 }, { pending: 2, running: 4 }), NOW)).toEqual({
+      phaseFinished: false,
+      create: 0,
+      nextAt: NOW + 1500,
+    });
+  });
+
+  it("with nothing to create it looks again at the earliest deadline, or after the check interval", () => {
+    expect(decide(state({ earliestDeadline: NOW + 2500 }, { running: 3 }), NOW).nextAt).toBe(NOW + 2500);
+    expect(decide(state({}, { running: 3 }), NOW).nextAt).toBe(NOW + 30_000);
+  });
+});
