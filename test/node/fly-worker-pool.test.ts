@@ -473,9 +473,10 @@ describe("fly-worker pool mode", () => {
 
   it("a pool env with a problem is named and exits BAD_ENV before any lease", async () => {
     const p = await pool([]);
-    const r = await run(p, { LEASE_URL: "not a url", R2_BUCKET: "" });
+    // Storage access comes with each lease (presigned URLs): a pool machine needs no R2 key of its own.
+    const r = await run(p, { LEASE_URL: "not a url", WORKER_ID: "" });
     expect(r.code).toBe(EXIT.BAD_ENV);
-    expect(r.logs.find((l) => l.fields.event === "env.invalid")?.fields.problems).toEqual(['LEASE_URL: must be an http(s) URL; received "not a url"', "R2_BUCKET is required but it is not set"]);
+    expect(r.logs.find((l) => l.fields.event === "env.invalid")?.fields.problems).toEqual(["WORKER_ID is required but it is not set", 'LEASE_URL: must be an http(s) URL; received "not a url"']);
     expect(p.server.leases).toEqual([]);
   });
 });
