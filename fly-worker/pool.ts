@@ -86,10 +86,12 @@ async function runLeasedTask(client: LeaseClient, lease: TaskLease, machineVars:
       const target = parsed.ok ? { url: parsed.env.CALLBACK_URL, token: parsed.env.CALLBACK_TOKEN, batchId: parsed.env.BATCH_ID, taskId: lease.task_id } : parsed.callback;
       const delivered = target ? await reportBadEnv(target, problems) : false;
       if (!target) log.error("Env", "env.no_callback", { message: "no error callback sent: the lease's CALLBACK_URL, CALLBACK_TOKEN or task identity is unusable; the lease will lapse" });
+      await heartbeats.stop(); // the summary counts every heartbeat the orchestrator answered, none in flight
       log.info("Pool", "task.finished", { status: "error", delivered, duration_ms: since(started), ...heartbeats.summary() });
       return false;
     }
     const outcome = await convertTask(parsed.env, started);
+    await heartbeats.stop();
     log.info("Pool", "task.finished", { status: outcome.status, exit_code: outcome.code, delivered: outcome.delivered, duration_ms: since(started), ...heartbeats.summary() });
     return outcome.status === "success" && outcome.delivered;
   } finally {
@@ -193,7 +195,8 @@ class LeaseClient {
         }
         const start = performance.now();
         try {
-          const reply = await this.post(`${this.base}/heartbeat`, body, Math.min(everyMs, this.env.LEASE_REQUEST_TIMEOUT_MS), stopping.signal);
+          // Not aborted by stop(): a heartbeat already sent is answered and counted (its timeout bounds the wait).
+          const reply = await this.post(`${this.base}/heartbeat`, body, Math.min(everyMs, this.env.LEASE_REQUEST_TIMEOUT_MS));
           sent++;
           if (reply.status === 200) continue;
           if (reply.status === 409) {
