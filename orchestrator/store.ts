@@ -105,7 +105,6 @@ export interface WorkerRow {
   attempt: number;
   slots: number;
 }
-export type MachineRow = WorkerRow;
 
 export interface FileRow {
   id: number;
@@ -553,15 +552,6 @@ export class BatchStore {
     return times.length > 0 ? Math.min(...times) : null;
   }
 
-  /** Live tasks with their machine, for reset. Bounded by MAX_CONCURRENT_MACHINES in practice. */
-  liveTasks(limit: number): TaskRow[] {
-    const rows: TaskRow[] = [];
-    for (const state of LIVE_STATES) {
-      rows.push(...this.exec<TaskRow & Record<string, SqlStorageValue>>("SELECT * FROM tasks WHERE state = ? LIMIT ?", state, limit));
-    }
-    return rows;
-  }
-
   /** Fails every open task of the batch with `reason` (reset); counters follow. */
   failOpenTasks(reason: string, now: number): number {
     let failed = 0;
@@ -860,12 +850,6 @@ export class BatchStore {
       );
     }
     return rows.slice(0, limit);
-  }
-
-  /** Machines per live state (index counts bounded by MAX_CONCURRENT_MACHINES). */
-  workerCounts(): { creating: number; booting: number; live: number } {
-    const count = (state: WorkerState) => this.exec<{ n: number }>("SELECT COUNT(*) AS n FROM workers WHERE state = ?", state)[0].n;
-    return { creating: count("creating"), booting: count("booting"), live: count("live") };
   }
 
   /** The open tasks a machine holds: its assigned task, or its leases. */

@@ -2,7 +2,6 @@
 // the object store, and the phase limits. Built once per RPC or alarm by the DO shell.
 import type { Config } from "../config.ts";
 import { FlyMachines } from "../machines.ts";
-import { getPhase } from "../phases/index.ts";
 import type { Phase, TaskView } from "../phases/types.ts";
 import { R2ObjectStore, S3ObjectStore, type ObjectStore } from "../storage.ts";
 import type { BatchMeta, BatchStore, PhaseCounts, TaskRow } from "../store.ts";
@@ -99,8 +98,6 @@ export function taskView(meta: BatchMeta, task: TaskRow): TaskView {
 
 /** The batch has ended: DONE, FAILED or ERROR (a redrive may start it again). */
 export const isFinished = (meta: BatchMeta) => meta.stage === "done" || meta.stage === "failed" || meta.stage === "error";
-
-export const phaseOf = (task: TaskRow) => getPhase(task.phase);
 
 /**
  * A Fly machine name: deterministic, DNS-safe, ≤ 63 chars. `suffix` names what the machine is

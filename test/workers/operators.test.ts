@@ -20,18 +20,26 @@ afterEach(async () => {
   await world.restore();
 });
 
+/** Runs the batch's alarms (letting `expire` pass its deadlines first, each round) until its status is `status`. */
+function driveTo(b: string, status: string, expire: (b: string) => Promise<unknown> = expireAll) {
+  return vi.waitFor(
+    async () => {
+      await expire(b);
+      await runDurableObjectAlarm(stub(b));
+      const x = await getStatus(b);
+      expect(x.status).toBe(status);
+      return x;
+    },
+    { timeout: 30_000, interval: 50 },
+  );
+}
+
 describe("a batch that fails says so", () => {
   it("tolerated_failure_count: past it the batch stops FAILED, open tasks cancelled, machines destroyed, the reason names the threshold", async () => {
     await putTiffs("op-tol/", 30);
     world.runner.behaviour = () => "error";
     await stub("op-tol").start({ batch_id: "op-tol", r2_prefix: "op-tol/", tolerated_failure_count: 2 });
-    const s = await vi.waitFor(async () => {
-      await expireAll("op-tol");
-      await runDurableObjectAlarm(stub("op-tol"));
-      const x = await getStatus("op-tol");
-      expect(x.status).toBe("FAILED");
-      return x;
-    }, { timeout: 30_000, interval: 50 });
+    const s = await driveTo("op-tol", "FAILED");
     expect(s.error).toMatch(/^\d+ of 30 tasks failed, more than tolerated_failure_count=2$/);
     expect(s.progress.tasks_failed).toBe(30);
     expect(s.progress.pending + s.progress.starting + s.progress.running + s.progress.retrying).toBe(0);
@@ -44,11 +52,7 @@ describe("a batch that fails says so", () => {
     await putTiffs("op-pct/", 10);
     world.runner.behaviour = (_m, nth) => (nth <= 6 ? "error" : "succeed");
     await stub("op-pct").start({ batch_id: "op-pct", r2_prefix: "op-pct/", tolerated_failure_percentage: 10 });
-    await vi.waitFor(async () => {
-      await expireAll("op-pct");
-      await runDurableObjectAlarm(stub("op-pct"));
-      expect((await getStatus("op-pct")).status).toBe("FAILED");
-    }, { timeout: 30_000, interval: 50 });
+    await driveTo("op-pct", "FAILED");
     expect((await getStatus("op-pct")).error).toMatch(/more than tolerated_failure_percentage=10$/);
   });
 
@@ -56,11 +60,7 @@ describe("a batch that fails says so", () => {
     await putTiffs("op-allfail/", 3);
     world.runner.behaviour = () => "error";
     await stub("op-allfail").start({ batch_id: "op-allfail", r2_prefix: "op-allfail/" });
-    await vi.waitFor(async () => {
-      await expireAll("op-allfail");
-      await runDurableObjectAlarm(stub("op-allfail"));
-      expect((await getStatus("op-allfail")).status).toBe("FAILED");
-    }, { timeout: 30_000, interval: 50 });
+    await driveTo("op-allfail", "FAILED");
     expect((await getStatus("op-allfail")).error).toBe("every task of TIFF_CONVERSION failed (3 of 3)");
     expect(world.downstream.calls).toHaveLength(0);
   });
@@ -84,13 +84,7 @@ describe("redrive", () => {
     let healed = false;
     world.runner.behaviour = (m) => (bad.has(machineProcessEnv(m).TASK_ID) && !healed ? "error" : "succeed");
     await stub(b).start({ batch_id: b, r2_prefix: `${b}/` });
-    const first = await vi.waitFor(async () => {
-      await expireBackoffs(b);
-      await runDurableObjectAlarm(stub(b));
-      const x = await getStatus(b);
-      expect(x.status).toBe("DONE");
-      return x;
-    }, { timeout: 30_000, interval: 50 });
+    const first = await driveTo(b, "DONE", expireBackoffs);
     expect(first.progress, JSON.stringify(first)).toMatchObject({ tasks_total: 6, tasks_completed: 4, tasks_failed: 2 });
     const startedBefore = world.runner.started.length;
     healed = true;
@@ -101,13 +95,7 @@ describe("redrive", () => {
     expect((await getStatus(b)).progress).toMatchObject({ tasks_total: 6, tasks_completed: 4, tasks_failed: 0, retrying: 2 });
     // A redrive of a running batch is 409.
     expect((await exports.default.fetch(`http://orchestrator.test/admin/redrive/${b}`, { method: "POST", headers: ADMIN })).status).toBe(409);
-    const s = await vi.waitFor(async () => {
-      await expireBackoffs(b);
-      await runDurableObjectAlarm(stub(b));
-      const x = await getStatus(b);
-      expect(x.status).toBe("DONE");
-      return x;
-    }, { timeout: 30_000, interval: 50 });
+    const s = await driveTo(b, "DONE", expireBackoffs);
     expect(s.progress).toMatchObject({ tasks_total: 6, tasks_completed: 6, tasks_failed: 0 });
     // Only the two failed tasks got machines again.
     const again = world.runner.started.slice(startedBefore).map((m) => machineProcessEnv(m).TASK_ID).sort();
