@@ -120,6 +120,23 @@ export class BatchDO extends DurableObject<Env> {
     return { created: true };
   }
 
+  /**
+   * A copy of this batch's queue message exhausted its retries (fanout-batches-dlq). With no batch
+   * yet, the batch is recorded in ERROR with the reason. A batch an earlier delivery (or another
+   * message) started is not stopped — its work is sound — but its status says what happened.
+   */
+  async deadLettered(batchId: string, reason: string, messageJson: string): Promise<{ outcome: "marked_error" | "warned" | "finished" }> {
+    const meta = this.store.getMeta();
+    if (!meta) {
+      await this.recordInvalid(batchId, reason, messageJson);
+      return { outcome: "marked_error" };
+    }
+    if (isFinished(meta)) return { outcome: "finished" };
+    this.store.addWarning(`${reason}; the batch had already been started and goes on`, Date.now());
+    this.live.progressChanged();
+    return { outcome: "warned" };
+  }
+
   // ---- RPC: machines (callbacks, output reservations, leases) ------------------------------
 
   /** A callback from attempt `attempt` of `taskId` (the attempt the verified credential names). */

@@ -286,13 +286,9 @@ async function consumeDeadLetter(message: Message<unknown>, env: Env): Promise<v
   }
   const reason = `queue message dead-lettered: ${DEAD_LETTER_QUEUE} received it after fanout-batches gave up retrying (the consumer failed on every delivery; see [Queue] message_retry logs)`;
   try {
-    const result = await stub(env, batchId.data).recordInvalid(batchId.data, reason, content);
-    // An existing batch was started by an earlier delivery: the DLQ copy is a leftover.
-    log("DLQ", result.created ? "batch_marked_error" : "dead_letter_for_existing_batch", {
-      message_id: message.id,
-      batch_id: batchId.data,
-      attempts: message.attempts,
-    });
+    const { outcome } = await stub(env, batchId.data).deadLettered(batchId.data, reason, content);
+    const event = { marked_error: "batch_marked_error", warned: "dead_letter_for_running_batch", finished: "dead_letter_for_finished_batch" }[outcome];
+    log("DLQ", event, { message_id: message.id, batch_id: batchId.data, attempts: message.attempts });
     message.ack();
   } catch (error) {
     logError("DLQ", "dead_letter_retry", error, { message_id: message.id, batch_id: batchId.data });

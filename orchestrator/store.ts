@@ -366,6 +366,11 @@ export class BatchStore {
     this.run(`UPDATE meta SET ${sets} WHERE id = 1`, ...entries.map(([, v]) => v as SqlValue));
   }
 
+  /** Appends a batch-level warning (shown in the status body); earlier ones are kept. */
+  addWarning(warning: string, now: number): void {
+    this.run("UPDATE meta SET warnings_json = json_insert(coalesce(warnings_json, '[]'), '$[#]', ?), updated_at = ? WHERE id = 1", warning, now);
+  }
+
   // ---- files ----------------------------------------------------------------------------
 
   /** Adds files to the list; a key already present is kept as it was. Returns how many were new. */

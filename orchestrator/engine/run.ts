@@ -77,8 +77,7 @@ function finishPhase(e: Engine, meta: BatchMeta, phase: Phase): number {
     else {
       const all = e.store.counts().reduce((n, c) => n + c.total, 0);
       if (all === 0) {
-        const warning = `nothing to do: no file of the batch (${e.store.fileCount()} files) needed ${phase.name}`;
-        e.store.updateMeta({ warnings_json: JSON.stringify([warning]) }, now);
+        e.store.addWarning(`nothing to do: no file of the batch (${e.store.fileCount()} files) needed ${phase.name}`, now);
       }
       e.store.updateMeta({ stage: "finalise" }, now);
     }

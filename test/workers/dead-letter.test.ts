@@ -59,22 +59,41 @@ describe("dead letters (fanout-batches-dlq)", () => {
     expect(row).toMatchObject({ status: "ERROR", error: expect.stringMatching(/dead-lettered/) });
   });
 
-  it("a dead letter for a batch that already exists changes nothing; one without a batch_id is logged with its content", async () => {
-    await putTiffs("dlq-exists/", 1);
-    await env.BATCH_DO.getByName("dlq-exists").start({ batch_id: "dlq-exists", r2_prefix: "dlq-exists/" });
-    await waitForStatus("dlq-exists", (x) => x.progress.tasks_total === 1);
+  it("a dead letter for a batch an earlier message started does not stop it: the real queue round trip leaves a warning in its status", async () => {
+    await putTiffs("dlq-running/", 1);
+    await env.BATCH_DO.getByName("dlq-running").start({ batch_id: "dlq-running", r2_prefix: "dlq-running/" });
+    await waitForStatus("dlq-running", (x) => x.progress.tasks_total === 1);
+    const fault = failStartFor("dlq-running");
+    const res = await exports.default.fetch("http://orchestrator.test/admin/batches", {
+      method: "POST",
+      headers: { ...ADMIN, "content-type": "application/json" },
+      body: JSON.stringify({ batch_id: "dlq-running", r2_prefix: "dlq-running/" }),
+    });
+    expect(res.status).toBe(202);
+    const s = await waitForStatus("dlq-running", (x) => x.warnings.some((w) => w.includes("dead-lettered")), 30_000);
+    expect(fault.starts()).toBe(2);
+    expect(s.status).toBe("TIFF_CONVERSION");
+    expect(s.error).toBeNull();
+    expect(s.warnings.find((w) => w.includes("dead-lettered"))).toMatch(/^queue message dead-lettered: .*; the batch had already been started and goes on$/);
+  });
+
+  it("a dead letter for a finished batch changes nothing; one without a batch_id is logged with its content", async () => {
+    await env.BATCH_DO.getByName("dlq-finished").start({ batch_id: "dlq-finished", r2_prefix: "dlq-finished-empty/" });
+    const before = await waitForStatus("dlq-finished", (x) => x.status === "DONE");
     const logs = vi.spyOn(console, "log");
     const batch = createMessageBatch("fanout-batches-dlq", [
-      { id: "d1", timestamp: new Date(), attempts: 1, body: { batch_id: "dlq-exists", r2_prefix: "dlq-exists/" } },
+      { id: "d1", timestamp: new Date(), attempts: 1, body: { batch_id: "dlq-finished", r2_prefix: "dlq-finished-empty/" } },
       { id: "d2", timestamp: new Date(), attempts: 1, body: { source: "ingest-v1", r2_prefix: "somewhere/" } },
     ]);
     const ctx = createExecutionContext();
     await worker.queue(batch, env, ctx);
     const result = await getQueueResult(batch, ctx);
     expect(result.explicitAcks.sort()).toEqual(["d1", "d2"]);
-    expect((await getStatus("dlq-exists")).status).toBe("TIFF_CONVERSION");
+    const after = await getStatus("dlq-finished");
+    expect(after.status).toBe("DONE");
+    expect(after.warnings).toEqual(before.warnings);
     const lines = logs.mock.calls.map((c) => String(c[0]));
-    expect(lines.find((l) => l.includes("dead_letter_for_existing_batch"))).toContain('"batch_id":"dlq-exists"');
+    expect(lines.find((l) => l.includes("dead_letter_for_finished_batch"))).toContain('"batch_id":"dlq-finished"');
     const orphan = lines.find((l) => l.startsWith("[DLQ]") && l.includes("dead_letter_without_batch"));
     expect(orphan).toContain("somewhere/");
     expect(orphan).toContain("ingest-v1");
