@@ -26,6 +26,9 @@ export type { StatusBody, ApiStatus } from "./engine/views.ts";
 export type { CallbackReply } from "./engine/outcomes.ts";
 export { machineName } from "./engine/context.ts";
 
+/** What a dead letter did to its batch (fanout-batches-dlq). */
+export type DeadLetterOutcome = "marked_error" | "warned" | "finished";
+
 export class BatchDO extends DurableObject<Env> {
   private readonly store: BatchStore;
 
@@ -125,7 +128,7 @@ export class BatchDO extends DurableObject<Env> {
    * yet, the batch is recorded in ERROR with the reason. A batch an earlier delivery (or another
    * message) started is not stopped — its work is sound — but its status says what happened.
    */
-  async deadLettered(batchId: string, reason: string, messageJson: string): Promise<{ outcome: "marked_error" | "warned" | "finished" }> {
+  async deadLettered(batchId: string, reason: string, messageJson: string): Promise<{ outcome: DeadLetterOutcome }> {
     const meta = this.store.getMeta();
     if (!meta) {
       await this.recordInvalid(batchId, reason, messageJson);

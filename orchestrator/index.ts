@@ -14,7 +14,7 @@ import {
 } from "../shared/contracts.ts";
 import { backoffMs } from "../shared/backoff.ts";
 import { timingSafeEqualText, verifyGrant } from "../shared/token.ts";
-import type { ApiStatus } from "./batch-do.ts";
+import type { ApiStatus, DeadLetterOutcome } from "./batch-do.ts";
 import { CursorError, listBatches } from "./batch-index.ts";
 import { ConfigError, loadConfig } from "./config.ts";
 import { health } from "./health.ts";
@@ -286,7 +286,7 @@ async function consumeDeadLetter(message: Message<unknown>, env: Env): Promise<v
   }
   const reason = `queue message dead-lettered: ${DEAD_LETTER_QUEUE} received it after fanout-batches gave up retrying (the consumer failed on every delivery; see [Queue] message_retry logs)`;
   try {
-    const { outcome } = await stub(env, batchId.data).deadLettered(batchId.data, reason, content);
+    const { outcome }: { outcome: DeadLetterOutcome } = await stub(env, batchId.data).deadLettered(batchId.data, reason, content);
     const event = { marked_error: "batch_marked_error", warned: "dead_letter_for_running_batch", finished: "dead_letter_for_finished_batch" }[outcome];
     log("DLQ", event, { message_id: message.id, batch_id: batchId.data, attempts: message.attempts });
     message.ack();
