@@ -1,5 +1,6 @@
 // A small client of the orchestrator's HTTP API for the CLI, the demo and the e2e tests.
 // Every failure becomes an ApiError whose message says what to do about it.
+import { EventSourceParserStream, type EventSourceMessage } from "eventsource-parser/stream";
 import { z } from "zod";
 import { describeZodError, type QueueMessage } from "../shared/contracts.ts";
 
@@ -65,7 +66,8 @@ const TaskPage = z.looseObject({ batch_id: z.string(), tasks: z.array(TaskItem),
 export const TASK_FILTERS = ["pending", "retrying", "starting", "running", "done", "failed"] as const;
 export type TaskFilter = (typeof TASK_FILTERS)[number];
 
-export const TERMINAL = new Set(["DONE", "ERROR"]);
+/** The batch has ended (a redrive may start it again). */
+export const TERMINAL = new Set(["DONE", "FAILED", "ERROR"]);
 
 export const HealthCheck = z.looseObject({
   name: z.string(),
@@ -92,19 +94,23 @@ export type ResetResult = z.infer<typeof ResetResult>;
 export interface ClientOptions {
   /** Base URL of the orchestrator, e.g. http://127.0.0.1:8787 */
   url: string;
-  /** Needed for the admin routes (enqueue, reset). */
+  /** Needed for the admin routes (enqueue, reset); also accepted by the read routes. */
   adminToken?: string;
+  /** Sent on the read routes (status, tasks, events, batches) when the orchestrator has READ_TOKEN set. */
+  readToken?: string;
   timeoutMs?: number;
 }
 
 export class OrchestratorClient {
   readonly url: string;
   #token: string | undefined;
+  #readToken: string | undefined;
   #timeoutMs: number;
 
   constructor(options: ClientOptions) {
     this.url = options.url.replace(/\/+$/, "");
     this.#token = options.adminToken;
+    this.#readToken = options.readToken;
     this.#timeoutMs = options.timeoutMs ?? 15_000;
   }
 
@@ -174,6 +180,41 @@ export class OrchestratorClient {
     return this.#parse(RedriveResult, body, "redrive answer");
   }
 
+  /**
+   * GET /status/:id/events: the batch's Server-Sent Events, parsed (eventsource-parser), from after
+   * `lastEventId`. Ends when the server ends the stream; an answer other than a 200 stream throws.
+   */
+  async *events(batchId: string, options: { lastEventId?: string; signal?: AbortSignal } = {}): AsyncGenerator<EventSourceMessage> {
+    const path = `/status/${encodeURIComponent(batchId)}/events`;
+    const headers: Record<string, string> = { accept: "text/event-stream", ...this.#readHeaders() };
+    if (options.lastEventId) headers["last-event-id"] = options.lastEventId;
+    let res: Response;
+    try {
+      res = await fetch(`${this.url}${path}`, { headers, signal: options.signal });
+    } catch (error) {
+      if (options.signal?.aborted) throw error;
+      throw new ApiError(`cannot reach the orchestrator at ${this.url} for ${path} (${error instanceof Error ? error.message : String(error)})`);
+    }
+    if (res.status !== 200 || !res.body || !(res.headers.get("content-type") ?? "").startsWith("text/event-stream")) {
+      const text = await res.text().catch(() => "");
+      const said = (() => {
+        try {
+          return String((JSON.parse(text) as { error?: unknown }).error ?? text);
+        } catch {
+          return text.slice(0, 200) || res.statusText;
+        }
+      })();
+      throw new ApiError(`GET ${path} answered ${res.status}${res.ok ? ` (${res.headers.get("content-type")}, not an event stream)` : ""}: ${said}`, res.status);
+    }
+    yield* res.body.pipeThrough(new TextDecoderStream()).pipeThrough(new EventSourceParserStream());
+  }
+
+  /** The read routes accept the read token or the admin token. */
+  #readHeaders(): Record<string, string> {
+    const token = this.#readToken ?? this.#token;
+    return token ? { authorization: `Bearer ${token}` } : {};
+  }
+
   #parse<T extends z.ZodType>(schema: T, body: unknown, what: string): z.infer<T> {
     const parsed = schema.safeParse(body);
     if (!parsed.success) {
@@ -189,7 +230,7 @@ export class OrchestratorClient {
     if (options.admin) {
       if (!this.#token) throw new ApiError("ADMIN_TOKEN is not set: the admin routes need it (for the local stack, `npm start` prints where it is)");
       headers.authorization = `Bearer ${this.#token}`;
-    }
+    } else Object.assign(headers, this.#readHeaders());
     let res: Response;
     try {
       res = await fetch(`${this.url}${path}`, {
@@ -217,7 +258,9 @@ export class OrchestratorClient {
     const said = typeof reason === "string" ? reason : text.slice(0, 200) || res.statusText;
     if (res.status === 401) {
       throw new ApiError(
-        `the orchestrator at ${this.url} refused the admin token (401: ${said}). Check ADMIN_TOKEN; for the local stack it is in .local/stack/secrets.json.`,
+        options.admin
+          ? `the orchestrator at ${this.url} refused the admin token (401: ${said}). Check ADMIN_TOKEN; for the local stack it is in .local/stack/secrets.json.`
+          : `the orchestrator at ${this.url} refused to show ${path} (401: ${said}). Set READ_TOKEN (or ADMIN_TOKEN) to the orchestrator's.`,
         401,
       );
     }

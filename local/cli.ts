@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import { z } from "zod";
 import { BatchId, describeZodError } from "../shared/contracts.ts";
 import { ApiError, OrchestratorClient, TASK_FILTERS, type BatchStatus, type HealthReport } from "./api.ts";
-import { formatBytes, progressLine, table, watchBatch } from "./progress.ts";
+import { followBatch, formatBytes, progressLine, table } from "./progress.ts";
 import { APP_NAME, BUCKET, DEFAULT_STATE_DIR, STACK_FILE } from "./paths.ts";
 import { s3Client, submitBatch } from "./submit.ts";
 
@@ -19,7 +19,7 @@ usage: npm run fanout -- <command> [options]        (npm run fanout -- <command>
 
   submit <dir> [--batch-id ID] [--pool] [--slots N] [--watch] [--json]
                                              upload a folder with a manifest and enqueue it
-  status <batchId> [--watch] [--json]        the batch's status; --watch shows progress until DONE/ERROR
+  status <batchId> [--watch] [--json]        the batch's status; --watch follows its live events until it ends
   tasks <batchId> [--status S] [--json]      its tasks (S: ${TASK_FILTERS.join(", ")})
   reset <batchId>                            stop the batch: destroy its machines, mark it ERROR
   redrive <batchId> [--json]                 re-run only the failed tasks of a finished batch (DONE with failures, FAILED, ERROR)
@@ -33,6 +33,7 @@ usage: npm run fanout -- <command> [options]        (npm run fanout -- <command>
 environment:
   ORCHESTRATOR_URL   the orchestrator (default: the local stack started by \`npm start\`)
   ADMIN_TOKEN        for submit, reset and doctor (default: the local stack's token)
+  READ_TOKEN         for status, tasks and list when the orchestrator sets READ_TOKEN (ADMIN_TOKEN works too)
   R2_ENDPOINT, R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY, R2_BUCKET
                      where submit uploads (default: the local stack's S3). For Cloudflare R2 set
                      R2_ENDPOINT=https://<account_id>.r2.cloudflarestorage.com and an R2 API token's keys.
@@ -41,7 +42,7 @@ environment:
 
 exit codes:
   0  done: the command worked; a batch (status, --watch) is DONE or still running (status without --watch)
-  1  a batch is ERROR, or the orchestrator refused or failed the request (doctor: a check failed)
+  1  a batch is ERROR or FAILED, or the orchestrator refused or failed the request (doctor: a check failed)
   2  usage: unknown command or option, missing or malformed argument
   3  the batch is DONE with failed tasks
   4  no orchestrator to talk to: no local stack running and no ORCHESTRATOR_URL, or it cannot be reached`;
@@ -69,6 +70,7 @@ type LocalStack = z.infer<typeof LocalStack>;
 const Env = z.object({
   ORCHESTRATOR_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL, e.g. http://127.0.0.1:8787" }).optional(),
   ADMIN_TOKEN: z.string().min(1).optional(),
+  READ_TOKEN: z.string().min(1).optional(),
   R2_ENDPOINT: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),
   R2_ACCESS_KEY_ID: z.string().min(1).optional(),
   R2_SECRET_ACCESS_KEY: z.string().min(1).optional(),
@@ -120,7 +122,7 @@ function context(): Context {
   }
   const isLocal = stack !== null && stack.orchestrator_url.replace(/\/+$/, "") === url.replace(/\/+$/, "");
   const token = env.ADMIN_TOKEN ?? (isLocal ? localToken(env.FANOUT_STATE_DIR) : undefined);
-  return { api: new OrchestratorClient({ url, adminToken: token }), local: isLocal ? stack : null, env };
+  return { api: new OrchestratorClient({ url, adminToken: token, readToken: env.READ_TOKEN }), local: isLocal ? stack : null, env };
 }
 
 /** A zod failure of one named argument, e.g. `<batchId> "a b": batch_id must be …` (never "(root)"). */
@@ -137,7 +139,7 @@ const batchArg = (value: string | undefined, name = "<batchId>"): string => {
 
 /** Exit code of a batch's final state (status, --watch). */
 function batchCode(s: BatchStatus): number {
-  if (s.status === "ERROR") return EXIT.failed;
+  if (s.status === "ERROR" || s.status === "FAILED") return EXIT.failed;
   if (s.status === "DONE") return s.progress.tasks_failed > 0 ? EXIT.doneWithFailures : EXIT.ok;
   return EXIT.ok;
 }
@@ -218,7 +220,7 @@ async function submit(args: string[]): Promise<number> {
     console.log(`follow it: npm run fanout -- status ${submitted.batchId} --watch`);
     return EXIT.ok;
   }
-  const final = await watchBatch(api, submitted.batchId, { out: values.json ? undefined : process.stdout });
+  const final = await followBatch(api, submitted.batchId, { out: values.json ? undefined : process.stdout });
   if (values.json) {
     console.log(JSON.stringify({ ...summary, final_status: final }, null, 2));
     return batchCode(final);
@@ -231,7 +233,7 @@ async function status(args: string[]): Promise<number> {
   const batchId = batchArg(positionals[0]);
   const { api } = context();
   if (values.watch) {
-    const final = await watchBatch(api, batchId, { out: values.json ? undefined : process.stdout });
+    const final = await followBatch(api, batchId, { out: values.json ? undefined : process.stdout });
     if (values.json) {
       console.log(JSON.stringify(final, null, 2));
       return batchCode(final);

@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import { z } from "zod";
 import { describeZodError } from "../shared/contracts.ts";
 import { OrchestratorClient } from "./api.ts";
-import { formatBytes, table, watchBatch } from "./progress.ts";
+import { followBatch, formatBytes, table } from "./progress.ts";
 import { generateSamples } from "./samples.ts";
 import { REPO_ROOT } from "./orchestrator-process.ts";
 import { startStack, type Stack } from "./stack.ts";
@@ -63,7 +63,7 @@ async function main(): Promise<number> {
     console.log("  POST /admin/batches → queue → BatchDO → machines");
 
     step("Converting");
-    const final = await watchBatch(api, batchId, { out: process.stdout, timeoutMs: timeout * 1000 });
+    const final = await followBatch(api, batchId, { out: process.stdout, timeoutMs: timeout * 1000 });
 
     // Outputs: every JPEG under the batch prefix, with its size and the machine's conversion time.
     const done = await api.allTasks(batchId, "done");

@@ -33,15 +33,76 @@ export interface WatchOptions {
   onStatus?: (s: BatchStatus) => void | Promise<void>;
 }
 
-/** Polls /status until DONE or ERROR and returns the last status. */
-export async function watchBatch(api: OrchestratorClient, batchId: string, options: WatchOptions = {}): Promise<BatchStatus> {
-  const out = options.out;
-  const tty = out?.isTTY === true;
+/** Draws progress: a bar redrawn in place on a terminal, one line per change otherwise; notes between. */
+class ProgressView {
+  readonly #out: NodeJS.WriteStream | undefined;
+  readonly #tty: boolean;
+  readonly #started = Date.now();
+  #last = "";
+
+  constructor(out: NodeJS.WriteStream | undefined) {
+    this.#out = out;
+    this.#tty = out?.isTTY === true;
+  }
+
+  show(s: BatchStatus): void {
+    const line = progressLine(s, Date.now() - this.#started);
+    if (this.#out) {
+      if (this.#tty) this.#out.write(`\r\x1b[2K${line}`);
+      else if (line.replace(/\s+[0-9.]+s$/, "") !== this.#last.replace(/\s+[0-9.]+s$/, "")) this.#out.write(`${line}\n`);
+    }
+    this.#last = line;
+  }
+
+  /** A line of its own (a failed attempt, a fallback), above the bar on a terminal. */
+  note(text: string): void {
+    if (!this.#out) return;
+    this.#out.write(this.#tty ? `\r\x1b[2K${text}\n${this.#last}` : `${text}\n`);
+  }
+
+  /** Leaves the terminal's cursor on a fresh line. */
+  end(): void {
+    if (this.#tty) this.#out?.write("\n");
+  }
+}
+
+/** Gives up on a batch that made no progress for `stallMs` or ran past `timeoutMs`. */
+class Patience {
+  readonly #options: WatchOptions;
+  readonly #started = Date.now();
+  #signature = "";
+  #progressAt = Date.now();
+
+  constructor(options: WatchOptions) {
+    this.#options = options;
+  }
+
+  saw(s: BatchStatus): void {
+    const signature = JSON.stringify([s.status, s.stage, p(s)]);
+    if (signature !== this.#signature) {
+      this.#signature = signature;
+      this.#progressAt = Date.now();
+    }
+  }
+
+  /** Why to stop watching `s` now, or null. */
+  exhausted(batchId: string, s: BatchStatus): WatchError | null {
+    const { stallMs, timeoutMs } = this.#options;
+    if (stallMs !== undefined && Date.now() - this.#progressAt > stallMs) {
+      return new WatchError(`batch ${batchId} made no progress for ${Math.round(stallMs / 1000)}s: ${countsByState(s)}`, s);
+    }
+    if (timeoutMs !== undefined && Date.now() - this.#started > timeoutMs) {
+      return new WatchError(`batch ${batchId} was not DONE after ${Math.round(timeoutMs / 1000)}s: ${countsByState(s)}; it keeps running`, s);
+    }
+    return null;
+  }
+}
+
+/** Polls /status until the batch ends (DONE, FAILED or ERROR) and returns the last status. */
+export async function watchBatch(api: OrchestratorClient, batchId: string, options: WatchOptions = {}, view = new ProgressView(options.out)): Promise<BatchStatus> {
   const started = Date.now();
-  let last = "";
+  const patience = new Patience(options);
   let unreachableSince: number | null = null;
-  let lastProgress = "";
-  let progressAt = Date.now();
   for (;;) {
     let s: BatchStatus;
     try {
@@ -61,35 +122,138 @@ export async function watchBatch(api: OrchestratorClient, batchId: string, optio
           continue;
         }
       }
-      if (tty) out?.write("\n");
+      view.end();
       throw error;
     }
     await options.onStatus?.(s);
-    const line = progressLine(s, Date.now() - started);
-    if (out) {
-      if (tty) out.write(`\r\x1b[2K${line}`);
-      else if (line.replace(/\s+[0-9.]+s$/, "") !== last.replace(/\s+[0-9.]+s$/, "")) out.write(`${line}\n`);
-    }
-    last = line;
+    view.show(s);
     if (TERMINAL.has(s.status)) {
-      if (tty) out?.write("\n");
+      view.end();
       return s;
     }
-    const signature = JSON.stringify([s.status, s.stage, p(s)]);
-    if (signature !== lastProgress) {
-      lastProgress = signature;
-      progressAt = Date.now();
-    }
-    if (options.stallMs !== undefined && Date.now() - progressAt > options.stallMs) {
-      if (tty) out?.write("\n");
-      throw new WatchError(`batch ${batchId} made no progress for ${Math.round(options.stallMs / 1000)}s: ${countsByState(s)}`, s);
-    }
-    if (options.timeoutMs !== undefined && Date.now() - started > options.timeoutMs) {
-      if (tty) out?.write("\n");
-      throw new WatchError(`batch ${batchId} was not DONE after ${Math.round(options.timeoutMs / 1000)}s: ${countsByState(s)}; it keeps running`, s);
+    patience.saw(s);
+    const exhausted = patience.exhausted(batchId, s);
+    if (exhausted) {
+      view.end();
+      throw exhausted;
     }
     await sleep(options.intervalMs ?? 500);
   }
+}
+
+/** Answers that say the stream will not come however often it is asked: poll instead at once. */
+const NO_STREAM = new Set([401, 403, 404, 405, 406, 429, 501]);
+
+/**
+ * Follows a batch until it ends over its event stream (GET /status/:id/events): progress as it
+ * moves, each failed attempt with its reason and logs command; a dropped stream resumes from its
+ * last event id. Falls back to polling /status (saying so) when the stream is refused or keeps failing.
+ */
+export async function followBatch(api: OrchestratorClient, batchId: string, options: WatchOptions = {}): Promise<BatchStatus> {
+  const view = new ProgressView(options.out);
+  const poll = (why: string) => {
+    view.note(`live events unavailable (${why}); polling /status instead`);
+    return watchBatch(api, batchId, options, view);
+  };
+  // A batch enqueued a moment ago may not be recorded yet; polling covers that and an absent orchestrator.
+  let s: BatchStatus | null = null;
+  for (const started = Date.now(); s === null && Date.now() - started < 30_000; ) {
+    s = await api.statusOrNull(batchId).catch(() => null);
+    if (s === null) await sleep(options.intervalMs ?? 500);
+  }
+  if (s === null) return watchBatch(api, batchId, options, view);
+  let current: BatchStatus = s;
+  await options.onStatus?.(current);
+  view.show(current);
+  if (TERMINAL.has(current.status)) {
+    view.end();
+    return current;
+  }
+  const patience = new Patience(options);
+  patience.saw(current);
+  let lastEventId: string | undefined;
+  let failures = 0;
+  let lastError: string;
+  for (;;) {
+    const abort = new AbortController();
+    let gaveUp: WatchError | null = null;
+    const check = setInterval(() => {
+      gaveUp = patience.exhausted(batchId, current);
+      if (gaveUp) abort.abort();
+    }, 1000);
+    try {
+      for await (const event of api.events(batchId, { lastEventId, signal: abort.signal })) {
+        failures = 0;
+        if (event.id) lastEventId = event.id;
+        const data = parseData(event.data);
+        if (event.event === "progress") {
+          current = withProgress(current, data);
+          patience.saw(current);
+          await options.onStatus?.(current);
+          view.show(current);
+        } else if (event.event === "task_failed") {
+          view.note(failureLine(data));
+        } else if (event.event === "done" || event.event === "failed" || event.event === "error") {
+          const final = await api.status(batchId);
+          await options.onStatus?.(final);
+          view.show(final);
+          view.end();
+          return final;
+        }
+      }
+      lastError = "the stream ended before the batch did";
+      failures++;
+    } catch (error) {
+      if (gaveUp) {
+        view.end();
+        throw gaveUp;
+      }
+      const status = (error as { status?: number | null }).status;
+      if (typeof status === "number" && NO_STREAM.has(status)) return poll(`${(error as Error).message}`);
+      lastError = error instanceof Error ? error.message : String(error);
+      failures++;
+    } finally {
+      clearInterval(check);
+    }
+    // An orchestrator restart or a deploy ends the stream: resume after the last event seen.
+    if (failures >= 5) return poll(`${failures} attempts in a row failed, the last: ${lastError}`);
+    await sleep(Math.min(1000 * failures, 5000));
+  }
+}
+
+function parseData(text: string): Record<string, unknown> {
+  try {
+    const value: unknown = JSON.parse(text);
+    return value && typeof value === "object" ? (value as Record<string, unknown>) : {};
+  } catch {
+    return {};
+  }
+}
+
+/** A `progress` event carries the status body's status, phase and counts: the rest is kept. */
+function withProgress(s: BatchStatus, data: Record<string, unknown>): BatchStatus {
+  const count = (k: "tasks_total" | "tasks_completed" | "tasks_failed" | "pending" | "starting" | "running" | "retrying") =>
+    typeof data[k] === "number" ? data[k] : s.progress[k];
+  return {
+    ...s,
+    status: typeof data.status === "string" ? data.status : s.status,
+    phase: typeof data.phase === "string" ? data.phase : s.phase,
+    progress: {
+      ...s.progress,
+      tasks_total: count("tasks_total"),
+      tasks_completed: count("tasks_completed"),
+      tasks_failed: count("tasks_failed"),
+      pending: count("pending"),
+      starting: count("starting"),
+      running: count("running"),
+      retrying: count("retrying"),
+    },
+  };
+}
+
+function failureLine(d: Record<string, unknown>): string {
+  const what = `${String(d.task_id)} attempt ${String(d.attempt)} failed${d.final ? "" : " (retried)"}`;
+  return `${what}: ${String(d.reason ?? "no reason given")}${typeof d.logs === "string" ? `\n    logs: ${d.logs}` : ""}`;
 }
 
 const p = (s: BatchStatus) => s.progress;

@@ -22,15 +22,21 @@ const CLEAN_ENV = Object.fromEntries(
   Object.entries(process.env).filter(([k]) => !/^(ORCHESTRATOR_URL|ADMIN_TOKEN|R2_|FLY_APP_NAME|FORCE_COLOR)/.test(k)),
 );
 
-function cli(args: string[], env: Record<string, string>): Promise<Ran> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ["local/cli.ts", ...args], { cwd: REPO_ROOT, env: { ...CLEAN_ENV, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+/** The CLI as a child process; `output()` is what it printed so far (tests act on it mid-run). */
+function spawnCli(args: string[], env: Record<string, string>): { result: Promise<Ran>; output: () => string } {
+  const child = spawn(process.execPath, ["local/cli.ts", ...args], { cwd: REPO_ROOT, env: { ...CLEAN_ENV, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+  child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+  const result = new Promise<Ran>((resolve) => {
     child.once("close", (code, signal) => resolve({ code: code ?? (signal ? -1 : null), stdout, stderr: signal ? `${stderr}(killed by ${signal})` : stderr }));
   });
+  return { result, output: () => stdout + stderr };
+}
+
+function cli(args: string[], env: Record<string, string>): Promise<Ran> {
+  return spawnCli(args, env).result;
 }
 
 const said = (r: Ran) => `exit ${r.code}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`;
@@ -189,14 +195,44 @@ describe("fanout CLI against a running local stack", () => {
     expect(JSON.parse(json.stdout), said(json)).toMatchObject({ batch_id: "cli-pool", mode: "pool" });
     expect(json.code, said(json)).toBe(0);
 
+    // Every event stream the batch serves is taken: --watch is refused one (429), says so and polls.
+    const held = new AbortController();
+    const streams = await Promise.all(
+      Array.from({ length: 20 }, () => fetch(`${stack.orchestrator_url}/status/cli-pool/events`, { signal: held.signal })),
+    );
+    expect(streams.map((r) => r.status)).toEqual(Array(20).fill(200));
+    const watcher = spawnCli(["status", "cli-pool", "--watch"], env);
+    for (let i = 0; i < 600 && !watcher.output().includes("polling /status instead"); i++) await new Promise((res) => setTimeout(res, 100));
+    expect(watcher.output()).toMatch(/live events unavailable \(GET \/status\/cli-pool\/events answered 429: too many open event streams/);
+
     const reset = await cli(["reset", "cli-pool"], env);
     expect(reset.code, said(reset)).toBe(0);
+    // The poller sees the reset: ERROR, exit 1.
+    const watched = await watcher.result;
+    held.abort();
+    expect(watched.code, said(watched)).toBe(1);
+    expect(watched.stdout).toContain("cli-pool: ERROR");
     expect(reset.stdout).toMatch(/^batch cli-pool reset: marked ERROR, \d+ open tasks? failed, \d+ machines? destroyed(; \d+ machines? still being destroyed)?\. Submit it again under a new batch id\.\n$/);
 
     const status = await cli(["status", "cli-pool"], env);
     expect(status.code, said(status)).toBe(1);
     expect(status.stdout).toContain("ERROR");
     expect(status.stdout).not.toMatch(/\] 100%/);
+  }, 300_000);
+
+  it("submit --watch follows the live event stream: each failed attempt with its reason as it happens; a batch whose every task failed ends FAILED, exit 1", async () => {
+    const dir = join(work, "in-bad");
+    await mkdir(dir, { recursive: true });
+    // Little-endian TIFF magic, then nothing a decoder can use.
+    for (const name of ["bad-1.tif", "bad-2.tif"]) await writeFile(join(dir, name), Buffer.concat([Buffer.from("II*\0"), Buffer.alloc(64, 7)]));
+    const r = await cli(["submit", dir, "--batch-id", "cli-bad", "--watch"], env);
+    expect(r.code, said(r)).toBe(1);
+    // Only the event stream says this: /status keeps a few recent failures, not each attempt as it fails.
+    expect(r.stdout).toMatch(/^tiff-[0-9a-f]+ attempt 1 failed( \(retried\))?: .+$/m);
+    expect(r.stdout).toMatch(/^ {4}logs: fly logs /m);
+    expect(r.stdout).not.toContain("live events unavailable");
+    expect(r.stdout).toContain("cli-bad: FAILED — 0 done, 2 failed of 2");
+    expect(r.stdout).toMatch(/error: every task of TIFF_CONVERSION failed \(2 of 2\)/);
   }, 300_000);
 
   it("reset of an unknown batch names that batch", async () => {
