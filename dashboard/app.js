@@ -518,10 +518,7 @@ function showBatch(view, batchId) {
       if (!source) follow();
     } catch (error) {
       out.className = "error";
-      out.textContent =
-        error.status === 404 && path.startsWith("/admin/redrive")
-          ? `${label}: this orchestrator has no redrive route yet (${error.message})`
-          : `${label} failed: ${error.message}`;
+      out.textContent = `${label} failed: ${error.message}`;
     } finally {
       button.disabled = false;
       render();
