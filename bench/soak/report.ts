@@ -4,6 +4,7 @@ import { expectedJpegKeys } from "../../local/samples.ts";
 import type { EmulatorFault, RecordedRequest } from "../../local/fly-emulator/core.ts";
 import type { SoakConfig } from "./config.ts";
 import type { SoakEvidence, TaskDetail } from "./collect.ts";
+import type { EventRecord } from "./event-tap.ts";
 
 export interface ModeResult {
   mode: string;
@@ -20,6 +21,8 @@ interface Events {
   restartedAt: number | null;
   wallMs: number;
   config: SoakConfig;
+  /** The live event stream, followed from submit to the final event. */
+  stream: EventRecord;
 }
 
 const isCreate = (r: RecordedRequest) => r.method === "POST" && /\/machines$/.test(r.path.split("?")[0]);
@@ -157,6 +160,19 @@ export function check(mode: string, batchId: string, ev: SoakEvidence, events: E
   }
   expect(unexplained.length === 0, `${unexplained.length} failed attempts no injected fault explains: ${unexplained.slice(0, 8).join(" | ")}`);
   expect(events.evictedAt !== null, "the FlyBudget DO was never evicted");
+
+  // 7. The live event stream: every failed attempt sent once, ids without gaps across the restart.
+  const stream = events.stream;
+  const sentFailures = stream.events.filter((e) => e.type === "task_failed").map((e) => `${String(e.data.task_id)}#${String(e.data.attempt)}`);
+  const failedAttempts = ev.details.flatMap((d) =>
+    d.attempts.filter((a) => a.outcome === "failed" || (a.note ?? "").includes("had ended failed")).map((a) => `${d.task_id}#${a.attempt}`),
+  );
+  const unsent = diff(failedAttempts.slice().sort(), [...new Set(sentFailures)].sort());
+  expect(unsent.length === 0, `failed attempts and task_failed events differ (+ failed, never sent; − sent, not failed): ${unsent.slice(0, 6).join(", ")}`);
+  expect(sentFailures.length === new Set(sentFailures).size, `task_failed sent more than once for one attempt: ${sentFailures.length - new Set(sentFailures).size}`);
+  expect(stream.idProblems.length === 0, `event ids out of sequence on the stream: ${stream.idProblems.slice(0, 5).join("; ")}`);
+  const finalEvent = stream.events.find((e) => e.type === "done" || e.type === "failed" || e.type === "error");
+  expect(finalEvent?.type === "done", `the event stream's final event: ${finalEvent?.type ?? "none received"} (drops: ${stream.drops.slice(-3).join("; ") || "none"})`);
   expect(events.killedAt !== null && events.restartedAt !== null, "the orchestrator was never killed and restarted");
 
   const machinesCreated = ev.machinesCreated;
@@ -203,6 +219,10 @@ export function check(mode: string, batchId: string, ev: SoakEvidence, events: E
     "held callbacks released by a later attempt's call / at the hold limit": `${ev.held.filter((h) => h.releasedByNextAttempt).length} / ${forced.length}`,
     "restart: orchestrator down": events.killedAt && events.restartedAt ? `${((events.restartedAt - events.killedAt) / 1000).toFixed(1)} s` : "n/a",
     "wall time": `${(events.wallMs / 1000).toFixed(1)} s`,
+    "event stream: events (progress / task_failed / other)": `${byType(stream, "progress")} / ${byType(stream, "task_failed")} / ${stream.events.length - byType(stream, "progress") - byType(stream, "task_failed")}`,
+    "event stream: peak events in 1 s (all / progress)": `${peakPerWindow(stream.events.map((e) => e.at), 1000)} / ${peakPerWindow(stream.events.filter((e) => e.type === "progress").map((e) => e.at), 1000)}`,
+    "event stream: bytes per event p50 (progress / task_failed)": `${median(stream.events.filter((e) => e.type === "progress").map((e) => e.bytes))} / ${median(stream.events.filter((e) => e.type === "task_failed").map((e) => e.bytes))}`,
+    "event stream: resumed with Last-Event-ID / ids out of sequence": `${stream.reconnects} / ${stream.idProblems.length}`,
   };
   return { mode, batchId, figures, faultsInjected, failureCauses: causes, problems };
 }
@@ -276,6 +296,14 @@ function table(head: string[], rows: string[][]): string {
 }
 
 
+
+const byType = (r: EventRecord, type: string) => r.events.filter((e) => e.type === type).length;
+
+function median(xs: number[]): number | string {
+  if (xs.length === 0) return "n/a";
+  const s = xs.slice().sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
 
 function peakPerWindow(times: number[], windowMs: number): number {
   const t = [...times].sort((a, b) => a - b);

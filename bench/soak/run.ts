@@ -17,6 +17,7 @@ import { startCallbackFaults, type CallbackFaults } from "./callback-faults.ts";
 import { collect, type SoakEvidence } from "./collect.ts";
 import { check, markdown, type ModeResult } from "./report.ts";
 import { SOAK } from "./config.ts";
+import { startEventTap } from "./event-tap.ts";
 import { startS3Tap, type S3Tap } from "./s3-tap.ts";
 
 const Args = z.object({
@@ -134,12 +135,15 @@ async function soakMode(
     const s3 = s3Client({ endpoint: stack.s3.endpoint, bucket: stack.bucket, ...stack.s3.credentials });
     const submitted = await submitBatch(api, s3, stack.bucket, { dir: sampleDir, batchId });
     console.log(`[Soak] ${mode}: ${submitted.files.length} TIFFs uploaded and the batch enqueued`);
+    // Followed from the start like an operator's `status --watch`, across the SIGKILL.
+    const eventTap = startEventTap(api, batchId);
     const final = await drive(mode, args, stack, api, batchId, faults!, events);
+    const stream = await eventTap.stop(30_000);
     const evidence: SoakEvidence = await collect({ stack, api, s3, batchId, prefix: submitted.prefix, manifestKey: submitted.manifestKey, tap: tap!, faults: faults!, final, samples });
     // Kept with the logs when the soak fails (the work dir is removed when it passes).
     await writeFile(join(stateDir, "..", `${mode}-evidence.json`), JSON.stringify({ events, flyRequests: evidence.flyRequests, held: evidence.held, duplicates: evidence.duplicates, writes: evidence.writes }));
     const wallMs = Date.now() - began;
-    return check(mode, batchId, evidence, { ...events, wallMs, config: SOAK });
+    return check(mode, batchId, evidence, { ...events, wallMs, config: SOAK, stream });
   } finally {
     await stack.stop();
   }
