@@ -3,10 +3,14 @@
 // itself is wrong, so repeating it cannot help.
 import { setTimeout as sleep } from "node:timers/promises";
 import { request } from "undici";
+import type { z } from "zod";
 import { backoffMs, parseRetryAfter } from "../shared/backoff.ts";
 import { CallbackBody, MAX_CALLBACK_BYTES, describeZodError } from "../shared/contracts.ts";
 import { errorMessage } from "./errors.ts";
 import { log } from "./log.ts";
+
+/** A callback body of any phase: the schema it is sent with says what else it holds. */
+export type SendableBody = { task_id: string; batch_id: string; status: "success" | "error" } & Record<string, unknown>;
 
 export interface CallbackOptions {
   maxAttempts: number;
@@ -29,9 +33,9 @@ function callbackRetryDelay(attempt: number, baseMs: number, retryAfter: string 
   return backoffMs(attempt, baseMs, MAX_DELAY_MS); // jitter: callbacks of a batch don't retry in step
 }
 
-/** Posts `body` (checked against the shared contract first) with the bearer token. */
-export async function sendCallback(url: string, token: string, body: CallbackBody, options: CallbackOptions): Promise<CallbackOutcome> {
-  const checked = CallbackBody.safeParse(body);
+/** Posts `body` (checked first against `schema`, the phase's callback contract) with the bearer token. */
+export async function sendCallback(url: string, token: string, body: SendableBody, options: CallbackOptions, schema: z.ZodType = CallbackBody): Promise<CallbackOutcome> {
+  const checked = schema.safeParse(body);
   if (!checked.success) {
     // Our own bug: say so rather than send something the orchestrator will reject.
     return { delivered: false, attempts: 0, reason: `callback body breaks the contract: ${describeZodError(checked.error)}` };

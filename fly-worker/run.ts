@@ -1,15 +1,19 @@
-// One task from a parsed env: convert, call back, and say what happened as an exit code.
-// Single-task mode runs it once for the machine's env; pool mode once per leased task.
+// One task from a parsed env: run its phase's job (TIFF conversion, or the checksum mode when
+// PHASE=CHECKSUM), call back, and say what happened as an exit code. Single-task mode runs it
+// once for the machine's env; pool mode once per leased task.
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { CallbackBody, CallbackError } from "../shared/contracts.ts";
-import { sendCallback, type CallbackOptions } from "./callback.ts";
+import type { z } from "zod";
+import { CHECKSUM_PHASE, ChecksumCallback } from "../shared/checksum.ts";
+import { CallbackBody, type CallbackError } from "../shared/contracts.ts";
+import { sendCallback, type CallbackOptions, type SendableBody } from "./callback.ts";
+import { runChecksum } from "./checksum.ts";
 import { describeEnv, type CallbackTarget, type WorkerEnv } from "./env.ts";
 import { TaskError, errorMessage } from "./errors.ts";
 import { EXIT, type ExitCode } from "./exit-codes.ts";
-import { log } from "./log.ts";
-import { peakRssMb, runTask, type Timings } from "./task.ts";
+import { log, type Component } from "./log.ts";
+import { peakRssMb, runTask, type TaskProgress, type Timings } from "./task.ts";
 
 const ERROR_MAX_CHARS = 4000;
 
@@ -20,29 +24,60 @@ export interface TaskOutcome {
   delivered: boolean;
 }
 
+/** What a machine does for a task of a phase: the work, its log component, and its callback's schema. */
+interface Job {
+  component: Component;
+  /** The phase's callback schema: a body is checked against it before it is sent. */
+  schema: z.ZodType;
+  run(env: WorkerEnv, workDir: string, progress: TaskProgress): Promise<SendableBody & { status: "success" }>;
+  /** The fields of the task's result worth a log line. */
+  summary(success: Record<string, unknown>): Record<string, unknown>;
+}
+
+const TIFF_JOB: Job = {
+  component: "TiffConversion",
+  schema: CallbackBody,
+  run: runTask,
+  summary: (s) => ({ pages: s.pages, output_r2_key: s.output_r2_key }),
+};
+const CHECKSUM_JOB: Job = {
+  component: "Checksum",
+  schema: ChecksumCallback,
+  run: runChecksum,
+  summary: (s) => ({ sha256: s.sha256, output_r2_key: s.output_r2_key }),
+};
+
+/** PHASE=CHECKSUM is the checksum mode; any other phase (or none: the old contract) converts a TIFF. */
+export function jobOf(env: Pick<WorkerEnv, "PHASE">): "checksum" | "tiff" {
+  return env.PHASE === CHECKSUM_PHASE ? "checksum" : "tiff";
+}
+
 /**
- * Converts the task `env` names, in a temp dir of its own (removed after), and delivers the
+ * Runs the task `env` names, in a temp dir of its own (removed after), and delivers the
  * callback. `startedAt` (a performance.now() value) is where total_time_ms counts from.
  */
 export async function convertTask(env: WorkerEnv, startedAt = 0): Promise<TaskOutcome> {
-  log.info("TiffConversion", "task.start", { env: describeEnv(env), node: process.version, region: env.FLY_REGION ?? null });
+  const job = jobOf(env) === "checksum" ? CHECKSUM_JOB : TIFF_JOB;
+  const component = job.component;
+  log.info(component, "task.start", { env: describeEnv(env), job: jobOf(env), node: process.version, region: env.FLY_REGION ?? null });
   const callbackOptions: CallbackOptions = { maxAttempts: env.CALLBACK_MAX_ATTEMPTS, backoffMs: env.CALLBACK_BACKOFF_MS, timeoutMs: env.CALLBACK_TIMEOUT_MS };
   const timings: Timings = { download_time_ms: 0, inspect_time_ms: 0, conversion_time_ms: 0, upload_time_ms: 0 };
   const totalMs = () => Math.round(performance.now() - startedAt);
   const performanceNow = () => ({ total_time_ms: totalMs(), ...roundAll(timings), peak_rss_mb: peakRssMb() });
 
   const workDir = await mkdtemp(join(tmpdir(), `fanout-${env.TASK_ID}-`));
-  let body: CallbackBody;
+  let body: SendableBody;
   let failureExit: ExitCode = EXIT.SUCCESS;
   try {
-    const success = await runTask(env, workDir, { timings });
-    body = { ...success, performance: performanceNow(), machine_id: env.FLY_MACHINE_ID };
-    log.info("TiffConversion", "task.converted", { pages: success.pages, output_r2_key: success.output_r2_key, performance: body.performance });
+    const success = await job.run(env, workDir, { timings });
+    const performance = performanceNow();
+    body = { ...success, performance, machine_id: env.FLY_MACHINE_ID };
+    log.info(component, job === TIFF_JOB ? "task.converted" : "task.done", { ...job.summary(success), performance });
   } catch (error) {
     const known = error instanceof TaskError;
     failureExit = known && error.kind !== "internal" ? EXIT.TASK_FAILED : EXIT.INTERNAL_ERROR;
     const message = known ? error.message : `internal error in fly-worker: ${errorMessage(error)}`;
-    log.error("TiffConversion", "task.failed", {
+    log.error(component, "task.failed", {
       error: message,
       kind: known ? error.kind : "internal",
       stack: known ? undefined : error instanceof Error ? error.stack : undefined,
@@ -62,9 +97,9 @@ export async function convertTask(env: WorkerEnv, startedAt = 0): Promise<TaskOu
     await rm(workDir, { recursive: true, force: true });
   }
 
-  const delivered = await deliver(env.CALLBACK_URL, env.CALLBACK_TOKEN, body, callbackOptions);
+  const delivered = await deliver(env.CALLBACK_URL, env.CALLBACK_TOKEN, body, callbackOptions, job.schema);
   const code = !delivered ? EXIT.CALLBACK_UNDELIVERABLE : failureExit;
-  log.info("TiffConversion", "task.exit", { exit_code: code, status: body.status, total_time_ms: totalMs(), peak_rss_mb: peakRssMb() });
+  log.info(component, "task.exit", { exit_code: code, status: body.status, total_time_ms: totalMs(), peak_rss_mb: peakRssMb() });
   return { code, status: body.status, delivered };
 }
 
@@ -81,8 +116,8 @@ export async function reportBadEnv(target: CallbackTarget, problems: string[]): 
   return deliver(target.url, target.token, body, { maxAttempts: 3, backoffMs: 500, timeoutMs: 10_000 });
 }
 
-async function deliver(url: string, token: string, body: CallbackBody, options: CallbackOptions): Promise<boolean> {
-  const outcome = await sendCallback(url, token, body, options);
+async function deliver(url: string, token: string, body: SendableBody, options: CallbackOptions, schema: z.ZodType = CallbackBody): Promise<boolean> {
+  const outcome = await sendCallback(url, token, body, options, schema);
   if (!outcome.delivered) {
     log.error("Callback", "callback.undeliverable", { status: body.status, attempts: outcome.attempts, http_status: outcome.status ?? null, reason: outcome.reason });
   }

@@ -59,6 +59,24 @@ export interface Downloaded {
   contentType?: string;
 }
 
+/** The object's body as a stream, with its length and type; errors say what went wrong for whom. */
+export async function openObject(client: S3Client, bucket: string, key: string): Promise<OpenedInput> {
+  try {
+    const response = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+    if (!(response.Body instanceof Readable)) throw new Error("GetObject returned no readable body");
+    return { body: response.Body, expectedBytes: response.ContentLength, contentType: response.ContentType };
+  } catch (error) {
+    throw storageError("download", bucket, key, error);
+  }
+}
+
+export interface OpenedInput {
+  body: Readable;
+  /** Content-Length when the server sent one: fewer bytes read means the body was cut short. */
+  expectedBytes?: number;
+  contentType?: string;
+}
+
 /** Streams the object to `path`; a cut-off body is an error, never a short file. */
 export async function downloadToFile(client: S3Client, bucket: string, key: string, path: string): Promise<Downloaded> {
   let expected: number | undefined;

@@ -9,10 +9,12 @@ import { ReserveResponse } from "../shared/contracts.ts";
 import { pageKey } from "../shared/keys.ts";
 import type { WorkerEnv } from "./env.ts";
 import { TaskError, errorMessage } from "./errors.ts";
-import { downloadToFile, makeS3Client, uploadFile, type Downloaded } from "./s3.ts";
+import { downloadToFile, makeS3Client, openObject, uploadFile, type Downloaded, type OpenedInput } from "./s3.ts";
 
 export interface TaskStorage {
   download(path: string): Promise<Downloaded>;
+  /** The input as a stream (nothing on disk, nothing whole in memory); the caller reads it to the end. */
+  openInput(): Promise<OpenedInput>;
   /** Makes keys for pages 1…pages writable; returns them in page order. */
   reserve(pages: number): Promise<string[]>;
   upload(page: number, path: string, contentType: string): Promise<{ key: string; bytes: number }>;
@@ -35,7 +37,7 @@ class ScopedStorage implements TaskStorage {
     this.urls.set(1, { key: env.OUTPUT_R2_KEY, url: env.OUTPUT_URL! });
   }
 
-  async download(path: string): Promise<Downloaded> {
+  async openInput(): Promise<OpenedInput> {
     const key = this.env.INPUT_R2_KEY;
     let res;
     try {
@@ -49,13 +51,19 @@ class ScopedStorage implements TaskStorage {
     }
     const expected = Number(res.headers["content-length"] ?? NaN);
     const contentType = typeof res.headers["content-type"] === "string" ? res.headers["content-type"] : undefined;
+    return { body: res.body, expectedBytes: Number.isFinite(expected) ? expected : undefined, contentType };
+  }
+
+  async download(path: string): Promise<Downloaded> {
+    const key = this.env.INPUT_R2_KEY;
+    const { body, expectedBytes, contentType } = await this.openInput();
     try {
-      await pipeline(res.body, createWriteStream(path));
+      await pipeline(body, createWriteStream(path));
     } catch (error) {
       throw new TaskError("storage", `download of ${key} failed: ${errorMessage(error)}`, { cause: error });
     }
     const { size } = await stat(path);
-    if (Number.isFinite(expected) && size !== expected) throw new TaskError("storage", `download of ${key} was cut short: got ${size} of ${expected} bytes`);
+    if (expectedBytes !== undefined && size !== expectedBytes) throw new TaskError("storage", `download of ${key} was cut short: got ${size} of ${expectedBytes} bytes`);
     return { bytes: size, contentType };
   }
 
@@ -130,6 +138,10 @@ class KeyStorage implements TaskStorage {
 
   download(path: string): Promise<Downloaded> {
     return downloadToFile(this.s3, this.env.R2_BUCKET!, this.env.INPUT_R2_KEY, path);
+  }
+
+  openInput(): Promise<OpenedInput> {
+    return openObject(this.s3, this.env.R2_BUCKET!, this.env.INPUT_R2_KEY);
   }
 
   async reserve(pages: number): Promise<string[]> {

@@ -102,6 +102,8 @@ export const MachineEnv = z.object({
   BATCH_ID: BatchId,
   INPUT_R2_KEY: ObjectKey,
   OUTPUT_R2_KEY: ObjectKey,
+  /** The phase the task belongs to: CHECKSUM runs the checksum mode; anything else (or unset) converts a TIFF. */
+  PHASE: z.string().min(1).max(64).optional(),
   /** Scoped access (the default): presigned GET of the input, PUT of page 1's output, and where to reserve more pages. */
   INPUT_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),
   OUTPUT_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),

@@ -1,8 +1,10 @@
 // The phase registry: adding a phase is one new file plus one line here.
+import { checksum } from "./checksum.ts";
 import { tiffConversion } from "./tiff-conversion.ts";
 import type { Phase } from "./types.ts";
 
-const PHASES: readonly Phase[] = [tiffConversion];
+// CHECKSUM follows no phase here (TIFF_CONVERSION's next is null): a batch runs it only when its pipeline asks.
+const PHASES: readonly Phase[] = [tiffConversion, checksum];
 
 export const FIRST_PHASE = tiffConversion.name;
 

@@ -4,11 +4,12 @@
 import { env } from "cloudflare:workers";
 import { runDurableObjectAlarm } from "cloudflare:test";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { z } from "zod";
 import { machineProcessEnv } from "../../local/fly-emulator/core.ts";
-import { registerPhase } from "../../orchestrator/phases/index.ts";
+import { checksum } from "../../orchestrator/phases/checksum.ts";
+import { FIRST_PHASE, getPhase, registerPhase } from "../../orchestrator/phases/index.ts";
 import { tiffConversion } from "../../orchestrator/phases/tiff-conversion.ts";
 import type { Phase } from "../../orchestrator/phases/types.ts";
+import { CHECKSUM_PHASE } from "../../shared/checksum.ts";
 import { ADMIN, attemptsOf, callbackTo, expireAll, getStatus, installWorld, OUTPUT_SIZE, putTiffs, stub, waitForStatus, withStore, writeOutput, type World } from "./support/engine.ts";
 import { exports } from "cloudflare:workers";
 
@@ -128,47 +129,56 @@ describe("no silent stalls", () => {
 });
 
 describe("the phase contract", () => {
-  /** A second phase, defined here and nowhere in the engine: a SHA-256 sidecar for every JPEG. */
-  const ChecksumCallback = z.discriminatedUnion("status", [
-    z.object({ task_id: z.string(), batch_id: z.string(), status: z.literal("success"), sha256: z.string().regex(/^[0-9a-f]{64}$/), output_file_size: z.number().int() }),
-    z.object({ task_id: z.string(), batch_id: z.string(), status: z.literal("error"), error: z.string() }),
-  ]);
-  const checksum: Phase<z.infer<typeof ChecksumCallback>> = {
-    name: "TEST_CHECKSUM",
-    slug: "sum",
-    next: null,
-    limits: { bootTimeoutMs: 60_000, runTimeoutMs: 60_000 },
-    plan: (f) => (f.r2_key.endsWith(".jpg") ? { input_key: f.r2_key, output_key_candidates: [`${f.r2_key}.sha256`], size_bytes: f.file_size } : null),
-    guest: () => ({ cpu_kind: "shared", cpus: 1, memory_mb: 256 }),
-    machine: (t) => ({ env: { CHECKSUM_OF: t.input_key } }),
-    callback: ChecksumCallback,
-    result: (t, cb) =>
-      cb.status === "error"
-        ? { ok: false, error: cb.error, retryable: true }
-        : { ok: true, add: [{ r2_key: t.output_key, logical_path: t.output_key, file_name: t.output_key.split("/").pop()!, file_size: cb.output_file_size, content_type: "text/plain", sha256: cb.sha256 }] },
-  };
-  registerPhase(checksum);
-  registerPhase({ ...tiffConversion, name: "TEST_TIFF_THEN_SUM", slug: "tiff", next: "TEST_CHECKSUM" });
+  // The real CHECKSUM phase (orchestrator/phases/checksum.ts, registered but after no phase by
+  // default), chained after a TIFF conversion here: no engine file names it.
+  registerPhase({ ...tiffConversion, name: "TEST_TIFF_THEN_SUM", slug: "tiff", next: CHECKSUM_PHASE });
 
   it("runs after TIFF_CONVERSION with its own callback schema; a TIFF-shaped callback is refused by it", async () => {
     const b = "op-sum";
     await putTiffs(`${b}/`, 2);
-    world.runner.behaviour = (m) => (machineProcessEnv(m).PHASE === "TEST_CHECKSUM" ? "hang" : "succeed");
+    world.runner.behaviour = (m) => (machineProcessEnv(m).PHASE === CHECKSUM_PHASE ? "hang" : "succeed");
     await stub(b).start({ batch_id: b, r2_prefix: `${b}/` }, { firstPhase: "TEST_TIFF_THEN_SUM" });
-    await vi.waitFor(() => expect(world.runner.started.filter((m) => machineProcessEnv(m).PHASE === "TEST_CHECKSUM")).toHaveLength(2), { timeout: 20_000 });
-    for (const m of world.runner.started.map(machineProcessEnv).filter((x) => x.PHASE === "TEST_CHECKSUM")) {
-      expect(m.CHECKSUM_OF).toMatch(/\.jpg$/);
+    await vi.waitFor(() => expect(world.runner.started.filter((m) => machineProcessEnv(m).PHASE === CHECKSUM_PHASE)).toHaveLength(2), { timeout: 20_000 });
+    for (const m of world.runner.started.map(machineProcessEnv).filter((x) => x.PHASE === CHECKSUM_PHASE)) {
+      // What the fly-worker's checksum mode reads: its input JPEG and the sidecar key reserved for it.
+      expect(m.INPUT_R2_KEY).toMatch(/\.jpg$/);
+      expect(m.OUTPUT_R2_KEY).toBe(`${m.INPUT_R2_KEY}.sha256`);
+      expect(m.MEMORY_MB).toBe("256");
       // The phase's schema, not the TIFF one, judges the body.
-      const wrong = await callbackTo(b, m.TASK_ID, { task_id: m.TASK_ID, batch_id: b, status: "success", output_r2_key: m.OUTPUT_R2_KEY }, m.CALLBACK_TOKEN);
+      const wrong = await callbackTo(b, m.TASK_ID, { task_id: m.TASK_ID, batch_id: b, status: "success", output_r2_key: m.OUTPUT_R2_KEY, output_file_name: "x", output_file_size: OUTPUT_SIZE }, m.CALLBACK_TOKEN);
       expect(wrong.status).toBe(400);
+      expect(await wrong.json()).toMatchObject({ error: expect.stringMatching(/sha256/) });
       await writeOutput(m);
-      const ok = await callbackTo(b, m.TASK_ID, { task_id: m.TASK_ID, batch_id: b, status: "success", sha256: "a".repeat(64), output_file_size: OUTPUT_SIZE }, m.CALLBACK_TOKEN);
+      const body = {
+        task_id: m.TASK_ID,
+        batch_id: b,
+        status: "success",
+        output_r2_key: m.OUTPUT_R2_KEY,
+        output_file_name: m.OUTPUT_R2_KEY.split("/").pop(),
+        output_file_size: OUTPUT_SIZE,
+        sha256: "a".repeat(64),
+        input: { r2_key: m.INPUT_R2_KEY, bytes: 1234 },
+      };
+      const ok = await callbackTo(b, m.TASK_ID, body, m.CALLBACK_TOKEN);
       expect(await ok.json(), JSON.stringify(await getStatus(b))).toMatchObject({ outcome: "done" });
     }
     const s = await waitForStatus(b, (x) => x.status === "DONE");
-    expect(s.phases.map((p) => [p.name, p.total, p.done])).toEqual(expect.arrayContaining([["TEST_TIFF_THEN_SUM", 2, 2], ["TEST_CHECKSUM", 2, 2]]));
-    const final = JSON.parse(world.downstream.calls.at(-1)!.body) as { files: { r2_key: string; sha256?: string }[] };
-    expect(final.files.filter((f) => f.r2_key.endsWith(".sha256")).map((f) => f.sha256)).toEqual(["a".repeat(64), "a".repeat(64)]);
+    expect(s.phases.map((p) => [p.name, p.total, p.done])).toEqual(expect.arrayContaining([["TEST_TIFF_THEN_SUM", 2, 2], [CHECKSUM_PHASE, 2, 2]]));
+    const final = JSON.parse(world.downstream.calls.at(-1)!.body) as { files: { r2_key: string; sha256?: string; source_r2_key?: string }[] };
+    const sidecars = final.files.filter((f) => f.r2_key.endsWith(".sha256"));
+    expect(sidecars.map((f) => f.sha256)).toEqual(["a".repeat(64), "a".repeat(64)]);
+    expect(sidecars.every((f) => f.r2_key === `${f.source_r2_key}.sha256`)).toBe(true);
+  });
+
+  it("is registered but follows no phase: a batch without a pipeline that names it never runs it", () => {
+    expect(getPhase(CHECKSUM_PHASE)).toBe(checksum);
+    let phase: string | null = FIRST_PHASE;
+    const pipeline: string[] = [];
+    while (phase) {
+      pipeline.push(phase);
+      phase = getPhase(phase).next;
+    }
+    expect(pipeline).toEqual(["TIFF_CONVERSION"]);
   });
 });
 

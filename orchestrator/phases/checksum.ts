@@ -1,0 +1,53 @@
+// CHECKSUM: a SHA-256 `sha256sum` sidecar beside every JPEG of the batch (the conversion's outputs),
+// written by the fly-worker's checksum mode. Registered, but only a batch whose pipeline names it runs it.
+import { CHECKSUM_PHASE, ChecksumCallback, sidecarKeyCandidates } from "../../shared/checksum.ts";
+import { fileName } from "../../shared/keys.ts";
+import type { Phase, PhaseFile } from "./types.ts";
+
+const JPEG = /\.jpe?g$/i;
+
+export function isJpeg(file: Pick<PhaseFile, "r2_key" | "content_type">): boolean {
+  return JPEG.test(file.r2_key) || file.content_type.toLowerCase().split(";")[0].trim() === "image/jpeg";
+}
+
+export const checksum: Phase<ChecksumCallback> = {
+  name: CHECKSUM_PHASE,
+  slug: "sum",
+  next: null,
+  // Hashing streams at network speed: a minute covers a few GB; the boot limit is the image pull's.
+  limits: { bootTimeoutMs: 10 * 60_000, runTimeoutMs: 5 * 60_000 },
+
+  plan: (file) => (isJpeg(file) ? { input_key: file.r2_key, output_key_candidates: sidecarKeyCandidates(file.r2_key), size_bytes: file.file_size } : null),
+
+  // Memory does not grow with the input (streamed): the smallest machine does.
+  guest: () => ({ cpu_kind: "shared", cpus: 1, memory_mb: 256 }),
+
+  machine: (task) => ({ env: { INPUT_R2_KEY: task.input_key, OUTPUT_R2_KEY: task.output_key, MEMORY_MB: "256" } }),
+
+  callback: ChecksumCallback,
+
+  result(task, cb) {
+    if (cb.status === "error") return { ok: false, error: cb.error, retryable: cb.retryable !== false };
+    if (cb.output_r2_key !== task.output_key) {
+      return { ok: false, error: `callback listed output ${cb.output_r2_key}, but this task writes ${task.output_key}`, retryable: false };
+    }
+    if (cb.input.r2_key !== task.input_key) {
+      return { ok: false, error: `callback hashed ${cb.input.r2_key}, but this task's input is ${task.input_key}`, retryable: false };
+    }
+    const dir = task.output_key.slice(0, task.output_key.lastIndexOf("/") + 1);
+    return {
+      ok: true,
+      add: [
+        {
+          r2_key: task.output_key,
+          logical_path: dir + fileName(task.output_key),
+          file_name: fileName(task.output_key),
+          file_size: cb.output_file_size,
+          content_type: "text/plain",
+          source_r2_key: task.input_key,
+          sha256: cb.sha256,
+        },
+      ],
+    };
+  },
+};

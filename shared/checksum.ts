@@ -1,0 +1,48 @@
+// The CHECKSUM phase's contract, shared by the orchestrator's phase (orchestrator/phases/checksum.ts)
+// and the fly-worker's checksum mode (fly-worker/checksum.ts): its name, sidecar keys and format, callback.
+import { z } from "zod";
+import { BatchId, ObjectKey, Performance, TaskId } from "./contracts.ts";
+import { fileName } from "./keys.ts";
+
+/** The phase name; a machine whose env says PHASE=CHECKSUM runs the checksum mode. */
+export const CHECKSUM_PHASE = "CHECKSUM";
+
+export const SHA256_HEX = z.string().regex(/^[0-9a-f]{64}$/, "sha256 must be 64 lowercase hex digits");
+
+/** Sidecar keys for `inputKey`, most preferred first: `a.jpg.sha256`, then `a.jpg.2.sha256`, … */
+export function* sidecarKeyCandidates(inputKey: string): Generator<string> {
+  yield `${inputKey}.sha256`;
+  for (let n = 2; n < 1000; n++) yield `${inputKey}.${n}.sha256`;
+}
+
+/** The sidecar's text: the `sha256sum` line, so `sha256sum -c` checks the file beside it. */
+export function sidecarText(sha256: string, inputKey: string): string {
+  return `${sha256}  ${fileName(inputKey)}\n`;
+}
+
+/**
+ * Success: the sidecar written (the generic output fields, so the body reads like any callback)
+ * plus the digest and how many input bytes it covers.
+ */
+export const ChecksumSuccess = z.looseObject({
+  task_id: TaskId,
+  batch_id: BatchId,
+  status: z.literal("success"),
+  output_r2_key: ObjectKey,
+  output_file_name: z.string().min(1),
+  output_file_size: z.number().int().nonnegative(),
+  sha256: SHA256_HEX,
+  input: z.looseObject({ r2_key: ObjectKey, bytes: z.number().int().nonnegative() }),
+  performance: Performance.optional(),
+});
+export const ChecksumError = z.looseObject({
+  task_id: TaskId,
+  batch_id: BatchId,
+  status: z.literal("error"),
+  error: z.string().min(1).max(4000),
+  /** false when running the task again cannot help (the input does not exist). */
+  retryable: z.boolean().optional(),
+});
+export const ChecksumCallback = z.discriminatedUnion("status", [ChecksumSuccess, ChecksumError]);
+export type ChecksumSuccess = z.infer<typeof ChecksumSuccess>;
+export type ChecksumCallback = z.infer<typeof ChecksumCallback>;
