@@ -1,7 +1,7 @@
 // The CHECKSUM phase's contract, shared by the orchestrator's phase (orchestrator/phases/checksum.ts)
 // and the fly-worker's checksum mode (fly-worker/checksum.ts): its name, sidecar keys and format, callback.
 import { z } from "zod";
-import { BatchId, ObjectKey, Performance, TaskId } from "./contracts.ts";
+import { BatchId, ObjectKey, SuccessCore, TaskId } from "./contracts.ts";
 import { fileName } from "./keys.ts";
 
 /** The phase name; a machine whose env says PHASE=CHECKSUM runs the checksum mode. */
@@ -24,16 +24,9 @@ export function sidecarText(sha256: string, inputKey: string): string {
  * Success: the sidecar written (the generic output fields, so the body reads like any callback)
  * plus the digest and how many input bytes it covers.
  */
-export const ChecksumSuccess = z.looseObject({
-  task_id: TaskId,
-  batch_id: BatchId,
-  status: z.literal("success"),
-  output_r2_key: ObjectKey,
-  output_file_name: z.string().min(1),
-  output_file_size: z.number().int().nonnegative(),
+export const ChecksumSuccess = SuccessCore.extend({
   sha256: SHA256_HEX,
   input: z.looseObject({ r2_key: ObjectKey, bytes: z.number().int().nonnegative() }),
-  performance: Performance.optional(),
 });
 export const ChecksumError = z.looseObject({
   task_id: TaskId,

@@ -153,7 +153,8 @@ export const CallbackOutput = z.looseObject({
 });
 export type CallbackOutput = z.infer<typeof CallbackOutput>;
 
-export const CallbackSuccess = z.looseObject({
+/** What every phase's success callback says: the task, and its (first) output file. A phase extends it. */
+export const SuccessCore = z.looseObject({
   task_id: TaskId,
   batch_id: BatchId,
   status: z.literal("success"),
@@ -161,6 +162,9 @@ export const CallbackSuccess = z.looseObject({
   output_file_name: z.string().min(1),
   output_file_size: z.number().int().nonnegative(),
   performance: Performance.optional(),
+});
+
+export const CallbackSuccess = SuccessCore.extend({
   /** Every output file when the input produced more than one (multi-page TIFF). */
   outputs: z.array(CallbackOutput).max(10_000).optional(),
   pages: z.number().int().positive().optional(),
