@@ -5,7 +5,9 @@
 // Besides process RSS it samples the Worker isolate's V8 heap through workerd's inspector (the
 // figure a Worker's 128 MB limit applies to) and the size of the Durable Object's SQLite files.
 //   node bench/manifest-memory.ts            (MANIFEST_ENTRIES=300000 by default)
-// Targets: RSS growth < 64 MB, every /status answer < 1 s.
+// Targets: RSS growth < 64 MB, every /status answer < 1 s. Both memory figures are printed: RSS
+// is the whole workerd process (V8 heap pages committed for garbage not yet collected, SQLite's
+// page cache, malloc's high-water mark); the isolate's heap is what a Worker's 128 MB limit counts.
 import { readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
 import { join } from "node:path";
