@@ -139,6 +139,7 @@ describe("manifest reads into one reused buffer", () => {
   /** The R2 binding's streams, recording the kind of reader each page asks for and what it read. */
   function recordingStore(inner: ObjectStore, readers: (string | undefined)[], views: number[]): ObjectStore {
     return {
+      getText: (key) => inner.getText(key),
       head: (key) => inner.head(key),
       list: (prefix, cursor, limit) => inner.list(prefix, cursor, limit),
       async getStream(key, offset) {
