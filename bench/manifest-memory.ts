@@ -2,9 +2,13 @@
 // the local stack (wrangler dev + local S3 + Fly emulator), uploads a generated manifest, submits
 // it, samples workerd's RSS every 100 ms and times GET /status every 250 ms until the batch is
 // DONE. The files are not TIFFs, so no task is planned and no machine is created.
+// Besides process RSS it samples the Worker isolate's V8 heap through workerd's inspector (the
+// figure a Worker's 128 MB limit applies to) and the size of the Durable Object's SQLite files.
 //   node bench/manifest-memory.ts            (MANIFEST_ENTRIES=300000 by default)
-// Targets: RSS growth < 64 MB, every /status answer < 1 s.
-import { readFileSync, readdirSync } from "node:fs";
+// Targets: RSS growth < 64 MB, every /status answer < 1 s. Both memory figures are printed: RSS
+// is the whole workerd process (V8 heap pages committed for garbage not yet collected, SQLite's
+// page cache, malloc's high-water mark); the isolate's heap is what a Worker's 128 MB limit counts.
+import { readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
 import { availableParallelism, loadavg } from "node:os";
 import { join } from "node:path";
 import { Upload } from "@aws-sdk/lib-storage";
@@ -66,6 +70,130 @@ function ourWorkerdPids(): number[] {
   return [...names].filter(([pid, name]) => name === "workerd" && ours(pid)).map(([pid]) => pid);
 }
 
+/** The TCP ports `pid` listens on (from /proc/net/tcp and its socket inodes). */
+function listeningPorts(pid: number): number[] {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = readlinkSync(`/proc/${pid}/fd/${fd}`).match(/^socket:\[(\d+)\]$/);
+      if (m) inodes.add(m[1]);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  const ports: number[] = [];
+  for (const line of readFileSync("/proc/net/tcp", "utf8").split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f[3] === "0A" && inodes.has(f[9])) ports.push(parseInt(f[1].split(":")[1], 16));
+  }
+  return ports;
+}
+
+/**
+ * wrangler dev's inspector proxy (the WebSocket a DevTools client would open): it holds the one
+ * session workerd allows per isolate and shares it, where a direct connection to workerd's
+ * --inspector-addr would close wrangler's session and be closed by its reconnect in turn.
+ */
+async function isolateInspector(pids: number[]): Promise<string | null> {
+  for (const pid of pids) {
+    for (const port of listeningPorts(pid)) {
+      try {
+        const res = await fetch(`http://127.0.0.1:${port}/json/list`, { signal: AbortSignal.timeout(2000) });
+        if (!res.ok) continue;
+        const targets = (await res.json()) as { description?: string; webSocketDebuggerUrl?: string }[];
+        const proxy = targets.find((t) => t.description === "workers" && t.webSocketDebuggerUrl);
+        if (proxy?.webSocketDebuggerUrl) return proxy.webSocketDebuggerUrl;
+      } catch {
+        // not the inspector proxy
+      }
+    }
+  }
+  return null;
+}
+
+interface Heap {
+  /** V8 heap in use by live and not-yet-collected objects, and what V8 has reserved for it. */
+  used: number;
+  total: number;
+}
+
+/** A DevTools protocol session on the isolate: heap usage and a forced full GC. */
+class Inspector {
+  private next = 0;
+  private readonly waiting = new Map<number, (result: unknown) => void>();
+  private readonly ws: WebSocket;
+  private constructor(ws: WebSocket) {
+    this.ws = ws;
+    ws.onmessage = (m) => {
+      const d = JSON.parse(String(m.data)) as { id?: number; result?: unknown; error?: { message: string } };
+      if (d.id === undefined) return; // events, heap snapshot chunks
+      this.waiting.get(d.id)?.(d.error ? new Error(d.error.message) : d.result);
+      this.waiting.delete(d.id);
+    };
+    ws.onclose = () => {
+      for (const answer of this.waiting.values()) answer(new Error("the inspector closed the session"));
+      this.waiting.clear();
+    };
+  }
+  static async open(url: string): Promise<Inspector> {
+    // wrangler's proxy refuses a WebSocket without an Origin (as a browser's DevTools sends).
+    const ws = new WebSocket(url, { headers: { origin: "https://devtools.devprod.cloudflare.dev" } } as unknown as string[]);
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = () => reject(new Error(`could not open the inspector at ${url}`));
+    });
+    return new Inspector(ws);
+  }
+  private async call<T>(method: string, params: object = {}, timeoutMs = 30_000): Promise<T> {
+    const id = ++this.next;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const result = await new Promise((resolve) => {
+      this.waiting.set(id, resolve);
+      timer = setTimeout(() => resolve(new Error(`${method}: no answer within ${timeoutMs} ms`)), timeoutMs);
+      this.ws.send(JSON.stringify({ id, method, params }));
+    });
+    clearTimeout(timer);
+    this.waiting.delete(id);
+    if (result instanceof Error) throw result;
+    return result as T;
+  }
+  async heap(): Promise<Heap> {
+    const r = await this.call<{ usedSize: number; totalSize: number }>("Runtime.getHeapUsage");
+    return { used: r.usedSize, total: r.totalSize };
+  }
+  /**
+   * The heap after a full collection: what is retained, not what V8 has not collected yet.
+   * workerd never answers HeapProfiler.collectGarbage; a heap snapshot collects first.
+   */
+  async retained(): Promise<Heap> {
+    await this.call("HeapProfiler.takeHeapSnapshot", { reportProgress: false }, 120_000);
+    return this.heap();
+  }
+  close(): void {
+    this.ws.close();
+  }
+}
+const heapMb = (h: Heap) => `used ${(h.used / MB).toFixed(1)} MB of ${(h.total / MB).toFixed(1)} MB`;
+
+/** Bytes of the Durable Objects' SQLite files (database and WAL) under wrangler's persist dir. */
+function sqliteBytes(dir: string): { db: number; wal: number } {
+  const sizes = { db: 0, wal: 0 };
+  const walk = (d: string) => {
+    for (const entry of readdirSync(d, { withFileTypes: true })) {
+      const path = join(d, entry.name);
+      if (entry.isDirectory()) walk(path);
+      else if (entry.name.endsWith(".sqlite")) sizes.db += statSync(path).size;
+      else if (entry.name.endsWith(".sqlite-wal")) sizes.wal += statSync(path).size;
+    }
+  };
+  try {
+    walk(join(dir, "v3", "do"));
+  } catch {
+    // not created yet
+  }
+  return sizes;
+}
+
 interface Rss {
   total: number;
   /** Anonymous memory (heaps) vs file pages mapped in (e.g. SQLite) vs shared memory. */
@@ -101,6 +229,10 @@ async function main(): Promise<void> {
   console.log(`manifest: ${ENTRIES.toLocaleString("en")} entries, ${(bytes / MB).toFixed(1)} MB`);
 
   let stack: Stack | undefined;
+  // Interrupted, the stack still stops: wrangler dev runs detached and would outlive this process.
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.once(signal, () => void (stack?.stop() ?? Promise.resolve()).finally(() => process.exit(130)));
+  }
   try {
     stack = await startStack({
       stateDir: join(process.cwd(), ".local", "bench-manifest"),
@@ -125,8 +257,18 @@ async function main(): Promise<void> {
     }
     atRest.sort((a, b) => a - b);
     console.log(`GET /status at rest (no batch running): p50 ${atRest[10].toFixed(0)} ms, slowest ${atRest[19].toFixed(0)} ms; load average ${loadavg()[0].toFixed(1)} on ${availableParallelism()} cores`);
+    // The inspector first: its session and a heap snapshot cost workerd memory of their own,
+    // which belongs in the baseline, not in discovery's growth.
+    const inspectorUrl = await isolateInspector(pids);
+    if (inspectorUrl === null) throw new Error("found no inspector for the Worker's isolate (wrangler dev's inspector proxy)");
+    const inspector = await Inspector.open(inspectorUrl);
+    const heapAtRest = await inspector.retained();
+    await sleep(1000);
     const baseline = rssOf(pids);
     console.log(`workerd pids ${pids.join(",")}: RSS at rest ${mb(baseline)}`);
+    console.log(`isolate heap at rest (after a full GC) ${heapMb(heapAtRest)} (inspector ${inspectorUrl})`);
+    const persistDir = join(stack.stateDir, "wrangler");
+    const sqliteAtRest = sqliteBytes(persistDir);
 
     let peak = baseline;
     let discoveryPeak = baseline;
@@ -136,6 +278,27 @@ async function main(): Promise<void> {
       if (rss.total > peak.total) peak = rss;
       if (discovering && rss.total > discoveryPeak.total) discoveryPeak = rss;
     }, 100);
+    // The isolate's heap, sampled apart from RSS: an answer waits for the isolate's lock.
+    let heapPeak = heapAtRest;
+    let sqlitePeak = sqliteAtRest;
+    let sampling = true;
+    let heapSamples = 0;
+    const heapMisses: string[] = [];
+    const heapSampler = (async () => {
+      while (sampling) {
+        const h = await inspector.heap().catch((error: unknown) => {
+          heapMisses.push(error instanceof Error ? error.message : String(error));
+          return null;
+        });
+        if (h !== null) heapSamples++;
+        if (h !== null && discovering && h.used > heapPeak.used) heapPeak = h;
+        if (discovering) {
+          const f = sqliteBytes(persistDir);
+          if (f.db + f.wal > sqlitePeak.db + sqlitePeak.wal) sqlitePeak = f;
+        }
+        await sleep(100);
+      }
+    })();
 
     const submitted = performance.now();
     const res = await fetch(`${stack.orchestratorUrl}/admin/batches`, {
@@ -167,6 +330,11 @@ async function main(): Promise<void> {
       await sleep(Math.max(0, 250 - ms));
     }
     clearInterval(sampler);
+    sampling = false;
+    await heapSampler;
+    const rssAtEnd = rssOf(pids);
+    const heapAtEnd = await inspector.retained();
+    inspector.close();
     if (last?.status !== "DONE") throw new Error(`batch did not finish: ${JSON.stringify(last)}`);
 
     latencies.sort((a, b) => a - b);
@@ -177,7 +345,15 @@ async function main(): Promise<void> {
     console.log(`workerd RSS peak during discovery ${mb(discoveryPeak)}`);
     console.log(`workerd RSS peak to DONE ${mb(peak)}`);
     console.log(`peak RSS growth during discovery: ${growth.toFixed(1)} MB (target < 64 MB) ${growth < 64 ? "OK" : "OVER"}`);
-    console.log(`peak RSS growth to DONE: ${((peak.total - baseline.total) / MB).toFixed(1)} MB`);
+    console.log(`peak RSS growth to DONE: ${((peak.total - baseline.total) / MB).toFixed(1)} MB; RSS at DONE ${mb(rssAtEnd)}`);
+    const heapGrowth = (heapPeak.used - heapAtRest.used) / MB;
+    if (heapMisses.length > 0) console.log(`isolate heap: ${heapMisses.length} samples missed (first: ${heapMisses[0]})`);
+    console.log(`isolate heap: ${heapSamples} samples`);
+    console.log(`isolate heap peak during discovery ${heapMb(heapPeak)}: growth ${heapGrowth.toFixed(1)} MB (target < 64 MB) ${heapGrowth < 64 ? "OK" : "OVER"}`);
+    console.log(`isolate heap at DONE after a full GC ${heapMb(heapAtEnd)}: retained ${((heapAtEnd.used - heapAtRest.used) / MB).toFixed(1)} MB`);
+    console.log(
+      `DO SQLite files: at rest ${((sqliteAtRest.db + sqliteAtRest.wal) / MB).toFixed(1)} MB, peak during discovery ${(sqlitePeak.db / MB).toFixed(1)} MB db + ${(sqlitePeak.wal / MB).toFixed(1)} MB WAL`,
+    );
     console.log(
       `GET /status: ${latencies.length} answers, p50 ${p(0.5).toFixed(0)} ms, p99 ${p(0.99).toFixed(0)} ms, slowest ${slowest.ms.toFixed(0)} ms at ${slowest.at.toFixed(1)} s (target < 1000 ms) ${slowest.ms < 1000 ? "OK" : "OVER"}`,
     );
