@@ -223,6 +223,7 @@ export function check(mode: string, batchId: string, ev: SoakEvidence, events: E
     "event stream: peak events in 1 s (all / progress)": `${peakPerWindow(stream.events.map((e) => e.at), 1000)} / ${peakPerWindow(stream.events.filter((e) => e.type === "progress").map((e) => e.at), 1000)}`,
     "event stream: bytes per event p50 (progress / task_failed)": `${median(stream.events.filter((e) => e.type === "progress").map((e) => e.bytes))} / ${median(stream.events.filter((e) => e.type === "task_failed").map((e) => e.bytes))}`,
     "event stream: resumed with Last-Event-ID / ids out of sequence": `${stream.reconnects} / ${stream.idProblems.length}`,
+    "event stream: why it dropped": Object.entries(countBy(stream.drops.map((d) => d.replace(/\d+/g, "N")))).map(([why, n]) => `${n}× ${why}`).join("; ") || "never",
   };
   return { mode, batchId, figures, faultsInjected, failureCauses: causes, problems };
 }
