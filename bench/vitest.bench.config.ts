@@ -85,7 +85,7 @@ export default defineConfig({
     fileParallelism: false,
     projects: [
       // A machine budget and create rate that never bind: the engine's own cost is measured.
-      project("scale", { MAX_CONCURRENT_MACHINES: "200", FLY_CREATE_RATE_PER_SECOND: "1000", FLY_CREATE_BURST: "1000" }),
+      project("scale", { MAX_CONCURRENT_MACHINES: "200", FLY_CREATE_RATE_PER_SECOND: "1000", FLY_CREATE_BURST: "1000", POOL_MODE: "false" }),
       // Production limits (wrangler.jsonc): 50 machines, Fly's documented create limit 1/s burst 3.
       makespan("makespan", 50, process.env.BENCH_MAKESPAN_SIZES ?? "1000,10000", process.env.BENCH_MAKESPAN_MODES ?? "single,pool"),
       // The same create limit with a pool wide enough for issue 6's 20× target at 10,000 TIFFs.
