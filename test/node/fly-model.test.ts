@@ -2,6 +2,8 @@
 // (orchestrator/engine/sizing.ts): pure functions, checked against figures worked by hand.
 import { describe, expect, it } from "vitest";
 import { chooseGuest, guestOf, poolByDefault, sizePool, type TaskWork } from "../../orchestrator/engine/sizing.ts";
+import { simulatedDuration } from "../../local/fly-emulator/server.ts";
+import type { RunnerMachine } from "../../local/fly-emulator/core.ts";
 import { guestFor, tiffWork } from "../../orchestrator/phases/tiff-conversion.ts";
 import { conversionWallS, FLY_CPU, initialBalanceS, MachineModel, pricePerSecond, sizeError, type Guest } from "../../shared/fly-model.ts";
 
@@ -59,6 +61,18 @@ describe("Fly's CPU model", () => {
     const cpu = conversionWallS({ cpuS: 14, parallelism: 1, guest: shared1, balanceS: balance });
     expect(ends.a).toBeCloseTo(3 + cpu.wallS, 6);
     expect(m.cpuSpentS).toBeCloseTo(14, 6);
+  });
+});
+
+describe("the emulator's simulate mode", () => {
+  it("runs a machine for its CPU-seconds under the CPU model of its guest", () => {
+    const duration = simulatedDuration({ cpuSeconds: 14 });
+    if (typeof duration !== "function") throw new Error("expected a per-machine duration");
+    const machine = (guest: Guest) => ({ guest }) as RunnerMachine;
+    expect(duration(machine(perf1))).toBe(14_000);
+    expect(duration(machine(shared1))).toBe(Math.round(conversionWallS({ cpuS: 14, parallelism: 1, guest: shared1 }).wallS * 1000));
+    expect(duration(machine(shared1))).toBeGreaterThan(140_000);
+    expect(simulatedDuration({ durationMs: 250 })).toBe(250);
   });
 });
 

@@ -20,9 +20,9 @@ afterEach(async () => {
   world = undefined;
 });
 
-/** Starts the batch in a DO whose env is production's: no POOL_MODE var. */
+/** Starts the batch in a DO whose env is production's: no POOL_MODE or POOL_TASKS_PER_MACHINE var. */
 async function startWithDefaults(batchId: string, extra: Record<string, unknown> = {}): Promise<void> {
-  const { POOL_MODE: _dropped, ...production } = env as unknown as Record<string, unknown>;
+  const { POOL_MODE: _mode, POOL_TASKS_PER_MACHINE: _slots, ...production } = env as unknown as Record<string, unknown>;
   await runInDurableObject(stub(batchId), async (instance: BatchDO) => {
     Object.defineProperty(instance, "env", { value: production, configurable: true });
     await instance.start({ batch_id: batchId, r2_prefix: `${batchId}/`, ...extra });
