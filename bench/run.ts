@@ -135,7 +135,6 @@ if (only.has("conversion")) {
   conversionS = (performance.now() - t) / 1000;
 }
 const makespanImage = conversion.find((f) => Math.round(f.megapixels) === MAKESPAN_IMAGE_MP && f.setting === "contract" && f.side === "pipeline");
-const conversionMs = makespanImage ? Math.round(makespanImage.in_process_s! * 1000) : Number(process.env.BENCH_CONVERSION_MS ?? 12_900);
 
 let scale: ScaleFigure[] = [];
 let scaleS = 0;

@@ -442,7 +442,9 @@ async function simulate(mode: Mode, n: number, machinesLimit: number, task: Task
     // pool: the default (no pool settings); single and baseline: `"pool": false`.
     await stub(batchId).start({ batch_id: batchId, manifest_r2_key: manifestKey, ...(pool ? {} : { pool: false }) });
     let alarmAt: number | null = clock.now();
+    let loops = 0;
     for (;;) {
+      if (++loops % 2000 === 0) progress(`    (${mode} ${n}: virtual ${((clock.now() - START) / 1000).toFixed(1)} s, ${loops} steps, ${alarms} alarms)`);
       const emulatorAt = clock.nextAt();
       const at = Math.min(alarmAt ?? Infinity, emulatorAt ?? Infinity);
       if (at === Infinity) break;
