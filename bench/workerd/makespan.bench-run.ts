@@ -109,7 +109,7 @@ class TimedRunner implements SimRunner {
     this.#baseline = baseline;
   }
   start(machine: RunnerMachine, events: RunnerEvents): void {
-    const now = this.#clock.now() / 1000;
+    const now = (this.#clock.now() - START) / 1000;
     const model = new MachineModel(guestOf(machine, this.#baseline), { netBytesPerS: this.#task.netBytesPerS, nowS: now });
     model.add("task", stagesOf(this.#task), now);
     let endS = now;
@@ -207,7 +207,7 @@ class SimPoolRunner implements SimRunner {
     let spentS = 0;
     let throttledS = 0;
     for (const m of this.#machines.values()) {
-      m.model.advance(Math.max(this.#clock.now() / 1000, 0));
+      m.model.advance(Math.max((this.#clock.now() - START) / 1000, 0));
       spentS += m.model.cpuSpentS;
       throttledS += m.model.throttledS;
     }
@@ -227,7 +227,7 @@ class SimPoolRunner implements SimRunner {
       m.timers.delete(handle);
       m.modelTimer = undefined;
       if (m.exited) return;
-      m.model.advance(this.#clock.now() / 1000);
+      m.model.advance((this.#clock.now() - START) / 1000);
       for (const id of m.model.takeFinished()) {
         const then = m.tasks.get(id)!;
         m.tasks.delete(id);
@@ -239,7 +239,7 @@ class SimPoolRunner implements SimRunner {
         );
       }
       this.#arm(m);
-    }, Math.max(0, Math.ceil(at * 1000 - this.#clock.now())));
+    }, Math.max(0, Math.ceil(at * 1000 + START - this.#clock.now())));
     m.modelTimer = handle;
     m.timers.add(handle);
   }
@@ -259,7 +259,7 @@ class SimPoolRunner implements SimRunner {
       busy: 0,
       peakBusy: 0,
       exited: false,
-      model: new MachineModel(guestOf(machine, false), { netBytesPerS: this.#task.netBytesPerS, nowS: this.#clock.now() / 1000 }),
+      model: new MachineModel(guestOf(machine, false), { netBytesPerS: this.#task.netBytesPerS, nowS: (this.#clock.now() - START) / 1000 }),
       tasks: new Map(),
       modelTimer: undefined,
     };
@@ -336,7 +336,7 @@ class SimPoolRunner implements SimRunner {
       s.idleSince = m.lastTaskEnd = this.#clock.now();
       await this.#lease(s);
     });
-    m.model.add(answer.task_id, stagesOf(this.#task), this.#clock.now() / 1000);
+    m.model.add(answer.task_id, stagesOf(this.#task), (this.#clock.now() - START) / 1000);
     this.#arm(m);
   }
 
