@@ -416,7 +416,7 @@ converted first with \`"pool": false\`, then with no pool settings (the default)
 |---|---:|---|---:|---:|---:|---:|
 ${rows.join("\n")}
 
-**Speed-up, single ÷ default: ${single && pool ? `${f(single.wall_s / pool.wall_s, 2)}×` : "—"}.** Single-task mode needs a create per TIFF, so
+**Speed-up, single ÷ default: ${single && pool && [single, pool].every((r) => r.status === "DONE" && r.completed === r.tasks) ? `${f(single.wall_s / pool.wall_s, 2)}×` : "— (a run did not end DONE with every TIFF converted)"}.** Single-task mode needs a create per TIFF, so
 it cannot finish before (${n0(single?.tasks ?? STACK_TASKS)} − 3) s at 1 create/s; the pool needs a handful of creates. Local S3 throughput (one
 ${f(stack.s3.bytes / 1024 / 1024, 0)} MiB object over loopback): PUT ${n0(stack.s3.put_mb_per_s)} MB/s, GET ${n0(stack.s3.get_mb_per_s)} MB/s. The processes share this
 machine's ${os.cpus().length} cores with the orchestrator and the emulator (no CPU quota here: that is section 3's model).

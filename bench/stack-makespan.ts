@@ -4,10 +4,12 @@
 // auto-sized), with the emulator enforcing Fly's create limit (1/s, burst 3). Also measures the
 // local S3's throughput (one 64 MiB PUT and GET), the figure the makespan model is given beside
 // its assumed R2 throughput.
-import { GetObjectCommand, PutObjectCommand } from "@aws-sdk/client-s3";
+import { GetObjectCommand } from "@aws-sdk/client-s3";
+import { Upload } from "@aws-sdk/lib-storage";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { UPLOAD_PART_BYTES } from "../fly-worker/s3.ts";
 import { OrchestratorClient } from "../local/api.ts";
 import { generateSamples } from "../local/samples.ts";
 import { startStack } from "../local/stack.ts";
@@ -47,10 +49,11 @@ export async function runStackMakespan(opts: { tasks: number; log: (line: string
     const api = new OrchestratorClient({ url: stack.orchestratorUrl, adminToken: stack.adminToken });
     const client = s3Client({ endpoint: stack.s3.endpoint, bucket: stack.bucket, ...stack.s3.credentials });
 
-    // Local S3 throughput: one 64 MiB object up and down (loopback, fauxqs).
+    // Local S3 throughput: one 64 MiB object up and down (loopback, fauxqs), uploaded the way
+    // fly-worker uploads (multipart, 8 MiB parts, two in flight: fauxqs refuses bodies over 11 MiB).
     const body = Buffer.alloc(64 * 1024 * 1024, 7);
     let t = performance.now();
-    await client.send(new PutObjectCommand({ Bucket: stack.bucket, Key: "bench/throughput.bin", Body: body }));
+    await new Upload({ client, params: { Bucket: stack.bucket, Key: "bench/throughput.bin", Body: body }, partSize: UPLOAD_PART_BYTES, queueSize: 2 }).done();
     const putS = (performance.now() - t) / 1000;
     t = performance.now();
     const got = await client.send(new GetObjectCommand({ Bucket: stack.bucket, Key: "bench/throughput.bin" }));
@@ -73,12 +76,17 @@ export async function runStackMakespan(opts: { tasks: number; log: (line: string
       let s = await api.status(batchId).catch(() => null);
       let lastDone = -1;
       let lastProgressAt = performance.now();
+      let lastLogAt = performance.now();
       // Waits on progress, not on one budget: gives up only after 5 minutes without a task finishing.
       while (!s || (s.status !== "DONE" && s.status !== "ERROR")) {
         await sleep(500);
         s = await api.status(batchId).catch(() => s);
         const done = s ? s.progress.tasks_completed + s.progress.tasks_failed : 0;
         if (done !== lastDone) [lastDone, lastProgressAt] = [done, performance.now()];
+        if (performance.now() - lastLogAt > 15_000) {
+          lastLogAt = performance.now();
+          opts.log(`    (stack ${mode}: ${((performance.now() - t0) / 1000).toFixed(0)} s, ${s?.status ?? "not yet recorded"}, ${done}/${samples.length} tasks finished)`);
+        }
         if (performance.now() - lastProgressAt > 300_000) throw new Error(`${batchId}: no task finished for 5 minutes; last status ${JSON.stringify(s)}`);
       }
       const wallS = (performance.now() - t0) / 1000;
