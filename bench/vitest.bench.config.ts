@@ -1,7 +1,10 @@
 // Benchmarks in workerd (not tests: `npm test` never includes bench/). bench/run.ts runs one
 // project at a time and reads the one `BENCH_JSON <name> <json>` line each bench prints.
 import { defineConfig } from "vitest/config";
-import { cloudflareTest } from "@cloudflare/vitest-plugin";
+import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin";
+
+// The batch index's schema, applied by the tests' d1-setup.ts (else every index write logs "no such table").
+const d1Migrations = await readD1Migrations("./migrations");
 
 /** The Worker's env in the benches: as in the workerd tests, except the limits a bench sets. */
 function bindings(limits: Record<string, string>) {
@@ -18,6 +21,7 @@ function bindings(limits: Record<string, string>) {
     FLY_REGIONS: "iad",
     // The benches put each batch under its own top-level prefix (the production default allows only batches/).
     ALLOWED_PREFIXES: "/",
+    TEST_D1_MIGRATIONS: d1Migrations,
     ...limits,
   };
 }
@@ -36,6 +40,7 @@ function project(name: string, limits: Record<string, string>, provide: Record<s
       testTimeout: 900_000,
       hookTimeout: 120_000,
       silent: false,
+      setupFiles: ["test/workers/support/d1-setup.ts"],
       provide,
     },
   };
