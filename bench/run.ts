@@ -4,7 +4,8 @@
 //   2. Conversion: fly-worker pipeline vs the `vips` CLI                      bench/conversion.ts
 //   3. Makespan: the real engine + emulator in simulated time, Fly's CPU model bench/workerd/makespan.bench-run.ts
 //   4. Real-stack makespan: local stack, 200 small TIFFs, single vs default    bench/stack-makespan.ts
-// BENCH_ONLY=conversion,scale,makespan,stack runs a subset (RESULTS.md is written only for a full run).
+// BENCH_ONLY=conversion,scale,makespan,stack runs a subset, BENCH_CONVERSION_SIZES=25 fewer scan sizes and
+// BENCH_REPEATS=1 fewer runs (RESULTS.md is written only for a full run at the default sizes).
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -27,7 +28,11 @@ if (major < 22 || (major === 22 && minor < 18)) {
 }
 
 const only = new Set((process.env.BENCH_ONLY ?? "conversion,scale,makespan,stack").split(",").map((s) => s.trim()));
-const CONVERSION_SIZES = [25, 100, 300];
+const CONVERSION_SIZES = (process.env.BENCH_CONVERSION_SIZES ?? "25,100,300").split(",").map(Number);
+if (CONVERSION_SIZES.some((mp) => !Number.isFinite(mp) || mp <= 0)) {
+  console.error(`BENCH_CONVERSION_SIZES must be megapixels separated by commas, got "${process.env.BENCH_CONVERSION_SIZES}"`);
+  process.exit(1);
+}
 const CONVERSION_REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
 /** The makespan's machines convert the 100 MP scan, with the contract's settings. */
 const MAKESPAN_IMAGE_MP = 100;
@@ -436,9 +441,9 @@ ${makespanSection()}
 ${stackSection()}`;
 
 console.log(`\n${report}`);
-if (only.size === 4) {
+if (only.size === 4 && process.env.BENCH_CONVERSION_SIZES === undefined) {
   writeFileSync(join(ROOT, "bench/RESULTS.md"), report);
   log(`wrote bench/RESULTS.md (${f(totalS / 60, 1)} min)`);
 } else {
-  log(`BENCH_ONLY=${[...only].join(",")}: bench/RESULTS.md not written`);
+  log(`BENCH_ONLY=${[...only].join(",")}${process.env.BENCH_CONVERSION_SIZES ? `, BENCH_CONVERSION_SIZES=${process.env.BENCH_CONVERSION_SIZES}` : ""}: bench/RESULTS.md not written`);
 }
