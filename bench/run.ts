@@ -97,8 +97,9 @@ interface MakespanFigure {
 /** Runs one workerd bench project and returns the figures it printed as `BENCH_JSON name …`. */
 function vitestBench<T>(project: string, name: string, env: Record<string, string> = {}): Promise<T> {
   return new Promise((resolve, reject) => {
-    const vitest = join(ROOT, "node_modules/.bin/vitest");
-    const child = spawn(vitest, ["run", "--config", "bench/vitest.bench.config.ts", "--project", project], {
+    // On this Node (checked above), not the first `node` on PATH: run directly, that was Node 20.
+    const vitest = join(ROOT, "node_modules/vitest/vitest.mjs");
+    const child = spawn(process.execPath, [vitest, "run", "--config", "bench/vitest.bench.config.ts", "--project", project], {
       env: { ...process.env, ...env, FORCE_COLOR: "0" },
       stdio: ["ignore", "pipe", "pipe"],
     });

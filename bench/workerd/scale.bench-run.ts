@@ -54,7 +54,8 @@ async function measure(n: number, run: string) {
     // scramble, low ids) call back untimed, so every timed callback is for a scattered task.
     const until = Date.now() + 60_000;
     while (runner.waiting.length < Math.min(LIVE, n) && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
-    for (let i = 0; i < Math.min(LIVE, n - SEQUENTIAL - CONCURRENT); i++) {
+    const warmUps = Math.min(LIVE, n - SEQUENTIAL - CONCURRENT);
+    for (let i = 0; i < warmUps; i++) {
       const { machine, events } = await runner.take();
       if ((await callBack(machine)) !== 200) throw new Error("warm-up callback failed");
       events.exit(0);
@@ -118,7 +119,9 @@ async function measure(n: number, run: string) {
       statusMs.push(ms(t));
     }
     const status = await getStatus(batchId);
-    if (status.progress.tasks_completed !== callbacks) throw new Error(`expected ${callbacks} completed, got ${status.progress.tasks_completed}`);
+    if (status.progress.tasks_completed !== warmUps + callbacks) {
+      throw new Error(`expected ${warmUps} warm-up + ${callbacks} timed callbacks completed, got ${status.progress.tasks_completed}`);
+    }
     const dbBytes = await withStore(batchId, (store) => store.databaseSize());
 
     return {
