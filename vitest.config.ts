@@ -34,6 +34,12 @@ export default defineConfig({
                 FLY_CREATE_RATE_PER_SECOND: "1000",
                 FLY_CREATE_BURST: "100",
                 MAX_CONCURRENT_MACHINES: "20",
+                // Pool mode is the default in production; these tests were written for single-task mode
+                // and opt into pools per batch (`pool: true`). pool-default.test.ts checks the real default.
+                POOL_MODE: "false",
+                // Pool tests count machines as one slot each unless they ask for more; auto-sizing is
+                // covered by pool-default.test.ts (which drops both vars).
+                POOL_TASKS_PER_MACHINE: "1",
                 // Tests put each batch under its own top-level prefix; the allow-list test narrows this.
                 ALLOWED_PREFIXES: "/",
                 BATCH_INDEX_PROGRESS_MS: "1000",

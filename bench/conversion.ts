@@ -27,6 +27,8 @@ export interface ConversionFigure {
   runs: number;
   /** Median wall time of the process (GNU time). */
   process_s: number;
+  /** Median CPU time of the process, user + system (GNU time): what a CPU quota is charged. */
+  cpu_s: number;
   /** Pipeline only: median time inside the process, from reading the TIFF header to the JPEG on disk. */
   in_process_s: number | null;
   mp_per_s: number;
@@ -77,14 +79,14 @@ export async function generateScan(path: string, width: number, height: number):
     .toFile(path);
 }
 
-/** GNU time around a command: wall seconds and peak RSS (MiB) of that process. */
-function timed(command: string[], env: NodeJS.ProcessEnv): { wall_s: number; rss_mb: number; stdout: string } {
+/** GNU time around a command: wall seconds, CPU seconds (user + system) and peak RSS (MiB) of that process. */
+function timed(command: string[], env: NodeJS.ProcessEnv): { wall_s: number; cpu_s: number; rss_mb: number; stdout: string } {
   const stats = join(tmpdir(), `fanout-bench-time-${process.pid}.txt`);
-  const r = spawnSync("/usr/bin/time", ["-f", "%e %M", "-o", stats, ...command], { encoding: "utf8", env, maxBuffer: 1 << 24 });
+  const r = spawnSync("/usr/bin/time", ["-f", "%e %U %S %M", "-o", stats, ...command], { encoding: "utf8", env, maxBuffer: 1 << 24 });
   if (r.status !== 0) throw new Error(`${command.join(" ")} failed (${r.status}): ${r.stderr.slice(-2000)}`);
-  const [wall, rssKb] = readFileSync(stats, "utf8").trim().split(/\s+/).slice(-2).map(Number);
+  const [wall, user, system, rssKb] = readFileSync(stats, "utf8").trim().split(/\s+/).slice(-4).map(Number);
   rmSync(stats, { force: true });
-  return { wall_s: wall, rss_mb: rssKb / 1024, stdout: r.stdout };
+  return { wall_s: wall, cpu_s: user + system, rss_mb: rssKb / 1024, stdout: r.stdout };
 }
 
 export async function runConversionBench(opts: {
@@ -111,7 +113,7 @@ export async function runConversionBench(opts: {
     const tiffBytes = statSync(tiff).size;
     const guest = guestFor(tiffBytes);
     const out = join(workDir, "out.jpg");
-    type Sample = { wall_s: number; rss_mb: number; in_s: number | null; bytes: number; encoder: string | null };
+    type Sample = { wall_s: number; cpu_s: number; rss_mb: number; in_s: number | null; bytes: number; encoder: string | null };
     const samples = new Map<string, Sample[]>();
     const jobs: { setting: SettingName; side: "pipeline" | "vips" }[] = [];
     for (const setting of Object.keys(SETTINGS) as SettingName[]) {
@@ -128,6 +130,7 @@ export async function runConversionBench(opts: {
           const s = json.settings;
           sample = {
             wall_s: r.wall_s,
+            cpu_s: r.cpu_s,
             rss_mb: r.rss_mb,
             in_s: json.wall_ms / 1000,
             bytes: json.bytes,
@@ -135,7 +138,7 @@ export async function runConversionBench(opts: {
           };
         } else {
           const r = timed(["vips", "jpegsave", tiff, out, ...SETTINGS[job.setting].vips!], env);
-          sample = { wall_s: r.wall_s, rss_mb: r.rss_mb, in_s: null, bytes: statSync(out).size, encoder: null };
+          sample = { wall_s: r.wall_s, cpu_s: r.cpu_s, rss_mb: r.rss_mb, in_s: null, bytes: statSync(out).size, encoder: null };
         }
         const key = `${job.setting}/${job.side}`;
         samples.set(key, [...(samples.get(key) ?? []), sample]);
@@ -156,6 +159,7 @@ export async function runConversionBench(opts: {
         side: job.side,
         runs: s.length,
         process_s: processS,
+        cpu_s: median(s.map((x) => x.cpu_s)),
         in_process_s: inProcess,
         mp_per_s: (width * height) / 1e6 / (inProcess ?? processS),
         peak_rss_mb: median(s.map((x) => x.rss_mb)),

@@ -32,6 +32,11 @@ export const BatchStatus = z.looseObject({
   updated_at: z.string().nullable(),
   completed_at: z.string().nullable(),
   error: z.string().nullable(),
+  mode: z.enum(["single", "pool"]).optional(),
+  /** The batch's machines: time from create to end, and its estimated cost at Fly's prices. */
+  machines: z
+    .looseObject({ ended: z.number(), running: z.number(), machine_seconds: z.number(), estimated_cost_usd: z.number() })
+    .optional(),
   recent_failures: z
     .array(
       z.looseObject({

@@ -257,7 +257,18 @@ function finish(s: BatchStatus): number {
   return batchCode(s);
 }
 
+/** Machine-seconds and the estimated cost of the batch's machines (Fly's published prices). */
+export function machineLine(s: BatchStatus): string | null {
+  const m = s.machines;
+  if (!m) return null;
+  const done = s.progress.tasks_completed;
+  const perScan = done > 0 ? `, $${(m.estimated_cost_usd / done).toFixed(6)} per task done` : "";
+  return `machines (${s.mode ?? "?"} mode): ${m.ended + m.running} (${m.running} running), ${m.machine_seconds.toFixed(1)} machine-seconds, estimated $${m.estimated_cost_usd.toFixed(4)}${perScan}`;
+}
+
 function printFailures(s: BatchStatus): void {
+  const machines = machineLine(s);
+  if (machines) console.log(machines);
   if (s.error && s.status !== "DONE") console.log(`error: ${s.error}`);
   if (s.recent_failures.length === 0) return;
   console.log("recent failures (an attempt that failed; retried unless the task is failed):");

@@ -30,12 +30,14 @@ export const ConfigSchema = z.object({
   /** Override every phase's boot/run timeouts (the local stack and tests use short ones). */
   BOOT_TIMEOUT_MS: z.preprocess((v) => (v === undefined || v === "" ? undefined : Number(v)), z.number().int().positive().optional()),
   RUN_TIMEOUT_MS: z.preprocess((v) => (v === undefined || v === "" ? undefined : Number(v)), z.number().int().positive().optional()),
-  /** Run batches in pool mode unless their message says otherwise (machines lease task after task). */
-  POOL_MODE: z.preprocess((v) => (v === undefined || v === "" ? "false" : v), z.enum(["true", "false"], { message: "must be 'true' or 'false'" }).transform((v) => v === "true")),
+  /** Run batches in pool mode unless their message says otherwise (machines lease task after task); on by default. */
+  POOL_MODE: z.preprocess((v) => (v === undefined || v === "" ? "true" : v), z.enum(["true", "false"], { message: "must be 'true' or 'false'" }).transform((v) => v === "true")),
   /** Pool mode: a lease not renewed by a heartbeat within this long returns its task for retry. */
   LEASE_TIMEOUT_MS: int(1000, 3_600_000, 60_000),
-  /** Pool mode: tasks one machine converts at once; its guest is that many times one task's. */
-  POOL_TASKS_PER_MACHINE: int(1, 16, 1),
+  /** Pool mode: tasks one machine converts at once; 0 (default): sized per batch (engine/sizing.ts). */
+  POOL_TASKS_PER_MACHINE: int(0, 16, 0),
+  /** Machine sizing: `fast` (nothing expected to run throttled) or `cheapest` (lowest estimated cost, throttled or not). */
+  SIZING_OBJECTIVE: z.preprocess((v) => (v === undefined || v === "" ? "fast" : v), z.enum(["fast", "cheapest"], { message: "must be 'fast' or 'cheapest'" })),
   /** Pool mode: a machine with no work for this long exits. */
   POOL_IDLE_TIMEOUT_MS: int(0, 3_600_000, 60_000),
   /** How often a live machine's state is looked at, to catch machines that die without calling back. */

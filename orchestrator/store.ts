@@ -3,6 +3,7 @@
 // on a hot path (callback, alarm, status) is an index lookup whose cost does not grow with
 // the batch.
 import type { FileEntry } from "../shared/contracts.ts";
+import { type Guest, pricePerSecond } from "../shared/fly-model.ts";
 
 /** Where a batch is in its life. `status` in the API is the phase name, DONE or ERROR. */
 export type Stage = "discover" | "plan" | "run" | "finalise" | "done" | "failed" | "error";
@@ -51,6 +52,10 @@ export interface BatchMeta {
   tolerated_failure_count: number | null;
   /** How many times the batch's failed tasks were re-run. */
   redrives: number;
+  /** Ended machines: their time from create to end, summed, and its estimated cost (Fly's prices). */
+  machine_ms: number;
+  machine_cost_usd: number;
+  machines_ended: number;
 }
 
 export interface TaskRow {
@@ -104,6 +109,13 @@ export interface WorkerRow {
   task_id: string | null;
   attempt: number;
   slots: number;
+  /** The size it was created with (null for rows from before migration 6). */
+  cpu_kind: "shared" | "performance" | null;
+  cpus: number;
+  memory_mb: number;
+  /** When it was first seen started, and when it ended (exited, was destroyed or given up on). */
+  started_at: number | null;
+  ended_at: number | null;
 }
 
 export interface FileRow {
@@ -268,6 +280,16 @@ const MIGRATIONS: string[] = [
      data TEXT NOT NULL,
      at INTEGER NOT NULL
    );`,
+  // 6: what machines cost — each machine row's size, when it was seen started and when it ended;
+  // the batch's totals of ended machines (kept as they end, so status never sums rows).
+  `ALTER TABLE workers ADD COLUMN cpu_kind TEXT;
+   ALTER TABLE workers ADD COLUMN cpus INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE workers ADD COLUMN memory_mb INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE workers ADD COLUMN started_at INTEGER;
+   ALTER TABLE workers ADD COLUMN ended_at INTEGER;
+   ALTER TABLE meta ADD COLUMN machine_ms INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE meta ADD COLUMN machine_cost_usd REAL NOT NULL DEFAULT 0;
+   ALTER TABLE meta ADD COLUMN machines_ended INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 /** Rows read and written by the queries of this store, for the scale tests and benchmarks. */
@@ -808,10 +830,11 @@ export class BatchStore {
     task_id?: string;
     attempt?: number;
     slots?: number;
+    guest?: Guest;
   }): void {
     this.run(
-      `INSERT INTO workers (worker_id, phase, state, created_at, check_at, limit_at, task_id, attempt, slots)
-       VALUES (?, ?, 'creating', ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO workers (worker_id, phase, state, created_at, check_at, limit_at, task_id, attempt, slots, cpu_kind, cpus, memory_mb)
+       VALUES (?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       w.worker_id,
       w.phase,
       w.now,
@@ -820,6 +843,9 @@ export class BatchStore {
       w.task_id ?? null,
       w.attempt ?? 0,
       w.slots ?? 1,
+      w.guest?.cpu_kind ?? null,
+      w.guest?.cpus ?? 0,
+      w.guest?.memory_mb ?? 0,
     );
   }
 
@@ -828,6 +854,20 @@ export class BatchStore {
   }
 
   updateWorker(workerId: string, set: Partial<Omit<WorkerRow, "worker_id" | "phase">>): void {
+    const before = set.state === "gone" || set.state === "live" ? this.getWorker(workerId) : null;
+    if (before && before.state !== "gone" && set.state === "gone") {
+      // A machine ends once: its time from create to now (the DO's clock) goes into the batch's totals.
+      const now = Date.now();
+      const ms = Math.max(0, now - before.created_at);
+      set = { ...set, ended_at: now };
+      const cost = before.cpu_kind ? (ms / 1000) * pricePerSecond({ cpu_kind: before.cpu_kind, cpus: before.cpus, memory_mb: before.memory_mb }) : 0;
+      this.run(
+        "UPDATE meta SET machine_ms = machine_ms + ?, machine_cost_usd = machine_cost_usd + ?, machines_ended = machines_ended + 1 WHERE id = 1",
+        ms,
+        cost,
+      );
+    }
+    if (before && before.started_at === null && set.state === "live") set = { ...set, started_at: Date.now() };
     const entries = Object.entries(set);
     if (entries.length === 0) return;
     this.run(`UPDATE workers SET ${entries.map(([k]) => `${k} = ?`).join(", ")} WHERE worker_id = ?`, ...entries.map(([, v]) => v as SqlValue), workerId);
@@ -869,6 +909,13 @@ export class BatchStore {
     const count = (state: WorkerState) =>
       this.exec<{ n: number }>("SELECT COUNT(*) AS n FROM workers WHERE state = ? AND task_id IS NULL", state)[0].n;
     return { creating: count("creating"), booting: count("booting"), live: count("live") };
+  }
+
+  /** Machines not yet ended (at most MAX_CONCURRENT_MACHINES rows): for the running part of the cost. */
+  unendedMachines(): { created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number }[] {
+    return this.exec<{ created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number }>(
+      "SELECT created_at, cpu_kind, cpus, memory_mb FROM workers WHERE state IN ('creating', 'booting', 'live')",
+    );
   }
 
   databaseSize(): number {

@@ -1,7 +1,9 @@
 // Makespan: the real engine (BatchDO, its alarms, create budget, concurrency limit, leases) and
 // the Fly Machines API emulator, run as a discrete-event simulation, once per size in each mode:
-// single-task (one machine per TIFF) and pool (machines lease task after task, in as many
-// lease loops at once as the batch's pool_tasks_per_machine gives them). Virtual time
+// baseline (one shared-cpu-1x 1 GB machine per TIFF, as the replaced system ran), single (one
+// machine per TIFF sized by guestFor: `"pool": false`) and pool (the default: no pool settings,
+// auto-sized by the engine). Each machine is Fly's CPU model (shared/fly-model.ts MachineModel):
+// its tasks share its CPUs, quota and network; a task is round trips, download, CPU, upload. Virtual time
 // drives everything: Date is faked (the DO runs in this isolate) and starts in 2100, so the
 // runtime never fires an alarm by itself; this file fires each alarm when virtual time reaches
 // it, and each emulator timer (boot, conversion end, lease retry, heartbeat, auto-destroy)
@@ -13,16 +15,51 @@ import { z } from "zod";
 import { ManualClock, machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../local/fly-emulator/core.ts";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
 import { LeaseResponse } from "../../shared/contracts.ts";
+import { type Guest, MachineModel, pricePerSecond, type Stage } from "../../shared/fly-model.ts";
 import { getStatus, installWorld, stub } from "../../test/workers/support/engine.ts";
 import { callBack, callBackWith, progress, putManifest, quietEngineLogs, report } from "./support.ts";
 
 declare module "vitest" {
   export interface ProvidedContext {
-    makespan: { conversionMs: number; bootDelayMs: number; sizes: number[]; fileBytes: number; modes: Mode[]; machines: number; slots: number };
+    makespan: {
+      cpuS: number;
+      bootDelayMs: number;
+      sizes: number[];
+      fileBytes: number;
+      outBytes: number;
+      netBytesPerS: number;
+      rttS: number;
+      modes: Mode[];
+      machines: number;
+    };
   }
 }
 
-export type Mode = "single" | "pool";
+export type Mode = "baseline" | "single" | "pool";
+/** What the replaced system ran: one shared-cpu-1x 1 GB machine per scan. */
+const BASELINE_GUEST: Guest = { cpu_kind: "shared", cpus: 1, memory_mb: 1024 };
+
+/** One task as a machine runs it: lease/API and storage round trips, download, conversion, upload. */
+interface TaskShape {
+  cpuS: number;
+  inBytes: number;
+  outBytes: number;
+  netBytesPerS: number;
+  rttS: number;
+}
+const stagesOf = (t: TaskShape): Stage[] => [
+  { kind: "wait", s: t.rttS },
+  { kind: "net", bytes: t.inBytes },
+  { kind: "cpu", cpuS: t.cpuS, parallelism: 1 },
+  { kind: "net", bytes: t.outBytes },
+];
+
+/** The guest a machine runs as: its create request's, or the baseline's. */
+function guestOf(machine: RunnerMachine, baseline: boolean): Guest {
+  if (baseline) return BASELINE_GUEST;
+  const g = machine.guest;
+  return { cpu_kind: g.cpu_kind === "performance" ? "performance" : "shared", cpus: g.cpus, memory_mb: g.memory_mb };
+}
 
 const START = Date.UTC(2100, 0, 1);
 const CREATE = { perSecond: 1, burst: 3 }; // Fly's documented create limit per app
@@ -57,21 +94,36 @@ class InFlight {
   }
 }
 
-/** Single-task mode: each machine converts for `durationMs` (the measured time), calls back, exits. */
+/** Single-task mode: each machine runs its one task on Fly's CPU model, calls back, exits. */
 class TimedRunner implements SimRunner {
   readonly #inFlight = new InFlight();
   readonly #clock: SimClock;
-  readonly #durationMs: number;
+  readonly #task: TaskShape;
+  readonly #baseline: boolean;
   readonly #timers = new Map<string, unknown>();
-  constructor(clock: SimClock, durationMs: number) {
+  /** CPU-seconds spent and seconds run throttled, over all machines. */
+  readonly cpu = { spentS: 0, throttledS: 0 };
+  constructor(clock: SimClock, task: TaskShape, baseline: boolean) {
     this.#clock = clock;
-    this.#durationMs = durationMs;
+    this.#task = task;
+    this.#baseline = baseline;
   }
   start(machine: RunnerMachine, events: RunnerEvents): void {
+    const now = (this.#clock.now() - START) / 1000;
+    const model = new MachineModel(guestOf(machine, this.#baseline), { netBytesPerS: this.#task.netBytesPerS, nowS: now });
+    model.add("task", stagesOf(this.#task), now);
+    let endS = now;
+    for (let t = model.nextEventS(); t !== null; t = model.nextEventS()) {
+      model.advance(t);
+      endS = t;
+      model.takeFinished();
+    }
+    this.cpu.spentS += model.cpuSpentS;
+    this.cpu.throttledS += model.throttledS;
     const timer = this.#clock.setTimeout(() => {
       this.#timers.delete(machine.id);
       this.#inFlight.add(callBack(machine).then((code) => events.exit(code === 200 ? 0 : 2)));
-    }, this.#durationMs);
+    }, Math.round((endS - now) * 1000));
     this.#timers.set(machine.id, timer);
   }
   kill(id: string): void {
@@ -104,6 +156,10 @@ interface PoolMachine {
   busy: number;
   peakBusy: number;
   exited: boolean;
+  /** Fly's CPU model of this machine; its tasks by id, each with what to do when it ends. */
+  model: MachineModel;
+  tasks: Map<string, () => Promise<void>>;
+  modelTimer: unknown;
 }
 
 /** One of a machine's POOL_CONCURRENCY lease loops, with its own idle clock and heartbeat. */
@@ -139,11 +195,53 @@ class SimPoolRunner implements SimRunner {
   readonly tailMs: number[] = [];
   readonly #inFlight = new InFlight();
   readonly #clock: SimClock;
-  readonly #conversionMs: number;
+  readonly #task: TaskShape;
   readonly #machines = new Map<string, PoolMachine>();
-  constructor(clock: SimClock, conversionMs: number) {
+  constructor(clock: SimClock, task: TaskShape) {
     this.#clock = clock;
-    this.#conversionMs = conversionMs;
+    this.#task = task;
+  }
+
+  /** CPU-seconds spent and seconds run throttled, over all machines. */
+  cpu(): { spentS: number; throttledS: number } {
+    let spentS = 0;
+    let throttledS = 0;
+    for (const m of this.#machines.values()) {
+      m.model.advance(Math.max((this.#clock.now() - START) / 1000, 0));
+      spentS += m.model.cpuSpentS;
+      throttledS += m.model.throttledS;
+    }
+    return { spentS, throttledS };
+  }
+
+  /** (Re)arms the machine's one timer at its model's next event: a stage ends or the balance runs out. */
+  #arm(m: PoolMachine): void {
+    if (m.modelTimer !== undefined) {
+      this.#clock.clearTimeout(m.modelTimer);
+      m.timers.delete(m.modelTimer);
+      m.modelTimer = undefined;
+    }
+    const at = m.model.nextEventS();
+    if (at === null || m.exited) return;
+    const handle = this.#clock.setTimeout(() => {
+      m.timers.delete(handle);
+      m.modelTimer = undefined;
+      if (m.exited) return;
+      m.model.advance((this.#clock.now() - START) / 1000);
+      for (const id of m.model.takeFinished()) {
+        const then = m.tasks.get(id)!;
+        m.tasks.delete(id);
+        this.#inFlight.add(
+          then().catch((error: unknown) => {
+            m.events.log(`simulated pool loop crashed: ${error instanceof Error ? error.message : String(error)}`, "stderr");
+            this.#exit(m, 70);
+          }),
+        );
+      }
+      this.#arm(m);
+    }, Math.max(0, Math.ceil(at * 1000 + START - this.#clock.now())));
+    m.modelTimer = handle;
+    m.timers.add(handle);
   }
 
   start(machine: RunnerMachine, events: RunnerEvents): void {
@@ -161,6 +259,9 @@ class SimPoolRunner implements SimRunner {
       busy: 0,
       peakBusy: 0,
       exited: false,
+      model: new MachineModel(guestOf(machine, false), { netBytesPerS: this.#task.netBytesPerS, nowS: (this.#clock.now() - START) / 1000 }),
+      tasks: new Map(),
+      modelTimer: undefined,
     };
     this.#machines.set(machine.id, m);
     for (let i = 0; i < slots; i++) {
@@ -226,7 +327,7 @@ class SimPoolRunner implements SimRunner {
     this.stats.tasks++;
     m.peakBusy = Math.max(m.peakBusy, ++m.busy);
     this.#keepLease(s, answer);
-    this.#after(m, this.#conversionMs, async () => {
+    m.tasks.set(answer.task_id, async () => {
       this.#clock.clearTimeout(s.heartbeat);
       m.timers.delete(s.heartbeat);
       m.busy--;
@@ -235,6 +336,8 @@ class SimPoolRunner implements SimRunner {
       s.idleSince = m.lastTaskEnd = this.#clock.now();
       await this.#lease(s);
     });
+    m.model.add(answer.task_id, stagesOf(this.#task), (this.#clock.now() - START) / 1000);
+    this.#arm(m);
   }
 
   /** Heartbeats every heartbeat_ms while the slot's task runs; a lost lease (409) ends them. */
@@ -275,18 +378,19 @@ class SimPoolRunner implements SimRunner {
 }
 
 /**
- * Pool mode's lower bound with the ramp: machine i can start converting only once created at
- * the create limit and booted, and then works `slots` tasks at once, so the earliest end T
- * solves Σ slots × max(0, T − ready_i) = total conversion time.
+ * Pool mode's lower bound with the ramp: machine i can start only once created at the create
+ * limit and booted, and then completes at most `rate` tasks per second (its slots each doing a
+ * task per round trip + transfer at full network speed + CPU time; never more than its network
+ * carries), so the earliest end T solves Σ rate × max(0, T − ready_i) = tasks.
  */
-function rampBoundMs(poolSize: number, slots: number, workMs: number, bootDelayMs: number): number {
+function rampBoundMs(poolSize: number, ratePerS: number, tasks: number, bootDelayMs: number): number {
   const ready = Array.from({ length: poolSize }, (_, i) => (Math.max(0, i + 1 - CREATE.burst) / CREATE.perSecond) * 1000 + bootDelayMs);
-  const capacity = (t: number) => slots * ready.reduce((sum, r) => sum + Math.max(0, t - r), 0);
+  const done = (t: number) => (ratePerS / 1000) * ready.reduce((sum, r) => sum + Math.max(0, t - r), 0);
   let lo = 0;
-  let hi = ready[ready.length - 1] + workMs;
+  let hi = ready[ready.length - 1] + (tasks / ratePerS) * 1000 + 1;
   while (hi - lo > 1) {
     const mid = (lo + hi) / 2;
-    if (capacity(mid) >= workMs) hi = mid;
+    if (done(mid) >= tasks) hi = mid;
     else lo = mid;
   }
   return hi;
@@ -296,7 +400,10 @@ function rampBoundMs(poolSize: number, slots: number, workMs: number, bootDelayM
 const MachineView = z.object({
   id: z.string(),
   state: z.string(),
-  config: z.object({ guest: z.object({ cpus: z.number().int().positive() }), env: z.record(z.string(), z.string()) }),
+  config: z.object({
+    guest: z.object({ cpu_kind: z.enum(["shared", "performance"]), cpus: z.number().int().positive(), memory_mb: z.number().int().positive() }),
+    env: z.record(z.string(), z.string()),
+  }),
   events: z.array(z.object({ status: z.string(), timestamp: z.number() })),
 });
 
@@ -311,15 +418,16 @@ function alarmStep(batchId: string, now: number): Promise<{ ran: boolean; next: 
   });
 }
 
-async function simulate(mode: Mode, n: number, machinesLimit: number, slots: number, conversionMs: number, bootDelayMs: number, fileBytes: number) {
-  const batchId = `makespan-${mode}-${n}-${machinesLimit}-${slots}`;
+async function simulate(mode: Mode, n: number, machinesLimit: number, task: TaskShape, bootDelayMs: number, fileBytes: number) {
+  const batchId = `makespan-${mode}-${n}-${machinesLimit}`;
   // Every simulation starts at the same virtual time: the app-wide create budget (in memory in
   // its Durable Object) must not carry the previous simulation's spent tokens into this one.
   await evictDurableObject(env.FLY_BUDGET.getByName(env.FLY_APP_NAME)).catch(() => undefined);
   const clock = new SimClock();
   clock.set(START);
-  const pool = mode === "pool" ? new SimPoolRunner(clock, conversionMs) : null;
-  const runner: SimRunner = pool ?? new TimedRunner(clock, conversionMs);
+  const pool = mode === "pool" ? new SimPoolRunner(clock, task) : null;
+  const single = pool ? null : new TimedRunner(clock, task, mode === "baseline");
+  const runner: SimRunner = pool ?? single!;
   const world = installWorld({
     runner,
     clock,
@@ -331,9 +439,12 @@ async function simulate(mode: Mode, n: number, machinesLimit: number, slots: num
   let alarms = 0;
   try {
     const manifestKey = await putManifest(batchId, n, fileBytes);
-    await stub(batchId).start({ batch_id: batchId, manifest_r2_key: manifestKey, ...(pool ? { pool: true, pool_tasks_per_machine: slots } : {}) });
+    // pool: the default (no pool settings); single and baseline: `"pool": false`.
+    await stub(batchId).start({ batch_id: batchId, manifest_r2_key: manifestKey, ...(pool ? {} : { pool: false }) });
     let alarmAt: number | null = clock.now();
+    let loops = 0;
     for (;;) {
+      if (++loops % 2000 === 0) progress(`    (${mode} ${n}: virtual ${((clock.now() - START) / 1000).toFixed(1)} s, ${loops} steps, ${alarms} alarms)`);
       const emulatorAt = clock.nextAt();
       const at = Math.min(alarmAt ?? Infinity, emulatorAt ?? Infinity);
       if (at === Infinity) break;
@@ -350,76 +461,65 @@ async function simulate(mode: Mode, n: number, machinesLimit: number, slots: num
     }
     const status = await getStatus(batchId);
     if (status.status !== "DONE" || status.progress.tasks_completed !== n) {
-      throw new Error(`simulation (${mode}) ended with the batch ${status.status}: ${JSON.stringify(status.progress)}`);
+      throw new Error(`simulation (${mode}) ended with the batch ${status.status}: ${JSON.stringify(status.progress)} ${status.error ?? ""}`);
     }
-    const end = clock.now();
+    if (status.mode !== (pool ? "pool" : "single")) throw new Error(`simulation (${mode}) ran in ${status.mode} mode`);
     const makespanMs = Date.parse(status.completed_at!) - Date.parse(status.started_at);
-    // Billed time of each machine: from create until it stopped (auto_destroy follows at once),
-    // and the same times its CPUs as the create request sized it (config.guest.cpus).
+    // Billed time of each machine: from create until it stopped (auto_destroy follows at once), at
+    // Fly's per-second price of the size it ran as (the baseline's: shared-cpu-1x 1 GB).
     let machineMs = 0;
-    let cpuMs = 0;
-    let bootCpuMs = 0;
+    let costUsd = 0;
     let machines = 0;
-    let lastStop = 0;
     const sizes = new Set<string>();
     for (const view of world.fly.machines()) {
       const m = MachineView.parse(view);
       const created = Math.min(...m.events.map((e) => e.timestamp));
       const stopped = m.events.filter((e) => e.status === "stopped" || e.status === "destroyed").map((e) => e.timestamp);
       if (stopped.length === 0) throw new Error(`machine ${m.id} still ${m.state} when the simulation ended`);
-      const cpus = m.config.guest.cpus;
-      const machineSlots = Number(m.config.env.POOL_CONCURRENCY ?? "1");
-      if (pool && machineSlots !== slots) throw new Error(`machine ${m.id} runs ${machineSlots} lease loops (POOL_CONCURRENCY), the batch asked for ${slots}`);
-      sizes.add(`${cpus}/${machineSlots}`);
-      machineMs += Math.min(...stopped) - created;
-      cpuMs += (Math.min(...stopped) - created) * cpus;
-      bootCpuMs += bootDelayMs * cpus;
-      lastStop = Math.max(lastStop, Math.min(...stopped));
+      const guest: Guest = mode === "baseline" ? BASELINE_GUEST : m.config.guest;
+      const slots = Number(m.config.env.POOL_CONCURRENCY ?? "1");
+      sizes.add(`${guest.cpu_kind}-${guest.cpus}x ${guest.memory_mb} MB, ${slots} slot(s)`);
+      const ms = Math.min(...stopped) - created;
+      machineMs += ms;
+      costUsd += (ms / 1000) * pricePerSecond(guest);
       machines++;
     }
-    if (sizes.size !== 1) throw new Error(`machines of ${sizes.size} sizes (cpus/slots: ${[...sizes].join(", ")}); the figures assume one`);
-    const [cpusPerMachine, slotsPerMachine] = [...sizes][0].split("/").map(Number);
+    if (sizes.size !== 1) throw new Error(`machines of ${sizes.size} sizes (${[...sizes].join("; ")}); the figures assume one`);
+    const first = MachineView.parse(world.fly.machines()[0]);
+    const guest: Guest = mode === "baseline" ? BASELINE_GUEST : first.config.guest;
+    const slots = Number(first.config.env.POOL_CONCURRENCY ?? "1");
     const creates = world.fly.requests.filter((r) => r.method === "POST" && /\/machines$/.test(r.path.split("?")[0]));
-    // Lower bound. Single: one create per task at the create limit, or all conversions on
-    // MAX_CONCURRENT_MACHINES at once. Pool: create the pool (a slot per task at most) at the create
-    // limit and boot it, or all conversions spread over the pool's slots.
-    const poolSize = pool ? Math.min(machinesLimit, Math.ceil(n / slots)) : Math.min(machinesLimit, n);
-    const createMs = ((pool ? poolSize : n) - CREATE.burst) / CREATE.perSecond * 1000 + (pool ? bootDelayMs : 0);
-    const workMs = (n * conversionMs) / (poolSize * slotsPerMachine);
-    const busyMs = n * conversionMs;
+    const cpu = pool ? pool.cpu() : single!.cpu;
+    // Bounds. Single: one create per task at the create limit, or all tasks' wall time (as the CPU
+    // model runs them on their guest) over MAX_CONCURRENT_MACHINES. Pool: the ramp-aware bound.
+    const ioS = (task.inBytes + task.outBytes) / task.netBytesPerS;
+    const oneTaskS = task.rttS + ioS + task.cpuS;
+    const poolSize = Math.min(machinesLimit, pool ? machines : n);
+    const rate = Math.min(slots / oneTaskS, task.netBytesPerS / (task.inBytes + task.outBytes));
+    const createMs = ((pool ? poolSize : n) - CREATE.burst) / CREATE.perSecond * 1000;
+    const singleTaskMs = (makespanMs > 0 ? machineMs / machines : 0) - bootDelayMs;
+    const workMs = pool ? 0 : (n * (singleTaskMs + bootDelayMs)) / poolSize;
     return {
       mode,
       tasks: n,
       machines_limit: machinesLimit,
-      slots: slotsPerMachine,
-      cpus: cpusPerMachine,
-      conversion_ms: conversionMs,
+      guest,
+      slots,
+      cpu_s_per_task: task.cpuS,
+      io_mb_per_task: (task.inBytes + task.outBytes) / 1e6,
+      net_mb_per_s: task.netBytesPerS / 1e6,
+      rtt_s: task.rttS,
       boot_delay_ms: bootDelayMs,
       makespan_s: makespanMs / 1000,
       machine_s: machineMs / 1000,
-      cpu_s: cpuMs / 1000,
-      busy_s: busyMs / 1000,
-      // Each conversion holds one slot's share of the machine's CPUs.
-      busy_cpu_s: (busyMs * cpusPerMachine) / slotsPerMachine / 1000,
-      boot_s: (machines * bootDelayMs) / 1000,
-      boot_cpu_s: bootCpuMs / 1000,
+      cost_usd: costUsd,
+      cpu_spent_s: cpu.spentS,
+      throttled_machine_s: cpu.throttledS,
       machines,
-      lower_bound_s: Math.max(createMs, workMs) / 1000,
-      create_bound_s: createMs / 1000,
-      ramp_bound_s: pool ? rampBoundMs(poolSize, slotsPerMachine, busyMs, bootDelayMs) / 1000 : null,
-      work_bound_s: workMs / 1000,
+      lower_bound_s: pool ? rampBoundMs(poolSize, rate, n, bootDelayMs) / 1000 : Math.max(createMs, workMs) / 1000,
       creates_429: creates.filter((r) => r.status === 429).length,
       alarms,
-      last_machine_stop_s: (lastStop - START) / 1000,
-      simulation_end_s: (end - START) / 1000,
-      pool: pool
-        ? {
-            ...pool.stats,
-            tail_s: pool.tailMs.reduce((a, b) => a + b, 0) / 1000,
-            tail_max_s: Math.max(0, ...pool.tailMs) / 1000,
-            peak_busy: pool.peakBusy(),
-          }
-        : null,
+      pool: pool ? { ...pool.stats, tail_s: pool.tailMs.reduce((a, b) => a + b, 0) / 1000, peak_busy: pool.peakBusy() } : null,
       real_s: (performance.now() - real0) / 1000,
     };
   } finally {
@@ -428,16 +528,17 @@ async function simulate(mode: Mode, n: number, machinesLimit: number, slots: num
 }
 
 it("makespan", async () => {
-  const { conversionMs, bootDelayMs, sizes, fileBytes, modes, machines, slots } = inject("makespan");
+  const { cpuS, bootDelayMs, sizes, fileBytes, outBytes, netBytesPerS, rttS, modes, machines } = inject("makespan");
+  const task: TaskShape = { cpuS, inBytes: fileBytes, outBytes, netBytesPerS, rttS };
   const restore = quietEngineLogs();
   vi.useFakeTimers({ toFake: ["Date"] });
   try {
     const results = [];
     for (const n of sizes) {
       for (const mode of modes) {
-        const r = await simulate(mode, n, machines, mode === "pool" ? slots : 1, conversionMs, bootDelayMs, fileBytes);
+        const r = await simulate(mode, n, machines, task, bootDelayMs, fileBytes);
         progress(
-          `  makespan ${mode} ${n} tasks, ${machines} machines max, ${r.slots} slot(s) each: ${r.makespan_s.toFixed(0)} s simulated in ${r.real_s.toFixed(1)} s (lower bound ${r.lower_bound_s.toFixed(0)} s, ${r.machines} machines, ${r.machine_s.toFixed(0)} machine-s, ${r.cpu_s.toFixed(0)} CPU-s)`,
+          `  makespan ${mode} ${n} tasks, ${machines} machines max: ${r.makespan_s.toFixed(0)} s simulated in ${r.real_s.toFixed(1)} s (bound ${r.lower_bound_s.toFixed(0)} s, ${r.machines} × ${r.guest.cpu_kind}-${r.guest.cpus}x ${r.guest.memory_mb} MB, ${r.slots} slot(s), ${r.machine_s.toFixed(0)} machine-s, $${r.cost_usd.toFixed(2)})`,
         );
         results.push(r);
       }

@@ -11,6 +11,8 @@ const USAGE = `usage: node local/fly-emulator/main.ts [options]
   --runner process|simulate     real child processes (default) or simulated machines
   --command "CMD ARGS"          machine command (default: node fly-worker/main.ts)
   --simulate-ms N               simulated machine run time (default 1000)
+  --simulate-cpu-seconds N      simulated run time from Fly's CPU model: N CPU-seconds of one-thread
+                                work on the machine's guest (a shared vCPU throttles after its burst)
   --simulate-callback           simulated machines POST a success callback to CALLBACK_URL
   --max-machines N              live machine cap (default 100)
   --no-rate-limit               disable the documented API rate limits
@@ -52,6 +54,7 @@ async function main(): Promise<void> {
       runner: { type: "string" },
       command: { type: "string" },
       "simulate-ms": { type: "string" },
+      "simulate-cpu-seconds": { type: "string" },
       "simulate-callback": { type: "boolean" },
       "max-machines": { type: "string" },
       "no-rate-limit": { type: "boolean" },
@@ -89,7 +92,11 @@ async function main(): Promise<void> {
     token: values.token,
     runner,
     process: { echo: !values.quiet, ...(command && command.length > 0 ? { command } : {}) },
-    simulate: { durationMs: number("simulate-ms", values["simulate-ms"]), callback: values["simulate-callback"] },
+    simulate: {
+      durationMs: number("simulate-ms", values["simulate-ms"]),
+      cpuSeconds: number("simulate-cpu-seconds", values["simulate-cpu-seconds"]),
+      callback: values["simulate-callback"],
+    },
     maxLiveMachines: number("max-machines", values["max-machines"], { min: 1 }),
     ...(values["no-rate-limit"] ? { rateLimits: false as const } : {}),
     faults,

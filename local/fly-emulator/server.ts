@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
+import { conversionWallS } from "../../shared/fly-model.ts";
 import {
   FlyEmulator,
   SimulatedRunner,
@@ -132,8 +133,12 @@ export interface FlyEmulatorServerOptions extends Omit<FlyEmulatorOptions, "runn
   /** "process" (default): real child processes. "simulate": no process, see `simulate`. Or any runner. */
   runner?: "process" | "simulate" | MachineRunner;
   process?: ProcessRunnerOptions;
-  /** For runner "simulate": how long a machine runs and whether it POSTs a success callback to CALLBACK_URL. */
-  simulate?: { durationMs?: number; callback?: boolean };
+  /**
+   * For runner "simulate": how long a machine runs and whether it POSTs a success callback to
+   * CALLBACK_URL. With `cpuSeconds`, the run time follows from Fly's CPU model instead: that much
+   * one-thread work on the machine's guest from a fresh burst balance (shared/fly-model.ts).
+   */
+  simulate?: { durationMs?: number; callback?: boolean; cpuSeconds?: number };
 }
 
 export interface RunningFlyEmulator {
@@ -149,6 +154,17 @@ export interface RunningFlyEmulator {
   closed: Promise<void>;
 }
 
+/** A simulated machine's run time: fixed, or its CPU-seconds on its guest under Fly's quota. */
+export function simulatedDuration(simulate: FlyEmulatorServerOptions["simulate"]): number | ((m: RunnerMachine) => number) {
+  const cpuS = simulate?.cpuSeconds;
+  if (cpuS === undefined) return simulate?.durationMs ?? 1000;
+  return (m) => {
+    const kind = m.guest.cpu_kind === "performance" ? "performance" : "shared";
+    const guest = { cpu_kind: kind, cpus: m.guest.cpus, memory_mb: m.guest.memory_mb } as const;
+    return Math.round(conversionWallS({ cpuS, parallelism: 1, guest }).wallS * 1000);
+  };
+}
+
 export async function startFlyEmulator(options: FlyEmulatorServerOptions = {}): Promise<RunningFlyEmulator> {
   const { host = "127.0.0.1", port = 0, runner: runnerChoice = "process", process: processOptions, simulate, ...core } = options;
   const processRunner = runnerChoice === "process" ? new ProcessRunner(processOptions) : undefined;
@@ -157,7 +173,7 @@ export async function startFlyEmulator(options: FlyEmulatorServerOptions = {}): 
     (runnerChoice === "simulate"
       ? new SimulatedRunner({
           clock: core.clock,
-          durationMs: simulate?.durationMs ?? 1000,
+          durationMs: simulatedDuration(simulate),
           ...(simulate?.callback ? { work: simulatedCallback() } : {}),
         })
       : (runnerChoice as MachineRunner));

@@ -79,6 +79,7 @@ export function recordCreating(e: Engine, plans: MachinePlan[], bootTimeoutMs: n
       task_id: p.task?.task_id,
       attempt: p.task?.attempt,
       slots: p.slots,
+      guest: p.guest,
     });
   }
 }

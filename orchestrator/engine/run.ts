@@ -2,7 +2,7 @@
 // scheduler what to do, and creates machines — one per ready task (single-task mode) or pool
 // machines that lease tasks (pool mode) — within the concurrency and the app's create budget.
 import { log } from "../log.ts";
-import { guestForSlots } from "../machines.ts";
+import { type GuestSize, guestForSlots } from "../machines.ts";
 import { getPhase } from "../phases/index.ts";
 import type { Phase } from "../phases/types.ts";
 import type { BatchMeta, TaskRow } from "../store.ts";
@@ -10,23 +10,55 @@ import { attemptEnv, attemptExpiry, leaseToken, leaseUrl } from "./access.ts";
 import { CREATE_ANSWER_MS, type Engine, SPAWNS_PER_ALARM, taskView } from "./context.ts";
 import { checkMachines, createMachines, destroyOrphans, lapseOverdue, MachineCensus, type MachinePlan, recordCreating, retireAll } from "./machines.ts";
 import { decide, type SchedulerState } from "./schedule.ts";
+import { sizePool } from "./sizing.ts";
 
 /** A pool machine's lease credential outlives any one task; the engine retires the machine itself. */
 export const POOL_TOKEN_TTL_MS = 12 * 3_600_000;
 
+/** Boot time the pool sizing assumes (image pull and Node start on a warm Fly host). */
+export const SIZING_BOOT_S = 5;
+
+/**
+ * The batch's pool: slots per machine, machine count and guest — the message's or
+ * POOL_TASKS_PER_MACHINE's slots when given, else sized for the phase's task count and largest
+ * input under the create limit, MAX_CONCURRENT_MACHINES and Fly's CPU model (engine/sizing.ts).
+ * Pure in what the batch knows once planned, so every alarm gets the same answer.
+ */
+export function poolOf(e: Engine, meta: BatchMeta, phase: Phase): { slots: number; machines: number; guest: GuestSize; perSlotMb: number } {
+  const c = e.config;
+  const fixed = meta.pool_slots || c.POOL_TASKS_PER_MACHINE || undefined;
+  const maxLive = e.limits(phase).maxLive;
+  if (!phase.work) {
+    const slots = fixed ?? 1;
+    return { slots, machines: maxLive, ...guestForSlots(phase.guest(meta.max_task_size), slots) };
+  }
+  const p = sizePool({
+    tasks: Math.max(1, e.store.phaseCounts(phase.name).total),
+    work: phase.work(meta.max_task_size),
+    maxMachines: maxLive,
+    createPerS: c.FLY_CREATE_RATE_PER_SECOND,
+    createBurst: c.FLY_CREATE_BURST,
+    bootS: SIZING_BOOT_S,
+    objective: c.SIZING_OBJECTIVE,
+    slots: fixed,
+  });
+  return { slots: p.slots, machines: p.machines, guest: p.guest, perSlotMb: p.perSlotMb };
+}
+
 export function slotsOf(e: Engine, meta: BatchMeta): number {
-  return meta.pool_slots || e.config.POOL_TASKS_PER_MACHINE;
+  return poolOf(e, meta, getPhase(meta.phase)).slots;
 }
 
 export function schedulerState(e: Engine, meta: BatchMeta, phase: Phase, now: number): SchedulerState {
   const c = e.store.phaseCounts(phase.name);
-  const pool = e.store.poolMachineCounts();
+  const machines = e.store.poolMachineCounts();
+  const pool = meta.pool ? poolOf(e, meta, phase) : null;
   return {
     mode: meta.pool ? "pool" : "single",
     counts: c,
-    poolMachines: pool.creating + pool.booting + pool.live,
-    slots: slotsOf(e, meta),
-    maxLive: e.limits(phase).maxLive,
+    poolMachines: machines.creating + machines.booting + machines.live,
+    slots: meta.pool ? pool!.slots : 1,
+    maxLive: meta.pool ? Math.min(e.limits(phase).maxLive, pool!.machines) : e.limits(phase).maxLive,
     ready: meta.pool ? 0 : e.store.readyTasks(now, SPAWNS_PER_ALARM).length,
     readyAt: e.store.earliestReady(),
     blockedUntil: meta.fly_blocked_until,
@@ -164,8 +196,7 @@ async function launchPool(e: Engine, meta: BatchMeta, phase: Phase, n: number): 
   const now = Date.now();
   const c = e.config;
   const limits = e.limits(phase);
-  const slots = slotsOf(e, meta);
-  const { guest, perSlotMb } = guestForSlots(phase.guest(meta.max_task_size), slots);
+  const { slots, guest, perSlotMb } = poolOf(e, meta, phase);
   const ids = Array.from({ length: n }, (_, i) => `pool-${String(meta.worker_seq + i + 1).padStart(4, "0")}`);
   const plans: MachinePlan[] = await Promise.all(
     ids.map(async (id) => ({

@@ -1,6 +1,7 @@
 // Views: what GET /status/:batchId, its task list and one task's attempts show. Every count comes
 // from the phase counters, so a status read costs the same at 100 or 300,000 tasks.
 import type { BatchMeta, PhaseCounts, Stage, TaskRow, TaskState } from "../store.ts";
+import { FLY_PRICES, pricePerSecond } from "../../shared/fly-model.ts";
 import { apiStatus, type Engine, iso, openCount } from "./context.ts";
 
 const RECENT_FAILURES = 10;
@@ -23,6 +24,11 @@ export interface StatusBody {
   files_total: number;
   mode: "single" | "pool";
   workers: { starting: number; live: number; created: number } | null;
+  /**
+   * What the batch's machines have cost so far: each machine's time from its create request to its
+   * end (running ones: to now), and that time at Fly's published per-second price for its size.
+   */
+  machines: { ended: number; running: number; machine_seconds: number; estimated_cost_usd: number; prices: string };
   started_at: string;
   updated_at: string;
   completed_at: string | null;
@@ -77,6 +83,7 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
     files_total: e.store.fileCount(),
     mode: meta.pool ? "pool" : "single",
     workers: meta.pool ? { starting: workers.creating + workers.booting, live: workers.live, created: meta.worker_seq } : null,
+    machines: machineCost(e, meta),
     started_at: iso(meta.started_at)!,
     updated_at: iso(meta.updated_at)!,
     completed_at: iso(meta.completed_at),
@@ -94,6 +101,25 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
       at: iso(a.ended_at),
       logs: logsCommand(e, a.machine_id),
     })),
+  };
+}
+
+function machineCost(e: Engine, meta: BatchMeta): StatusBody["machines"] {
+  const now = Date.now();
+  let ms = meta.machine_ms;
+  let usd = meta.machine_cost_usd;
+  const running = e.store.unendedMachines();
+  for (const m of running) {
+    const t = Math.max(0, now - m.created_at);
+    ms += t;
+    if (m.cpu_kind) usd += (t / 1000) * pricePerSecond({ cpu_kind: m.cpu_kind, cpus: m.cpus, memory_mb: m.memory_mb });
+  }
+  return {
+    ended: meta.machines_ended,
+    running: running.length,
+    machine_seconds: Math.round(ms / 100) / 10,
+    estimated_cost_usd: Math.round(usd * 1e6) / 1e6,
+    prices: FLY_PRICES.source,
   };
 }
 

@@ -3,22 +3,47 @@
 import { z } from "zod";
 import { CallbackBody, type FileEntry } from "../../shared/contracts.ts";
 import { fileName, isTiff, jpegKeyCandidates, pageKey, splitExtension } from "../../shared/keys.ts";
+import type { GuestSize } from "../machines.ts";
+import { chooseGuest, type TaskWork } from "../engine/sizing.ts";
 import type { Phase, TaskView } from "./types.ts";
 
 const MB = 1024 * 1024;
 
 /**
- * Machine size from the input size. sharp with mozjpeg holds the decoded image and the
- * encoder's buffers (~765 MB for a 100 MP scan); a TIFF's bytes are a fair lower bound of
- * its pixels, so memory grows with the file and the worker picks lighter encoder settings
- * when even the largest machine is too small.
+ * Measured per-encoder CPU cost. mozjpeg (the contract's default) runs ~0.14 CPU-seconds per
+ * megapixel on one thread: bench/RESULTS.md's idle run at 667b496 converted 25/100/300 MP scans in
+ * 3.50/13.98/42.46 s of wall time on one busy thread (wall ≈ CPU); `npm run bench` now prints the
+ * CPU-seconds (GNU time user + system) beside it. Node start and loading sharp add ~0.3 CPU-s.
  */
-export function guestFor(sizeBytes: number): { cpu_kind: "shared" | "performance"; cpus: number; memory_mb: number } {
-  const wantMb = 512 + Math.ceil((sizeBytes * 3) / MB);
-  if (wantMb <= 1024) return { cpu_kind: "shared", cpus: 1, memory_mb: 1024 };
-  if (wantMb <= 2048) return { cpu_kind: "shared", cpus: 1, memory_mb: 2048 };
-  if (wantMb <= 4096) return { cpu_kind: "performance", cpus: 1, memory_mb: 4096 };
-  return { cpu_kind: "performance", cpus: 2, memory_mb: 8192 };
+export const MOZJPEG_CPU_S_PER_MP = 0.14;
+export const PROCESS_START_CPU_S = 0.3;
+/** Pixels per TIFF byte of the bench's LZW scans (100 MP in 242.6 MiB); uncompressed 8-bit RGB is 0.33. */
+export const PIXELS_PER_TIFF_BYTE = 0.39;
+/** JPEG bytes per pixel at Q95 with mozjpeg (24.7 MiB for 100 MP). */
+export const JPEG_BYTES_PER_PIXEL = 0.26;
+
+/**
+ * What converting a TIFF of `sizeBytes` takes: CPU-seconds from its pixels at mozjpeg's measured
+ * rate, memory for the decoded image and the encoder's buffers (~765 MB for a 100 MP scan; a
+ * TIFF's bytes are a fair bound of that), bytes in and out.
+ */
+export function tiffWork(sizeBytes: number): TaskWork {
+  const pixels = sizeBytes * PIXELS_PER_TIFF_BYTE;
+  return {
+    cpuS: PROCESS_START_CPU_S + (pixels / 1e6) * MOZJPEG_CPU_S_PER_MP,
+    parallelism: 1,
+    memoryMb: 512 + Math.ceil((sizeBytes * 3) / MB),
+    ioBytes: sizeBytes + pixels * JPEG_BYTES_PER_PIXEL,
+  };
+}
+
+/**
+ * Machine size from the input size: the cheapest Fly guest that holds the task's memory and is
+ * not expected to run throttled under Fly's CPU quota (engine/sizing.ts chooseGuest). Small scans
+ * fit a shared vCPU's burst balance; large ones run cheaper and faster on a performance vCPU.
+ */
+export function guestFor(sizeBytes: number): GuestSize {
+  return chooseGuest(tiffWork(sizeBytes)).guest;
 }
 
 /** The JPEG settings a manifest directory's processing_config may ask for; unknown keys are ignored. */
@@ -81,6 +106,7 @@ export const tiffConversion: Phase<CallbackBody> = {
   },
 
   guest: guestFor,
+  work: tiffWork,
 
   machine(task) {
     const guest = guestFor(task.size_bytes);

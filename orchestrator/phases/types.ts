@@ -2,6 +2,7 @@
 // counts by itself — the engine (batch-do.ts) does all of that from what the phase declares.
 import type { z } from "zod";
 import type { FileEntry } from "../../shared/contracts.ts";
+import type { TaskWork } from "../engine/sizing.ts";
 import type { GuestSize } from "../machines.ts";
 
 /** A file of the batch as a phase sees it when it discovers tasks. */
@@ -72,6 +73,8 @@ export interface Phase<Callback = unknown> {
   plan(file: PhaseFile): TaskPlan | null;
   /** The machine a task of `sizeBytes` input needs; a pool machine is this once per slot for the largest task. */
   guest(sizeBytes: number): GuestSize;
+  /** What a task of `sizeBytes` input takes (CPU-seconds, memory, bytes moved): pool sizing uses it; absent, pools use `guest` per slot. */
+  work?(sizeBytes: number): TaskWork;
   machine(task: TaskView): MachineRequest;
   /** The callback body this phase's machines send; the engine checks it before `result` sees it. */
   callback: z.ZodType<Callback>;

@@ -172,6 +172,8 @@ describe("fanout CLI against a running local stack", () => {
     expect(watched.code, said(watched)).toBe(0);
     expect(watched.stdout).not.toContain("\r");
     expect(watched.stdout).toContain("cli-a: DONE — 3 done, 0 failed of 3");
+    // No pool settings: the default (pool mode), with the machines' time and estimated cost.
+    expect(watched.stdout).toMatch(/^machines \(pool mode\): [1-9]\d* \(\d+ running\), \d+\.\d machine-seconds, estimated \$\d+\.\d{4}, \$\d+\.\d{6} per task done$/m);
     const manifest = JSON.parse(await (await s3.send(new GetObjectCommand({ Bucket: stack.bucket, Key: summary.manifest_key }))).Body!.transformToString()) as {
       directories: { files: { file_name: string; content_type: string }[] }[];
     };

@@ -1,15 +1,15 @@
 // Fly's CPU model and prices (shared/fly-model.ts) and the sizing built on them
-// (orchestrator/engine/sizing.ts): pure functions, checked against figures worked by hand. The
-// engine does not use them yet (issue 14: wiring, pool by default and the benches are to come).
+// (orchestrator/engine/sizing.ts): pure functions, checked against figures worked by hand.
 import { describe, expect, it } from "vitest";
 import { chooseGuest, guestOf, poolByDefault, sizePool, type TaskWork } from "../../orchestrator/engine/sizing.ts";
+import { simulatedDuration } from "../../local/fly-emulator/server.ts";
+import type { RunnerMachine } from "../../local/fly-emulator/core.ts";
+import { guestFor, tiffWork } from "../../orchestrator/phases/tiff-conversion.ts";
 import { conversionWallS, FLY_CPU, initialBalanceS, MachineModel, pricePerSecond, sizeError, type Guest } from "../../shared/fly-model.ts";
 
 const shared1: Guest = { cpu_kind: "shared", cpus: 1, memory_mb: 1024 };
 const perf1: Guest = { cpu_kind: "performance", cpus: 1, memory_mb: 2048 };
 const MB = 1024 * 1024;
-/** A 100 MP scan (242.6 MiB LZW TIFF): ~14 CPU-s of mozjpeg q95, ~1.2 GB, ~270 MB in and out. */
-const SCAN_100MP: TaskWork = { cpuS: 14.2, parallelism: 1, memoryMb: 1240, ioBytes: 270 * MB };
 
 describe("Fly's CPU model", () => {
   it("is the documented table: 5 ms per 80 ms on shared vCPUs, 100% on performance", () => {
@@ -64,6 +64,18 @@ describe("Fly's CPU model", () => {
   });
 });
 
+describe("the emulator's simulate mode", () => {
+  it("runs a machine for its CPU-seconds under the CPU model of its guest", () => {
+    const duration = simulatedDuration({ cpuSeconds: 14 });
+    if (typeof duration !== "function") throw new Error("expected a per-machine duration");
+    const machine = (guest: Guest) => ({ guest }) as RunnerMachine;
+    expect(duration(machine(perf1))).toBe(14_000);
+    expect(duration(machine(shared1))).toBe(Math.round(conversionWallS({ cpuS: 14, parallelism: 1, guest: shared1 }).wallS * 1000));
+    expect(duration(machine(shared1))).toBeGreaterThan(140_000);
+    expect(simulatedDuration({ durationMs: 250 })).toBe(250);
+  });
+});
+
 describe("Fly's prices", () => {
   it("match the published per-second figures (monthly / 30 days)", () => {
     // fly.io: shared-cpu-1x 1 GB $5.70/month ($0.0000022/s), performance-1x 2 GB $31/month ($0.0000120/s).
@@ -82,6 +94,19 @@ describe("Fly's prices", () => {
 });
 
 describe("sizing", () => {
+  it("a 100 MP scan gets a performance vCPU (faster and cheaper than a throttled shared one)", () => {
+    const g = guestFor(242.6 * MB);
+    expect(g).toEqual({ cpu_kind: "performance", cpus: 1, memory_mb: 2048 });
+    expect(sizeError(g)).toBeNull();
+    const w = tiffWork(242.6 * MB);
+    const onShared = conversionWallS({ cpuS: w.cpuS, parallelism: 1, guest: { cpu_kind: "shared", cpus: 1, memory_mb: 1280 } });
+    expect(onShared.throttledS).toBeGreaterThan(0);
+  });
+
+  it("a small scan that fits the burst balance stays on shared-cpu-1x", () => {
+    expect(guestFor(10 * MB)).toEqual({ cpu_kind: "shared", cpus: 1, memory_mb: 768 });
+  });
+
   it("`fast` never picks a guest that runs throttled; `cheapest` may", () => {
     const work: TaskWork = { cpuS: 60, parallelism: 1, memoryMb: 900, ioBytes: 0 };
     const fast = chooseGuest(work, "fast");
@@ -92,7 +117,7 @@ describe("sizing", () => {
   });
 
   it("pool auto-size: several slots on performance machines for a big batch, within the cost margin", () => {
-    const input = { tasks: 10_000, work: SCAN_100MP, maxMachines: 50, createPerS: 1, createBurst: 3, bootS: 5 };
+    const input = { tasks: 10_000, work: tiffWork(242.6 * MB), maxMachines: 50, createPerS: 1, createBurst: 3, bootS: 5 };
     const p = sizePool(input);
     expect(p.slots).toBeGreaterThan(1);
     expect(p.machines).toBe(50);
@@ -107,10 +132,10 @@ describe("sizing", () => {
   });
 
   it("pool auto-size: a handful of tasks gets no more machines than it has tasks; fixed slots are kept", () => {
-    const p = sizePool({ tasks: 3, work: SCAN_100MP, maxMachines: 50, createPerS: 1, createBurst: 3, bootS: 5 });
+    const p = sizePool({ tasks: 3, work: tiffWork(242.6 * MB), maxMachines: 50, createPerS: 1, createBurst: 3, bootS: 5 });
     expect(p.machines * p.slots).toBeGreaterThanOrEqual(3);
     expect(p.machines).toBeLessThanOrEqual(3);
-    expect(sizePool({ tasks: 100, work: SCAN_100MP, maxMachines: 50, createPerS: 1, createBurst: 3, bootS: 5, slots: 8 }).slots).toBe(8);
+    expect(sizePool({ tasks: 100, work: tiffWork(242.6 * MB), maxMachines: 50, createPerS: 1, createBurst: 3, bootS: 5, slots: 8 }).slots).toBe(8);
   });
 
   it("the message's pool flag wins over POOL_MODE", () => {

@@ -24,6 +24,7 @@ import {
   type World,
 } from "./support/engine.ts";
 import { PoolRunner, lease } from "./support/pool.ts";
+import { tiffWork } from "../../orchestrator/phases/tiff-conversion.ts";
 
 let world: World | undefined;
 afterEach(async () => {
@@ -320,9 +321,13 @@ describe("pool mode", () => {
     const creates = createRequests(fly).filter((r) => r.status === 200);
     expect(creates.length).toBeLessThanOrEqual(Math.ceil(30 / 4)); // never more machines than slots needed
     const config = (creates[0].body as { config: { guest: { cpus: number; memory_mb: number; cpu_kind: string } } }).config;
-    expect(config.guest).toEqual({ cpu_kind: "shared", cpus: 4, memory_mb: 4096 });
+    // Four slots, a CPU each; memory four times one task's (engine/sizing.ts: these tiny inputs fit a
+    // shared vCPU's burst balance, so the cheapest unthrottled guest is shared-cpu-4x).
+    const size = await withStore("pool-slots", (_s, sql) => sql.exec<{ n: number }>("SELECT MAX(size_bytes) AS n FROM tasks").one().n);
+    const memory = Math.max(1024, Math.ceil((tiffWork(size).memoryMb * 4) / 256) * 256);
+    expect(config.guest).toEqual({ cpu_kind: "shared", cpus: 4, memory_mb: memory });
     const env = runner.started[0].env;
-    expect(env).toMatchObject({ POOL_CONCURRENCY: "4", MEMORY_MB: "1024" });
+    expect(env).toMatchObject({ POOL_CONCURRENCY: "4", MEMORY_MB: String(Math.floor(memory / 4)) });
     // Fewer, bigger machines: some machine took at least as many tasks as it has slots.
     const perMachine = new Map<string, number>();
     for (const l of runner.leases) if ("kind" in l.answer && l.answer.kind === "task") perMachine.set(l.machineId, (perMachine.get(l.machineId) ?? 0) + 1);

@@ -29,6 +29,8 @@ export async function startE2EStack(options: StackOptions = {}): Promise<E2EStac
       RUN_TIMEOUT_MS: "60000",
       MACHINE_CHECK_INTERVAL_MS: "1000",
       MAX_CONCURRENT_MACHINES: "6",
+      // These suites were written for single-task mode; pool.test.ts sets POOL_MODE=true (the production default).
+      POOL_MODE: "false",
       ...options.vars,
     },
     // Callbacks retried quickly, so an orchestrator restart is bridged within seconds.
