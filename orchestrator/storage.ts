@@ -15,7 +15,7 @@ export interface ObjectPage {
   cursor: string | null;
 }
 
-/** An object's bytes from an offset on, streamed, with what identifies the whole object. */
+/** An object's bytes from an offset (up to a length, or to its end), streamed, with what identifies the whole object. */
 export interface ObjectStream {
   body: ReadableStream<Uint8Array>;
   /** Size of the whole object, not of the range. */
@@ -27,11 +27,22 @@ export interface ObjectStream {
 export interface ObjectStore {
   /** The object's text, or null when there is no such object. */
   getText(key: string): Promise<string | null>;
-  /** The object's bytes from `offset` to its end as a stream, or null when there is no such object. */
-  getStream(key: string, offset: number): Promise<ObjectStream | null>;
+  /**
+   * The object's bytes from `offset` as a stream — at most `length` of them when given, else to its
+   * end — or null when there is no such object.
+   */
+  getStream(key: string, offset: number, length?: number): Promise<ObjectStream | null>;
   list(prefix: string, cursor: string | null, limit: number): Promise<ObjectPage>;
   /** The object's size, or null when there is no such object. */
   head(key: string): Promise<{ size: number } | null>;
+}
+
+/** A range getStream can ask for: a zero length has no HTTP Range form. */
+function checkRange(offset: number, length: number | undefined): void {
+  if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`getStream: offset must be a non-negative integer, not ${offset}`);
+  if (length !== undefined && (!Number.isSafeInteger(length) || length < 1)) {
+    throw new RangeError(`getStream: length must be a positive integer, not ${length}`);
+  }
 }
 
 /** A storage failure worth retrying later (5xx, network); anything else is final. */
@@ -47,7 +58,7 @@ export class StorageError extends Error {
 export interface R2BucketLike {
   get(
     key: string,
-    options?: { range?: { offset: number } },
+    options?: { range?: { offset: number; length?: number } },
   ): Promise<{ text(): Promise<string>; body: ReadableStream<Uint8Array>; size: number; etag: string } | null>;
   head(key: string): Promise<{ size: number } | null>;
   list(options: { prefix: string; limit: number; cursor?: string; include?: ("httpMetadata" | "customMetadata")[] }): Promise<
@@ -72,8 +83,10 @@ export class R2ObjectStore implements ObjectStore {
     return object ? { size: object.size } : null;
   }
 
-  async getStream(key: string, offset: number): Promise<ObjectStream | null> {
-    const object = await this.bucket.get(key, offset > 0 ? { range: { offset } } : undefined);
+  async getStream(key: string, offset: number, length?: number): Promise<ObjectStream | null> {
+    checkRange(offset, length);
+    const range = length !== undefined ? { offset, length } : offset > 0 ? { offset } : undefined;
+    const object = await this.bucket.get(key, range ? { range } : undefined);
     return object ? { body: object.body, size: object.size, etag: object.etag } : null;
   }
 
@@ -147,8 +160,10 @@ export class S3ObjectStore implements ObjectStore {
     return { size: Number(res.headers.get("content-length") ?? 0) };
   }
 
-  async getStream(key: string, offset: number): Promise<ObjectStream | null> {
-    const res = await this.send(this.objectUrl(key), offset > 0 ? { range: `bytes=${offset}-` } : undefined);
+  async getStream(key: string, offset: number, length?: number): Promise<ObjectStream | null> {
+    checkRange(offset, length);
+    const range = length !== undefined ? `bytes=${offset}-${offset + length - 1}` : offset > 0 ? `bytes=${offset}-` : undefined;
+    const res = await this.send(this.objectUrl(key), range ? { range } : undefined);
     if (res.status === 404) {
       await res.body?.cancel();
       return null;
@@ -161,12 +176,12 @@ export class S3ObjectStore implements ObjectStore {
       return { body: new ReadableStream({ start: (c) => c.close() }), size, etag };
     }
     if (!res.ok) throw await this.failure(res, `GET ${key}`);
-    if (offset > 0 && res.status !== 206) {
+    if (range && res.status !== 206) {
       await res.body?.cancel();
-      throw new StorageError(`S3 GET ${key} ignored the range bytes=${offset}- (answered ${res.status})`, false);
+      throw new StorageError(`S3 GET ${key} ignored the range ${range} (answered ${res.status})`, false);
     }
-    const range = res.headers.get("content-range")?.match(/\/(\d+)$/);
-    const size = range ? Number(range[1]) : Number(res.headers.get("content-length") ?? 0);
+    const whole = res.headers.get("content-range")?.match(/\/(\d+)$/);
+    const size = whole ? Number(whole[1]) : Number(res.headers.get("content-length") ?? 0);
     return { body: res.body ?? new ReadableStream({ start: (c) => c.close() }), size, etag };
   }
 

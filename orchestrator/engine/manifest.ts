@@ -22,7 +22,7 @@ export interface ManifestEntry {
   index: number;
 }
 
-/** File entries per page (one ranged read each) and pages per alarm: discovery holds one page at a time. */
+/** File entries per page (bounded ranged reads each) and pages per alarm: discovery holds one page at a time. */
 export const MANIFEST_PAGE_SIZE = 1000;
 export const MANIFEST_PAGES_PER_ALARM = 20;
 
@@ -99,9 +99,17 @@ function sample(t: ParsedTokenInfo): unknown {
 }
 
 /**
+ * Bytes asked for per ranged read. A page reads window after window until it is full, never
+ * `bytes=offset-`: an open-ended read that is cancelled once the page is full left the runtime
+ * buffering an over-read of the rest of the manifest, page after page (issue 13 point 3).
+ */
+export const MANIFEST_READ_WINDOW_BYTES = 256 * 1024;
+
+/**
  * Reads the next page of at most `limit` file entries (directories count as one unit of work
  * too, so a page is bounded whatever the manifest's shape). Storage failures throw (a
  * StorageError, retryable unless said otherwise); a manifest that cannot run gives `{ error }`.
+ * The page is read as ranges of at most `windowBytes` (a parameter for the tests).
  */
 export async function readManifestPage(
   store: ObjectStore,
@@ -109,28 +117,51 @@ export async function readManifestPage(
   batchId: string,
   cursor: ManifestCursor | null,
   limit: number,
+  windowBytes = MANIFEST_READ_WINDOW_BYTES,
 ): Promise<ManifestPage> {
-  const stream = await store.getStream(key, cursor?.offset ?? 0);
+  let offset = cursor?.offset ?? 0;
+  let stream = await store.getStream(key, offset, windowBytes);
   if (stream === null) return { error: `manifest ${key} not found` };
-  if (cursor !== null && stream.etag !== cursor.etag) {
+  const etag = stream.etag;
+  const changed = (now: string): ManifestPage => ({
+    error: `manifest ${key} changed while it was being read (ETag ${cursor?.etag ?? etag}, now ${now}); submit the batch again`,
+  });
+  if (cursor !== null && etag !== cursor.etag) {
     await stream.body.cancel().catch(() => {});
-    return { error: `manifest ${key} changed while it was being read (ETag ${cursor.etag}, now ${stream.etag}); submit the batch again` };
+    return changed(etag);
   }
-  const reader = new PageReader(key, batchId, cursor, limit, stream.etag);
-  const body = chunkReader(stream.body);
+  const reader = new PageReader(key, batchId, cursor, limit, etag);
+  let body = chunkReader(stream.body);
   try {
     reader.begin();
     for (;;) {
-      let chunk: Uint8Array | null;
-      try {
-        chunk = await body.read();
-      } catch (error) {
-        throw new StorageError(`reading manifest ${key} failed: ${error instanceof Error ? error.message : String(error)}`, true);
+      const start = offset;
+      for (;;) {
+        let chunk: Uint8Array | null;
+        try {
+          chunk = await body.read();
+        } catch (error) {
+          throw new StorageError(`reading manifest ${key} failed: ${error instanceof Error ? error.message : String(error)}`, true);
+        }
+        if (chunk === null) break;
+        offset += chunk.byteLength;
+        reader.write(chunk);
       }
-      if (chunk === null) break;
-      reader.write(chunk);
+      if (offset >= stream.size) return reader.end();
+      if (offset === start) {
+        throw new StorageError(`reading manifest ${key} at byte ${offset} of ${stream.size} gave no bytes`, true);
+      }
+      // The window is read and the page not yet full: on with the next window of the same object.
+      await body.cancel().catch(() => {});
+      const next = await store.getStream(key, offset, windowBytes);
+      if (next === null) return { error: `manifest ${key} was deleted while it was being read; submit the batch again` };
+      if (next.etag !== etag) {
+        await next.body.cancel().catch(() => {});
+        return changed(next.etag);
+      }
+      stream = next;
+      body = chunkReader(next.body);
     }
-    return reader.end();
   } catch (error) {
     if (error === PAGE_FULL) return reader.full();
     if (error instanceof Invalid) return { error: error.message };

@@ -3,7 +3,7 @@
 import { PutObjectCommand } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startLocalS3, type LocalS3 } from "../../local/s3.ts";
-import { readManifestPage, type ManifestCursor, type ManifestEntry } from "../../orchestrator/engine/manifest.ts";
+import { MANIFEST_READ_WINDOW_BYTES, readManifestPage, type ManifestCursor, type ManifestEntry } from "../../orchestrator/engine/manifest.ts";
 import { S3ObjectStore, StorageError } from "../../orchestrator/storage.ts";
 import { ChunkedStore, shapedManifest, wholeTextEntries } from "../workers/support/manifest-fixture.ts";
 import { localS3Client } from "./support/s3.ts";
@@ -66,6 +66,25 @@ describe("S3ObjectStore", () => {
     expect(await store.getStream("ranged/none.txt", 3)).toBeNull();
   });
 
+  it("honours a length (Range: bytes=N-M): at most that many bytes, the whole size and ETag; empty past the end", async () => {
+    const whole = await store.getStream("ranged/obj.txt", 0);
+    await whole!.body.cancel();
+    const head = await store.getStream("ranged/obj.txt", 0, 4);
+    expect(head).toMatchObject({ size: 12, etag: whole!.etag });
+    expect(await new Response(head!.body).text()).toBe("0123");
+    const middle = await store.getStream("ranged/obj.txt", 2, 3);
+    expect(middle).toMatchObject({ size: 12, etag: whole!.etag });
+    expect(await new Response(middle!.body).text()).toBe("234");
+    const over = await store.getStream("ranged/obj.txt", 7, 1000);
+    expect(over).toMatchObject({ size: 12 });
+    expect(await new Response(over!.body).text()).toBe("789é");
+    const past = await store.getStream("ranged/obj.txt", 12, 5);
+    expect(past).toMatchObject({ size: 12 });
+    expect(await new Response(past!.body).text()).toBe("");
+    expect(await store.getStream("ranged/none.txt", 3, 5)).toBeNull();
+    await expect(store.getStream("ranged/obj.txt", 0, 0)).rejects.toThrow(/length must be a positive integer/);
+  });
+
   it("reads a manifest page by page through ranged reads, as the whole-text read does", async () => {
     const chunked = new ChunkedStore(store, 13);
     const entries: ManifestEntry[] = [];
@@ -83,6 +102,22 @@ describe("S3ObjectStore", () => {
     expect(entries).toEqual(wholeTextEntries(text));
     expect(pages).toBeGreaterThanOrEqual(Math.ceil(1500 / 211));
     expect(chunked.reads.slice(1).every((r) => r.offset > 0)).toBe(true);
+    expect(chunked.reads.every((r) => r.length !== undefined && r.length <= MANIFEST_READ_WINDOW_BYTES)).toBe(true);
+  });
+
+  it("reads a manifest through bounded windows (bytes=N-M) when a page is longer than a window", async () => {
+    const chunked = new ChunkedStore(store, 4096);
+    const entries: ManifestEntry[] = [];
+    let cursor: ManifestCursor | null = null;
+    do {
+      const page = await readManifestPage(chunked, "manifests/shaped.json", "s3-shaped", cursor, 211, 997);
+      if (page.error !== undefined) throw new Error(page.error);
+      entries.push(...page.entries);
+      cursor = page.cursor;
+    } while (cursor !== null);
+    expect(entries).toEqual(wholeTextEntries((await store.getText("manifests/shaped.json"))!));
+    expect(chunked.reads.every((r) => r.length === 997 && r.bytes <= 997)).toBe(true);
+    expect(chunked.reads.filter((r) => r.bytes === 997).length).toBeGreaterThan(chunked.reads.length / 2);
   });
 
   it("a missing bucket is a final StorageError naming the status", async () => {

@@ -6,6 +6,7 @@ import {
   MANIFEST_PAGE_SIZE,
   MANIFEST_PAGES_PER_ALARM,
   MANIFEST_READ_BUFFER_BYTES,
+  MANIFEST_READ_WINDOW_BYTES,
   type ManifestCursor,
   type ManifestEntry,
   parseManifestCursor,
@@ -19,14 +20,14 @@ import { ChunkedStore, shapedManifest, wholeTextEntries } from "./support/manife
 const r2 = () => new R2ObjectStore(env.BUCKET);
 
 /** Reads the whole manifest a page at a time, each page from a fresh reader and a JSON-stored cursor. */
-async function readAll(store: ObjectStore, key: string, batchId: string, limit: number) {
+async function readAll(store: ObjectStore, key: string, batchId: string, limit: number, windowBytes?: number) {
   const pages: ManifestEntry[][] = [];
   const cursors: ManifestCursor[] = [];
   let stored: string | null = null;
   for (;;) {
     const cursor = parseManifestCursor(stored);
     if (typeof cursor === "string") throw new Error(cursor);
-    const page = await readManifestPage(store, key, batchId, cursor, limit);
+    const page = await readManifestPage(store, key, batchId, cursor, limit, windowBytes);
     if (page.error !== undefined) return { error: page.error, pages, cursors };
     pages.push(page.entries);
     if (page.cursor === null) return { pages, cursors };
@@ -135,6 +136,60 @@ describe("readManifestPage (R2 binding)", () => {
   });
 });
 
+describe("manifest pages read as bounded ranges", () => {
+  it("no page ever asks for an open-ended range: every read has a length of at most MANIFEST_READ_WINDOW_BYTES", async () => {
+    // An open-ended read cancelled once the page is full left the runtime buffering the rest of the file.
+    const { text } = shapedManifest("m-bounded", 400);
+    await env.BUCKET.put("m-bounded/manifest.json", text);
+    const store = new ChunkedStore(r2(), 4096);
+    const result = await readAll(store, "m-bounded/manifest.json", "m-bounded", 1000);
+    expect(result.error).toBeUndefined();
+    expect(result.pages.flat()).toEqual(wholeTextEntries(text));
+    const unbounded = store.reads.filter((r) => r.length === undefined || r.length > MANIFEST_READ_WINDOW_BYTES);
+    expect(unbounded, `reads asking for more than a window: ${JSON.stringify(unbounded.slice(0, 3))}`).toEqual([]);
+    for (const read of store.reads) expect(read.bytes).toBeLessThanOrEqual(read.length!);
+  });
+
+  it("a page longer than its window goes on window after window, contiguously, and reads the same", async () => {
+    const { text } = shapedManifest("m-windows", 200);
+    await env.BUCKET.put("m-windows/manifest.json", text);
+    const window = 997; // odd, so windows end inside tokens, multi-byte characters and escapes
+    const store = new ChunkedStore(r2(), 4096);
+    const result = await readAll(store, "m-windows/manifest.json", "m-windows", 150, window);
+    expect(result.error).toBeUndefined();
+    expect(result.pages.flat()).toEqual(wholeTextEntries(text));
+    expect(store.reads.every((r) => r.length === window)).toBe(true);
+    const size = new TextEncoder().encode(text).byteLength;
+    // Every window but a page's last (or the manifest's end) is full, and the next starts where it ended.
+    const pageStarts = new Set([0, ...result.cursors.map((c) => c.offset)]);
+    for (let i = 1; i < store.reads.length; i++) {
+      const [prev, read] = [store.reads[i - 1], store.reads[i]];
+      if (pageStarts.has(read.offset) && read.offset !== prev.offset + prev.bytes) continue;
+      expect(read.offset, `read ${i} of ${store.reads.length}`).toBe(prev.offset + prev.bytes);
+      expect(prev.bytes).toBe(window);
+    }
+    expect(store.reads.length).toBeGreaterThan(Math.ceil(size / window));
+  });
+
+  it("a manifest replaced between two windows of one page is refused, not mixed", async () => {
+    await env.BUCKET.put("m-swap2/manifest.json", shapedManifest("m-swap2", 100).text);
+    const inner = r2();
+    let calls = 0;
+    const store: ObjectStore = {
+      getText: (key) => inner.getText(key),
+      head: (key) => inner.head(key),
+      list: (prefix, cursor, limit) => inner.list(prefix, cursor, limit),
+      async getStream(key, offset, length) {
+        if (++calls === 2) await env.BUCKET.put("m-swap2/manifest.json", shapedManifest("m-swap2", 101).text);
+        return inner.getStream(key, offset, length);
+      },
+    };
+    const page = await readManifestPage(store, "m-swap2/manifest.json", "m-swap2", null, 50, 1000);
+    expect(calls).toBe(2);
+    expect(page.error).toMatch(/^manifest m-swap2\/manifest.json changed while it was being read/);
+  });
+});
+
 describe("manifest reads into one reused buffer", () => {
   /** The R2 binding's streams, recording the kind of reader each page asks for and what it read. */
   function recordingStore(inner: ObjectStore, readers: (string | undefined)[], views: number[]): ObjectStore {
@@ -142,8 +197,8 @@ describe("manifest reads into one reused buffer", () => {
       getText: (key) => inner.getText(key),
       head: (key) => inner.head(key),
       list: (prefix, cursor, limit) => inner.list(prefix, cursor, limit),
-      async getStream(key, offset) {
-        const stream = await inner.getStream(key, offset);
+      async getStream(key, offset, length) {
+        const stream = await inner.getStream(key, offset, length);
         if (stream === null) return null;
         const getReader = stream.body.getReader.bind(stream.body) as (options?: { mode?: "byob" }) => ReadableStreamDefaultReader<Uint8Array> | ReadableStreamBYOBReader;
         Object.assign(stream.body, {
@@ -201,6 +256,22 @@ describe("R2ObjectStore.getStream", () => {
     expect(tail).toMatchObject({ size: 12, etag: put!.etag });
     expect(await new Response(tail!.body).text()).toBe("789é");
     expect(await store.getStream("m-range/none.txt", 3)).toBeNull();
+  });
+
+  it("honours a length: at most that many bytes from the offset, the whole object's size and ETag", async () => {
+    const put = await env.BUCKET.put("m-range/len.txt", "0123456789é");
+    const store = r2();
+    const head = await store.getStream("m-range/len.txt", 0, 4);
+    expect(head).toMatchObject({ size: 12, etag: put!.etag });
+    expect(await new Response(head!.body).text()).toBe("0123");
+    const middle = await store.getStream("m-range/len.txt", 2, 3);
+    expect(middle).toMatchObject({ size: 12, etag: put!.etag });
+    expect(await new Response(middle!.body).text()).toBe("234");
+    const over = await store.getStream("m-range/len.txt", 7, 1000);
+    expect(over).toMatchObject({ size: 12 });
+    expect(await new Response(over!.body).text()).toBe("789é");
+    expect(await store.getStream("m-range/none.txt", 3, 5)).toBeNull();
+    await expect(store.getStream("m-range/len.txt", 0, 0)).rejects.toThrow(/length must be a positive integer/);
   });
 });
 

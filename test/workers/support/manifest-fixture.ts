@@ -50,7 +50,7 @@ export function wholeTextEntries(text: string): ManifestEntry[] {
 
 /** Wraps a store: streams come in `chunkBytes` pieces, and every read is recorded. */
 export class ChunkedStore implements ObjectStore {
-  readonly reads: { offset: number; bytes: number }[] = [];
+  readonly reads: { offset: number; length: number | undefined; bytes: number }[] = [];
   private readonly inner: ObjectStore;
   private readonly chunkBytes: number;
 
@@ -71,10 +71,10 @@ export class ChunkedStore implements ObjectStore {
     return this.inner.list(prefix, cursor, limit);
   }
 
-  async getStream(key: string, offset: number): Promise<ObjectStream | null> {
-    const stream = await this.inner.getStream(key, offset);
+  async getStream(key: string, offset: number, length?: number): Promise<ObjectStream | null> {
+    const stream = await this.inner.getStream(key, offset, length);
     if (!stream) return null;
-    const read = { offset, bytes: 0 };
+    const read = { offset, length, bytes: 0 };
     this.reads.push(read);
     const source = stream.body.getReader();
     const size = this.chunkBytes;
