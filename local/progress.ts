@@ -238,6 +238,7 @@ function withProgress(s: BatchStatus, data: Record<string, unknown>): BatchStatu
     ...s,
     status: typeof data.status === "string" ? data.status : s.status,
     phase: typeof data.phase === "string" ? data.phase : s.phase,
+    stage: typeof data.stage === "string" ? data.stage : s.stage,
     progress: {
       ...s.progress,
       tasks_total: count("tasks_total"),

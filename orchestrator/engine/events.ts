@@ -125,5 +125,5 @@ export class LiveStreams {
 }
 
 function progressOf(s: StatusBody) {
-  return { status: s.status, phase: s.phase, ...s.progress, phases: s.phases };
+  return { status: s.status, phase: s.phase, stage: s.stage, ...s.progress, phases: s.phases };
 }

@@ -77,6 +77,8 @@ it("streams progress, task_failed and phase as the batch runs, then done; the st
   expect(failed.data).toMatchObject({ attempt: 1, reason: "simulated failure", final: false, logs: expect.stringMatching(/^fly logs -a \S+ -i \S+ --no-tail$/) });
   const progress = events.filter((e) => e.event === "progress");
   expect(progress.length).toBeGreaterThanOrEqual(2);
+  // The status line a watcher draws from it: status, phase and stage with the counts.
+  expect(progress.at(-1)!.data).toMatchObject({ status: expect.any(String), phase: "TIFF_CONVERSION", stage: expect.any(String), tasks_total: expect.any(Number) });
   // Bytes on the wire per event (the frame's data line), for the README's figures.
   const bytes = (e: Sse) => `event: ${e.event}\ndata: ${JSON.stringify(e.data)}\n\n`.length + (e.id !== undefined ? `id: ${e.id}\n`.length : 0);
   console.log(`[Events] progress ${bytes(progress[0])} B, task_failed ${bytes(failed)} B per event`);
