@@ -293,12 +293,15 @@ export function lapseOverdue(e: Engine, meta: BatchMeta, now: number): void {
         return;
       }
       const limits = e.limits(getPhase(task.phase));
-      const reason =
-        now >= task.limit_at
-          ? `task ran longer than ${Math.round(limits.runTimeoutMs / 1000)}s on machine ${task.machine_id ?? task.worker_id}`
-          : `lease expired: ${task.worker_id} stopped heartbeating`;
-      // A machine that is stuck or stopped heartbeating must not keep counting as capacity.
-      if (row && row.state !== "gone") machineGone(e, meta, row, reason, now);
+      const overran = now >= task.limit_at;
+      const reason = overran
+        ? `task ran longer than ${Math.round(limits.runTimeoutMs / 1000)}s on machine ${task.machine_id ?? task.worker_id}`
+        : `lease expired: ${task.worker_id} stopped heartbeating`;
+      // A machine that is stuck or stopped heartbeating must not keep counting as capacity. But a
+      // pool machine still heartbeating its other slots' tasks is not stuck: one task past its run
+      // limit fails alone (the soak saw a held callback's sibling slots fail with it).
+      const siblings = row && !row.task_id && overran ? e.store.heldBy(row.worker_id).filter((t) => t.task_id !== task.task_id) : [];
+      if (row && row.state !== "gone" && siblings.length === 0) machineGone(e, meta, row, reason, now);
       const after = e.store.getTask(task.task_id);
       if (after && after.state === task.state && after.attempt === task.attempt) failAttempt(e, meta, after, reason, true, now);
     });

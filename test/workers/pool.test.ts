@@ -143,6 +143,27 @@ describe("pool mode", () => {
     expect(runner.exits.find((e) => e.machineId === held.machine.id)).toBeUndefined();
   });
 
+  it("a task past its run limit on a pool machine fails alone: the machine and its other slot's task go on", async () => {
+    const { runner, fly } = await startPool("pool-overrun", 2, (r) => (r.onTask = () => "hold"), {}, 2);
+    await waitForStatus("pool-overrun", (x) => x.progress.running === 2);
+    const held = [...runner.held.values()];
+    expect(new Set(held.map((h) => h.machine.id)).size, "both tasks on one machine (two slots)").toBe(1);
+    const [slow, healthy] = held;
+    // The slow task ran past its run limit; the other's lease is fresh (its slot heartbeats).
+    await withStore("pool-overrun", (_s, sql) => {
+      sql.exec("UPDATE tasks SET limit_at = 1, deadline_at = 1 WHERE task_id = ?", slow.taskId);
+      sql.exec("UPDATE tasks SET limit_at = ?, deadline_at = ? WHERE task_id = ?", Date.now() + 600_000, Date.now() + 600_000, healthy.taskId);
+    });
+    await runDurableObjectAlarm(stub("pool-overrun"));
+    expect((await attemptsOf("pool-overrun", slow.taskId))[0]).toMatchObject({ outcome: "failed", error: expect.stringMatching(/^task ran longer than \d+s on machine /) });
+    const other = await attemptsOf("pool-overrun", healthy.taskId);
+    expect(other, "the other slot's task keeps its attempt").toHaveLength(1);
+    expect(other[0].outcome).toBe("open");
+    expect(await runner.heartbeat(healthy.taskId)).toEqual({ status: 200, body: { ok: true } });
+    expect(fly.liveMachineCount()).toBe(1);
+    await expectCountersExact("pool-overrun");
+  });
+
   it("a machine that dies holding a lease: after expireAll + alarm its task is retried by another machine", async () => {
     let first = true;
     const { runner, fly } = await startPool("pool-die", 6, (r) => {
