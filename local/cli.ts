@@ -17,7 +17,7 @@ const USAGE = `fanout — operate fanout batches
 
 usage: npm run fanout -- <command> [options]        (npm run fanout -- <command> --help for one)
 
-  submit <dir> [--batch-id ID] [--pool] [--slots N] [--watch] [--json]
+  submit <dir> [--batch-id ID] [--pool | --no-pool] [--slots N] [--watch] [--json]
                                              upload a folder with a manifest and enqueue it
   status <batchId> [--watch] [--json]        the batch's status; --watch follows its live events until it ends
   tasks <batchId> [--status S] [--json]      its tasks (S: ${TASK_FILTERS.join(", ")})
@@ -150,6 +150,8 @@ async function submit(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
+    // --no-pool: one machine per task (pool mode is the orchestrator's default).
+    allowNegative: true,
     options: {
       "batch-id": { type: "string" },
       watch: { type: "boolean", short: "w" },
@@ -169,6 +171,7 @@ async function submit(args: string[]): Promise<number> {
     slots = parsed.data;
   }
   // Slots are a pool-mode setting: asking for them asks for pool mode.
+  if (values.pool === false && slots !== undefined) throw new UsageError("--slots is a pool-mode setting: it cannot go with --no-pool");
   const pool = values.pool ?? (slots !== undefined ? true : undefined);
   const { api, local, env } = context();
   const endpoint = env.R2_ENDPOINT ?? local?.s3_endpoint;
@@ -424,7 +427,7 @@ interface Command {
 
 // The command table. A new command (e.g. `list`: GET /batches) is one entry here and one line in USAGE.
 const COMMANDS: Record<string, Command> = {
-  submit: { run: submit, usage: "submit <dir> [--batch-id ID] [--pool] [--slots N] [--watch] [--json]" },
+  submit: { run: submit, usage: "submit <dir> [--batch-id ID] [--pool | --no-pool] [--slots N] [--watch] [--json]" },
   status: { run: status, usage: "status <batchId> [--watch] [--json]" },
   tasks: { run: tasks, usage: `tasks <batchId> [--status ${TASK_FILTERS.join("|")}] [--json]` },
   reset: { run: reset, usage: "reset <batchId> [--json]" },

@@ -81,6 +81,9 @@ describe("fanout CLI with no stack running", () => {
     const slots = await cli(["submit", dir, "--slots", "0"], env);
     expect(slots.code, said(slots)).toBe(2);
     expect(slots.stderr).toMatch(/^fanout: --slots "0": must be 1-16/);
+    const both = await cli(["submit", dir, "--no-pool", "--slots", "2"], env);
+    expect(both.code, said(both)).toBe(2);
+    expect(both.stderr).toMatch(/^fanout: --slots is a pool-mode setting: it cannot go with --no-pool/);
   });
 
   it("no stack running exits 4 (not the usage code) with one line saying what to do", async () => {
@@ -227,8 +230,9 @@ describe("fanout CLI against a running local stack", () => {
     await mkdir(dir, { recursive: true });
     // Little-endian TIFF magic, then nothing a decoder can use.
     for (const name of ["bad-1.tif", "bad-2.tif"]) await writeFile(join(dir, name), Buffer.concat([Buffer.from("II*\0"), Buffer.alloc(64, 7)]));
-    const r = await cli(["submit", dir, "--batch-id", "cli-bad", "--watch"], env);
+    const r = await cli(["submit", dir, "--batch-id", "cli-bad", "--no-pool", "--watch"], env);
     expect(r.code, said(r)).toBe(1);
+    expect(r.stdout).toMatch(/^batch cli-bad enqueued in single-task mode: 2 files/);
     // Only the event stream says this: /status keeps a few recent failures, not each attempt as it fails.
     expect(r.stdout).toMatch(/^tiff-[0-9a-f]+ attempt 1 failed( \(retried\))?: .+$/m);
     expect(r.stdout).toMatch(/^ {4}logs: fly logs /m);
