@@ -239,7 +239,17 @@ export class BatchDO extends DurableObject<Env> {
       let phase: string | null = FIRST_PHASE;
       while (phase && !r.phases.includes(phase)) phase = getPhase(phase).next;
       this.store.updateMeta(
-        { stage: "run", phase: phase ?? r.phases[0], error: null, completed_at: null, redrives: meta.redrives + 1, finalise_attempts: 0, finalise_error: null },
+        {
+          stage: "run",
+          phase: phase ?? r.phases[0],
+          error: null,
+          completed_at: null,
+          redrives: meta.redrives + 1,
+          finalise_attempts: 0,
+          finalise_error: null,
+          // The pool is sized again for what the redrive runs, under today's limits.
+          pool_plan_json: null,
+        },
         now,
       );
       return r;

@@ -56,6 +56,12 @@ export interface BatchMeta {
   machine_ms: number;
   machine_cost_usd: number;
   machines_ended: number;
+  /**
+   * Pool mode: the pool decided when the current phase began to run (JSON: phase, slots,
+   * machines, guest, perSlotMb), so a deploy that changes the limits mid-phase neither mixes
+   * machine sizes nor recounts every open lease against a different slot count.
+   */
+  pool_plan_json: string | null;
 }
 
 export interface TaskRow {
@@ -290,6 +296,8 @@ const MIGRATIONS: string[] = [
    ALTER TABLE meta ADD COLUMN machine_ms INTEGER NOT NULL DEFAULT 0;
    ALTER TABLE meta ADD COLUMN machine_cost_usd REAL NOT NULL DEFAULT 0;
    ALTER TABLE meta ADD COLUMN machines_ended INTEGER NOT NULL DEFAULT 0;`,
+  // 7: the pool decided once per phase (see BatchMeta.pool_plan_json).
+  `ALTER TABLE meta ADD COLUMN pool_plan_json TEXT;`,
 ];
 
 /** Rows read and written by the queries of this store, for the scale tests and benchmarks. */

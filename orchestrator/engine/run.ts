@@ -18,13 +18,44 @@ export const POOL_TOKEN_TTL_MS = 12 * 3_600_000;
 /** Boot time the pool sizing assumes (image pull and Node start on a warm Fly host). */
 export const SIZING_BOOT_S = 5;
 
+/** A phase's pool, as decided when the phase began to run. */
+export interface PoolPlan {
+  phase: string;
+  slots: number;
+  machines: number;
+  guest: GuestSize;
+  perSlotMb: number;
+}
+
 /**
- * The batch's pool: slots per machine, machine count and guest — the message's or
- * POOL_TASKS_PER_MACHINE's slots when given, else sized for the phase's task count and largest
- * input under the create limit, MAX_CONCURRENT_MACHINES and Fly's CPU model (engine/sizing.ts).
- * Pure in what the batch knows once planned, so every alarm gets the same answer.
+ * The batch's pool for `phase`: the one stored when the phase began to run (poolPlanned), with
+ * its machine count capped by today's MAX_CONCURRENT_MACHINES; before that, sized afresh.
  */
-export function poolOf(e: Engine, meta: BatchMeta, phase: Phase): { slots: number; machines: number; guest: GuestSize; perSlotMb: number } {
+export function poolOf(e: Engine, meta: BatchMeta, phase: Phase): Omit<PoolPlan, "phase"> {
+  const stored = meta.pool_plan_json ? (JSON.parse(meta.pool_plan_json) as PoolPlan) : null;
+  if (stored && stored.phase === phase.name) {
+    const { phase: _phase, ...plan } = stored;
+    return { ...plan, machines: Math.min(plan.machines, e.limits(phase).maxLive) };
+  }
+  return sizeFor(e, meta, phase);
+}
+
+/** The phase's pool stored once (pool mode), so every later alarm and lease uses the same sizes. */
+function poolPlanned(e: Engine, meta: BatchMeta, phase: Phase): BatchMeta {
+  if (!meta.pool) return meta;
+  const stored = meta.pool_plan_json ? (JSON.parse(meta.pool_plan_json) as PoolPlan) : null;
+  if (stored?.phase === phase.name) return meta;
+  const pool_plan_json = JSON.stringify({ phase: phase.name, ...sizeFor(e, meta, phase) } satisfies PoolPlan);
+  e.store.updateMeta({ pool_plan_json }, Date.now());
+  return { ...meta, pool_plan_json };
+}
+
+/**
+ * Slots per machine, machine count and guest — the message's or POOL_TASKS_PER_MACHINE's slots
+ * when given, else sized for the phase's task count and largest input under the create limit,
+ * MAX_CONCURRENT_MACHINES and Fly's CPU model (engine/sizing.ts).
+ */
+function sizeFor(e: Engine, meta: BatchMeta, phase: Phase): Omit<PoolPlan, "phase"> {
   const c = e.config;
   const fixed = meta.pool_slots || c.POOL_TASKS_PER_MACHINE || undefined;
   const maxLive = e.limits(phase).maxLive;
@@ -76,6 +107,7 @@ export async function run(e: Engine, meta: BatchMeta): Promise<number | null> {
   await checkMachines(e, meta, new MachineCensus(e.fly(), meta.batch_id));
   let fresh = e.store.getMeta()!;
   if (fresh.stage !== "run") return e.store.earliestDeadline();
+  fresh = poolPlanned(e, fresh, phase);
   const intolerable = toleranceExceeded(e, fresh, phase);
   if (intolerable) {
     stopBatch(e, fresh, "failed", intolerable, `cancelled: ${intolerable}`, Date.now());

@@ -2,9 +2,9 @@
 // keeps one machine per task. The status body carries the batch's machine-seconds and estimated
 // cost, which must agree with the machine rows and Fly's prices. (The other workerd suites run
 // with POOL_MODE=false from vitest.config.ts; here the DO's env drops it, as production has it.)
-import { runInDurableObject } from "cloudflare:test";
+import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { machineProcessEnv } from "../../local/fly-emulator/core.ts";
 import { loadConfig } from "../../orchestrator/config.ts";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
@@ -90,6 +90,44 @@ describe("pool mode by default", () => {
     expect(s.machines.estimated_cost_usd).toBeCloseTo(rows.usd, 6);
     expect(s.machines.estimated_cost_usd).toBeGreaterThan(0);
     expect(s.machines.prices).toMatch(/fly\.io\/docs\/about\/pricing/);
+  });
+
+  it("the pool is decided once per phase: a deploy that raises MAX_CONCURRENT_MACHINES mid-phase mixes no machine sizes", async () => {
+    const runner = new PoolRunner();
+    runner.lazy = () => true; // booted, never leasing: the batch stays in its run stage
+    world = installWorld({ runner });
+    await putTiffs("pool-plan/", 12);
+    const { POOL_MODE: _mode, POOL_TASKS_PER_MACHINE: _slots, ...production } = env as unknown as Record<string, unknown>;
+    const before = { ...production, MAX_CONCURRENT_MACHINES: "2" };
+    const after = { ...production, MAX_CONCURRENT_MACHINES: "20" };
+    const deploy = (vars: Record<string, unknown>) =>
+      runInDurableObject(stub("pool-plan"), (instance: BatchDO) => void Object.defineProperty(instance, "env", { value: vars, configurable: true }));
+    await deploy(before);
+    await stub("pool-plan").start({ batch_id: "pool-plan", r2_prefix: "pool-plan/" });
+    const maxSize = await vi.waitFor(
+      () => withStore("pool-plan", (_s, sql) => {
+        const n = sql.exec<{ n: number | null }>("SELECT MAX(size_bytes) AS n FROM tasks").one().n;
+        expect(n).not.toBeNull();
+        return n!;
+      }),
+      { timeout: 10_000 },
+    );
+    const c = loadConfig(env);
+    const sized = (maxMachines: number) =>
+      sizePool({ tasks: 12, work: tiffWork(maxSize), maxMachines, createPerS: c.FLY_CREATE_RATE_PER_SECOND, createBurst: c.FLY_CREATE_BURST, bootS: 5 });
+    const [small, large] = [sized(2), sized(20)];
+    // The premise: sized afresh under the new limit, the pool would be another shape.
+    expect(large.slots).not.toBe(small.slots);
+    await vi.waitFor(() => expect(runner.started).toHaveLength(small.machines), { timeout: 10_000 });
+    await deploy(after);
+    for (let i = 0; i < 5; i++) {
+      await runDurableObjectAlarm(stub("pool-plan"));
+      expect(world.fly.liveMachineCount()).toBeLessThanOrEqual(small.machines);
+    }
+    for (const m of runner.started) {
+      expect(machineProcessEnv(m).POOL_CONCURRENCY).toBe(String(small.slots));
+      expect(m.guest).toEqual(small.guest);
+    }
   });
 
   it('"pool": false keeps one machine per task, each sized by guestFor; its cost counts every machine', async () => {
