@@ -3,10 +3,9 @@
 import type { FileEntry } from "../../shared/contracts.ts";
 import { fileName } from "../../shared/keys.ts";
 import { log } from "../log.ts";
-import type { ObjectStore } from "../storage.ts";
 import type { BatchMeta } from "../store.ts";
 import type { Engine } from "./context.ts";
-import { MANIFEST_PAGE_SIZE, MANIFEST_PAGES_PER_ALARM, type ManifestCursor, parseManifestCursor, readManifestPage } from "./manifest.ts";
+import { MANIFEST_PAGE_SIZE, MANIFEST_PAGES_PER_ALARM, type ManifestCursor, ManifestReader, parseManifestCursor } from "./manifest.ts";
 
 const LIST_PAGES_PER_ALARM = 20;
 const LIST_PAGE_SIZE = 1000;
@@ -33,22 +32,28 @@ export async function discover(e: Engine, meta: BatchMeta): Promise<number | nul
   if (meta.manifest_key !== null) {
     // The manifest is streamed a page at a time from the stored cursor, as listing is below.
     let cursor = parseManifestCursor(meta.discover_cursor);
-    for (let page = 0; page < MANIFEST_PAGES_PER_ALARM && typeof cursor !== "string"; page++) {
-      const result = await manifestPage(store, meta, cursor);
-      if (typeof result === "string") {
-        cursor = result;
-        break;
+    // One reader for the alarm's pages: a page starts in the ranged read the previous one stopped in.
+    const reader = new ManifestReader(store, meta.manifest_key, meta.batch_id);
+    try {
+      for (let page = 0; page < MANIFEST_PAGES_PER_ALARM && typeof cursor !== "string"; page++) {
+        const result = await manifestPage(reader, cursor);
+        if (typeof result === "string") {
+          cursor = result;
+          break;
+        }
+        cursor = result.cursor;
+        const next = cursor === null ? null : JSON.stringify(cursor);
+        e.store.transaction(() => {
+          e.store.insertFiles(result.files);
+          e.store.updateMeta({ discover_cursor: next, ...(next === null ? { stage: "plan", plan_cursor: 0 } : {}) }, Date.now());
+        });
+        if (cursor === null) {
+          log("DO", "discovered", { batch_id: meta.batch_id, source: "manifest", files: e.store.fileCount() });
+          return Date.now();
+        }
       }
-      cursor = result.cursor;
-      const next = cursor === null ? null : JSON.stringify(cursor);
-      e.store.transaction(() => {
-        e.store.insertFiles(result.files);
-        e.store.updateMeta({ discover_cursor: next, ...(next === null ? { stage: "plan", plan_cursor: 0 } : {}) }, Date.now());
-      });
-      if (cursor === null) {
-        log("DO", "discovered", { batch_id: meta.batch_id, source: "manifest", files: e.store.fileCount() });
-        return Date.now();
-      }
+    } finally {
+      await reader.close();
     }
     if (typeof cursor === "string") {
       e.store.updateMeta({ stage: "error", error: cursor, completed_at: now }, now);
@@ -85,12 +90,8 @@ export async function discover(e: Engine, meta: BatchMeta): Promise<number | nul
 }
 
 /** The next page of the manifest's files, or a reason the batch cannot run. Storage outages throw (retried). */
-async function manifestPage(
-  store: ObjectStore,
-  meta: BatchMeta,
-  cursor: ManifestCursor | null,
-): Promise<{ files: FileEntry[]; cursor: ManifestCursor | null } | string> {
-  const page = await readManifestPage(store, meta.manifest_key!, meta.batch_id, cursor, MANIFEST_PAGE_SIZE);
+async function manifestPage(reader: ManifestReader, cursor: ManifestCursor | null): Promise<{ files: FileEntry[]; cursor: ManifestCursor | null } | string> {
+  const page = await reader.page(cursor, MANIFEST_PAGE_SIZE);
   if (page.error !== undefined) return page.error;
   const files = page.entries.map(({ file, directory_path, processing_config }) => {
     const { r2_key, logical_path, file_name, file_size, content_type, ...rest } = file;

@@ -1,109 +1,21 @@
 // Reads a batch manifest as a stream, a page of at most N file entries per call, resumable from a
-// small JSON cursor (byte offset + directory context) with a ranged read; never holds the whole text.
-import { TokenParser, Tokenizer, TokenizerError, TokenParserError, TokenType, type ParsedElementInfo, type ParsedTokenInfo } from "@streamparser/json";
-import { z } from "zod";
-import {
-  BatchId,
-  describeZodError,
-  Manifest,
-  ManifestDirectory,
-  ManifestDirectoryHeader,
-  ManifestFile,
-} from "../../shared/contracts.ts";
-import { type ObjectStore, StorageError } from "../storage.ts";
+// small JSON cursor with bounded ranged reads that consecutive pages share; never holds the whole text.
+import { type ObjectStore, type ObjectStream, StorageError } from "../storage.ts";
+import { type ManifestCursor, type ManifestPage, PAGE_FULL, PageReader, pageError } from "./manifest-page.ts";
 
-/** One file entry of the manifest, validated, unknown fields kept, with its directory's context. */
-export interface ManifestEntry {
-  file: ManifestFile;
-  directory_path: string;
-  processing_config: unknown;
-  /** Index of the directory in `directories` and of the file in its `files`. */
-  directory: number;
-  index: number;
-}
+export { type ManifestCursor, type ManifestEntry, type ManifestPage, MAX_PROCESSING_CONFIG_BYTES, parseManifestCursor } from "./manifest-page.ts";
 
-/** File entries per page (bounded ranged reads each) and pages per alarm: discovery holds one page at a time. */
+/** File entries per page and pages per alarm: discovery holds one page at a time. */
 export const MANIFEST_PAGE_SIZE = 1000;
 export const MANIFEST_PAGES_PER_ALARM = 20;
 
-/** Largest processing_config carried in the cursor (it is rewritten with every page). */
-export const MAX_PROCESSING_CONFIG_BYTES = 64 * 1024;
-
-const DirectoryContext = z.object({
-  directory_path: z.string().optional(),
-  /** Present once the key was read; may hold any JSON value. */
-  processing_config: z.unknown().optional(),
-  has_config: z.boolean(),
-  /** The header is known in full: files are emitted, not skipped. */
-  final: z.boolean(),
-  /** Byte offset of the `[` of this directory's files, when they were skipped to find the header. */
-  files_at: z.number().int().nonnegative().optional(),
-});
-type DirectoryContext = z.infer<typeof DirectoryContext>;
-
-/** Where the next page starts. `at` says what the bytes at `offset` continue. */
-export const ManifestCursor = z.object({
-  v: z.literal(1),
-  offset: z.number().int().nonnegative(),
-  /** entry: after file `file` of directory `dir`; files: at the `[` of dir's files; directory: after directory `dir`. */
-  at: z.enum(["entry", "files", "directory"]),
-  dir: z.number().int().nonnegative(),
-  file: z.number().int().nonnegative(),
-  directory: DirectoryContext.nullable(),
-  batch_id_seen: z.boolean(),
-  etag: z.string(),
-});
-export type ManifestCursor = z.infer<typeof ManifestCursor>;
-
-export type ManifestPage =
-  | { entries: ManifestEntry[]; /** null: the manifest is read to its end. */ cursor: ManifestCursor | null; error?: undefined }
-  | { error: string };
-
-/** The cursor stored in the batch's meta, or a reason it cannot be used. */
-export function parseManifestCursor(stored: string | null): ManifestCursor | null | string {
-  if (stored === null) return null;
-  let json: unknown;
-  try {
-    json = JSON.parse(stored);
-  } catch {
-    return "the stored manifest cursor is not JSON";
-  }
-  const parsed = ManifestCursor.safeParse(json);
-  return parsed.success ? parsed.data : `the stored manifest cursor is invalid: ${describeZodError(parsed.error)}`;
-}
-
-/** A reason the manifest cannot run; thrown inside the token callbacks to stop at once. */
-class Invalid extends Error {}
-/** Thrown once a page is full, to stop tokenizing the rest of the chunk. */
-const PAGE_FULL = Symbol("page full");
-
-type Frame = { kind: "object" | "array"; member: string | number | undefined; awaitingKey: boolean; start: number };
-
-/** The JSON text that puts a fresh parser where `cursor` left off; the bytes at cursor.offset follow it. */
-function resumePrefix(at: ManifestCursor["at"]): string {
-  // A dummy `0` stands for the completed entry or directory so the next one follows a comma.
-  if (at === "entry") return '{"directories":[{"files":[0';
-  if (at === "files") return '{"directories":[{"files":';
-  return '{"directories":[0';
-}
-
-function issuesAt(prefix: (string | number)[], error: z.ZodError): string {
-  return describeZodError(new z.ZodError(error.issues.map((issue) => ({ ...issue, path: [...prefix, ...issue.path] }))));
-}
-
-/** What zod sees for a container whose contents are still streaming. */
-function sample(t: ParsedTokenInfo): unknown {
-  if (t.token === TokenType.LEFT_BRACE) return {};
-  if (t.token === TokenType.LEFT_BRACKET) return [];
-  return t.value;
-}
-
 /**
- * Bytes asked for per ranged read. A page reads window after window until it is full, never
- * `bytes=offset-`: an open-ended read that is cancelled once the page is full left the runtime
- * buffering an over-read of the rest of the manifest, page after page (issue 13 point 3).
+ * Bytes asked for per ranged read: never `bytes=offset-` (an open-ended read cancelled once the
+ * page is full left the runtime buffering the rest of the manifest, page after page), and large
+ * enough that an alarm's 20 pages take a few reads (bench/manifest-memory.ts, 300,000 entries:
+ * 1 MiB windows shared by the pages 59.6 MB of workerd growth, 256 KiB 61.6 MB; a read per page 74.4 MB).
  */
-export const MANIFEST_READ_WINDOW_BYTES = 256 * 1024;
+export const MANIFEST_READ_WINDOW_BYTES = 1024 * 1024;
 
 /**
  * Reads the next page of at most `limit` file entries (directories count as one unit of work
@@ -119,58 +31,137 @@ export async function readManifestPage(
   limit: number,
   windowBytes = MANIFEST_READ_WINDOW_BYTES,
 ): Promise<ManifestPage> {
-  let offset = cursor?.offset ?? 0;
-  let stream = await store.getStream(key, offset, windowBytes);
-  if (stream === null) return { error: `manifest ${key} not found` };
-  const etag = stream.etag;
-  const changed = (now: string): ManifestPage => ({
-    error: `manifest ${key} changed while it was being read (ETag ${cursor?.etag ?? etag}, now ${now}); submit the batch again`,
-  });
-  if (cursor !== null && etag !== cursor.etag) {
-    await stream.body.cancel().catch(() => {});
-    return changed(etag);
-  }
-  const reader = new PageReader(key, batchId, cursor, limit, etag);
-  let body = chunkReader(stream.body);
+  const reader = new ManifestReader(store, key, batchId, windowBytes);
   try {
-    reader.begin();
-    for (;;) {
-      const start = offset;
-      for (;;) {
-        let chunk: Uint8Array | null;
-        try {
-          chunk = await body.read();
-        } catch (error) {
-          throw new StorageError(`reading manifest ${key} failed: ${error instanceof Error ? error.message : String(error)}`, true);
-        }
-        if (chunk === null) break;
-        offset += chunk.byteLength;
-        reader.write(chunk);
-      }
-      if (offset >= stream.size) return reader.end();
-      if (offset === start) {
-        throw new StorageError(`reading manifest ${key} at byte ${offset} of ${stream.size} gave no bytes`, true);
-      }
-      // The window is read and the page not yet full: on with the next window of the same object.
-      await body.cancel().catch(() => {});
-      const next = await store.getStream(key, offset, windowBytes);
-      if (next === null) return { error: `manifest ${key} was deleted while it was being read; submit the batch again` };
-      if (next.etag !== etag) {
-        await next.body.cancel().catch(() => {});
-        return changed(next.etag);
-      }
-      stream = next;
-      body = chunkReader(next.body);
-    }
-  } catch (error) {
-    if (error === PAGE_FULL) return reader.full();
-    if (error instanceof Invalid) return { error: error.message };
-    if (error instanceof TokenizerError || error instanceof TokenParserError) {
-      return { error: `manifest ${key} is not valid JSON: ${error.message} (near byte ${reader.lastOffset})` };
-    }
-    throw error;
+    return await reader.page(cursor, limit);
   } finally {
-    await body.cancel().catch(() => {});
+    await reader.close();
+  }
+}
+
+/**
+ * Consecutive pages of one manifest (one alarm's worth): the ranged read a page stops in stays
+ * open for the next page, which starts with the bytes already read past the stop. Every ranged
+ * read costs the runtime memory it gives back slowly (300,000 entries: a 256 KiB read per page
+ * grew workerd by 74.4 MB, four 64 KiB reads per page by 144.5 MB), so reads follow the bytes,
+ * not the pages. A page that starts elsewhere (a directory's files read again) opens a new read.
+ */
+export class ManifestReader {
+  readonly #store: ObjectStore;
+  readonly #key: string;
+  readonly #batchId: string;
+  readonly #windowBytes: number;
+  #stream: ObjectStream | null = null;
+  #body: ChunkReader | null = null;
+  /** Absolute offset of the next byte #body gives, and how many the open window has given. */
+  #at = 0;
+  #windowRead = 0;
+  /** Bytes read past the last page's stop (a copy), starting at absolute offset #spareAt. */
+  #spare: Uint8Array | null = null;
+  #spareAt = 0;
+
+  constructor(store: ObjectStore, key: string, batchId: string, windowBytes = MANIFEST_READ_WINDOW_BYTES) {
+    this.#store = store;
+    this.#key = key;
+    this.#batchId = batchId;
+    this.#windowBytes = windowBytes;
+  }
+
+  /** Opens the window at `offset`; null when the object is gone, else its ETag. */
+  async #open(offset: number): Promise<string | null> {
+    await this.close();
+    const stream = await this.#store.getStream(this.#key, offset, this.#windowBytes);
+    if (stream === null) return null;
+    this.#stream = stream;
+    this.#body = chunkReader(stream.body);
+    this.#at = offset;
+    this.#windowRead = 0;
+    return stream.etag;
+  }
+
+  async close(): Promise<void> {
+    const body = this.#body;
+    this.#stream = null;
+    this.#body = null;
+    this.#spare = null;
+    await body?.cancel().catch(() => {});
+  }
+
+  async page(cursor: ManifestCursor | null, limit: number): Promise<ManifestPage> {
+    const key = this.#key;
+    const start = cursor?.offset ?? 0;
+    const changed = (was: string, now: string): ManifestPage => ({
+      error: `manifest ${key} changed while it was being read (ETag ${was}, now ${now}); submit the batch again`,
+    });
+    // The open window serves this page when the page starts within what it holds or has yet to give.
+    const spareEnd = this.#spareAt + (this.#spare?.byteLength ?? 0);
+    const reuse = this.#stream !== null && (this.#spare !== null ? start >= this.#spareAt && start <= spareEnd : start === this.#at);
+    if (!reuse) {
+      const etag = await this.#open(start);
+      if (etag === null) return { error: cursor === null ? `manifest ${key} not found` : `manifest ${key} was deleted while it was being read; submit the batch again` };
+      if (cursor !== null && etag !== cursor.etag) {
+        await this.close();
+        return changed(cursor.etag, etag);
+      }
+    }
+    const stream = this.#stream!;
+    const etag = cursor?.etag ?? stream.etag;
+    if (reuse && etag !== stream.etag) return changed(etag, stream.etag);
+    const reader = new PageReader(key, this.#batchId, cursor, limit, etag);
+    const spare = reuse && this.#spare !== null ? this.#spare.subarray(start - this.#spareAt) : null;
+    this.#spare = null;
+    let fed = start; // absolute offset of the first byte of what is being fed
+    let bytes: Uint8Array | null = null;
+    try {
+      reader.begin();
+      if (spare !== null && spare.byteLength > 0) {
+        bytes = spare;
+        reader.write(spare);
+        fed += spare.byteLength;
+      }
+      for (;;) {
+        for (;;) {
+          try {
+            bytes = await this.#body!.read();
+          } catch (error) {
+            throw new StorageError(`reading manifest ${key} failed: ${error instanceof Error ? error.message : String(error)}`, true);
+          }
+          if (bytes === null) break;
+          fed = this.#at;
+          this.#at += bytes.byteLength;
+          this.#windowRead += bytes.byteLength;
+          reader.write(bytes);
+        }
+        if (this.#at >= this.#stream!.size) return reader.end();
+        if (this.#windowRead === 0) {
+          throw new StorageError(`reading manifest ${key} at byte ${this.#at} of ${this.#stream!.size} gave no bytes`, true);
+        }
+        // The window is read and the page not yet full: on with the next window of the same object.
+        const next = await this.#open(this.#at);
+        if (next === null) return { error: `manifest ${key} was deleted while it was being read; submit the batch again` };
+        if (next !== etag) {
+          await this.close();
+          return changed(etag, next);
+        }
+      }
+    } catch (error) {
+      if (error === PAGE_FULL) {
+        const page = reader.full();
+        // Keep what was read past the stop (the chunk buffer is reused: copy it) for the next page.
+        const stop = reader.stopOffset();
+        if (bytes !== null && stop >= fed && stop <= fed + bytes.byteLength) {
+          this.#spare = bytes.slice(stop - fed);
+          this.#spareAt = stop;
+        } else {
+          await this.close(); // the next page starts elsewhere (a directory's files read again)
+        }
+        return page;
+      }
+      await this.close();
+      const invalid = pageError(error, key, reader);
+      if (invalid) return invalid;
+      throw error;
+    }
   }
 }
 
@@ -183,7 +174,11 @@ export const MANIFEST_READ_BUFFER_BYTES = 64 * 1024;
  * only at a full collection: over a discovery it added up to about the manifest's size.
  * Each chunk is valid until the next read (the tokenizer copies what it keeps).
  */
-export function chunkReader(body: ReadableStream<Uint8Array>): { read(): Promise<Uint8Array | null>; cancel(): Promise<void> } {
+export interface ChunkReader {
+  read(): Promise<Uint8Array | null>;
+  cancel(): Promise<void>;
+}
+export function chunkReader(body: ReadableStream<Uint8Array>): ChunkReader {
   let byob: ReadableStreamBYOBReader | null = null;
   try {
     byob = body.getReader({ mode: "byob" });
@@ -211,284 +206,4 @@ export function chunkReader(body: ReadableStream<Uint8Array>): { read(): Promise
     },
     cancel: () => reader.cancel(),
   };
-}
-
-class PageReader {
-  private readonly tokenizer = new Tokenizer();
-  private readonly parser = new TokenParser({
-    paths: ["$.batch_id", "$.directories.*.directory_path", "$.directories.*.processing_config", "$.directories.*.files.*"],
-    keepStack: false,
-  });
-  private readonly frames: Frame[] = [];
-  private readonly prefixBytes: number;
-  private readonly entries: ManifestEntry[] = [];
-  private work = 0;
-  /** The token being handled belongs to the resume prefix, not to the manifest. */
-  private inPrefix = false;
-  private batchIdSeen: boolean;
-  private sawDirectories: boolean;
-  private sawFiles = false;
-  private directory: DirectoryContext | null;
-  private stopAt: ManifestCursor | null = null;
-  private done = false;
-  /** The first bytes of the manifest, held until it is known whether they are a BOM; null after. */
-  private head: Uint8Array | null;
-  private bomBytes = 0;
-  /** Absolute byte offset of the token being handled (for error messages). */
-  lastOffset: number;
-
-  private readonly key: string;
-  private readonly batchId: string;
-  private readonly cursor: ManifestCursor | null;
-  private readonly limit: number;
-  private readonly etag: string;
-
-  constructor(key: string, batchId: string, cursor: ManifestCursor | null, limit: number, etag: string) {
-    this.key = key;
-    this.batchId = batchId;
-    this.cursor = cursor;
-    this.limit = limit;
-    this.etag = etag;
-    this.prefixBytes = cursor ? new TextEncoder().encode(resumePrefix(cursor.at)).byteLength : 0;
-    this.batchIdSeen = cursor?.batch_id_seen ?? false;
-    this.sawDirectories = cursor !== null;
-    this.directory = cursor && cursor.at !== "directory" ? cursor.directory : null;
-    this.sawFiles = cursor !== null && cursor.at !== "directory";
-    this.lastOffset = cursor?.offset ?? 0;
-    this.head = cursor === null ? new Uint8Array(0) : null;
-    this.tokenizer.onToken = (t) => this.token(t);
-    this.parser.onValue = (v) => this.value(v);
-  }
-
-  begin(): void {
-    if (this.cursor) this.tokenizer.write(resumePrefix(this.cursor.at));
-  }
-
-  write(chunk: Uint8Array): void {
-    if (this.head === null) {
-      this.tokenizer.write(chunk);
-      return;
-    }
-    // The tokenizer skips a UTF-8 BOM without counting it in its offsets: drop it here and count it.
-    const head = new Uint8Array(this.head.byteLength + chunk.byteLength);
-    head.set(this.head);
-    head.set(chunk, this.head.byteLength);
-    const bom = [0xef, 0xbb, 0xbf];
-    if (head.byteLength < 3 && head.every((b, i) => b === bom[i])) {
-      this.head = head;
-      return;
-    }
-    this.head = null;
-    if (bom.every((b, i) => head[i] === b)) {
-      this.bomBytes = 3;
-      this.tokenizer.write(head.subarray(3));
-    } else {
-      this.tokenizer.write(head);
-    }
-  }
-
-  end(): ManifestPage {
-    if (this.head !== null) this.tokenizer.write(this.head);
-    this.tokenizer.end();
-    if (!this.done) throw new TokenizerError("the manifest ended before its closing brace");
-    return { entries: this.entries, cursor: null };
-  }
-
-  full(): ManifestPage {
-    return { entries: this.entries, cursor: this.stopAt };
-  }
-
-  private invalid(reason: string): Invalid {
-    return new Invalid(`manifest ${this.key} is invalid: ${reason}`);
-  }
-
-  /** Real index of the directory being read (the resumed one is the parser's first). */
-  private dirIndex(): number {
-    return (this.cursor?.dir ?? 0) + (this.frames[1].member as number);
-  }
-
-  private fileIndex(): number {
-    const i = this.frames[3].member as number;
-    return this.cursor?.at === "entry" && this.frames[1].member === 0 ? this.cursor.file + i : i;
-  }
-
-  private absolute(offset: number): number {
-    return offset - this.prefixBytes + (this.cursor?.offset ?? this.bomBytes);
-  }
-
-  private token(t: ParsedTokenInfo): void {
-    this.inPrefix = t.offset < this.prefixBytes;
-    const offset = this.absolute(t.offset);
-    this.lastOffset = offset;
-    if (this.done && !this.inPrefix) {
-      this.parser.write(t); // anything after the closing brace is a syntax error
-      return;
-    }
-    this.structure(t, offset);
-    this.parser.write(t);
-    if (this.stopAt) throw PAGE_FULL;
-  }
-
-  /** Follows where in the document the token is, checks container types, and ends directories. */
-  private structure(t: ParsedTokenInfo, offset: number): void {
-    const frames = this.frames;
-    const top = frames[frames.length - 1];
-    switch (t.token) {
-      case TokenType.COLON:
-        return;
-      case TokenType.COMMA:
-        if (top?.kind === "object") top.awaitingKey = true;
-        return;
-      case TokenType.RIGHT_BRACE:
-      case TokenType.RIGHT_BRACKET: {
-        frames.pop();
-        if (!this.inPrefix) this.closed(frames.length, offset);
-        return;
-      }
-      case TokenType.STRING:
-        if (top?.kind === "object" && top.awaitingKey) {
-          top.member = t.value as string;
-          top.awaitingKey = false;
-          return;
-        }
-    }
-    // A value starts here.
-    if (top?.kind === "array") top.member = (top.member as number) + 1;
-    if (!this.inPrefix) this.opened(frames.length, t, offset);
-    if (t.token === TokenType.LEFT_BRACE) frames.push({ kind: "object", member: undefined, awaitingKey: true, start: offset });
-    else if (t.token === TokenType.LEFT_BRACKET) frames.push({ kind: "array", member: -1, awaitingKey: false, start: offset });
-  }
-
-  private underDirectories(): boolean {
-    return this.frames[0].member === "directories";
-  }
-
-  private opened(depth: number, t: ParsedTokenInfo, offset: number): void {
-    if (depth === 0) {
-      if (t.token !== TokenType.LEFT_BRACE) {
-        const r = Manifest.safeParse(sample(t));
-        throw this.invalid(r.success ? "(root): expected an object" : describeZodError(r.error));
-      }
-      return;
-    }
-    if (!this.underDirectories()) return;
-    if (depth === 1) {
-      if (t.token !== TokenType.LEFT_BRACKET) {
-        const r = z.array(z.unknown()).safeParse(sample(t));
-        throw this.invalid(r.success ? "directories: expected an array" : issuesAt(["directories"], r.error));
-      }
-      this.sawDirectories = true;
-      return;
-    }
-    if (depth === 2) {
-      if (t.token !== TokenType.LEFT_BRACE) {
-        const r = ManifestDirectory.safeParse(sample(t));
-        throw this.invalid(r.success ? `directories.${this.dirIndex()}: expected an object` : issuesAt(["directories", this.dirIndex()], r.error));
-      }
-      this.directory = { has_config: false, final: false };
-      this.sawFiles = false;
-      return;
-    }
-    if (depth === 3 && this.frames[2].member === "files") {
-      const dir = this.directory!;
-      if (t.token !== TokenType.LEFT_BRACKET) {
-        const r = z.array(z.unknown()).safeParse(sample(t));
-        throw this.invalid(r.success ? `directories.${this.dirIndex()}.files: expected an array` : issuesAt(["directories", this.dirIndex(), "files"], r.error));
-      }
-      this.sawFiles = true;
-      if (dir.final) return;
-      if (dir.directory_path !== undefined && dir.has_config) {
-        this.checkHeader();
-        dir.final = true;
-      } else {
-        // Some header keys may follow the files: skip them to learn the header, then come back.
-        dir.files_at = offset;
-      }
-    }
-  }
-
-  private checkHeader(): void {
-    const dir = this.directory!;
-    const header = {
-      ...(dir.directory_path !== undefined ? { directory_path: dir.directory_path } : {}),
-      ...(dir.has_config ? { processing_config: dir.processing_config } : {}),
-    };
-    const r = (this.sawFiles ? ManifestDirectory : ManifestDirectoryHeader).safeParse(this.sawFiles ? { ...header, files: [] } : header);
-    if (!r.success) throw this.invalid(issuesAt(["directories", this.dirIndex()], r.error));
-    if (dir.has_config && JSON.stringify(dir.processing_config ?? null).length > MAX_PROCESSING_CONFIG_BYTES) {
-      throw this.invalid(`directories.${this.dirIndex()}.processing_config: larger than ${MAX_PROCESSING_CONFIG_BYTES} bytes as JSON`);
-    }
-  }
-
-  private closed(depth: number, offset: number): void {
-    if (depth === 0) {
-      // The root object ended: what the whole-document schema would still miss.
-      const r = Manifest.safeParse({ batch_id: this.batchIdSeen ? this.batchId : undefined, directories: this.sawDirectories ? [] : undefined });
-      if (!r.success) throw this.invalid(describeZodError(r.error));
-      this.done = true;
-      return;
-    }
-    if (depth !== 2 || !this.underDirectories()) return;
-    const dir = this.directory!;
-    if (!this.sawFiles) {
-      const r = ManifestDirectory.safeParse({ directory_path: dir.directory_path, files: undefined });
-      throw this.invalid(r.success ? `directories.${this.dirIndex()}.files: missing` : issuesAt(["directories", this.dirIndex()], r.error));
-    }
-    const index = this.dirIndex();
-    if (!dir.final) {
-      this.checkHeader();
-      // Read this directory's files again, now that its header is known.
-      this.stop({ offset: dir.files_at!, at: "files", dir: index, file: 0, directory: { ...dir, final: true, files_at: undefined } });
-      return;
-    }
-    this.directory = null;
-    if (++this.work >= this.limit) this.stop({ offset: offset + 1, at: "directory", dir: index, file: 0, directory: null });
-  }
-
-  private stop(where: Pick<ManifestCursor, "offset" | "at" | "dir" | "file" | "directory">): void {
-    this.stopAt = { v: 1, ...where, batch_id_seen: this.batchIdSeen, etag: this.etag };
-  }
-
-  private value({ value, key, stack }: ParsedElementInfo): void {
-    if (this.inPrefix) return; // the dummy `0` standing for what the cursor already read
-    if (stack.length === 1) {
-      if (key !== "batch_id") return;
-      const id = BatchId.safeParse(value);
-      if (!id.success) throw this.invalid(issuesAt(["batch_id"], id.error));
-      if (id.data !== this.batchId) throw new Invalid(`manifest ${this.key} is for batch ${id.data}, not ${this.batchId}`);
-      this.batchIdSeen = true;
-      return;
-    }
-    if (!this.underDirectories() || this.directory === null) return;
-    const dir = this.directory;
-    if (stack.length === 3) {
-      if (dir.final) return; // read before the files, or read again after coming back to them
-      if (key === "directory_path") dir.directory_path = value as string;
-      else if (key === "processing_config") {
-        dir.processing_config = value;
-        dir.has_config = true;
-      }
-      return;
-    }
-    if (stack.length !== 4 || stack[3].key !== "files") return;
-    this.work++;
-    const directory = this.dirIndex();
-    const index = this.fileIndex();
-    // Checked even while skipped, so a skipped entry is an object and the cursor lands after its `}`.
-    const file = ManifestFile.safeParse(value);
-    if (!file.success) throw this.invalid(issuesAt(["directories", directory, "files", index], file.error));
-    if (dir.final) {
-      this.entries.push({
-        file: file.data,
-        directory_path: dir.directory_path!,
-        processing_config: dir.has_config ? dir.processing_config : undefined,
-        directory,
-        index,
-      });
-    }
-    if (this.work >= this.limit) {
-      // The entry's closing brace is the token being handled; the page resumes after it.
-      this.stop({ offset: this.lastOffset + 1, at: "entry", dir: directory, file: index, directory: { ...dir } });
-    }
-  }
 }
