@@ -16,7 +16,7 @@ import {
 import { type ObjectStore, R2ObjectStore } from "../../orchestrator/storage.ts";
 import { fileName } from "../../shared/keys.ts";
 import { installWorld, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
-import { ChunkedStore, shapedManifest, wholeTextEntries } from "./support/manifest-fixture.ts";
+import { ChunkedStore, shapedManifest, wholeTextEntries, withGetStream } from "./support/manifest-fixture.ts";
 
 const r2 = () => new R2ObjectStore(env.BUCKET);
 
@@ -151,17 +151,12 @@ describe("readManifestPage (R2 binding)", () => {
 
 /** A store whose every ranged read arrives as one chunk. */
 function wholeWindows(inner: ObjectStore): ObjectStore {
-  return {
-    getText: (key) => inner.getText(key),
-    head: (key) => inner.head(key),
-    list: (prefix, cursor, limit) => inner.list(prefix, cursor, limit),
-    async getStream(key, offset, length) {
-      const stream = await inner.getStream(key, offset, length);
-      if (!stream) return null;
-      const bytes = new Uint8Array(await new Response(stream.body).arrayBuffer());
-      return { ...stream, body: new ReadableStream({ start: (c) => (c.enqueue(bytes), c.close()) }) };
-    },
-  };
+  return withGetStream(inner, async (key, offset, length) => {
+    const stream = await inner.getStream(key, offset, length);
+    if (!stream) return null;
+    const bytes = new Uint8Array(await new Response(stream.body).arrayBuffer());
+    return { ...stream, body: new ReadableStream({ start: (c) => (c.enqueue(bytes), c.close()) }) };
+  });
 }
 
 describe("manifest pages read as bounded ranges", () => {
@@ -233,15 +228,10 @@ describe("manifest pages read as bounded ranges", () => {
     await env.BUCKET.put("m-swap2/manifest.json", shapedManifest("m-swap2", 100).text);
     const inner = r2();
     let calls = 0;
-    const store: ObjectStore = {
-      getText: (key) => inner.getText(key),
-      head: (key) => inner.head(key),
-      list: (prefix, cursor, limit) => inner.list(prefix, cursor, limit),
-      async getStream(key, offset, length) {
-        if (++calls === 2) await env.BUCKET.put("m-swap2/manifest.json", shapedManifest("m-swap2", 101).text);
-        return inner.getStream(key, offset, length);
-      },
-    };
+    const store = withGetStream(inner, async (key, offset, length) => {
+      if (++calls === 2) await env.BUCKET.put("m-swap2/manifest.json", shapedManifest("m-swap2", 101).text);
+      return inner.getStream(key, offset, length);
+    });
     const page = await readManifestPage(store, "m-swap2/manifest.json", "m-swap2", null, 50, 1000);
     expect(calls).toBe(2);
     expect(page.error).toMatch(/^manifest m-swap2\/manifest.json changed while it was being read/);
@@ -251,33 +241,28 @@ describe("manifest pages read as bounded ranges", () => {
 describe("manifest reads into one reused buffer", () => {
   /** The R2 binding's streams, recording the kind of reader each page asks for and what it read. */
   function recordingStore(inner: ObjectStore, readers: (string | undefined)[], views: number[]): ObjectStore {
-    return {
-      getText: (key) => inner.getText(key),
-      head: (key) => inner.head(key),
-      list: (prefix, cursor, limit) => inner.list(prefix, cursor, limit),
-      async getStream(key, offset, length) {
-        const stream = await inner.getStream(key, offset, length);
-        if (stream === null) return null;
-        const getReader = stream.body.getReader.bind(stream.body) as (options?: { mode?: "byob" }) => ReadableStreamDefaultReader<Uint8Array> | ReadableStreamBYOBReader;
-        Object.assign(stream.body, {
-          getReader(options?: { mode?: "byob" }) {
-            readers.push(options?.mode);
-            const reader = getReader(options);
-            if (reader instanceof ReadableStreamBYOBReader) {
-              const read = reader.read.bind(reader);
-              Object.assign(reader, {
-                read(view: Uint8Array) {
-                  views.push(view.byteLength);
-                  return read(view);
-                },
-              });
-            }
-            return reader;
-          },
-        });
-        return stream;
-      },
-    };
+    return withGetStream(inner, async (key, offset, length) => {
+      const stream = await inner.getStream(key, offset, length);
+      if (stream === null) return null;
+      const getReader = stream.body.getReader.bind(stream.body) as (options?: { mode?: "byob" }) => ReadableStreamDefaultReader<Uint8Array> | ReadableStreamBYOBReader;
+      Object.assign(stream.body, {
+        getReader(options?: { mode?: "byob" }) {
+          readers.push(options?.mode);
+          const reader = getReader(options);
+          if (reader instanceof ReadableStreamBYOBReader) {
+            const read = reader.read.bind(reader);
+            Object.assign(reader, {
+              read(view: Uint8Array) {
+                views.push(view.byteLength);
+                return read(view);
+              },
+            });
+          }
+          return reader;
+        },
+      });
+      return stream;
+    });
   }
 
   it("R2's body is read with BYOB reads into a buffer of MANIFEST_READ_BUFFER_BYTES, the whole manifest the same", async () => {

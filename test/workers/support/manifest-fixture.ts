@@ -101,3 +101,13 @@ export class ChunkedStore implements ObjectStore {
     return { ...stream, body };
   }
 }
+
+/** `inner` with its getStream replaced (the other calls pass through). */
+export function withGetStream(inner: ObjectStore, getStream: ObjectStore["getStream"]): ObjectStore {
+  return {
+    getText: (key) => inner.getText(key),
+    head: (key) => inner.head(key),
+    list: (prefix, cursor, limit) => inner.list(prefix, cursor, limit),
+    getStream,
+  };
+}
