@@ -13,6 +13,7 @@ import { errorMessage } from "./errors.ts";
 import { EXIT, type ExitCode } from "./exit-codes.ts";
 import { forgetSecrets, log, registerSecrets, setLogContext, since, withLogContext } from "./log.ts";
 import { convertTask, reportBadEnv } from "./run.ts";
+import { limitDownloads } from "./storage.ts";
 
 type TaskLease = Extract<LeaseResponse, { kind: "task" }>;
 
@@ -33,6 +34,7 @@ export async function runPool(source: NodeJS.ProcessEnv): Promise<ExitCode> {
   const pool = parsed.env;
   setLogContext({ batch_id: pool.BATCH_ID, worker_id: pool.WORKER_ID });
   configureSharp();
+  limitDownloads(1); // the slots take turns downloading (fly-worker/storage.ts says why)
   // The machine's own variables win over a lease's: its R2 credentials, MEMORY_MB, FLY_*.
   const machineVars = setVariables(source);
   const client = new LeaseClient(pool);

@@ -4,12 +4,30 @@
 import { createReadStream, createWriteStream } from "node:fs";
 import { stat } from "node:fs/promises";
 import { pipeline } from "node:stream/promises";
+import pLimit from "p-limit";
 import { request } from "undici";
 import { ReserveResponse } from "../shared/contracts.ts";
 import { pageKey } from "../shared/keys.ts";
 import type { WorkerEnv } from "./env.ts";
 import { TaskError, errorMessage } from "./errors.ts";
 import { downloadToFile, makeS3Client, openObject, uploadFile, type Downloaded, type OpenedInput } from "./s3.ts";
+
+/**
+ * Input downloads of this process, at most `limit` at once (pool mode sets 1). A pool's slots
+ * lease together and, a batch's scans being alike, would otherwise download together, each at
+ * 1/slots of the machine's network, convert together and stay in step for the whole batch; one
+ * at a time, the first slot converts after one download and the slots fall out of step, each
+ * download overlapping the others' conversions (bench/RESULTS.md section 3 measures the effect).
+ */
+let downloads = pLimit(Number.POSITIVE_INFINITY);
+export function limitDownloads(limit: number): void {
+  downloads = pLimit(limit);
+}
+/** Runs `download` when a download slot is free; `queuedMs` is how long it waited for one. */
+export function whenDownloadFree<T>(download: (queuedMs: number) => Promise<T>): Promise<T> {
+  const asked = performance.now();
+  return downloads(() => download(Math.round(performance.now() - asked)));
+}
 
 export interface TaskStorage {
   download(path: string): Promise<Downloaded>;

@@ -9,7 +9,7 @@ import { convertPage, defaultMaxInputPixels, inspectPage, planEncoder, type Enco
 import type { WorkerEnv } from "./env.ts";
 import { TaskError } from "./errors.ts";
 import { log, since } from "./log.ts";
-import { taskStorage } from "./storage.ts";
+import { taskStorage, whenDownloadFree } from "./storage.ts";
 import { readTiff, selectPages, type TiffDirectory } from "./tiff.ts";
 
 export interface Timings {
@@ -43,13 +43,16 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
   const storage = taskStorage(env);
   const input = join(workDir, "input.tif");
 
-  let t = performance.now();
-  log.info("TiffConversion", "download.start", { key: env.INPUT_R2_KEY, access: env.INPUT_URL ? "presigned" : "keys" });
-  const downloaded = await storage.download(input);
-  timings.download_time_ms = since(t);
-  log.info("TiffConversion", "download.done", { bytes: downloaded.bytes, content_type: downloaded.contentType, duration_ms: timings.download_time_ms, peak_rss_mb: peakRssMb() });
+  const downloaded = await whenDownloadFree(async (queuedMs) => {
+    log.info("TiffConversion", "download.start", { key: env.INPUT_R2_KEY, access: env.INPUT_URL ? "presigned" : "keys", queued_ms: queuedMs });
+    const started = performance.now();
+    const d = await storage.download(input);
+    timings.download_time_ms = since(started);
+    log.info("TiffConversion", "download.done", { bytes: d.bytes, content_type: d.contentType, duration_ms: timings.download_time_ms, peak_rss_mb: peakRssMb() });
+    return d;
+  });
 
-  t = performance.now();
+  let t = performance.now();
   const { directories, broken } = await readTiff(input);
   const { convert, skipped } = selectPages(directories);
   const maxPixels = env.MAX_INPUT_PIXELS ?? defaultMaxInputPixels(env.memory.mb);

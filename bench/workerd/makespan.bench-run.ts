@@ -47,9 +47,13 @@ interface TaskShape {
   netBytesPerS: number;
   rttS: number;
 }
-const stagesOf = (t: TaskShape): Stage[] => [
+const stagesOf = (t: TaskShape): Stage[] => [...downloadOf(t), ...afterDownloadOf(t)];
+/** A task's round trips and download, which a pool machine's slots take in turns (fly-worker/storage.ts). */
+const downloadOf = (t: TaskShape): Stage[] => [
   { kind: "wait", s: t.rttS },
   { kind: "net", bytes: t.inBytes },
+];
+const afterDownloadOf = (t: TaskShape): Stage[] => [
   { kind: "cpu", cpuS: t.cpuS, parallelism: 1 },
   { kind: "net", bytes: t.outBytes },
 ];
@@ -160,6 +164,9 @@ interface PoolMachine {
   model: MachineModel;
   tasks: Map<string, () => Promise<void>>;
   modelTimer: unknown;
+  /** Downloads wait for the one in progress (fly-worker's pool runs one at a time). */
+  downloading: boolean;
+  downloadQueue: string[];
 }
 
 /** One of a machine's POOL_CONCURRENCY lease loops, with its own idle clock and heartbeat. */
@@ -262,6 +269,8 @@ class SimPoolRunner implements SimRunner {
       model: new MachineModel(guestOf(machine, false), { netBytesPerS: this.#task.netBytesPerS, nowS: (this.#clock.now() - START) / 1000 }),
       tasks: new Map(),
       modelTimer: undefined,
+      downloading: false,
+      downloadQueue: [],
     };
     this.#machines.set(machine.id, m);
     for (let i = 0; i < slots; i++) {
@@ -336,8 +345,24 @@ class SimPoolRunner implements SimRunner {
       s.idleSince = m.lastTaskEnd = this.#clock.now();
       await this.#lease(s);
     });
-    m.model.add(answer.task_id, stagesOf(this.#task), (this.#clock.now() - START) / 1000);
+    m.downloadQueue.push(answer.task_id);
+    this.#nextDownload(m);
     this.#arm(m);
+  }
+
+  /** Starts the next queued download when none is in progress; the task runs on once it is in. */
+  #nextDownload(m: PoolMachine): void {
+    if (m.downloading) return;
+    const id = m.downloadQueue.shift();
+    if (id === undefined) return;
+    m.downloading = true;
+    m.tasks.set(`${id}:download`, () => {
+      m.downloading = false;
+      m.model.add(id, afterDownloadOf(this.#task), (this.#clock.now() - START) / 1000);
+      this.#nextDownload(m);
+      return Promise.resolve();
+    });
+    m.model.add(`${id}:download`, downloadOf(this.#task), (this.#clock.now() - START) / 1000);
   }
 
   /** Heartbeats every heartbeat_ms while the slot's task runs; a lost lease (409) ends them. */

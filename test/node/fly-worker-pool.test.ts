@@ -310,6 +310,24 @@ describe("fly-worker pool mode", () => {
     }
   });
 
+  it("POOL_CONCURRENCY=3: the slots take turns downloading, then convert side by side", async () => {
+    // Alike scans leased together would download together, each at a third of the network,
+    // convert together and stay in step; one download at a time puts the slots out of step.
+    const p = await pool(["slow", "slow", "slow"]);
+    const r = await run(p, { POOL_CONCURRENCY: "3" });
+    expect(r.code, r.stderr).toBe(EXIT.SUCCESS);
+    await checkHygiene(r, p);
+    const downloads = r.logs.filter((l) => l.component === "TiffConversion" && /^download\.(start|done)$/.test(String(l.fields.event)));
+    expect(downloads.map((l) => `${String(l.fields.event)} ${String(l.fields.task_id)}`), "one download at a time").toEqual(
+      downloads.filter((l) => l.fields.event === "download.start").flatMap((l) => [`download.start ${String(l.fields.task_id)}`, `download.done ${String(l.fields.task_id)}`]),
+    );
+    expect(downloads.filter((l) => l.fields.event === "download.start")).toHaveLength(3);
+    // The slots that waited say how long; the conversions still overlapped (all three leased before any callback).
+    expect(Math.max(...downloads.map((l) => Number(l.fields.queued_ms ?? 0)))).toBeGreaterThan(0);
+    const firstCallback = Math.min(...p.tasks.map((t) => onlyCallback(p, t).receivedAt));
+    expect(p.server.leases.filter((l) => l.at < firstCallback)).toHaveLength(3);
+  });
+
   it("heartbeats every heartbeat_ms while a slow task runs", async () => {
     const p = await pool(["slow"], { heartbeatMs: 100 });
     const r = await run(p);
