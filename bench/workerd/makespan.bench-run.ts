@@ -179,7 +179,8 @@ interface PoolSlot {
 /**
  * Pool mode: each machine runs fly-worker/pool.ts in virtual time — POOL_CONCURRENCY lease
  * loops side by side, each leasing via the Worker's POST /lease/:batchId (its signed
- * LEASE_TOKEN), converting for the measured time while heartbeating every heartbeat_ms, calling
+ * LEASE_TOKEN), downloading when no other loop of the machine is (fly-worker takes turns),
+ * converting for the measured time while heartbeating every heartbeat_ms, calling
  * back and leasing again; a loop ends on `done`, after IDLE_TIMEOUT_MS of `wait` answers (never
  * sleeping past its idle deadline) or a refused lease, and the machine exits when all have ended.
  */
