@@ -2,6 +2,7 @@
 // processing_config, empty directories, unknown fields, non-ASCII and escaped text), the
 // whole-text reading they must match, and a store that hands streams out in tiny chunks.
 // No workerd imports: the node tests use it too.
+import { expect } from "vitest";
 import { Manifest } from "../../../shared/contracts.ts";
 import type { ManifestEntry } from "../../../orchestrator/engine/manifest.ts";
 import type { ObjectStore, ObjectStream } from "../../../orchestrator/storage.ts";
@@ -110,4 +111,23 @@ export function withGetStream(inner: ObjectStore, getStream: ObjectStore["getStr
     list: (prefix, cursor, limit) => inner.list(prefix, cursor, limit),
     getStream,
   };
+}
+
+/**
+ * The ranged-read contract every ObjectStore keeps, for `key` holding "0123456789é" (12 bytes,
+ * ETag `etag`): at most `length` bytes from the offset, the whole object's size and ETag, null for
+ * `missing`, a zero length refused.
+ */
+export async function expectLengthHonoured(store: ObjectStore, key: string, etag: string, missing: string): Promise<void> {
+  const head = await store.getStream(key, 0, 4);
+  expect(head).toMatchObject({ size: 12, etag });
+  expect(await new Response(head!.body).text()).toBe("0123");
+  const middle = await store.getStream(key, 2, 3);
+  expect(middle).toMatchObject({ size: 12, etag });
+  expect(await new Response(middle!.body).text()).toBe("234");
+  const over = await store.getStream(key, 7, 1000);
+  expect(over).toMatchObject({ size: 12 });
+  expect(await new Response(over!.body).text()).toBe("789é");
+  expect(await store.getStream(missing, 3, 5)).toBeNull();
+  await expect(store.getStream(key, 0, 0)).rejects.toThrow(/length must be a positive integer/);
 }
