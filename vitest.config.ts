@@ -51,7 +51,7 @@ export default defineConfig({
         test: {
           name: "workers",
           include: ["test/workers/**/*.test.ts"],
-          setupFiles: ["test/workers/support/d1-setup.ts"],
+          setupFiles: ["test/workers/support/setup.ts"],
           testTimeout: 60_000,
         },
       },

@@ -15,9 +15,10 @@ import {
 import { backoffMs } from "../shared/backoff.ts";
 import { timingSafeEqualText, verifyGrant } from "../shared/token.ts";
 import type { ApiStatus, DeadLetterOutcome } from "./batch-do.ts";
-import { CursorError, listBatches } from "./batch-index.ts";
+import { batchesToCheck, CursorError, getBatchRow, listBatches } from "./batch-index.ts";
 import { ConfigError, loadConfig } from "./config.ts";
 import { health } from "./health.ts";
+import { STALL_AFTER_MS, WATCHDOG_BATCHES_PER_RUN } from "./engine/watchdog.ts";
 import { errorMessage, log, logError } from "./log.ts";
 
 export { BatchDO } from "./batch-do.ts";
@@ -57,17 +58,58 @@ router
 export default {
   fetch: (request, env) => router.fetch(request, env),
   queue: async (batch, env, _ctx) => {
-    const handle = batch.queue === DEAD_LETTER_QUEUE ? consumeDeadLetter : consume;
+    const handle = batch.queue === deadLetterQueue(env) ? consumeDeadLetter : consume;
     await Promise.all(batch.messages.map((message) => handle(message, env)));
   },
+  scheduled: async (controller, env, _ctx) => {
+    await watchdog(env, controller.scheduledTime);
+  },
 } satisfies ExportedHandler<Env>;
+
+/**
+ * The Cron Trigger (wrangler.jsonc `triggers`): running batches whose index row has not moved for
+ * STALL_AFTER_MS, and finished ones past retention, are asked to check themselves (BatchDO.watchdog):
+ * one with no alarm, or one long overdue, is woken. Each is one RPC; at most WATCHDOG_BATCHES_PER_RUN.
+ */
+export async function watchdog(env: Env, now: number): Promise<{ checked: number; woken: string[] }> {
+  const days = loadConfig(env).BATCH_RETENTION_DAYS;
+  const ids = await batchesToCheck(env.BATCH_INDEX, now - STALL_AFTER_MS, now - days * 86_400_000, WATCHDOG_BATCHES_PER_RUN);
+  const woken: string[] = [];
+  for (const id of ids) {
+    try {
+      const answer = await stub(env, id).watchdog();
+      if (answer.woken) woken.push(id);
+    } catch (error) {
+      logError("Watchdog", "check_failed", error, { batch_id: id });
+    }
+  }
+  log("Watchdog", "run", { checked: ids.length, woken });
+  return { checked: ids.length, woken };
+}
 
 // ---- handlers -------------------------------------------------------------------------------
 
 async function status(req: IRequest, env: Env): Promise<Response> {
   const body = await stub(env, req.params.batchId).status();
-  if (!body) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
-  return Response.json(body);
+  if (body) return Response.json(body);
+  // Past retention the batch's storage is gone; its index row (D1) still has the final counts.
+  const row = await getBatchRow(env.BATCH_INDEX, req.params.batchId);
+  if (!row?.archived_at) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
+  const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
+  return Response.json({
+    batch_id: row.batch_id,
+    status: row.status,
+    archived: true,
+    archived_at: iso(row.archived_at),
+    progress: { tasks_total: row.tasks_total, tasks_completed: row.tasks_completed, tasks_failed: row.tasks_failed },
+    mode: row.mode,
+    started_at: iso(row.started_at),
+    updated_at: iso(row.updated_at),
+    completed_at: iso(row.completed_at),
+    error: row.error,
+    file_list: row.file_list_key ? { key: row.file_list_key } : null,
+    warnings: [`archived: the batch's tasks, attempts and events were deleted ${loadConfig(env).BATCH_RETENTION_DAYS} days after it ended (BATCH_RETENTION_DAYS); its final counts and file list remain`],
+  });
 }
 
 /** Server-Sent Events from the batch's DO; Last-Event-ID (header or ?last_event_id) resumes. */
@@ -261,8 +303,15 @@ async function consume(message: Message<unknown>, env: Env): Promise<void> {
   }
 }
 
-/** Where fanout-batches puts a message after its last retry (wrangler.jsonc). */
-const DEAD_LETTER_QUEUE = "fanout-batches-dlq";
+/**
+ * Where the batch queue puts a message after its last retry: the DEAD_LETTER_QUEUE var, which
+ * names the `dead_letter_queue` of this environment's consumer in wrangler.jsonc (staging has
+ * its own). Read without the full config so a misconfigured Worker still recognises its dead letters.
+ */
+function deadLetterQueue(env: Env): string {
+  const name = (env as { DEAD_LETTER_QUEUE?: unknown }).DEAD_LETTER_QUEUE;
+  return typeof name === "string" && name !== "" ? name : "fanout-batches-dlq";
+}
 
 /**
  * A message that exhausted its retries: its batch ends in ERROR saying so, so that /status
@@ -284,7 +333,7 @@ async function consumeDeadLetter(message: Message<unknown>, env: Env): Promise<v
     message.ack();
     return;
   }
-  const reason = `queue message dead-lettered: ${DEAD_LETTER_QUEUE} received it after fanout-batches gave up retrying (the consumer failed on every delivery; see [Queue] message_retry logs)`;
+  const reason = `queue message dead-lettered: ${deadLetterQueue(env)} received it after the batch queue gave up retrying (the consumer failed on every delivery; see [Queue] message_retry logs)`;
   try {
     const { outcome }: { outcome: DeadLetterOutcome } = await stub(env, batchId.data).deadLettered(batchId.data, reason, content);
     const event = { marked_error: "batch_marked_error", warned: "dead_letter_for_running_batch", finished: "dead_letter_for_finished_batch" }[outcome];

@@ -14,6 +14,12 @@ export function plan(e: Engine, meta: BatchMeta): number {
   const now = Date.now();
   const files = e.store.filesAfter(meta.plan_cursor, PLAN_FILES_PER_ALARM);
   const roots = e.config.ALLOWED_PREFIXES;
+  // Each manifest directory's processing_config, read once per alarm (it is stored once, not per file).
+  const configs = new Map<number, unknown>();
+  const configOf = (idx: number) => {
+    if (!configs.has(idx)) configs.set(idx, e.store.directoryConfig(idx));
+    return configs.get(idx);
+  };
   e.store.transaction(() => {
     let seq = meta.next_seq;
     let maxSize = meta.max_task_size;
@@ -38,7 +44,7 @@ export function plan(e: Engine, meta: BatchMeta): number {
       }
       // After a redrive the phase is planned again: only files without a task get one.
       if (meta.redrives > 0 && e.store.hasTask(phase.name, f.id)) continue;
-      const planned = phase.plan(toPhaseFile(f));
+      const planned = phase.plan(toPhaseFile(f, f.dir_idx === null ? undefined : configOf(f.dir_idx)));
       if (!planned) continue;
       maxSize = Math.max(maxSize, planned.size_bytes);
       const id = nextId();
@@ -77,14 +83,16 @@ export function plan(e: Engine, meta: BatchMeta): number {
   return Date.now();
 }
 
-function toPhaseFile(f: FileRow): PhaseFile {
+function toPhaseFile(f: FileRow, directoryConfig: unknown): PhaseFile {
+  // Files discovered before migration 8 carry their directory's config in extra_json.
   const extra = f.extra_json ? (JSON.parse(f.extra_json) as Record<string, unknown>) : {};
+  const config = directoryConfig ?? extra.processing_config;
   return {
     r2_key: f.r2_key,
     logical_path: f.logical_path,
     file_name: f.file_name,
     file_size: f.file_size,
     content_type: f.content_type,
-    ...(extra.processing_config !== undefined ? { processing_config: extra.processing_config } : {}),
+    ...(config !== undefined ? { processing_config: config } : {}),
   };
 }

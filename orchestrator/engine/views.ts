@@ -3,6 +3,7 @@
 import type { BatchMeta, PhaseCounts, Stage, TaskRow, TaskState } from "../store/index.ts";
 import { FLY_PRICES, pricePerSecond } from "../../shared/fly-model.ts";
 import { apiStatus, type Engine, iso, openCount } from "./context.ts";
+import { type WrittenFileList, writtenList } from "./file-list.ts";
 
 const RECENT_FAILURES = 10;
 
@@ -36,7 +37,16 @@ export interface StatusBody {
   /** A step that keeps failing: how many times in a row and the last error (the batch goes to ERROR at the limit). */
   step_failures: { count: number; limit: number; last_error: string | null; stage: Stage } | null;
   warnings: string[];
-  finalisation: { attempts: number; last_error: string | null } | null;
+  /**
+   * The final file list (an NDJSON object in R2, engine/file-list.ts) once written or while it is
+   * being written (parts and entries so far), and the downstream POST's attempts.
+   */
+  finalisation: {
+    attempts: number;
+    last_error: string | null;
+    file_list: WrittenFileList | null;
+    writing: { key: string; parts: number; entries: number } | null;
+  } | null;
   recent_failures: {
     task_id: string;
     attempt: number;
@@ -91,7 +101,7 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
     step_failures:
       meta.step_failures > 0 ? { count: meta.step_failures, limit: e.config.MAX_STEP_FAILURES, last_error: meta.step_error, stage: meta.stage } : null,
     warnings: [...warningsOf(meta.warnings_json), ...e.store.recentWarnings(RECENT_FAILURES).map((w) => `${w.task_id}: ${w.warning}`)],
-    finalisation: meta.finalise_attempts > 0 ? { attempts: meta.finalise_attempts, last_error: meta.finalise_error } : null,
+    finalisation: finalisation(e, meta),
     recent_failures: e.store.recentFailures(RECENT_FAILURES).map((a) => ({
       task_id: a.task_id,
       attempt: a.attempt,
@@ -101,6 +111,18 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
       at: iso(a.ended_at),
       logs: logsCommand(e, a.machine_id),
     })),
+  };
+}
+
+function finalisation(e: Engine, meta: BatchMeta): StatusBody["finalisation"] {
+  const row = meta.stage === "finalise" || meta.stage === "done" ? e.store.fileList(meta.redrives) : null;
+  if (!row && meta.finalise_attempts === 0) return null;
+  const written = row ? writtenList(row) : null;
+  return {
+    attempts: meta.finalise_attempts,
+    last_error: meta.finalise_error,
+    file_list: written,
+    writing: row && !written ? { key: row.key, parts: row.parts, entries: row.entries } : null,
   };
 }
 

@@ -1,12 +1,14 @@
 // The BatchDO's SQLite store: the only code that writes the batch's SQL. One module per table
-// or concern (migrations.ts and schema.ts, meta.ts, files.ts, outputs.ts, tasks.ts with
+// or concern (migrations.ts and schema.ts, meta.ts, files.ts and directories.ts, file-list.ts, outputs.ts, tasks.ts with
 // counts.ts, attempts.ts, workers.ts, orphans.ts, events.ts), all on one executor (sql.ts) and
 // its one `work` tally; BatchStore composes them into the one object the engine holds.
 // Every task change updates its phase's counters in the same transaction, and every query on a
 // hot path (callback, alarm, status) is an index lookup whose cost does not grow with the batch.
 import { AttemptQueries } from "./attempts.ts";
 import { CountQueries } from "./counts.ts";
+import { DirectoryQueries } from "./directories.ts";
 import { EventQueries } from "./events.ts";
+import { FileListQueries } from "./file-list.ts";
 import { FileQueries } from "./files.ts";
 import { MetaQueries } from "./meta.ts";
 import { OrphanQueries } from "./orphans.ts";
@@ -18,7 +20,8 @@ import { WorkerQueries } from "./workers.ts";
 
 export type { AttemptRow } from "./attempts.ts";
 export type { PhaseCounts } from "./counts.ts";
-export type { FileRow } from "./files.ts";
+export type { FileListRow } from "./file-list.ts";
+export type { FileRow, NewFile } from "./files.ts";
 export type { BatchMeta, Stage } from "./meta.ts";
 export type { SqlWork } from "./sql.ts";
 export { LIVE_STATES, OPEN_STATES, TASK_STATES, type TaskRow, type TaskState } from "./tasks.ts";
@@ -31,6 +34,8 @@ export class BatchStore {
   readonly #schema: Schema;
   readonly #meta: MetaQueries;
   readonly #files: FileQueries;
+  readonly #directories: DirectoryQueries;
+  readonly #fileLists: FileListQueries;
   readonly #outputs: OutputQueries;
   readonly #counts: CountQueries;
   readonly #tasks: TaskQueries;
@@ -45,6 +50,8 @@ export class BatchStore {
     this.#schema = new Schema(this.#db);
     this.#meta = new MetaQueries(this.#db, this.#schema);
     this.#files = new FileQueries(this.#db);
+    this.#directories = new DirectoryQueries(this.#db);
+    this.#fileLists = new FileListQueries(this.#db);
     this.#outputs = new OutputQueries(this.#db);
     this.#counts = new CountQueries(this.#db);
     this.#tasks = new TaskQueries(this.#db, this.#counts, this.#outputs);
@@ -52,6 +59,11 @@ export class BatchStore {
     this.#workers = new WorkerQueries(this.#db);
     this.#orphans = new OrphanQueries(this.#db);
     this.#events = new EventQueries(this.#db);
+  }
+
+  /** After deleteAll (retention): the next read finds no batch instead of its remembered schema. */
+  forget(): void {
+    this.#schema.forget();
   }
 
   transaction<T>(fn: () => T): T {
@@ -86,6 +98,18 @@ export class BatchStore {
   removeFile: FileQueries["removeFile"] = (...a) => this.#files.removeFile(...a);
   filesAfter: FileQueries["filesAfter"] = (...a) => this.#files.filesAfter(...a);
   fileCount: FileQueries["fileCount"] = () => this.#files.fileCount();
+
+  // directories.ts
+  putDirectory: DirectoryQueries["putDirectory"] = (...a) => this.#directories.putDirectory(...a);
+  directoryConfig: DirectoryQueries["directoryConfig"] = (...a) => this.#directories.directoryConfig(...a);
+
+  // file-list.ts
+  fileList: FileListQueries["fileList"] = (...a) => this.#fileLists.fileList(...a);
+  startFileList: FileListQueries["startFileList"] = (...a) => this.#fileLists.startFileList(...a);
+  setUploadId: FileListQueries["setUploadId"] = (...a) => this.#fileLists.setUploadId(...a);
+  partWritten: FileListQueries["partWritten"] = (...a) => this.#fileLists.partWritten(...a);
+  fileListParts: FileListQueries["fileListParts"] = (...a) => this.#fileLists.fileListParts(...a);
+  fileListWritten: FileListQueries["fileListWritten"] = (...a) => this.#fileLists.fileListWritten(...a);
 
   // outputs.ts
   keyTaken: OutputQueries["keyTaken"] = (...a) => this.#outputs.keyTaken(...a);

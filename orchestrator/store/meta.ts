@@ -56,6 +56,9 @@ export interface BatchMeta {
   pool_plan_json: string | null;
 }
 
+/** Batch-level warnings kept (the newest). */
+export const MAX_WARNINGS = 50;
+
 export class MetaQueries extends Queries {
   #schema: Schema;
 
@@ -96,9 +99,25 @@ export class MetaQueries extends Queries {
     this.db.run(`UPDATE meta SET ${sets} WHERE id = 1`, ...values);
   }
 
-  /** Appends a batch-level warning (shown in the status body); earlier ones are kept. */
+  /**
+   * Appends a batch-level warning (shown in the status body). The newest MAX_WARNINGS are kept, each
+   * at most 2,000 characters: the meta row may not grow with the batch (2 MB per row,
+   * developers.cloudflare.com/durable-objects/platform/limits/), and dead letters or runtime
+   * retries can repeat.
+   */
   addWarning(warning: string, now: number): void {
-    this.db.run("UPDATE meta SET warnings_json = json_insert(coalesce(warnings_json, '[]'), '$[#]', ?), updated_at = ? WHERE id = 1", warning, now);
+    this.db.run(
+      `UPDATE meta SET warnings_json = (
+         SELECT json_group_array(value) FROM (
+           SELECT key, value FROM (
+             SELECT key, value FROM json_each(json_insert(coalesce(warnings_json, '[]'), '$[#]', ?)) ORDER BY key DESC LIMIT ?
+           ) ORDER BY key
+         )
+       ), updated_at = ? WHERE id = 1`,
+      warning.slice(0, 2000),
+      MAX_WARNINGS,
+      now,
+    );
   }
 
   /** The latest tasks with warnings (pages skipped, say): an index range, newest first. */

@@ -148,4 +148,33 @@ export const MIGRATIONS: string[] = [
    ALTER TABLE meta ADD COLUMN machines_ended INTEGER NOT NULL DEFAULT 0;`,
   // 7: the pool decided once per phase (see BatchMeta.pool_plan_json).
   `ALTER TABLE meta ADD COLUMN pool_plan_json TEXT;`,
+  // 8: a manifest directory's processing_config stored once, its files pointing at it (a copy on
+  // every file made a 250-entry page past the 2 MB value limit at ~8 KB of config); the final file
+  // list written to R2 as an object, part by part across alarms (engine/file-list.ts).
+  `CREATE TABLE directories (
+     idx INTEGER PRIMARY KEY,
+     path TEXT NOT NULL,
+     config_json TEXT
+   );
+   ALTER TABLE files ADD COLUMN dir_idx INTEGER;
+   CREATE TABLE file_lists (
+     redrive INTEGER PRIMARY KEY,
+     key TEXT NOT NULL,
+     upload_id TEXT,
+     after_id INTEGER NOT NULL DEFAULT 0,
+     carry BLOB,
+     entries INTEGER NOT NULL DEFAULT 0,
+     bytes INTEGER NOT NULL DEFAULT 0,
+     parts INTEGER NOT NULL DEFAULT 0,
+     etag TEXT,
+     checksum TEXT,
+     written_at INTEGER
+   );
+   CREATE TABLE file_list_parts (
+     redrive INTEGER NOT NULL,
+     part INTEGER NOT NULL,
+     etag TEXT NOT NULL,
+     sha256 BLOB NOT NULL,
+     PRIMARY KEY (redrive, part)
+   ) WITHOUT ROWID;`,
 ];

@@ -2,6 +2,7 @@ import { env } from "cloudflare:workers";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import {
   createRequests,
+  finalFiles,
   installWorld,
   putManifest,
   putTiffs,
@@ -61,7 +62,7 @@ describe("a batch end to end through real alarms and callbacks", () => {
     // Finalisation: the final list keeps every original and adds each JPEG.
     expect(world.downstream.calls).toHaveLength(1);
     expect(world.downstream.calls[0].url).toBe("http://downstream.test/api/batches/b-many/enqueue-processed");
-    const { files } = JSON.parse(world.downstream.calls[0].body) as { files: { r2_key: string; source_r2_key?: string; cid?: string }[] };
+    const files = await finalFiles(world.downstream, 0);
     expect(files).toHaveLength(121);
     expect(files.filter((f) => f.r2_key.endsWith(".tif"))).toHaveLength(60);
     const jpeg = files.find((f) => f.r2_key === "b-many/scan-00007.jpg");

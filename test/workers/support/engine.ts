@@ -152,6 +152,22 @@ export function installWorld(options: FlyEmulatorOptions = {}): World {
   };
 }
 
+/**
+ * The final file list a downstream POST names (`index`: which POST, the last by default): the
+ * NDJSON object in R2, one entry per line (engine/file-list.ts, shared/finalisation.ts).
+ */
+export async function finalFiles(downstream: Downstream, index = -1): Promise<{ r2_key: string; source_r2_key?: string; cid?: string; [k: string]: unknown }[]> {
+  const call = downstream.calls.at(index);
+  if (!call) throw new Error("nothing was POSTed downstream");
+  const { file_list } = JSON.parse(call.body) as { file_list: { key: string } };
+  const object = await env.BUCKET.get(file_list.key);
+  if (!object) throw new Error(`the POST names ${file_list.key}, which does not exist`);
+  return (await object.text())
+    .split("\n")
+    .filter((line) => line !== "")
+    .map((line) => JSON.parse(line) as { r2_key: string });
+}
+
 /** Batches a test touched: reset when its world is restored, so no batch keeps working into the next test. */
 const touched = new Set<string>();
 

@@ -1,0 +1,47 @@
+// No silent stall. Alarms drive every batch, and an alarm can die where the engine's own error
+// handling never sees it: past its CPU time or its isolate's 128 MB, or with its isolate reset.
+// The runtime retries an alarm whose handler did not finish, "using exponential backoff, starting
+// at 2 second delays for up to 6 retries" (developers.cloudflare.com/durable-objects/api/alarms/),
+// and then gives up. So:
+// - every alarm of a running batch sets the next one (ALARM_REARM_MS ahead) before it works, and
+//   a running batch is never left without an alarm;
+// - a retried alarm (alarmInfo.isRetry) counts as a failed step, with the runtime's retry count,
+//   into step_failures, which stops the batch in ERROR at MAX_STEP_FAILURES like any failing step;
+// - each alarm's outbound work ends at ALARM_WORK_MS (engine/context.ts's Outbound deadline) and
+//   its loops stop taking pages or parts then, besides their counts;
+// - a Cron Trigger (wrangler.jsonc `triggers`) looks in the batch index for running batches whose
+//   row has not moved for STALL_AFTER_MS and asks each one's DO to check itself: a batch with no
+//   alarm, or one overdue by STALL_GRACE_MS, is woken and says so in its warnings; GET /status
+//   shows the same stall while it lasts.
+import type { BatchMeta } from "../store/index.ts";
+import { iso, isFinished } from "./context.ts";
+
+/** How far ahead an alarm sets its successor before it works: beyond any one alarm's work (ALARM_WORK_MS). */
+export const ALARM_REARM_MS = 120_000;
+/** An alarm this overdue, or none at all, means nothing is driving a running batch. */
+export const STALL_GRACE_MS = 5 * 60_000;
+/** The cron asks a running batch's DO to check itself once its index row has been still this long. */
+export const STALL_AFTER_MS = 15 * 60_000;
+/** Batches the cron looks at per run (each is one RPC: well inside the invocation's subrequests). */
+export const WATCHDOG_BATCHES_PER_RUN = 200;
+
+/** Why a running batch is stalled (no alarm, or one long overdue), or null. `alarmAt` from getAlarm(). */
+export function stallReason(meta: BatchMeta, alarmAt: number | null, now: number): string | null {
+  if (isFinished(meta)) return null;
+  if (alarmAt === null) return `no alarm is set: nothing has driven the batch since ${iso(meta.updated_at)}`;
+  if (alarmAt < now - STALL_GRACE_MS) return `its alarm was due at ${iso(alarmAt)} and has not run`;
+  return null;
+}
+
+/** The status warning for a stall (the watchdog wakes such a batch on its next run). */
+export function stallWarning(reason: string): string {
+  return `stalled: ${reason}; the watchdog (a Cron Trigger every 5 minutes) wakes it, or POST /admin/reset/:batchId stops it`;
+}
+
+/** The step error a runtime retry of the alarm records (the previous invocation died). */
+export function runtimeRetryError(retryCount: number): string {
+  return (
+    `the previous alarm did not finish and the runtime retried it (retry ${retryCount}): an alarm dies this way when it ` +
+    "exceeds its CPU time (limits.cpu_ms) or its isolate's memory (128 MB), or when its isolate is reset"
+  );
+}
