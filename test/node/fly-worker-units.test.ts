@@ -8,7 +8,7 @@ import { TaskError } from "../../fly-worker/errors.ts";
 import { describeSignature, selectPages, type TiffDirectory } from "../../fly-worker/tiff.ts";
 
 const dir = (index: number, width: number, height: number, extra: Partial<TiffDirectory> = {}): TiffDirectory => ({
-  index, width, height, newSubfileType: 0, samplesPerPixel: 3, bitsPerSample: 8, sampleFormat: 1, compression: 5, orientation: 1, extraSamples: [], rowsPerStrip: 16, ...extra,
+  index, width, height, newSubfileType: 0, samplesPerPixel: 3, bitsPerSample: 8, sampleFormat: 1, compression: 5, orientation: 1, extraSamples: [], rowsPerStrip: 16, planar: 1, predictor: 1, layout: { ifdOffset: 8, littleEndian: true, bigTiff: false }, ...extra,
 });
 
 describe("selectPages", () => {
