@@ -1,9 +1,9 @@
 // One TIFF page → one sRGB JPEG on disk, with encoder settings chosen so the process fits
 // the machine's memory. The memory model is measured, not guessed (see MEMORY_MODEL).
 import sharp from "sharp";
-import { TaskError, errorMessage } from "./errors.ts";
+import { describeDecodeError, TaskError, errorMessage } from "./errors.ts";
 import type { PageKind } from "./kinds.ts";
-import { levelMapping, NoRangeError } from "./levels.ts";
+import { signedMapping } from "./levels.ts";
 import { pageNumber, type TiffDirectory } from "./tiff.ts";
 
 // Measured with sharp 0.35 / libvips 8.18 on a 50.5 MP LZW TIFF, file input, MALLOC_ARENA_MAX=2:
@@ -154,18 +154,13 @@ export async function convertPage(
       }
     }
     if (kind.levels) {
-      // One pass over the page for its range: the rule depends on it (levels.ts).
+      // One pass over the page for its minimum: the rule depends on it (levels.ts). Exact for integers.
       const { channels } = await open().stats();
-      let mapping;
-      try {
-        mapping = levelMapping(kind.levels, channels, metadata.space);
-      } catch (error) {
-        if (!(error instanceof NoRangeError)) throw error;
-        throw new TaskError("input", `page ${pageNumber(page)} ${error.message}`, { retryable: false });
-      }
+      const mapping = signedMapping(kind.levels.bits, Math.min(...channels.map((c) => c.min)), metadata.space);
       if (mapping.note) notes.push(mapping.note);
       levels = mapping;
     }
+    if (kind.linear) levels = kind.linear;
   } catch (error) {
     throw error instanceof TaskError ? error : failure(error);
   }
@@ -199,37 +194,6 @@ export async function convertPage(
   } catch (error) {
     throw failure(error);
   }
-}
-
-/**
- * libvips/libtiff's message as one clean clause: no temp path, each line once, no
- * "Input file has corrupt header" prefix on files that are merely unsupported.
- */
-export function describeDecodeError(message: string, input: string): string {
-  const details = [
-    ...new Set(
-      message
-        .split("\n")
-        .map((line) =>
-          line
-            .split(`${input}: `)
-            .join("")
-            .split(input)
-            .join("the file")
-            .replace(/\/\S*fanout-[^\s:]*:?\s*/g, "")
-            .replace(/^\s*(Input file has corrupt header:\s*)?/i, "")
-            .replace(/^(tiff2vips|vips_\w+|VipsForeignLoad\w*|source input|image):\s*/i, "")
-            .replace(/^(source input|image):\s*/i, "")
-            .trim(),
-        )
-        .filter((line) => line !== ""),
-    ),
-  ];
-  const shown = details.slice(0, 2).join("; ") + (details.length > 2 ? `; and ${details.length - 2} more` : "");
-  if (/read error|truncated|premature end|unexpected end|bad seek|seek error|not enough data/i.test(shown)) return `image data is truncated or corrupt (${shown})`;
-  if (/exceeds pixel limit/i.test(shown)) return `the image exceeds the pixel limit (${shown})`;
-  if (/unsupported image format/i.test(shown)) return `libvips cannot read this TIFF: it is corrupt or uses an unsupported encoding (${shown})`;
-  return shown || "the decoder gave no reason";
 }
 
 /** Keeps libvips from holding decoded images between pages. */

@@ -6,7 +6,7 @@ import { TaskError } from "./errors.ts";
 import type { RebuildPlan } from "./rewrite.ts";
 import { pageNumber, type TiffDirectory } from "./tiff.ts";
 
-export type Preparation = { step: "transcode" } | { step: "rebuild"; plan: RebuildPlan } | { step: "ojpeg" };
+export type Preparation = { step: "transcode" } | { step: "rebuild"; plan: RebuildPlan } | { step: "ojpeg" } | { step: "float-range" };
 
 /** How a page decodes: what it is made of, and what the pipeline must do with it. */
 export interface PageKind {
@@ -18,8 +18,10 @@ export interface PageKind {
   dropExtras: boolean;
   /** 32-bit unsigned samples: scaled to their top 8 bits (libvips would read them as signed). */
   scale32: boolean;
-  /** Signed or floating-point samples: mapped to display levels from the page's range (convert.ts). */
-  levels?: { format: "signed" | "float"; bits: number; cmyk: boolean };
+  /** Signed samples: mapped to display levels from the page's minimum (levels.ts, in convert.ts). */
+  levels?: { format: "signed"; bits: number };
+  /** Floating-point grey: value × scale + offset, worked out from the page's range when it was prepared (levels.ts). */
+  linear?: { scale: number; offset: number };
   /** The page must be rewritten before libvips can read it. */
   prepare?: Preparation;
 }
@@ -78,8 +80,9 @@ export function inspectPage(page: TiffDirectory, maxPixels: number): PageKind {
     }
     return { grey: spp === 1, alpha: false, dropExtras: false, scale32: false, prepare: { step: "ojpeg" } };
   }
-  if (TRANSCODED.has(page.compression)) prepare = { step: "transcode" };
-  else if (!DECODABLE.has(page.compression) && !SGILOG.has(page.compression)) {
+  // Decompressed first; the copy is inspected again for everything else.
+  if (TRANSCODED.has(page.compression)) return { grey: false, alpha: false, dropExtras: false, scale32: false, prepare: { step: "transcode" } };
+  if (!DECODABLE.has(page.compression) && !SGILOG.has(page.compression)) {
     const name = COMPRESSION_NAMES[page.compression];
     throw refuse(
       page,
@@ -104,20 +107,16 @@ export function inspectPage(page: TiffDirectory, maxPixels: number): PageKind {
       return { grey: false, alpha: false, dropExtras: false, scale32: false, prepare: { step: "rebuild", plan } };
     }
     // 16-bit and float CIELab libvips reads itself (LabS, Lab).
-    if (photometric === 8 && (bits === 16 || (bits === 32 && page.sampleFormat === 3)) && spp === 3) return { grey: false, alpha: false, dropExtras: false, scale32: false, prepare };
+    if (photometric === 8 && (bits === 16 || (bits === 32 && page.sampleFormat === 3)) && spp === 3) return { grey: false, alpha: false, dropExtras: false, scale32: false };
     throw refuse(page, `is ${bits}-bit ${photometric === 8 ? "CIELab" : "ICCLab"} with ${spp} samples, an encoding no decoder here reads (8-bit CIELab/ICCLab and 16-bit or float CIELab are read); export the scan as RGB`);
   }
   if (photometric === 10) throw refuse(page, "is ITULab (PhotometricInterpretation 10), which neither libvips nor libtiff reads; export the scan as RGB or CIELab");
   let levels: PageKind["levels"];
-  if (page.sampleFormat === 2 || page.sampleFormat === 3) {
-    const float = page.sampleFormat === 3;
-    const readable = float ? bits === 32 || bits === 64 : bits === 8 || bits === 16 || bits === 32;
-    if (!readable) throw refuse(page, `has ${bits}-bit ${float ? "floating-point" : "signed integer"} samples, which libtiff cannot decode (it reads ${float ? "32- and 64-bit floats" : "8-, 16- and 32-bit signed integers"}); ${EXPORT_ADVICE}`);
-    levels = { format: float ? "float" : "signed", bits, cmyk: photometric === 5 };
-    if (float && photometric === 5 && spp === 4) {
-      // libvips turns CMYK into sRGB before any scaling: the ink is written as 8-bit CMYK first (levels.ts).
-      return { grey: false, alpha: false, dropExtras: false, scale32: false, prepare: { step: "rebuild", plan: { keepSamples: 4, extraSamples: [], recode: "float8" } } };
-    }
+  const float = page.sampleFormat === 3;
+  if (page.sampleFormat === 2 || float) {
+    const readable = float ? bits === 32 : bits === 8 || bits === 16 || bits === 32;
+    if (!readable) throw refuse(page, `has ${bits}-bit ${float ? "floating-point" : "signed integer"} samples, which libvips cannot read (it reads ${float ? "32-bit floats" : "8-, 16- and 32-bit signed integers"}) and libtiff's RGBA reader refuses; ${EXPORT_ADVICE}`);
+    if (!float) levels = { format: "signed", bits };
   } else if (page.sampleFormat !== 1) {
     throw refuse(page, `has SampleFormat ${page.sampleFormat} (${page.sampleFormat === 4 ? "untyped" : page.sampleFormat === 5 || page.sampleFormat === 6 ? "complex" : "unknown"} samples), which no picture decoder reads; ${EXPORT_ADVICE}`);
   }
@@ -125,7 +124,7 @@ export function inspectPage(page: TiffDirectory, maxPixels: number): PageKind {
   if (colourSamples === 0) throw refuse(page, `has PhotometricInterpretation ${photometric}, which no decoder here reads; ${EXPORT_ADVICE}`);
   if (spp < colourSamples) throw refuse(page, `is corrupt: PhotometricInterpretation ${photometric} needs ${colourSamples} samples per pixel, the page has ${spp}`);
   const lowBitGrey = bits < 8 && (bits === 1 || bits === 2 || bits === 4) && colourSamples === 1;
-  if (bits !== 8 && bits !== 16 && bits !== 32 && !(bits === 64 && levels?.format === "float") && !lowBitGrey) {
+  if (bits !== 8 && bits !== 16 && bits !== 32 && !lowBitGrey) {
     throw refuse(
       page,
       `has ${bits}-bit samples, which neither libvips nor libtiff reads (they read 8-, 16- and 32-bit samples, and 1-, 2- or 4-bit greyscale or palette); ` +
@@ -135,8 +134,8 @@ export function inspectPage(page: TiffDirectory, maxPixels: number): PageKind {
   const extras = spp - colourSamples;
   // Without an ExtraSamples tag a single extra sample is taken as alpha, as libvips does.
   const alpha = extras > 0 && (page.extraSamples.length === 0 ? extras === 1 : page.extraSamples[0] === 1 || page.extraSamples[0] === 2);
-  if ((bits === 32 || levels) && extras > 0) {
-    throw refuse(page, `has ${bits}-bit ${levels ? `${levels.format === "float" ? "floating-point" : "signed"} ` : ""}samples with ${extras} extra sample(s), which libvips reads without a defined alpha scale; ${EXPORT_ADVICE}`);
+  if ((bits === 32 || levels || float) && extras > 0) {
+    throw refuse(page, `has ${bits}-bit ${float ? "floating-point " : levels ? "signed " : ""}samples with ${extras} extra sample(s), which libvips reads without a defined alpha scale; ${EXPORT_ADVICE}`);
   }
   const tiledPlanes = page.planar === 2 && page.tileWidth !== undefined;
   let keep = spp;
@@ -147,5 +146,11 @@ export function inspectPage(page: TiffDirectory, maxPixels: number): PageKind {
     prepare = { step: "rebuild", plan: { keepSamples: keep, extraSamples } };
   }
   const grey = colourSamples === 1 && photometric !== 3;
-  return { grey, alpha, dropExtras: extras > 0 && !alpha, scale32: bits === 32 && !levels, levels, prepare };
+  if (float && !prepare) {
+    // The range rule (levels.ts) needs the page's range, read by the worker's own decoder (libvips' statistics round it).
+    const mapped = grey || (colourSamples === 3 && (photometric === 2 || photometric === undefined)) || (colourSamples === 4 && photometric === 5);
+    if (!mapped) throw refuse(page, `has floating-point samples with PhotometricInterpretation ${photometric}, which no decoder here turns into colours; ${EXPORT_ADVICE}`);
+    prepare = { step: "float-range" };
+  }
+  return { grey, alpha, dropExtras: extras > 0 && !alpha, scale32: bits === 32 && page.sampleFormat === 1, levels, prepare };
 }

@@ -8,10 +8,10 @@
 //   floating point   Nominal range 0–1 (0 black, 1 white). Grey is mapped linearly; RGB is taken
 //                    as linear light and encoded to sRGB, as libvips reads float RGB (scRGB).
 //                    A page whose samples fall outside 0–1 is stretched from its own minimum to
-//                    its maximum instead — said in the page's notes.
+//                    its maximum instead — said in the page's notes. NaN and infinite samples are
+//                    left out of the range (and said).
 //   float CMYK       The same range rule for ink (0 none, 1 full), written as 8-bit CMYK first:
 //                    libvips converts CMYK to sRGB before any scaling could apply.
-import type { PageKind } from "./kinds.ts";
 
 /** The page has no range to map (its message starts with "has …", to follow "page N"). */
 export class NoRangeError extends Error {}
@@ -25,35 +25,34 @@ export interface LevelMapping {
 
 const show = (v: number) => (Number.isInteger(v) ? v.toLocaleString("en") : Number(v.toPrecision(6)).toString());
 
+/** Signed samples from the page's minimum; `space` is how libvips interprets the page (a 16-bit one keeps 0–65535). */
+export function signedMapping(bits: number, min: number, space: string | undefined): LevelMapping {
+  const white = space === "grey16" || space === "rgb16" ? 65536 : 256;
+  const scale = white / 2 ** bits;
+  if (min >= 0) return { scale, offset: 0 };
+  const half = 2 ** (bits - 1);
+  return { scale, offset: half * scale, note: `has negative ${bits}-bit samples (down to ${show(min)}): shown offset by ${show(half)}, so ${show(-half)} is black, 0 mid-grey and ${show(half - 1)} white` };
+}
+
+/** The range of a float page's colour samples, NaN and infinities left out (rewrite.ts floatRange). */
+export interface FloatRange {
+  min: number;
+  max: number;
+  /** Samples that are NaN or infinite. */
+  nonFinite: number;
+}
+
 /**
- * The linear map for a page from its per-band statistics (sharp's stats(): colour bands first)
- * and how libvips interprets it (`space`: a 16-bit interpretation keeps 0–65535, others 0–255).
+ * Float samples to display levels: grey to 0–255, RGB to scRGB's 0–1 (libvips encodes it to sRGB),
+ * CMYK ink to 0–255. Samples in 0–1 keep that range; otherwise the page's own range is stretched.
  */
-export function levelMapping(levels: NonNullable<PageKind["levels"]>, bands: { min: number; max: number }[], space: string | undefined): LevelMapping {
-  const min = Math.min(...bands.map((b) => b.min));
-  const max = Math.max(...bands.map((b) => b.max));
-  if (levels.format === "signed") {
-    const white = space === "grey16" || space === "rgb16" ? 65536 : 256;
-    const scale = white / 2 ** levels.bits;
-    if (min >= 0) return { scale, offset: 0 };
-    const half = 2 ** (levels.bits - 1);
-    return {
-      scale,
-      offset: half * scale,
-      note: `has negative ${levels.bits}-bit samples (down to ${show(min)}): shown offset by ${show(half)}, so ${show(-half)} is black, 0 mid-grey and ${show(half - 1)} white`,
-    };
-  }
-  if (!Number.isFinite(min) || !Number.isFinite(max)) {
-    throw new NoRangeError("has floating-point samples that are not finite numbers (NaN or infinity), so it has no range to show; export it with those samples replaced by numbers");
-  }
-  const nominal = min >= 0 && max <= 1;
-  const [low, high] = nominal ? [0, 1] : [min, max > min ? max : min + 1];
-  // libvips reads 3-band float as scRGB (linear, 0–1, encoded to sRGB on output) and 1-band float as 0–255 grey.
-  const white = space === "scrgb" ? 1 : 255;
-  const scale = white / (high - low);
-  return {
-    scale,
-    offset: -low * scale,
-    note: nominal ? undefined : `has floating-point samples from ${show(min)} to ${show(max)}, outside the nominal 0–1: stretched so ${show(min)} is black and ${show(high)} white`,
-  };
+export function floatMapping(range: FloatRange, colour: "grey" | "rgb" | "cmyk"): LevelMapping & { notes: string[] } {
+  const n = range.nonFinite;
+  const notes = n > 0 ? [`has ${show(n)} floating-point sample${n === 1 ? " that is" : "s that are"} not a number (NaN) or infinite: left out of its range, NaN shown black, infinities clipped`] : [];
+  if (!(range.min <= range.max)) throw new NoRangeError("has no floating-point sample that is a finite number, so it has no range to show; export it with those samples replaced by numbers");
+  const nominal = range.min >= 0 && range.max <= 1;
+  const [low, high] = nominal ? [0, 1] : [range.min, range.max > range.min ? range.max : range.min + 1];
+  const scale = (colour === "rgb" ? 1 : 255) / (high - low);
+  if (!nominal) notes.push(`has floating-point samples from ${show(range.min)} to ${show(range.max)}, outside the nominal 0–1: stretched so ${show(range.min)} is black and ${show(high)} white`);
+  return { scale, offset: -low * scale, notes, note: nominal ? undefined : notes.at(-1) };
 }

@@ -2,13 +2,11 @@
 // TIFF in the task's directory first; this runs the rewrite and hands back the page to convert.
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import sharp from "sharp";
-import { describeDecodeError } from "./convert.ts";
-import { TaskError, errorMessage } from "./errors.ts";
+import { describeDecodeError, TaskError, errorMessage } from "./errors.ts";
 import { inspectPage, type PageKind } from "./kinds.ts";
-import { levelMapping, NoRangeError } from "./levels.ts";
+import { floatMapping, NoRangeError } from "./levels.ts";
 import { rebuildOldJpeg } from "./ojpeg.ts";
-import { rebuildPage, transcodePage, type RebuildPlan } from "./rewrite.ts";
+import { floatRange, rebuildPage, transcodePage } from "./rewrite.ts";
 import { pageNumber, readTiffDirectories, type TiffDirectory } from "./tiff.ts";
 
 export interface PreparedPage {
@@ -20,8 +18,8 @@ export interface PreparedPage {
   steps: string[];
 }
 
-/** At most a decompression and then a rearrangement: a page that needs more is a bug in kinds.ts. */
-const MAX_STEPS = 2;
+/** At most a decompression, a rearrangement and a rescale: a page that needs more is a bug in kinds.ts. */
+const MAX_STEPS = 3;
 
 export async function preparePage(input: string, page: TiffDirectory, kind: PageKind, workDir: string, maxPixels: number): Promise<PreparedPage> {
   const prepared: PreparedPage = { path: input, page, kind, notes: [], steps: [] };
@@ -30,14 +28,17 @@ export async function preparePage(input: string, page: TiffDirectory, kind: Page
     const step = prepared.kind.prepare;
     if (prepared.steps.length >= MAX_STEPS) throw new TaskError("internal", `page ${n} still needs rewriting after ${prepared.steps.join(", ")}`);
     const output = join(workDir, `page-${n}-${prepared.steps.length + 1}.tif`);
+    if (step.step === "float-range") {
+      await applyFloatRange(prepared);
+      continue;
+    }
     try {
       if (step.step === "transcode") await transcodePage(prepared.path, prepared.page, output);
       else if (step.step === "ojpeg") await rebuildOldJpeg(prepared.path, prepared.page, output);
-      else await rebuildPage(prepared.path, prepared.page, output, await withMapping(step.plan, prepared));
+      else await rebuildPage(prepared.path, prepared.page, output, step.plan);
     } catch (error) {
       await rm(output, { force: true });
       if (error instanceof TaskError) throw error;
-      if (error instanceof NoRangeError) throw new TaskError("input", `page ${n} ${error.message}`, { retryable: false });
       throw new TaskError("input", `could not decode page ${n} (${page.width}×${page.height}): ${describeDecodeError(errorMessage(error), prepared.path)}`, { retryable: false, cause: error });
     } finally {
       if (prepared.path !== input) await rm(prepared.path, { force: true });
@@ -46,16 +47,33 @@ export async function preparePage(input: string, page: TiffDirectory, kind: Page
     prepared.path = output;
     const [rewritten] = await readTiffDirectories(output);
     prepared.page = { ...rewritten, number: n };
-    prepared.kind = inspectPage(prepared.page, maxPixels);
+    const again = inspectPage(prepared.page, maxPixels);
+    // A rescaled float page is in 0–1 now: its range is not read twice.
+    const rescaled = step.step === "rebuild" && step.plan.recode === "float-unit";
+    prepared.kind = rescaled && again.prepare?.step === "float-range" ? { ...again, prepare: undefined } : again;
   }
   return prepared;
 }
 
-/** Float CMYK ink becomes 8-bit by the range rule of levels.ts, which needs the page's range first. */
-async function withMapping(plan: RebuildPlan, prepared: PreparedPage): Promise<RebuildPlan> {
-  if (plan.recode !== "float8") return plan;
-  const { channels } = await sharp(prepared.path, { page: prepared.page.index }).stats();
-  const mapping = levelMapping({ format: "float", bits: prepared.page.bitsPerSample, cmyk: true }, channels.slice(0, plan.keepSamples), undefined);
-  if (mapping.note) prepared.notes.push(mapping.note);
-  return { ...plan, mapping };
+/**
+ * The range rule of levels.ts for a float page: grey is mapped in the conversion itself; RGB in
+ * 0–1 libvips encodes as it is (scRGB), outside it a copy is rescaled into 0–1 first; CMYK ink is
+ * written as 8-bit CMYK (libvips converts CMYK before any scaling could apply).
+ */
+async function applyFloatRange(prepared: PreparedPage): Promise<void> {
+  const { page, kind } = prepared;
+  const colour = page.photometric === 5 ? "cmyk" : kind.grey ? "grey" : "rgb";
+  const samples = { grey: 1, rgb: 3, cmyk: 4 }[colour];
+  let mapping;
+  try {
+    mapping = floatMapping(await floatRange(prepared.path, page, samples), colour);
+  } catch (error) {
+    if (error instanceof NoRangeError) throw new TaskError("input", `page ${pageNumber(page)} ${error.message}`, { retryable: false });
+    throw new TaskError("input", `could not decode page ${pageNumber(page)} (${page.width}×${page.height}): ${describeDecodeError(errorMessage(error), prepared.path)}`, { retryable: false, cause: error });
+  }
+  for (const note of mapping.notes) if (!prepared.notes.includes(note)) prepared.notes.push(note);
+  const { scale, offset } = mapping;
+  if (colour === "grey") prepared.kind = { ...kind, prepare: undefined, linear: { scale, offset } };
+  else if (colour === "rgb" && !mapping.note) prepared.kind = { ...kind, prepare: undefined };
+  else prepared.kind = { ...kind, prepare: { step: "rebuild", plan: { keepSamples: samples, extraSamples: [], recode: colour === "cmyk" ? "float8" : "float-unit", mapping: { scale, offset } } } };
 }

@@ -8,6 +8,7 @@
 import { open, type FileHandle } from "node:fs/promises";
 import { decodeChunk, type ChunkFormat } from "./chunks.ts";
 import { readTags, TiffPageWriter, type Tag, type Tags } from "./tiff-ifd.ts";
+import type { FloatRange } from "./levels.ts";
 import type { TiffDirectory } from "./tiff.ts";
 
 export interface RebuildPlan {
@@ -15,8 +16,8 @@ export interface RebuildPlan {
   keepSamples: number;
   /** ExtraSamples of the kept samples (e.g. [2] for the unassociated alpha kept). */
   extraSamples: number[];
-  recode?: "cielab8" | "icclab8" | "logl" | "float8";
-  /** For "float8": value × scale + offset, rounded and clipped to 0–255 (levels.ts). */
+  recode?: "cielab8" | "icclab8" | "logl" | "float8" | "float-unit";
+  /** float8: value × scale + offset, rounded and clipped to 0–255; float-unit: the same, kept as 32-bit float (levels.ts). */
   mapping?: { scale: number; offset: number };
 }
 
@@ -165,6 +166,35 @@ async function* rowBands(file: FileHandle, page: TiffDirectory, tags: Tags): Asy
   }
 }
 
+/** The range of the first `samples` samples of each pixel of a 32-bit float page, NaN and infinities counted apart. */
+export async function floatRange(input: string, page: TiffDirectory, samples: number): Promise<FloatRange> {
+  const file = await open(input, "r");
+  try {
+    const tags = await readTags(file, page);
+    let min = Infinity;
+    let max = -Infinity;
+    let nonFinite = 0;
+    const spp = page.samplesPerPixel;
+    for await (const { rows, data } of rowBands(file, page, tags)) {
+      const values = new Float32Array(data.byteOffset % 4 === 0 ? data.buffer : data.buffer.slice(data.byteOffset), data.byteOffset % 4 === 0 ? data.byteOffset : 0, data.length / 4);
+      for (let i = 0; i < rows * page.width; i++) {
+        for (let k = 0; k < samples; k++) {
+          const v = values[i * spp + k];
+          if (!Number.isFinite(v)) {
+            nonFinite++;
+            continue;
+          }
+          if (v < min) min = v;
+          if (v > max) max = v;
+        }
+      }
+    }
+    return { min, max, nonFinite };
+  } finally {
+    await file.close();
+  }
+}
+
 /** 8-bit sRGB-encoded grey for each 16-bit LogL code: Y = 2^((Le + 0.5)/256 − 64) (libtiff's LogL16toY), Y ≥ 1 white. */
 function logLTable(): Uint8Array {
   const table = new Uint8Array(65536);
@@ -178,14 +208,15 @@ function logLTable(): Uint8Array {
 
 function recodeBand(data: Buffer, pixels: number, spp: number, bytes: number, plan: RebuildPlan): Buffer {
   const keep = plan.keepSamples;
-  if (plan.recode === "float8") {
+  if (plan.recode === "float8" || plan.recode === "float-unit") {
     const { scale, offset } = plan.mapping ?? { scale: 255, offset: 0 };
-    const out = Buffer.alloc(pixels * keep);
+    const unit = plan.recode === "float-unit";
+    const out = Buffer.alloc(pixels * keep * (unit ? 4 : 1));
     for (let i = 0; i < pixels; i++) {
       for (let k = 0; k < keep; k++) {
-        const at = (i * spp + k) * bytes;
-        const v = (bytes === 8 ? data.readDoubleLE(at) : data.readFloatLE(at)) * scale + offset;
-        out[i * keep + k] = v <= 0 ? 0 : v >= 255 ? 255 : Math.round(v);
+        const v = data.readFloatLE((i * spp + k) * bytes) * scale + offset;
+        if (unit) out.writeFloatLE(v, (i * keep + k) * 4);
+        else out[i * keep + k] = v <= 0 ? 0 : v >= 255 ? 255 : Math.round(v);
       }
     }
     return out;
@@ -232,7 +263,7 @@ export async function rebuildPage(input: string, page: TiffDirectory, output: st
     const out: Tags = new Map(KEPT_BY_REBUILD.filter((tag) => tags.has(tag)).map((tag) => [tag, tags.get(tag) as Tag]));
     const lab = plan.recode === "cielab8" || plan.recode === "icclab8";
     const samples = plan.recode === "logl" ? 1 : lab ? 3 : plan.keepSamples;
-    const bits = lab ? 16 : plan.recode ? 8 : page.bitsPerSample;
+    const bits = lab ? 16 : plan.recode === "float-unit" ? 32 : plan.recode ? 8 : page.bitsPerSample;
     const photometric = plan.recode === "logl" ? 1 : lab ? 8 : (page.photometric ?? (samples >= 3 ? 2 : 1));
     if (lab || plan.recode === "logl") out.delete(34675); // a profile for the stored encoding does not describe the recoded one
     out.set(256, long(page.width));
@@ -243,7 +274,7 @@ export async function rebuildPage(input: string, page: TiffDirectory, output: st
     out.set(277, short(samples));
     out.set(278, long(rowsPerStrip || page.height));
     out.set(284, short(1));
-    out.set(339, short(...Array<number>(samples).fill(plan.recode ? 1 : page.sampleFormat)));
+    out.set(339, short(...Array<number>(samples).fill(plan.recode === "float-unit" ? 3 : plan.recode ? 1 : page.sampleFormat)));
     if (!plan.recode && plan.extraSamples.length > 0) out.set(338, short(...plan.extraSamples));
     await writer.finish(out, 273, 279);
   } catch (error) {
