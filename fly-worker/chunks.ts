@@ -1,7 +1,7 @@
 // Decoders for one strip or tile, for the pages libvips cannot read as they are stored: the
 // compressions sharp's libtiff is built without (Zstandard, LZMA) and the layouts it refuses
 // (tiled separate planes). Each returns the chunk's samples in little-endian order, predictor undone.
-import { inflateSync, zstdDecompressSync } from "node:zlib";
+import { crc32, inflateSync, zstdDecompressSync } from "node:zlib";
 import xz from "xz-decompress";
 
 /** How a chunk's bytes become samples. */
@@ -63,16 +63,61 @@ async function decompress(data: Buffer, compression: number, expected: number): 
   }
 }
 
-/** LZMA in TIFF is an .xz stream (libtiff's tif_lzma.c); xz-decompress is xz-embedded compiled to WebAssembly. */
+/**
+ * LZMA in TIFF is an .xz stream (libtiff's tif_lzma.c) whose block runs a Delta filter before
+ * LZMA2. xz-decompress (xz-embedded compiled to WebAssembly) reads LZMA2 only, so the Delta filter
+ * is taken out of the block header (same header size, CRC32 recomputed: the index still matches)
+ * and undone here (.xz format 1.2.1 §5.3.3: each byte is the sum of itself and the byte `distance` back).
+ */
 async function xzDecode(data: Buffer, maxOutputLength: number): Promise<Buffer> {
+  const { stream, distance } = withoutDeltaFilter(data);
   const parts: Buffer[] = [];
   let length = 0;
-  for await (const part of new xz.XzReadableStream(new Blob([new Uint8Array(data)]).stream()) as unknown as AsyncIterable<Uint8Array>) {
+  for await (const part of new xz.XzReadableStream(new Blob([new Uint8Array(stream)]).stream()) as unknown as AsyncIterable<Uint8Array>) {
     length += part.length;
     if (length > maxOutputLength) throw new ChunkError("an LZMA strip or tile decodes to more bytes than it can hold");
     parts.push(Buffer.from(part));
   }
-  return Buffer.concat(parts);
+  const out = Buffer.concat(parts);
+  if (distance) for (let i = distance; i < out.length; i++) out[i] = (out[i] + out[i - distance]) & 0xff;
+  return out;
+}
+
+function readVarint(b: Buffer, at: number): [number, number] {
+  let value = 0;
+  for (let i = 0; i < 9 && at + i < b.length; i++) {
+    value += (b[at + i] & 0x7f) * 2 ** (7 * i);
+    if (!(b[at + i] & 0x80)) return [value, at + i + 1];
+  }
+  throw new ChunkError("the LZMA stream's block header is corrupt");
+}
+
+/** The .xz stream with its first block's Delta filter (ID 3) removed, and the Delta distance; the stream as it is otherwise. */
+export function withoutDeltaFilter(data: Buffer): { stream: Buffer; distance?: number } {
+  const at = 12; // stream header: magic (6), flags (2), CRC32 (4)
+  if (data.length < at + 8 || data.readUInt32BE(0) !== 0xfd377a58) return { stream: data };
+  const size = (data[at] + 1) * 4;
+  const flags = data[at + 1];
+  let i = at + 2;
+  if (flags & 0x40) i = readVarint(data, i)[1];
+  if (flags & 0x80) i = readVarint(data, i)[1];
+  const fieldsStart = i;
+  const filters: { id: number; props: Buffer; raw: Buffer }[] = [];
+  for (let f = 0; f <= (flags & 3); f++) {
+    const start = i;
+    const [id, afterId] = readVarint(data, i);
+    const [propsSize, afterSize] = readVarint(data, afterId);
+    i = afterSize + propsSize;
+    filters.push({ id, props: data.subarray(afterSize, i), raw: data.subarray(start, i) });
+  }
+  if (filters.length !== 2 || filters[0].id !== 3 || filters[0].props.length !== 1) return { stream: data };
+  const header = Buffer.alloc(size - 4);
+  data.copy(header, 0, at, fieldsStart);
+  header[1] = flags & ~3; // one filter
+  filters[1].raw.copy(header, fieldsStart - at);
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32LE(crc32(header) >>> 0);
+  return { stream: Buffer.concat([data.subarray(0, at), header, crc, data.subarray(at + size)]), distance: filters[0].props[0] + 1 };
 }
 
 /**

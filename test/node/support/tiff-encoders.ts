@@ -76,8 +76,9 @@ export function sgiLogRow(values: number[], bytes: number): Buffer {
 }
 
 // ---------------------------------------------------------------------------------------
-// LZMA in TIFF is an .xz stream (libtiff tif_lzma.c). This one is built by hand from the
-// .xz file format 1.2.1 spec: one block of LZMA2 *uncompressed* chunks (control byte 1, then 2).
+// LZMA in TIFF is an .xz stream (libtiff tif_lzma.c: a Delta filter, then LZMA2). This one is
+// built by hand from the .xz file format 1.2.1 spec: one block of LZMA2 *uncompressed* chunks
+// (control byte 1, then 2), after a Delta filter of `delta` bytes when asked (as libtiff writes).
 
 const varint = (n: number) => {
   const out: number[] = [];
@@ -94,10 +95,13 @@ const crc = (b: Buffer) => {
 };
 const pad4 = (n: number) => Buffer.alloc((4 - (n % 4)) % 4);
 
-export function xzStored(data: Buffer): Buffer {
+export function xzStored(plain: Buffer, options: { delta?: number } = {}): Buffer {
+  const distance = options.delta;
+  const data = distance ? Buffer.from(plain.map((v, i) => (v - (i >= distance ? plain[i - distance] : 0)) & 0xff)) : plain;
   const flags = Buffer.from([0, 0]); // check type None
   const streamHeader = Buffer.concat([Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0]), flags, crc(flags)]);
-  const headerBody = Buffer.from([2, 0, 0x21, 1, 0, 0, 0, 0]); // size (12/4 − 1), one filter: LZMA2, dict 4 KiB
+  // Header size (12/4 − 1), filter count − 1, [Delta (ID 3), 1 property byte: distance − 1], LZMA2 (ID 0x21), dict 4 KiB; padded to 8.
+  const headerBody = distance ? Buffer.from([2, 1, 3, 1, distance - 1, 0x21, 1, 0]) : Buffer.from([2, 0, 0x21, 1, 0, 0, 0, 0]);
   const blockHeader = Buffer.concat([headerBody, crc(headerBody)]);
   const chunks: Buffer[] = [];
   for (let i = 0; i < data.length; i += 65536) {

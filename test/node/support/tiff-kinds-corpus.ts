@@ -224,7 +224,8 @@ export async function generateDecoderCorpus(dir: string): Promise<Record<string,
 
   // --- Zstandard and LZMA strips (horizontal predictor with Zstandard; LZMA in a hand-made .xz).
   await add({ name: "zstd-rgb", pages: [upright] }, buildTiff([{ width: W, height: H, samplesPerPixel: 3, bitsPerSample: 8, photometric: 2, compression: 50000, chunks: [zstdCompressSync(predict8(Buffer.from(rgb8), W, 3))], tags: { 317: { type: 3, values: [2] } } }]));
-  await add({ name: "lzma-rgb", pages: [upright] }, buildTiff([{ width: W, height: H, samplesPerPixel: 3, bitsPerSample: 8, photometric: 2, compression: 34925, chunks: [xzStored(rgb8)] }]));
+  // As libtiff writes LZMA: a Delta filter (distance 1) before LZMA2.
+  await add({ name: "lzma-rgb", pages: [upright] }, buildTiff([{ width: W, height: H, samplesPerPixel: 3, bitsPerSample: 8, photometric: 2, compression: 34925, chunks: [xzStored(rgb8, { delta: 1 })] }]));
 
   // --- Alpha and a further extra sample: the alpha is used, the other dropped.
   {
