@@ -168,5 +168,10 @@ describe("TIFF_CONVERSION phase: conversion settings and skipped pages", () => {
     const cb = { task_id: "tiff-000001", batch_id: "b1", status: "success" as const, output_r2_key: "s/a.jpg", output_file_name: "a.jpg", output_file_size: 10 };
     expect(tiffConversion.result(task, { ...cb, pages_skipped: [{ page: 3, reason: "has 32-bit floating-point samples" }] })).toMatchObject({ ok: true, warnings: ["page 3 skipped: has 32-bit floating-point samples"] });
     expect(tiffConversion.result(task, cb)).not.toHaveProperty("warnings");
+    // Notes on converted pages (a range rule applied, a profile ignored) are warnings too.
+    expect(tiffConversion.result(task, { ...cb, page_notes: [{ page: 2, note: "has negative 16-bit samples (down to -5): shown offset by 32,768" }] })).toMatchObject({
+      ok: true,
+      warnings: ["page 2: has negative 16-bit samples (down to -5): shown offset by 32,768"],
+    });
   });
 });

@@ -233,6 +233,12 @@ export async function generateDecoderCorpus(dir: string): Promise<Record<string,
     await add({ name: "rgba-plus-extra", pages: [page(halves(WHITE, RED), 3)] }, buildTiff([{ width: W, height: H, samplesPerPixel: 5, bitsPerSample: 8, photometric: 2, extraSamples: [2, 0], chunks: [px] }]));
   }
 
+  // --- 32-bit samples with an alpha: libvips reads them with no defined alpha scale; refused, saying so.
+  await add(
+    { name: "uint32-rgba", error: /^page 1 has 32-bit samples with 1 extra sample\(s\), which libvips reads without a defined alpha scale; export/ },
+    buildTiff([{ width: W, height: H, samplesPerPixel: 4, bitsPerSample: 32, photometric: 2, extraSamples: [2], chunks: [Buffer.alloc(W * H * 16)] }]),
+  );
+
   // --- JPEG's limit: a 1×65,537 bilevel page cannot be one JPEG.
   await add(
     { name: "tall-65537", error: /^page 1 is 1×65,537 pixels, and a JPEG can be at most 65,535 pixels wide and high; crop or split the scan/ },
