@@ -9,7 +9,9 @@ import {
   type MachineSpec,
 } from "../../orchestrator/machines.ts";
 import { backoffMs, parseRetryAfter } from "../../shared/backoff.ts";
-import { ManualClock, SimulatedRunner, type FlyEmulatorOptions } from "../../local/fly-emulator/core.ts";
+import type { FlyEmulatorOptions } from "../../local/fly-emulator/api.ts";
+import { ManualClock } from "../../local/fly-emulator/clock.ts";
+import { SimulatedRunner } from "../../local/fly-emulator/runner.ts";
 import { installFakeFly, type FakeFly } from "./support/fly.ts";
 
 const APP = "fanout-worker";
