@@ -7,7 +7,7 @@ import { vi } from "vitest";
 import { FlyEmulator, emulatorFetch, type FlyEmulatorOptions } from "../../../local/fly-emulator/api.ts";
 import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../../local/fly-emulator/runner.ts";
 import type { BatchDO, StatusBody } from "../../../orchestrator/batch-do.ts";
-import type { BatchStore } from "../../../orchestrator/store.ts";
+import type { BatchStore } from "../../../orchestrator/store/index.ts";
 import { signGrant } from "../../../shared/token.ts";
 
 export const CALLBACK_SECRET = "test-callback-secret";
