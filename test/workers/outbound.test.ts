@@ -25,7 +25,6 @@ afterEach(async () => {
   await world.restore();
 });
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A fetch that answers after `ms` (or fails when its signal aborts, as fetch does), counting how many it holds at once. */
 function slowFetch(ms: number) {
