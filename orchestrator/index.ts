@@ -15,10 +15,11 @@ import {
 import { backoffMs } from "../shared/backoff.ts";
 import { timingSafeEqualText, verifyGrant } from "../shared/token.ts";
 import type { ApiStatus, DeadLetterOutcome } from "./batch-do.ts";
-import { batchesToCheck, CursorError, getBatchRow, listBatches } from "./batch-index.ts";
+import { CursorError, getBatchRow, listBatches } from "./batch-index.ts";
 import { ConfigError, loadConfig } from "./config.ts";
 import { health } from "./health.ts";
-import { STALL_AFTER_MS, WATCHDOG_BATCHES_PER_RUN } from "./engine/watchdog.ts";
+import { archivedStatus } from "./engine/retention.ts";
+import { runWatchdog } from "./engine/watchdog.ts";
 import { errorMessage, log, logError } from "./log.ts";
 
 export { BatchDO } from "./batch-do.ts";
@@ -62,30 +63,9 @@ export default {
     await Promise.all(batch.messages.map((message) => handle(message, env)));
   },
   scheduled: async (controller, env, _ctx) => {
-    await watchdog(env, controller.scheduledTime);
+    await runWatchdog(env, controller.scheduledTime);
   },
 } satisfies ExportedHandler<Env>;
-
-/**
- * The Cron Trigger (wrangler.jsonc `triggers`): running batches whose index row has not moved for
- * STALL_AFTER_MS, and finished ones past retention, are asked to check themselves (BatchDO.watchdog):
- * one with no alarm, or one long overdue, is woken. Each is one RPC; at most WATCHDOG_BATCHES_PER_RUN.
- */
-export async function watchdog(env: Env, now: number): Promise<{ checked: number; woken: string[] }> {
-  const days = loadConfig(env).BATCH_RETENTION_DAYS;
-  const ids = await batchesToCheck(env.BATCH_INDEX, now - STALL_AFTER_MS, now - days * 86_400_000, WATCHDOG_BATCHES_PER_RUN);
-  const woken: string[] = [];
-  for (const id of ids) {
-    try {
-      const answer = await stub(env, id).watchdog();
-      if (answer.woken) woken.push(id);
-    } catch (error) {
-      logError("Watchdog", "check_failed", error, { batch_id: id });
-    }
-  }
-  log("Watchdog", "run", { checked: ids.length, woken });
-  return { checked: ids.length, woken };
-}
 
 // ---- handlers -------------------------------------------------------------------------------
 
@@ -95,21 +75,7 @@ async function status(req: IRequest, env: Env): Promise<Response> {
   // Past retention the batch's storage is gone; its index row (D1) still has the final counts.
   const row = await getBatchRow(env.BATCH_INDEX, req.params.batchId);
   if (!row?.archived_at) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
-  const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
-  return Response.json({
-    batch_id: row.batch_id,
-    status: row.status,
-    archived: true,
-    archived_at: iso(row.archived_at),
-    progress: { tasks_total: row.tasks_total, tasks_completed: row.tasks_completed, tasks_failed: row.tasks_failed },
-    mode: row.mode,
-    started_at: iso(row.started_at),
-    updated_at: iso(row.updated_at),
-    completed_at: iso(row.completed_at),
-    error: row.error,
-    file_list: row.file_list_key ? { key: row.file_list_key } : null,
-    warnings: [`archived: the batch's tasks, attempts and events were deleted ${loadConfig(env).BATCH_RETENTION_DAYS} days after it ended (BATCH_RETENTION_DAYS); its final counts and file list remain`],
-  });
+  return Response.json(archivedStatus(row, loadConfig(env).BATCH_RETENTION_DAYS));
 }
 
 /** Server-Sent Events from the batch's DO; Last-Event-ID (header or ?last_event_id) resumes. */
@@ -152,14 +118,14 @@ async function tasks(req: IRequest, env: Env): Promise<Response> {
     cursor: Number(query.cursor ?? 0),
     limit: query.limit,
   });
-  if (!page) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
+  if (!page) throw await unknownOrArchived(env, req.params.batchId);
   return Response.json(page);
 }
 
 async function task(req: IRequest, env: Env): Promise<Response> {
   const taskId = parse(TaskId, req.params.taskId, "taskId");
   const body = await stub(env, req.params.batchId).task(taskId);
-  if (!body) throw new HttpError(404, "unknown batch or task", { batch_id: req.params.batchId, task_id: taskId });
+  if (!body) throw await unknownOrArchived(env, req.params.batchId, taskId);
   return Response.json(body);
 }
 
@@ -355,6 +321,17 @@ class HttpError extends Error {
     this.status = status;
     this.details = details;
   }
+}
+
+/** 404 for a batch (or task) never seen; 410 for one whose records retention deleted (its status stays). */
+async function unknownOrArchived(env: Env, batchId: string, taskId?: string): Promise<HttpError> {
+  const row = await getBatchRow(env.BATCH_INDEX, batchId).catch(() => null);
+  if (row?.archived_at) {
+    return new HttpError(410, "batch archived: its tasks, attempts and events were deleted after BATCH_RETENTION_DAYS; GET /status/:batchId has its final counts", {
+      batch_id: batchId,
+    });
+  }
+  return new HttpError(404, taskId === undefined ? "unknown batch" : "unknown batch or task", { batch_id: batchId, ...(taskId === undefined ? {} : { task_id: taskId }) });
 }
 
 function parse<T extends z.ZodType>(schema: T, value: unknown, where: string): z.infer<T> {

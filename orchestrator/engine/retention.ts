@@ -3,7 +3,7 @@
 // stays with its final counts and the key of its file list object, so GET /status/:id still
 // answers (from D1, saying it is archived) and GET /batches still lists it. The row is written
 // first: a batch whose row cannot be written is kept and tried again later.
-import { recordBatch, toRow, type StatusLike } from "../batch-index.ts";
+import { type BatchIndexRow, recordBatch, toRow, type StatusLike } from "../batch-index.ts";
 import { errorMessage, log } from "../log.ts";
 import type { BatchMeta } from "../store/index.ts";
 import type { Engine } from "./context.ts";
@@ -47,4 +47,25 @@ export async function archive(e: Engine, meta: BatchMeta, status: StatusLike, st
   e.store.forget();
   log("DO", "batch_archived", { batch_id: meta.batch_id, completed_at: meta.completed_at, file_list_key: status.finalisation?.file_list?.key ?? null });
   return true;
+}
+
+/** GET /status/:batchId of an archived batch: its index row, in the status body's names. */
+export function archivedStatus(row: BatchIndexRow, retentionDays: number) {
+  const iso = (t: number | null | undefined) => (t === null || t === undefined ? null : new Date(t).toISOString());
+  return {
+    batch_id: row.batch_id,
+    status: row.status,
+    archived: true,
+    archived_at: iso(row.archived_at),
+    progress: { tasks_total: row.tasks_total, tasks_completed: row.tasks_completed, tasks_failed: row.tasks_failed },
+    mode: row.mode,
+    started_at: iso(row.started_at),
+    updated_at: iso(row.updated_at),
+    completed_at: iso(row.completed_at),
+    error: row.error,
+    file_list: row.file_list_key ? { key: row.file_list_key } : null,
+    warnings: [
+      `archived: the batch's tasks, attempts and events were deleted ${retentionDays} days after it ended (BATCH_RETENTION_DAYS); its final counts and file list remain`,
+    ],
+  };
 }

@@ -13,6 +13,9 @@
 //   row has not moved for STALL_AFTER_MS and asks each one's DO to check itself: a batch with no
 //   alarm, or one overdue by STALL_GRACE_MS, is woken and says so in its warnings; GET /status
 //   shows the same stall while it lasts.
+import { batchesToCheck } from "../batch-index.ts";
+import { loadConfig } from "../config.ts";
+import { log, logError } from "../log.ts";
 import type { BatchMeta } from "../store/index.ts";
 import { iso, isFinished } from "./context.ts";
 
@@ -44,4 +47,26 @@ export function runtimeRetryError(retryCount: number): string {
     `the previous alarm did not finish and the runtime retried it (retry ${retryCount}): an alarm dies this way when it ` +
     "exceeds its CPU time (limits.cpu_ms) or its isolate's memory (128 MB), or when its isolate is reset"
   );
+}
+
+/**
+ * The Cron Trigger (wrangler.jsonc `triggers`): running batches whose index row has not moved for
+ * STALL_AFTER_MS, and finished ones past retention not yet archived, are asked to check
+ * themselves (BatchDO.watchdog): one with no alarm, or one long overdue, is woken. Each is one
+ * RPC; at most WATCHDOG_BATCHES_PER_RUN a run.
+ */
+export async function runWatchdog(env: Env, now: number): Promise<{ checked: number; woken: string[] }> {
+  const days = loadConfig(env).BATCH_RETENTION_DAYS;
+  const ids = await batchesToCheck(env.BATCH_INDEX, now - STALL_AFTER_MS, now - days * 86_400_000, WATCHDOG_BATCHES_PER_RUN);
+  const woken: string[] = [];
+  for (const id of ids) {
+    try {
+      const answer = await env.BATCH_DO.getByName(id).watchdog();
+      if (answer.woken) woken.push(id);
+    } catch (error) {
+      logError("Watchdog", "check_failed", error, { batch_id: id });
+    }
+  }
+  log("Watchdog", "run", { checked: ids.length, woken });
+  return { checked: ids.length, woken };
 }
