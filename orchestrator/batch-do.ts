@@ -4,7 +4,7 @@
 import { DurableObject } from "cloudflare:workers";
 import type { LeaseResponse, QueueMessage } from "../shared/contracts.ts";
 import { backoffMs } from "../shared/backoff.ts";
-import { getBatchRow, syncBatchIndex } from "./batch-index.ts";
+import { syncBatchIndex } from "./batch-index.ts";
 import { type Config, loadConfig } from "./config.ts";
 import { attemptExpiry } from "./engine/access.ts";
 import { apiStatus, type Engine, isFinished, makeEngine } from "./engine/context.ts";
@@ -15,9 +15,9 @@ import { type CallbackReply, type ReserveReply, reserveOutputs, settleCallback }
 import { plan } from "./engine/planning.ts";
 import { heartbeat, lease } from "./engine/pool.ts";
 import { run, stopBatch } from "./engine/run.ts";
-import { archive, archiveDue, ARCHIVE_RETRY_MS, retentionAlarm } from "./engine/retention.ts";
+import { archive, archiveDue, archivedRow, ARCHIVE_RETRY_MS, retentionAlarm } from "./engine/retention.ts";
 import * as views from "./engine/views.ts";
-import { ALARM_REARM_MS, runtimeRetryError, stallReason, stallWarning } from "./engine/watchdog.ts";
+import { ALARM_REARM_MS, runtimeRetryError, stallReason, stallWarning, wakeIfStalled } from "./engine/watchdog.ts";
 import { LiveStreams } from "./engine/events.ts";
 import { errorMessage, log, logError } from "./log.ts";
 import { Outbound, OutboundRefused } from "./outbound.ts";
@@ -84,7 +84,7 @@ export class BatchDO extends DurableObject<Env> {
     const existing = this.store.getMeta();
     if (existing) return { created: false, status: apiStatus(existing) };
     // An archived batch (retention deleted its storage) is not started again by a late redelivery.
-    const archived = await archivedRow(this.env, message.batch_id);
+    const archived = await archivedRow(this.env.BATCH_INDEX, message.batch_id);
     if (archived) return { created: false, status: archived.status };
     const outside = outsideRoots(message, this.config.ALLOWED_PREFIXES);
     if (outside) {
@@ -198,23 +198,20 @@ export class BatchDO extends DurableObject<Env> {
   async watchdog(): Promise<{ batch_id: string | null; woken: boolean; reason: string | null }> {
     const meta = this.store.getMeta();
     if (!meta) return { batch_id: null, woken: false, reason: null };
-    const now = Date.now();
-    const reason = stallReason(meta, await this.ctx.storage.getAlarm(), now);
-    if (reason) {
-      this.store.addWarning(`${new Date(now).toISOString()}: the watchdog woke the batch: ${reason}`, now);
-      await this.ctx.storage.setAlarm(now);
-      log("DO", "stall_woken", { batch_id: meta.batch_id, reason });
-    } else if (isFinished(meta) && archiveDue(this.engine(), meta, now)) {
-      // Finished before retention had an alarm (an earlier deploy): archive it on its own alarm.
-      await this.ctx.storage.setAlarm(now);
-    }
-    await syncBatchIndex(this.engine().env, this.store.getMeta(), () => this.status(), { force: true });
+    const e = this.engine();
+    const reason = await wakeIfStalled(e, meta, this.ctx.storage, Date.now());
+    await syncBatchIndex(e.env, this.store.getMeta(), () => this.status(), { force: true });
     return { batch_id: meta.batch_id, woken: reason !== null, reason };
   }
 
   async tasks(opts: { status: views.ApiStatus | null; cursor: number; limit: number }) {
     const meta = this.store.getMeta();
     return meta ? views.tasks(this.engine(), meta, opts) : null;
+  }
+
+  async timeline(limit: number) {
+    const meta = this.store.getMeta();
+    return meta ? views.timeline(this.engine(), meta, limit) : null;
   }
 
   async task(taskId: string) {
@@ -389,12 +386,4 @@ export class BatchDO extends DurableObject<Env> {
       }
     }
   }
-}
-
-/** The index row of a batch whose storage was deleted by retention, or null. */
-async function archivedRow(env: Env, batchId: string) {
-  const db = env.BATCH_INDEX as D1Database | undefined;
-  if (!db) return null;
-  const row = await getBatchRow(db, batchId).catch(() => null);
-  return row?.archived_at ? row : null;
 }

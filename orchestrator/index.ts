@@ -14,9 +14,10 @@ import {
 } from "../shared/contracts.ts";
 import { backoffMs } from "../shared/backoff.ts";
 import { timingSafeEqualText, verifyGrant } from "../shared/token.ts";
-import type { ApiStatus, DeadLetterOutcome } from "./batch-do.ts";
+import type { ApiStatus } from "./batch-do.ts";
 import { CursorError, getBatchRow, listBatches } from "./batch-index.ts";
 import { ConfigError, loadConfig } from "./config.ts";
+import { consumeDeadLetter, deadLetterQueue } from "./dead-letters.ts";
 import { health } from "./health.ts";
 import { archivedStatus } from "./engine/retention.ts";
 import { runWatchdog } from "./engine/watchdog.ts";
@@ -46,6 +47,7 @@ router
   .get("/status/:batchId/events", reader(withBatch(events)))
   .get("/status/:batchId/tasks", reader(withBatch(tasks)))
   .get("/status/:batchId/tasks/:taskId", reader(withBatch(task)))
+  .get("/status/:batchId/timeline", reader(withBatch(timeline)))
   .post("/callback/:batchId/:taskId", withBatch(callback))
   .post("/outputs/:batchId/:taskId", withBatch(reserveOutputs))
   .post("/lease/:batchId", withBatch(lease))
@@ -120,6 +122,16 @@ async function tasks(req: IRequest, env: Env): Promise<Response> {
   });
   if (!page) throw await unknownOrArchived(env, req.params.batchId);
   return Response.json(page);
+}
+
+const TimelineQuery = z.object({ limit: z.coerce.number().int().min(1).max(1000).default(400) });
+
+/** The machine timeline in one read: open attempts and the latest ended ones (the dashboard draws it). */
+async function timeline(req: IRequest, env: Env): Promise<Response> {
+  const query = parse(TimelineQuery, Object.fromEntries(new URL(req.url).searchParams), "query");
+  const body = await stub(env, req.params.batchId).timeline(query.limit);
+  if (!body) throw await unknownOrArchived(env, req.params.batchId);
+  return Response.json(body);
 }
 
 async function task(req: IRequest, env: Env): Promise<Response> {
@@ -266,48 +278,6 @@ async function consume(message: Message<unknown>, env: Env): Promise<void> {
     const delaySeconds = Math.ceil(backoffMs(message.attempts, 2000, 300_000) / 1000);
     logError("Queue", "message_retry", error, { message_id: message.id, attempts: message.attempts, delay_s: delaySeconds });
     message.retry({ delaySeconds });
-  }
-}
-
-/**
- * Where the batch queue puts a message after its last retry: the DEAD_LETTER_QUEUE var, which
- * names the `dead_letter_queue` of this environment's consumer in wrangler.jsonc (staging has
- * its own). Read without the full config so a misconfigured Worker still recognises its dead letters.
- */
-function deadLetterQueue(env: Env): string {
-  const name = (env as { DEAD_LETTER_QUEUE?: unknown }).DEAD_LETTER_QUEUE;
-  return typeof name === "string" && name !== "" ? name : "fanout-batches-dlq";
-}
-
-/**
- * A message that exhausted its retries: its batch ends in ERROR saying so, so that /status
- * explains the loss. Without a usable batch_id there is no batch to mark: the body is logged.
- */
-async function consumeDeadLetter(message: Message<unknown>, env: Env): Promise<void> {
-  let body: unknown = message.body;
-  if (typeof body === "string") {
-    try {
-      body = JSON.parse(body);
-    } catch {
-      // kept as the string it is
-    }
-  }
-  const batchId = BatchId.safeParse((body as { batch_id?: unknown } | null)?.batch_id);
-  const content = (JSON.stringify(body) ?? String(body)).slice(0, 4096);
-  if (!batchId.success) {
-    log("DLQ", "dead_letter_without_batch", { message_id: message.id, attempts: message.attempts, body: content });
-    message.ack();
-    return;
-  }
-  const reason = `queue message dead-lettered: ${deadLetterQueue(env)} received it after the batch queue gave up retrying (the consumer failed on every delivery; see [Queue] message_retry logs)`;
-  try {
-    const { outcome }: { outcome: DeadLetterOutcome } = await stub(env, batchId.data).deadLettered(batchId.data, reason, content);
-    const event = { marked_error: "batch_marked_error", warned: "dead_letter_for_running_batch", finished: "dead_letter_for_finished_batch" }[outcome];
-    log("DLQ", event, { message_id: message.id, batch_id: batchId.data, attempts: message.attempts });
-    message.ack();
-  } catch (error) {
-    logError("DLQ", "dead_letter_retry", error, { message_id: message.id, batch_id: batchId.data });
-    message.retry({ delaySeconds: Math.min(300, 2 ** Math.min(message.attempts, 8)) });
   }
 }
 

@@ -3,7 +3,7 @@
 // stays with its final counts and the key of its file list object, so GET /status/:id still
 // answers (from D1, saying it is archived) and GET /batches still lists it. The row is written
 // first: a batch whose row cannot be written is kept and tried again later.
-import { type BatchIndexRow, recordBatch, toRow, type StatusLike } from "../batch-index.ts";
+import { type BatchIndexRow, getBatchRow, recordBatch, toRow, type StatusLike } from "../batch-index.ts";
 import { errorMessage, log } from "../log.ts";
 import type { BatchMeta } from "../store/index.ts";
 import type { Engine } from "./context.ts";
@@ -68,4 +68,11 @@ export function archivedStatus(row: BatchIndexRow, retentionDays: number) {
       `archived: the batch's tasks, attempts and events were deleted ${retentionDays} days after it ended (BATCH_RETENTION_DAYS); its final counts and file list remain`,
     ],
   };
+}
+
+/** The index row of a batch whose storage retention deleted, or null (a late redelivery must not start it again). */
+export async function archivedRow(db: D1Database | undefined, batchId: string): Promise<BatchIndexRow | null> {
+  if (!db) return null;
+  const row = await getBatchRow(db, batchId).catch(() => null);
+  return row?.archived_at ? row : null;
 }

@@ -17,7 +17,8 @@ import { batchesToCheck } from "../batch-index.ts";
 import { loadConfig } from "../config.ts";
 import { log, logError } from "../log.ts";
 import type { BatchMeta } from "../store/index.ts";
-import { iso, isFinished } from "./context.ts";
+import { type Engine, iso, isFinished } from "./context.ts";
+import { archiveDue } from "./retention.ts";
 
 /** How far ahead an alarm sets its successor before it works: beyond any one alarm's work (ALARM_WORK_MS). */
 export const ALARM_REARM_MS = 120_000;
@@ -69,4 +70,21 @@ export async function runWatchdog(env: Env, now: number): Promise<{ checked: num
   }
   log("Watchdog", "run", { checked: ids.length, woken });
   return { checked: ids.length, woken };
+}
+
+/**
+ * The DO's side of the watchdog: a running batch with no alarm, or one long overdue, is woken now
+ * and says so in its warnings; a finished one past retention with no alarm (it finished before
+ * retention had one) gets one now. Returns why it was stalled, or null.
+ */
+export async function wakeIfStalled(e: Engine, meta: BatchMeta, storage: DurableObjectStorage, now: number): Promise<string | null> {
+  const reason = stallReason(meta, await storage.getAlarm(), now);
+  if (reason) {
+    e.store.addWarning(`${new Date(now).toISOString()}: the watchdog woke the batch: ${reason}`, now);
+    await storage.setAlarm(now);
+    log("DO", "stall_woken", { batch_id: meta.batch_id, reason });
+  } else if (isFinished(meta) && archiveDue(e, meta, now)) {
+    await storage.setAlarm(now);
+  }
+  return reason;
 }

@@ -1,6 +1,6 @@
 // The BatchDO's SQLite store: the only code that writes the batch's SQL. One module per table
 // or concern (migrations.ts and schema.ts, meta.ts, files.ts and directories.ts, file-list.ts, outputs.ts, tasks.ts with
-// counts.ts, attempts.ts, workers.ts, orphans.ts, events.ts), all on one executor (sql.ts) and
+// counts.ts, attempts.ts, workers.ts, orphans.ts, events.ts, timeline.ts), all on one executor (sql.ts) and
 // its one `work` tally; BatchStore composes them into the one object the engine holds.
 // Every task change updates its phase's counters in the same transaction, and every query on a
 // hot path (callback, alarm, status) is an index lookup whose cost does not grow with the batch.
@@ -16,6 +16,7 @@ import { OutputQueries } from "./outputs.ts";
 import { Schema } from "./schema.ts";
 import { Sql, type SqlWork } from "./sql.ts";
 import { TaskQueries } from "./tasks.ts";
+import { TimelineQueries } from "./timeline.ts";
 import { WorkerQueries } from "./workers.ts";
 
 export type { AttemptRow } from "./attempts.ts";
@@ -26,6 +27,7 @@ export type { BatchMeta, Stage } from "./meta.ts";
 export type { SqlWork } from "./sql.ts";
 export { LIVE_STATES, OPEN_STATES, TASK_STATES, type TaskRow, type TaskState } from "./tasks.ts";
 export { WORKER_STATES, type WorkerRow, type WorkerState } from "./workers.ts";
+export type { TimelineAttempt } from "./timeline.ts";
 
 export class BatchStore {
   /** Rows read and written by every query of this store (all tables), for the scale tests and benchmarks. */
@@ -43,6 +45,7 @@ export class BatchStore {
   readonly #workers: WorkerQueries;
   readonly #orphans: OrphanQueries;
   readonly #events: EventQueries;
+  readonly #timeline: TimelineQueries;
 
   constructor(storage: DurableObjectStorage) {
     this.#db = new Sql(storage);
@@ -59,6 +62,7 @@ export class BatchStore {
     this.#workers = new WorkerQueries(this.#db);
     this.#orphans = new OrphanQueries(this.#db);
     this.#events = new EventQueries(this.#db);
+    this.#timeline = new TimelineQueries(this.#db);
   }
 
   /** After deleteAll (retention): the next read finds no batch instead of its remembered schema. */
@@ -146,6 +150,9 @@ export class BatchStore {
   addEvent: EventQueries["addEvent"] = (...a) => this.#events.addEvent(...a);
   eventsAfter: EventQueries["eventsAfter"] = (...a) => this.#events.eventsAfter(...a);
   lastEventId: EventQueries["lastEventId"] = () => this.#events.lastEventId();
+
+  // timeline.ts
+  recentAttempts: TimelineQueries["recentAttempts"] = (...a) => this.#timeline.recentAttempts(...a);
 
   // orphans.ts
   addOrphan: OrphanQueries["addOrphan"] = (...a) => this.#orphans.addOrphan(...a);
