@@ -74,8 +74,12 @@ describe("the dashboard in chromium", () => {
     await expect.poll(() => row.locator("td").nth(5).textContent(), { timeout: 30_000 }).toBe("10");
 
     const streamAnswers: number[] = [];
+    const reads = { timeline: 0, tasks: 0 };
     const onResponse = (r: { url(): string; status(): number }) => {
-      if (new URL(r.url()).pathname === `/status/${good}/events`) streamAnswers.push(r.status());
+      const path = new URL(r.url()).pathname;
+      if (path === `/status/${good}/events`) streamAnswers.push(r.status());
+      if (path === `/status/${good}/timeline`) reads.timeline++;
+      if (path.startsWith(`/status/${good}/tasks`)) reads.tasks++;
     };
     page.on("response", onResponse);
     await row.locator("a").click();
@@ -101,6 +105,9 @@ describe("the dashboard in chromium", () => {
     expect(await page.locator('[data-testid=phases] tr[data-phase="TIFF_CONVERSION"]').count()).toBe(1);
     await expect.poll(() => page.locator("[data-testid=timeline] .tl-bar.done").count(), { timeout: 20_000 }).toBe(10);
     expect(await page.locator("[data-testid=timeline] .tl-row[data-machine]").count()).toBe(10);
+    // The timeline came from one request per refresh (GET /status/:id/timeline), no task list and no task reads.
+    expect(reads.timeline).toBeGreaterThanOrEqual(1);
+    expect(reads.tasks).toBe(0);
     // The page followed the Worker's event stream (GET /status/:id/events), not a poll.
     page.off("response", onResponse);
     expect(streamAnswers[0], `event stream answers: ${streamAnswers.join(", ")}`).toBe(200);
