@@ -74,8 +74,10 @@ export async function writeFileList(e: Engine, meta: BatchMeta): Promise<Written
   const done = writtenList(row);
   if (done) return done;
   const objects = e.objects();
+  // One part's buffer for the alarm: each part is sent (and done with) before the next is built.
+  const buffer = new Uint8Array(FILE_LIST_PART_BYTES);
   for (let sent = 0; sent < FILE_LIST_PARTS_PER_ALARM && !e.outbound.overdue; sent++) {
-    const part = buildPart(e, row);
+    const part = buildPart(e, row, buffer);
     const partNumber = row.parts + 1;
     if (partNumber === 1 && part.last) {
       // The whole list fits one part: one PUT.
@@ -111,9 +113,8 @@ interface Part {
   last: boolean;
 }
 
-/** The next part: the carried bytes, then a line per file, cut at exactly FILE_LIST_PART_BYTES. */
-function buildPart(e: Engine, row: FileListRow): Part {
-  const buffer = new Uint8Array(FILE_LIST_PART_BYTES);
+/** The next part, in `buffer`: the carried bytes, then a line per file, cut at exactly FILE_LIST_PART_BYTES. */
+function buildPart(e: Engine, row: FileListRow, buffer: Uint8Array): Part {
   const encoder = new TextEncoder();
   let length = 0;
   let afterId = row.after_id;

@@ -15,6 +15,8 @@ export interface SqlLimitViolation {
 }
 
 const violations: SqlLimitViolation[] = [];
+/** The largest of each measure any statement of this test file had (for the limits' worst cases). */
+export const sqlMaxima = { valueBytes: 0, statementBytes: 0, parameters: 0 };
 const encoder = new TextEncoder();
 
 /** UTF-8 bytes of `s`, encoding only when the cheap bounds cannot decide. */
@@ -27,12 +29,15 @@ function utf8Bytes(s: string, over: number): number {
 export function checkStatement(query: string, params: unknown[]): SqlLimitViolation | null {
   const short = query.replace(/\s+/g, " ").slice(0, 120);
   const queryBytes = utf8Bytes(query, MAX_STATEMENT_BYTES);
+  sqlMaxima.statementBytes = Math.max(sqlMaxima.statementBytes, queryBytes);
+  sqlMaxima.parameters = Math.max(sqlMaxima.parameters, params.length);
   if (queryBytes > MAX_STATEMENT_BYTES) return { limit: "statement", detail: `${queryBytes} bytes of SQL (limit ${MAX_STATEMENT_BYTES})`, query: short };
   if (params.length > MAX_BOUND_PARAMETERS) {
     return { limit: "parameters", detail: `${params.length} bound parameters (limit ${MAX_BOUND_PARAMETERS})`, query: short };
   }
   for (const [i, p] of params.entries()) {
-    const bytes = typeof p === "string" ? utf8Bytes(p, MAX_BOUND_VALUE_BYTES) : p instanceof ArrayBuffer || ArrayBuffer.isView(p) ? p.byteLength : 0;
+    const bytes = typeof p === "string" ? new TextEncoder().encode(p).byteLength : p instanceof ArrayBuffer || ArrayBuffer.isView(p) ? p.byteLength : 0;
+    sqlMaxima.valueBytes = Math.max(sqlMaxima.valueBytes, bytes);
     if (bytes > MAX_BOUND_VALUE_BYTES) {
       return { limit: "bound value", detail: `parameter ${i + 1} is ${bytes} bytes (limit ${MAX_BOUND_VALUE_BYTES})`, query: short };
     }
