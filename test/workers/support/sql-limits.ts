@@ -29,20 +29,27 @@ function utf8Bytes(s: string, over: number): number {
 export function checkStatement(query: string, params: unknown[]): SqlLimitViolation | null {
   const short = query.replace(/\s+/g, " ").slice(0, 120);
   const queryBytes = utf8Bytes(query, MAX_STATEMENT_BYTES);
-  sqlMaxima.statementBytes = Math.max(sqlMaxima.statementBytes, queryBytes);
-  sqlMaxima.parameters = Math.max(sqlMaxima.parameters, params.length);
   if (queryBytes > MAX_STATEMENT_BYTES) return { limit: "statement", detail: `${queryBytes} bytes of SQL (limit ${MAX_STATEMENT_BYTES})`, query: short };
   if (params.length > MAX_BOUND_PARAMETERS) {
     return { limit: "parameters", detail: `${params.length} bound parameters (limit ${MAX_BOUND_PARAMETERS})`, query: short };
   }
   for (const [i, p] of params.entries()) {
-    const bytes = typeof p === "string" ? new TextEncoder().encode(p).byteLength : p instanceof ArrayBuffer || ArrayBuffer.isView(p) ? p.byteLength : 0;
-    sqlMaxima.valueBytes = Math.max(sqlMaxima.valueBytes, bytes);
+    const bytes = typeof p === "string" ? utf8Bytes(p, MAX_BOUND_VALUE_BYTES) : p instanceof ArrayBuffer || ArrayBuffer.isView(p) ? p.byteLength : 0;
     if (bytes > MAX_BOUND_VALUE_BYTES) {
       return { limit: "bound value", detail: `parameter ${i + 1} is ${bytes} bytes (limit ${MAX_BOUND_VALUE_BYTES})`, query: short };
     }
   }
   return null;
+}
+
+/** Records the sizes of a statement the store ran (the worst cases reported beside the limits; a refused one is not run). */
+function measure(query: string, params: unknown[]): void {
+  sqlMaxima.statementBytes = Math.max(sqlMaxima.statementBytes, encoder.encode(query).byteLength);
+  sqlMaxima.parameters = Math.max(sqlMaxima.parameters, params.length);
+  for (const p of params) {
+    const bytes = typeof p === "string" ? encoder.encode(p).byteLength : p instanceof ArrayBuffer || ArrayBuffer.isView(p) ? p.byteLength : 0;
+    sqlMaxima.valueBytes = Math.max(sqlMaxima.valueBytes, bytes);
+  }
 }
 
 /** The SQL API with every exec checked first. */
@@ -57,6 +64,7 @@ export function guardSql(sql: SqlStorage): SqlStorage {
             console.error(`[sql-limits] refused: ${v.limit}: ${v.detail} in: ${v.query}`);
             throw new Error(`SQLite limit exceeded (${v.limit}: ${v.detail}); production refuses this statement`);
           }
+          measure(query, params);
           return target.exec(query, ...params);
         };
       }
