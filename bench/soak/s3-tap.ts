@@ -1,6 +1,7 @@
 // A pass-through proxy in front of the local S3 that records every object write by key: the
 // soak's proof that no output was written twice and nothing outside the batch was written.
-// Presigned URLs keep working through it (the local S3 does not check signatures).
+// Signatures keep working through it: it forwards the Host the client signed (the local S3 checks
+// every signature, host included).
 import { createServer, request } from "node:http";
 import type { AddressInfo } from "node:net";
 
@@ -44,7 +45,8 @@ export async function startS3Tap(upstream: string, bucket: string): Promise<S3Ta
         port: target.port,
         method,
         path: req.url,
-        headers: { ...req.headers, host: target.host },
+        // The client signed the Host it connected to (this tap's): passed on unchanged.
+        headers: req.headers,
       },
       (upstreamRes) => {
         const status = upstreamRes.statusCode ?? 0;

@@ -12,7 +12,7 @@ import { pipeline } from "node:stream/promises";
 import type { S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EXIT } from "../../fly-worker/exit-codes.ts";
-import { LOCAL_S3_CREDENTIALS, startLocalS3, type LocalS3 } from "../../local/s3.ts";
+import { startLocalS3, type LocalS3 } from "../../local/s3.ts";
 import type { Config } from "../../orchestrator/config.ts";
 import { presign } from "../../orchestrator/engine/presign.ts";
 import { checksum } from "../../orchestrator/phases/checksum.ts";
@@ -36,9 +36,9 @@ let bigSha: string;
 let smallSha: string;
 let taskSeq = 0;
 
-/** The storage config the engine presigns with (fauxqs takes any signature; presign.test.ts checks them). */
+/** The storage config the engine presigns with: the local S3's key pair (it checks every signature). */
 const storageConfig = () =>
-  ({ R2_ACCESS_KEY_ID: LOCAL_S3_CREDENTIALS.accessKeyId, R2_SECRET_ACCESS_KEY: LOCAL_S3_CREDENTIALS.secretAccessKey, R2_ACCOUNT_ID: "local", R2_BUCKET: BUCKET, R2_ENDPOINT: s3.endpoint }) as unknown as Config;
+  ({ R2_ACCESS_KEY_ID: s3.credentials.accessKeyId, R2_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey, R2_ACCOUNT_ID: "local", R2_BUCKET: BUCKET, R2_ENDPOINT: s3.endpoint }) as unknown as Config;
 
 async function sha256Of(path: string): Promise<string> {
   const hash = createHash("sha256");
@@ -56,7 +56,7 @@ async function randomFile(path: string, mb: number): Promise<void> {
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "fanout-checksum-test-"));
   [s3, receiver] = await Promise.all([startLocalS3({ buckets: [BUCKET] }), startCallbackReceiver()]);
-  client = localS3Client(s3.endpoint);
+  client = localS3Client(s3);
   const big = join(dir, "big.jpg");
   const small = join(dir, "small.jpg");
   await randomFile(big, BIG_MB);

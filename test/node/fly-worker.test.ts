@@ -31,7 +31,7 @@ let taskSeq = 0;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "fanout-fw-test-"));
   [corpus, s3, receiver] = await Promise.all([generateTiffCorpus(join(dir, "corpus"), { large: true }), startLocalS3({ buckets: [BUCKET] }), startCallbackReceiver()]);
-  client = localS3Client(s3.endpoint);
+  client = localS3Client(s3);
   await Promise.all(Object.values(corpus).map((c) => putFile(client, BUCKET, `scans/${c.name}.tif`, c.path)));
 });
 
@@ -58,7 +58,7 @@ async function task(inputName: string, extra: Record<string, string> = {}): Prom
     inputKey,
     outputKey,
     bucket: BUCKET,
-    s3Endpoint: s3.endpoint,
+    s3,
     callbackUrl: receiver.urlFor(BATCH, taskId),
     callbackSecret: SECRET,
     extra: { MEMORY_MB: "1024", CALLBACK_BACKOFF_MS: "20", ...extra },
