@@ -8,6 +8,7 @@ import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { Transform } from "node:stream";
 import { buildApp } from "fauxqs";
+import { MAX_KEY_BYTES } from "../shared/keys.ts";
 import { credentialsProblem, EMPTY_SHA256, refusalXml, verifySigV4, type PayloadMode, type S3Credentials, type S3Refusal } from "./s3-auth.ts";
 
 export type { S3Credentials } from "./s3-auth.ts";
@@ -36,9 +37,6 @@ export interface LocalS3 {
   /** Resolves when the server stops listening, whoever stopped it. */
   closed: Promise<void>;
 }
-
-/** R2's object key limit (developers.cloudflare.com/r2/platform/limits/): 1,024 bytes. */
-export const MAX_KEY_BYTES = 1024;
 
 /** A fresh R2-shaped key pair: a 32-hex access key id and a 64-hex secret. */
 export function generateS3Credentials(): S3Credentials {
@@ -109,7 +107,7 @@ export async function startLocalS3(options: LocalS3Options = {}): Promise<LocalS
     for (const bucket of buckets) s3Store.createBucket(bucket); // kept when it already exists (persisted)
   } catch (error) {
     await app.close();
-    throw new Error(`local S3 could not create a bucket of ${buckets.join(", ")}: ${error instanceof Error ? error.message : String(error)}`);
+    throw new Error(`local S3 could not create a bucket of ${buckets.join(", ")}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
   }
   const urlHost = host.includes(":") ? `[${host}]` : host;
   const closed = new Promise<void>((resolve) => app.server.once("close", () => resolve()));

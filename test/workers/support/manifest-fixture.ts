@@ -60,7 +60,7 @@ export class ChunkedStore implements ObjectStore {
     this.chunkBytes = chunkBytes;
   }
 
-  head(key: string): Promise<{ size: number } | null> {
+  head(key: string): ReturnType<ObjectStore["head"]> {
     return this.inner.head(key);
   }
 
