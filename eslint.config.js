@@ -1,4 +1,5 @@
-// Lint: typescript-eslint's recommended rules on every TypeScript file of the package.
+// Lint: typescript-eslint's recommended rules on every TypeScript file of the package, and the
+// recommended rules on the dashboard's browser modules (dashboard/js/, no build step).
 import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
@@ -10,6 +11,19 @@ export default tseslint.config(
     rules: {
       "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", varsIgnorePattern: "^_" }],
       "@typescript-eslint/no-explicit-any": "error",
+    },
+  },
+  {
+    // The dashboard runs in the browser: its globals, named here rather than through another dependency.
+    files: ["dashboard/**/*.js"],
+    languageOptions: {
+      sourceType: "module",
+      globals: Object.fromEntries(
+        [
+          "document", "window", "location", "navigator", "fetch", "sessionStorage", "EventSource", "MessageEvent",
+          "setTimeout", "clearTimeout", "URLSearchParams", "console",
+        ].map((name) => [name, "readonly"]),
+      ),
     },
   },
 );

@@ -2,8 +2,7 @@
 // soak's proof that no output was written twice and nothing outside the batch was written.
 // Signatures keep working through it: it forwards the Host the client signed (the local S3 checks
 // every signature, host included).
-import { createServer, request } from "node:http";
-import type { AddressInfo } from "node:net";
+import { listenLoopback, pipeThrough } from "../../local/forward.ts";
 
 export interface ObjectWrite {
   key: string;
@@ -28,29 +27,23 @@ export async function startS3Tap(upstream: string, bucket: string): Promise<S3Ta
   const target = new URL(upstream);
   const writes: ObjectWrite[] = [];
   const byMethod: Record<string, number> = {};
-  const server = createServer((req, res) => {
-    const url = new URL(req.url ?? "/", "http://tap");
-    const method = req.method ?? "GET";
-    byMethod[method] = (byMethod[method] ?? 0) + 1;
-    const prefix = `/${encodeURIComponent(bucket)}/`;
-    const key = url.pathname.startsWith(prefix) ? url.pathname.slice(prefix.length).split("/").map(decodeURIComponent).join("/") : null;
-    // A write is a PUT of a whole object or the POST completing a multipart upload; parts and copies are not.
-    const isWrite =
-      key !== null &&
-      ((method === "PUT" && !url.searchParams.has("partNumber") && !req.headers["x-amz-copy-source"]) ||
-        (method === "POST" && url.searchParams.has("uploadId")));
-    const upstreamReq = request(
-      {
-        host: target.hostname,
-        port: target.port,
-        method,
-        path: req.url,
-        // The client signed the Host it connected to (this tap's): passed on unchanged.
-        headers: req.headers,
-      },
-      (upstreamRes) => {
-        const status = upstreamRes.statusCode ?? 0;
-        if (isWrite && status >= 200 && status < 300) {
+  const server = await listenLoopback(
+    (req, res) => {
+      const url = new URL(req.url ?? "/", "http://tap");
+      const method = req.method ?? "GET";
+      byMethod[method] = (byMethod[method] ?? 0) + 1;
+      const prefix = `/${encodeURIComponent(bucket)}/`;
+      const key = url.pathname.startsWith(prefix) ? url.pathname.slice(prefix.length).split("/").map(decodeURIComponent).join("/") : null;
+      // A write is a PUT of a whole object or the POST completing a multipart upload; parts and copies are not.
+      const isWrite =
+        key !== null &&
+        ((method === "PUT" && !url.searchParams.has("partNumber") && !req.headers["x-amz-copy-source"]) ||
+          (method === "POST" && url.searchParams.has("uploadId")));
+      pipeThrough(req, res, target, {
+        unreachable: "s3 tap: upstream unreachable",
+        keepHost: true,
+        onAnswer: (status) => {
+          if (!isWrite || status < 200 || status >= 300) return;
           writes.push({
             key: key!,
             credential: url.searchParams.get("X-Amz-Signature") ?? "header-signed",
@@ -58,34 +51,15 @@ export async function startS3Tap(upstream: string, bucket: string): Promise<S3Ta
             status,
             at: Date.now(),
           });
-        }
-        // Hop-by-hop headers are this hop's own: forwarding the upstream's `keep-alive: timeout=72`
-        // made clients reuse sockets this server had closed after its 5 s (ECONNRESET on downloads).
-        const headers = { ...upstreamRes.headers };
-        for (const h of ["connection", "keep-alive", "transfer-encoding"]) delete headers[h];
-        res.writeHead(status, headers);
-        upstreamRes.pipe(res);
-      },
-    );
-    upstreamReq.on("error", (error) => {
-      if (!res.headersSent) res.writeHead(502, { "content-type": "application/json" });
-      res.end(JSON.stringify({ error: `s3 tap: upstream unreachable: ${error.message}` }));
-    });
-    req.pipe(upstreamReq);
-  });
-  server.keepAliveTimeout = 65_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
+        },
+      });
+    },
+    { keepAliveTimeoutMs: 65_000 },
+  );
   return {
-    endpoint: `http://127.0.0.1:${port}`,
+    endpoint: server.url,
     writes: () => [...writes],
     requests: () => ({ ...byMethod }),
-    stop: async () => {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
+    stop: () => server.close(),
   };
 }

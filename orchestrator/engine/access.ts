@@ -4,8 +4,8 @@
 // after the attempt's hard limits.
 import { signGrant } from "../../shared/token.ts";
 import type { Config } from "../config.ts";
-import type { BatchMeta, TaskRow } from "../store.ts";
 import { getPhase } from "../phases/index.ts";
+import type { BatchMeta, TaskRow } from "../store/index.ts";
 import type { Engine } from "./context.ts";
 import { outputAccess } from "./outputs.ts";
 import { presign } from "./presign.ts";

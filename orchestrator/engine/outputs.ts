@@ -8,7 +8,7 @@
 import { directoryOf, keyProblem, underPlace, WRITER_METADATA } from "../../shared/keys.ts";
 import type { Config } from "../config.ts";
 import { StorageError } from "../storage.ts";
-import type { BatchMeta, TaskRow } from "../store.ts";
+import type { BatchMeta, TaskRow } from "../store/index.ts";
 import type { Engine } from "./context.ts";
 
 export { WRITER_METADATA } from "../../shared/keys.ts";

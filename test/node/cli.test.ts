@@ -24,7 +24,7 @@ const CLEAN_ENV = Object.fromEntries(
 
 /** The CLI as a child process; `output()` is what it printed so far (tests act on it mid-run). */
 function spawnCli(args: string[], env: Record<string, string>): { result: Promise<Ran>; output: () => string } {
-  const child = spawn(process.execPath, ["local/cli.ts", ...args], { cwd: REPO_ROOT, env: { ...CLEAN_ENV, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, ["local/cli/main.ts", ...args], { cwd: REPO_ROOT, env: { ...CLEAN_ENV, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "";
   let stderr = "";
   child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
@@ -102,7 +102,7 @@ describe("fanout CLI against a running local stack", () => {
   let start: ChildProcess | undefined;
   let startOut = "";
   let s3: ReturnType<typeof s3Client>;
-  let stack: { orchestrator_url: string; s3_endpoint: string; bucket: string };
+  let stack: { orchestrator_url: string; s3_endpoint: string; bucket: string; s3_access_key_id: string; s3_secret_access_key: string };
 
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), "fanout-cli-"));
@@ -126,7 +126,7 @@ describe("fanout CLI against a running local stack", () => {
     }
     const { readFile } = await import("node:fs/promises");
     stack = JSON.parse(await readFile(join(work, "stack", "stack.json"), "utf8")) as typeof stack;
-    s3 = s3Client({ endpoint: stack.s3_endpoint, bucket: stack.bucket, accessKeyId: "local-access-key", secretAccessKey: "local-secret-key" });
+    s3 = s3Client({ endpoint: stack.s3_endpoint, bucket: stack.bucket, accessKeyId: stack.s3_access_key_id, secretAccessKey: stack.s3_secret_access_key });
   }, 240_000);
 
   afterAll(async () => {
