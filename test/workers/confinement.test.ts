@@ -162,6 +162,24 @@ describe("keys are canonical and confined to the batch's place", () => {
   });
 });
 
+/** Starts a one-TIFF batch whose machine hangs (the test plays it); its attempt-1 env. */
+async function startHanging(b: string): Promise<Record<string, string>> {
+  world.runner.behaviour = () => "hang";
+  await tiff(`batches/${b}/scan.tif`);
+  await stub(b).start({ batch_id: b, r2_prefix: `batches/${b}/` });
+  await vi.waitFor(() => expect(world.runner.started).toHaveLength(1), { timeout: 10_000 });
+  return startedEnvs()[0];
+}
+
+/** Attempt 1 runs out of time (its machine is destroyed); the retry's backoff passes and attempt 2 gets a machine. */
+async function supersede(b: string): Promise<void> {
+  await expireAll(b);
+  await runDurableObjectAlarm(stub(b));
+  await expireAll(b);
+  await runDurableObjectAlarm(stub(b));
+  await vi.waitFor(() => expect(world.runner.started).toHaveLength(2), { timeout: 10_000 });
+}
+
 describe("no object is replaced by accident", () => {
   it("scan.tif beside an unlisted, pre-existing scan.jpg: that file fails naming the key, no machine is made for it, scan.jpg is untouched", async () => {
     const b = "ow-1";
@@ -220,20 +238,12 @@ describe("no object is replaced by accident", () => {
 
   it("a retry after a lost callback replaces exactly its own earlier upload (If-Match on that ETag) and the task completes", async () => {
     const b = "ow-3";
-    world.runner.behaviour = () => "hang";
-    await tiff(`batches/${b}/scan.tif`);
-    await stub(b).start({ batch_id: b, r2_prefix: `batches/${b}/` });
-    await vi.waitFor(() => expect(world.runner.started).toHaveLength(1), { timeout: 10_000 });
-    const a1 = startedEnvs()[0];
+    const a1 = await startHanging(b);
     expect(JSON.parse(a1.OUTPUT_HEADERS)["if-none-match"]).toBe("*");
     // Attempt 1 uploads, then its machine dies before calling back.
     expect(await writeOutput(a1)).toBe(true);
     const uploaded = await env.BUCKET.head(a1.OUTPUT_R2_KEY);
-    await expireAll(b);
-    await runDurableObjectAlarm(stub(b));
-    await expireAll(b);
-    await runDurableObjectAlarm(stub(b));
-    await vi.waitFor(() => expect(world.runner.started).toHaveLength(2), { timeout: 10_000 });
+    await supersede(b);
     const a2 = startedEnvs()[1];
     expect(a2.ATTEMPT).toBe("2");
     expect(a2.OUTPUT_R2_KEY).toBe(a1.OUTPUT_R2_KEY);
@@ -244,11 +254,7 @@ describe("no object is replaced by accident", () => {
 
   it("an object that appears at the key during the attempt: storage refuses the upload (412), and the next attempt fails the file naming the key", async () => {
     const b = "ow-4";
-    world.runner.behaviour = () => "hang";
-    await tiff(`batches/${b}/scan.tif`);
-    await stub(b).start({ batch_id: b, r2_prefix: `batches/${b}/` });
-    await vi.waitFor(() => expect(world.runner.started).toHaveLength(1), { timeout: 10_000 });
-    const a1 = startedEnvs()[0];
+    const a1 = await startHanging(b);
     await env.BUCKET.put(a1.OUTPUT_R2_KEY, "someone else's");
     const res = await world.runner.finish(a1.FLY_MACHINE_ID);
     expect(res.status).toBe(200);
@@ -265,12 +271,8 @@ describe("no object is replaced by accident", () => {
 
   it("page keys: a retry reuses its reserved page key (If-Match on its own upload) and is refused one another writer filled (409, naming it)", async () => {
     const b = "ow-5";
-    world.runner.behaviour = () => "hang";
-    await tiff(`batches/${b}/scan.tif`);
     await env.BUCKET.put(`batches/${b}/scan-p002.jpg`, "an unlisted file");
-    await stub(b).start({ batch_id: b, r2_prefix: `batches/${b}/` });
-    await vi.waitFor(() => expect(world.runner.started).toHaveLength(1), { timeout: 10_000 });
-    const a1 = startedEnvs()[0];
+    const a1 = await startHanging(b);
     const reserve = async (token: string) =>
       exports.default.fetch(`http://orchestrator.test/outputs/${b}/${a1.TASK_ID}`, {
         method: "POST",
@@ -288,11 +290,7 @@ describe("no object is replaced by accident", () => {
     expect(await writeOutput({ OUTPUT_R2_KEY: r1.outputs[0].r2_key, OUTPUT_HEADERS: JSON.stringify(r1.outputs[0].headers) })).toBe(true);
     const page2 = await env.BUCKET.head(r1.outputs[0].r2_key);
     await withStore(b, (_s, sql) => sql.exec("UPDATE workers SET check_at = ?", Date.now() + 3_600_000));
-    await expireAll(b);
-    await runDurableObjectAlarm(stub(b));
-    await expireAll(b);
-    await runDurableObjectAlarm(stub(b));
-    await vi.waitFor(() => expect(world.runner.started).toHaveLength(2), { timeout: 10_000 });
+    await supersede(b);
     const token2 = await attemptToken(b, a1.TASK_ID, 2);
     const r2 = (await (await reserve(token2)).json()) as Reserved;
     expect(r2.outputs).toEqual([{ page: 2, r2_key: r1.outputs[0].r2_key, url: expect.any(String), headers: { "content-type": "image/jpeg", [`x-amz-meta-${WRITER_METADATA}`]: `${b}/tiff-000000`, "if-match": page2!.httpEtag } }]);
