@@ -295,7 +295,7 @@ async function main(): Promise<void> {
       ports: { orchestrator: Number(process.env.FANOUT_PORT ?? 0), s3: Number(process.env.FANOUT_S3_PORT ?? 0), emulator: Number(process.env.FANOUT_FLY_PORT ?? 0) },
       vars: { MAX_CONCURRENT_MACHINES: "1", WORKER_URL: receiver.url },
     });
-    const s3 = localS3Client(stack.s3.endpoint);
+    const s3 = localS3Client(stack.s3);
     await new Upload({ client: s3, params: { Bucket: stack.bucket, Key: MANIFEST_KEY, Body: Buffer.from(text), ContentType: "application/json" }, partSize: 8 * MB }).done();
 
     const pids = ourWorkerdPids();

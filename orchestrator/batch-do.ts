@@ -8,7 +8,7 @@ import { syncBatchIndex } from "./batch-index.ts";
 import { type Config, loadConfig } from "./config.ts";
 import { attemptExpiry } from "./engine/access.ts";
 import { apiStatus, type Engine, isFinished, makeEngine } from "./engine/context.ts";
-import { discover, outsideRoots } from "./engine/discovery.ts";
+import { discover, messageRefusal } from "./engine/discovery.ts";
 import { finalise } from "./engine/finalise.ts";
 import { destroyOrphans } from "./engine/machines.ts";
 import { type CallbackReply, type ReserveReply, reserveOutputs, settleCallback } from "./engine/outcomes.ts";
@@ -86,7 +86,7 @@ export class BatchDO extends DurableObject<Env> {
     // An archived batch (retention deleted its storage) is not started again by a late redelivery.
     const archived = await archivedRow(this.env.BATCH_INDEX, message.batch_id);
     if (archived) return { created: false, status: archived.status };
-    const outside = outsideRoots(message, this.config.ALLOWED_PREFIXES);
+    const outside = messageRefusal(message, this.config.ALLOWED_PREFIXES);
     if (outside) {
       await this.recordInvalid(message.batch_id, `invalid queue message: ${outside}`, JSON.stringify(message));
       log("DO", "batch_refused", { batch_id: message.batch_id, error: outside });
