@@ -337,6 +337,9 @@ export class BatchDO extends DurableObject<Env> {
     const now = Date.now();
     if (after && isFinished(after)) next = Math.min(next ?? Number.POSITIVE_INFINITY, retentionAlarm(e, after, now));
     else if (after && next === null) next = now + ALARM_REARM_MS;
+    // A wake during this alarm (a callback freed a slot) moved the re-armed alarm earlier: keep it.
+    const woken = after && !isFinished(after) ? await this.ctx.storage.getAlarm() : null;
+    if (next !== null && woken !== null && woken !== started + ALARM_REARM_MS) next = Math.min(next, woken);
     if (next !== null) await this.ctx.storage.setAlarm(Math.max(next, now));
     this.live.progressChanged();
     await syncBatchIndex(e.env, after, () => this.status());

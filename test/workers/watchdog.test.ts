@@ -94,6 +94,44 @@ describe("an alarm sets its successor before it works", () => {
   });
 });
 
+describe("a wake during an alarm is kept", () => {
+  it("a callback that brings the alarm forward while an alarm is running is not overwritten by that alarm's own next time", async () => {
+    world.runner.behaviour = () => "hang";
+    await putTiffs("wd-wake/", 1);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let held = 0;
+    const spied = globalThis.fetch;
+    // The alarm's machine create waits at the gate.
+    globalThis.fetch = async (input, init) => {
+      const request = new Request(input, init);
+      if (new URL(request.url).host === "fly.test" && request.method === "POST") {
+        held++;
+        await gate;
+      }
+      return spied(request);
+    };
+    try {
+      await stub("wd-wake").start({ batch_id: "wd-wake", r2_prefix: "wd-wake/" });
+      await vi.waitFor(() => expect(held).toBe(1), { timeout: 30_000 });
+      const wantedAt = Date.now() + 3000;
+      const before = await runInDurableObject(stub("wd-wake"), async (instance: BatchDO) => {
+        await (instance as unknown as { wake(at: number): Promise<void> }).wake(wantedAt);
+        return instance.lastAlarm;
+      });
+      release();
+      // The alarm ends (its create answered); its own next look would be MACHINE_CHECK_INTERVAL_MS (30 s) away.
+      await vi.waitFor(async () => expect(await runInDurableObject(stub("wd-wake"), (instance: BatchDO) => instance.lastAlarm !== before && instance.lastAlarm?.stage === "run")).toBe(true), { timeout: 30_000 });
+      const alarm = await runInDurableObject(stub("wd-wake"), (_i, state) => state.storage.getAlarm());
+      expect(alarm).not.toBeNull();
+      expect(alarm!).toBeLessThanOrEqual(wantedAt);
+    } finally {
+      release();
+      globalThis.fetch = spied;
+    }
+  });
+});
+
 describe("each alarm's work is bounded by time as well as by count", () => {
   it("discovery stops taking manifest pages once the alarm's time is up, and the next alarm goes on from the cursor", async () => {
     const b = "wd-time";
