@@ -1,6 +1,6 @@
 // The Durable Object shell of a batch: RPC entry points and alarm dispatch, nothing else. The
 // engine's concerns live in engine/ (discovery, planning, scheduling, machines, outcomes, pool,
-// finalisation, views); SQL lives in store.ts. The engine names no phase.
+// finalisation, views); SQL lives in store/. The engine names no phase.
 import { DurableObject } from "cloudflare:workers";
 import type { LeaseResponse, QueueMessage } from "../shared/contracts.ts";
 import { backoffMs } from "../shared/backoff.ts";
@@ -20,7 +20,7 @@ import { LiveStreams } from "./engine/events.ts";
 import { errorMessage, log, logError } from "./log.ts";
 import { FIRST_PHASE, getPhase } from "./phases/index.ts";
 import { StorageError } from "./storage.ts";
-import { type BatchMeta, BatchStore } from "./store.ts";
+import { type BatchMeta, BatchStore } from "./store/index.ts";
 
 export type { StatusBody, ApiStatus } from "./engine/views.ts";
 export type { CallbackReply } from "./engine/outcomes.ts";

@@ -5,7 +5,8 @@ import { AwsClient } from "aws4fetch";
 import { z } from "zod";
 import { timingSafeEqualText } from "../shared/token.ts";
 import { ConfigError, loadConfig, type Config } from "./config.ts";
-import { FlyApiError, FlyMachines } from "./machines.ts";
+import { FlyApiError } from "./fly/api.ts";
+import { FlyMachines } from "./fly/client.ts";
 
 export interface Check {
   name: string;

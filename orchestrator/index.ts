@@ -21,7 +21,7 @@ import { health } from "./health.ts";
 import { errorMessage, log, logError } from "./log.ts";
 
 export { BatchDO } from "./batch-do.ts";
-export { FlyBudget } from "./fly-budget.ts";
+export { FlyBudget } from "./fly/budget.ts";
 
 type Handler = (req: IRequest, env: Env) => Promise<Response> | Response;
 

@@ -3,7 +3,7 @@
 // outputs, all expiring shortly after the attempt's hard limits.
 import { signGrant } from "../../shared/token.ts";
 import type { Config } from "../config.ts";
-import type { BatchMeta, TaskRow } from "../store.ts";
+import type { BatchMeta, TaskRow } from "../store/index.ts";
 import type { Engine } from "./context.ts";
 import { presign } from "./presign.ts";
 

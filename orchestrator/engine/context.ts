@@ -1,10 +1,10 @@
 // What every engine module works with: the batch's store, its validated config, the Fly client,
 // the object store, and the phase limits. Built once per RPC or alarm by the DO shell.
 import type { Config } from "../config.ts";
-import { FlyMachines } from "../machines.ts";
+import { FlyMachines } from "../fly/client.ts";
 import type { Phase, TaskView } from "../phases/types.ts";
 import { R2ObjectStore, S3ObjectStore, type ObjectStore } from "../storage.ts";
-import type { BatchMeta, BatchStore, PhaseCounts, TaskRow } from "../store.ts";
+import type { BatchMeta, BatchStore, PhaseCounts, TaskRow } from "../store/index.ts";
 import { SUBREQUESTS_PER_ALARM } from "./constants.ts";
 
 export { CREATE_ANSWER_MS, CREDENTIAL_GRACE_MS, RECHECK_MS, RETIRE_GRACE_MS, SPAWNS_PER_ALARM, SUBREQUESTS_PER_ALARM } from "./constants.ts";

@@ -3,7 +3,7 @@
 import type { FileEntry } from "../../shared/contracts.ts";
 import { fileName } from "../../shared/keys.ts";
 import { log } from "../log.ts";
-import type { BatchMeta } from "../store.ts";
+import type { BatchMeta } from "../store/index.ts";
 import type { Engine } from "./context.ts";
 import { MANIFEST_PAGE_SIZE, MANIFEST_PAGES_PER_ALARM, type ManifestCursor, ManifestReader, parseManifestCursor } from "./manifest.ts";
 

@@ -3,7 +3,7 @@
 import type { FileEntry } from "../../shared/contracts.ts";
 import { backoffMs } from "../../shared/backoff.ts";
 import { errorMessage, log } from "../log.ts";
-import type { BatchMeta, BatchStore, FileRow } from "../store.ts";
+import type { BatchMeta, BatchStore, FileRow } from "../store/index.ts";
 import { type Engine, iso } from "./context.ts";
 
 /** Stable per batch: a POST repeated after a crash or a timeout carries the same key. */

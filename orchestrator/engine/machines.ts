@@ -1,12 +1,13 @@
 // One machine lifecycle for both modes: create → booting → live → gone. A single-task machine is
 // a machine whose one task is assigned at create; a pool machine leases tasks. Creating, checking,
 // lapsing, retiring and destroying are written once, here.
-import { createDraw } from "../fly-budget.ts";
+import { createDraw } from "../fly/budget.ts";
 import { log, logError } from "../log.ts";
-import type { CreateOutcome, FlyMachine, FlyMachines, GuestSize } from "../machines.ts";
+import type { CreateOutcome, FlyMachine, GuestSize } from "../fly/api.ts";
+import type { FlyMachines } from "../fly/client.ts";
 import { getPhase } from "../phases/index.ts";
 import type { Phase } from "../phases/types.ts";
-import type { BatchMeta, TaskRow, WorkerRow } from "../store.ts";
+import type { BatchMeta, TaskRow, WorkerRow } from "../store/index.ts";
 import { backoffMs } from "../../shared/backoff.ts";
 import { CREATE_ANSWER_MS, RECHECK_MS, type Engine, machineName } from "./context.ts";
 import { failAttempt } from "./outcomes.ts";

@@ -5,7 +5,7 @@ import { describeZodError, type FileEntry } from "../../shared/contracts.ts";
 import { backoffMs } from "../../shared/backoff.ts";
 import { log } from "../log.ts";
 import { getPhase } from "../phases/index.ts";
-import type { BatchMeta, TaskRow } from "../store.ts";
+import type { BatchMeta, TaskRow } from "../store/index.ts";
 import { presign } from "./access.ts";
 import { type Engine, taskView } from "./context.ts";
 

@@ -3,7 +3,7 @@
 import { log } from "../log.ts";
 import { getPhase } from "../phases/index.ts";
 import type { PhaseFile } from "../phases/types.ts";
-import type { BatchMeta, FileRow } from "../store.ts";
+import type { BatchMeta, FileRow } from "../store/index.ts";
 import type { Engine } from "./context.ts";
 import { underRoots } from "./discovery.ts";
 

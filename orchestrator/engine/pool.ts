@@ -3,7 +3,7 @@
 import type { LeaseResponse } from "../../shared/contracts.ts";
 import { log } from "../log.ts";
 import { getPhase } from "../phases/index.ts";
-import type { TaskRow } from "../store.ts";
+import type { TaskRow } from "../store/index.ts";
 import { attemptEnv, attemptExpiry } from "./access.ts";
 import { apiStatus, type Engine, isFinished, RETIRE_GRACE_MS, taskView } from "./context.ts";
 import { retireMachine } from "./machines.ts";

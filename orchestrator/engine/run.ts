@@ -2,10 +2,10 @@
 // scheduler what to do, and creates machines — one per ready task (single-task mode) or pool
 // machines that lease tasks (pool mode) — within the concurrency and the app's create budget.
 import { log } from "../log.ts";
-import { type GuestSize, guestForSlots } from "../machines.ts";
+import { type GuestSize, guestForSlots } from "../fly/api.ts";
 import { getPhase } from "../phases/index.ts";
 import type { Phase } from "../phases/types.ts";
-import type { BatchMeta, TaskRow } from "../store.ts";
+import type { BatchMeta, TaskRow } from "../store/index.ts";
 import { attemptEnv, attemptExpiry, leaseToken, leaseUrl } from "./access.ts";
 import { CREATE_ANSWER_MS, type Engine, SPAWNS_PER_ALARM, taskView } from "./context.ts";
 import { checkMachines, createMachines, destroyOrphans, lapseOverdue, MachineCensus, type MachinePlan, recordCreating, retireAll } from "./machines.ts";

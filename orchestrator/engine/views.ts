@@ -1,6 +1,6 @@
 // Views: what GET /status/:batchId, its task list and one task's attempts show. Every count comes
 // from the phase counters, so a status read costs the same at 100 or 300,000 tasks.
-import type { BatchMeta, PhaseCounts, Stage, TaskRow, TaskState } from "../store.ts";
+import type { BatchMeta, PhaseCounts, Stage, TaskRow, TaskState } from "../store/index.ts";
 import { FLY_PRICES, pricePerSecond } from "../../shared/fly-model.ts";
 import { apiStatus, type Engine, iso, openCount } from "./context.ts";
 

@@ -3,7 +3,7 @@
 import { z } from "zod";
 import { CallbackBody, type FileEntry } from "../../shared/contracts.ts";
 import { fileName, isTiff, jpegKeyCandidates, pageKey, splitExtension } from "../../shared/keys.ts";
-import type { GuestSize } from "../machines.ts";
+import type { GuestSize } from "../fly/api.ts";
 import { chooseGuest, type TaskWork } from "../engine/sizing.ts";
 import type { Phase, TaskView } from "./types.ts";
 

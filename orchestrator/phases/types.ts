@@ -3,7 +3,7 @@
 import type { z } from "zod";
 import type { FileEntry } from "../../shared/contracts.ts";
 import type { TaskWork } from "../engine/sizing.ts";
-import type { GuestSize } from "../machines.ts";
+import type { GuestSize } from "../fly/api.ts";
 
 /** A file of the batch as a phase sees it when it discovers tasks. */
 export interface PhaseFile {

@@ -3,7 +3,8 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { FlyMachines, type MachineSpec } from "../../orchestrator/machines.ts";
+import type { MachineSpec } from "../../orchestrator/fly/api.ts";
+import { FlyMachines } from "../../orchestrator/fly/client.ts";
 import { startFlyEmulator, type FlyEmulatorServerOptions, type RunningFlyEmulator } from "../../local/fly-emulator/server.ts";
 
 const APP = "fanout-worker";

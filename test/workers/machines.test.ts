@@ -1,13 +1,9 @@
 // The Fly Machines client against the emulator core, inside workerd.
 import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it } from "vitest";
-import {
-  FlyApiError,
-  FlyMachines,
-  isCapacityError,
-  type FlyClientOptions,
-  type MachineSpec,
-} from "../../orchestrator/machines.ts";
+import { FlyApiError, type MachineSpec } from "../../orchestrator/fly/api.ts";
+import { FlyMachines, type FlyClientOptions } from "../../orchestrator/fly/client.ts";
+import { isCapacityError } from "../../orchestrator/fly/create-answer.ts";
 import { backoffMs, parseRetryAfter } from "../../shared/backoff.ts";
 import { ManualClock, SimulatedRunner, type FlyEmulatorOptions } from "../../local/fly-emulator/core.ts";
 import { installFakeFly, type FakeFly } from "./support/fly.ts";
@@ -350,7 +346,7 @@ describe("installFakeFly", () => {
 
 describe("guestForSlots: pool machines sized as Fly accepts them", () => {
   it("rounds CPUs up to 1, 2, 4, 8 or 16 and keeps memory within the size's range", async () => {
-    const { guestForSlots } = await import("../../orchestrator/machines.ts");
+    const { guestForSlots } = await import("../../orchestrator/fly/api.ts");
     expect(guestForSlots({ cpu_kind: "shared", cpus: 1, memory_mb: 1024 }, 1)).toEqual({ guest: { cpu_kind: "shared", cpus: 1, memory_mb: 1024 }, perSlotMb: 1024 });
     expect(guestForSlots({ cpu_kind: "shared", cpus: 1, memory_mb: 1024 }, 3)).toEqual({ guest: { cpu_kind: "shared", cpus: 4, memory_mb: 3072 }, perSlotMb: 1024 });
     expect(guestForSlots({ cpu_kind: "shared", cpus: 1, memory_mb: 2048 }, 8)).toEqual({ guest: { cpu_kind: "shared", cpus: 8, memory_mb: 16384 }, perSlotMb: 2048 });

@@ -14,7 +14,7 @@ import {
   type RunnerMachine,
 } from "../../../local/fly-emulator/core.ts";
 import type { BatchDO, StatusBody } from "../../../orchestrator/batch-do.ts";
-import type { BatchStore } from "../../../orchestrator/store.ts";
+import type { BatchStore } from "../../../orchestrator/store/index.ts";
 import { signGrant } from "../../../shared/token.ts";
 
 export const CALLBACK_SECRET = "test-callback-secret";

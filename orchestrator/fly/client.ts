@@ -1,8 +1,22 @@
-// Fly Machines API client (https://fly.io/docs/machines/api/machines-resource/).
+// Fly Machines API client (https://fly.io/docs/machines/api/machines-resource/): create (with its
+// regions, retries and the app's create budget), list, get, destroy. Shapes in api.ts; what a
+// create answer means in create-answer.ts.
 // Runs in workerd: fetch, Web APIs and zod only. Every outcome a caller must act on is a
 // value (CreateOutcome, null, "not_found"); only unexpected failures of reads throw.
 import { z } from "zod";
-import { backoffMs, parseRetryAfter } from "../shared/backoff.ts";
+import { backoffMs } from "../../shared/backoff.ts";
+import {
+  type CreateOptions,
+  type CreateOutcome,
+  FlyApiError,
+  type FlyMachine,
+  type MachineSpec,
+  MachineWire,
+  parseError,
+  safeJson,
+  toFlyMachine,
+} from "./api.ts";
+import { classifyCreateAnswer, outcomeFields, retryAfterOr1s } from "./create-answer.ts";
 
 export interface FlyClientOptions {
   /** e.g. https://api.machines.dev, or http://fly.test / http://127.0.0.1:PORT for the emulator. */
@@ -22,131 +36,6 @@ export interface FlyClientOptions {
   random?: () => number;
   log?: (line: string) => void;
 }
-
-export interface GuestSize {
-  cpu_kind: "shared" | "performance";
-  cpus: number;
-  memory_mb: number;
-}
-
-const GUEST_CPUS = [1, 2, 4, 8, 16];
-/** MiB per CPU a guest may have: shared 256–2048, performance 2048–8192 (Fly's machine sizes). */
-const MEMORY_PER_CPU = { shared: [256, 2048], performance: [2048, 8192] } as const;
-
-/**
- * The guest for `slots` tasks of size `one` side by side, as Fly accepts it: CPUs rounded up to
- * 1, 2, 4, 8 or 16, memory in whole 256 MiB within the CPU count's range. `perSlotMb` is what each
- * task may then use (less than `one.memory_mb` only when the largest guest is too small).
- */
-export function guestForSlots(one: GuestSize, slots: number): { guest: GuestSize; perSlotMb: number } {
-  const cpus = GUEST_CPUS.find((c) => c >= one.cpus * slots) ?? GUEST_CPUS[GUEST_CPUS.length - 1];
-  const [min, max] = MEMORY_PER_CPU[one.cpu_kind];
-  const memory = Math.min(max * cpus, Math.max(min * cpus, Math.ceil((one.memory_mb * slots) / 256) * 256));
-  return { guest: { cpu_kind: one.cpu_kind, cpus, memory_mb: memory }, perSlotMb: Math.min(one.memory_mb, Math.floor(memory / slots)) };
-}
-
-export interface MachineSpec {
-  name: string;
-  image: string;
-  guest: GuestSize;
-  env: Record<string, string>;
-  metadata: Record<string, string>;
-  /** Tried in order; a capacity error moves on to the next one. */
-  regions: string[];
-}
-
-/** A create token from the app's budget (Fly's create limit), or when the next one will be there. */
-export type CreateToken = { ok: true } | { ok: false; retryAt: number };
-
-export interface CreateOptions {
-  /** Called before every create POST (first try, retry, next region); without a token nothing is sent. */
-  draw?: () => Promise<CreateToken>;
-}
-
-export type CreateOutcome =
-  | { kind: "created"; machineId: string; name: string; region: string; state: string }
-  | { kind: "rate_limited"; retryAfterMs: number }
-  | { kind: "no_capacity"; message: string }
-  | { kind: "invalid"; status: number; message: string }
-  | { kind: "unknown"; message: string }
-  /** Nothing sent: out of subrequests, or out of create tokens until `retryAt`. */
-  | { kind: "budget"; retryAt?: number };
-
-export interface FlyMachine {
-  id: string;
-  name: string;
-  state: string;
-  region: string;
-  metadata: Record<string, string>;
-  created_at?: string;
-  updated_at?: string;
-}
-
-/** Why a read (list/get) could not be answered. */
-export type FlyApiErrorKind = "budget" | "rate_limited" | "http" | "network" | "timeout" | "malformed";
-
-export class FlyApiError extends Error {
-  readonly kind: FlyApiErrorKind;
-  readonly status: number | undefined;
-  readonly retryAfterMs: number | undefined;
-  constructor(kind: FlyApiErrorKind, message: string, status?: number, retryAfterMs?: number) {
-    super(message);
-    this.name = "FlyApiError";
-    this.kind = kind;
-    this.status = status;
-    this.retryAfterMs = retryAfterMs;
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// Wire shapes (loose: Fly adds fields over time; we read only what we use)
-
-const StringMap = z.record(z.string(), z.string());
-
-const MachineWire = z.looseObject({
-  id: z.string().min(1),
-  name: z.string().nullish(),
-  state: z.string(),
-  region: z.string().nullish(),
-  // metadata lives in config; config.env is deliberately never read (it holds secrets).
-  config: z.looseObject({ metadata: StringMap.nullish() }).nullish(),
-  created_at: z.string().nullish(),
-  updated_at: z.string().nullish(),
-});
-
-const ErrorWire = z.looseObject({ error: z.string().optional(), status: z.string().optional() });
-
-function toFlyMachine(wire: z.infer<typeof MachineWire>): FlyMachine {
-  const machine: FlyMachine = {
-    id: wire.id,
-    name: wire.name ?? "",
-    state: wire.state,
-    region: wire.region ?? "",
-    metadata: wire.config?.metadata ?? {},
-  };
-  if (wire.created_at) machine.created_at = wire.created_at;
-  if (wire.updated_at) machine.updated_at = wire.updated_at;
-  return machine;
-}
-
-// ---------------------------------------------------------------------------------------
-// Documented behaviours, exported so the emulator and tests share one reading of them
-
-/** Fly's status field for "no host in this region can place the machine" (fly-go flaps_error.go). */
-export const CAPACITY_STATUS = "insufficient_capacity";
-
-// flyd's reservation phrases, for bodies the API does not classify with a status field.
-const CAPACITY_PHRASES =
-  /insufficient (resources|memory|cpus|ips) available to fulfill request|could not reserve resource|no capacity|over the allowed quota/i;
-
-/** True when a failed create means "try another region", not "the request is wrong". */
-export function isCapacityError(status: number, body: { error?: string; status?: string }): boolean {
-  if (body.status === CAPACITY_STATUS) return true;
-  if (body.status !== undefined && body.status !== "" && body.status !== "unknown") return false;
-  return [403, 409, 412, 422, 503].includes(status) && CAPACITY_PHRASES.test(body.error ?? "");
-}
-
-// ---------------------------------------------------------------------------------------
 
 type Sent =
   | { kind: "response"; status: number; headers: Headers; text: string }
@@ -290,21 +179,17 @@ export class FlyMachines {
         lastProblem = this.#clean(`network error: ${sent.message}`, spec);
         continue;
       }
-      const { status, text, headers } = sent;
-      if (status >= 200 && status < 300) {
-        const parsed = MachineWire.safeParse(safeJson(text));
-        if (!parsed.success) return { kind: "unknown", message: `create answered ${status} with an unexpected body` };
-        const m = toFlyMachine(parsed.data);
-        return { kind: "created", machineId: m.id, name: m.name || spec.name, region: m.region || region || "", state: m.state };
-      }
-      if (status === 429) return { kind: "rate_limited", retryAfterMs: retryAfterOr1s(headers) };
-      const error = parseError(text);
-      if (isCapacityError(status, error)) return { kind: "capacity", message: this.#clean(error.error ?? `HTTP ${status}`, spec) };
-      if (status >= 500 || status === 408) {
-        lastProblem = this.#clean(`HTTP ${status}: ${error.error ?? text}`, spec);
+      const answer = classifyCreateAnswer(sent.status, sent.headers, sent.text);
+      if (answer.kind === "retry") {
+        lastProblem = this.#clean(answer.message, spec);
         continue;
       }
-      return { kind: "invalid", status, message: this.#clean(error.error ?? `HTTP ${status}`, spec) };
+      if (answer.kind === "created") {
+        const m = answer.machine;
+        return { kind: "created", machineId: m.id, name: m.name || spec.name, region: m.region || region || "", state: m.state };
+      }
+      if (answer.kind === "capacity" || answer.kind === "invalid") return { ...answer, message: this.#clean(answer.message, spec) };
+      return answer;
     }
     return { kind: "unknown", message: `create failed after ${this.#attempts} attempts (${lastProblem}); the machine may exist` };
   }
@@ -391,39 +276,4 @@ export class FlyMachines {
   #event(event: string, fields: Record<string, unknown>): void {
     this.#log(`[Fly] ${JSON.stringify({ event, app: this.#opts.appName, ...fields })}`);
   }
-}
-
-function outcomeFields(outcome: CreateOutcome): Record<string, unknown> {
-  switch (outcome.kind) {
-    case "created":
-      return { machine_id: outcome.machineId, region: outcome.region, state: outcome.state };
-    case "rate_limited":
-      return { retry_after_ms: outcome.retryAfterMs };
-    case "invalid":
-      return { status: outcome.status, message: outcome.message };
-    case "unknown":
-    case "no_capacity":
-      return { message: outcome.message };
-    case "budget":
-      return outcome.retryAt === undefined ? {} : { retry_at: new Date(outcome.retryAt).toISOString() };
-  }
-}
-
-/** A 429 without a readable Retry-After waits 1 s (Fly's create limit refills at ~1/s). */
-function retryAfterOr1s(headers: Headers): number {
-  return parseRetryAfter(headers.get("retry-after"), Date.now()) ?? 1000;
-}
-
-function safeJson(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-}
-
-function parseError(text: string): { error?: string; status?: string } {
-  const parsed = ErrorWire.safeParse(safeJson(text));
-  if (parsed.success) return parsed.data;
-  return text.trim() ? { error: text.trim() } : {};
 }

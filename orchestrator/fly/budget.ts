@@ -2,7 +2,7 @@
 // Object per Fly app hands a token to every create POST of every batch, so batches running at
 // the same time stay under the limit together instead of discovering it through 429s.
 import { DurableObject } from "cloudflare:workers";
-import type { CreateToken } from "./machines.ts";
+import type { CreateToken } from "./api.ts";
 
 export interface Grant {
   granted: number;

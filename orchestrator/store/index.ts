@@ -1,0 +1,142 @@
+// The BatchDO's SQLite store: the only code that writes the batch's SQL. One module per table
+// or concern (migrations.ts and schema.ts, meta.ts, files.ts, outputs.ts, tasks.ts with
+// counts.ts, attempts.ts, workers.ts, orphans.ts, events.ts), all on one executor (sql.ts) and
+// its one `work` tally; BatchStore composes them into the one object the engine holds.
+// Every task change updates its phase's counters in the same transaction, and every query on a
+// hot path (callback, alarm, status) is an index lookup whose cost does not grow with the batch.
+import { AttemptQueries } from "./attempts.ts";
+import { CountQueries } from "./counts.ts";
+import { EventQueries } from "./events.ts";
+import { FileQueries } from "./files.ts";
+import { MetaQueries } from "./meta.ts";
+import { OrphanQueries } from "./orphans.ts";
+import { OutputQueries } from "./outputs.ts";
+import { Schema } from "./schema.ts";
+import { Sql, type SqlWork } from "./sql.ts";
+import { TaskQueries } from "./tasks.ts";
+import { WorkerQueries } from "./workers.ts";
+
+export type { AttemptRow } from "./attempts.ts";
+export type { PhaseCounts } from "./counts.ts";
+export type { FileRow } from "./files.ts";
+export type { BatchMeta, Stage } from "./meta.ts";
+export type { SqlWork } from "./sql.ts";
+export { LIVE_STATES, OPEN_STATES, TASK_STATES, type TaskRow, type TaskState } from "./tasks.ts";
+export { WORKER_STATES, type WorkerRow, type WorkerState } from "./workers.ts";
+
+export class BatchStore {
+  /** Rows read and written by every query of this store (all tables), for the scale tests and benchmarks. */
+  readonly work: SqlWork;
+  readonly #db: Sql;
+  readonly #schema: Schema;
+  readonly #meta: MetaQueries;
+  readonly #files: FileQueries;
+  readonly #outputs: OutputQueries;
+  readonly #counts: CountQueries;
+  readonly #tasks: TaskQueries;
+  readonly #attempts: AttemptQueries;
+  readonly #workers: WorkerQueries;
+  readonly #orphans: OrphanQueries;
+  readonly #events: EventQueries;
+
+  constructor(storage: DurableObjectStorage) {
+    this.#db = new Sql(storage);
+    this.work = this.#db.work;
+    this.#schema = new Schema(this.#db);
+    this.#meta = new MetaQueries(this.#db, this.#schema);
+    this.#files = new FileQueries(this.#db);
+    this.#outputs = new OutputQueries(this.#db);
+    this.#counts = new CountQueries(this.#db);
+    this.#tasks = new TaskQueries(this.#db, this.#counts, this.#outputs);
+    this.#attempts = new AttemptQueries(this.#db);
+    this.#workers = new WorkerQueries(this.#db);
+    this.#orphans = new OrphanQueries(this.#db);
+    this.#events = new EventQueries(this.#db);
+  }
+
+  transaction<T>(fn: () => T): T {
+    return this.#db.storage.transactionSync(fn);
+  }
+
+  databaseSize(): number {
+    return this.#db.sql.databaseSize;
+  }
+
+  /** The earliest deadline: a live task's, an orphan machine's or a pool machine's check (index MIN lookups). */
+  earliestDeadline(): number | null {
+    const times = [this.#tasks.earliestDeadline(), this.#orphans.earliestRetry(), this.#workers.earliestCheck()].filter((t) => t !== null);
+    return times.length > 0 ? Math.min(...times) : null;
+  }
+
+  // Each method below is its table module's (documented there), bound to this store's executor.
+
+  // schema.ts
+  exists: Schema["exists"] = () => this.#schema.exists();
+  migrate: Schema["migrate"] = () => this.#schema.migrate();
+
+  // meta.ts
+  getMeta: MetaQueries["getMeta"] = () => this.#meta.getMeta();
+  createMeta: MetaQueries["createMeta"] = (...a) => this.#meta.createMeta(...a);
+  updateMeta: MetaQueries["updateMeta"] = (...a) => this.#meta.updateMeta(...a);
+  addWarning: MetaQueries["addWarning"] = (...a) => this.#meta.addWarning(...a);
+  recentWarnings: MetaQueries["recentWarnings"] = (...a) => this.#meta.recentWarnings(...a);
+
+  // files.ts
+  insertFiles: FileQueries["insertFiles"] = (...a) => this.#files.insertFiles(...a);
+  removeFile: FileQueries["removeFile"] = (...a) => this.#files.removeFile(...a);
+  filesAfter: FileQueries["filesAfter"] = (...a) => this.#files.filesAfter(...a);
+  fileCount: FileQueries["fileCount"] = () => this.#files.fileCount();
+
+  // outputs.ts
+  keyTaken: OutputQueries["keyTaken"] = (...a) => this.#outputs.keyTaken(...a);
+  reserveOutput: OutputQueries["reserveOutput"] = (...a) => this.#outputs.reserveOutput(...a);
+  outputsOf: OutputQueries["outputsOf"] = (...a) => this.#outputs.outputsOf(...a);
+
+  // tasks.ts, counts.ts
+  insertTask: TaskQueries["insertTask"] = (...a) => this.#tasks.insertTask(...a);
+  getTask: TaskQueries["getTask"] = (...a) => this.#tasks.getTask(...a);
+  moveTask: TaskQueries["moveTask"] = (...a) => this.#tasks.moveTask(...a);
+  readyTasks: TaskQueries["readyTasks"] = (...a) => this.#tasks.readyTasks(...a);
+  overdueTasks: TaskQueries["overdueTasks"] = (...a) => this.#tasks.overdueTasks(...a);
+  earliestReady: TaskQueries["earliestReady"] = () => this.#tasks.earliestReady();
+  failOpenTasks: TaskQueries["failOpenTasks"] = (...a) => this.#tasks.failOpenTasks(...a);
+  tasksPage: TaskQueries["tasksPage"] = (...a) => this.#tasks.tasksPage(...a);
+  hasTask: TaskQueries["hasTask"] = (...a) => this.#tasks.hasTask(...a);
+  redriveFailed: TaskQueries["redriveFailed"] = (...a) => this.#tasks.redriveFailed(...a);
+  heldBy: TaskQueries["heldBy"] = (...a) => this.#tasks.heldBy(...a);
+  counts: CountQueries["counts"] = () => this.#counts.counts();
+  phaseCounts: CountQueries["phaseCounts"] = (...a) => this.#counts.phaseCounts(...a);
+
+  // attempts.ts
+  startAttempt: AttemptQueries["startAttempt"] = (...a) => this.#attempts.startAttempt(...a);
+  recordMachine: AttemptQueries["recordMachine"] = (...a) => this.#attempts.recordMachine(...a);
+  endAttempt: AttemptQueries["endAttempt"] = (...a) => this.#attempts.endAttempt(...a);
+  reviveAttempt: AttemptQueries["reviveAttempt"] = (...a) => this.#attempts.reviveAttempt(...a);
+  dropAttempt: AttemptQueries["dropAttempt"] = (...a) => this.#attempts.dropAttempt(...a);
+  getAttempt: AttemptQueries["getAttempt"] = (...a) => this.#attempts.getAttempt(...a);
+  noteAttempt: AttemptQueries["noteAttempt"] = (...a) => this.#attempts.noteAttempt(...a);
+  recentFailures: AttemptQueries["recentFailures"] = (...a) => this.#attempts.recentFailures(...a);
+  attemptsOf: AttemptQueries["attemptsOf"] = (...a) => this.#attempts.attemptsOf(...a);
+
+  // events.ts
+  addEvent: EventQueries["addEvent"] = (...a) => this.#events.addEvent(...a);
+  eventsAfter: EventQueries["eventsAfter"] = (...a) => this.#events.eventsAfter(...a);
+  lastEventId: EventQueries["lastEventId"] = () => this.#events.lastEventId();
+
+  // orphans.ts
+  addOrphan: OrphanQueries["addOrphan"] = (...a) => this.#orphans.addOrphan(...a);
+  dueOrphans: OrphanQueries["dueOrphans"] = (...a) => this.#orphans.dueOrphans(...a);
+  orphanDone: OrphanQueries["orphanDone"] = (...a) => this.#orphans.orphanDone(...a);
+  orphanRetry: OrphanQueries["orphanRetry"] = (...a) => this.#orphans.orphanRetry(...a);
+  orphanCount: OrphanQueries["orphanCount"] = () => this.#orphans.orphanCount();
+
+  // workers.ts
+  insertWorker: WorkerQueries["insertWorker"] = (...a) => this.#workers.insertWorker(...a);
+  getWorker: WorkerQueries["getWorker"] = (...a) => this.#workers.getWorker(...a);
+  updateWorker: WorkerQueries["updateWorker"] = (...a) => this.#workers.updateWorker(...a);
+  deleteWorker: WorkerQueries["deleteWorker"] = (...a) => this.#workers.deleteWorker(...a);
+  liveWorkers: WorkerQueries["liveWorkers"] = () => this.#workers.liveWorkers();
+  workersDue: WorkerQueries["workersDue"] = (...a) => this.#workers.workersDue(...a);
+  poolMachineCounts: WorkerQueries["poolMachineCounts"] = () => this.#workers.poolMachineCounts();
+  unendedMachines: WorkerQueries["unendedMachines"] = () => this.#workers.unendedMachines();
+}

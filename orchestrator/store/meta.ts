@@ -1,0 +1,112 @@
+// The batch's one meta row (where it is, its message, cursors, counters) and its warnings.
+import type { Schema } from "./schema.ts";
+import { Queries, Sql } from "./sql.ts";
+
+/** Where a batch is in its life. `status` in the API is the phase name, DONE or ERROR. */
+export type Stage = "discover" | "plan" | "run" | "finalise" | "done" | "failed" | "error";
+
+export interface BatchMeta {
+  batch_id: string;
+  stage: Stage;
+  phase: string;
+  error: string | null;
+  message_json: string;
+  manifest_key: string | null;
+  prefix: string | null;
+  discover_cursor: string | null;
+  plan_cursor: number;
+  started_at: number;
+  updated_at: number;
+  completed_at: number | null;
+  fly_blocked_until: number;
+  /** Unused since the create budget moved to the app-wide FlyBudget DO (kept: migrations only add). */
+  bucket_tokens: number;
+  /** When the app-wide create budget next has a token for this batch. */
+  bucket_at: number;
+  step_failures: number;
+  finalise_attempts: number;
+  finalise_error: string | null;
+  next_seq: number;
+  /** Size of the file list, kept with every insert and delete so status never counts rows. */
+  files_total: number;
+  /** 1 when the batch runs in pool mode. */
+  pool: number;
+  worker_seq: number;
+  /** Largest input of the current phase: pool machines are sized for it. */
+  max_task_size: number;
+  /** Pool mode: tasks per machine from the batch's message; 0 = POOL_TASKS_PER_MACHINE. */
+  pool_slots: number;
+  /** The last error of the step that keeps failing (step_failures in a row), shown in status. */
+  step_error: string | null;
+  /** JSON array of batch-level warnings (e.g. nothing to do). */
+  warnings_json: string | null;
+  tolerated_failure_percentage: number | null;
+  tolerated_failure_count: number | null;
+  /** How many times the batch's failed tasks were re-run. */
+  redrives: number;
+  /** Ended machines: their time from create to end, summed, and its estimated cost (Fly's prices). */
+  machine_ms: number;
+  machine_cost_usd: number;
+  machines_ended: number;
+  /**
+   * Pool mode: the pool decided when the current phase began to run (JSON: phase, slots,
+   * machines, guest, perSlotMb), so a deploy that changes the limits mid-phase neither mixes
+   * machine sizes nor recounts every open lease against a different slot count.
+   */
+  pool_plan_json: string | null;
+}
+
+export class MetaQueries extends Queries {
+  #schema: Schema;
+
+  constructor(db: Sql, schema: Schema) {
+    super(db);
+    this.#schema = schema;
+  }
+
+  getMeta(): BatchMeta | null {
+    // An unknown batch has no schema: answering "none" must not create one.
+    if (!this.#schema.ready()) return null;
+    return (this.db.exec<BatchMeta & Record<string, SqlStorageValue>>("SELECT * FROM meta WHERE id = 1")[0] as BatchMeta) ?? null;
+  }
+
+  createMeta(
+    m: Pick<BatchMeta, "batch_id" | "stage" | "phase" | "error" | "message_json" | "manifest_key" | "prefix"> & { now: number },
+  ): void {
+    this.db.run(
+      `INSERT INTO meta (id, batch_id, stage, phase, error, message_json, manifest_key, prefix, started_at, updated_at,
+                         completed_at, bucket_at)
+       VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      m.batch_id,
+      m.stage,
+      m.phase,
+      m.error,
+      m.message_json,
+      m.manifest_key,
+      m.prefix,
+      m.now,
+      m.now,
+      m.stage === "error" ? m.now : null,
+      m.now,
+    );
+  }
+
+  updateMeta(fields: Partial<Omit<BatchMeta, "batch_id">>, now: number): void {
+    const { sets, values } = Sql.sets({ ...fields, updated_at: now });
+    this.db.run(`UPDATE meta SET ${sets} WHERE id = 1`, ...values);
+  }
+
+  /** Appends a batch-level warning (shown in the status body); earlier ones are kept. */
+  addWarning(warning: string, now: number): void {
+    this.db.run("UPDATE meta SET warnings_json = json_insert(coalesce(warnings_json, '[]'), '$[#]', ?), updated_at = ? WHERE id = 1", warning, now);
+  }
+
+  /** The latest tasks with warnings (pages skipped, say): an index range, newest first. */
+  recentWarnings(limit: number): { task_id: string; warning: string }[] {
+    const rows = this.db.exec<{ task_id: string; warnings_json: string }>(
+      "SELECT task_id, warnings_json FROM tasks WHERE warnings_json IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+      limit,
+    );
+    return rows.flatMap((r) => (JSON.parse(r.warnings_json) as string[]).map((warning) => ({ task_id: r.task_id, warning }))).slice(0, limit);
+  }
+}

@@ -1,0 +1,151 @@
+// The batch's SQLite schema as numbered migrations, applied once each in order by schema.ts
+// (cloudflare/actors style). Append-only: a batch created by an earlier deploy has run every
+// migration up to its own last, so a change is a new entry at the end, never an edit of one
+// that shipped. Each entry's number is its index + 1.
+
+export const MIGRATIONS: string[] = [
+  `CREATE TABLE meta (
+     id INTEGER PRIMARY KEY CHECK (id = 1),
+     batch_id TEXT NOT NULL,
+     stage TEXT NOT NULL,
+     phase TEXT NOT NULL,
+     error TEXT,
+     message_json TEXT NOT NULL,
+     manifest_key TEXT,
+     prefix TEXT,
+     discover_cursor TEXT,
+     plan_cursor INTEGER NOT NULL DEFAULT 0,
+     started_at INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL,
+     completed_at INTEGER,
+     fly_blocked_until INTEGER NOT NULL DEFAULT 0,
+     bucket_tokens REAL NOT NULL DEFAULT 0,
+     bucket_at INTEGER NOT NULL DEFAULT 0,
+     step_failures INTEGER NOT NULL DEFAULT 0,
+     finalise_attempts INTEGER NOT NULL DEFAULT 0,
+     finalise_error TEXT,
+     next_seq INTEGER NOT NULL DEFAULT 0,
+     files_total INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE TABLE files (
+     id INTEGER PRIMARY KEY,
+     r2_key TEXT NOT NULL UNIQUE,
+     logical_path TEXT NOT NULL,
+     file_name TEXT NOT NULL,
+     file_size INTEGER NOT NULL,
+     content_type TEXT NOT NULL,
+     cid TEXT,
+     source_key TEXT,
+     extra_json TEXT
+   );
+   CREATE TABLE tasks (
+     id INTEGER PRIMARY KEY,
+     task_id TEXT NOT NULL UNIQUE,
+     phase TEXT NOT NULL,
+     file_id INTEGER NOT NULL,
+     input_key TEXT NOT NULL,
+     output_key TEXT NOT NULL UNIQUE,
+     size_bytes INTEGER NOT NULL,
+     params_json TEXT NOT NULL DEFAULT '{}',
+     state TEXT NOT NULL,
+     attempt INTEGER NOT NULL DEFAULT 0,
+     next_at INTEGER NOT NULL DEFAULT 0,
+     deadline_at INTEGER NOT NULL DEFAULT 0,
+     limit_at INTEGER NOT NULL DEFAULT 0,
+     machine_id TEXT,
+     machine_name TEXT,
+     region TEXT,
+     error TEXT,
+     updated_at INTEGER NOT NULL,
+     finished_at INTEGER
+   );
+   CREATE INDEX tasks_ready ON tasks (state, next_at);
+   CREATE INDEX tasks_deadline ON tasks (state, deadline_at);
+   CREATE INDEX tasks_state_id ON tasks (state, id);
+   CREATE TABLE phase_counts (
+     phase TEXT NOT NULL,
+     state TEXT NOT NULL,
+     n INTEGER NOT NULL,
+     PRIMARY KEY (phase, state)
+   ) WITHOUT ROWID;
+   CREATE TABLE attempts (
+     task_id TEXT NOT NULL,
+     attempt INTEGER NOT NULL,
+     machine_id TEXT,
+     machine_name TEXT NOT NULL,
+     region TEXT,
+     outcome TEXT,
+     error TEXT,
+     started_at INTEGER NOT NULL,
+     ended_at INTEGER,
+     PRIMARY KEY (task_id, attempt)
+   ) WITHOUT ROWID;
+   CREATE INDEX attempts_failed ON attempts (outcome, ended_at);
+   CREATE TABLE orphan_machines (
+     machine_id TEXT PRIMARY KEY,
+     reason TEXT NOT NULL,
+     tries INTEGER NOT NULL DEFAULT 0,
+     next_at INTEGER NOT NULL DEFAULT 0
+   ) WITHOUT ROWID;`,
+  // 2: pool mode — machines (workers) that lease task after task.
+  `ALTER TABLE meta ADD COLUMN pool INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE meta ADD COLUMN worker_seq INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE meta ADD COLUMN max_task_size INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE tasks ADD COLUMN worker_id TEXT;
+   CREATE TABLE workers (
+     worker_id TEXT PRIMARY KEY,
+     phase TEXT NOT NULL,
+     machine_id TEXT,
+     state TEXT NOT NULL,
+     created_at INTEGER NOT NULL,
+     check_at INTEGER NOT NULL,
+     limit_at INTEGER NOT NULL,
+     leases INTEGER NOT NULL DEFAULT 0,
+     last_seen INTEGER
+   ) WITHOUT ROWID;
+   CREATE INDEX workers_check ON workers (state, check_at);`,
+  // 3: pool machines' size chosen per batch.
+  `ALTER TABLE meta ADD COLUMN pool_slots INTEGER NOT NULL DEFAULT 0;`,
+  // 4: one machine lifecycle (a single-task machine is a row with its task assigned at create),
+  // every output key reserved before it is written, why a step keeps failing, warnings.
+  `ALTER TABLE workers ADD COLUMN task_id TEXT;
+   ALTER TABLE workers ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE workers ADD COLUMN slots INTEGER NOT NULL DEFAULT 1;
+   CREATE TABLE outputs (
+     key TEXT PRIMARY KEY,
+     task_id TEXT NOT NULL,
+     page INTEGER NOT NULL
+   ) WITHOUT ROWID;
+   CREATE UNIQUE INDEX outputs_task_page ON outputs (task_id, page);
+   INSERT INTO outputs (key, task_id, page) SELECT output_key, task_id, 1 FROM tasks;
+   ALTER TABLE meta ADD COLUMN step_error TEXT;
+   ALTER TABLE meta ADD COLUMN warnings_json TEXT;
+   ALTER TABLE tasks ADD COLUMN warnings_json TEXT;
+   ALTER TABLE attempts ADD COLUMN note TEXT;
+   CREATE INDEX tasks_worker ON tasks (worker_id);
+   CREATE INDEX tasks_warned ON tasks (finished_at) WHERE warnings_json IS NOT NULL;`,
+  // 5: tolerated failures, redrives, and the events a live stream can resume from.
+  `ALTER TABLE meta ADD COLUMN tolerated_failure_percentage REAL;
+   ALTER TABLE meta ADD COLUMN tolerated_failure_count INTEGER;
+   ALTER TABLE meta ADD COLUMN redrives INTEGER NOT NULL DEFAULT 0;
+   CREATE INDEX tasks_phase_file ON tasks (phase, file_id);
+   ALTER TABLE tasks ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0;
+   CREATE TABLE events (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     type TEXT NOT NULL,
+     data TEXT NOT NULL,
+     at INTEGER NOT NULL
+   );`,
+  // 6: what machines cost — each machine row's size, when it was seen started and when it ended;
+  // the batch's totals of ended machines (kept as they end, so status never sums rows).
+  `ALTER TABLE workers ADD COLUMN cpu_kind TEXT;
+   ALTER TABLE workers ADD COLUMN cpus INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE workers ADD COLUMN memory_mb INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE workers ADD COLUMN started_at INTEGER;
+   ALTER TABLE workers ADD COLUMN ended_at INTEGER;
+   ALTER TABLE meta ADD COLUMN machine_ms INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE meta ADD COLUMN machine_cost_usd REAL NOT NULL DEFAULT 0;
+   ALTER TABLE meta ADD COLUMN machines_ended INTEGER NOT NULL DEFAULT 0;`,
+  // 7: the pool decided once per phase (see BatchMeta.pool_plan_json).
+  `ALTER TABLE meta ADD COLUMN pool_plan_json TEXT;`,
+];

@@ -1,0 +1,39 @@
+// Machines to destroy later: a destroy that failed, or a machine created after its task closed.
+// Retried with backoff until Fly answers destroyed or not found.
+import { Queries } from "./sql.ts";
+
+export class OrphanQueries extends Queries {
+  addOrphan(machineId: string, reason: string, now: number): void {
+    this.db.run(
+      "INSERT INTO orphan_machines (machine_id, reason, next_at) VALUES (?, ?, ?) ON CONFLICT (machine_id) DO NOTHING",
+      machineId,
+      reason,
+      now,
+    );
+  }
+
+  dueOrphans(now: number, limit: number): { machine_id: string; tries: number }[] {
+    return this.db.exec<{ machine_id: string; tries: number }>(
+      "SELECT machine_id, tries FROM orphan_machines WHERE next_at <= ? ORDER BY next_at LIMIT ?",
+      now,
+      limit,
+    );
+  }
+
+  orphanDone(machineId: string): void {
+    this.db.run("DELETE FROM orphan_machines WHERE machine_id = ?", machineId);
+  }
+
+  orphanRetry(machineId: string, nextAt: number): void {
+    this.db.run("UPDATE orphan_machines SET tries = tries + 1, next_at = ? WHERE machine_id = ?", nextAt, machineId);
+  }
+
+  orphanCount(): number {
+    return this.db.exec<{ n: number }>("SELECT COUNT(*) AS n FROM orphan_machines")[0].n;
+  }
+
+  /** When the next orphan is due (an index MIN lookup), or null. */
+  earliestRetry(): number | null {
+    return this.db.exec<{ t: number | null }>("SELECT MIN(next_at) AS t FROM orphan_machines")[0].t;
+  }
+}

@@ -1,0 +1,64 @@
+// The one SQL executor every table module of the store shares: it runs a statement on the
+// BatchDO's SQLite and adds the rows it read and wrote to one `work` tally, whichever table
+// the statement touched (the scale tests and benchmarks read it per callback).
+
+/** Rows read and written by the queries of this store, for the scale tests and benchmarks. */
+export interface SqlWork {
+  rowsRead: number;
+  rowsWritten: number;
+}
+
+export type SqlValue = string | number | null | ArrayBuffer;
+
+export class Sql {
+  readonly work: SqlWork = { rowsRead: 0, rowsWritten: 0 };
+  readonly storage: DurableObjectStorage;
+  readonly sql: SqlStorage;
+
+  constructor(storage: DurableObjectStorage) {
+    this.storage = storage;
+    this.sql = storage.sql;
+  }
+
+  /** The rows a query returns. */
+  exec<T extends Record<string, SqlStorageValue>>(query: string, ...params: SqlValue[]): T[] {
+    const cursor = this.sql.exec<T>(query, ...params);
+    const rows = cursor.toArray();
+    this.work.rowsRead += cursor.rowsRead;
+    this.work.rowsWritten += cursor.rowsWritten;
+    return rows;
+  }
+
+  /** Runs a statement; returns the rows it wrote. */
+  run(query: string, ...params: SqlValue[]): number {
+    const cursor = this.sql.exec(query, ...params);
+    cursor.toArray();
+    this.work.rowsRead += cursor.rowsRead;
+    this.work.rowsWritten += cursor.rowsWritten;
+    return cursor.rowsWritten;
+  }
+
+  /**
+   * The earliest of `SELECT MIN(…) AS t … WHERE state = ?` run once per state (one index MIN
+   * lookup each, where one query over all the states would scan), or null when all are empty.
+   */
+  earliest(query: string, states: readonly string[]): number | null {
+    const times = states.map((state) => this.exec<{ t: number | null }>(query, state)[0].t).filter((t) => t !== null);
+    return times.length > 0 ? Math.min(...times) : null;
+  }
+
+  /** `SET a = ?, b = ?` and its parameters, for an update of the given columns. */
+  static sets(fields: Record<string, unknown>): { sets: string; values: SqlValue[] } {
+    const entries = Object.entries(fields);
+    return { sets: entries.map(([k]) => `${k} = ?`).join(", "), values: entries.map(([, v]) => v as SqlValue) };
+  }
+}
+
+/** A table module: its queries run on the store's one executor. */
+export abstract class Queries {
+  protected readonly db: Sql;
+
+  constructor(db: Sql) {
+    this.db = db;
+  }
+}

@@ -1,0 +1,132 @@
+// Machines (the workers table), whatever the mode: a single-task machine is a row with its task
+// assigned at create, a pool machine leases tasks. A machine that ends adds its time and cost
+// to the batch's totals in meta, once, so status never sums rows.
+import { type Guest, pricePerSecond } from "../../shared/fly-model.ts";
+import { Queries, Sql } from "./sql.ts";
+
+/**
+ * A machine, whatever the mode. `creating`: create sent, answer not yet known; `booting`: created,
+ * not yet seen started; `live`: started; `gone`: exited, destroyed or given up on. A single-task
+ * machine has its task (and attempt) assigned at create; a pool machine leases tasks.
+ */
+export const WORKER_STATES = ["creating", "booting", "live", "gone"] as const;
+export type WorkerState = (typeof WORKER_STATES)[number];
+export interface WorkerRow {
+  worker_id: string;
+  phase: string;
+  machine_id: string | null;
+  state: WorkerState;
+  created_at: number;
+  check_at: number;
+  limit_at: number;
+  leases: number;
+  last_seen: number | null;
+  /** Single-task machine: its task and attempt. Null for a pool machine. */
+  task_id: string | null;
+  attempt: number;
+  slots: number;
+  /** The size it was created with (null for rows from before migration 6). */
+  cpu_kind: "shared" | "performance" | null;
+  cpus: number;
+  memory_mb: number;
+  /** When it was first seen started, and when it ended (exited, was destroyed or given up on). */
+  started_at: number | null;
+  ended_at: number | null;
+}
+
+export class WorkerQueries extends Queries {
+  insertWorker(w: {
+    worker_id: string;
+    phase: string;
+    now: number;
+    check_at: number;
+    limit_at: number;
+    task_id?: string;
+    attempt?: number;
+    slots?: number;
+    guest?: Guest;
+  }): void {
+    this.db.run(
+      `INSERT INTO workers (worker_id, phase, state, created_at, check_at, limit_at, task_id, attempt, slots, cpu_kind, cpus, memory_mb)
+       VALUES (?, ?, 'creating', ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      w.worker_id,
+      w.phase,
+      w.now,
+      w.check_at,
+      w.limit_at,
+      w.task_id ?? null,
+      w.attempt ?? 0,
+      w.slots ?? 1,
+      w.guest?.cpu_kind ?? null,
+      w.guest?.cpus ?? 0,
+      w.guest?.memory_mb ?? 0,
+    );
+  }
+
+  getWorker(workerId: string): WorkerRow | null {
+    return (this.db.exec<WorkerRow & Record<string, SqlStorageValue>>("SELECT * FROM workers WHERE worker_id = ?", workerId)[0] as WorkerRow) ?? null;
+  }
+
+  updateWorker(workerId: string, set: Partial<Omit<WorkerRow, "worker_id" | "phase">>): void {
+    const before = set.state === "gone" || set.state === "live" ? this.getWorker(workerId) : null;
+    if (before && before.state !== "gone" && set.state === "gone") {
+      // A machine ends once: its time from create to now (the DO's clock) goes into the batch's totals.
+      const now = Date.now();
+      const ms = Math.max(0, now - before.created_at);
+      set = { ...set, ended_at: now };
+      const cost = before.cpu_kind ? (ms / 1000) * pricePerSecond({ cpu_kind: before.cpu_kind, cpus: before.cpus, memory_mb: before.memory_mb }) : 0;
+      this.db.run(
+        "UPDATE meta SET machine_ms = machine_ms + ?, machine_cost_usd = machine_cost_usd + ?, machines_ended = machines_ended + 1 WHERE id = 1",
+        ms,
+        cost,
+      );
+    }
+    if (before && before.started_at === null && set.state === "live") set = { ...set, started_at: Date.now() };
+    if (Object.keys(set).length === 0) return;
+    const { sets, values } = Sql.sets(set);
+    this.db.run(`UPDATE workers SET ${sets} WHERE worker_id = ?`, ...values, workerId);
+  }
+
+  deleteWorker(workerId: string): void {
+    this.db.run("DELETE FROM workers WHERE worker_id = ?", workerId);
+  }
+
+  /** Live machines (creating, booting, live): at most MAX_CONCURRENT_MACHINES rows. */
+  liveWorkers(): WorkerRow[] {
+    return this.db.exec<WorkerRow & Record<string, SqlStorageValue>>("SELECT * FROM workers WHERE state IN ('creating', 'booting', 'live')");
+  }
+
+  workersDue(now: number, limit: number): WorkerRow[] {
+    const rows: WorkerRow[] = [];
+    for (const state of ["creating", "booting", "live"] as const) {
+      rows.push(
+        ...this.db.exec<WorkerRow & Record<string, SqlStorageValue>>(
+          "SELECT * FROM workers WHERE state = ? AND check_at <= ? ORDER BY check_at LIMIT ?",
+          state,
+          now,
+          limit,
+        ),
+      );
+    }
+    return rows.slice(0, limit);
+  }
+
+  /** Pool machines only (single-task machines have their task), per live state. */
+  poolMachineCounts(): { creating: number; booting: number; live: number } {
+    const count = (state: WorkerState) =>
+      this.db.exec<{ n: number }>("SELECT COUNT(*) AS n FROM workers WHERE state = ? AND task_id IS NULL", state)[0].n;
+    return { creating: count("creating"), booting: count("booting"), live: count("live") };
+  }
+
+  /** Machines not yet ended (at most MAX_CONCURRENT_MACHINES rows): for the running part of the cost. */
+  unendedMachines(): { created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number }[] {
+    return this.db.exec<{ created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number }>(
+      "SELECT created_at, cpu_kind, cpus, memory_mb FROM workers WHERE state IN ('creating', 'booting', 'live')",
+    );
+  }
+
+  /** When the next machine check is due (index MIN lookups), or null. */
+  earliestCheck(): number | null {
+    return this.db.earliest("SELECT MIN(check_at) AS t FROM workers WHERE state = ?", ["creating", "booting", "live"]);
+  }
+}
