@@ -26,6 +26,8 @@ export function sidecarText(sha256: string, inputKey: string): string {
  */
 export const ChecksumSuccess = SuccessCore.extend({
   sha256: SHA256_HEX,
+  /** The sidecar's own digest (its text is known, so this is a check the receiver can redo). */
+  sidecar_sha256: SHA256_HEX.optional(),
   input: z.looseObject({ r2_key: ObjectKey, bytes: z.number().int().nonnegative() }),
 });
 export const ChecksumError = z.looseObject({

@@ -24,6 +24,9 @@ export const ObjectKey = z
   .max(1024, "an object key must be at most 1024 characters")
   .refine((k) => !k.includes("\0"), "an object key must not contain NUL");
 
+/** A phase's name as a message names it, e.g. `TIFF_CONVERSION`. */
+export const PhaseName = z.string().regex(/^[A-Z][A-Z0-9_]{0,63}$/, "a phase name is upper-case letters, digits and '_', e.g. \"TIFF_CONVERSION\"");
+
 // ---------------------------------------------------------------------------------------
 // Queue message and manifest (compatible with the existing ingest pipeline; unknown fields kept)
 
@@ -40,6 +43,11 @@ export const QueueMessage = z
     tolerated_failure_percentage: z.number().min(0).max(100).optional(),
     /** … or once more than this many tasks failed. */
     tolerated_failure_count: z.number().int().min(0).optional(),
+    /**
+     * The batch's pipeline: these phases, in this order (the orchestrator checks each is registered).
+     * Absent: every phase that is not opt-in, each doing what it finds (TIFFs converted, PDFs split).
+     */
+    phases: z.array(PhaseName).min(1, "phases must name at least one phase").max(16, "phases may name at most 16 phases").optional(),
   })
   .refine((m) => m.manifest_r2_key !== undefined || m.r2_prefix !== undefined, {
     message: "a queue message needs manifest_r2_key or r2_prefix",

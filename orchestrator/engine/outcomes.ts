@@ -103,6 +103,7 @@ export async function settleCallback(e: Engine, taskId: string, attempt: number,
       e.store.reviveAttempt(taskId, attempt, now);
       if (outcome.ok) for (const key of outcome.remove ?? []) e.store.removeFile(key);
       e.store.insertFiles(verdict.add);
+      if (outcome.ok && outcome.inputFields) e.store.annotateFile(settled.input_key, outcome.inputFields);
     } else {
       failAttempt(e, meta, settled, verdict.error, verdict.retryable, now);
     }
