@@ -18,17 +18,18 @@ const PDFJS_DIR = `${dirname(createRequire(import.meta.url).resolve("pdfjs-dist/
 export const JPEG_MAX_SIDE = 65_535;
 
 /**
- * Measured on generated PDFs (bench/pdf.ts, `npm run bench`, BENCH_ONLY=pdf): a page's render peaks at
- * the canvas (4 B/px) plus the images pdf.js decodes for it, then its RGBA copy (4 B/px) and mozjpeg's
- * buffers (~6.5 B/px, convert.ts MEMORY_MODEL) while it encodes. The file itself is held by pdf.js.
+ * Measured on generated PDFs (bench/pdf-one.ts under GNU time, 10 Letter scan pages at 72/150/300/600 DPI:
+ * 272/323/418/689 MB peak): ~13 B per rendered pixel over ~270 MB of Node, sharp, pdf.js and Skia — the
+ * canvas (4 B/px), the images pdf.js decodes for the page, the canvas's pixels copied out for sharp
+ * (4 B/px), then mozjpeg's buffers (convert.ts MEMORY_MODEL). Rounded up here; the file is held besides.
  */
 export const PDF_MEMORY_MODEL = {
-  /** Node, sharp, pdf.js and Skia loaded, before any page. */
-  baseMb: 190,
+  /** Node, sharp, pdf.js, pdf-lib and Skia loaded, before any page. */
+  baseMb: 320,
   /** Bytes per rendered pixel at the peak of a page with the buffered (mozjpeg) encoder. */
-  bufferedBytesPerPixel: 15,
+  bufferedBytesPerPixel: 13.5,
   /** … with the streaming baseline encoder (no whole-image buffer). */
-  streamingBytesPerPixel: 9,
+  streamingBytesPerPixel: 8,
 } as const;
 
 export interface RenderSettings {

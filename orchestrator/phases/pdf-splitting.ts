@@ -25,19 +25,19 @@ import type { Phase, PhaseFile } from "./types.ts";
 const MB = 1024 * 1024;
 
 /**
- * The work model, measured on generated PDFs (`npm run bench`, BENCH_ONLY=pdf; bench/pdf.ts): at
- * 300 DPI a Letter page (8.4 MP) renders and encodes (mozjpeg q95) in ~0.66 CPU-s, text or scan; the
- * worker peaks at ~320 MB + 13.5 B per rendered pixel + the file (fly-worker/pdf-document.ts), and the
- * 1,000-page PDFs (88 MB of scans, 1.7 MB of text) peaked at the same as their 10-page cuts plus the file.
- * A PDF's page count is unknown until it is opened: sizing assumes one page per PDF_BYTES_PER_PAGE.
+ * The work model, measured on generated PDFs (`npm run bench`, section 5, bench/pdf.ts): at 300 DPI a
+ * Letter page (8.4 MP) renders and encodes (mozjpeg q95) in 0.71–0.83 CPU-s, scan or text; the worker
+ * peaks at ~320 MB + 13.5 B a rendered pixel + the file it holds (fly-worker/pdf-document.ts
+ * PDF_MEMORY_MODEL), whatever the page count (1,000-page PDFs in section 5). A PDF's page count is
+ * unknown until it is opened: sizing assumes one page per PDF_BYTES_PER_PAGE.
  */
-export const PDF_CPU_S_PER_PAGE = 0.66;
+export const PDF_CPU_S_PER_PAGE = 0.8;
 export const PDF_PROCESS_START_CPU_S = 0.6;
 /** A born-digital page is ~2–50 KB, a scanned one 100 KB–1 MB: 100 KB a page errs towards more work. */
 export const PDF_BYTES_PER_PAGE = 100 * 1024;
 /** The worker's peak for a page of up to A3 at 300 DPI (17.4 MP), before the file it holds. */
 export const PDF_PAGE_PEAK_MB = 320 + Math.ceil(17.4 * 13.5);
-/** JPEG bytes of a 300-DPI page at q95 (the bench's text and scan pages average ~0.5 MB). */
+/** JPEG bytes of a 300-DPI page at q95 (section 5's text and scan pages: ~0.5 MB). */
 export const PDF_JPEG_BYTES_PER_PAGE = 0.5 * MB;
 
 export function pdfWork(sizeBytes: number): TaskWork {

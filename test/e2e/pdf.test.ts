@@ -1,0 +1,108 @@
+// A folder of TIFFs and PDFs through the whole local stack, submitted with the CLI (`fanout submit`):
+// the default pipeline converts the TIFFs and splits the PDFs — a multi-page one (text, a scan, a
+// page turned 90°, a card), and one found by its %PDF- signature alone (`minutes.bin`) — with real
+// fly-worker processes; every page's JPEG and single-page PDF is then read back from S3.
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { mkdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { PDFDocument } from "@cantoo/pdf-lib";
+import sharp from "sharp";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { REPO_ROOT } from "../../local/orchestrator-process.ts";
+import { makePdf, PAGE, textPdf } from "../../local/pdf-samples.ts";
+import { generateSamples, type GeneratedSample } from "../../local/samples.ts";
+import { getBytes, listObjects } from "../../local/submit.ts";
+import { BACKSTOP_MS, checkJpegs, expectedJpegKeys, startE2EStack, waitNoLiveMachines, type E2EStack } from "./support/stack.ts";
+
+/** The CLI's entry as package.json names it (`fanout`). */
+const CLI = join(REPO_ROOT, (JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")) as { bin: { fanout: string } }).bin.fanout);
+
+function cli(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args], {
+      cwd: REPO_ROOT,
+      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", FANOUT_STATE_DIR: "/nonexistent-fanout-state", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** Pixel sizes at 300 DPI, by hand: points × 300 / 72, rounded up. Letter 612×792 → 2550×3300; a card 252×144 → 1050×600. */
+const REPORT = [
+  { spec: {}, size: [2550, 3300] },
+  { spec: { scan: { r: 200, g: 215, b: 230 } }, size: [2550, 3300] },
+  { spec: { rotate: 90 as const }, size: [3300, 2550] },
+  { spec: { size: PAGE.card }, size: [1050, 600] },
+];
+
+describe("a folder of TIFFs and PDFs", () => {
+  let stack: E2EStack;
+  let env: Record<string, string>;
+  let tiffs: GeneratedSample[];
+  const batchId = "e2e-tiff-pdf";
+  const dir = () => join(stack.workDir, "folder");
+
+  beforeAll(async () => {
+    stack = await startE2EStack();
+    env = {
+      ORCHESTRATOR_URL: stack.orchestratorUrl,
+      ADMIN_TOKEN: stack.adminToken,
+      R2_ENDPOINT: stack.s3.endpoint,
+      R2_ACCESS_KEY_ID: stack.s3.credentials.accessKeyId,
+      R2_SECRET_ACCESS_KEY: stack.s3.credentials.secretAccessKey,
+      R2_BUCKET: stack.bucket,
+    };
+    tiffs = await generateSamples(dir(), { count: 3, width: 320, height: 240, perFolder: 10 });
+    await mkdir(join(dir(), "papers"), { recursive: true });
+    await writeFile(join(dir(), "papers", "report.pdf"), await makePdf(REPORT.map((p) => p.spec)));
+    // No .pdf name: the CLI uploads it as application/octet-stream, and its first bytes say what it is.
+    await writeFile(join(dir(), "papers", "minutes.bin"), await textPdf(2));
+  }, BACKSTOP_MS);
+  afterAll(async () => {
+    await stack?.dispose();
+  });
+
+  it("`fanout submit --watch` runs TIFF_CONVERSION then PDF_SPLITTING to DONE; every page's JPEG and PDF is in S3", async () => {
+    const run = await cli(["submit", dir(), "--batch-id", batchId, "--watch"], env);
+    expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
+    expect(run.stdout).toMatch(/100%\s+5\/5 done\s+DONE/);
+
+    const status = await stack.api.status(batchId);
+    expect(status.status).toBe("DONE");
+    expect(status.phases.map((p) => [p.name, p.total, p.done, p.failed])).toEqual([
+      ["TIFF_CONVERSION", 3, 3, 0],
+      ["PDF_SPLITTING", 2, 2, 0],
+    ]);
+    const prefix = `batches/${batchId}/`;
+    const keys = (await listObjects(stack.s3client, stack.bucket, prefix)).map((o) => o.key);
+    // The TIFFs' JPEGs, as the TIFF-only e2e expects them.
+    const tiffJpegs = expectedJpegKeys(prefix, tiffs);
+    expect(keys.filter((k) => k.endsWith(".jpg") && !k.includes("/papers/")).sort()).toEqual(tiffJpegs);
+    expect(await checkJpegs(stack, tiffJpegs)).toEqual([]);
+
+    const pages = (stem: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}papers/${stem}-p00${i + 1}`);
+    const expected = [...pages("report", REPORT.length), ...pages("minutes", 2)];
+    expect(keys.filter((k) => k.includes("/papers/") && /-p\d+\.(jpg|pdf)$/.test(k)).sort()).toEqual(expected.flatMap((p) => [`${p}.jpg`, `${p}.pdf`]).sort());
+    const sizes = [...REPORT.map((p) => p.size), [2550, 3300], [2550, 3300]];
+    for (const [i, page] of expected.entries()) {
+      const jpeg = await getBytes(stack.s3client, stack.bucket, `${page}.jpg`);
+      const m = await sharp(jpeg).metadata();
+      expect([page, m.format, m.width, m.height]).toEqual([page, "jpeg", ...sizes[i]]);
+      await sharp(jpeg).raw().toBuffer(); // every pixel decodes
+      const single = await PDFDocument.load(await getBytes(stack.s3client, stack.bucket, `${page}.pdf`));
+      expect([page, single.getPageCount()]).toEqual([page, 1]);
+    }
+    const rotated = await PDFDocument.load(await getBytes(stack.s3client, stack.bucket, `${prefix}papers/report-p003.pdf`));
+    expect(rotated.getPage(0).getRotation().angle).toBe(90);
+
+    const pdfTasks = (await stack.api.allTasks(batchId, "done")).filter((t) => t.task_id.startsWith("pdf-"));
+    expect(pdfTasks.map((t) => t.input_key).sort()).toEqual([`${prefix}papers/minutes.bin`, `${prefix}papers/report.pdf`]);
+    expect(await waitNoLiveMachines(stack)).toEqual({ live: 0, pids: [] });
+  });
+});
