@@ -138,9 +138,11 @@ describe("checksum mode (PHASE=CHECKSUM)", () => {
     expect(sidecar.bytes.toString("utf8")).toBe(`${bigSha}  big.jpg\n`);
     expect(body.output_file_size).toBe(sidecar.bytes.length);
     expect(sidecar.contentType).toMatch(/^text\/plain/);
-    // The engine's result(): the sidecar joins the file list with its digest.
+    // The engine's result(): the input's entry gets its digest; the sidecar joins the file list with its own.
+    const sidecarSha = createHash("sha256").update(sidecar.bytes).digest("hex");
+    expect(body.sidecar_sha256).toBe(sidecarSha);
     const outcome = checksum.result({ task_id: bigTask.taskId, batch_id: bigTask.batchId, input_key: bigTask.inputKey, output_key: bigTask.outputKey, size_bytes: 0, attempt: 1, params: {} }, body);
-    expect(outcome).toMatchObject({ ok: true, add: [{ r2_key: bigTask.outputKey, sha256: bigSha, file_size: sidecar.bytes.length, source_r2_key: "scans/big.jpg" }] });
+    expect(outcome).toMatchObject({ ok: true, inputFields: { sha256: bigSha }, add: [{ r2_key: bigTask.outputKey, sha256: sidecarSha, file_size: sidecar.bytes.length, source_r2_key: "scans/big.jpg" }] });
     expect(bigRun.logs.filter((l) => l.component === "Checksum").map((l) => l.fields.event)).toEqual(["task.start", "read.start", "read.done", "upload.done", "task.done", "task.exit"]);
     expectNoSecrets(bigRun, bigTask);
   }, 180_000);
