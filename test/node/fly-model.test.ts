@@ -3,7 +3,7 @@
 import { describe, expect, it } from "vitest";
 import { chooseGuest, guestOf, poolByDefault, sizePool, type TaskWork } from "../../orchestrator/engine/sizing.ts";
 import { simulatedDuration } from "../../local/fly-emulator/server.ts";
-import type { RunnerMachine } from "../../local/fly-emulator/core.ts";
+import type { RunnerMachine } from "../../local/fly-emulator/runner.ts";
 import { guestFor, tiffWork } from "../../orchestrator/phases/tiff-conversion.ts";
 import { conversionWallS, FLY_CPU, initialBalanceS, MachineModel, pricePerSecond, sizeError, type Guest } from "../../shared/fly-model.ts";
 
