@@ -2,36 +2,16 @@
 // the default pipeline converts the TIFFs and splits the PDFs — a multi-page one (text, a scan, a
 // page turned 90°, a card), and one found by its %PDF- signature alone (`minutes.bin`) — with real
 // fly-worker processes; every page's JPEG and single-page PDF is then read back from S3.
-import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { PDFDocument } from "@cantoo/pdf-lib";
 import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { REPO_ROOT } from "../../local/orchestrator-process.ts";
 import { makePdf, PAGE, textPdf } from "../../local/pdf-samples.ts";
 import { generateSamples, type GeneratedSample } from "../../local/samples.ts";
 import { getBytes, listObjects } from "../../local/submit.ts";
+import { cli } from "./support/cli.ts";
 import { BACKSTOP_MS, checkJpegs, expectedJpegKeys, startE2EStack, waitNoLiveMachines, type E2EStack } from "./support/stack.ts";
-
-/** The CLI's entry as package.json names it (`fanout`). */
-const CLI = join(REPO_ROOT, (JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")) as { bin: { fanout: string } }).bin.fanout);
-
-function cli(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
-      cwd: REPO_ROOT,
-      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", FANOUT_STATE_DIR: "/nonexistent-fanout-state", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 /** Pixel sizes at 300 DPI, by hand: points × 300 / 72, rounded up. Letter 612×792 → 2550×3300; a card 252×144 → 1050×600. */
 const REPORT = [
@@ -100,6 +80,13 @@ describe("a folder of TIFFs and PDFs", () => {
     }
     const rotated = await PDFDocument.load(await getBytes(stack.s3client, stack.bucket, `${prefix}papers/report-p003.pdf`));
     expect(rotated.getPage(0).getRotation().angle).toBe(90);
+
+    // The CLI's status says what each phase of the pipeline did, on what machines, at what estimated cost.
+    const cliStatus = await cli(["status", batchId], env);
+    expect(cliStatus.code, cliStatus.stderr).toBe(0);
+    expect(cliStatus.stdout).toContain("phases (pipeline TIFF_CONVERSION → PDF_SPLITTING):");
+    expect(cliStatus.stdout).toMatch(/^ {2}TIFF_CONVERSION {2}3\/3 done, 0 failed · 3 machines \((shared-cpu|performance)-\d+x \d+ MB.*\), [0-9.]+ machine-seconds, estimated \$[0-9.]+$/m);
+    expect(cliStatus.stdout).toMatch(/^ {2}PDF_SPLITTING {4}2\/2 done, 0 failed · 2 machines \((shared-cpu|performance)-\d+x \d+ MB.*\)/m);
 
     const pdfTasks = (await stack.api.allTasks(batchId, "done")).filter((t) => t.task_id.startsWith("pdf-"));
     expect(pdfTasks.map((t) => t.input_key).sort()).toEqual([`${prefix}papers/minutes.bin`, `${prefix}papers/report.pdf`]);

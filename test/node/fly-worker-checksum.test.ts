@@ -12,14 +12,13 @@ import { pipeline } from "node:stream/promises";
 import type { S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EXIT } from "../../fly-worker/exit-codes.ts";
-import { LOCAL_S3_CREDENTIALS, startLocalS3, type LocalS3 } from "../../local/s3.ts";
-import type { Config } from "../../orchestrator/config.ts";
+import { startLocalS3, type LocalS3 } from "../../local/s3.ts";
 import { presign } from "../../orchestrator/engine/presign.ts";
 import { checksum } from "../../orchestrator/phases/checksum.ts";
 import { ChecksumCallback, sidecarText } from "../../shared/checksum.ts";
 import { callbackSubject, signToken } from "../../shared/token.ts";
 import { startCallbackReceiver, type CallbackReceiver } from "./support/callback-receiver.ts";
-import { getObjectBytes, localS3Client, objectExists, putFile } from "./support/s3.ts";
+import { getObjectBytes, localS3Client, objectExists, presignConfig, putFile } from "./support/s3.ts";
 import { runWorker, type WorkerRun } from "./support/worker.ts";
 
 const BUCKET = "fanout";
@@ -37,8 +36,7 @@ let smallSha: string;
 let taskSeq = 0;
 
 /** The storage config the engine presigns with (fauxqs takes any signature; presign.test.ts checks them). */
-const storageConfig = () =>
-  ({ R2_ACCESS_KEY_ID: LOCAL_S3_CREDENTIALS.accessKeyId, R2_SECRET_ACCESS_KEY: LOCAL_S3_CREDENTIALS.secretAccessKey, R2_ACCOUNT_ID: "local", R2_BUCKET: BUCKET, R2_ENDPOINT: s3.endpoint }) as unknown as Config;
+const storageConfig = () => presignConfig(s3.endpoint, BUCKET);
 
 async function sha256Of(path: string): Promise<string> {
   const hash = createHash("sha256");

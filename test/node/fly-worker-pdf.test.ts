@@ -12,14 +12,13 @@ import sharp from "sharp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EXIT } from "../../fly-worker/exit-codes.ts";
 import { makePdf, PAGE, scanJpeg, textPdf, truncate, zeroPagePdf } from "../../local/pdf-samples.ts";
-import { LOCAL_S3_CREDENTIALS, startLocalS3, type LocalS3 } from "../../local/s3.ts";
-import type { Config } from "../../orchestrator/config.ts";
+import { startLocalS3, type LocalS3 } from "../../local/s3.ts";
 import { presign } from "../../orchestrator/engine/presign.ts";
 import { PdfCallback, pdfFirstKeyCandidates, pdfOutputKeyCandidates, type PdfSuccess } from "../../shared/pdf.ts";
 import { callbackSubject, signToken } from "../../shared/token.ts";
 import { startCallbackReceiver, type CallbackReceiver } from "./support/callback-receiver.ts";
 import { startOutputsServer, type OutputsServer } from "./support/outputs-server.ts";
-import { getObjectBytes, localS3Client, objectExists, putFile } from "./support/s3.ts";
+import { getObjectBytes, localS3Client, objectExists, presignConfig, putFile } from "./support/s3.ts";
 import { runWorker, type WorkerRun } from "./support/worker.ts";
 
 const BUCKET = "fanout";
@@ -34,8 +33,7 @@ let receiver: CallbackReceiver;
 let outputs: OutputsServer;
 let seq = 0;
 
-const storageConfig = () =>
-  ({ R2_ACCESS_KEY_ID: LOCAL_S3_CREDENTIALS.accessKeyId, R2_SECRET_ACCESS_KEY: LOCAL_S3_CREDENTIALS.secretAccessKey, R2_ACCOUNT_ID: "local", R2_BUCKET: BUCKET, R2_ENDPOINT: s3.endpoint }) as unknown as Config;
+const storageConfig = () => presignConfig(s3.endpoint, BUCKET);
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "fanout-pdf-test-"));

@@ -5,7 +5,7 @@
 // contract's boundary: reserve keys (POST /outputs), write objects, call back with their phase's body.
 import { env, exports } from "cloudflare:workers";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { machineProcessEnv } from "../../local/fly-emulator/core.ts";
+import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import { CHECKSUM_PHASE } from "../../shared/checksum.ts";
 import { PDF_PHASE } from "../../shared/pdf.ts";
 import { ADMIN, callbackTo, getStatus, installWorld, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";

@@ -3,6 +3,7 @@ import { createReadStream } from "node:fs";
 import { GetObjectCommand, HeadObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
 import { LOCAL_S3_CREDENTIALS } from "../../../local/s3.ts";
+import type { Config } from "../../../orchestrator/config.ts";
 
 export function localS3Client(endpoint: string): S3Client {
   return new S3Client({
@@ -34,4 +35,9 @@ export async function objectExists(client: S3Client, bucket: string, key: string
     if (error instanceof Error && (error.name === "NotFound" || error.name === "NoSuchKey")) return false;
     throw error;
   }
+}
+
+/** The storage part of the orchestrator's config, as the engine presigns machines' URLs with it, for the local S3. */
+export function presignConfig(endpoint: string, bucket: string): Config {
+  return { R2_ACCESS_KEY_ID: LOCAL_S3_CREDENTIALS.accessKeyId, R2_SECRET_ACCESS_KEY: LOCAL_S3_CREDENTIALS.secretAccessKey, R2_ACCOUNT_ID: "local", R2_BUCKET: bucket, R2_ENDPOINT: endpoint } as unknown as Config;
 }
