@@ -8,6 +8,7 @@ import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } f
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { scanPdf, textPdf } from "../local/pdf-samples.ts";
+import { pdfGuest } from "../orchestrator/phases/pdf-splitting.ts";
 import { timed } from "./conversion.ts";
 
 export interface PdfFigure {
@@ -32,6 +33,8 @@ export interface PdfLongFigure {
   cpu_s: number;
   split_s: number;
   peak_rss_mb: number;
+  /** The machine the phase's sizing picks for a PDF of this size (one task, its own machine). */
+  guest: { cpu_kind: string; cpus: number; memory_mb: number };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -98,9 +101,10 @@ export async function runPdfBench(opts: { pages: number; dpi: number; quality: n
     fresh();
     const r = timed([process.execPath, "bench/pdf-one.ts", pdf, out, String(opts.dpi), "1"], env);
     const json = JSON.parse(r.stdout.trim().split("\n").pop()!) as { split_s: number };
-    const f: PdfLongFigure = { kind, pages: opts.longPages, pdf_bytes: statSync(pdf).size, wall_s: r.wall_s, cpu_s: r.cpu_s, split_s: json.split_s, peak_rss_mb: r.rss_mb };
+    const bytes = statSync(pdf).size;
+    const f: PdfLongFigure = { kind, pages: opts.longPages, pdf_bytes: bytes, wall_s: r.wall_s, cpu_s: r.cpu_s, split_s: json.split_s, peak_rss_mb: r.rss_mb, guest: pdfGuest(bytes) };
     long.push(f);
-    opts.log(`  pdf long ${kind} ${f.pages} pages (${(f.pdf_bytes / 1e6).toFixed(1)} MB): split ${f.split_s.toFixed(1)} s, whole job ${f.wall_s.toFixed(0)} s, peak ${Math.round(f.peak_rss_mb)} MB`);
+    opts.log(`  pdf long ${kind} ${f.pages} pages (${(f.pdf_bytes / 1e6).toFixed(1)} MB): split ${f.split_s.toFixed(1)} s, whole job ${f.wall_s.toFixed(0)} s, peak ${Math.round(f.peak_rss_mb)} MB; sizing picks ${f.guest.cpu_kind} ${f.guest.cpus}x ${f.guest.memory_mb} MB`);
   }
   rmSync(out, { recursive: true, force: true });
   return { figures, long };
@@ -132,7 +136,10 @@ export function pdfSection(r: { figures: PdfFigure[]; long: PdfLongFigure[]; dpi
     const ref = r.figures.find((x) => x.kind === kind && x.side === "pdftoppm");
     return job && ref ? f(pick(job) / pick(ref), 2) : "—";
   };
-  const longRows = r.long.map((x) => `| ${x.kind} | ${x.pages} | ${f(x.pdf_bytes / 1e6, 1)} MB | ${f(x.split_s, 1)} s | ${f(x.wall_s, 0)} s | ${f(x.cpu_s, 0)} s | **${Math.round(x.peak_rss_mb)} MB** |`);
+  const longRows = r.long.map(
+    (x) =>
+      `| ${x.kind} | ${x.pages} | ${f(x.pdf_bytes / 1e6, 1)} MB | ${f(x.split_s, 1)} s | ${f(x.wall_s, 0)} s | ${f(x.cpu_s, 0)} s | **${Math.round(x.peak_rss_mb)} MB** | ${x.guest.cpu_kind} ${x.guest.cpus}x ${x.guest.memory_mb} MB: ${x.peak_rss_mb <= x.guest.memory_mb * 0.8 ? "fits" : "**does not fit**"} (80% = ${Math.round(x.guest.memory_mb * 0.8)} MB) |`,
+  );
   return `## 5. PDF: render throughput and memory, the worker's PDF job vs \`pdftoppm\`
 
 Measured by \`bench/pdf.ts\` (\`BENCH_ONLY=pdf\`): generated PDFs (\`local/pdf-samples.ts\`) of Letter text pages and of
@@ -152,8 +159,8 @@ ${longRows.length > 0 ? `
 Long PDFs through the whole job (split every page with pdf-lib, then render every page), once each — memory must not
 grow with the page count (\`BENCH_PDF_LONG_PAGES\`):
 
-| pages | count | file | split | whole job | CPU | peak RSS |
-|---|---:|---:|---:|---:|---:|---:|
+| pages | count | file | split | whole job | CPU | peak RSS | the machine the sizing picks (pdfGuest) |
+|---|---:|---:|---:|---:|---:|---:|---|
 ${longRows.join("\n")}
 ` : ""}`;
 }

@@ -33,8 +33,12 @@ const MB = 1024 * 1024;
  */
 export const PDF_CPU_S_PER_PAGE = 0.8;
 export const PDF_PROCESS_START_CPU_S = 0.6;
-/** A born-digital page is ~2–50 KB, a scanned one 100 KB–1 MB: 100 KB a page errs towards more work. */
-export const PDF_BYTES_PER_PAGE = 100 * 1024;
+/**
+ * A born-digital page is ~2–20 KB (the bench's text pages: 1.7 KB), a scanned one 100 KB–1 MB. 20 KB a
+ * page errs towards more pages: a long text PDF gets a performance machine rather than a shared one that
+ * would run throttled for most of its run (a scan PDF's estimate is capped at MAX_PDF_PAGES).
+ */
+export const PDF_BYTES_PER_PAGE = 20 * 1024;
 /** The worker's peak for a page of up to A3 at 300 DPI (17.4 MP), before the file it holds. */
 export const PDF_PAGE_PEAK_MB = 320 + Math.ceil(17.4 * 13.5);
 /** JPEG bytes of a 300-DPI page at q95 (section 5's text and scan pages: ~0.5 MB). */
