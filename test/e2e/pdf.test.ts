@@ -48,11 +48,8 @@ describe("a folder of TIFFs and PDFs", () => {
     await stack?.dispose();
   });
 
-  it("`fanout submit --watch` runs TIFF_CONVERSION then PDF_SPLITTING to DONE; every page's JPEG and PDF is in S3", async () => {
-    const run = await cli(["submit", dir(), "--batch-id", batchId, "--watch"], env);
-    expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
-    expect(run.stdout).toMatch(/100%\s+5\/5 done\s+DONE/);
-
+  /** The batch is DONE with both phases' counts exact, and every TIFF's JPEG and every PDF page's JPEG (its hand-computed size, decodable) and single-page PDF is in S3. */
+  async function expectEveryOutput(batchId: string): Promise<void> {
     const status = await stack.api.status(batchId);
     expect(status.status).toBe("DONE");
     expect(status.phases.map((p) => [p.name, p.total, p.done, p.failed])).toEqual([
@@ -81,6 +78,14 @@ describe("a folder of TIFFs and PDFs", () => {
     const rotated = await PDFDocument.load(await getBytes(stack.s3client, stack.bucket, `${prefix}papers/report-p003.pdf`));
     expect(rotated.getPage(0).getRotation().angle).toBe(90);
 
+  }
+
+  it("`fanout submit --watch` runs TIFF_CONVERSION then PDF_SPLITTING to DONE; every page's JPEG and PDF is in S3", async () => {
+    const run = await cli(["submit", dir(), "--batch-id", batchId, "--watch"], env);
+    expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
+    expect(run.stdout).toMatch(/100%\s+5\/5 done\s+DONE/);
+
+    await expectEveryOutput(batchId);
     // The CLI's status says what each phase of the pipeline did, on what machines, at what estimated cost.
     const cliStatus = await cli(["status", batchId], env);
     expect(cliStatus.code, cliStatus.stderr).toBe(0);
@@ -89,7 +94,17 @@ describe("a folder of TIFFs and PDFs", () => {
     expect(cliStatus.stdout).toMatch(/^ {2}PDF_SPLITTING {4}2\/2 done, 0 failed · 2 machines \((shared-cpu|performance)-\d+x \d+ MB.*\)/m);
 
     const pdfTasks = (await stack.api.allTasks(batchId, "done")).filter((t) => t.task_id.startsWith("pdf-"));
-    expect(pdfTasks.map((t) => t.input_key).sort()).toEqual([`${prefix}papers/minutes.bin`, `${prefix}papers/report.pdf`]);
+    expect(pdfTasks.map((t) => t.input_key).sort()).toEqual([`batches/${batchId}/papers/minutes.bin`, `batches/${batchId}/papers/report.pdf`]);
+    expect(await waitNoLiveMachines(stack)).toEqual({ live: 0, pids: [] });
+  });
+
+  it("in pool mode (`--pool`, the production default's path): each phase's pool leases its tasks, the PDF job runs in a lease like the conversion, the same outputs", async () => {
+    const pooled = `${batchId}-pool`;
+    const run = await cli(["submit", dir(), "--batch-id", pooled, "--pool", "--watch"], env);
+    expect(run.code, `${run.stdout}\n${run.stderr}`).toBe(0);
+    await expectEveryOutput(pooled);
+    const status = await stack.api.status(pooled);
+    expect(status.mode).toBe("pool");
     expect(await waitNoLiveMachines(stack)).toEqual({ live: 0, pids: [] });
   });
 });
