@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateSamples, type GeneratedSample } from "../../local/samples.ts";
 import { freePort } from "../../local/stack.ts";
-import { cli } from "./support/cli.ts";
+import { cli, cliEnv } from "./support/cli.ts";
 import { BACKSTOP_MS, checkJpegs, expectedJpegKeys, jpegKeys, startE2EStack, waitNoLiveMachines, type E2EStack } from "./support/stack.ts";
 
 describe("a batch of 25 mixed TIFFs", () => {
@@ -16,14 +16,7 @@ describe("a batch of 25 mixed TIFFs", () => {
 
   beforeAll(async () => {
     stack = await startE2EStack();
-    env = {
-      ORCHESTRATOR_URL: stack.orchestratorUrl,
-      ADMIN_TOKEN: stack.adminToken,
-      R2_ENDPOINT: stack.s3.endpoint,
-      R2_ACCESS_KEY_ID: stack.s3.credentials.accessKeyId,
-      R2_SECRET_ACCESS_KEY: stack.s3.credentials.secretAccessKey,
-      R2_BUCKET: stack.bucket,
-    };
+    env = cliEnv(stack);
     samples = await generateSamples(join(stack.workDir, "mixed"), { count: 25, width: 640, height: 480, perFolder: 10 });
   }, BACKSTOP_MS); // a stack start and 25 sharp encodes: minutes on a loaded 2-core machine
   afterAll(async () => {

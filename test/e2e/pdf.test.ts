@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makePdf, PAGE, textPdf } from "../../local/pdf-samples.ts";
 import { generateSamples, type GeneratedSample } from "../../local/samples.ts";
 import { getBytes, listObjects } from "../../local/submit.ts";
-import { cli } from "./support/cli.ts";
+import { cli, cliEnv } from "./support/cli.ts";
 import { BACKSTOP_MS, checkJpegs, expectedJpegKeys, startE2EStack, waitNoLiveMachines, type E2EStack } from "./support/stack.ts";
 
 /** Pixel sizes at 300 DPI, by hand: points × 300 / 72, rounded up. Letter 612×792 → 2550×3300; a card 252×144 → 1050×600. */
@@ -30,14 +30,7 @@ describe("a folder of TIFFs and PDFs", () => {
 
   beforeAll(async () => {
     stack = await startE2EStack();
-    env = {
-      ORCHESTRATOR_URL: stack.orchestratorUrl,
-      ADMIN_TOKEN: stack.adminToken,
-      R2_ENDPOINT: stack.s3.endpoint,
-      R2_ACCESS_KEY_ID: stack.s3.credentials.accessKeyId,
-      R2_SECRET_ACCESS_KEY: stack.s3.credentials.secretAccessKey,
-      R2_BUCKET: stack.bucket,
-    };
+    env = cliEnv(stack);
     tiffs = await generateSamples(dir(), { count: 3, width: 320, height: 240, perFolder: 10 });
     await mkdir(join(dir(), "papers"), { recursive: true });
     await writeFile(join(dir(), "papers", "report.pdf"), await makePdf(REPORT.map((p) => p.spec)));

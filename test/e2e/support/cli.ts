@@ -4,6 +4,7 @@ import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { REPO_ROOT } from "../../../local/orchestrator-process.ts";
+import type { E2EStack } from "./stack.ts";
 
 export interface CliRun {
   code: number | null;
@@ -26,4 +27,16 @@ export function cli(args: string[], env: Record<string, string>): Promise<CliRun
     child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
     child.on("close", (code) => resolve({ code, stdout, stderr }));
   });
+}
+
+/** What the CLI needs to talk to `stack` as it would to a deployed orchestrator and R2. */
+export function cliEnv(stack: E2EStack): Record<string, string> {
+  return {
+    ORCHESTRATOR_URL: stack.orchestratorUrl,
+    ADMIN_TOKEN: stack.adminToken,
+    R2_ENDPOINT: stack.s3.endpoint,
+    R2_ACCESS_KEY_ID: stack.s3.credentials.accessKeyId,
+    R2_SECRET_ACCESS_KEY: stack.s3.credentials.secretAccessKey,
+    R2_BUCKET: stack.bucket,
+  };
 }
