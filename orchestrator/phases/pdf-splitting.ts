@@ -27,9 +27,9 @@ const MB = 1024 * 1024;
 /**
  * The work model, measured on generated PDFs (`npm run bench`, section 5, bench/pdf.ts): at 300 DPI a
  * Letter page (8.4 MP) renders and encodes (mozjpeg q95) in 0.71–0.83 CPU-s, scan or text; the worker
- * peaks at ~320 MB + 13.5 B a rendered pixel + the file it holds (fly-worker/pdf-document.ts
- * PDF_MEMORY_MODEL), whatever the page count (1,000-page PDFs in section 5). A PDF's page count is
- * unknown until it is opened: sizing assumes one page per PDF_BYTES_PER_PAGE.
+ * peaks at ~320 MB + 13.5 B a rendered pixel + the file it holds + ~0.12 MB a page (fly-worker/
+ * pdf-document.ts PDF_MEMORY_MODEL; 1,000-page PDFs in section 5). A PDF's page count is unknown until
+ * it is opened: sizing assumes one page per PDF_BYTES_PER_PAGE for its CPU, the ceiling for its memory.
  */
 export const PDF_CPU_S_PER_PAGE = 0.8;
 export const PDF_PROCESS_START_CPU_S = 0.6;
@@ -41,6 +41,12 @@ export const PDF_PROCESS_START_CPU_S = 0.6;
 export const PDF_BYTES_PER_PAGE = 20 * 1024;
 /** The worker's peak for a page of up to A3 at 300 DPI (17.4 MP), before the file it holds. */
 export const PDF_PAGE_PEAK_MB = 320 + Math.ceil(17.4 * 13.5);
+/**
+ * What the open documents keep per page (page tree, pdf.js's per-page state): 1,000-page PDFs peaked
+ * 115 MB (text) and 217 − 88 MB (scans, less their file) above their 10-page cuts at 72 DPI (section 5).
+ * 0.12 MB a page for the ceiling's 2,000, since the page count is unknown at sizing.
+ */
+export const PDF_PAGES_HELD_MB = Math.ceil(MAX_PDF_PAGES * 0.12);
 /** JPEG bytes of a 300-DPI page at q95 (section 5's text and scan pages: ~0.5 MB). */
 export const PDF_JPEG_BYTES_PER_PAGE = 0.5 * MB;
 
@@ -49,7 +55,7 @@ export function pdfWork(sizeBytes: number): TaskWork {
   return {
     cpuS: PDF_PROCESS_START_CPU_S + pages * PDF_CPU_S_PER_PAGE,
     parallelism: 1,
-    memoryMb: PDF_PAGE_PEAK_MB + Math.ceil(sizeBytes / MB),
+    memoryMb: PDF_PAGE_PEAK_MB + PDF_PAGES_HELD_MB + Math.ceil(sizeBytes / MB),
     // Down once; up again as single-page PDFs (about the file's size) and a JPEG a page.
     ioBytes: 2 * sizeBytes + pages * PDF_JPEG_BYTES_PER_PAGE,
   };

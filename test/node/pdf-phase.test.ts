@@ -32,18 +32,18 @@ describe("PDF_SPLITTING plans", () => {
 });
 
 describe("PDF_SPLITTING's work model and machine", () => {
-  it("a page per 20 KB at 0.8 CPU-s, 555 MB + the file: an 18 KB PDF is one page on shared-cpu-1x 768 MB", () => {
+  it("a page per 20 KB at 0.8 CPU-s, 555 MB + 240 MB for up to 2,000 pages + the file: an 18 KB PDF is one page on shared-cpu-1x 1 GB", () => {
     expect(PDF_BYTES_PER_PAGE).toBe(20 * 1024);
-    // pages ⌈18000 / 20480⌉ = 1; CPU 0.6 + 0.8; memory 320 + ⌈17.4 × 13.5⌉ = 555, + ⌈18000 B⌉ = 1 MB; bytes 2 × 18000 + 0.5 MiB.
-    expect(pdfWork(18_000)).toEqual({ cpuS: 1.4, parallelism: 1, memoryMb: 556, ioBytes: 36_000 + 524_288 });
-    // 1.4 CPU-s fits a shared vCPU's initial burst: the cheapest size that holds 556 MB (256 MB steps).
-    expect(pdfGuest(18_000)).toEqual({ cpu_kind: "shared", cpus: 1, memory_mb: 768 });
+    // pages ⌈18000 / 20480⌉ = 1; CPU 0.6 + 0.8; memory 320 + ⌈17.4 × 13.5⌉ = 555, + 2,000 × 0.12 = 240, + ⌈18000 B⌉ = 1 MB; bytes 2 × 18000 + 0.5 MiB.
+    expect(pdfWork(18_000)).toEqual({ cpuS: 1.4, parallelism: 1, memoryMb: 796, ioBytes: 36_000 + 524_288 });
+    // 1.4 CPU-s fits a shared vCPU's initial burst: the cheapest size that holds 796 MB (256 MB steps).
+    expect(pdfGuest(18_000)).toEqual({ cpu_kind: "shared", cpus: 1, memory_mb: 1024 });
   });
 
   it("a 1,000-page text PDF (1.7 MB) is ~85 pages of work, past a shared vCPU's burst: performance-1x 2 GB; a 100 MB PDF is capped at 2,000 pages", () => {
     expect(pdfWork(1_738_765).cpuS).toBeCloseTo(0.6 + Math.ceil(1_738_765 / 20_480) * 0.8, 6);
     expect(pdfGuest(1_738_765)).toEqual({ cpu_kind: "performance", cpus: 1, memory_mb: 2048 });
-    expect(pdfWork(100 * 1024 * 1024)).toMatchObject({ cpuS: 0.6 + 2000 * 0.8, memoryMb: 555 + 100 });
+    expect(pdfWork(100 * 1024 * 1024)).toMatchObject({ cpuS: 0.6 + 2000 * 0.8, memoryMb: 555 + 240 + 100 });
   });
 });
 
