@@ -1,7 +1,7 @@
 // CHECKSUM: the SHA-256 of every file of the batch — its inputs and every earlier phase's outputs —
 // in the downstream file list (`sha256` on each entry), and a `sha256sum` sidecar beside each, written
 // by the fly-worker's checksum mode. Opt-in: a batch runs it when its message's `phases` names it.
-import { CHECKSUM_PHASE, ChecksumCallback, sidecarKeyCandidates } from "../../shared/checksum.ts";
+import { CHECKSUM_PHASE, ChecksumCallback, SIDECAR_CONTENT_TYPE, sidecarKeyCandidates } from "../../shared/checksum.ts";
 import { fileName } from "../../shared/keys.ts";
 import type { Phase, PhaseFile } from "./types.ts";
 
@@ -13,6 +13,7 @@ export function isSidecar(file: Pick<PhaseFile, "r2_key" | "source_r2_key">): bo
 export const checksum: Phase<ChecksumCallback> = {
   name: CHECKSUM_PHASE,
   slug: "sum",
+  outputContentType: SIDECAR_CONTENT_TYPE,
   optIn: true,
   // Hashing streams at network speed: a minute covers a few GB; the boot limit is the image pull's.
   limits: { bootTimeoutMs: 10 * 60_000, runTimeoutMs: 5 * 60_000 },

@@ -7,6 +7,7 @@ import type { FileEntry } from "../../shared/contracts.ts";
 import { fileName } from "../../shared/keys.ts";
 import {
   declaredPdf,
+  JPEG_CONTENT_TYPE,
   MAX_PDF_PAGES,
   PDF_PHASE,
   PDF_SIGNATURE_WINDOW,
@@ -83,6 +84,8 @@ const isCandidate = (file: PhaseFile) => !declaredPdf(file.r2_key, file.content_
 export const pdfSplitting: Phase<PdfCallback> = {
   name: PDF_PHASE,
   slug: "pdf",
+  // Output 1 is page 1's JPEG; pageContentType says each output's (odd: JPEG, even: PDF).
+  outputContentType: JPEG_CONTENT_TYPE,
   // A large PDF renders page after page: an hour covers ~5,000 pages at 300 DPI on one CPU.
   limits: { bootTimeoutMs: 10 * 60_000, runTimeoutMs: 60 * 60_000 },
   sniff: { bytes: PDF_SIGNATURE_WINDOW, wants: isCandidate },

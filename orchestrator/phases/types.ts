@@ -76,6 +76,8 @@ export interface Phase<Callback = unknown> {
   name: string;
   /** Task id prefix: lowercase letters/digits, e.g. `tiff` → `tiff-000042`. */
   slug: string;
+  /** Content type of the objects its tasks write: signed into every PUT URL, so nothing else can be stored there. */
+  outputContentType: string;
   /**
    * True: runs only when a batch's message names it in `phases` (CHECKSUM). Otherwise it is in every
    * batch's default pipeline, where it does whatever its `plan` finds (nothing, for a batch without its files).

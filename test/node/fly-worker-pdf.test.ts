@@ -14,10 +14,11 @@ import { EXIT } from "../../fly-worker/exit-codes.ts";
 import { makePdf, PAGE, scanJpeg, textPdf, truncate, zeroPagePdf } from "../../local/pdf-samples.ts";
 import { startLocalS3, type LocalS3 } from "../../local/s3.ts";
 import { presign } from "../../orchestrator/engine/presign.ts";
-import { PdfCallback, pdfFirstKeyCandidates, pdfOutputKeyCandidates, type PdfSuccess } from "../../shared/pdf.ts";
+import { pdfSplitting } from "../../orchestrator/phases/pdf-splitting.ts";
+import { PdfCallback, pdfFirstKeyCandidates, pdfOutputKeyCandidates, pdfOutputOf, type PdfSuccess } from "../../shared/pdf.ts";
 import { callbackSubject, signToken } from "../../shared/token.ts";
 import { startCallbackReceiver, type CallbackReceiver } from "./support/callback-receiver.ts";
-import { startOutputsServer, type OutputsServer } from "./support/outputs-server.ts";
+import { outputHeaders, startOutputsServer, type OutputsServer } from "./support/outputs-server.ts";
 import { getObjectBytes, localS3Client, objectExists, presignConfig, putFile } from "./support/s3.ts";
 import { runWorker, type WorkerRun } from "./support/worker.ts";
 
@@ -33,13 +34,13 @@ let receiver: CallbackReceiver;
 let outputs: OutputsServer;
 let seq = 0;
 
-const storageConfig = () => presignConfig(s3.endpoint, BUCKET);
+const storageConfig = () => presignConfig(s3, BUCKET);
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "fanout-pdf-test-"));
   [s3, receiver] = await Promise.all([startLocalS3({ buckets: [BUCKET] }), startCallbackReceiver()]);
   outputs = await startOutputsServer(storageConfig);
-  client = localS3Client(s3.endpoint);
+  client = localS3Client(s3);
 }, 60_000);
 
 afterAll(async () => {
@@ -64,8 +65,9 @@ async function task(name: string, pdf: Uint8Array, extra: Record<string, string>
   await writeFile(path, pdf);
   await putFile(client, BUCKET, inputKey, path, contentType);
   const token = await signToken(SECRET, callbackSubject(BATCH, taskId));
-  outputs.task(BATCH, taskId, { token, firstKey, candidates: pdfOutputKeyCandidates });
+  outputs.task(BATCH, taskId, { token, firstKey, candidates: pdfOutputKeyCandidates, contentType: (page) => pdfOutputOf(page).contentType });
   const expiresAt = Date.now() + 10 * 60_000;
+  const firstHeaders = outputHeaders(`${BATCH}/${taskId}`, pdfSplitting.outputContentType);
   const env = {
     TASK_ID: taskId,
     BATCH_ID: BATCH,
@@ -76,7 +78,8 @@ async function task(name: string, pdf: Uint8Array, extra: Record<string, string>
     CALLBACK_URL: receiver.urlFor(BATCH, taskId),
     CALLBACK_TOKEN: token,
     INPUT_URL: await presign(storageConfig(), "GET", inputKey, expiresAt),
-    OUTPUT_URL: await presign(storageConfig(), "PUT", firstKey, expiresAt),
+    OUTPUT_URL: await presign(storageConfig(), "PUT", firstKey, expiresAt, Date.now(), firstHeaders),
+    OUTPUT_HEADERS: JSON.stringify(firstHeaders),
     OUTPUTS_URL: outputs.urlFor(BATCH, taskId),
     MEMORY_MB: "2048",
     FLY_MACHINE_ID: `local-${taskId}`,

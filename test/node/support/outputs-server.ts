@@ -1,16 +1,18 @@
 // A loopback stand-in for the orchestrator's POST /outputs/:batchId/:taskId, as engine/outcomes.ts
 // answers it: checks the bearer token, reserves the phase's first free candidate for pages 2…pages
-// (idempotent), and answers a presigned PUT for each — real SigV4 URLs from engine/presign.ts.
+// (idempotent), and answers a presigned PUT for each with the headers it signs (content type, writer,
+// If-None-Match: *, as engine/outputs.ts outputAccess makes them for a fresh key) — real SigV4 URLs.
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Config } from "../../../orchestrator/config.ts";
+import { WRITER_METADATA } from "../../../shared/keys.ts";
 import { presign } from "../../../orchestrator/engine/presign.ts";
 import { ReserveRequest } from "../../../shared/contracts.ts";
 
 export interface OutputsServer {
   urlFor(batchId: string, taskId: string): string;
   /** Registers a task: its token, page 1's key and the phase's candidates for page n. */
-  task(batchId: string, taskId: string, t: { token: string; firstKey: string; candidates: (firstKey: string, page: number) => Iterable<string> }): void;
+  task(batchId: string, taskId: string, t: { token: string; firstKey: string; candidates: (firstKey: string, page: number) => Iterable<string>; contentType: (page: number) => string }): void;
   /** Every reservation asked for, in order: `batch/task pages`. */
   asked: string[];
   /** Keys reserved per task, page 1 first. */
@@ -18,8 +20,13 @@ export interface OutputsServer {
   close(): Promise<void>;
 }
 
+/** The headers a fresh output's PUT URL signs (engine/outputs.ts outputAccess, no object there yet). */
+export function outputHeaders(writer: string, contentType: string): Record<string, string> {
+  return { "content-type": contentType, [`x-amz-meta-${WRITER_METADATA}`]: writer, "if-none-match": "*" };
+}
+
 export async function startOutputsServer(storage: () => Config): Promise<OutputsServer> {
-  const tasks = new Map<string, { token: string; firstKey: string; candidates: (firstKey: string, page: number) => Iterable<string>; keys: Map<number, string> }>();
+  const tasks = new Map<string, { token: string; firstKey: string; candidates: (firstKey: string, page: number) => Iterable<string>; contentType: (page: number) => string; keys: Map<number, string> }>();
   const taken = new Set<string>();
   const asked: string[] = [];
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
@@ -45,7 +52,8 @@ export async function startOutputsServer(storage: () => Config): Promise<Outputs
         taken.add(key!);
         t.keys.set(page, key!);
       }
-      outputs.push({ page, r2_key: key!, url: await presign(storage(), "PUT", key!, Date.now() + 600_000) });
+      const headers = outputHeaders(`${m[1]}/${m[2]}`, t.contentType(page));
+      outputs.push({ page, r2_key: key!, url: await presign(storage(), "PUT", key!, Date.now() + 600_000, Date.now(), headers), headers });
     }
     answer(200, { batch_id: m[1], task_id: m[2], attempt: 1, outputs });
   };

@@ -2,15 +2,16 @@
 import { createReadStream } from "node:fs";
 import { GetObjectCommand, HeadObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
-import { LOCAL_S3_CREDENTIALS } from "../../../local/s3.ts";
+import type { LocalS3 } from "../../../local/s3.ts";
 import type { Config } from "../../../orchestrator/config.ts";
 
-export function localS3Client(endpoint: string): S3Client {
+/** An SDK client of the local S3, signing with its one key pair. */
+export function localS3Client(s3: Pick<LocalS3, "endpoint" | "credentials">): S3Client {
   return new S3Client({
     region: "auto",
-    endpoint,
+    endpoint: s3.endpoint,
     forcePathStyle: true,
-    credentials: { ...LOCAL_S3_CREDENTIALS },
+    credentials: { ...s3.credentials },
     requestChecksumCalculation: "WHEN_REQUIRED",
     responseChecksumValidation: "WHEN_REQUIRED",
   });
@@ -37,7 +38,7 @@ export async function objectExists(client: S3Client, bucket: string, key: string
   }
 }
 
-/** The storage part of the orchestrator's config, as the engine presigns machines' URLs with it, for the local S3. */
-export function presignConfig(endpoint: string, bucket: string): Config {
-  return { R2_ACCESS_KEY_ID: LOCAL_S3_CREDENTIALS.accessKeyId, R2_SECRET_ACCESS_KEY: LOCAL_S3_CREDENTIALS.secretAccessKey, R2_ACCOUNT_ID: "local", R2_BUCKET: bucket, R2_ENDPOINT: endpoint } as unknown as Config;
+/** The storage part of the orchestrator's config, as the engine presigns machines' URLs with it: the local S3's key pair (it checks every signature). */
+export function presignConfig(s3: Pick<LocalS3, "endpoint" | "credentials">, bucket: string): Config {
+  return { R2_ACCESS_KEY_ID: s3.credentials.accessKeyId, R2_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey, R2_ACCOUNT_ID: "local", R2_BUCKET: bucket, R2_ENDPOINT: s3.endpoint } as unknown as Config;
 }
