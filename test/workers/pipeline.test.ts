@@ -29,7 +29,10 @@ async function splitPdf(m: Record<string, string>, pages: number): Promise<strin
     body: JSON.stringify({ pages: 2 * pages }),
   });
   expect(reserve.status, await reserve.clone().text()).toBe(200);
-  const reserved = (await reserve.json()) as { outputs: { page: number; r2_key: string }[] };
+  const reserved = (await reserve.json()) as { outputs: { page: number; r2_key: string; headers: Record<string, string> }[] };
+  // Each PUT URL signs its output's content type: page n's JPEG (odd outputs) or single-page PDF (even).
+  expect(JSON.parse(m.OUTPUT_HEADERS)["content-type"]).toBe("image/jpeg");
+  expect(reserved.outputs.map((o) => [o.page, o.headers["content-type"]])).toEqual(reserved.outputs.map((o) => [o.page, o.page % 2 === 1 ? "image/jpeg" : "application/pdf"]));
   const keys = [m.OUTPUT_R2_KEY, ...reserved.outputs.map((o) => o.r2_key)];
   const outputs = keys.map((key, i) => ({ r2_key: key, file_size: 100 + i, content_type: i % 2 === 0 ? "image/jpeg" : "application/pdf", page: Math.floor(i / 2) + 1 }));
   for (const o of outputs) await env.BUCKET.put(o.r2_key, new Uint8Array(o.file_size));
