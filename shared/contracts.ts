@@ -237,6 +237,8 @@ export const CallbackError = z.looseObject({
   status: z.literal("error"),
   error: z.string().min(1).max(4000),
 });
+/** A phase's error callback that may say running the task again cannot help (`retryable: false`). */
+export const PhaseCallbackError = CallbackError.extend({ retryable: z.boolean().optional() });
 export const CallbackBody = z.discriminatedUnion("status", [CallbackSuccess, CallbackError]);
 export type CallbackSuccess = z.infer<typeof CallbackSuccess>;
 export type CallbackError = z.infer<typeof CallbackError>;

@@ -2,7 +2,7 @@
 // and the fly-worker's PDF job (fly-worker/pdf.ts): its name, how a PDF is recognised, the output keys
 // (a JPEG and a single-page PDF per page, in that order), the settings and the callback.
 import { z } from "zod";
-import { BatchId, ObjectKey, SuccessCore, TaskId } from "./contracts.ts";
+import { ObjectKey, PhaseCallbackError, SuccessCore } from "./contracts.ts";
 import { splitExtension } from "./keys.ts";
 
 /** The phase name; a machine whose env says PHASE=PDF_SPLITTING runs the PDF job. */
@@ -111,13 +111,7 @@ export const PdfSuccess = SuccessCore.extend({
     encryption: z.enum(["none", "owner-password"]),
   }),
 });
-export const PdfError = z.looseObject({
-  task_id: TaskId,
-  batch_id: BatchId,
-  status: z.literal("error"),
-  error: z.string().min(1).max(4000),
-  retryable: z.boolean().optional(),
-});
+export const PdfError = PhaseCallbackError;
 export const PdfCallback = z.discriminatedUnion("status", [PdfSuccess, PdfError]);
 export type PdfSuccess = z.infer<typeof PdfSuccess>;
 export type PdfCallback = z.infer<typeof PdfCallback>;
