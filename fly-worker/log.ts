@@ -2,7 +2,7 @@
 // reads as the story of one task. Secret values are scrubbed from every line.
 import { AsyncLocalStorage } from "node:async_hooks";
 
-export type Component = "TiffConversion" | "Checksum" | "Env" | "S3" | "Callback" | "FlyWorker" | "Pool";
+export type Component = "TiffConversion" | "Checksum" | "PdfSplitting" | "Env" | "S3" | "Callback" | "FlyWorker" | "Pool";
 type Fields = Record<string, unknown>;
 
 let context: Fields = {};

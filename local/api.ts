@@ -33,6 +33,20 @@ export const BatchStatus = z.looseObject({
   completed_at: z.string().nullable(),
   error: z.string().nullable(),
   mode: z.enum(["single", "pool"]).optional(),
+  /** Per phase of the batch's pipeline that had work, in pipeline order. */
+  phases: z
+    .array(
+      z.looseObject({
+        name: z.string(),
+        total: z.number(),
+        done: z.number(),
+        failed: z.number(),
+        open: z.number(),
+        machines: z.looseObject({ ended: z.number(), running: z.number(), machine_seconds: z.number(), estimated_cost_usd: z.number(), sizes: z.array(z.string()) }).optional(),
+      }),
+    )
+    .default([]),
+  pipeline: z.array(z.string()).optional(),
   /** The batch's machines: time from create to end, and its estimated cost at Fly's prices. */
   machines: z
     .looseObject({ ended: z.number(), running: z.number(), machine_seconds: z.number(), estimated_cost_usd: z.number() })

@@ -21,7 +21,8 @@ import { ALARM_REARM_MS, runtimeRetryError, stallReason, stallWarning, wakeIfSta
 import { LiveStreams } from "./engine/events.ts";
 import { errorMessage, log, logError } from "./log.ts";
 import { Outbound, OutboundRefused } from "./outbound.ts";
-import { FIRST_PHASE, getPhase } from "./phases/index.ts";
+import { defaultPipeline, getPhase, pipelineProblem } from "./phases/index.ts";
+import { pipelineOf } from "./engine/pipeline.ts";
 import { StorageError } from "./storage.ts";
 import { type BatchMeta, BatchStore } from "./store/index.ts";
 
@@ -80,20 +81,21 @@ export class BatchDO extends DurableObject<Env> {
   // ---- RPC: queue ---------------------------------------------------------------------
 
   /** Records the batch (once) and starts its alarm loop. Redelivery changes nothing. */
-  async start(message: QueueMessage, options: { firstPhase?: string } = {}): Promise<{ created: boolean; status: string }> {
+  async start(message: QueueMessage): Promise<{ created: boolean; status: string }> {
     const existing = this.store.getMeta();
     if (existing) return { created: false, status: apiStatus(existing) };
     // An archived batch (retention deleted its storage) is not started again by a late redelivery.
     const archived = await archivedRow(this.env.BATCH_INDEX, message.batch_id);
     if (archived) return { created: false, status: archived.status };
-    const outside = messageRefusal(message, this.config.ALLOWED_PREFIXES);
+    const outside = messageRefusal(message, this.config.ALLOWED_PREFIXES) ?? (message.phases ? pipelineProblem(message.phases) : null);
     if (outside) {
       await this.recordInvalid(message.batch_id, `invalid queue message: ${outside}`, JSON.stringify(message));
       log("DO", "batch_refused", { batch_id: message.batch_id, error: outside });
       return { created: true, status: "ERROR" };
     }
     this.store.migrate();
-    const phase = getPhase(options.firstPhase ?? FIRST_PHASE);
+    const pipeline = message.phases ?? defaultPipeline();
+    const phase = getPhase(pipeline[0]);
     const now = Date.now();
     this.store.createMeta({
       batch_id: message.batch_id,
@@ -107,12 +109,16 @@ export class BatchDO extends DurableObject<Env> {
     });
     if (message.pool ?? this.config.POOL_MODE) this.store.updateMeta({ pool: 1, pool_slots: message.pool_tasks_per_machine ?? 0 }, now);
     this.store.updateMeta(
-      { tolerated_failure_percentage: message.tolerated_failure_percentage ?? null, tolerated_failure_count: message.tolerated_failure_count ?? null },
+      {
+        tolerated_failure_percentage: message.tolerated_failure_percentage ?? null,
+        tolerated_failure_count: message.tolerated_failure_count ?? null,
+        pipeline_json: JSON.stringify(pipeline),
+      },
       now,
     );
     await this.ctx.storage.setAlarm(now);
     await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
-    log("DO", "batch_started", { batch_id: message.batch_id, phase: phase.name });
+    log("DO", "batch_started", { batch_id: message.batch_id, phase: phase.name, pipeline });
     return { created: true, status: phase.name };
   }
 
@@ -123,7 +129,8 @@ export class BatchDO extends DurableObject<Env> {
     this.store.createMeta({
       batch_id: batchId,
       stage: "error",
-      phase: FIRST_PHASE,
+      // A message that never started has no phase: the default pipeline's first names where it stopped.
+      phase: defaultPipeline()[0],
       error,
       message_json: messageJson.slice(0, 65536),
       manifest_key: null,
@@ -269,9 +276,8 @@ export class BatchDO extends DurableObject<Env> {
     const result = this.store.transaction(() => {
       const r = this.store.redriveFailed(now);
       if (r.tasks === 0) return r;
-      // Run from the earliest phase (in pipeline order) that has a task to re-run.
-      let phase: string | null = FIRST_PHASE;
-      while (phase && !r.phases.includes(phase)) phase = getPhase(phase).next;
+      // Run from the earliest phase of the batch's pipeline that has a task to re-run; the later ones follow.
+      const phase = pipelineOf(meta).find((p) => r.phases.includes(p));
       this.store.updateMeta(
         {
           stage: "run",
@@ -372,7 +378,7 @@ export class BatchDO extends DurableObject<Env> {
       case "discover":
         return await discover(e, meta);
       case "plan":
-        return plan(e, meta);
+        return await plan(e, meta);
       case "run":
         return await run(e, meta);
       case "finalise":

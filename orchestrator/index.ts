@@ -22,6 +22,7 @@ import { health } from "./health.ts";
 import { archivedStatus } from "./engine/retention.ts";
 import { runWatchdog } from "./engine/watchdog.ts";
 import { errorMessage, log, logError } from "./log.ts";
+import { phaseNames, pipelineProblem } from "./phases/index.ts";
 
 export { BatchDO } from "./batch-do.ts";
 export { FlyBudget } from "./fly/budget.ts";
@@ -220,6 +221,9 @@ async function redrive(req: IRequest, env: Env): Promise<Response> {
 
 async function enqueue(req: IRequest, env: Env): Promise<Response> {
   const message = parse(QueueMessage, await readJson(req, 64 * 1024), "body");
+  // The queue boundary checks the pipeline too (the batch ends in ERROR saying why); here it is a 400 before anything is queued.
+  const problem = message.phases ? pipelineProblem(message.phases) : null;
+  if (problem) throw new HttpError(400, `invalid body: ${problem}`, { registered_phases: phaseNames() });
   await env.BATCH_QUEUE.send(message, { contentType: "json" });
   log("HTTP", "batch_enqueued", { batch_id: message.batch_id });
   return Response.json(

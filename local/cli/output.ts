@@ -40,7 +40,21 @@ export function machineLine(s: BatchStatus): string | null {
   return `machines (${s.mode ?? "?"} mode): ${m.ended + m.running} (${m.running} running), ${m.machine_seconds.toFixed(1)} machine-seconds, estimated $${m.estimated_cost_usd.toFixed(4)}${perScan}`;
 }
 
+/** One line per phase of a batch whose pipeline has more than one: its counts, machine sizes and cost. */
+export function phaseLines(s: BatchStatus): string[] {
+  if ((s.pipeline?.length ?? s.phases.length) < 2 && s.phases.length < 2) return [];
+  const width = Math.max(...s.phases.map((p) => p.name.length));
+  const lines = s.phases.map((p) => {
+    const m = p.machines;
+    const machines = m ? ` · ${m.ended + m.running} machines${m.sizes.length > 0 ? ` (${m.sizes.join(", ")})` : ""}, ${m.machine_seconds.toFixed(1)} machine-seconds, estimated $${m.estimated_cost_usd.toFixed(4)}` : "";
+    return `  ${p.name.padEnd(width)}  ${p.done}/${p.total} done, ${p.failed} failed${p.open > 0 ? `, ${p.open} open` : ""}${machines}`;
+  });
+  const waiting = (s.pipeline ?? []).filter((name) => !s.phases.some((p) => p.name === name));
+  return [`phases (pipeline ${(s.pipeline ?? s.phases.map((p) => p.name)).join(" → ")}):`, ...lines, ...(waiting.length > 0 ? [`  not run (yet, or nothing to do): ${waiting.join(", ")}`] : [])];
+}
+
 export function printFailures(s: BatchStatus): void {
+  for (const line of phaseLines(s)) console.log(line);
   const machines = machineLine(s);
   if (machines) console.log(machines);
   if (s.error && s.status !== "DONE") console.log(`error: ${s.error}`);

@@ -124,6 +124,7 @@ export class LiveStreams {
   }
 }
 
+/** The counts only: a phase's machine-seconds move every moment and would make every event "changed". */
 function progressOf(s: StatusBody) {
-  return { status: s.status, phase: s.phase, stage: s.stage, ...s.progress, phases: s.phases };
+  return { status: s.status, phase: s.phase, stage: s.stage, ...s.progress, phases: s.phases.map(({ machines: _machines, ...counts }) => counts) };
 }

@@ -184,7 +184,7 @@ function base64(buffer: ArrayBuffer): string {
 
 /** A file as it goes downstream: its entry, with source_r2_key on outputs (never its directory's processing_config). */
 export function toFileEntry(f: FileRow): FileEntry {
-  // Files discovered before migration 8 carry processing_config in extra_json: it stays home.
+  // Files discovered before migration 9 carry processing_config in extra_json: it stays home.
   const { processing_config: _config, ...extra } = f.extra_json ? (JSON.parse(f.extra_json) as Record<string, unknown>) : {};
   return {
     ...extra,

@@ -9,7 +9,7 @@ import type { BatchMeta, TaskRow } from "../store/index.ts";
 import { keyProblem } from "../../shared/keys.ts";
 import { presign } from "./access.ts";
 import { type Engine, taskView } from "./context.ts";
-import { outputAccess, overwrites } from "./outputs.ts";
+import { outputAccess, overwrites, outputContentTypeOf } from "./outputs.ts";
 
 /** Ends the task's current attempt as failed: retried with backoff, or FAILED for good. Call inside a transaction. */
 export function failAttempt(e: Engine, meta: BatchMeta, task: TaskRow, error: string, retryable: boolean, now: number): void {
@@ -105,6 +105,7 @@ export async function settleCallback(e: Engine, taskId: string, attempt: number,
       e.store.reviveAttempt(taskId, attempt, now);
       if (outcome.ok) for (const key of outcome.remove ?? []) e.store.removeFile(key);
       e.store.insertFiles(verdict.add);
+      if (outcome.ok && outcome.inputFields) e.store.annotateFile(settled.input_key, outcome.inputFields);
     } else {
       failAttempt(e, meta, settled, verdict.error, verdict.retryable, now);
     }
@@ -183,7 +184,7 @@ export async function reserveOutputs(e: Engine, taskId: string, attempt: number,
   const outputs = [];
   for (let page = 2; page <= pages; page++) {
     const key = have.get(page)!;
-    const access = await outputAccess(e, meta, task, key, phase.outputContentType, fresh.has(key) ? "absent" : undefined);
+    const access = await outputAccess(e, meta, task, key, outputContentTypeOf(phase, page), fresh.has(key) ? "absent" : undefined);
     if (!access.ok) return { code: 409, body: { error: access.reason } };
     outputs.push({ page, r2_key: key, url: await presign(e.config, "PUT", key, expiresAt, Date.now(), access.headers), headers: access.headers });
   }

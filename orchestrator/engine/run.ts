@@ -9,6 +9,7 @@ import type { BatchMeta, TaskRow } from "../store/index.ts";
 import { attemptEnv, attemptExpiry, leaseToken, leaseUrl } from "./access.ts";
 import { CREATE_ANSWER_MS, type Engine, SPAWNS_PER_ALARM, taskView } from "./context.ts";
 import { checkMachines, createMachines, destroyOrphans, lapseOverdue, MachineCensus, type MachinePlan, recordCreating, retireAll } from "./machines.ts";
+import { nextPhase, pipelineOf } from "./pipeline.ts";
 import { failAttempt } from "./outcomes.ts";
 import { decide, type SchedulerState } from "./schedule.ts";
 import { sizePool } from "./sizing.ts";
@@ -130,7 +131,9 @@ function finishPhase(e: Engine, meta: BatchMeta, phase: Phase): number {
   const now = Date.now();
   const counts = e.store.phaseCounts(phase.name);
   log("DO", "phase_finished", { batch_id: meta.batch_id, phase: phase.name, done: counts.done, failed: counts.failed });
-  e.emit("phase", { phase: phase.name, finished: true, done: counts.done, failed: counts.failed, next: phase.next });
+  const next = nextPhase(meta, phase.name);
+  // A phase of the pipeline with nothing to do (none of its files in this batch) passes without an event.
+  if (counts.total > 0) e.emit("phase", { phase: phase.name, finished: true, done: counts.done, failed: counts.failed, next });
   if (counts.total > 0 && counts.done === 0) {
     // Whatever the threshold, nothing converted is a failed batch, not a DONE one.
     stopBatch(e, meta, "failed", `every task of ${phase.name} failed (${counts.failed} of ${counts.total})`, "batch failed", now);
@@ -138,13 +141,17 @@ function finishPhase(e: Engine, meta: BatchMeta, phase: Phase): number {
   }
   e.store.transaction(() => {
     retireAll(e, "phase finished", now);
-    if (phase.next) e.store.updateMeta({ stage: "plan", phase: getPhase(phase.next).name, plan_cursor: 0, max_task_size: 0 }, now);
+    if (next) e.store.updateMeta({ stage: "plan", phase: getPhase(next).name, plan_cursor: 0, max_task_size: 0 }, now);
     else {
       const all = e.store.counts().reduce((n, c) => n + c.total, 0);
       if (all === 0) {
-        e.store.addWarning(`nothing to do: no file of the batch (${e.store.fileCount()} files) needed ${phase.name}`, now);
+        const phases = pipelineOf(meta);
+        e.store.addWarning(`nothing to do: no file of the batch (${e.store.fileCount()} files) needed ${phases.length > 1 ? `any of ${phases.join(", ")}` : phase.name}`, now);
       }
-      e.store.updateMeta({ stage: "finalise" }, now);
+      // The batch's status names the last phase that did something, not an empty one that passed at the end.
+      const worked = e.store.counts().map((c) => c.phase);
+      const shown = counts.total > 0 ? phase.name : ([...pipelineOf(meta)].reverse().find((p) => worked.includes(p)) ?? phase.name);
+      e.store.updateMeta({ stage: "finalise", phase: shown }, now);
     }
   });
   return now;

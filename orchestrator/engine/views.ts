@@ -1,9 +1,10 @@
 // Views: what GET /status/:batchId, its task list and one task's attempts show. Every count comes
 // from the phase counters, so a status read costs the same at 100 or 300,000 tasks.
 import type { BatchMeta, PhaseCounts, Stage, TaskRow, TaskState } from "../store/index.ts";
-import { FLY_PRICES, pricePerSecond } from "../../shared/fly-model.ts";
+import { FLY_PRICES, type Guest, pricePerSecond } from "../../shared/fly-model.ts";
 import { apiStatus, type Engine, iso, openCount } from "./context.ts";
 import { type WrittenFileList, writtenList } from "./file-list.ts";
+import { pipelineOf } from "./pipeline.ts";
 
 const RECENT_FAILURES = 10;
 
@@ -21,7 +22,13 @@ export interface StatusBody {
     running: number;
     retrying: number;
   };
-  phases: { name: string; total: number; done: number; failed: number; open: number }[];
+  /** The phases the batch runs, in order (its message's `phases`, or the default pipeline). */
+  pipeline: string[];
+  /**
+   * Each phase that had work, in pipeline order: its task counts and its machines — their time and
+   * estimated cost so far, and the sizes its sizing chose (e.g. `shared-cpu-1x 1024 MB`).
+   */
+  phases: { name: string; total: number; done: number; failed: number; open: number; machines: PhaseMachines }[];
   files_total: number;
   mode: "single" | "pool";
   workers: { starting: number; live: number; created: number } | null;
@@ -72,7 +79,12 @@ const logsCommand = (e: Engine, machineId: string | null) => (machineId ? `fly l
 const warningsOf = (json: string | null): string[] => (json ? (JSON.parse(json) as string[]) : []);
 
 export function status(e: Engine, meta: BatchMeta): StatusBody {
-  const counts = e.store.counts();
+  // In the batch's pipeline order (a phase not in it, from before pipelines were recorded, last).
+  const order = pipelineOf(meta);
+  const rank = (phase: string) => (order.includes(phase) ? order.indexOf(phase) : order.length);
+  const counts = e.store.counts().sort((a, b) => rank(a.phase) - rank(b.phase));
+  const costs = e.store.phaseCosts();
+  const running = e.store.unendedMachines();
   const sum = (f: (c: PhaseCounts) => number) => counts.reduce((n, c) => n + f(c), 0);
   const workers = e.store.poolMachineCounts();
   return {
@@ -89,7 +101,8 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
       running: sum((c) => c.running),
       retrying: sum((c) => c.retrying),
     },
-    phases: counts.map((c) => ({ name: c.phase, total: c.total, done: c.done, failed: c.failed, open: openCount(c) })),
+    pipeline: order,
+    phases: counts.map((c) => ({ name: c.phase, total: c.total, done: c.done, failed: c.failed, open: openCount(c), machines: phaseMachines(c.phase, costs, running) })),
     files_total: e.store.fileCount(),
     mode: meta.pool ? "pool" : "single",
     workers: meta.pool ? { starting: workers.creating + workers.booting, live: workers.live, created: meta.worker_seq } : null,
@@ -124,6 +137,38 @@ function finalisation(e: Engine, meta: BatchMeta): StatusBody["finalisation"] {
     file_list: written,
     writing: row && !written ? { key: row.key, parts: row.parts, entries: row.entries } : null,
   };
+}
+
+export interface PhaseMachines {
+  ended: number;
+  running: number;
+  machine_seconds: number;
+  estimated_cost_usd: number;
+  /** Sizes of its running machines, else of the last one that ended: `performance-1x 2048 MB`. */
+  sizes: string[];
+}
+
+const sizeName = (g: Guest) => `${g.cpu_kind}-cpu-${g.cpus}x ${g.memory_mb} MB`.replace("performance-cpu", "performance");
+
+/** A phase's machines: its ended ones from its phase_costs row, its running ones (at most MAX_CONCURRENT_MACHINES) to now. */
+function phaseMachines(phase: string, costs: ReturnType<Engine["store"]["phaseCosts"]>, unended: ReturnType<Engine["store"]["unendedMachines"]>): PhaseMachines {
+  const now = Date.now();
+  const ended = costs.find((c) => c.phase === phase);
+  let ms = ended?.machine_ms ?? 0;
+  let usd = ended?.cost_usd ?? 0;
+  const running = unended.filter((m) => m.phase === phase);
+  const sizes = new Set<string>();
+  for (const m of running) {
+    const t = Math.max(0, now - m.created_at);
+    ms += t;
+    if (m.cpu_kind) {
+      const guest = { cpu_kind: m.cpu_kind, cpus: m.cpus, memory_mb: m.memory_mb };
+      usd += (t / 1000) * pricePerSecond(guest);
+      sizes.add(sizeName(guest));
+    }
+  }
+  if (sizes.size === 0 && ended?.last_guest) sizes.add(sizeName(JSON.parse(ended.last_guest) as Guest));
+  return { ended: ended?.ended ?? 0, running: running.length, machine_seconds: Math.round(ms / 100) / 10, estimated_cost_usd: Math.round(usd * 1e6) / 1e6, sizes: [...sizes].sort() };
 }
 
 function machineCost(e: Engine, meta: BatchMeta): StatusBody["machines"] {

@@ -72,6 +72,11 @@ export class FileQueries extends Queries {
     }
   }
 
+  /** Merges `fields` into the entry of file `key` as it goes downstream (its sha256, say); false when there is no such file. */
+  annotateFile(key: string, fields: Record<string, string | number | boolean>): boolean {
+    return this.db.run("UPDATE files SET extra_json = json_patch(COALESCE(extra_json, '{}'), ?) WHERE r2_key = ?", JSON.stringify(fields), key) > 0;
+  }
+
   filesAfter(afterId: number, limit: number): FileRow[] {
     return this.db.exec<FileRow & Record<string, SqlStorageValue>>(
       "SELECT * FROM files WHERE id > ? ORDER BY id LIMIT ?",

@@ -100,6 +100,7 @@ export class BatchStore {
   // files.ts
   insertFiles: FileQueries["insertFiles"] = (...a) => this.#files.insertFiles(...a);
   removeFile: FileQueries["removeFile"] = (...a) => this.#files.removeFile(...a);
+  annotateFile: FileQueries["annotateFile"] = (...a) => this.#files.annotateFile(...a);
   filesAfter: FileQueries["filesAfter"] = (...a) => this.#files.filesAfter(...a);
   fileCount: FileQueries["fileCount"] = () => this.#files.fileCount();
 
@@ -170,4 +171,5 @@ export class BatchStore {
   workersDue: WorkerQueries["workersDue"] = (...a) => this.#workers.workersDue(...a);
   poolMachineCounts: WorkerQueries["poolMachineCounts"] = () => this.#workers.poolMachineCounts();
   unendedMachines: WorkerQueries["unendedMachines"] = () => this.#workers.unendedMachines();
+  phaseCosts: WorkerQueries["phaseCosts"] = () => this.#workers.phaseCosts();
 }

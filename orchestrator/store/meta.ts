@@ -54,6 +54,11 @@ export interface BatchMeta {
    * machine sizes nor recounts every open lease against a different slot count.
    */
   pool_plan_json: string | null;
+  /**
+   * The phases the batch runs, in order (JSON array of names): its message's `phases`, or the default
+   * pipeline when it named none. Null for batches recorded before migration 8: they end after their phase.
+   */
+  pipeline_json: string | null;
 }
 
 /** Batch-level warnings kept (the newest). */

@@ -148,7 +148,17 @@ export const MIGRATIONS: string[] = [
    ALTER TABLE meta ADD COLUMN machines_ended INTEGER NOT NULL DEFAULT 0;`,
   // 7: the pool decided once per phase (see BatchMeta.pool_plan_json).
   `ALTER TABLE meta ADD COLUMN pool_plan_json TEXT;`,
-  // 8: a manifest directory's processing_config stored once, its files pointing at it (a copy on
+  // 8: the batch's pipeline (see BatchMeta.pipeline_json), and what each phase's ended machines cost
+  // (one row per phase, kept as machines end, so status never sums machine rows).
+  `ALTER TABLE meta ADD COLUMN pipeline_json TEXT;
+   CREATE TABLE phase_costs (
+     phase TEXT PRIMARY KEY,
+     machine_ms INTEGER NOT NULL DEFAULT 0,
+     cost_usd REAL NOT NULL DEFAULT 0,
+     ended INTEGER NOT NULL DEFAULT 0,
+     last_guest TEXT
+   ) WITHOUT ROWID;`,
+  // 9: a manifest directory's processing_config stored once, its files pointing at it (a copy on
   // every file made a 250-entry page past the 2 MB value limit at ~8 KB of config); the final file
   // list written to R2 as an object, part by part across alarms (engine/file-list.ts).
   `CREATE TABLE directories (

@@ -103,6 +103,11 @@ describe("the dashboard in chromium", () => {
     expect(await page.getByTestId("throughput").textContent()).toMatch(/^[0-9.]+ tasks\/s$/);
     // The phase table and the machine timeline: one row per machine, a bar per task.
     expect(await page.locator('[data-testid=phases] tr[data-phase="TIFF_CONVERSION"]').count()).toBe(1);
+    // Its machines (10, one per TIFF in single-task mode, with their size) and their estimated cost; the default
+    // pipeline's PDF_SPLITTING found nothing to do in a batch of TIFFs.
+    expect(await page.locator('[data-testid=phases] tr[data-phase="TIFF_CONVERSION"] td').nth(6).textContent()).toMatch(/^10 × (shared-cpu|performance)-\d+x \d+ MB/);
+    expect(await page.locator('[data-testid=phases] tr[data-phase="TIFF_CONVERSION"] td').nth(7).textContent()).toMatch(/^\$\d+\.\d{4}$/);
+    expect(await page.locator('[data-testid=phases] tr[data-phase="PDF_SPLITTING"]').textContent()).toContain("nothing to do");
     await expect.poll(() => page.locator("[data-testid=timeline] .tl-bar.done").count(), { timeout: 20_000 }).toBe(10);
     expect(await page.locator("[data-testid=timeline] .tl-row[data-machine]").count()).toBe(10);
     // The timeline came from one request per refresh (GET /status/:id/timeline), no task list and no task reads.

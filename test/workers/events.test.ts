@@ -58,15 +58,17 @@ it("streams progress, task_failed and phase as the batch runs, then done; the st
   const res = await open(b);
   expect(res.status).toBe(200);
   expect(res.headers.get("content-type")).toBe("text/event-stream");
+  let streamEnded = false;
   const pump = (async () => {
-    // The retry's backoff is made due while the stream is open.
-    for (let i = 0; i < 200; i++) {
-      await new Promise((r) => setTimeout(r, 50));
+    // The retry's backoff is made due while the stream is open, until it ends.
+    while (!streamEnded) {
       await withStore(b, (_s, sql) => sql.exec("UPDATE tasks SET next_at = 0 WHERE state = 'retrying'"));
       await runDurableObjectAlarm(stub(b)).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 50));
     }
   })();
-  const { events, ended } = await readEvents(res, () => false);
+  const { events, ended } = await readEvents(res, () => false).finally(() => (streamEnded = true));
+  await pump;
   expect(ended).toBe(true);
   const types = events.map((e) => e.event);
   expect(types[0]).toBe("progress");
@@ -86,7 +88,6 @@ it("streams progress, task_failed and phase as the batch runs, then done; the st
   // Ids never go back.
   const ids = events.flatMap((e) => (e.id !== undefined ? [e.id] : []));
   expect([...ids].sort((x, y) => x - y)).toEqual(ids);
-  void pump;
 
   // Resuming from the task_failed event replays what came after it, without gaps, and ends.
   const resumed = await readEvents(await open(b, failed.id), () => false);
@@ -106,8 +107,48 @@ it("caps open streams per batch with a clear 429; unknown batches are 404; a bad
   expect(streams.every((r) => r.status === 200)).toBe(true);
   const over = await open(b);
   expect(over.status).toBe(429);
+  // README: past the cap, 429 with Retry-After (whole seconds, RFC 9110 §10.2.3).
+  expect(over.headers.get("retry-after")).toMatch(/^[1-9]\d*$/);
   expect(await over.json()).toMatchObject({ error: expect.stringContaining("too many open event streams") });
   for (const s of streams) await s.body!.cancel();
   expect((await open("ev-nobody")).status).toBe(404);
   expect((await exports.default.fetch(`http://orchestrator.test/status/${b}/events`, { headers: { "last-event-id": "x" } })).status).toBe(400);
+});
+
+it("progress is at most 2 events a second however fast callbacks come", async () => {
+  const b = "ev-cap-rate";
+  const tasks = 60;
+  world.runner.behaviour = () => "hang";
+  await putTiffs(`${b}/`, tasks);
+  await stub(b).start({ batch_id: b, r2_prefix: `${b}/` });
+  await waitForStatus(b, (x) => x.progress.starting + x.progress.running === 20); // MAX_CONCURRENT_MACHINES
+  const opened = Date.now();
+  const res = await open(b);
+  const reading = readEvents(res, () => false);
+  // Every task's callback, one every ~20 ms (a pause lets the DO's timers run between them, as
+  // they would between real machines' requests): far more count changes than 2 a second.
+  let callbacks = 0;
+  while (callbacks < tasks) {
+    const live = [...world.runner.live.keys()];
+    if (live.length === 0) {
+      await new Promise((r) => setTimeout(r, 5));
+      continue;
+    }
+    for (const id of live) {
+      expect((await world.runner.finish(id)).status).toBe(200);
+      callbacks++;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+  const { events, ended } = await reading;
+  const streamMs = Date.now() - opened;
+  expect(ended).toBe(true);
+  const progress = events.filter((e) => e.event === "progress").length;
+  // One on opening, one when the batch ends (flushed at once), at most one per 500 ms between
+  // (the first at once), and one for the DO's clock, which only moves on I/O.
+  const cap = 2 + Math.floor(streamMs / 500) + 1 + 1;
+  console.log(`[Events] ${callbacks} callbacks in ${streamMs} ms: ${progress} progress events (cap ${cap})`);
+  expect(callbacks, `the callbacks came too slowly (${callbacks} in ${streamMs} ms) to show the cap`).toBeGreaterThan(1.5 * cap);
+  expect(progress, `${progress} progress events in ${streamMs} ms`).toBeLessThanOrEqual(cap);
+  expect(progress).toBeGreaterThanOrEqual(2);
 });

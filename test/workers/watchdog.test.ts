@@ -47,7 +47,7 @@ describe("the runtime's retries of a dead alarm are counted", () => {
 
   it("retries of an alarm whose step fails too reach MAX_STEP_FAILURES in a row: ERROR, naming the step", async () => {
     await putTiffs("wd-crash/", 1);
-    await stub("wd-crash").start({ batch_id: "wd-crash", r2_prefix: "wd-crash/" }, { firstPhase: "TEST_WATCHDOG_CRASH" });
+    await stub("wd-crash").start({ batch_id: "wd-crash", r2_prefix: "wd-crash/", phases: ["TEST_WATCHDOG_CRASH"] });
     await waitForStatus("wd-crash", (x) => (x.step_failures?.count ?? 0) >= 1);
     const before = (await getStatus("wd-crash")).step_failures!.count;
     // Each retried alarm: one failure for the invocation that died, one for its own step.

@@ -133,7 +133,7 @@ export interface World {
 /** Routes fetches to the Fly emulator and the downstream; everything else passes through. */
 export function installWorld(options: FlyEmulatorOptions = {}): World {
   const runner = new TestRunner();
-  const fly = new FlyEmulator({ rateLimits: false, runner, ...options });
+  const fly = new FlyEmulator({ rateLimits: false, runner, keepSentBodies: true, ...options });
   const flyFetch = emulatorFetch(fly);
   const downstream: Downstream = { calls: [], script: [] };
   const original = globalThis.fetch;
@@ -265,4 +265,29 @@ export function expireAll(batchId: string): Promise<void> {
 
 export function createRequests(fly: FlyEmulator) {
   return fly.requests.filter((r) => r.method === "POST" && /\/machines$/.test(r.path.split("?")[0]));
+}
+
+/**
+ * Every create body as the orchestrator sent it, config.env values included (the emulator's
+ * records redact them, so only these can show a secret sent to Fly).
+ */
+export function sentCreateBodies(fly: FlyEmulator): string[] {
+  return createRequests(fly).map((r) => {
+    const body = fly.sentBody(r);
+    if (body === undefined) throw new Error(`no body kept for ${r.method} ${r.path}: make the emulator with keepSentBodies`);
+    return body;
+  });
+}
+
+/**
+ * Which of the orchestrator's own secrets and keys each body holds (`NAME in body i`): none may
+ * reach Fly, where anyone who can read the app's machines sees them. The R2 access key ID is the
+ * one exception SigV4 makes: it is the X-Amz-Credential of every presigned URL, and only there.
+ */
+export function secretsIn(bodies: string[]): string[] {
+  const secrets = { R2_ACCESS_KEY_ID: env.R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY: env.R2_SECRET_ACCESS_KEY, CALLBACK_SECRET: env.CALLBACK_SECRET, FLY_API_TOKEN: env.FLY_API_TOKEN, ADMIN_TOKEN: env.ADMIN_TOKEN };
+  return bodies.flatMap((body, i) => {
+    const outsideCredential = body.replace(/X-Amz-Credential=[^&"\\]*/g, "X-Amz-Credential=");
+    return Object.entries(secrets).filter(([, value]) => outsideCredential.includes(value)).map(([name]) => `${name} in body ${i}`);
+  });
 }
