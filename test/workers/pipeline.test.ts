@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import { CHECKSUM_PHASE } from "../../shared/checksum.ts";
 import { PDF_PHASE } from "../../shared/pdf.ts";
-import { ADMIN, callbackTo, getStatus, installWorld, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
+import { ADMIN, callbackTo, finalFiles, getStatus, installWorld, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
 
 let world: World;
 beforeEach(() => {
@@ -101,7 +101,7 @@ describe("a batch's pipeline", () => {
       [PDF_PHASE, 3, 3, 0],
       [CHECKSUM_PHASE, 20, 20, 0],
     ]);
-    const final = JSON.parse(world.downstream.calls.at(-1)!.body) as { files: { r2_key: string; sha256?: string; source_r2_key?: string; source_page?: number; content_type: string }[] };
+    const final = { files: (await finalFiles(world.downstream)) as { r2_key: string; sha256?: string; source_r2_key?: string; source_page?: number; content_type: string }[] };
     expect(final.files).toHaveLength(40);
     for (const f of final.files.filter((x) => !x.r2_key.endsWith(".sha256"))) expect(f.sha256, f.r2_key).toBe(digests.get(f.r2_key));
     expect(final.files.find((f) => f.r2_key === `${b}/report-p002.pdf`)).toMatchObject({ source_r2_key: `${b}/report`, source_page: 2, content_type: "application/pdf" });
