@@ -11,6 +11,8 @@ export interface StatusBody {
   status: string;
   phase: string;
   stage: Stage;
+  /** Which run of the batch this is: 0 the first, N after the Nth redrive (events carry the same). */
+  run: number;
   progress: {
     tasks_total: number;
     tasks_completed: number;
@@ -70,6 +72,7 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
     status: apiStatus(meta),
     phase: meta.phase,
     stage: meta.stage,
+    run: meta.redrives,
     progress: {
       tasks_total: sum((c) => c.total),
       tasks_completed: sum((c) => c.done),

@@ -43,6 +43,15 @@ export class AttemptQueries extends Queries {
     );
   }
 
+  /**
+   * Ends every attempt still open as `cancelled` with `reason` (a reset, or a batch stopped FAILED
+   * or ERROR): no attempt of a stopped batch is left running in its history. One index range
+   * (attempts_failed, outcome IS NULL): at most the batch's live machines' attempts.
+   */
+  cancelOpenAttempts(reason: string, now: number): number {
+    return this.db.run("UPDATE attempts SET outcome = 'cancelled', error = ?, ended_at = ? WHERE outcome IS NULL", reason, now);
+  }
+
   /** An attempt given up on whose work arrived after all: it is the one that finished the task. */
   reviveAttempt(taskId: string, attempt: number, now: number): void {
     this.db.run(
