@@ -41,6 +41,8 @@ export interface StatusBody {
   finalisation: { attempts: number; last_error: string | null } | null;
   recent_failures: {
     task_id: string;
+    /** The file the task converts: failures are named by file, not only by task id. */
+    input_key: string | null;
     attempt: number;
     machine_id: string | null;
     region: string | null;
@@ -60,7 +62,9 @@ export const API_STATES: Record<ApiStatus, TaskState[]> = {
   failed: ["failed"],
 };
 
-const logsCommand = (e: Engine, machineId: string | null) => (machineId ? `fly logs -a ${e.config.FLY_APP_NAME} -i ${machineId} --no-tail` : null);
+/** The command that shows a machine's output (LOGS_COMMAND: `fly logs …`, or the local stack's own). */
+export const logsCommand = (e: Engine, machineId: string | null) =>
+  machineId ? e.config.LOGS_COMMAND.replaceAll("{app}", e.config.FLY_APP_NAME).replaceAll("{machine}", machineId) : null;
 const warningsOf = (json: string | null): string[] => (json ? (JSON.parse(json) as string[]) : []);
 
 export function status(e: Engine, meta: BatchMeta): StatusBody {
@@ -97,6 +101,7 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
     finalisation: meta.finalise_attempts > 0 ? { attempts: meta.finalise_attempts, last_error: meta.finalise_error } : null,
     recent_failures: e.store.recentFailures(RECENT_FAILURES).map((a) => ({
       task_id: a.task_id,
+      input_key: a.input_key,
       attempt: a.attempt,
       machine_id: a.machine_id,
       region: a.region,

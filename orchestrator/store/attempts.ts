@@ -86,9 +86,11 @@ export class AttemptQueries extends Queries {
     );
   }
 
-  recentFailures(limit: number): AttemptRow[] {
-    return this.db.exec<AttemptRow & Record<string, SqlStorageValue>>(
-      "SELECT * FROM attempts WHERE outcome = 'failed' ORDER BY ended_at DESC LIMIT ?",
+  /** The latest failed attempts with their task's input (attempts_failed index, then one task row each). */
+  recentFailures(limit: number): (AttemptRow & { input_key: string | null })[] {
+    return this.db.exec<AttemptRow & { input_key: string | null } & Record<string, SqlStorageValue>>(
+      `SELECT a.*, t.input_key FROM attempts a LEFT JOIN tasks t ON t.task_id = a.task_id
+       WHERE a.outcome = 'failed' ORDER BY a.ended_at DESC LIMIT ?`,
       limit,
     );
   }
