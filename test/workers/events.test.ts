@@ -74,7 +74,10 @@ it("streams progress, task_failed and phase as the batch runs, then done; the st
   expect(types).toContain("phase");
   expect(types.at(-1)).toBe("done");
   const failed = events.find((e) => e.event === "task_failed")!;
-  expect(failed.data).toMatchObject({ attempt: 1, reason: "simulated failure", final: false, logs: expect.stringMatching(/^fly logs -a \S+ -i \S+ --no-tail$/) });
+  expect(failed.data).toMatchObject({ attempt: 1, reason: "simulated failure", final: false, logs: expect.stringMatching(/^fly logs -a \S+ -i \S+ --no-tail$/), run: 0 });
+  // Named by its file: the task's input key (putTiffs names them scan-NNNNN.tif).
+  expect(failed.data.input_key).toBe(`${b}/scan-${String(Number(String(failed.data.task_id).slice(5))).padStart(5, "0")}.tif`);
+  expect((await getStatus(b)).recent_failures[0]).toMatchObject({ task_id: failed.data.task_id, input_key: failed.data.input_key });
   const progress = events.filter((e) => e.event === "progress");
   expect(progress.length).toBeGreaterThanOrEqual(2);
   // The status line a watcher draws from it: status, phase and stage with the counts.
