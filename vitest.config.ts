@@ -1,4 +1,5 @@
 import { defineConfig } from "vitest/config";
+import "./test/quiet-output.ts";
 import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin";
 
 // The batch index's schema, applied to the tests' D1 by test/workers/support/d1-setup.ts.

@@ -2,6 +2,8 @@
 // the fly-worker tests and e2e tests. fauxqs' own startFauxqs() listens on 0.0.0.0, so the
 // Fastify app is built and bound here instead.
 import { mkdirSync } from "node:fs";
+// First: fauxqs loads node:sqlite, whose ExperimentalWarning would open every run that starts a local S3.
+import "./quiet-warnings.ts";
 import { buildApp } from "fauxqs";
 
 export interface LocalS3Options {
