@@ -27,7 +27,9 @@ export function followEvents(url, handlers) {
     opened = true;
     handlers.open();
   };
-  source.onerror = () => {
+  source.onerror = (e) => {
+    // The stream's own `event: error` (a batch ended in ERROR) reaches onerror too: not a connection problem.
+    if (e instanceof MessageEvent) return;
     // A 404 (no stream route) or a non-event-stream answer closes the source for good.
     if (source && source.readyState === EventSource.CLOSED) {
       close();
