@@ -271,6 +271,14 @@ function withProgress(s: BatchStatus, data: Record<string, unknown>): BatchStatu
 /** A failure named by its file first (the task id is the orchestrator's name for it). */
 export const failureName = (f: { task_id: string; input_key?: string | null }): string => (f.input_key ? `${f.input_key} (${f.task_id})` : f.task_id);
 
+/** The lines under a finished batch's summary (the demo's): its warnings, then its recent failures by file. */
+export function summaryNotes(s: BatchStatus): string[] {
+  return [
+    ...s.warnings.map((w) => `warning: ${w}`),
+    ...s.recent_failures.map((f) => `${failureName(f)} attempt ${f.attempt} on ${f.machine_id ?? "-"}: ${f.error ?? ""}`),
+  ];
+}
+
 function failureLine(d: Record<string, unknown>): string {
   const name = failureName({ task_id: String(d.task_id), input_key: typeof d.input_key === "string" ? d.input_key : null });
   const what = `${name} attempt ${String(d.attempt)} failed${d.final ? "" : " (retried)"}`;

@@ -1,7 +1,10 @@
 // `npm start` echoes a batch's milestones and the orchestrator's errors, not every machine,
-// callback and request line (local/echo.ts); the log file keeps them all.
+// callback and request line (local/echo.ts); the log file keeps them all. The demo's summary
+// names the batch's warnings and failures (summaryNotes).
 import { describe, expect, it } from "vitest";
+import { BatchStatus } from "../../local/api.ts";
 import { echoLine } from "../../local/echo.ts";
+import { summaryNotes } from "../../local/progress.ts";
 
 // What wrangler dev printed for a 3-task batch with one corrupt TIFF (shapes as in orchestrator.log).
 const RUN = [
@@ -36,6 +39,26 @@ describe("what npm start echoes", () => {
       "[DO] b1 batch_done files=5",
       '[DO] b2 step_failed stage=discover failures=1 error="manifest batches/b2/manifest.json: not found"',
       "✘ [ERROR] Uncaught (in promise) Error: boom",
+    ]);
+  });
+});
+
+describe("the demo's summary", () => {
+  it("lists the batch's warnings, then its recent failures named by file", () => {
+    const s = BatchStatus.parse({
+      batch_id: "demo-1",
+      status: "DONE",
+      progress: { tasks_total: 2, tasks_completed: 1, tasks_failed: 1 },
+      started_at: null,
+      updated_at: null,
+      completed_at: null,
+      error: null,
+      warnings: ["tiff-000000: page 2 skipped: uses JPEG 2000 compression (Compression 34712), which the converter cannot decode"],
+      recent_failures: [{ task_id: "tiff-000001", input_key: "batches/demo-1/box-01/scan-0002-rgb8.tif", attempt: 1, machine_id: "e2865a1b2c3d4f", error: "not a TIFF", logs: null }],
+    });
+    expect(summaryNotes(s)).toEqual([
+      "warning: tiff-000000: page 2 skipped: uses JPEG 2000 compression (Compression 34712), which the converter cannot decode",
+      "batches/demo-1/box-01/scan-0002-rgb8.tif (tiff-000001) attempt 1 on e2865a1b2c3d4f: not a TIFF",
     ]);
   });
 });
