@@ -2,8 +2,9 @@
 // process's own stdout and stderr (vitest.config.ts imports this). Each pattern says why it is
 // noise; everything else — test output, failures, any other warning — passes untouched.
 // Where a line could be silenced at its source it is (local/s3.ts loads quiet-warnings.ts for
-// node:sqlite's ExperimentalWarning); these come from inside wrangler, the vitest plugin and
-// workerd, which offer no switch for them.
+// node:sqlite's ExperimentalWarning; fly-worker/log.ts writes through console, which vitest keeps
+// for failing tests; vitest.config.ts chooses isolation, so vitest does not advise on it); these
+// come from inside wrangler, the vitest plugin, miniflare and workerd, which offer no switch for them.
 
 const NOISE: { pattern: RegExp; why: string }[] = [
   {
@@ -26,24 +27,78 @@ const NOISE: { pattern: RegExp; why: string }[] = [
     pattern: /^NOSENTRY SQLite alarm (overdue, running despite AlarmManager mismatch|handler canceled with requestScheduledAlarm)/,
     why: "workerd's alarm bookkeeping under runDurableObjectAlarm",
   },
+  {
+    // A test cancels the event streams it reads (events.test.ts: the cap of 20, a stream read to a point).
+    pattern: /^exception = workerd\/api\/streams\/internal\.c\+\+:\d+: disconnected: pump canceled$/,
+    why: "an SSE stream its reader cancelled",
+  },
+  {
+    // health.test.ts points the deep checks at a closed port (127.0.0.1:9) and an unresolvable
+    // host on purpose; workerd logs the failed connection, and the fetch's own rejection (caught by
+    // orchestrator/health.ts) once more as "uncaught" from inside its connection code.
+    pattern: /^(exception = rust\/worker\/ffi\.rs:\d+: disconnected: Connection refused \(os error 111\)|uncaught exception; (source = Uncaught \(in promise\); stack = Error|exception = workerd\/jsg\/value\.h:\d+: disconnected: jsg\.Error): Network connection lost\.)$/,
+    why: "a deep health check of a closed port, on purpose",
+  },
+  {
+    pattern: /^e = rust\/worker\/ffi\.rs:\d+: failed: failed to lookup address information: Name or service not known$/,
+    why: "a deep health check of an unresolvable host, on purpose",
+  },
+  {
+    // dead-letter.test.ts fails a message on purpose so that the queue moves it to the DLQ.
+    pattern: /^\[mf:warn\] Moving message "[0-9a-f]+" on queue "fanout-batches" to dead letter queue "fanout-batches-dlq" after \d+ failed attempts/,
+    why: "the dead-letter round trip dead-letter.test.ts makes",
+  },
 ];
+
+/** workerd's follow-up lines: a native stack after an exception line, and the "internal error" it names by reference. */
+const STACK = /^stack: (\/\S+\/workerd@[0-9a-f]+ ?)+(; sentryErrorContext = \w+; wdErrId = (\w+))?$/;
+const INTERNAL = /^uncaught exception; (source = Uncaught \(in promise\); stack = Error|exception = workerd\/jsg\/value\.h:\d+: failed: jsg\.Error): internal error; reference = (\w+)$/;
 
 // eslint-disable-next-line no-control-regex
 const ANSI = /\x1b\[[0-9;]*m/g;
 
-/** `text` without its noise lines; null when nothing but noise (and blank lines) was in it. */
-export function withoutNoise(text: string): string | null {
-  const lines = text.split("\n");
-  const kept = lines.filter((line) => !NOISE.some((n) => n.pattern.test(line.replace(ANSI, "").replace(/^▲ \[WARNING\] /, "").trim())));
-  if (kept.length === lines.length) return text;
-  return kept.some((l) => l.trim() !== "") ? kept.join("\n") : null;
+/** Keeps what it knows across lines (a dropped exception's stack; the error references of dropped lines). */
+export class NoiseFilter {
+  #dropStack = false;
+  readonly #references = new Set<string>();
+
+  /** `text` without its noise lines; null when nothing but noise (and blank lines) was in it. */
+  filter(text: string): string | null {
+    const lines = text.split("\n");
+    const kept = lines.filter((line) => !this.#noise(line.replace(ANSI, "").replace(/^▲ \[WARNING\] /, "").trim()));
+    if (kept.length === lines.length) return text;
+    return kept.some((l) => l.trim() !== "") ? kept.join("\n") : null;
+  }
+
+  #noise(line: string): boolean {
+    if (line === "") return false;
+    const stack = STACK.exec(line);
+    if (stack) {
+      const drop = this.#dropStack;
+      if (drop && stack[3]) this.#references.add(stack[3]);
+      this.#dropStack = false;
+      return drop;
+    }
+    const internal = INTERNAL.exec(line);
+    const noise = NOISE.some((n) => n.pattern.test(line)) || (internal !== null && this.#references.has(internal[2]));
+    this.#dropStack = noise;
+    return noise;
+  }
 }
 
-function filter(stream: NodeJS.WriteStream): void {
+/** One filter's view of one chunk (tests). */
+export function withoutNoise(text: string, filter = new NoiseFilter()): string | null {
+  return filter.filter(text);
+}
+
+/** One filter for both streams: workerd may write an exception to one and its stack to the other. */
+const shared = new NoiseFilter();
+
+function quiet(stream: NodeJS.WriteStream, filter: NoiseFilter): void {
   const write = stream.write.bind(stream) as (chunk: unknown, ...rest: unknown[]) => boolean;
   stream.write = ((chunk: unknown, ...rest: unknown[]) => {
     if (typeof chunk !== "string" && !(chunk instanceof Uint8Array)) return write(chunk, ...rest);
-    const text = withoutNoise(typeof chunk === "string" ? chunk : Buffer.from(chunk).toString("utf8"));
+    const text = filter.filter(typeof chunk === "string" ? chunk : Buffer.from(chunk).toString("utf8"));
     if (text === null) {
       const done = rest.find((r) => typeof r === "function") as (() => void) | undefined;
       done?.();
@@ -53,5 +108,5 @@ function filter(stream: NodeJS.WriteStream): void {
   }) as NodeJS.WriteStream["write"];
 }
 
-filter(process.stdout);
-filter(process.stderr);
+quiet(process.stdout, shared);
+quiet(process.stderr, shared);
