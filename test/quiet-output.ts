@@ -29,7 +29,7 @@ const NOISE: { pattern: RegExp; why: string }[] = [
   },
   {
     // A test cancels the event streams it reads (events.test.ts: the cap of 20, a stream read to a point).
-    pattern: /^exception = workerd\/api\/streams\/internal\.c\+\+:\d+: disconnected: pump canceled$/,
+    pattern: /^exception = workerd\/api\/streams\/(internal\.c\+\+:\d+: disconnected: pump canceled|identity-transform-stream\.c\+\+:\d+: disconnected: reader canceled)$/,
     why: "an SSE stream its reader cancelled",
   },
   {

@@ -41,6 +41,7 @@ describe("a passing run's output", () => {
     expect(f.filter("uncaught exception; source = Uncaught (in promise); stack = Error: internal error; reference = zzz999\nstack: /x/workerd@3a4d9d0\n")).toBe(
       "uncaught exception; source = Uncaught (in promise); stack = Error: internal error; reference = zzz999\nstack: /x/workerd@3a4d9d0\n",
     );
+    expect(withoutNoise("exception = workerd/api/streams/identity-transform-stream.c++:296: disconnected: reader canceled\nstack: /x/workerd@3e22c07 /x/workerd@3a5bead\n")).toBeNull();
     expect(withoutNoise("NOSENTRY SQLite alarm overdue, running despite AlarmManager mismatch; scheduledTime = 1s\n")).toBeNull();
     expect(withoutNoise("\x1b[33m▲ \x1b[43;33m[\x1b[43;30mWARNING\x1b[43;33m]\x1b[0m \x1b[1mMissing required secrets: A, B. Add them to .dev.vars, .env, or set as environment variables.\x1b[0m\n\n")).toBeNull();
     expect(withoutNoise("NOSENTRY SQLite alarm handler canceled with requestScheduledAlarm.; x\n ✓ a test\n")).toBe(" ✓ a test\n");
