@@ -26,7 +26,7 @@ describe("fanout CLI against a running local stack", () => {
     work = await mkdtemp(join(tmpdir(), "fanout-cli-"));
     env = { FANOUT_STATE_DIR: join(work, "stack") };
     started = await startLocalStack(env.FANOUT_STATE_DIR);
-    s3 = s3Client({ endpoint: started.stack.s3_endpoint, bucket: started.stack.bucket, accessKeyId: "local-access-key", secretAccessKey: "local-secret-key" });
+    s3 = s3Client({ endpoint: started.stack.s3_endpoint, bucket: started.stack.bucket, accessKeyId: started.stack.s3_access_key_id, secretAccessKey: started.stack.s3_secret_access_key });
   }, 240_000);
 
   afterAll(async () => {

@@ -39,7 +39,7 @@ export const said = (r: Ran) => `exit ${r.code}\nstdout:\n${r.stdout}\nstderr:\n
 
 export interface StartedStack {
   process: ChildProcess;
-  stack: { orchestrator_url: string; s3_endpoint: string; bucket: string; fly_api: string };
+  stack: { orchestrator_url: string; s3_endpoint: string; bucket: string; fly_api: string; s3_access_key_id: string; s3_secret_access_key: string };
   output: () => string;
   stop(): Promise<void>;
 }
