@@ -1,4 +1,4 @@
-// The batch page's head: status badge and error, the cards (progress, throughput over the last
+// The batch page's head: status badge, error and warnings, the cards (progress, throughput over the last
 // 30 s and the ETA it gives, elapsed, mode, what runs now) and the per-phase table.
 import { $, el } from "./dom.js";
 import { duration, n, statusClass, TERMINAL } from "./format.js";
@@ -16,6 +16,10 @@ export function renderSummary(view, s, samples) {
   const err = $("#batch-error", view);
   err.hidden = !s.error;
   err.textContent = s.error ? `error: ${s.error}` : "";
+  // What the batch wants an operator to know: nothing to do, pages skipped, a dead-lettered copy, …
+  const warnings = Array.isArray(s.warnings) ? s.warnings : [];
+  $("#warnings", view).hidden = warnings.length === 0;
+  $("#warnings ul", view).replaceChildren(...warnings.map((w) => el("li", { text: w })));
 
   $("#m-progress", view).replaceChildren(
     el("div", { text: `${n(p.tasks_completed)} / ${n(p.tasks_total)} done${p.tasks_failed ? ` · ${n(p.tasks_failed)} failed` : ""}` }),

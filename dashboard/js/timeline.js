@@ -100,7 +100,7 @@ function machineRow(machine, list, t0, span) {
       "div",
       { class: "tl-track" },
       ...list.map((b) => {
-        const cls = b.outcome === "done" ? "done" : b.outcome === "open" ? "open" : "failed";
+        const cls = b.outcome === "done" || b.outcome === "open" || b.outcome === "cancelled" ? b.outcome : "failed";
         const left = ((b.start - t0) / span) * 100;
         const width = Math.max(0.3, ((b.end - b.start) / span) * 100);
         return el("span", {

@@ -30,7 +30,7 @@ export interface Engine {
   limits(phase: Phase): Limits;
   /** Brings the alarm forward (a callback freed a slot or closed the phase). */
   wake(at: number): Promise<void>;
-  /** Records an event for live streams (task_failed, phase, done, failed, error). */
+  /** Records an event for live streams (task_failed, phase, redrive, done, failed, error), tagged with the batch's run. */
   emit(type: string, data: Record<string, unknown>): void;
 }
 
@@ -51,7 +51,12 @@ export function makeEngine(
     env: counted,
     outbound,
     wake,
-    emit: (type, data) => onEvent(store.addEvent(type, data, Date.now()), type, data),
+    emit: (type, data) => {
+      // Which run of the batch the event belongs to (0: the first, N: redrive N), so that a
+      // follower never ends on an earlier run's done/failed/error replayed from the stream.
+      const event = { ...data, run: store.getMeta()?.redrives ?? 0 };
+      onEvent(store.addEvent(type, event, Date.now()), type, event);
+    },
     fly: () =>
       (fly ??= new FlyMachines({
         apiHostname: config.FLY_API_HOSTNAME,

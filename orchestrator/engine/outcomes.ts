@@ -10,6 +10,7 @@ import { keyProblem } from "../../shared/keys.ts";
 import { presign } from "./access.ts";
 import { type Engine, taskView } from "./context.ts";
 import { outputAccess, overwrites, outputContentTypeOf } from "./outputs.ts";
+import { logsCommand } from "./views.ts";
 
 /** Ends the task's current attempt as failed: retried with backoff, or FAILED for good. Call inside a transaction. */
 export function failAttempt(e: Engine, meta: BatchMeta, task: TaskRow, error: string, retryable: boolean, now: number): void {
@@ -25,8 +26,8 @@ export function failAttempt(e: Engine, meta: BatchMeta, task: TaskRow, error: st
     e.store.moveTask(task, "failed", { error: reason, deadline_at: 0, worker_id: null, finished_at: now }, now);
     log("DO", "task_failed", fields);
   }
-  const logs = task.machine_id ? `fly logs -a ${e.config.FLY_APP_NAME} -i ${task.machine_id} --no-tail` : null;
-  e.emit("task_failed", { task_id: task.task_id, attempt: task.attempt, machine_id: task.machine_id, reason: error, final: !more, logs });
+  const logs = logsCommand(e, task.machine_id);
+  e.emit("task_failed", { task_id: task.task_id, input_key: task.input_key, attempt: task.attempt, machine_id: task.machine_id, reason: error, final: !more, logs });
 }
 
 export interface CallbackReply {

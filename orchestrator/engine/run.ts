@@ -175,6 +175,8 @@ export function toleranceExceeded(e: Engine, meta: BatchMeta, phase: Phase): str
 export function stopBatch(e: Engine, meta: BatchMeta, stage: "failed" | "error", error: string, taskReason: string, now: number): number {
   const n = e.store.transaction(() => {
     retireAll(e, error, now);
+    // Each open task's attempt ends with it: a stopped batch has no attempt still "open".
+    e.store.cancelOpenAttempts(taskReason, now);
     const failed = e.store.failOpenTasks(taskReason, now);
     e.store.updateMeta({ stage, error, completed_at: meta.completed_at ?? now }, now);
     return failed;

@@ -13,6 +13,8 @@ export interface StatusBody {
   status: string;
   phase: string;
   stage: Stage;
+  /** Which run of the batch this is: 0 the first, N after the Nth redrive (events carry the same). */
+  run: number;
   progress: {
     tasks_total: number;
     tasks_completed: number;
@@ -56,6 +58,8 @@ export interface StatusBody {
   } | null;
   recent_failures: {
     task_id: string;
+    /** The file the task converts: failures are named by file, not only by task id. */
+    input_key: string | null;
     attempt: number;
     machine_id: string | null;
     region: string | null;
@@ -75,7 +79,9 @@ export const API_STATES: Record<ApiStatus, TaskState[]> = {
   failed: ["failed"],
 };
 
-const logsCommand = (e: Engine, machineId: string | null) => (machineId ? `fly logs -a ${e.config.FLY_APP_NAME} -i ${machineId} --no-tail` : null);
+/** The command that shows a machine's output (LOGS_COMMAND: `fly logs …`, or the local stack's own). */
+export const logsCommand = (e: Engine, machineId: string | null) =>
+  machineId ? e.config.LOGS_COMMAND.replaceAll("{app}", e.config.FLY_APP_NAME).replaceAll("{machine}", machineId) : null;
 const warningsOf = (json: string | null): string[] => (json ? (JSON.parse(json) as string[]) : []);
 
 export function status(e: Engine, meta: BatchMeta): StatusBody {
@@ -92,6 +98,7 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
     status: apiStatus(meta),
     phase: meta.phase,
     stage: meta.stage,
+    run: meta.redrives,
     progress: {
       tasks_total: sum((c) => c.total),
       tasks_completed: sum((c) => c.done),
@@ -117,6 +124,7 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
     finalisation: finalisation(e, meta),
     recent_failures: e.store.recentFailures(RECENT_FAILURES).map((a) => ({
       task_id: a.task_id,
+      input_key: a.input_key,
       attempt: a.attempt,
       machine_id: a.machine_id,
       region: a.region,

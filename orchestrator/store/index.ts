@@ -140,6 +140,7 @@ export class BatchStore {
   startAttempt: AttemptQueries["startAttempt"] = (...a) => this.#attempts.startAttempt(...a);
   recordMachine: AttemptQueries["recordMachine"] = (...a) => this.#attempts.recordMachine(...a);
   endAttempt: AttemptQueries["endAttempt"] = (...a) => this.#attempts.endAttempt(...a);
+  cancelOpenAttempts: AttemptQueries["cancelOpenAttempts"] = (...a) => this.#attempts.cancelOpenAttempts(...a);
   reviveAttempt: AttemptQueries["reviveAttempt"] = (...a) => this.#attempts.reviveAttempt(...a);
   dropAttempt: AttemptQueries["dropAttempt"] = (...a) => this.#attempts.dropAttempt(...a);
   getAttempt: AttemptQueries["getAttempt"] = (...a) => this.#attempts.getAttempt(...a);

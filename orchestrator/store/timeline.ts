@@ -14,8 +14,8 @@ export interface TimelineAttempt {
   ended_at: number | null;
 }
 
-/** Every outcome an attempt ends with (outcomes.ts); open attempts have none. */
-const ENDED_OUTCOMES = ["done", "failed", "superseded"] as const;
+/** Every outcome an attempt ends with (outcomes.ts, attempts.ts cancelAttempts); open attempts have none. */
+export const ENDED_OUTCOMES = ["done", "failed", "superseded", "cancelled"] as const;
 
 export class TimelineQueries extends Queries {
   /** Open attempts (at most `limit`), then the `limit` most recently ended of each outcome, newest first. */

@@ -56,9 +56,9 @@ describe("GET /status/:batchId/timeline", () => {
     await stub(b).start({ batch_id: b, manifest_r2_key: `${b}/none.json` });
     const t0 = Date.now() - 3_600_000;
     await withStore(b, (_store, sql) => {
-      // 5,000 ended attempts (done, failed, superseded) and 20 open ones, written straight to the table.
+      // 5,000 ended attempts (done, failed, superseded, cancelled) and 20 open ones, written straight to the table.
       for (let i = 0; i < 5000; i++) {
-        const outcome = i % 10 === 0 ? "failed" : i % 25 === 1 ? "superseded" : "done";
+        const outcome = i % 10 === 0 ? "failed" : i % 25 === 1 ? "superseded" : i === 4998 ? "cancelled" : "done";
         sql.exec(
           "INSERT INTO attempts (task_id, attempt, machine_id, machine_name, outcome, error, started_at, ended_at) VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
           `t${i}`, `m${i % 50}`, `n${i}`, outcome, outcome === "failed" ? "boom" : null, t0 + i * 100, t0 + i * 100 + 50,
@@ -73,8 +73,10 @@ describe("GET /status/:batchId/timeline", () => {
     expect(body.attempts).toHaveLength(120);
     // The latest 100 ended: tasks t4900 .. t4999, newest first.
     expect(body.attempts.slice(20).map((a) => a.task_id)).toEqual(Array.from({ length: 100 }, (_, i) => `t${4999 - i}`));
-    // By hand: the meta row, 20 open and at most 100 per outcome (three), not the 5,020 rows there are.
-    expect(read).toBeLessThanOrEqual(1 + 20 + 3 * 100 + 5);
+    // A cancelled attempt (a reset ended it) is there too.
+    expect(body.attempts.find((a) => a.task_id === "t4998")?.outcome).toBe("cancelled");
+    // By hand: the meta row, 20 open and at most 100 per outcome (four), not the 5,020 rows there are.
+    expect(read).toBeLessThanOrEqual(1 + 20 + 4 * 100 + 5);
     expect((await timeline(b, "?limit=0")).status).toBe(400);
     expect((await timeline("tl-never-seen")).status).toBe(404);
     expect((await getStatus(b)).batch_id).toBe(b);

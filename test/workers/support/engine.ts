@@ -196,6 +196,7 @@ export interface AttemptView {
   machine_id: string | null;
   outcome: string;
   error: string | null;
+  ended_at: string | null;
 }
 
 /** Every attempt of a task, through GET /status/:batchId/tasks/:taskId. */
