@@ -146,7 +146,7 @@ function finishPhase(e: Engine, meta: BatchMeta, phase: Phase): number {
       const all = e.store.counts().reduce((n, c) => n + c.total, 0);
       if (all === 0) {
         const phases = pipelineOf(meta);
-        e.store.addWarning(`nothing to do: no file of the batch (${e.store.fileCount()} files) needed ${phases.length > 1 ? `any of ${phases.join(", ")}` : phase.name}`, now);
+        e.store.addWarning(`nothing to do: no file of the batch (${plural(e.store.fileCount(), "file")}) needed ${phases.length > 1 ? `any of ${phases.join(", ")}` : phase.name}`, now);
       }
       // The batch's status names the last phase that did something, not an empty one that passed at the end.
       const worked = e.store.counts().map((c) => c.phase);
@@ -273,3 +273,5 @@ async function launchPool(e: Engine, meta: BatchMeta, phase: Phase, n: number): 
   });
   await createMachines(e, meta, plans);
 }
+
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;

@@ -88,7 +88,7 @@ describe("the dashboard across reset and redrive", () => {
     await page.goto(`${stack.orchestratorUrl}/#/batch/ui-empty`);
     await expect.poll(() => page.getByTestId("batch-status").textContent(), { timeout: 60_000 }).toBe("DONE");
     await expect.poll(() => page.getByTestId("warnings").isVisible(), { timeout: 20_000 }).toBe(true);
-    expect(await page.locator("[data-testid=warnings] li").allTextContents()).toEqual(["nothing to do: no file of the batch (1 files) needed TIFF_CONVERSION"]);
+    expect(await page.locator("[data-testid=warnings] li").allTextContents()).toEqual(["nothing to do: no file of the batch (1 file) needed any of TIFF_CONVERSION, PDF_SPLITTING"]);
     expect(await page.getByTestId("redrive").isHidden()).toBe(true);
   });
 

@@ -100,7 +100,7 @@ describe("fanout CLI against a running local stack", () => {
     const watched = await cli(["status", "cli-none", "--watch"], env);
     expect(watched.code, said(watched)).toBe(3);
     expect(watched.stdout).toContain("cli-none: DONE — 0 done, 0 failed of 0");
-    expect(watched.stdout).toContain("warning: nothing to do: no file of the batch (1 files) needed TIFF_CONVERSION\n");
+    expect(watched.stdout).toContain("warning: nothing to do: no file of the batch (1 file) needed any of TIFF_CONVERSION, PDF_SPLITTING\n");
     const status = await cli(["status", "cli-none"], env);
     expect(status.code, said(status)).toBe(3);
     expect(status.stdout).toContain("warning: nothing to do");

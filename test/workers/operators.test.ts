@@ -77,7 +77,7 @@ describe("a batch that fails says so", () => {
     await env.BUCKET.put("op-empty/readme.txt", "no scans here");
     await stub("op-empty").start({ batch_id: "op-empty", r2_prefix: "op-empty/" });
     const s = await waitForStatus("op-empty", (x) => x.status === "DONE");
-    expect(s.warnings).toEqual(["nothing to do: no file of the batch (1 files) needed any of TIFF_CONVERSION, PDF_SPLITTING"]);
+    expect(s.warnings).toEqual(["nothing to do: no file of the batch (1 file) needed any of TIFF_CONVERSION, PDF_SPLITTING"]);
   });
 });
 
