@@ -32,6 +32,7 @@ export async function runChecksum(env: WorkerEnv, workDir: string, progress: Tas
         }
       });
     } catch (error) {
+      if (error instanceof TaskError) throw error; // the input size limit (storage.ts limited)
       throw new TaskError("storage", `download of ${key} failed after ${bytes} bytes: ${errorMessage(error)}`, { cause: error });
     }
     if (input.expectedBytes !== undefined && bytes !== input.expectedBytes) {

@@ -13,6 +13,12 @@ export const WorkerTuning = z.object({
   /** First retry delay; doubles per attempt with jitter, capped at 30 s. */
   CALLBACK_BACKOFF_MS: envInt(1, 60_000).default(1000),
   CALLBACK_TIMEOUT_MS: envInt(100, 600_000).default(15_000),
+  /**
+   * The largest input this worker downloads, whatever the orchestrator says (INPUT_SIZE is the
+   * tighter bound when given): a body past it is refused before it fills the disk. 4 GiB holds a
+   * 600-megapixel 16-bit RGB scan uncompressed with room to spare.
+   */
+  MAX_INPUT_BYTES: envInt(1, Number.MAX_SAFE_INTEGER).default(4 * 1024 ** 3),
 });
 export type WorkerTuning = z.infer<typeof WorkerTuning>;
 
@@ -98,8 +104,10 @@ export function parseEnv(source: NodeJS.ProcessEnv): EnvResult {
  * contract's R2 key pair. Names what is missing, never a value.
  */
 function storageAccessProblems(raw: Record<string, string | undefined>): string[] {
-  if (raw.INPUT_URL !== undefined || raw.OUTPUT_URL !== undefined) {
-    return ["INPUT_URL", "OUTPUT_URL"].filter((n) => raw[n] === undefined).map((n) => `${n} is required but it is not set (scoped storage access)`);
+  if (raw.INPUT_URL !== undefined || raw.OUTPUT_URL !== undefined || raw.OUTPUTS_URL !== undefined) {
+    const problems = raw.INPUT_URL === undefined ? ["INPUT_URL is required but it is not set (scoped storage access)"] : [];
+    if (raw.OUTPUTS_URL === undefined && raw.OUTPUT_URL === undefined) problems.push("OUTPUTS_URL is required but it is not set (scoped storage access: where each output's upload URL is asked for)");
+    return problems;
   }
   const missing = ["R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET"].filter((n) => raw[n] === undefined);
   if (raw.R2_ACCOUNT_ID === undefined && raw.R2_ENDPOINT === undefined) missing.push("R2_ACCOUNT_ID");
@@ -115,8 +123,14 @@ export const PoolTuning = z.object({
   LEASE_REQUEST_TIMEOUT_MS: envInt(100, 600_000).default(15_000),
 });
 
-/** What a pool machine knows before its first lease: who it is, where to lease, R2 access. */
-const PoolMachine = MachineEnv.pick({ R2_ACCOUNT_ID: true, R2_ACCESS_KEY_ID: true, R2_SECRET_ACCESS_KEY: true, R2_BUCKET: true, R2_ENDPOINT: true, MEMORY_MB: true, FLY_MACHINE_ID: true });
+/**
+ * What a pool machine knows before its first lease: who it is, where to lease, R2 access. Its
+ * machine id (FLY_MACHINE_ID, which Fly sets in every machine, and the local emulator too) names it
+ * in every lease request: a lease credential works only for the machine it was created for.
+ */
+const PoolMachine = MachineEnv.pick({ R2_ACCOUNT_ID: true, R2_ACCESS_KEY_ID: true, R2_SECRET_ACCESS_KEY: true, R2_BUCKET: true, R2_ENDPOINT: true, MEMORY_MB: true }).extend({
+  FLY_MACHINE_ID: z.string({ message: "must be set (Fly sets it in every machine)" }).min(1).max(64),
+});
 
 export type PoolMachineEnv = PoolEnv & z.infer<typeof PoolTuning> & z.infer<typeof PoolMachine>;
 

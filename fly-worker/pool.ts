@@ -6,7 +6,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { request } from "undici";
 import { z } from "zod";
 import { backoffMs, parseRetryAfter } from "../shared/backoff.ts";
-import { HeartbeatRequest, LeaseRequest, LeaseResponse, describeZodError } from "../shared/contracts.ts";
+import { HeartbeatReply, HeartbeatRequest, LeaseRequest, LeaseResponse, describeZodError } from "../shared/contracts.ts";
 import { configureSharp } from "./convert.ts";
 import { parseEnv, parsePoolEnv, setVariables, type PoolMachineEnv } from "./env.ts";
 import { errorMessage } from "./errors.ts";
@@ -20,7 +20,6 @@ type TaskLease = Extract<LeaseResponse, { kind: "task" }>;
 /** What a lease request came to: an answer, or a reason to stop the machine. */
 type LeaseResult = { kind: "answer"; lease: LeaseResponse } | { kind: "exit"; code: ExitCode; reason: string };
 
-const HeartbeatReply = z.looseObject({ ok: z.boolean(), reason: z.string().optional() });
 const MAX_LEASE_DELAY_MS = 5000;
 
 export async function runPool(source: NodeJS.ProcessEnv): Promise<ExitCode> {
@@ -108,20 +107,37 @@ interface Reply {
   retryAfter?: string;
 }
 
-/** Speaks the lease protocol: POST LEASE_URL and POST LEASE_URL/heartbeat, bearer LEASE_TOKEN. */
+/**
+ * Speaks the lease protocol: POST LEASE_URL and POST LEASE_URL/heartbeat, bearer the lease
+ * credential. LEASE_TOKEN (from the create) is good for the first lease only; every answer carries
+ * a renewed one, short-lived, which every slot uses from then on.
+ */
 class LeaseClient {
   private readonly env: PoolMachineEnv;
   private readonly base: string;
+  private token: string;
+  private previous: string | undefined;
 
   constructor(env: PoolMachineEnv) {
     this.env = env;
     this.base = env.LEASE_URL.replace(/\/+$/, "");
+    this.token = env.LEASE_TOKEN;
+  }
+
+  /** Takes the renewed credential an answer carries (a secret like the first: never logged). */
+  private renew(token: string | undefined): void {
+    if (!token || token === this.token) return;
+    registerSecrets([token]);
+    // The one before stays scrubbed: a request may still be carrying it.
+    if (this.previous) forgetSecrets([this.previous]);
+    this.previous = this.token;
+    this.token = token;
   }
 
   private async post(url: string, body: unknown, timeoutMs: number, signal?: AbortSignal): Promise<Reply> {
     const response = await request(url, {
       method: "POST",
-      headers: { "content-type": "application/json", authorization: `Bearer ${this.env.LEASE_TOKEN}` },
+      headers: { "content-type": "application/json", authorization: `Bearer ${this.token}` },
       body: JSON.stringify(body),
       headersTimeout: timeoutMs,
       bodyTimeout: timeoutMs,
@@ -145,6 +161,7 @@ class LeaseClient {
         if (reply.status === 200) {
           const answer = parseJson(reply.text, LeaseResponse);
           if (answer.ok) {
+            if (answer.value.kind !== "done") this.renew(answer.value.lease_token);
             if (attempt > 1) log.info("Pool", "lease.recovered", { attempts: attempt });
             return { kind: "answer", lease: answer.value };
           }
@@ -185,7 +202,7 @@ class LeaseClient {
   /** Heartbeats every `everyMs` until stop(); a lost lease (409) ends them, the task goes on. */
   keepLease(taskId: string, everyMs: number): { stop(): Promise<void>; summary(): { heartbeats: number; lease_lost: boolean } } {
     const stopping = new AbortController();
-    const body: HeartbeatRequest = { worker_id: this.env.WORKER_ID, task_id: taskId };
+    const body: HeartbeatRequest = { worker_id: this.env.WORKER_ID, machine_id: this.env.FLY_MACHINE_ID, task_id: taskId };
     let sent = 0;
     let lost = false;
     const loop = (async () => {
@@ -200,7 +217,11 @@ class LeaseClient {
           // Not aborted by stop(): a heartbeat already sent is answered and counted (its timeout bounds the wait).
           const reply = await this.post(`${this.base}/heartbeat`, body, Math.min(everyMs, this.env.LEASE_REQUEST_TIMEOUT_MS));
           sent++;
-          if (reply.status === 200) continue;
+          if (reply.status === 200) {
+            const kept = parseJson(reply.text, HeartbeatReply);
+            if (kept.ok) this.renew(kept.value.lease_token);
+            continue;
+          }
           if (reply.status === 409) {
             lost = true;
             const reason = parseJson(reply.text, HeartbeatReply);

@@ -77,8 +77,17 @@ export interface OpenedInput {
   contentType?: string;
 }
 
-/** Streams the object to `path`; a cut-off body is an error, never a short file. */
-export async function downloadToFile(client: S3Client, bucket: string, key: string, path: string): Promise<Downloaded> {
+/**
+ * Streams the object to `path`; a cut-off body is an error, never a short file. `guard` may wrap
+ * the body (the worker's input size limit); a TaskError it raises is passed on as it is.
+ */
+export async function downloadToFile(
+  client: S3Client,
+  bucket: string,
+  key: string,
+  path: string,
+  guard: (body: Readable, declared: number | undefined) => Readable = (body) => body,
+): Promise<Downloaded> {
   let expected: number | undefined;
   let contentType: string | undefined;
   try {
@@ -86,8 +95,9 @@ export async function downloadToFile(client: S3Client, bucket: string, key: stri
     expected = response.ContentLength;
     contentType = response.ContentType;
     if (!(response.Body instanceof Readable)) throw new Error("GetObject returned no readable body");
-    await pipeline(response.Body, createWriteStream(path));
+    await pipeline(guard(response.Body, expected), createWriteStream(path));
   } catch (error) {
+    if (error instanceof TaskError) throw error;
     throw storageError("download", bucket, key, error);
   }
   const { size } = await stat(path);

@@ -3,13 +3,15 @@
 // stream: the input to a temp file, each JPEG up from disk.
 import { createReadStream, createWriteStream } from "node:fs";
 import { stat } from "node:fs/promises";
+import { PassThrough, type Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import pLimit from "p-limit";
 import { request } from "undici";
-import { ReserveResponse } from "../shared/contracts.ts";
+import { MAX_PAGES_PER_TASK, ReserveResponse } from "../shared/contracts.ts";
 import { pageKey } from "../shared/keys.ts";
 import type { WorkerEnv } from "./env.ts";
 import { TaskError, errorMessage } from "./errors.ts";
+import { forgetSecrets, registerSecrets } from "./log.ts";
 import { downloadToFile, makeS3Client, openObject, uploadFile, type Downloaded, type OpenedInput } from "./s3.ts";
 
 /**
@@ -40,24 +42,25 @@ export interface TaskStorage {
 }
 
 export function taskStorage(env: WorkerEnv): TaskStorage {
-  if (env.INPUT_URL && env.OUTPUT_URL) return new ScopedStorage(env);
+  if (env.INPUT_URL && (env.OUTPUTS_URL || env.OUTPUT_URL)) return new ScopedStorage(env);
   if (env.R2_ACCESS_KEY_ID && env.R2_SECRET_ACCESS_KEY && env.R2_BUCKET && (env.R2_ACCOUNT_ID || env.R2_ENDPOINT)) return new KeyStorage(env);
-  throw new TaskError("storage", "no storage access: set INPUT_URL and OUTPUT_URL (scoped) or the R2_* key pair (legacy-keys)", { retryable: false });
+  throw new TaskError("storage", "no storage access: set INPUT_URL and OUTPUTS_URL (scoped) or the R2_* key pair (legacy-keys)", { retryable: false });
 }
 
 /**
  * Presigned URLs: nothing beyond this attempt's own objects is reachable, and only until it
- * expires. Each PUT URL signs headers the upload must carry exactly (OUTPUT_HEADERS, and `headers`
- * in the reservation answer): the content type, the writer, and If-None-Match / If-Match, with which
- * storage itself refuses to replace an object this attempt may not replace.
+ * expires. Each output's PUT URL is asked for at OUTPUTS_URL right before its upload (it lives a
+ * few minutes) and signs headers the upload must carry exactly: the content type, the writer, and
+ * If-None-Match / If-Match, with which storage itself refuses to replace an object this attempt may
+ * not replace. OUTPUT_URL / OUTPUT_HEADERS (page 1's URL given up front) are what orchestrators
+ * before OUTPUTS_URL sent; they are used only when there is no OUTPUTS_URL.
  */
 class ScopedStorage implements TaskStorage {
   private readonly env: WorkerEnv;
-  private readonly urls = new Map<number, { key: string; url: string; headers: Record<string, string> }>();
+  private keys: string[] = [];
 
   constructor(env: WorkerEnv) {
     this.env = env;
-    this.urls.set(1, { key: env.OUTPUT_R2_KEY, url: env.OUTPUT_URL!, headers: env.OUTPUT_HEADERS ?? {} });
   }
 
   async openInput(): Promise<OpenedInput> {
@@ -74,7 +77,8 @@ class ScopedStorage implements TaskStorage {
     }
     const expected = Number(res.headers["content-length"] ?? NaN);
     const contentType = typeof res.headers["content-type"] === "string" ? res.headers["content-type"] : undefined;
-    return { body: res.body, expectedBytes: Number.isFinite(expected) ? expected : undefined, contentType };
+    const declared = Number.isFinite(expected) ? expected : undefined;
+    return { body: limited(res.body, this.env, key, declared), expectedBytes: declared, contentType };
   }
 
   async download(path: string): Promise<Downloaded> {
@@ -83,6 +87,7 @@ class ScopedStorage implements TaskStorage {
     try {
       await pipeline(body, createWriteStream(path));
     } catch (error) {
+      if (error instanceof TaskError) throw error;
       throw new TaskError("storage", `download of ${key} failed: ${errorMessage(error)}`, { cause: error });
     }
     const { size } = await stat(path);
@@ -90,35 +95,64 @@ class ScopedStorage implements TaskStorage {
     return { bytes: size, contentType };
   }
 
-  async reserve(pages: number): Promise<string[]> {
-    if (pages > 1 && !this.urls.has(pages)) {
-      if (!this.env.OUTPUTS_URL) throw new TaskError("storage", `the input has ${pages} pages but OUTPUTS_URL is not set`, { retryable: false });
-      let res;
-      try {
-        res = await request(this.env.OUTPUTS_URL, {
-          method: "POST",
-          headers: { "content-type": "application/json", authorization: `Bearer ${this.env.CALLBACK_TOKEN}` },
-          body: JSON.stringify({ pages }),
-        });
-      } catch (error) {
-        throw new TaskError("storage", `reserving output keys for ${pages} pages failed: ${errorMessage(error)}`, { cause: error });
-      }
-      const text = await res.body.text();
-      if (res.statusCode !== 200) {
-        throw new TaskError("storage", `reserving output keys for ${pages} pages was refused (HTTP ${res.statusCode}): ${text.slice(0, 300)}`, {
-          retryable: res.statusCode >= 500,
-        });
-      }
-      const parsed = ReserveResponse.safeParse(JSON.parse(text));
-      if (!parsed.success) throw new TaskError("storage", "the orchestrator's answer to the output reservation was malformed");
-      for (const o of parsed.data.outputs) this.urls.set(o.page, { key: o.r2_key, url: o.url, headers: o.headers ?? {} });
+  /** POST OUTPUTS_URL with `body`: the orchestrator's answer, or a TaskError saying why not. */
+  private async outputs(body: { pages: number } | { page: number }, what: string) {
+    let res;
+    try {
+      res = await request(this.env.OUTPUTS_URL!, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${this.env.CALLBACK_TOKEN}` },
+        body: JSON.stringify(body),
+      });
+    } catch (error) {
+      throw new TaskError("storage", `${what} failed: ${errorMessage(error)}`, { cause: error });
     }
-    return Array.from({ length: pages }, (_, i) => this.urls.get(i + 1)!.key);
+    const text = await res.body.text();
+    if (res.statusCode !== 200) {
+      throw new TaskError("storage", `${what} was refused (HTTP ${res.statusCode}): ${text.slice(0, 300)}`, { retryable: res.statusCode >= 500 || res.statusCode === 409 });
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    const parsed = ReserveResponse.safeParse(json);
+    if (!parsed.success) throw new TaskError("storage", `the orchestrator's answer to ${what} was malformed`);
+    return parsed.data.outputs;
+  }
+
+  async reserve(pages: number): Promise<string[]> {
+    if (pages > MAX_PAGES_PER_TASK) {
+      throw new TaskError("input", `the input has ${pages} pages to convert, more than the ${MAX_PAGES_PER_TASK} outputs a task may write (MAX_PAGES_PER_TASK): split it into smaller files`, { retryable: false });
+    }
+    if (pages <= 1) this.keys = [this.env.OUTPUT_R2_KEY];
+    else if (!this.env.OUTPUTS_URL) throw new TaskError("storage", `the input has ${pages} pages but OUTPUTS_URL is not set`, { retryable: false });
+    else {
+      const outputs = await this.outputs({ pages }, `reserving output keys for ${pages} pages`);
+      const byPage = new Map(outputs.map((o) => [o.page, o.r2_key]));
+      this.keys = Array.from({ length: pages }, (_, i) => byPage.get(i + 1) ?? "");
+      const missing = this.keys.findIndex((k) => k === "");
+      if (missing >= 0) throw new TaskError("storage", `the orchestrator reserved no key for page ${missing + 1}`);
+    }
+    return this.keys;
+  }
+
+  /** Page `page`'s PUT URL and the headers it signs: asked for now (OUTPUTS_URL), or page 1's given up front. */
+  private async target(page: number): Promise<{ key: string; url: string; headers: Record<string, string> }> {
+    if (this.env.OUTPUTS_URL) {
+      const [o] = await this.outputs({ page }, `asking for the upload URL of page ${page}`);
+      if (!o?.url || o.page !== page) throw new TaskError("storage", `the orchestrator gave no upload URL for page ${page}`);
+      // A presigned URL is a credential: never in a log line (forgotten once its upload is done).
+      registerSecrets([o.url]);
+      return { key: o.r2_key, url: o.url, headers: o.headers ?? {} };
+    }
+    if (page === 1 && this.env.OUTPUT_URL) return { key: this.env.OUTPUT_R2_KEY, url: this.env.OUTPUT_URL, headers: this.env.OUTPUT_HEADERS ?? {} };
+    throw new TaskError("storage", `page ${page} has no upload URL: set OUTPUTS_URL`, { retryable: false });
   }
 
   async upload(page: number, path: string, contentType: string): Promise<{ key: string; bytes: number }> {
-    const target = this.urls.get(page);
-    if (!target) throw new TaskError("storage", `page ${page} has no reserved output key`);
+    const target = await this.target(page);
     const { size } = await stat(path);
     let res;
     try {
@@ -129,15 +163,59 @@ class ScopedStorage implements TaskStorage {
         headers: { "content-type": contentType, ...target.headers, "content-length": String(size) },
         body: createReadStream(path),
       });
+      await res.body.dump();
     } catch (error) {
       throw new TaskError("storage", `upload of ${target.key} failed: ${errorMessage(error)}`, { cause: error });
+    } finally {
+      // Page 1's OUTPUT_URL stays scrubbed for the whole task (registered at start).
+      if (target.url !== this.env.OUTPUT_URL) forgetSecrets([target.url]);
     }
-    await res.body.dump();
     if (res.statusCode < 200 || res.statusCode >= 300) throw refused("upload", target.key, res.statusCode);
     return { key: target.key, bytes: size };
   }
 
   close(): void {}
+}
+
+/** The most input bytes this task may read: the size the orchestrator saw (INPUT_SIZE), and MAX_INPUT_BYTES. */
+export function inputLimit(env: Pick<WorkerEnv, "INPUT_SIZE" | "MAX_INPUT_BYTES">): { bytes: number; why: string } {
+  if (env.INPUT_SIZE !== undefined && env.INPUT_SIZE <= env.MAX_INPUT_BYTES) {
+    return { bytes: env.INPUT_SIZE, why: `the ${env.INPUT_SIZE} bytes the orchestrator saw (INPUT_SIZE): the object changed after the batch listed it, or its manifest's file_size is wrong` };
+  }
+  return { bytes: env.MAX_INPUT_BYTES, why: `this worker's MAX_INPUT_BYTES (${env.MAX_INPUT_BYTES})` };
+}
+
+/**
+ * The input body, refused as soon as it is longer than inputLimit: at once when its Content-Length
+ * says so, else (a chunked body) at the first chunk past it — never a byte more on disk.
+ */
+export function limited(body: Readable, env: Pick<WorkerEnv, "INPUT_SIZE" | "MAX_INPUT_BYTES">, key: string, declared: number | undefined): Readable {
+  const limit = inputLimit(env);
+  const tooLarge = (n: number, exact: boolean) =>
+    new TaskError("input", `input ${key} is ${exact ? "" : "more than "}${n} bytes, more than ${limit.why}; it was not downloaded`, { retryable: false });
+  if (declared !== undefined && declared > limit.bytes) {
+    body.destroy();
+    const refusedBody = new PassThrough();
+    queueMicrotask(() => refusedBody.destroy(tooLarge(declared, true)));
+    return refusedBody;
+  }
+  let seen = 0;
+  let refusedAt: TaskError | undefined;
+  const counter = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      seen += chunk.length;
+      if (seen > limit.bytes) {
+        refusedAt = tooLarge(limit.bytes, false);
+        done(refusedAt);
+        body.destroy(); // hang up: the rest is never read
+        return;
+      }
+      done(null, chunk);
+    },
+  });
+  // The source's own failure, unless it is the hang-up that follows the refusal.
+  body.on("error", (error) => counter.destroy(refusedAt ?? error));
+  return body.pipe(counter);
 }
 
 function refused(action: string, key: string, status: number): TaskError {
@@ -166,14 +244,18 @@ class KeyStorage implements TaskStorage {
   }
 
   download(path: string): Promise<Downloaded> {
-    return downloadToFile(this.s3, this.env.R2_BUCKET!, this.env.INPUT_R2_KEY, path);
+    return downloadToFile(this.s3, this.env.R2_BUCKET!, this.env.INPUT_R2_KEY, path, (body, declared) => limited(body, this.env, this.env.INPUT_R2_KEY, declared));
   }
 
-  openInput(): Promise<OpenedInput> {
-    return openObject(this.s3, this.env.R2_BUCKET!, this.env.INPUT_R2_KEY);
+  async openInput(): Promise<OpenedInput> {
+    const opened = await openObject(this.s3, this.env.R2_BUCKET!, this.env.INPUT_R2_KEY);
+    return { ...opened, body: limited(opened.body, this.env, this.env.INPUT_R2_KEY, opened.expectedBytes) };
   }
 
   async reserve(pages: number): Promise<string[]> {
+    if (pages > MAX_PAGES_PER_TASK) {
+      throw new TaskError("input", `the input has ${pages} pages to convert, more than the ${MAX_PAGES_PER_TASK} outputs a task may write (MAX_PAGES_PER_TASK): split it into smaller files`, { retryable: false });
+    }
     this.keys = Array.from({ length: pages }, (_, i) => pageKey(this.env.OUTPUT_R2_KEY, i + 1));
     return this.keys;
   }

@@ -76,7 +76,7 @@ export async function startOrchestratorProcess(options: OrchestratorProcessOptio
   ];
   const child = spawn(process.execPath, args, {
     cwd: REPO_ROOT,
-    env: { ...process.env, WRANGLER_SEND_METRICS: "false", FORCE_COLOR: "0", NO_COLOR: "1" },
+    env: { ...withoutKeysOf(process.env, options.envFile), WRANGLER_SEND_METRICS: "false", FORCE_COLOR: "0", NO_COLOR: "1" },
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
   });
@@ -106,6 +106,16 @@ export async function startOrchestratorProcess(options: OrchestratorProcessOptio
     throw new Error(`${error instanceof Error ? error.message : String(error)}\n  last lines of wrangler dev:\n  ${tail}`, { cause: error });
   }
   return { url, pid, stop, exited: how };
+}
+
+/**
+ * `env` without the names the env file sets: wrangler dev reads the Worker's secrets from
+ * process.env too, and a value there wins over the file's (dotenv-expand keeps what is already
+ * set) — an ADMIN_TOKEN or READ_TOKEN exported for another orchestrator would replace the stack's.
+ */
+export function withoutKeysOf(env: NodeJS.ProcessEnv, envFile: string): NodeJS.ProcessEnv {
+  const names = new Set([...readFileSync(envFile, "utf8").matchAll(/^([A-Za-z_][A-Za-z0-9_]*)=/gm)].map((m) => m[1]));
+  return Object.fromEntries(Object.entries(env).filter(([name]) => !names.has(name)));
 }
 
 async function waitReady(url: string, exited: Promise<number | null>, timeoutMs: number): Promise<void> {

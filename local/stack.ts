@@ -27,6 +27,11 @@ export interface StackOptions {
   ports?: { orchestrator?: number; s3?: number; emulator?: number };
   /** Orchestrator vars (see orchestrator/config.ts), on top of the local defaults below. */
   vars?: Record<string, string>;
+  /**
+   * READ_TOKEN for the orchestrator: status, events, tasks and the batch index then need it (or the
+   * admin token). Unset: reads are open. `npm start` takes it from its environment (READ_TOKEN=… npm start).
+   */
+  readToken?: string;
   emulator?: {
     faults?: FaultOptions;
     /** Create-rate limit of the emulator; default matches FLY_CREATE_RATE_PER_SECOND/BURST. */
@@ -61,6 +66,8 @@ export interface ComponentExit {
 export interface Stack {
   orchestratorUrl: string;
   adminToken: string;
+  /** The READ_TOKEN the orchestrator runs with, or null when reads are open. */
+  readToken: string | null;
   bucket: string;
   s3: LocalS3;
   emulator: RunningFlyEmulator;
@@ -237,6 +244,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       ...workerSecrets,
       R2_ACCESS_KEY_ID: s3.credentials.accessKeyId,
       R2_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
+      // Always written (empty: reads open), so wrangler names no missing secret and nothing else fills it.
+      READ_TOKEN: options.readToken ?? "",
     };
     writeFileSync(envFile, Object.entries(env).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("\n") + "\n", { mode: 0o600 });
     chmodSync(envFile, 0o600);
@@ -277,6 +286,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     return {
       orchestratorUrl,
       adminToken: secrets.ADMIN_TOKEN,
+      readToken: options.readToken || null,
       bucket: BUCKET,
       s3,
       emulator,

@@ -16,6 +16,8 @@ const Env = z.object({
   FANOUT_S3_PORT: z.coerce.number().int().min(1).max(65535).default(4569),
   FANOUT_FLY_PORT: z.coerce.number().int().min(1).max(65535).default(4280),
   FANOUT_STATE_DIR: z.string().min(1).default(DEFAULT_STATE_DIR),
+  /** Status, events, tasks and the batch index then need this token (or the admin token); the dashboard asks for it. */
+  READ_TOKEN: z.string().min(16, "READ_TOKEN must be at least 16 characters").optional(),
 });
 
 async function main(): Promise<void> {
@@ -23,7 +25,8 @@ async function main(): Promise<void> {
   if (values.help) {
     console.log(`usage: npm start [-- --quiet]
   Starts local S3, the Fly Machines API emulator and the orchestrator (wrangler dev).
-  Env: FANOUT_PORT (8787), FANOUT_S3_PORT (4569), FANOUT_FLY_PORT (4280), FANOUT_STATE_DIR (.local/stack)`);
+  Env: FANOUT_PORT (8787), FANOUT_S3_PORT (4569), FANOUT_FLY_PORT (4280), FANOUT_STATE_DIR (.local/stack),
+       READ_TOKEN (reads need it; unset: open)`);
     return;
   }
   const parsed = Env.safeParse(process.env);
@@ -38,6 +41,7 @@ async function main(): Promise<void> {
     onComponentExit: (exit) => onDeath(exit),
     stateDir: env.FANOUT_STATE_DIR,
     ports: { orchestrator: env.FANOUT_PORT, s3: env.FANOUT_S3_PORT, emulator: env.FANOUT_FLY_PORT },
+    readToken: env.READ_TOKEN,
     onOrchestratorLine: values.quiet
       ? undefined
       : (line) => {
@@ -76,6 +80,7 @@ fanout is running (state in ${stack.stateDir})
   local S3 (R2)     ${stack.s3.endpoint}/${stack.bucket}   path-style, SigV4 with the key pair in stack.json (s3_access_key_id, s3_secret_access_key)
   Fly Machines API  ${stack.emulator.url}         machines run as local fly-worker processes
   admin token       in ${join(stack.stateDir, "secrets.json")} (ADMIN_TOKEN; the CLI reads it, the dashboard asks for it)
+  reads             ${stack.readToken ? "need READ_TOKEN (or the admin token); the dashboard asks for it" : "open to anyone who reaches the orchestrator (READ_TOKEN=… npm start protects them)"}
   logs              ${stack.logDir}/orchestrator.log (everything), ${stack.logDir}/machines/<id>.log
 
 Try:  npm run fanout -- submit <dir-of-tiffs> --watch     (then open the dashboard)

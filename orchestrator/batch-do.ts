@@ -2,23 +2,23 @@
 // engine's concerns live in engine/ (discovery, planning, scheduling, machines, outcomes, pool,
 // finalisation, views); SQL lives in store/. The engine names no phase.
 import { DurableObject } from "cloudflare:workers";
-import type { LeaseResponse, QueueMessage } from "../shared/contracts.ts";
+import type { LeaseResponse, QueueMessage, ReserveRequest } from "../shared/contracts.ts";
 import { backoffMs } from "../shared/backoff.ts";
 import { syncBatchIndex } from "./batch-index.ts";
 import { type Config, loadConfig } from "./config.ts";
-import { attemptExpiry } from "./engine/access.ts";
 import { apiStatus, type Engine, isFinished, makeEngine } from "./engine/context.ts";
 import { discover, messageRefusal } from "./engine/discovery.ts";
 import { finalise } from "./engine/finalise.ts";
 import { destroyOrphans } from "./engine/machines.ts";
-import { type CallbackReply, type ReserveReply, reserveOutputs, settleCallback } from "./engine/outcomes.ts";
+import { type CallbackReply, settleCallback } from "./engine/outcomes.ts";
+import { type Credential, type ReserveReply, reserveOutputs } from "./engine/reserve.ts";
 import { plan } from "./engine/planning.ts";
-import { heartbeat, lease } from "./engine/pool.ts";
+import { heartbeat, lease, type LeaseRefusal } from "./engine/pool.ts";
 import { run, stopBatch } from "./engine/run.ts";
 import { archive, archiveDue, archivedRow, ARCHIVE_RETRY_MS, retentionAlarm } from "./engine/retention.ts";
 import * as views from "./engine/views.ts";
 import { ALARM_REARM_MS, runtimeRetryError, stallReason, stallWarning, wakeIfStalled } from "./engine/watchdog.ts";
-import { LiveStreams } from "./engine/events.ts";
+import { CLIENT_HEADER, LiveStreams } from "./engine/events.ts";
 import { errorMessage, log, logError } from "./log.ts";
 import { Outbound, OutboundRefused } from "./outbound.ts";
 import { defaultPipeline, getPhase, pipelineProblem } from "./phases/index.ts";
@@ -69,7 +69,8 @@ export class BatchDO extends DurableObject<Env> {
     if (new URL(request.url).pathname !== "/events") return Response.json({ error: "no such route" }, { status: 404 });
     if (!this.store.getMeta()) return Response.json({ error: "unknown batch" }, { status: 404 });
     const last = Number(request.headers.get("last-event-id") ?? new URL(request.url).searchParams.get("last_event_id") ?? 0);
-    return this.live.open(Number.isFinite(last) ? last : 0, (after) => this.store.eventsAfter(after, 1000), this.store.lastEventId());
+    const client = request.headers.get(CLIENT_HEADER) ?? "unknown";
+    return this.live.open(Number.isFinite(last) ? last : 0, (after) => this.store.eventsAfter(after, 1000), this.store.lastEventId(), client);
   }
 
   /** Brings the alarm forward to `at` unless one is due sooner. */
@@ -160,30 +161,34 @@ export class BatchDO extends DurableObject<Env> {
 
   // ---- RPC: machines (callbacks, output reservations, leases) ------------------------------
 
-  /** A callback from attempt `attempt` of `taskId` (the attempt the verified credential names). */
-  async callback(taskId: string, attempt: number, body: unknown): Promise<CallbackReply> {
+  /** Callbacks being settled, by task and attempt: a copy that arrives meanwhile waits for the same answer (no second storage check). */
+  private readonly settling = new Map<string, Promise<CallbackReply>>();
+
+  /** A callback from the attempt (and epoch) the verified credential names. */
+  async callback(taskId: string, credential: Pick<Credential, "attempt" | "epoch">, body: unknown): Promise<CallbackReply> {
     if (!this.store.getMeta()) return { code: 404, body: { error: "unknown batch" } };
-    const reply = await settleCallback(this.engine(), taskId, attempt, body);
+    const key = `${taskId}/${credential.attempt}/${credential.epoch}`;
+    const running = this.settling.get(key);
+    if (running) return running;
+    const settled = settleCallback(this.engine(), taskId, credential, body).finally(() => this.settling.delete(key));
+    this.settling.set(key, settled);
+    const reply = await settled;
     this.live.progressChanged();
     return reply;
   }
 
-  /** Reserves (and presigns) the keys of pages 2…pages of the task's output for its running attempt. */
-  async reserveOutputs(taskId: string, attempt: number, pages: number): Promise<ReserveReply> {
-    const meta = this.store.getMeta();
-    if (!meta) return { code: 404, body: { error: "unknown batch" } };
-    const e = this.engine();
-    const task = this.store.getTask(taskId);
-    const limits = e.limits(getPhase(task?.phase ?? meta.phase));
-    return reserveOutputs(e, taskId, attempt, pages, attemptExpiry(Date.now(), limits));
+  /** Reserves the keys of the task's outputs, or presigns one output's upload, for its running attempt. */
+  async reserveOutputs(taskId: string, credential: Credential, request: ReserveRequest): Promise<ReserveReply> {
+    if (!this.store.getMeta()) return { code: 404, body: { error: "unknown batch" } };
+    return reserveOutputs(this.engine(), taskId, credential, request);
   }
 
-  async lease(workerId: string, machineId: string | null): Promise<LeaseResponse | null> {
-    return lease(this.engine(), workerId, machineId);
+  async lease(workerId: string, machineId: string, epoch: number): Promise<LeaseResponse | LeaseRefusal | null> {
+    return lease(this.engine(), workerId, machineId, epoch);
   }
 
-  async heartbeat(workerId: string, taskId: string): Promise<{ ok: boolean; reason?: string } | null> {
-    return heartbeat(this.engine(), workerId, taskId);
+  async heartbeat(workerId: string, machineId: string, taskId: string, epoch: number): Promise<{ ok: boolean; reason?: string; lease_token?: string } | LeaseRefusal | null> {
+    return heartbeat(this.engine(), workerId, machineId, taskId, epoch);
   }
 
   // ---- RPC: views ---------------------------------------------------------------------------
@@ -238,6 +243,9 @@ export class BatchDO extends DurableObject<Env> {
     if (meta.stage === "done" || meta.stage === "failed") return { ok: false, code: 409, error: `batch is ${apiStatus(meta)}; there is nothing to reset` };
     const e = this.engine();
     const now = Date.now();
+    // Every credential minted so far is of an earlier epoch from here on: no outstanding attempt's
+    // callback, reservation or lease changes anything after a reset.
+    this.store.updateMeta({ epoch: meta.epoch + 1 }, now);
     const failed = stopBatch(e, meta, "error", "reset by admin", "batch reset by admin", now);
     await this.ctx.storage.deleteAlarm();
     // Machines whose create outcome was never learned are found by their metadata.
@@ -285,6 +293,8 @@ export class BatchDO extends DurableObject<Env> {
           error: null,
           completed_at: null,
           redrives: meta.redrives + 1,
+          // The redriven tasks' earlier attempts end here, whatever their credentials say.
+          epoch: meta.epoch + 1,
           finalise_attempts: 0,
           finalise_error: null,
           // The pool is sized again for what the redrive runs, under today's limits.

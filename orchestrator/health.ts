@@ -3,7 +3,7 @@
 // Every problem names the setting and how to fix it; no check ever echoes a configured value.
 import { AwsClient } from "aws4fetch";
 import { z } from "zod";
-import { timingSafeEqualText } from "../shared/token.ts";
+import { bearerToken, timingSafeEqualText } from "../shared/token.ts";
 import { ConfigError, loadConfig, type Config } from "./config.ts";
 import { FlyApiError } from "./fly/api.ts";
 import { FlyMachines } from "./fly/client.ts";
@@ -21,6 +21,12 @@ export interface HealthReport {
   ok: boolean;
   service: "fanout";
   deep: boolean;
+  /**
+   * Whether status, events, tasks and the batch index need a token: `token` (READ_TOKEN is set:
+   * send it, or the admin token, as `Authorization: Bearer`), `open`, or null when the configuration
+   * cannot be read. The dashboard asks for the token when it says `token`.
+   */
+  reads: "open" | "token" | null;
   checks: Check[];
 }
 
@@ -72,6 +78,11 @@ export function configChecks(env: Env): { config: Config | null; checks: Check[]
     checks.push({ name: "fly_api_token", ok: true });
   }
 
+  if (!config.READ_TOKEN) {
+    checks.push(fail("read_token", "READ_TOKEN is not set: anyone who can reach this Worker reads every batch's status, events, tasks (key names, errors) and the batch index", "generate one with `openssl rand -base64 32` and set it with `npx wrangler secret put READ_TOKEN` (locally: `READ_TOKEN=… npm start`)", "warning"));
+  } else {
+    checks.push({ name: "read_token", ok: true });
+  }
   for (const name of ["CALLBACK_SECRET", "ADMIN_TOKEN"] as const) {
     if (config[name].length < 32) {
       checks.push(fail(name.toLowerCase(), `${name} is shorter than 32 characters: too easy to guess`, `generate one with \`openssl rand -base64 32\` and set it with \`npx wrangler secret put ${name}\``, "warning"));
@@ -83,8 +94,8 @@ export function configChecks(env: Env): { config: Config | null; checks: Check[]
 /** True when the request carries the admin token (compared in constant time). */
 export function isAdmin(req: Request, config: Config | null): boolean {
   if (!config) return false;
-  const given = req.headers.get("authorization") ?? "";
-  return given.startsWith("Bearer ") && timingSafeEqualText(given.slice(7).trim(), config.ADMIN_TOKEN);
+  const given = bearerToken(req.headers.get("authorization"));
+  return given !== null && timingSafeEqualText(given, config.ADMIN_TOKEN);
 }
 
 export interface DeepOptions {
@@ -196,6 +207,7 @@ export async function health(req: Request, env: Env, options: DeepOptions = {}):
       checks.push(...(await deepChecks(env, config, { requestOrigin: new URL(req.url).origin, ...options })));
     }
   }
-  const report: HealthReport = { ok: checks.every((c) => c.ok), service: "fanout", deep: deep && config !== null, checks };
+  const reads = config === null ? null : config.READ_TOKEN ? "token" : "open";
+  const report: HealthReport = { ok: checks.every((c) => c.ok), service: "fanout", deep: deep && config !== null, reads, checks };
   return Response.json(report, { status: report.ok ? 200 : 503 });
 }

@@ -2,23 +2,16 @@
 // BatchDO (idFromName(batch_id)); this file only validates input and routes to it.
 import { Router, type IRequest } from "itty-router";
 import { z } from "zod";
-import {
-  BatchId,
-  HeartbeatRequest,
-  LeaseRequest,
-  describeZodError,
-  MAX_CALLBACK_BYTES,
-  QueueMessage,
-  ReserveRequest,
-  TaskId,
-} from "../shared/contracts.ts";
+import { BatchId, describeZodError, QueueMessage, TaskId } from "../shared/contracts.ts";
 import { backoffMs } from "../shared/backoff.ts";
-import { timingSafeEqualText, verifyGrant } from "../shared/token.ts";
 import type { ApiStatus } from "./batch-do.ts";
 import { CursorError, getBatchRow, listBatches } from "./batch-index.ts";
+import { CLIENT_HEADER } from "./engine/events.ts";
 import { ConfigError, loadConfig } from "./config.ts";
 import { consumeDeadLetter, deadLetterQueue } from "./dead-letters.ts";
 import { health } from "./health.ts";
+import { admin, HttpError, parse, reader, readJson, stub, withBatch } from "./http.ts";
+import { callback, heartbeat, lease, reserveOutputs } from "./machine-routes.ts";
 import { archivedStatus } from "./engine/retention.ts";
 import { runWatchdog } from "./engine/watchdog.ts";
 import { errorMessage, log, logError } from "./log.ts";
@@ -26,8 +19,6 @@ import { phaseNames, pipelineProblem } from "./phases/index.ts";
 
 export { BatchDO } from "./batch-do.ts";
 export { FlyBudget } from "./fly/budget.ts";
-
-type Handler = (req: IRequest, env: Env) => Promise<Response> | Response;
 
 const router = Router<IRequest, [Env]>({
   catch: (err: unknown) => {
@@ -60,7 +51,7 @@ router
   .all("*", (req) => Response.json({ error: `no route for ${req.method} ${new URL(req.url).pathname}` }, { status: 404 }));
 
 export default {
-  fetch: (request, env) => router.fetch(request, env),
+  fetch: async (request, env) => noSniff(await router.fetch(request, env)),
   queue: async (batch, env, _ctx) => {
     const handle = batch.queue === deadLetterQueue(env) ? consumeDeadLetter : consume;
     await Promise.all(batch.messages.map((message) => handle(message, env)));
@@ -85,7 +76,11 @@ async function status(req: IRequest, env: Env): Promise<Response> {
 async function events(req: IRequest, env: Env): Promise<Response> {
   const last = req.headers.get("last-event-id") ?? new URL(req.url).searchParams.get("last_event_id");
   if (last !== null && !/^[0-9]{1,15}$/.test(last)) throw new HttpError(400, "invalid Last-Event-ID: must be the id of an event this stream sent");
-  return stub(env, req.params.batchId).fetch(new Request("https://batch/events", { headers: last !== null ? { "last-event-id": last } : {} }));
+  // The client's address, as Cloudflare sets it (a client cannot: Cloudflare overwrites the header).
+  const client = req.headers.get("cf-connecting-ip") ?? "unknown";
+  return stub(env, req.params.batchId).fetch(
+    new Request("https://batch/events", { headers: { [CLIENT_HEADER]: client, ...(last !== null ? { "last-event-id": last } : {}) } }),
+  );
 }
 
 const TasksQuery = z.object({
@@ -140,71 +135,6 @@ async function task(req: IRequest, env: Env): Promise<Response> {
   const body = await stub(env, req.params.batchId).task(taskId);
   if (!body) throw await unknownOrArchived(env, req.params.batchId, taskId);
   return Response.json(body);
-}
-
-/** The attempt a machine's credential names, or 401: bound to batch, task and attempt, and expiring. */
-async function attemptOf(req: IRequest, env: Env, taskId: string, what: string): Promise<number> {
-  const batchId = req.params.batchId;
-  const verified = await verifyGrant(loadConfig(env).CALLBACK_SECRET, { kind: "callback", batchId, taskId }, req.headers.get("authorization"));
-  if (!verified.ok) {
-    log("Callback", "rejected", { batch_id: batchId, task_id: taskId, what, reason: verified.reason });
-    throw new HttpError(401, `${what} token missing, invalid or expired`);
-  }
-  return verified.attempt;
-}
-
-/** Only the envelope is checked here; the task's phase checks the rest of the body. */
-const CallbackEnvelope = z.looseObject({ task_id: TaskId, batch_id: BatchId });
-
-async function callback(req: IRequest, env: Env): Promise<Response> {
-  const { batchId } = req.params;
-  const taskId = parse(TaskId, req.params.taskId, "taskId");
-  const attempt = await attemptOf(req, env, taskId, "callback");
-  const raw = await readJson(req, MAX_CALLBACK_BYTES);
-  const body = parse(CallbackEnvelope, raw, "body");
-  if (body.batch_id !== batchId || body.task_id !== taskId) {
-    throw new HttpError(400, "body batch_id/task_id do not match the URL", {
-      expected: { batch_id: batchId, task_id: taskId },
-      received: { batch_id: body.batch_id, task_id: body.task_id },
-    });
-  }
-  const reply = await stub(env, batchId).callback(taskId, attempt, raw);
-  return Response.json(reply.body, { status: reply.code });
-}
-
-async function reserveOutputs(req: IRequest, env: Env): Promise<Response> {
-  const taskId = parse(TaskId, req.params.taskId, "taskId");
-  const attempt = await attemptOf(req, env, taskId, "outputs");
-  const body = parse(ReserveRequest, await readJson(req, 4 * 1024), "body");
-  const reply = await stub(env, req.params.batchId).reserveOutputs(taskId, attempt, body.pages);
-  return Response.json(reply.body, { status: reply.code });
-}
-
-/** Pool machines authenticate with an expiring token bound to their batch and machine. */
-async function poolMachine<T extends { worker_id: string }>(req: IRequest, env: Env, schema: z.ZodType<T>): Promise<T> {
-  const body = parse(schema, await readJson(req, 16 * 1024), "body");
-  const secret = loadConfig(env).CALLBACK_SECRET;
-  const batchId = req.params.batchId;
-  const verified = await verifyGrant(secret, { kind: "lease", batchId, workerId: body.worker_id }, req.headers.get("authorization"));
-  if (!verified.ok) {
-    log("Lease", "rejected", { batch_id: batchId, worker_id: body.worker_id, reason: verified.reason });
-    throw new HttpError(401, "lease token missing, invalid or expired");
-  }
-  return body;
-}
-
-async function lease(req: IRequest, env: Env): Promise<Response> {
-  const body = await poolMachine(req, env, LeaseRequest);
-  const answer = await stub(env, req.params.batchId).lease(body.worker_id, body.machine_id ?? null);
-  if (!answer) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
-  return Response.json(answer);
-}
-
-async function heartbeat(req: IRequest, env: Env): Promise<Response> {
-  const body = await poolMachine(req, env, HeartbeatRequest);
-  const answer = await stub(env, req.params.batchId).heartbeat(body.worker_id, body.task_id);
-  if (!answer) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
-  return Response.json(answer, { status: answer.ok ? 200 : 409 });
 }
 
 async function reset(req: IRequest, env: Env): Promise<Response> {
@@ -287,14 +217,16 @@ async function consume(message: Message<unknown>, env: Env): Promise<void> {
 
 // ---- helpers --------------------------------------------------------------------------------
 
-class HttpError extends Error {
-  readonly status: number;
-  readonly details: Record<string, unknown>;
-  constructor(status: number, message: string, details: Record<string, unknown> = {}) {
-    super(message);
-    this.status = status;
-    this.details = details;
-  }
+/**
+ * Every API answer says its Content-Type is the truth (X-Content-Type-Options: nosniff): a browser
+ * never renders a JSON error that echoes a key or a name as HTML or script. The dashboard's own
+ * files carry it through dashboard/_headers.
+ */
+function noSniff(response: Response): Response {
+  if (response.headers.get("x-content-type-options") === "nosniff") return response;
+  const out = new Response(response.body, response);
+  out.headers.set("x-content-type-options", "nosniff");
+  return out;
 }
 
 /** 404 for a batch (or task) never seen; 410 for one whose records retention deleted (its status stays). */
@@ -306,84 +238,4 @@ async function unknownOrArchived(env: Env, batchId: string, taskId?: string): Pr
     });
   }
   return new HttpError(404, taskId === undefined ? "unknown batch" : "unknown batch or task", { batch_id: batchId, ...(taskId === undefined ? {} : { task_id: taskId }) });
-}
-
-function parse<T extends z.ZodType>(schema: T, value: unknown, where: string): z.infer<T> {
-  const result = schema.safeParse(value);
-  if (!result.success) throw new HttpError(400, `invalid ${where}: ${describeZodError(result.error)}`);
-  return result.data;
-}
-
-function stub(env: Env, batchId: string) {
-  return env.BATCH_DO.getByName(batchId);
-}
-
-/** Validates :batchId before the handler runs. */
-function withBatch(handler: Handler): Handler {
-  return (req, env) => {
-    let raw: string;
-    try {
-      raw = decodeURIComponent(req.params.batchId);
-    } catch {
-      throw new HttpError(400, "invalid batchId: malformed percent-encoding in the URL");
-    }
-    req.params.batchId = parse(BatchId, raw, "batchId");
-    return handler(req, env);
-  };
-}
-
-/** Status reads: open unless READ_TOKEN is set; then that token or the admin token. */
-function reader(handler: Handler): Handler {
-  return (req, env) => {
-    const config = loadConfig(env);
-    if (config.READ_TOKEN) {
-      const given = (req.headers.get("authorization") ?? "").replace(/^Bearer\s+/, "").trim();
-      if (!timingSafeEqualText(given, config.READ_TOKEN) && !timingSafeEqualText(given, config.ADMIN_TOKEN)) {
-        throw new HttpError(401, "read token missing or invalid (Authorization: Bearer $READ_TOKEN)");
-      }
-    }
-    return handler(req, env);
-  };
-}
-
-function admin(handler: Handler): Handler {
-  return (req, env) => {
-    const token = loadConfig(env).ADMIN_TOKEN;
-    const given = req.headers.get("authorization") ?? "";
-    if (!given.startsWith("Bearer ") || !timingSafeEqualText(given.slice(7).trim(), token)) {
-      throw new HttpError(401, "admin token missing or invalid (Authorization: Bearer $ADMIN_TOKEN)");
-    }
-    return handler(req, env);
-  };
-}
-
-/** Reads a JSON body of at most `limit` bytes without trusting Content-Length. */
-async function readJson(req: Request, limit: number): Promise<unknown> {
-  const declared = Number(req.headers.get("content-length") ?? 0);
-  if (declared > limit) throw new HttpError(413, `body larger than ${limit} bytes`);
-  const reader = req.body?.getReader();
-  if (!reader) throw new HttpError(400, "a JSON body is required");
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > limit) {
-      await reader.cancel();
-      throw new HttpError(413, `body larger than ${limit} bytes`);
-    }
-    chunks.push(value);
-  }
-  const bytes = new Uint8Array(size);
-  let offset = 0;
-  for (const c of chunks) {
-    bytes.set(c, offset);
-    offset += c.byteLength;
-  }
-  try {
-    return JSON.parse(new TextDecoder().decode(bytes));
-  } catch (error) {
-    throw new HttpError(400, `body is not valid JSON: ${errorMessage(error)}`);
-  }
 }

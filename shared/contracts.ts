@@ -112,6 +112,14 @@ export const FileEntry = z.looseObject({
 });
 export type FileEntry = z.infer<typeof FileEntry>;
 
+/**
+ * Output keys one task may write (pages of a TIFF; a JPEG and a PDF per page of a PDF): what the
+ * orchestrator reserves, presigns and checks for one task is bounded by it. A 4,000-output
+ * callback is 4,000 ranged reads, six at a time; more than that is refused (the worker says so
+ * before converting: split the file).
+ */
+export const MAX_PAGES_PER_TASK = 4000;
+
 // ---------------------------------------------------------------------------------------
 // Machine environment (the contract existing TIFF worker images already speak)
 
@@ -149,13 +157,19 @@ export const MachineEnv = z.object({
   OUTPUT_R2_KEY: ObjectKey,
   /** The phase the task belongs to: CHECKSUM runs the checksum mode; anything else (or unset) converts a TIFF. */
   PHASE: z.string().min(1).max(64).optional(),
-  /** Scoped access (the default): presigned GET of the input, PUT of page 1's output, and where to reserve more pages. */
+  /**
+   * Scoped access (the default): presigned GET of the input, and OUTPUTS_URL, where each output's
+   * short-lived PUT URL is asked for right before its upload. OUTPUT_URL (a PUT URL of page 1 given
+   * up front) is what orchestrators before OUTPUTS_URL sent; this worker still takes it.
+   */
   INPUT_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),
   OUTPUT_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),
   OUTPUTS_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),
   /** The headers OUTPUT_URL signs (content type, writer, If-None-Match / If-Match): the PUT sends exactly these. */
   OUTPUT_HEADERS: SignedHeadersJson.optional(),
   ATTEMPT: envInt(1, 1_000_000).optional(),
+  /** The input's size as the orchestrator saw it (listing or manifest): the worker reads no more than this. */
+  INPUT_SIZE: envInt(1, Number.MAX_SAFE_INTEGER).optional(),
   CREDENTIALS_EXPIRE_AT: z.string().optional(),
   /** The old contract (MACHINE_STORAGE=legacy-keys): the R2 key pair. */
   R2_ACCOUNT_ID: z.string().optional(),
@@ -213,7 +227,7 @@ export const SuccessCore = z.looseObject({
 
 export const CallbackSuccess = SuccessCore.extend({
   /** Every output file when the input produced more than one (multi-page TIFF). */
-  outputs: z.array(CallbackOutput).max(10_000).optional(),
+  outputs: z.array(CallbackOutput).max(MAX_PAGES_PER_TASK, `a task writes at most ${MAX_PAGES_PER_TASK} outputs (MAX_PAGES_PER_TASK)`).optional(),
   pages: z.number().int().positive().optional(),
   width: z.number().int().positive().optional(),
   height: z.number().int().positive().optional(),
@@ -281,11 +295,15 @@ export const PoolEnv = z.object({
 });
 export type PoolEnv = z.infer<typeof PoolEnv>;
 
+/** A lease request names the machine asking (FLY_MACHINE_ID): only the machine the engine created for that worker may lease. */
 export const LeaseRequest = z.object({
   worker_id: z.string().min(1).max(128),
-  machine_id: z.string().max(64).optional(),
+  machine_id: z.string().min(1, "machine_id must name the machine asking (FLY_MACHINE_ID)").max(64),
 });
 export type LeaseRequest = z.infer<typeof LeaseRequest>;
+
+/** A renewed lease credential, in every lease and heartbeat answer: the machine uses the newest from then on. */
+const RenewedToken = z.string().min(1).optional();
 
 export const LeaseResponse = z.discriminatedUnion("kind", [
   z.object({
@@ -295,27 +313,49 @@ export const LeaseResponse = z.discriminatedUnion("kind", [
     env: z.record(z.string(), z.string()),
     lease_ms: z.number().int().positive(),
     heartbeat_ms: z.number().int().positive(),
+    lease_token: RenewedToken,
   }),
   /** Work may come back (a retry's backoff, a lease that may expire): ask again after wait_ms. */
-  z.object({ kind: z.literal("wait"), wait_ms: z.number().int().positive() }),
+  z.object({ kind: z.literal("wait"), wait_ms: z.number().int().positive(), lease_token: RenewedToken }),
   /** Nothing left for this machine: exit. */
   z.object({ kind: z.literal("done"), reason: z.string() }),
 ]);
 export type LeaseResponse = z.infer<typeof LeaseResponse>;
 
-export const HeartbeatRequest = z.object({ worker_id: z.string().min(1).max(128), task_id: TaskId });
+export const HeartbeatRequest = z.object({ worker_id: z.string().min(1).max(128), machine_id: LeaseRequest.shape.machine_id, task_id: TaskId });
+/** The answer to a heartbeat: kept (with a renewed lease credential), or lost and why. */
+export const HeartbeatReply = z.looseObject({ ok: z.boolean(), reason: z.string().optional(), lease_token: RenewedToken });
 export type HeartbeatRequest = z.infer<typeof HeartbeatRequest>;
 
 export const leaseSubject = (batchId: string, workerId: string) => `${batchId}/worker/${workerId}`;
 
-/** POST /outputs/:batchId/:taskId — a machine asks for the keys (and upload URLs) of pages 2…pages. */
-export const ReserveRequest = z.object({ pages: z.number().int().min(2).max(10_000) });
+/**
+ * POST /outputs/:batchId/:taskId — a machine reserves the keys of its pages (`pages`: keys of pages
+ * 1…pages, no URL), or asks for one page's upload URL right before it uploads it (`page`).
+ */
+export const ReserveRequest = z
+  .object({
+    pages: z.number().int().min(1).max(MAX_PAGES_PER_TASK, `a task writes at most ${MAX_PAGES_PER_TASK} outputs (MAX_PAGES_PER_TASK)`).optional(),
+    page: z.number().int().min(1).max(MAX_PAGES_PER_TASK, `a task writes at most ${MAX_PAGES_PER_TASK} outputs (MAX_PAGES_PER_TASK)`).optional(),
+  })
+  .refine((r) => (r.pages === undefined) !== (r.page === undefined), { message: "give either pages (reserve keys) or page (one upload URL)" });
 export type ReserveRequest = z.infer<typeof ReserveRequest>;
 export const ReserveResponse = z.object({
   batch_id: BatchId,
   task_id: TaskId,
   attempt: z.number().int().positive(),
-  /** Each page's PUT URL and the headers it signs (content type, writer, condition): send exactly these. */
-  outputs: z.array(z.object({ page: z.number().int().min(2), r2_key: ObjectKey, url: z.url(), headers: SignedHeaders.optional() })),
+  /**
+   * The reserved keys by page; for `page`, that page's PUT URL (valid until `expires_at`, a few
+   * minutes) and the headers it signs (content type, writer, condition): send exactly these.
+   */
+  outputs: z.array(
+    z.object({
+      page: z.number().int().min(1),
+      r2_key: ObjectKey,
+      url: z.url().optional(),
+      headers: SignedHeaders.optional(),
+      expires_at: z.string().optional(),
+    }),
+  ),
 });
 export type ReserveResponse = z.infer<typeof ReserveResponse>;

@@ -328,6 +328,8 @@ class SimPoolRunner implements SimRunner {
     const answer = LeaseResponse.parse(await res.json());
     if (m.exited) return;
     if (answer.kind === "done") return this.#endLoop(m, "done", 0);
+    // Every answer renews the machine's lease credential (fly-worker/pool.ts uses the newest).
+    if (answer.lease_token) m.env.LEASE_TOKEN = answer.lease_token;
     if (answer.kind === "wait") {
       this.stats.waits++;
       const idleMs = this.#clock.now() - s.idleSince;
@@ -371,8 +373,9 @@ class SimPoolRunner implements SimRunner {
   #keepLease(s: PoolSlot, lease: TaskLease): void {
     const m = s.machine;
     s.heartbeat = this.#after(m, lease.heartbeat_ms, async () => {
-      const res = await this.#post(`${m.env.LEASE_URL}/heartbeat`, m.env.LEASE_TOKEN, { worker_id: m.env.WORKER_ID, task_id: lease.task_id });
-      await res.body?.cancel();
+      const res = await this.#post(`${m.env.LEASE_URL}/heartbeat`, m.env.LEASE_TOKEN, { worker_id: m.env.WORKER_ID, machine_id: m.env.FLY_MACHINE_ID, task_id: lease.task_id });
+      const kept = (await res.json().catch(() => null)) as { lease_token?: string } | null;
+      if (kept?.lease_token) m.env.LEASE_TOKEN = kept.lease_token;
       this.stats.heartbeats++;
       if (res.status === 200) this.#keepLease(s, lease);
       else this.stats.leases_lost++;

@@ -2,7 +2,7 @@
 // discovered from, and the summary statistics every figure is reported with.
 import { env, exports } from "cloudflare:workers";
 import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../local/fly-emulator/runner.ts";
-import { successBody } from "../../test/workers/support/engine.ts";
+import { jpegBytes, OUTPUT_HEIGHT, OUTPUT_WIDTH, successBody } from "../../test/workers/support/engine.ts";
 
 /** Machines that start and wait: the bench decides when each one calls back. */
 export class HeldRunner implements MachineRunner {
@@ -32,15 +32,15 @@ export class HeldRunner implements MachineRunner {
 }
 
 /**
- * Bytes of the output a simulated machine uploads before it calls back (the engine HEADs every
- * reported output before a success counts). Small, so 10,000 tasks fit the bench's R2; the
- * makespan model charges the real JPEG's transfer time separately.
+ * Bytes of the output a simulated machine uploads before it calls back (the engine reads the first
+ * bytes of every reported output before a success counts). Small, so 10,000 tasks fit the bench's
+ * R2; the makespan model charges the real JPEG's transfer time separately.
  */
 export const SIM_OUTPUT_BYTES = 1024;
 
-/** What a converting machine's upload leaves behind: its reserved output key, SIM_OUTPUT_BYTES long. */
+/** What a converting machine's upload leaves behind: its reserved output key, a JPEG of SIM_OUTPUT_BYTES with the dimensions successBody reports. */
 export async function uploadOutput(taskEnv: Record<string, string>): Promise<void> {
-  await env.BUCKET.put(taskEnv.OUTPUT_R2_KEY, new Uint8Array(SIM_OUTPUT_BYTES));
+  await env.BUCKET.put(taskEnv.OUTPUT_R2_KEY, jpegBytes(OUTPUT_WIDTH, OUTPUT_HEIGHT, SIM_OUTPUT_BYTES));
 }
 
 /** The success callback fly-worker sends (the tests' body, with the uploaded output's size and a 100 MP scan's timings). */

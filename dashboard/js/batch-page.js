@@ -5,7 +5,7 @@ import { api, enc } from "./api.js";
 import { $, setLive } from "./dom.js";
 import { renderFailures } from "./failures.js";
 import { TERMINAL } from "./format.js";
-import { canFollow, followEvents } from "./sse.js";
+import { canFollow, followEvents, readsNeedToken } from "./sse.js";
 import { renderSummary } from "./summary.js";
 import { createTimeline } from "./timeline.js";
 
@@ -64,17 +64,20 @@ export function showBatch(view, batchId) {
   }
 
   /** The event stream (issue 11 point 1) when the Worker has it; polling otherwise. */
-  function follow() {
+  async function follow() {
     if (!canFollow()) return poll();
     // Until the stream says something, show what there is.
     void refreshStatus();
+    // Reads that need a token are streamed with it (sse.js): GET /health says whether they do.
+    const needsToken = await readsNeedToken();
+    if (stopped) return;
     // The stream opens once the page has loaded: a stream opened before the load event keeps the
     // page loading for as long as the batch runs (chromium --headless --screenshot never shoots).
-    if (document.readyState === "complete") openStream();
-    else window.addEventListener("load", () => !stopped && !stream && openStream(), { once: true });
+    if (document.readyState === "complete") openStream(needsToken);
+    else window.addEventListener("load", () => !stopped && !stream && openStream(needsToken), { once: true });
   }
 
-  function openStream() {
+  function openStream(needsToken) {
     stream = followEvents(`${base}/events`, {
       open: () => setLive("live: event stream"),
       reconnecting: () => setLive("live: reconnecting…"),
@@ -95,7 +98,7 @@ export function showBatch(view, batchId) {
         void refreshStatus();
         void timeline.refresh();
       },
-    });
+    }, { needsToken });
   }
 
   async function act(button, path, label) {
@@ -110,7 +113,7 @@ export function showBatch(view, batchId) {
       timeline.forget();
       // The batch's new state first (a redrive runs again), then follow it if nothing does yet.
       await refreshStatus();
-      if (!stream && !polling) follow();
+      if (!stream && !polling) void follow();
       void timeline.refresh();
     } catch (error) {
       out.className = "error";
@@ -127,7 +130,7 @@ export function showBatch(view, batchId) {
   });
   $("#redrive", view).addEventListener("click", () => void act($("#redrive", view), `/admin/redrive/${enc(batchId)}`, "redrive"));
 
-  follow();
+  void follow();
   void timeline.refresh();
   return () => {
     stopped = true;

@@ -1,16 +1,24 @@
 // Follows a batch's event stream (GET /status/:id/events, issue 11 point 1) with EventSource and
 // tells the page what happened in its own terms; the page polls instead when there is no stream.
+// When the Worker's reads need a token, the stream is read with fetch (event-stream.js), which can
+// send it as a header: EventSource cannot, and a token never goes in a URL.
+import { FetchEventSource } from "./event-stream.js";
+import { readToken, readsNeedToken } from "./tokens.js";
 
 /** EventSource exists here (it does in every browser the dashboard targets; not in some embedders). */
 export const canFollow = () => typeof EventSource !== "undefined";
+
+/** Whether followEvents must send the read token (GET /health says reads need one). */
+export { readsNeedToken };
 
 /**
  * Opens the stream at `url`. Handlers: open(), reconnecting(), unavailable() (the route answered
  * 404 or not an event stream: the source is closed for good), progress(counts), change() (a phase
  * began, a task failed or a redrive started: re-read the status), final() (done, failed or error of
- * the run being followed: the stream is closed). Returns { close() }.
+ * the run being followed: the stream is closed). `needsToken`: read it with the read token
+ * (readsNeedToken() said so). Returns { close() }.
  */
-export function followEvents(url, handlers) {
+export function followEvents(url, handlers, { needsToken = false } = {}) {
   let opened = false;
   // The batch's run (0 the first, N redrive N), from the stream's first progress event: a done,
   // failed or error of an earlier run is replayed history after a reset and a redrive, not the end.
@@ -18,7 +26,10 @@ export function followEvents(url, handlers) {
   const later = (data) => {
     if (data && typeof data.run === "number" && data.run > run) run = data.run;
   };
-  let source = new EventSource(url);
+  let source = needsToken ? new FetchEventSource(url, async () => {
+    const token = await readToken();
+    return token ? `Bearer ${token}` : null;
+  }) : new EventSource(url);
   const close = () => {
     source?.close();
     source = null;
@@ -31,7 +42,7 @@ export function followEvents(url, handlers) {
     // The stream's own `event: error` (a batch ended in ERROR) reaches onerror too: not a connection problem.
     if (e instanceof MessageEvent) return;
     // A 404 (no stream route) or a non-event-stream answer closes the source for good.
-    if (source && source.readyState === EventSource.CLOSED) {
+    if (source && source.readyState === 2 /* CLOSED, for both kinds of source */) {
       close();
       handlers.unavailable();
     } else if (opened) handlers.reconnecting();

@@ -15,3 +15,12 @@ export const RECHECK_MS = 5_000;
 export const RETIRE_GRACE_MS = 30_000;
 /** A credential outlives its attempt's hard limits by this much (clock skew, a slow callback). */
 export const CREDENTIAL_GRACE_MS = 5 * 60_000;
+/**
+ * A presigned PUT of an output lives this long from when the machine asks for it, right before its
+ * upload (and never past its attempt's credential): a URL cannot be revoked, so a reset or a
+ * superseded attempt leaves at most this window in which a URL already handed out can still write.
+ * S3 and R2 check expiry when the request starts, so a long upload begun in time completes.
+ */
+export const OUTPUT_URL_TTL_MS = 5 * 60_000;
+/** A pool machine's renewed lease credential lives this many lease timeouts; every lease and heartbeat answer renews it. */
+export const LEASE_TOKEN_TIMEOUTS = 2;

@@ -6,6 +6,10 @@ import type { StatusBody } from "./views.ts";
 
 /** Open streams one batch serves at most; past it, 429. */
 export const MAX_STREAMS = 20;
+/** Open streams of one batch one client (its address) holds at most: one client cannot take every slot. */
+export const MAX_STREAMS_PER_CLIENT = 4;
+/** How the Worker tells the batch's DO which client opens a stream (CF-Connecting-IP, set by Cloudflare). */
+export const CLIENT_HEADER = "x-fanout-client";
 const PROGRESS_EVERY_MS = 500;
 const KEEPALIVE_MS = 15_000;
 const TERMINAL = new Set(["done", "failed", "error"]);
@@ -18,7 +22,8 @@ export function sseFrame(type: string, data: unknown, id?: number): string {
 }
 
 export class LiveStreams {
-  private readonly writers = new Set<WritableStreamDefaultWriter<Uint8Array>>();
+  /** Open streams, each with the client that holds it. */
+  private readonly writers = new Map<WritableStreamDefaultWriter<Uint8Array>, string>();
   private readonly snapshot: () => StatusBody | null;
   private lastProgress = "";
   private lastId = 0;
@@ -34,10 +39,23 @@ export class LiveStreams {
     return this.writers.size;
   }
 
-  /** A new stream: stored events after `after`, the current progress, then live events. */
-  open(after: number, eventsAfter: (id: number) => { id: number; type: string; data: string }[], lastId: number): Response {
+  /** Streams `client` holds open. */
+  heldBy(client: string): number {
+    let n = 0;
+    for (const c of this.writers.values()) if (c === client) n++;
+    return n;
+  }
+
+  /** A new stream for `client`: stored events after `after`, the current progress, then live events. */
+  open(after: number, eventsAfter: (id: number) => { id: number; type: string; data: string }[], lastId: number, client = "unknown"): Response {
     if (this.writers.size >= MAX_STREAMS) {
       return Response.json({ error: `too many open event streams for this batch (at most ${MAX_STREAMS}); poll GET /status instead` }, { status: 429, headers: { "retry-after": "10" } });
+    }
+    if (this.heldBy(client) >= MAX_STREAMS_PER_CLIENT) {
+      return Response.json(
+        { error: `too many open event streams for this batch from one client (at most ${MAX_STREAMS_PER_CLIENT}); close one, or poll GET /status instead` },
+        { status: 429, headers: { "retry-after": "10" } },
+      );
     }
     const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
     const writer = writable.getWriter();
@@ -70,7 +88,12 @@ export class LiveStreams {
     if (status) text += sseFrame("progress", progressOf(status));
     text += replay;
     void writer.write(encoder.encode(text)).catch(() => this.drop(writer));
-    this.writers.add(writer);
+    this.writers.set(writer, client);
+    // A client that goes away cancels the readable side, which errors the writer: its slot is free at once.
+    writer.closed.then(
+      () => this.drop(writer),
+      () => this.drop(writer),
+    );
     this.keepalive ??= setInterval(() => this.send(": keep-alive\n\n"), KEEPALIVE_MS);
     return this.response(readable);
   }
@@ -86,7 +109,7 @@ export class LiveStreams {
     if (TERMINAL.has(type)) this.flush();
     this.send(sseFrame(type, data, id));
     if (TERMINAL.has(type)) {
-      for (const w of [...this.writers]) {
+      for (const w of [...this.writers.keys()]) {
         void w.close().catch(() => undefined);
         this.drop(w);
       }
@@ -115,7 +138,7 @@ export class LiveStreams {
 
   private send(text: string): void {
     const bytes = encoder.encode(text);
-    for (const w of this.writers) void w.write(bytes).catch(() => this.drop(w));
+    for (const w of this.writers.keys()) void w.write(bytes).catch(() => this.drop(w));
   }
 
   private drop(w: WritableStreamDefaultWriter<Uint8Array>): void {

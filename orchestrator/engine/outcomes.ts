@@ -1,15 +1,15 @@
-// How a task's attempt ends: a callback (checked against the attempt its credential names and
-// against the objects it claims to have written), a failure retried within the phase's budget,
-// and the reservation of extra output keys an attempt asks for before it writes them.
+// How a task's attempt ends: a callback (checked against the attempt and epoch its credential
+// names and against the objects it claims to have written: engine/verify.ts), or a failure retried
+// within the phase's budget. Output reservations are engine/reserve.ts.
 import { describeZodError, type FileEntry } from "../../shared/contracts.ts";
 import { backoffMs } from "../../shared/backoff.ts";
 import { log } from "../log.ts";
 import { getPhase } from "../phases/index.ts";
-import type { BatchMeta, TaskRow } from "../store/index.ts";
-import { keyProblem } from "../../shared/keys.ts";
-import { presign } from "./access.ts";
-import { type Engine, taskView } from "./context.ts";
-import { outputAccess, overwrites, outputContentTypeOf } from "./outputs.ts";
+import type { AttemptRow, BatchMeta, TaskRow } from "../store/index.ts";
+import { type Engine, RETIRE_GRACE_MS, taskView } from "./context.ts";
+import { machineGone } from "./machines.ts";
+import { type Credential, staleCredential } from "./reserve.ts";
+import { verifyOutputs } from "./verify.ts";
 import { logsCommand } from "./views.ts";
 
 /** Ends the task's current attempt as failed: retried with backoff, or FAILED for good. Call inside a transaction. */
@@ -31,11 +31,11 @@ export function failAttempt(e: Engine, meta: BatchMeta, task: TaskRow, error: st
 }
 
 export interface CallbackReply {
-  code: 200 | 400 | 401 | 404;
+  code: 200 | 400 | 401 | 404 | 409;
   body: {
     ok?: boolean;
     outcome?: "done" | "error_recorded" | "ignored";
-    reason?: "duplicate" | "earlier_phase" | "superseded";
+    reason?: "duplicate" | "earlier_phase" | "superseded" | "already_reported";
     task_status?: string;
     late?: boolean;
     error?: string;
@@ -47,18 +47,23 @@ export interface CallbackReply {
 const OPEN = new Set(["creating", "booting", "running"]);
 
 /**
- * A callback from attempt `attempt` of `taskId` (the attempt its credential names). Only the
- * current, open attempt can fail the task; a superseded attempt's error is recorded on its own
- * history, and its success counts only when every output it names checks out. Replays change nothing.
+ * A callback from attempt `credential.attempt` of `taskId` (the attempt its credential names, minted
+ * in `credential.epoch`). A credential of an earlier epoch (the batch was reset or redriven since)
+ * is refused. Only the current, open attempt can fail the task; a superseded attempt's error is
+ * recorded on its own history, and its success counts only when every output it names checks out.
+ * An attempt that reported an error, or whose success failed the checks, never settles the task
+ * later: its callbacks cost no storage read, and a success after its own error destroys its
+ * machine. Replays change nothing and read no storage.
  */
-export async function settleCallback(e: Engine, taskId: string, attempt: number, raw: unknown): Promise<CallbackReply> {
+export async function settleCallback(e: Engine, taskId: string, credential: Pick<Credential, "attempt" | "epoch">, raw: unknown): Promise<CallbackReply> {
+  const attempt = credential.attempt;
   const meta = e.store.getMeta();
   if (!meta) return { code: 404, body: { error: "unknown batch" } };
   let task = e.store.getTask(taskId);
   if (!task) return { code: 404, body: { error: "unknown task", batch_id: meta.batch_id, task_id: taskId } };
-  if (attempt > task.attempt || !e.store.getAttempt(taskId, attempt)) {
-    return { code: 401, body: { error: `attempt ${attempt} of ${taskId} never ran`, batch_id: meta.batch_id, task_id: taskId } };
-  }
+  const row = e.store.getAttempt(taskId, attempt);
+  const stale = staleCredential(meta, task, credential, row !== null);
+  if (stale) return { code: stale.code, body: { error: stale.error, batch_id: meta.batch_id, task_id: taskId } };
   const phase = getPhase(task.phase);
   const parsed = phase.callback.safeParse(raw);
   if (!parsed.success) return { code: 400, body: { error: `invalid body: ${describeZodError(parsed.error)}` } };
@@ -68,13 +73,18 @@ export async function settleCallback(e: Engine, taskId: string, attempt: number,
     log("Callback", "ignored", { ...fields, reason, state: task.state });
     return { code: 200, body: { ok: true, outcome: "ignored", reason, task_status: task.state } };
   }
-  const isCurrent = (t: TaskRow) => t.attempt === attempt && OPEN.has(t.state);
   const outcome = phase.result(taskView(meta, { ...task, attempt }), parsed.data);
-  let verdict: { ok: true; add: FileEntry[] } | { ok: false; error: string; retryable: boolean };
+  if (row!.verdict !== null) {
+    const reply = alreadyReported(e, meta, task, row!, outcome.ok, fields);
+    if (reply.code === 409) await e.wake(Date.now()); // its machine is destroyed at once
+    return reply;
+  }
+  const isCurrent = (t: TaskRow) => t.attempt === attempt && OPEN.has(t.state);
+  let verdict: { ok: true; add: FileEntry[] } | { ok: false; error: string; retryable: boolean; refused?: boolean };
   if (!outcome.ok) verdict = outcome;
   else {
-    const problem = await verifyOutputs(e, task, outcome.add);
-    verdict = problem ? { ok: false, error: problem, retryable: true } : { ok: true, add: outcome.add };
+    const checked = await verifyOutputs(e, phase, task, outcome.add);
+    verdict = checked.ok ? { ok: true, add: checked.files } : { ok: false, error: checked.error, retryable: true, refused: true };
     // The checks read storage: the task may have moved meanwhile.
     task = e.store.getTask(taskId)!;
     if (task.state === "done" || task.state === "failed") {
@@ -84,8 +94,11 @@ export async function settleCallback(e: Engine, taskId: string, attempt: number,
   const now = Date.now();
   const current = isCurrent(task);
   if (!verdict.ok && !current) {
-    // A superseded attempt cannot fail the live one: its error goes on its own history.
-    e.store.noteAttempt(taskId, attempt, `late callback: ${verdict.error}`);
+    // A superseded attempt cannot fail the live one: its error goes on its own history, and it never wins later.
+    e.store.transaction(() => {
+      e.store.noteAttempt(taskId, attempt, `late callback: ${verdict.error}`);
+      e.store.setVerdict(taskId, attempt, verdict.refused ? "refused" : "error");
+    });
     log("Callback", "superseded_error_recorded", { ...fields, current_attempt: task.attempt, error: verdict.error });
     return { code: 200, body: { ok: true, outcome: "ignored", reason: "superseded", task_status: task.state } };
   }
@@ -109,12 +122,15 @@ export async function settleCallback(e: Engine, taskId: string, attempt: number,
       if (outcome.ok && outcome.inputFields) e.store.annotateFile(settled.input_key, outcome.inputFields);
     } else {
       failAttempt(e, meta, settled, verdict.error, verdict.retryable, now);
+      e.store.setVerdict(taskId, attempt, verdict.refused ? "refused" : "error");
     }
     // A single-task machine is done with its one task (it exits by itself when it called back;
-    // when another attempt settled the task, the current machine is moot and is destroyed).
+    // when another attempt settled the task, the current machine is moot and is destroyed). One
+    // that reported an error or a refused success is destroyed unless it has exited within the grace.
     if (holder && holder.task_id && holder.state !== "gone") {
       e.store.updateWorker(holder.worker_id, { state: "gone" });
       if (holder.attempt !== attempt && holder.machine_id) e.store.addOrphan(holder.machine_id, "task settled by an earlier attempt", now);
+      else if (!verdict.ok && holder.machine_id) e.store.addOrphan(holder.machine_id, `attempt ${attempt} ended: ${verdict.error}`.slice(0, 500), now + RETIRE_GRACE_MS);
     }
   });
   log("Callback", verdict.ok ? "task_done" : "task_error", {
@@ -125,70 +141,27 @@ export async function settleCallback(e: Engine, taskId: string, attempt: number,
   return { code: 200, body: { ok: true, outcome: verdict.ok ? "done" : "error_recorded", late: !current } };
 }
 
-/** Each reported output must be a key reserved for this task and exist with the reported size. */
-async function verifyOutputs(e: Engine, task: TaskRow, outputs: FileEntry[]): Promise<string | null> {
-  const reserved = new Map(e.store.outputsOf(task.task_id).map((o) => [o.key, o.page]));
-  for (const [i, o] of outputs.entries()) {
-    if (reserved.has(o.r2_key)) continue;
-    // Images on the old contract (opt-in) derive page keys themselves: reserve them now if free.
-    const legacy = e.config.MACHINE_STORAGE === "legacy-keys" && e.store.reserveOutput(o.r2_key, task.task_id, i + 1);
-    if (!legacy) return `output ${o.r2_key} was not reserved for ${task.task_id}`;
-  }
-  const store = e.objects();
-  const heads = await Promise.all(outputs.map(async (o) => ({ o, head: await store.head(o.r2_key) })));
-  for (const { o, head } of heads) {
-    if (!head) return `output ${o.r2_key} does not exist`;
-    if (head.size !== o.file_size) return `output ${o.r2_key} is ${head.size} bytes, not the ${o.file_size} reported`;
-  }
-  return null;
-}
-
-export type ReserveReply =
-  | { code: 200; body: { batch_id: string; task_id: string; attempt: number; outputs: { page: number; r2_key: string; url: string; headers: Record<string, string> }[] } }
-  | { code: 401 | 404 | 409 | 400; body: { error: string } };
-
 /**
- * Reserves keys for pages 2…`pages` of a task's output (page 1 was reserved at plan time), each
- * the first of the phase's candidates that no file, object or other task has, and answers a
- * presigned PUT for each with the headers it signs (outputs.ts outputAccess: an already reserved
- * key — a retry's — is checked again in storage). Idempotent: asking again returns the same keys.
+ * A callback from an attempt that already reported an error (or whose success was refused): it
+ * changes nothing and reads no storage. A success after its own error is not a machine telling the
+ * truth — the machine that sent it is destroyed at once.
  */
-export async function reserveOutputs(e: Engine, taskId: string, attempt: number, pages: number, expiresAt: number): Promise<ReserveReply> {
-  const meta = e.store.getMeta();
-  const task = meta ? e.store.getTask(taskId) : null;
-  if (!meta || !task) return { code: 404, body: { error: "unknown batch or task" } };
-  if (!e.store.getAttempt(taskId, attempt)) return { code: 401, body: { error: `attempt ${attempt} of ${taskId} never ran` } };
-  if (attempt !== task.attempt || !OPEN.has(task.state)) {
-    return { code: 409, body: { error: `attempt ${attempt} is no longer the running attempt of ${taskId}` } };
+function alreadyReported(e: Engine, meta: BatchMeta, task: TaskRow, row: AttemptRow, success: boolean, fields: Record<string, unknown>): CallbackReply {
+  // An error again, or its refused success again (a retry of the same callback): a copy, nothing more.
+  if (!success || row.verdict === "refused") {
+    log("Callback", "ignored", { ...fields, reason: "already_reported", verdict: row.verdict });
+    return { code: 200, body: { ok: true, outcome: "ignored", reason: "already_reported", task_status: task.state } };
   }
-  const phase = getPhase(task.phase);
-  if (!phase.pageKeyCandidates) return { code: 400, body: { error: `phase ${phase.name} writes one output per task` } };
-  const store = e.objects();
-  const replace = overwrites(meta);
-  const have = new Map(e.store.outputsOf(taskId).map((o) => [o.page, o.key]));
-  const fresh = new Set<string>();
-  for (let page = 2; page <= pages; page++) {
-    if (have.has(page)) continue;
-    for (const candidate of phase.pageKeyCandidates(task.output_key, page)) {
-      const problem = keyProblem(candidate);
-      if (problem) return { code: 400, body: { error: `page ${page} of ${task.input_key} has no valid output key: ${candidate} is not a canonical object key: ${problem}` } };
-      if (e.store.keyTaken(candidate)) continue;
-      // Never an existing object (one outside the batch's file list, say), unless the batch overwrites.
-      if (!replace && (await store.head(candidate))) continue;
-      if (e.store.reserveOutput(candidate, taskId, page)) {
-        have.set(page, candidate);
-        fresh.add(candidate);
-        break;
-      }
-    }
-  }
-  const outputs = [];
-  for (let page = 2; page <= pages; page++) {
-    const key = have.get(page)!;
-    const access = await outputAccess(e, meta, task, key, outputContentTypeOf(phase, page), fresh.has(key) ? "absent" : undefined);
-    if (!access.ok) return { code: 409, body: { error: access.reason } };
-    outputs.push({ page, r2_key: key, url: await presign(e.config, "PUT", key, expiresAt, Date.now(), access.headers), headers: access.headers });
-  }
-  log("DO", "outputs_reserved", { batch_id: meta.batch_id, task_id: taskId, attempt, pages });
-  return { code: 200, body: { batch_id: meta.batch_id, task_id: taskId, attempt, outputs } };
+  const now = Date.now();
+  const said = "reported an error";
+  const reason = `attempt ${row.attempt} sent a success after it ${said}`;
+  e.store.transaction(() => {
+    e.store.noteAttempt(task.task_id, row.attempt, `refused a success after it ${said}`);
+    // Its machine row (a pool machine's too: whatever else it holds is retried elsewhere), then the machine itself.
+    const worker = e.store.getWorker(row.machine_name);
+    if (worker && worker.state !== "gone" && (worker.machine_id === null || worker.machine_id === row.machine_id)) machineGone(e, meta, worker, reason, now);
+    if (row.machine_id) e.store.orphanNow(row.machine_id, reason, now);
+  });
+  log("Callback", "success_after_report_refused", { ...fields, verdict: row.verdict, machine_id: row.machine_id });
+  return { code: 409, body: { error: `attempt ${row.attempt} of ${task.task_id} already ${said}; it cannot settle the task (its machine is destroyed)` } };
 }

@@ -4,7 +4,8 @@
 // replaces an object it did not write unless its message says `"overwrite": true`: every PUT URL
 // signs the content type, the writer (x-amz-meta-fanout-writer: batch/task) and a condition storage
 // enforces itself — If-None-Match: * while there is no object, If-Match: "<etag>" when the object
-// is this same task's earlier upload (a retry after a lost callback replaces exactly that).
+// is this same task's earlier upload (a retry after a lost callback replaces exactly that) or,
+// with "overwrite", the object the batch replaces on purpose.
 import { directoryOf, keyProblem, underPlace, WRITER_METADATA } from "../../shared/keys.ts";
 import type { Config } from "../config.ts";
 import { StorageError } from "../storage.ts";
@@ -60,12 +61,13 @@ export type OutputAccess = { ok: true; headers: Record<string, string> } | { ok:
 /**
  * How the current attempt of `task` may write `key` (one HEAD): no object → If-None-Match: *;
  * this task's own earlier upload → If-Match: its ETag; any other object → refused, unless the
- * batch overwrites (then no condition). `known` skips the HEAD when the caller has just seen no object.
+ * batch overwrites — then If-Match: that object's ETag, so the URL replaces exactly the object seen
+ * and nothing written after it (a URL of a dead attempt cannot undo a later one's output).
+ * `known` skips the HEAD when the caller has just seen no object.
  */
 export async function outputAccess(e: Engine, meta: BatchMeta, task: TaskRow, key: string, contentType: string, known?: "absent"): Promise<OutputAccess> {
   const writer = writerOf(meta, task);
   const headers = { "content-type": contentType, [`x-amz-meta-${WRITER_METADATA}`]: writer };
-  if (overwrites(meta)) return { ok: true, headers };
   if (known === "absent") return { ok: true, headers: { ...headers, "if-none-match": "*" } };
   let head;
   try {
@@ -75,7 +77,7 @@ export async function outputAccess(e: Engine, meta: BatchMeta, task: TaskRow, ke
     return { ok: false, reason: `checking output ${key} in storage failed: ${message}`, retryable: !(error instanceof StorageError) || error.retryable };
   }
   if (head === null) return { ok: true, headers: { ...headers, "if-none-match": "*" } };
-  if (head.metadata[WRITER_METADATA] === writer) return { ok: true, headers: { ...headers, "if-match": `"${head.etag}"` } };
+  if (head.metadata[WRITER_METADATA] === writer || overwrites(meta)) return { ok: true, headers: { ...headers, "if-match": `"${head.etag}"` } };
   if (e.config.MACHINE_STORAGE === "legacy-keys" && task.attempt > 1) {
     // The old contract writes with the key pair and no writer metadata: after a first attempt the
     // object may be this task's own upload, which cannot be told from another's.

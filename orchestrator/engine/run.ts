@@ -14,9 +14,6 @@ import { failAttempt } from "./outcomes.ts";
 import { decide, type SchedulerState } from "./schedule.ts";
 import { sizePool } from "./sizing.ts";
 
-/** A pool machine's lease credential outlives any one task; the engine retires the machine itself. */
-export const POOL_TOKEN_TTL_MS = 12 * 3_600_000;
-
 /** Boot time the pool sizing assumes (image pull and Node start on a warm Fly host). */
 export const SIZING_BOOT_S = 5;
 
@@ -250,7 +247,9 @@ async function launchPool(e: Engine, meta: BatchMeta, phase: Phase, n: number): 
         PHASE: phase.name,
         WORKER_ID: id,
         LEASE_URL: leaseUrl(c, meta.batch_id),
-        LEASE_TOKEN: await leaseToken(e, meta.batch_id, id, now + POOL_TOKEN_TTL_MS),
+        // Good for the machine's first lease only: until its boot limit, and only from the machine
+        // the engine created for this row (engine/pool.ts); every answer then renews it, briefly.
+        LEASE_TOKEN: await leaseToken(e, meta, id, now + CREATE_ANSWER_MS + limits.bootTimeoutMs),
         IDLE_TIMEOUT_MS: String(c.POOL_IDLE_TIMEOUT_MS),
         POOL_CONCURRENCY: String(slots),
         // Per slot: what one task may use.

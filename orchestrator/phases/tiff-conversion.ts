@@ -76,18 +76,24 @@ export function conversionSettings(processingConfig: unknown): { ok: true; env: 
   return { ok: true, env };
 }
 
+/**
+ * The callback's JPEGs as file entries: named by their keys (which the engine checks are reserved
+ * for the task), never by a name the machine sent; the reported size and dimensions are checked
+ * against the objects themselves before they count (engine/verify.ts).
+ */
 function outputsOf(task: TaskView, cb: Extract<CallbackBody, { status: "success" }>): FileEntry[] {
   const dir = task.output_key.slice(0, task.output_key.lastIndexOf("/") + 1);
   const listed = cb.outputs && cb.outputs.length > 0
     ? cb.outputs
-    : [{ r2_key: cb.output_r2_key, file_name: cb.output_file_name, file_size: cb.output_file_size }];
+    : [{ r2_key: cb.output_r2_key, file_size: cb.output_file_size, width: cb.width, height: cb.height }];
   return listed.map((o) => ({
     r2_key: o.r2_key,
     logical_path: dir + fileName(o.r2_key),
-    file_name: o.file_name,
+    file_name: fileName(o.r2_key),
     file_size: o.file_size,
     content_type: "image/jpeg",
     source_r2_key: task.input_key,
+    ...(o.width !== undefined && o.height !== undefined ? { width: o.width, height: o.height } : {}),
   }));
 }
 

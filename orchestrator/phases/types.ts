@@ -105,6 +105,11 @@ export interface Phase<Callback = unknown> {
   pageKeyCandidates?(outputKey: string, page: number): Iterable<string>;
   /** Content type of output `page` when the phase writes more than one kind (a JPEG and a PDF per page). */
   pageContentType?(page: number): string;
-  /** How a checked callback maps to the task's outcome. The files it adds must be outputs reserved for the task. */
+  /**
+   * How a checked callback maps to the task's outcome. The files it adds must be outputs reserved
+   * for the task; the engine reads each one's first bytes before the success counts (engine/verify.ts)
+   * and names it by its reserved key, never by a name the machine sent. A `width` and `height` on an
+   * added JPEG are the machine's report, checked against the JPEG's own frame header.
+   */
   result(task: TaskView, callback: Callback): TaskOutcome;
 }

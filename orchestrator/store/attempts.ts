@@ -14,6 +14,11 @@ export interface AttemptRow {
   ended_at: number | null;
   /** What happened after the attempt ended (a late callback from it, say). */
   note: string | null;
+  /**
+   * What the attempt's own callbacks came to: `error` (it reported an error) or `refused` (its
+   * success failed the output checks). Either way it can never settle the task later.
+   */
+  verdict: "error" | "refused" | null;
 }
 
 export class AttemptQueries extends Queries {
@@ -74,6 +79,11 @@ export class AttemptQueries extends Queries {
       (this.db.exec<AttemptRow & Record<string, SqlStorageValue>>("SELECT * FROM attempts WHERE task_id = ? AND attempt = ?", taskId, attempt)[0] as AttemptRow) ??
       null
     );
+  }
+
+  /** Records what the attempt's own callback came to (an error it reported, a success refused): it never wins later. */
+  setVerdict(taskId: string, attempt: number, verdict: "error" | "refused"): void {
+    this.db.run("UPDATE attempts SET verdict = ? WHERE task_id = ? AND attempt = ? AND verdict IS NULL", verdict, taskId, attempt);
   }
 
   /** Adds to an attempt's history without changing its outcome (a late callback from it, say). */

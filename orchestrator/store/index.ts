@@ -120,6 +120,8 @@ export class BatchStore {
   keyTaken: OutputQueries["keyTaken"] = (...a) => this.#outputs.keyTaken(...a);
   reserveOutput: OutputQueries["reserveOutput"] = (...a) => this.#outputs.reserveOutput(...a);
   outputsOf: OutputQueries["outputsOf"] = (...a) => this.#outputs.outputsOf(...a);
+  outputOf: OutputQueries["outputOf"] = (...a) => this.#outputs.outputOf(...a);
+  lastPageOf: OutputQueries["lastPageOf"] = (...a) => this.#outputs.lastPageOf(...a);
 
   // tasks.ts, counts.ts
   insertTask: TaskQueries["insertTask"] = (...a) => this.#tasks.insertTask(...a);
@@ -145,6 +147,7 @@ export class BatchStore {
   dropAttempt: AttemptQueries["dropAttempt"] = (...a) => this.#attempts.dropAttempt(...a);
   getAttempt: AttemptQueries["getAttempt"] = (...a) => this.#attempts.getAttempt(...a);
   noteAttempt: AttemptQueries["noteAttempt"] = (...a) => this.#attempts.noteAttempt(...a);
+  setVerdict: AttemptQueries["setVerdict"] = (...a) => this.#attempts.setVerdict(...a);
   recentFailures: AttemptQueries["recentFailures"] = (...a) => this.#attempts.recentFailures(...a);
   attemptsOf: AttemptQueries["attemptsOf"] = (...a) => this.#attempts.attemptsOf(...a);
 
@@ -158,6 +161,7 @@ export class BatchStore {
 
   // orphans.ts
   addOrphan: OrphanQueries["addOrphan"] = (...a) => this.#orphans.addOrphan(...a);
+  orphanNow: OrphanQueries["orphanNow"] = (...a) => this.#orphans.orphanNow(...a);
   dueOrphans: OrphanQueries["dueOrphans"] = (...a) => this.#orphans.dueOrphans(...a);
   orphanDone: OrphanQueries["orphanDone"] = (...a) => this.#orphans.orphanDone(...a);
   orphanRetry: OrphanQueries["orphanRetry"] = (...a) => this.#orphans.orphanRetry(...a);

@@ -59,6 +59,11 @@ export interface BatchMeta {
    * pipeline when it named none. Null for batches recorded before migration 8: they end after their phase.
    */
   pipeline_json: string | null;
+  /**
+   * Raised by every reset and redrive: each machine credential names the epoch it was minted in,
+   * and one of an earlier epoch is refused (every outstanding attempt's powers end there).
+   */
+  epoch: number;
 }
 
 /** Batch-level warnings kept (the newest). */

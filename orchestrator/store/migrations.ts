@@ -187,4 +187,9 @@ export const MIGRATIONS: string[] = [
      sha256 BLOB NOT NULL,
      PRIMARY KEY (redrive, part)
    ) WITHOUT ROWID;`,
+  // 10: credentials die with their purpose — the batch's epoch (raised by every reset and redrive;
+  // a machine credential of an earlier epoch is refused), and what an attempt said about itself
+  // (an attempt that reported an error, or whose success failed its checks, never wins later).
+  `ALTER TABLE meta ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE attempts ADD COLUMN verdict TEXT;`,
 ];

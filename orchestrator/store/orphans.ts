@@ -12,6 +12,16 @@ export class OrphanQueries extends Queries {
     );
   }
 
+  /** Destroys `machineId` at the next alarm, even if it was due later (a machine caught lying). */
+  orphanNow(machineId: string, reason: string, now: number): void {
+    this.db.run(
+      "INSERT INTO orphan_machines (machine_id, reason, next_at) VALUES (?, ?, ?) ON CONFLICT (machine_id) DO UPDATE SET next_at = MIN(next_at, excluded.next_at)",
+      machineId,
+      reason,
+      now,
+    );
+  }
+
   dueOrphans(now: number, limit: number): { machine_id: string; tries: number }[] {
     return this.db.exec<{ machine_id: string; tries: number }>(
       "SELECT machine_id, tries FROM orphan_machines WHERE next_at <= ? ORDER BY next_at LIMIT ?",

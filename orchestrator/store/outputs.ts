@@ -19,6 +19,16 @@ export class OutputQueries extends Queries {
     return this.db.run("INSERT INTO outputs (key, task_id, page) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", key, taskId, page) > 0;
   }
 
+  /** The key reserved as page `page` of a task, or null (one lookup on outputs_task_page). */
+  outputOf(taskId: string, page: number): string | null {
+    return this.db.exec<{ key: string }>("SELECT key FROM outputs WHERE task_id = ? AND page = ?", taskId, page)[0]?.key ?? null;
+  }
+
+  /** The highest page reserved for a task (0 when none): one lookup on outputs_task_page. */
+  lastPageOf(taskId: string): number {
+    return this.db.exec<{ p: number | null }>("SELECT MAX(page) AS p FROM outputs WHERE task_id = ?", taskId)[0]?.p ?? 0;
+  }
+
   /** The keys reserved for a task, by page. */
   outputsOf(taskId: string): { key: string; page: number }[] {
     return this.db.exec<{ key: string; page: number }>("SELECT key, page FROM outputs WHERE task_id = ? ORDER BY page", taskId);

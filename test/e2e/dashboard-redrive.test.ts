@@ -4,19 +4,17 @@
 // warning and offers no redrive; and plain `chromium --headless --screenshot` captures a batch page
 // while the batch runs (the live stream opens after the page's load event).
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium, type BrowserContext, type Page } from "playwright-core";
+import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TERMINAL } from "../../local/api.ts";
 import { generateSamples } from "../../local/samples.ts";
 import { submitBatch } from "../../local/submit.ts";
+import { CHROMIUM, FLAGS, openBrowser, type Browser } from "./support/browser.ts";
 import { startE2EStack, type E2EStack } from "./support/stack.ts";
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
 const TASKS = 20;
 
 /** Plain `chromium --headless --screenshot` of `url`: resolves with its exit code, or "hung" when it has not exited after `limitMs`. */
@@ -41,19 +39,15 @@ async function plainScreenshot(url: string, file: string, limitMs: number): Prom
 
 describe("the dashboard across reset and redrive", () => {
   let stack: E2EStack;
-  let browser: BrowserContext;
+  let browser: Browser;
   let page: Page;
-  let profile: string;
 
   beforeAll(async () => {
-    if (!existsSync(CHROMIUM)) throw new Error(`no chromium at ${CHROMIUM}: install Debian's package (apt-get install -y chromium) or set CHROMIUM_PATH`);
+    browser = await openBrowser();
+    page = browser.page;
     // Two machines at a time, each booting for 2 s: a 20-task batch runs for 20 s or more, long
     // enough to reset it mid-run, and its redrive long enough to screenshot while it runs.
     stack = await startE2EStack({ vars: { MAX_CONCURRENT_MACHINES: "2" }, emulator: { faults: { bootDelayMs: 2000 } } });
-    profile = await mkdtemp(join(tmpdir(), "fanout-chromium-"));
-    browser = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, args: FLAGS, viewport: { width: 1280, height: 1000 } });
-    page = browser.pages()[0] ?? (await browser.newPage());
-    page.on("pageerror", (error) => console.error(`[browser] page error: ${error.message}`));
     // Every text the header's live note shows, so a failure says how the page followed the batch.
     await page.addInitScript({
       content: `globalThis.__live = [];
@@ -77,7 +71,6 @@ describe("the dashboard across reset and redrive", () => {
   afterAll(async () => {
     await browser?.close();
     await stack?.dispose();
-    if (profile) await rm(profile, { recursive: true, force: true });
   });
 
   it("a batch with nothing to do shows the warning and offers no redrive", async () => {

@@ -23,7 +23,7 @@ const HEARTBEAT_MS = Math.max(500, Math.floor(LEASE_TIMEOUT_MS / 3));
 const SMALL = 4;
 
 interface ProxyRecord {
-  /** Lease answers per machine (its bearer token), in order. */
+  /** Lease answers per machine (the machine_id its lease request names; its bearer token is renewed by every answer), in order. */
   leases: Map<string, number[]>;
   /** Each heartbeat's task and answer, and when the answer came. */
   heartbeats: { task: string; status: number; at: number }[];
@@ -39,7 +39,7 @@ async function startFaultProxy(target: string, retried: string, record: ProxyRec
     let held = await readForwarded(req);
     const path = held.path.split("?")[0];
     if (held.method === "POST" && /^\/lease\/[^/]+$/.test(path)) {
-      const who = held.headers.authorization ?? "";
+      const who = String((JSON.parse(held.body.toString("utf8")) as { machine_id?: unknown }).machine_id);
       const answers = record.leases.get(who) ?? [];
       record.leases.set(who, answers);
       if (answers.length < 2) {

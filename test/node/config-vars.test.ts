@@ -7,8 +7,8 @@ import { ConfigSchema } from "../../orchestrator/config.ts";
 
 /** Values chosen per deployment, not the code's fallback (FLY_REGIONS: the code accepts none). */
 const DEPLOYMENT_CHOICES = new Set(["FLY_REGIONS"]);
-/** Secrets a deployment may leave unset (READ_TOKEN unset: status reads are open); never valued in vars. */
-const OPTIONAL_SECRETS = new Set(["READ_TOKEN"]);
+/** Keys the config reads that are neither a var nor a declared secret (none: wrangler dev --env-file passes on nothing else). */
+const OPTIONAL_SECRETS = new Set<string>();
 
 async function wranglerConfig(): Promise<{ vars: Record<string, string>; secrets: string[] }> {
   const text = await readFile(new URL("../../wrangler.jsonc", import.meta.url), "utf8");

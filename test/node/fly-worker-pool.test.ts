@@ -75,6 +75,10 @@ interface LeaseServer {
   lost: Set<string>;
   /** When each task was handed out. */
   leasedAt: Map<string, number>;
+  /** Renewed lease credentials this server handed out (renew mode), oldest first. */
+  issued: string[];
+  /** The credential each accepted lease or heartbeat request carried, in order. */
+  used: string[];
   close(): Promise<void>;
 }
 
@@ -104,7 +108,14 @@ async function planTask(batchId: string, inputName: string): Promise<PlannedTask
  * Starts a lease server for one batch and one worker. `plan(n)` answers the n-th lease request
  * (1-based); by default tasks are handed out in order, then `done`.
  */
-async function startLeaseServer(options: { tasks: PlannedTask[]; plan?: (n: number, next: () => LeasePlan, server: LeaseServer) => LeasePlan; heartbeatMs?: number; batchId: string }): Promise<LeaseServer> {
+async function startLeaseServer(options: {
+  tasks: PlannedTask[];
+  plan?: (n: number, next: () => LeasePlan, server: LeaseServer) => LeasePlan;
+  heartbeatMs?: number;
+  batchId: string;
+  /** As the engine does: every answer carries a renewed credential, and only the newest (or the one before, still in flight) is accepted. */
+  renew?: boolean;
+}): Promise<LeaseServer> {
   const { batchId } = options;
   const workerId = "pool-0001";
   const queue = [...options.tasks];
@@ -123,7 +134,14 @@ async function startLeaseServer(options: { tasks: PlannedTask[]; plan?: (n: numb
     refused: [],
     lost: new Set(),
     leasedAt: new Map(),
+    issued: [],
+    used: [],
     close: async () => {},
+  };
+  const renewed = () => {
+    const token = `renewed-${server.issued.length + 1}-${"r".repeat(40)}`;
+    server.issued.push(token);
+    return token;
   };
   const holder = new Map<string, string>(); // task → worker holding its lease
   const reply = (res: ServerResponse, status: number, body: unknown) => {
@@ -154,16 +172,22 @@ async function startLeaseServer(options: { tasks: PlannedTask[]; plan?: (n: numb
       server.refused.push({ path, status: 400 });
       return reply(res, 400, { error: "invalid body" });
     }
-    if (!(await verifyToken(SECRET, leaseSubject(batchId, parsed.data.worker_id), req.headers.authorization ?? null))) {
+    const given = (req.headers.authorization ?? "").replace(/^Bearer /, "");
+    const accepted = options.renew
+      ? (server.issued.length === 0 ? [server.token] : server.issued.slice(-2)).includes(given)
+      : await verifyToken(SECRET, leaseSubject(batchId, parsed.data.worker_id), req.headers.authorization ?? null);
+    if (!accepted) {
       server.refused.push({ path, status: 401 });
       return reply(res, 401, { error: "lease token missing or invalid" });
     }
+    server.used.push(given);
     const now = Date.now();
     if (isHeartbeat) {
       const body = HeartbeatRequest.parse(json);
       const ours = holder.get(body.task_id) === body.worker_id && !server.lost.has(body.task_id);
       server.heartbeats.push({ at: now, body, status: ours ? 200 : 409 });
-      return ours ? reply(res, 200, { ok: true }) : reply(res, 409, { ok: false, reason: `lease lost: task ${body.task_id} was returned to the batch` });
+      if (!ours) return reply(res, 409, { ok: false, reason: `lease lost: task ${body.task_id} was returned to the batch` });
+      return reply(res, 200, options.renew ? { ok: true, lease_token: renewed() } : { ok: true });
     }
     const body = LeaseRequest.parse(json);
     const answer = options.plan ? options.plan(server.leases.length + 1, next, server) : next();
@@ -172,7 +196,7 @@ async function startLeaseServer(options: { tasks: PlannedTask[]; plan?: (n: numb
       if (answer.retryAfter !== undefined) res.setHeader("retry-after", answer.retryAfter);
       return reply(res, answer.http, { error: `scripted ${answer.http}` });
     }
-    const checked = LeaseResponse.parse(answer); // the fake speaks the contract exactly
+    const checked = LeaseResponse.parse(options.renew && "kind" in answer && answer.kind !== "done" ? { ...answer, lease_token: renewed() } : answer); // the fake speaks the contract exactly
     if (checked.kind === "task") {
       holder.set(checked.task_id, body.worker_id);
       server.leasedAt.set(checked.task_id, now);
@@ -222,7 +246,7 @@ interface Pool {
   tmp: string;
 }
 
-async function pool(inputs: string[], options: { plan?: (n: number, next: () => LeasePlan, server: LeaseServer) => LeasePlan; heartbeatMs?: number } = {}): Promise<Pool> {
+async function pool(inputs: string[], options: { plan?: (n: number, next: () => LeasePlan, server: LeaseServer) => LeasePlan; heartbeatMs?: number; renew?: boolean } = {}): Promise<Pool> {
   const batchId = `batch-pool-${++batchSeq}`;
   const tasks: PlannedTask[] = [];
   for (const name of inputs) tasks.push(await planTask(batchId, name));
@@ -368,7 +392,7 @@ describe("fly-worker pool mode", () => {
     expect(beats.length).toBeGreaterThanOrEqual(Math.max(3, Math.floor(taskMs / 100 / 3)));
     const nextLeaseAt = p.server.leases[1].at;
     for (const b of beats) {
-      expect(b.body).toEqual({ worker_id: "pool-0001", task_id: t.taskId });
+      expect(b.body).toEqual({ worker_id: "pool-0001", machine_id: "local-pool-0001", task_id: t.taskId });
       expect(b.status).toBe(200);
       expect(b.at).toBeGreaterThan(leasedAt);
       expect(b.at, "heartbeats stop before the next lease").toBeLessThanOrEqual(nextLeaseAt);
@@ -377,6 +401,20 @@ describe("fly-worker pool mode", () => {
     const gaps = beats.slice(1).map((b, i) => b.at - beats[i].at);
     expect(Math.min(...gaps)).toBeGreaterThanOrEqual(80);
     expect(r.logs.find((l) => l.fields.event === "task.finished")?.fields).toMatchObject({ task_id: t.taskId, heartbeats: beats.length, lease_lost: false });
+  });
+
+  it("every answer renews the lease credential: after the first lease the create's LEASE_TOKEN is never sent again; no credential reaches the logs", async () => {
+    const p = await pool(["slow", "rgb8"], { heartbeatMs: 100, renew: true });
+    const r = await run(p);
+    expect(r.code, r.stderr).toBe(EXIT.SUCCESS);
+    await checkHygiene(r, p);
+    expect(p.server.refused).toEqual([]);
+    expect(p.server.used[0], "the first lease uses the create's token").toBe(p.server.token);
+    expect(p.server.used.slice(1).every((t) => p.server.issued.includes(t)), "every later request a renewed one").toBe(true);
+    expect(p.server.used.filter((t) => t === p.server.token)).toHaveLength(1);
+    expect(p.server.heartbeats.length).toBeGreaterThan(2);
+    for (const t of p.server.issued) expect(`${r.stdout}\n${r.stderr}`).not.toContain(t);
+    for (const t of p.tasks) CallbackSuccess.parse(onlyCallback(p, t).body);
   });
 
   it("a lost lease (409) stops the heartbeats but the task still finishes and calls back", async () => {

@@ -4,7 +4,6 @@
 import { env, exports } from "cloudflare:workers";
 import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import { machineName } from "../../orchestrator/batch-do.ts";
 import {
   attemptToken,
@@ -15,9 +14,14 @@ import {
   finalFiles,
   getStatus,
   installWorld,
+  jpegBytes,
+  OUTPUT_HEIGHT,
   OUTPUT_SIZE,
+  OUTPUT_WIDTH,
   putTiffs,
+  startHanging,
   stub,
+  supersede,
   successBody,
   waitForStatus,
   withStore,
@@ -33,37 +37,20 @@ afterEach(async () => {
   await world.restore();
 });
 
-async function startHanging(batchId: string, keys: string[] | number) {
-  world.runner.behaviour = () => "hang";
-  if (typeof keys === "number") await putTiffs(`${batchId}/`, keys);
-  else for (const k of keys) await env.BUCKET.put(k, "II*\0", { httpMetadata: { contentType: "image/tiff" } });
-  const n = typeof keys === "number" ? keys : keys.length;
-  await stub(batchId).start({ batch_id: batchId, r2_prefix: `${batchId}/` });
-  await vi.waitFor(() => expect(world.runner.started.length).toBeGreaterThanOrEqual(n), { timeout: 10_000 });
-  return world.runner.started.map((m) => machineProcessEnv(m));
-}
 
-/** Gives up on attempt 1 (as a timeout would) and waits for attempt 2's machine. */
-async function supersede(batchId: string): Promise<Record<string, string>> {
-  await expireAll(batchId); // attempt 1's run limit passes: its machine is destroyed, the task retries
-  await runDurableObjectAlarm(stub(batchId));
-  await expireAll(batchId); // the retry's backoff
-  await runDurableObjectAlarm(stub(batchId));
-  await vi.waitFor(() => expect(world.runner.started).toHaveLength(2), { timeout: 10_000 });
-  return machineProcessEnv(world.runner.started[1]);
-}
 
 describe("callbacks are charged to the attempt their credential names", () => {
   it("a late error from a superseded attempt is recorded on that attempt and changes nothing else; a replay with retryable:false neither", async () => {
-    const [a1] = await startHanging("at-stale-err", 1);
+    const [a1] = await startHanging(world, "at-stale-err", 1);
     await withStore("at-stale-err", (_s, sql) => sql.exec("UPDATE workers SET check_at = ?", Date.now() + 3_600_000));
-    const a2 = await supersede("at-stale-err");
+    const a2 = await supersede(world, "at-stale-err");
     expect(a2.ATTEMPT).toBe("2");
     const destroysBefore = world.fly.requests.filter((r) => r.method === "DELETE").length;
-    for (const retryable of [undefined, false]) {
+    // The first is recorded; the replay finds the attempt has already reported and changes nothing.
+    for (const [retryable, reason] of [[undefined, "superseded"], [false, "already_reported"]] as const) {
       const res = await callbackTo("at-stale-err", a1.TASK_ID, errorBody(a1, "late failure", retryable), a1.CALLBACK_TOKEN);
       expect(res.status).toBe(200);
-      expect(await res.json()).toMatchObject({ outcome: "ignored", reason: "superseded" });
+      expect(await res.json()).toMatchObject({ outcome: "ignored", reason });
     }
     const s = await getStatus("at-stale-err");
     expect(s.progress).toMatchObject({ tasks_failed: 0, retrying: 0 });
@@ -80,10 +67,11 @@ describe("callbacks are charged to the attempt their credential names", () => {
   });
 
   it("a superseded attempt's success counts once its output checks out, and the current attempt's machine is destroyed", async () => {
-    const [a1] = await startHanging("at-stale-ok", 1);
+    const [a1] = await startHanging(world, "at-stale-ok", 1);
     await withStore("at-stale-ok", (_s, sql) => sql.exec("UPDATE workers SET check_at = ?", Date.now() + 3_600_000));
-    const a2 = await supersede("at-stale-ok");
-    await writeOutput(a1);
+    // Attempt 1 uploaded while it ran (a superseded attempt gets no upload URL), then its callback was delayed.
+    expect(await writeOutput(a1)).toBe(true);
+    const a2 = await supersede(world, "at-stale-ok");
     const res = await callbackTo("at-stale-ok", a1.TASK_ID, successBody(a1), a1.CALLBACK_TOKEN);
     expect(await res.json()).toMatchObject({ outcome: "done", late: true });
     const s = await waitForStatus("at-stale-ok", (x) => x.status === "DONE");
@@ -98,7 +86,7 @@ describe("callbacks are charged to the attempt their credential names", () => {
   });
 
   it("a credential for an attempt that never ran, or one past its expiry, is 401", async () => {
-    const [a1] = await startHanging("at-401", 1);
+    const [a1] = await startHanging(world, "at-401", 1);
     await writeOutput(a1);
     const never = await callbackTo("at-401", a1.TASK_ID, successBody(a1), await attemptToken("at-401", a1.TASK_ID, 7));
     expect(never.status).toBe(401);
@@ -114,7 +102,7 @@ describe("callbacks are charged to the attempt their credential names", () => {
 
 describe("outputs", () => {
   it("a success naming the right key with the wrong size, or an object never written, fails the attempt naming the key", async () => {
-    const [a1, b1] = await startHanging("at-verify", 2);
+    const [a1, b1] = await startHanging(world, "at-verify", 2);
     const lying = await callbackTo("at-verify", a1.TASK_ID, { ...successBody(a1), output_file_size: 999_999_999 }, a1.CALLBACK_TOKEN);
     expect(await lying.json()).toMatchObject({ outcome: "error_recorded" });
     await writeOutput(b1);
@@ -127,21 +115,25 @@ describe("outputs", () => {
 
   it("scan.tif with 3 pages beside scan-p002.tif and scan-p003.TIF: every output a distinct reserved key, all in the final list, none overwritten", async () => {
     const b = "at-pages";
-    const machines = await startHanging(b, [`${b}/scan.tif`, `${b}/scan-p002.tif`, `${b}/scan-p003.TIF`]);
+    const machines = await startHanging(world, b, [`${b}/scan.tif`, `${b}/scan-p002.tif`, `${b}/scan-p003.TIF`]);
     const scan = machines.find((m) => m.INPUT_R2_KEY === `${b}/scan.tif`)!;
-    const reserve = (token: string, pages: number) =>
-      exports.default.fetch(scan.OUTPUTS_URL, { method: "POST", headers: { authorization: `Bearer ${token}`, "content-type": "application/json" }, body: JSON.stringify({ pages }) });
-    const res = await reserve(scan.CALLBACK_TOKEN, 3);
+    const reserve = (token: string, body: { pages: number } | { page: number }) =>
+      exports.default.fetch(scan.OUTPUTS_URL, { method: "POST", headers: { authorization: `Bearer ${token}`, "content-type": "application/json" }, body: JSON.stringify(body) });
+    const res = await reserve(scan.CALLBACK_TOKEN, { pages: 3 });
     expect(res.status).toBe(200);
-    const reserved = (await res.json()) as { outputs: { page: number; r2_key: string; url: string }[] };
-    expect(reserved.outputs.map((o) => o.r2_key)).toEqual([`${b}/scan-p002-2.jpg`, `${b}/scan-p003-2.jpg`]);
-    for (const o of reserved.outputs) expect(new URL(o.url).pathname).toContain(o.r2_key.split("/").pop());
+    const reserved = (await res.json()) as { outputs: { page: number; r2_key: string; url?: string }[] };
+    expect(reserved.outputs.map((o) => o.r2_key)).toEqual([`${b}/scan.jpg`, `${b}/scan-p002-2.jpg`, `${b}/scan-p003-2.jpg`]);
+    // Each page's URL names its key.
+    for (const o of reserved.outputs) {
+      const one = (await (await reserve(scan.CALLBACK_TOKEN, { page: o.page })).json()) as typeof reserved;
+      expect(new URL(one.outputs[0].url!).pathname).toContain(o.r2_key.split("/").pop());
+    }
     // Asking again gives the same keys; a stranger's token gets nothing.
-    expect(((await (await reserve(scan.CALLBACK_TOKEN, 3)).json()) as typeof reserved).outputs.map((o) => o.r2_key)).toEqual(reserved.outputs.map((o) => o.r2_key));
-    expect((await reserve(await attemptToken(b, scan.TASK_ID, 5), 3)).status).toBe(401);
+    expect(((await (await reserve(scan.CALLBACK_TOKEN, { pages: 3 })).json()) as typeof reserved).outputs.map((o) => o.r2_key)).toEqual(reserved.outputs.map((o) => o.r2_key));
+    expect((await reserve(await attemptToken(b, scan.TASK_ID, 5), { pages: 3 })).status).toBe(401);
     // Every machine writes its outputs and calls back.
-    const keys = [scan.OUTPUT_R2_KEY, ...reserved.outputs.map((o) => o.r2_key)];
-    for (const k of keys) await env.BUCKET.put(k, new Uint8Array(OUTPUT_SIZE));
+    const keys = reserved.outputs.map((o) => o.r2_key);
+    for (const k of keys) await env.BUCKET.put(k, jpegBytes(OUTPUT_WIDTH, OUTPUT_HEIGHT));
     const outputs = keys.map((k, i) => ({ r2_key: k, file_name: k.split("/").pop(), file_size: OUTPUT_SIZE, page: i + 1 }));
     expect((await (await callbackTo(b, scan.TASK_ID, { ...successBody(scan), outputs }, scan.CALLBACK_TOKEN)).json()) as object).toMatchObject({ outcome: "done" });
     for (const m of machines.filter((x) => x !== scan)) {
@@ -156,7 +148,7 @@ describe("outputs", () => {
   });
 
   it("a machine may not report an output that was not reserved for it", async () => {
-    const [a1, b1] = await startHanging("at-foreign", 2);
+    const [a1, b1] = await startHanging(world, "at-foreign", 2);
     await writeOutput(b1);
     const outputs = [
       { r2_key: a1.OUTPUT_R2_KEY, file_name: "x.jpg", file_size: OUTPUT_SIZE },

@@ -101,12 +101,13 @@ describe("callbacks", () => {
 
   it("a late callback for a task still open counts; one for a closed task is ignored", async () => {
     const [m] = await startHanging("cb-late", 1);
-    // The first attempt is given up (as a timeout would): the task waits to retry.
+    // It uploads while it is the running attempt (a closed one gets no upload URL)…
+    expect(await writeOutput(m)).toBe(true);
+    // …then is given up (as a timeout would) before its callback arrives: the task waits to retry.
     await withStore("cb-late", (store) => {
       const t = store.getTask(m.TASK_ID)!;
       store.moveTask(t, "retrying", { next_at: Date.now() + 3_600_000, deadline_at: 0 }, Date.now());
     });
-    await writeOutput(m);
     const late = await callbackTo("cb-late", m.TASK_ID, successBody(m));
     expect(await late.json()).toMatchObject({ outcome: "done", late: true });
     const s = await waitForStatus("cb-late", (x) => x.status === "DONE");

@@ -19,6 +19,7 @@ import {
   getStatus,
   installWorld,
   OUTPUT_SIZE,
+  putAs,
   putManifest,
   stub,
   UPLOAD_REFUSED,
@@ -89,7 +90,8 @@ describe("keys are canonical and confined to the batch's place", () => {
     expect(startedEnvs()).toHaveLength(1);
     expect(m.INPUT_R2_KEY).toBe(`batches/${b}/a.tif`);
     expect(new URL(m.INPUT_URL).pathname).toBe(`/${BUCKET}/batches/${b}/a.tif`);
-    expect(new URL(m.OUTPUT_URL).pathname).toBe(`/${BUCKET}/batches/${b}/a.jpg`);
+    expect(m.OUTPUT_URL, "no upload URL in a create body").toBeUndefined();
+    expect(world.uploads.map((u) => new URL(u.url).pathname)).toEqual([`/${BUCKET}/batches/${b}/a.jpg`]);
     expect(await text("private/secret.tif")).toBe("secret");
     for (const k of ["private/secret.jpg", "other-bucket/x.jpg", "batches/other-batch/one.jpg"]) expect(await env.BUCKET.head(k), k).toBeNull();
     // The downstream list has the file and its JPEG only.
@@ -195,8 +197,8 @@ describe("no object is replaced by accident", () => {
     expect(startedEnvs().map((e) => e.INPUT_R2_KEY)).toEqual([`batches/${b}/other.tif`]);
     expect(await text(`batches/${b}/scan.jpg`)).toBe("precious");
     // The machine that ran signed its PUT against any object appearing meanwhile.
-    expect(JSON.parse(startedEnvs()[0].OUTPUT_HEADERS)).toEqual({ "content-type": "image/jpeg", [`x-amz-meta-${WRITER_METADATA}`]: `${b}/tiff-000001`, "if-none-match": "*" });
-    expect(new URL(startedEnvs()[0].OUTPUT_URL).searchParams.get("X-Amz-SignedHeaders")).toBe(`content-type;host;if-none-match;x-amz-meta-${WRITER_METADATA}`);
+    expect(world.uploads[0].headers).toEqual({ "content-type": "image/jpeg", [`x-amz-meta-${WRITER_METADATA}`]: `${b}/tiff-000001`, "if-none-match": "*" });
+    expect(new URL(world.uploads[0].url).searchParams.get("X-Amz-SignedHeaders")).toBe(`content-type;host;if-none-match;x-amz-meta-${WRITER_METADATA}`);
   });
 
   it("in pool mode too: the lease fails that task instead of handing it out", async () => {
@@ -217,10 +219,10 @@ describe("no object is replaced by accident", () => {
     expect(await text(`batches/${b}/scan.jpg`)).toBe("precious");
   });
 
-  it('"overwrite": true replaces it on purpose (no condition signed); a message with another type for overwrite is refused', async () => {
+  it('"overwrite": true replaces it on purpose (If-Match on the object it replaces); a message with another type for overwrite is refused', async () => {
     const b = "ow-2";
     await tiff(`batches/${b}/scan.tif`);
-    await env.BUCKET.put(`batches/${b}/scan.jpg`, "earlier output");
+    const earlier = await env.BUCKET.put(`batches/${b}/scan.jpg`, "earlier output");
     await putManifest(b, `batches/${b}/manifest.json`, [`batches/${b}/scan.tif`]);
     const bad = await exports.default.fetch("http://orchestrator.test/admin/batches", {
       method: "POST",
@@ -231,7 +233,8 @@ describe("no object is replaced by accident", () => {
     expect(((await bad.json()) as { error: string }).error).toContain("overwrite");
     await stub(b).start({ batch_id: b, manifest_r2_key: `batches/${b}/manifest.json`, overwrite: true });
     await waitForStatus(b, (x) => x.status === "DONE" && x.progress.tasks_completed === 1);
-    expect(JSON.parse(startedEnvs()[0].OUTPUT_HEADERS)).toEqual({ "content-type": "image/jpeg", [`x-amz-meta-${WRITER_METADATA}`]: `${b}/tiff-000000` });
+    // Exactly the object it meant to replace: one written after it was seen would be refused (412).
+    expect(world.uploads[0].headers).toEqual({ "content-type": "image/jpeg", [`x-amz-meta-${WRITER_METADATA}`]: `${b}/tiff-000000`, "if-match": earlier!.httpEtag });
     const replaced = await env.BUCKET.head(`batches/${b}/scan.jpg`);
     expect(replaced?.size).toBe(OUTPUT_SIZE);
     expect(replaced?.customMetadata).toEqual({ [WRITER_METADATA]: `${b}/tiff-000000` });
@@ -240,16 +243,16 @@ describe("no object is replaced by accident", () => {
   it("a retry after a lost callback replaces exactly its own earlier upload (If-Match on that ETag) and the task completes", async () => {
     const b = "ow-3";
     const a1 = await startHanging(b);
-    expect(JSON.parse(a1.OUTPUT_HEADERS)["if-none-match"]).toBe("*");
     // Attempt 1 uploads, then its machine dies before calling back.
     expect(await writeOutput(a1)).toBe(true);
+    expect(world.uploads[0].headers["if-none-match"]).toBe("*");
     const uploaded = await env.BUCKET.head(a1.OUTPUT_R2_KEY);
     await supersede(b);
     const a2 = startedEnvs()[1];
     expect(a2.ATTEMPT).toBe("2");
     expect(a2.OUTPUT_R2_KEY).toBe(a1.OUTPUT_R2_KEY);
-    expect(JSON.parse(a2.OUTPUT_HEADERS)).toEqual({ "content-type": "image/jpeg", [`x-amz-meta-${WRITER_METADATA}`]: `${b}/tiff-000000`, "if-match": uploaded!.httpEtag });
     await world.runner.finish(a2.FLY_MACHINE_ID);
+    expect(world.uploads[1].headers).toEqual({ "content-type": "image/jpeg", [`x-amz-meta-${WRITER_METADATA}`]: `${b}/tiff-000000`, "if-match": uploaded!.httpEtag });
     await waitForStatus(b, (x) => x.status === "DONE" && x.progress.tasks_completed === 1);
   });
 
@@ -274,30 +277,37 @@ describe("no object is replaced by accident", () => {
     const b = "ow-5";
     await env.BUCKET.put(`batches/${b}/scan-p002.jpg`, "an unlisted file");
     const a1 = await startHanging(b);
-    const reserve = async (token: string) =>
+    const ask = async (token: string, body: { pages: number } | { page: number }) =>
       exports.default.fetch(`http://orchestrator.test/outputs/${b}/${a1.TASK_ID}`, {
         method: "POST",
         headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
-        body: JSON.stringify({ pages: 2 }),
+        body: JSON.stringify(body),
       });
-    type Reserved = { outputs: { page: number; r2_key: string; url: string; headers: Record<string, string> }[] };
-    const r1 = (await (await reserve(a1.CALLBACK_TOKEN)).json()) as Reserved;
+    type Reserved = { outputs: { page: number; r2_key: string; url?: string; headers?: Record<string, string> }[] };
+    const keys = (await (await ask(a1.CALLBACK_TOKEN, { pages: 2 })).json()) as Reserved;
     // The unlisted scan-p002.jpg is never an output: page 2 takes the next free key.
-    expect(r1.outputs).toEqual([
-      { page: 2, r2_key: `batches/${b}/scan-p002-2.jpg`, url: expect.any(String), headers: { "content-type": "image/jpeg", [`x-amz-meta-${WRITER_METADATA}`]: `${b}/tiff-000000`, "if-none-match": "*" } },
+    expect(keys.outputs).toEqual([
+      { page: 1, r2_key: `batches/${b}/scan.jpg` },
+      { page: 2, r2_key: `batches/${b}/scan-p002-2.jpg` },
     ]);
-    expect(new URL(r1.outputs[0].url).searchParams.get("X-Amz-SignedHeaders")).toBe(`content-type;host;if-none-match;x-amz-meta-${WRITER_METADATA}`);
+    const r1 = (await (await ask(a1.CALLBACK_TOKEN, { page: 2 })).json()) as Reserved;
+    expect(r1.outputs).toEqual([
+      { page: 2, r2_key: `batches/${b}/scan-p002-2.jpg`, url: expect.any(String), expires_at: expect.any(String), headers: { "content-type": "image/jpeg", [`x-amz-meta-${WRITER_METADATA}`]: `${b}/tiff-000000`, "if-none-match": "*" } },
+    ]);
+    expect(new URL(r1.outputs[0].url!).searchParams.get("X-Amz-SignedHeaders")).toBe(`content-type;host;if-none-match;x-amz-meta-${WRITER_METADATA}`);
     // Attempt 1 uploads page 2 as its URL says, then is superseded.
-    expect(await writeOutput({ OUTPUT_R2_KEY: r1.outputs[0].r2_key, OUTPUT_HEADERS: JSON.stringify(r1.outputs[0].headers) })).toBe(true);
+    expect(await putAs(r1.outputs[0].r2_key, r1.outputs[0].headers!, new Uint8Array(OUTPUT_SIZE))).toBe(true);
     const page2 = await env.BUCKET.head(r1.outputs[0].r2_key);
     await withStore(b, (_s, sql) => sql.exec("UPDATE workers SET check_at = ?", Date.now() + 3_600_000));
     await supersede(b);
     const token2 = await attemptToken(b, a1.TASK_ID, 2);
-    const r2 = (await (await reserve(token2)).json()) as Reserved;
-    expect(r2.outputs).toEqual([{ page: 2, r2_key: r1.outputs[0].r2_key, url: expect.any(String), headers: { "content-type": "image/jpeg", [`x-amz-meta-${WRITER_METADATA}`]: `${b}/tiff-000000`, "if-match": page2!.httpEtag } }]);
+    const r2 = (await (await ask(token2, { page: 2 })).json()) as Reserved;
+    expect(r2.outputs).toEqual([
+      { page: 2, r2_key: r1.outputs[0].r2_key, url: expect.any(String), expires_at: expect.any(String), headers: { "content-type": "image/jpeg", [`x-amz-meta-${WRITER_METADATA}`]: `${b}/tiff-000000`, "if-match": page2!.httpEtag } },
+    ]);
     // Another writer fills the reserved key: the reservation is refused, naming it.
     await env.BUCKET.put(r1.outputs[0].r2_key, "someone else's");
-    const r3 = await reserve(token2);
+    const r3 = await ask(token2, { page: 2 });
     expect(r3.status).toBe(409);
     expect(await r3.json()).toEqual({ error: takenReason(r1.outputs[0].r2_key) });
     expect(await text(`batches/${b}/scan-p002.jpg`)).toBe("an unlisted file");

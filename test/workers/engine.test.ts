@@ -41,7 +41,7 @@ describe("a batch end to end through real alarms and callbacks", () => {
     expect(body.config.metadata).toMatchObject({ fanout_batch: "b-many", fanout_phase: "TIFF_CONVERSION", fanout_attempt: "1" });
     expect(body.region).toBe("iad");
     const machineEnv = world.runner.started[0].env;
-    for (const name of ["TASK_ID", "BATCH_ID", "ATTEMPT", "INPUT_R2_KEY", "OUTPUT_R2_KEY", "INPUT_URL", "OUTPUT_URL", "OUTPUTS_URL", "CALLBACK_URL", "CALLBACK_TOKEN", "CREDENTIALS_EXPIRE_AT"]) {
+    for (const name of ["TASK_ID", "BATCH_ID", "ATTEMPT", "INPUT_R2_KEY", "OUTPUT_R2_KEY", "INPUT_SIZE", "INPUT_URL", "OUTPUTS_URL", "CALLBACK_URL", "CALLBACK_TOKEN", "CREDENTIALS_EXPIRE_AT"]) {
       expect(machineEnv[name], name).toBeTruthy();
     }
     // What Fly stores (and shows anyone who can read the app) holds no storage key and no lasting
@@ -61,13 +61,16 @@ describe("a batch end to end through real alarms and callbacks", () => {
     const createdAt = creates.find((c) => (c.body as { name: string }).name === world.runner.started[0].name)!.time;
     expect(expiresAt - 31 * 60_000, "31 min after the attempt began, which was between the start and its create").toBeGreaterThanOrEqual(before);
     expect(expiresAt - 31 * 60_000).toBeLessThanOrEqual(createdAt);
-    for (const name of ["INPUT_URL", "OUTPUT_URL"]) {
-      // Signed at X-Amz-Date for X-Amz-Expires seconds, both whole seconds: it ends within a second of the credential.
-      const q = new URL(machineEnv[name]).searchParams;
-      const signedAt = Date.parse(q.get("X-Amz-Date")!.replace(/^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/, "$1-$2-$3T$4:$5:$6Z"));
-      const end = signedAt + Number(q.get("X-Amz-Expires")) * 1000;
-      expect(Math.abs(end - expiresAt), `${name} expires with the attempt`).toBeLessThan(1000);
-    }
+    // Signed at X-Amz-Date for X-Amz-Expires seconds, both whole seconds: it ends within a second of the credential.
+    const q = new URL(machineEnv.INPUT_URL).searchParams;
+    const signedAt = Date.parse(q.get("X-Amz-Date")!.replace(/^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/, "$1-$2-$3T$4:$5:$6Z"));
+    const end = signedAt + Number(q.get("X-Amz-Expires")) * 1000;
+    expect(Math.abs(end - expiresAt), "INPUT_URL expires with the attempt").toBeLessThan(1000);
+    // No URL that writes is in a create body: each is asked for right before its upload, and lives
+    // five minutes from then (OUTPUT_URL_TTL_MS), never longer.
+    for (const name of ["OUTPUT_URL", "OUTPUT_HEADERS"]) expect(machineEnv[name], name).toBeUndefined();
+    expect(world.uploads).toHaveLength(60);
+    for (const u of world.uploads) expect(Number(new URL(u.url).searchParams.get("X-Amz-Expires"))).toBeLessThanOrEqual(300);
     expect(machineEnv.OUTPUT_R2_KEY).toBe(machineEnv.INPUT_R2_KEY.replace(/\.tif$/, ".jpg"));
     await vi.waitFor(() => expect(world.fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
 

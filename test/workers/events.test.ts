@@ -47,8 +47,11 @@ async function readEvents(res: Response, until: (e: Sse) => boolean, timeoutMs =
   }
 }
 
-const open = (b: string, last?: number) =>
-  exports.default.fetch(`http://orchestrator.test/status/${b}/events`, { headers: last !== undefined ? { "last-event-id": String(last) } : {} });
+/** Opens the batch's stream as the client at `ip` (Cloudflare's CF-Connecting-IP). */
+const open = (b: string, last?: number, ip = "192.0.2.1") =>
+  exports.default.fetch(`http://orchestrator.test/status/${b}/events`, {
+    headers: { "cf-connecting-ip": ip, ...(last !== undefined ? { "last-event-id": String(last) } : {}) },
+  });
 
 it("streams progress, task_failed and phase as the batch runs, then done; the stream ends with it", async () => {
   const b = "ev-live";
@@ -106,16 +109,45 @@ it("caps open streams per batch with a clear 429; unknown batches are 404; a bad
   await stub(b).start({ batch_id: b, r2_prefix: `${b}/` });
   await waitForStatus(b, (x) => x.progress.starting + x.progress.running === 1);
   const streams: Response[] = [];
-  for (let i = 0; i < 20; i++) streams.push(await open(b));
+  // Twenty clients' worth: five addresses with four each.
+  for (let i = 0; i < 20; i++) streams.push(await open(b, undefined, `192.0.2.${1 + (i % 5)}`));
   expect(streams.every((r) => r.status === 200)).toBe(true);
-  const over = await open(b);
+  const over = await open(b, undefined, "192.0.2.99");
   expect(over.status).toBe(429);
   // README: past the cap, 429 with Retry-After (whole seconds, RFC 9110 §10.2.3).
   expect(over.headers.get("retry-after")).toMatch(/^[1-9]\d*$/);
-  expect(await over.json()).toMatchObject({ error: expect.stringContaining("too many open event streams") });
+  expect(await over.json()).toMatchObject({ error: expect.stringContaining("too many open event streams for this batch (at most 20)") });
   for (const s of streams) await s.body!.cancel();
   expect((await open("ev-nobody")).status).toBe(404);
   expect((await exports.default.fetch(`http://orchestrator.test/status/${b}/events`, { headers: { "last-event-id": "x" } })).status).toBe(400);
+});
+
+it("one client holds at most 4 of a batch's streams, and a stream it closes frees its slot at once", async () => {
+  const b = "ev-client";
+  world.runner.behaviour = () => "hang";
+  await putTiffs(`${b}/`, 1);
+  await stub(b).start({ batch_id: b, r2_prefix: `${b}/` });
+  await waitForStatus(b, (x) => x.progress.starting + x.progress.running === 1);
+  const mine: Response[] = [];
+  for (let i = 0; i < 4; i++) mine.push(await open(b, undefined, "198.51.100.7"));
+  expect(mine.map((r) => r.status)).toEqual([200, 200, 200, 200]);
+  const fifth = await open(b, undefined, "198.51.100.7");
+  expect(fifth.status).toBe(429);
+  expect(await fifth.json()).toMatchObject({ error: expect.stringContaining("from one client (at most 4)") });
+  // Another client is not held back by this one.
+  const other = await open(b, undefined, "198.51.100.8");
+  expect(other.status).toBe(200);
+  // The client leaves one stream: its slot is free well before the next keep-alive (15 s) would find out.
+  await mine[0].body!.cancel();
+  const started = Date.now();
+  let again = await open(b, undefined, "198.51.100.7");
+  while (again.status !== 200 && Date.now() - started < 3000) {
+    await again.body?.cancel();
+    await new Promise((r) => setTimeout(r, 50));
+    again = await open(b, undefined, "198.51.100.7");
+  }
+  expect(again.status, `still refused ${Date.now() - started} ms after the client closed a stream`).toBe(200);
+  for (const r of [...mine.slice(1), other, again]) await r.body!.cancel();
 });
 
 it("progress is at most 2 events a second however fast callbacks come", async () => {

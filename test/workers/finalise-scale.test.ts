@@ -1,6 +1,6 @@
 import { runDurableObjectAlarm } from "cloudflare:test";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { callbackTo, getStatus, installWorld, putTiffs, stub, successBody, waitForStatus, withStore, writeOutput, type World } from "./support/engine.ts";
+import { attemptToken, callbackTo, getStatus, installWorld, putTiffs, stub, successBody, waitForStatus, withStore, writeOutput, type World } from "./support/engine.ts";
 
 let world: World;
 beforeEach(() => {
@@ -68,7 +68,14 @@ describe("scale", () => {
       store.startAttempt({ task_id: taskId, attempt: 1, machine_name: `m${i}`, now: Date.now() });
       return t.output_key;
     });
-    const machine = { TASK_ID: taskId, BATCH_ID: batchId, OUTPUT_R2_KEY: outputKey, FLY_MACHINE_ID: `m${i}` };
+    const machine = {
+      TASK_ID: taskId,
+      BATCH_ID: batchId,
+      OUTPUT_R2_KEY: outputKey,
+      FLY_MACHINE_ID: `m${i}`,
+      OUTPUTS_URL: `http://orchestrator.test/outputs/${batchId}/${taskId}`,
+      CALLBACK_TOKEN: await attemptToken(batchId, taskId, 1),
+    };
     await writeOutput(machine);
     const before = await withStore(batchId, (store) => ({ ...store.work }));
     const body = successBody(machine);

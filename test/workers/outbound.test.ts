@@ -11,7 +11,8 @@ import { FlyMachines } from "../../orchestrator/fly/client.ts";
 import { MAX_CONNECTIONS, Outbound, OutboundRefused, OutboundTimeout, PAID_SUBREQUESTS_PER_INVOCATION } from "../../orchestrator/outbound.ts";
 import type { BatchStore } from "../../orchestrator/store/index.ts";
 import type { FaultOptions } from "../../local/fly-emulator/faults.ts";
-import { attemptToken, callbackTo, installWorld, stub, withStore, type World } from "./support/engine.ts";
+import { MAX_PAGES_PER_TASK } from "../../shared/contracts.ts";
+import { attemptToken, callbackTo, installWorld, jpegBytes, OUTPUT_HEIGHT, OUTPUT_SIZE, OUTPUT_WIDTH, stub, withStore, type World } from "./support/engine.ts";
 
 let world: World;
 /** The emulator reads its faults from this object at every request: a test switches them on. */
@@ -154,14 +155,16 @@ describe("the worst alarm and request stay under the documented subrequest limit
     expect(world.fly.requests.filter((r) => r.status === 503).length).toBeGreaterThan(300);
   });
 
-  it("a callback naming 1,000 outputs makes exactly one HEAD per output: 10,000 outputs (the contract's most) is the limit itself", async () => {
+  it(`a callback naming 1,000 outputs makes exactly one storage read per output (its first bytes): ${MAX_PAGES_PER_TASK} outputs (the contract's most) stay under the limit`, async () => {
     const b = "worst-callback";
     await seedWorst(b, 0, 1, 0);
     const task = "tiff-000000";
     const pages = 1000;
     const keys = Array.from({ length: pages }, (_, i) => (i === 0 ? `${b}/s0.jpg` : `${b}/s0-p${String(i + 1).padStart(3, "0")}.jpg`));
     await withStore(b, (store) => store.transaction(() => keys.slice(1).forEach((k, i) => store.reserveOutput(k, task, i + 2))));
-    for (let i = 0; i < keys.length; i += 100) await Promise.all(keys.slice(i, i + 100).map((k) => env.BUCKET.put(k, new Uint8Array(10))));
+    // Each a JPEG of the reported size and dimensions (a success counts only on that evidence), its frame header in the first read.
+    const jpeg = jpegBytes(OUTPUT_WIDTH, OUTPUT_HEIGHT);
+    for (let i = 0; i < keys.length; i += 100) await Promise.all(keys.slice(i, i + 100).map((k) => env.BUCKET.put(k, jpeg)));
     const outbounds: Outbound[] = [];
     await runInDurableObject(stub(b), (instance: BatchDO) => {
       const self = instance as unknown as { engine: (deadline?: number) => Engine };
@@ -178,8 +181,10 @@ describe("the worst alarm and request stay under the documented subrequest limit
       status: "success",
       output_r2_key: keys[0],
       output_file_name: "s0.jpg",
-      output_file_size: 10,
-      outputs: keys.map((k) => ({ r2_key: k, file_name: k.slice(k.lastIndexOf("/") + 1), file_size: 10 })),
+      output_file_size: OUTPUT_SIZE,
+      width: OUTPUT_WIDTH,
+      height: OUTPUT_HEIGHT,
+      outputs: keys.map((k) => ({ r2_key: k, file_name: k.slice(k.lastIndexOf("/") + 1), file_size: OUTPUT_SIZE, width: OUTPUT_WIDTH, height: OUTPUT_HEIGHT })),
     };
     const res = await callbackTo(b, task, body, await attemptToken(b, task, 1));
     expect(res.status).toBe(200);
@@ -187,7 +192,7 @@ describe("the worst alarm and request stay under the documented subrequest limit
     console.log(`callback with ${pages} outputs: ${used} subrequests, peak ${Math.max(...outbounds.map((o) => o.peakInFlight))} in flight`);
     expect(used).toBe(pages);
     expect(Math.max(...outbounds.map((o) => o.peakInFlight))).toBeLessThanOrEqual(MAX_CONNECTIONS);
-    expect((used / pages) * 10_000).toBeLessThanOrEqual(PAID_SUBREQUESTS_PER_INVOCATION);
+    expect((used / pages) * MAX_PAGES_PER_TASK).toBeLessThanOrEqual(PAID_SUBREQUESTS_PER_INVOCATION);
     await withStore(b, (store: BatchStore) => expect(store.getTask(task)!.state).toBe("done"));
   });
 });

@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import { CHECKSUM_PHASE } from "../../shared/checksum.ts";
 import { PDF_PHASE } from "../../shared/pdf.ts";
-import { ADMIN, callbackTo, finalFiles, getStatus, installWorld, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
+import { ADMIN, callbackTo, finalFiles, getStatus, installWorld, jpegBytes, outputTarget, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
 
 let world: World;
 beforeEach(() => {
@@ -29,13 +29,22 @@ async function splitPdf(m: Record<string, string>, pages: number): Promise<strin
     body: JSON.stringify({ pages: 2 * pages }),
   });
   expect(reserve.status, await reserve.clone().text()).toBe(200);
-  const reserved = (await reserve.json()) as { outputs: { page: number; r2_key: string; headers: Record<string, string> }[] };
-  // Each PUT URL signs its output's content type: page n's JPEG (odd outputs) or single-page PDF (even).
-  expect(JSON.parse(m.OUTPUT_HEADERS)["content-type"]).toBe("image/jpeg");
-  expect(reserved.outputs.map((o) => [o.page, o.headers["content-type"]])).toEqual(reserved.outputs.map((o) => [o.page, o.page % 2 === 1 ? "image/jpeg" : "application/pdf"]));
-  const keys = [m.OUTPUT_R2_KEY, ...reserved.outputs.map((o) => o.r2_key)];
+  const reserved = (await reserve.json()) as { outputs: { page: number; r2_key: string }[] };
+  const keys = reserved.outputs.map((o) => o.r2_key);
+  expect(keys[0]).toBe(m.OUTPUT_R2_KEY);
+  // Each page's upload URL, asked for before its PUT, signs its output's content type: page n's
+  // JPEG (odd outputs) or single-page PDF (even).
+  const signed: [number, string][] = [];
+  for (const o of reserved.outputs) {
+    const target = await outputTarget(m, o.page);
+    if (!target.ok) throw new Error(target.error);
+    signed.push([o.page, target.headers["content-type"]]);
+  }
+  expect(signed).toEqual(reserved.outputs.map((o) => [o.page, o.page % 2 === 1 ? "image/jpeg" : "application/pdf"]));
   const outputs = keys.map((key, i) => ({ r2_key: key, file_size: 100 + i, content_type: i % 2 === 0 ? "image/jpeg" : "application/pdf", page: Math.floor(i / 2) + 1 }));
-  for (const o of outputs) await env.BUCKET.put(o.r2_key, new Uint8Array(o.file_size));
+  // What the job writes: a JPEG or a PDF of the reported size (the engine reads each one's first bytes).
+  const pdfBytes = (size: number) => new TextEncoder().encode(`%PDF-1.7\n${"x".repeat(size - 9)}`);
+  for (const o of outputs) await env.BUCKET.put(o.r2_key, o.content_type === "image/jpeg" ? jpegBytes(612, 792, o.file_size) : pdfBytes(o.file_size));
   const body = {
     task_id: m.TASK_ID,
     batch_id: m.BATCH_ID,
@@ -57,7 +66,8 @@ async function splitPdf(m: Record<string, string>, pages: number): Promise<strin
 /** A CHECKSUM machine's run: the sidecar written, the input's digest called back (a digest derived from the key, for the test). */
 async function hashFile(m: Record<string, string>): Promise<string> {
   const sha256 = [...m.INPUT_R2_KEY].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 7).toString(16).padStart(8, "0").repeat(8);
-  await env.BUCKET.put(m.OUTPUT_R2_KEY, new Uint8Array(90));
+  const sidecar = new TextEncoder().encode(`${sha256}  ${m.INPUT_R2_KEY.split("/").pop()}\n`.padEnd(90, " "));
+  await env.BUCKET.put(m.OUTPUT_R2_KEY, sidecar.slice(0, 90));
   const body = { task_id: m.TASK_ID, batch_id: m.BATCH_ID, status: "success", output_r2_key: m.OUTPUT_R2_KEY, output_file_name: "x.sha256", output_file_size: 90, sha256, input: { r2_key: m.INPUT_R2_KEY, bytes: 1 } };
   const res = await callbackTo(m.BATCH_ID, m.TASK_ID, body, m.CALLBACK_TOKEN);
   expect(await res.json()).toMatchObject({ outcome: "done" });

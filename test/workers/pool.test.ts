@@ -22,6 +22,7 @@ import {
   stub,
   waitForStatus,
   withStore,
+  writeOutput,
   type World,
 } from "./support/engine.ts";
 import { PoolRunner, lease } from "./support/pool.ts";
@@ -65,16 +66,17 @@ function lapseLeases(batchId: string): Promise<void> {
   });
 }
 
-function leaseTokenFor(batchId: string, workerId: string, expiresAt = Date.now() + 3_600_000): Promise<string> {
-  return signGrant(CALLBACK_SECRET, { kind: "lease", batchId, workerId }, expiresAt);
+function leaseTokenFor(batchId: string, workerId: string, expiresAt = Date.now() + 3_600_000, epoch = 0): Promise<string> {
+  return signGrant(CALLBACK_SECRET, { kind: "lease", batchId, workerId, epoch }, expiresAt);
 }
 
-async function leaseAs(batchId: string, workerId: string, token?: string): Promise<Response> {
+/** A lease request as pool machine `workerId` — from `machineId`, the machine the engine created for it unless a test says otherwise. */
+async function leaseAs(batchId: string, workerId: string, token?: string, machineId = "m-test"): Promise<Response> {
   const env = {
     LEASE_URL: `http://orchestrator.test/lease/${batchId}`,
     LEASE_TOKEN: token ?? (await leaseTokenFor(batchId, workerId)),
     WORKER_ID: workerId,
-    FLY_MACHINE_ID: "m-test",
+    FLY_MACHINE_ID: machineId,
   };
   return lease(env);
 }
@@ -118,7 +120,7 @@ describe("pool mode", () => {
     await waitForStatus("pool-lapse", (x) => x.progress.tasks_completed === 5 && x.progress.running === 1);
     const [held] = [...runner.held.values()];
     // While the lease holds, the holder's heartbeat renews it.
-    expect(await runner.heartbeat(held.taskId)).toEqual({ status: 200, body: { ok: true } });
+    expect(await runner.heartbeat(held.taskId)).toEqual({ status: 200, body: { ok: true, lease_token: expect.stringMatching(/^v3\.0\.0\./) } });
 
     await lapseLeases("pool-lapse");
     await runDurableObjectAlarm(stub("pool-lapse"));
@@ -160,7 +162,7 @@ describe("pool mode", () => {
     const other = await attemptsOf("pool-overrun", healthy.taskId);
     expect(other, "the other slot's task keeps its attempt").toHaveLength(1);
     expect(other[0].outcome).toBe("open");
-    expect(await runner.heartbeat(healthy.taskId)).toEqual({ status: 200, body: { ok: true } });
+    expect(await runner.heartbeat(healthy.taskId)).toEqual({ status: 200, body: { ok: true, lease_token: expect.any(String) } });
     expect(fly.liveMachineCount()).toBe(1);
     await expectCountersExact("pool-overrun");
   });
@@ -216,6 +218,8 @@ describe("pool mode", () => {
     });
     await waitForStatus("pool-race", (x) => x.progress.tasks_completed === 1 && x.progress.running === 1);
     const firstHolder = runner.held.get("tiff-000001")!;
+    // It uploads while its lease holds (a lapsed attempt gets no upload URL); its callback is what is late.
+    expect(await writeOutput(firstHolder.env)).toBe(true);
     await lapseLeases("pool-race");
     await runDurableObjectAlarm(stub("pool-race"));
     await expireAll("pool-race");
@@ -258,14 +262,14 @@ describe("pool mode", () => {
     // A real token of another worker, or of the same worker in another batch, is not this one's.
     expect((await leaseAs("pool-auth", "pool-0001", await leaseTokenFor("pool-auth", "pool-0002"))).status).toBe(401);
     expect((await leaseAs("pool-auth", "pool-0001", await leaseTokenFor("other-batch", "pool-0001"))).status).toBe(401);
-    const noAuth = await exports.default.fetch(new Request("http://orchestrator.test/lease/pool-auth", { method: "POST", body: JSON.stringify({ worker_id: "pool-0001" }) }));
+    const noAuth = await exports.default.fetch(new Request("http://orchestrator.test/lease/pool-auth", { method: "POST", body: JSON.stringify({ worker_id: "pool-0001", machine_id: "m-test" }) }));
     expect(noAuth.status).toBe(401);
     const [held] = [...runner.held.values()];
     const hb = await exports.default.fetch(
       new Request("http://orchestrator.test/lease/pool-auth/heartbeat", {
         method: "POST",
         headers: { authorization: `Bearer ${"0".repeat(64)}` },
-        body: JSON.stringify({ worker_id: held.env.WORKER_ID, task_id: held.taskId }),
+        body: JSON.stringify({ worker_id: held.env.WORKER_ID, machine_id: held.machine.id, task_id: held.taskId }),
       }),
     );
     expect(hb.status).toBe(401);
@@ -291,7 +295,7 @@ describe("pool mode", () => {
     expect(await again.json()).toMatchObject({ kind: "done" });
   });
 
-  it("reset destroys every pool machine; their next lease is done", async () => {
+  it("reset destroys every pool machine; their credentials are refused from then on (401)", async () => {
     const { runner, fly } = await startPool("pool-reset", 8, (r) => {
       r.onTask = () => "hold";
     });
@@ -305,8 +309,10 @@ describe("pool mode", () => {
     expect(s).toMatchObject({ status: "ERROR", workers: { starting: 0, live: 0 } });
     expect(s.progress).toMatchObject({ tasks_total: 8, tasks_failed: 8, running: 0 });
     const [held] = [...runner.held.values()];
-    expect(await (await leaseAs("pool-reset", held.env.WORKER_ID)).json()).toMatchObject({ kind: "done" });
-    expect(await runner.heartbeat(held.taskId)).toMatchObject({ status: 409 });
+    const after = await leaseAs("pool-reset", held.env.WORKER_ID, held.env.LEASE_TOKEN, held.machine.id);
+    expect(after.status).toBe(401);
+    expect(await after.json()).toEqual({ error: "lease refused: lease credential of epoch 0: the batch was reset or redriven since (it is at 1)" });
+    expect(await runner.heartbeat(held.taskId)).toMatchObject({ status: 401 });
     await expectCountersExact("pool-reset");
   });
 
@@ -365,12 +371,12 @@ describe("pool mode", () => {
     });
     await vi.waitFor(() => expect(runner.started).toHaveLength(3), { timeout: 10_000 });
     const answers = [];
-    for (const m of runner.started) answers.push(LeaseResponse.parse(await (await leaseAs("pool-cover", m.env.WORKER_ID)).json()));
+    for (const m of runner.started) answers.push(LeaseResponse.parse(await (await leaseAs("pool-cover", m.env.WORKER_ID, undefined, m.id)).json()));
     expect(answers.map((a) => a.kind)).toEqual(["task", "task", "task"]);
     // The third machine's task fails (retryable): it waits out its backoff, the others still run theirs.
     const third = answers[2] as Extract<LeaseResponse, { kind: "task" }>;
     await postCallback({ ...third.env }, errorBody(third.env, "transient"));
-    const again = LeaseResponse.parse(await (await leaseAs("pool-cover", runner.started[2].env.WORKER_ID)).json());
+    const again = LeaseResponse.parse(await (await leaseAs("pool-cover", runner.started[2].env.WORKER_ID, undefined, runner.started[2].id)).json());
     // 3 open tasks, 2 other slots: this machine is still needed, so it waits instead of leaving
     // (leaving would only make the engine create a replacement).
     expect(again.kind).toBe("wait");

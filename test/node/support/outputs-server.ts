@@ -1,6 +1,7 @@
-// A loopback stand-in for the orchestrator's POST /outputs/:batchId/:taskId, as engine/outcomes.ts
-// answers it: checks the bearer token, reserves the phase's first free candidate for pages 2…pages
-// (idempotent), and answers a presigned PUT for each with the headers it signs (content type, writer,
+// A loopback stand-in for the orchestrator's POST /outputs/:batchId/:taskId, as engine/reserve.ts
+// answers it: checks the bearer token; `{ pages }` reserves the phase's first free candidate for
+// pages 2…pages (idempotent) and answers the keys of pages 1…pages; `{ page }` answers that page's
+// key with a presigned PUT (five minutes) and the headers it signs (content type, writer,
 // If-None-Match: *, as engine/outputs.ts outputAccess makes them for a fresh key) — real SigV4 URLs.
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -13,7 +14,7 @@ export interface OutputsServer {
   urlFor(batchId: string, taskId: string): string;
   /** Registers a task: its token, page 1's key and the phase's candidates for page n. */
   task(batchId: string, taskId: string, t: { token: string; firstKey: string; candidates: (firstKey: string, page: number) => Iterable<string>; contentType: (page: number) => string }): void;
-  /** Every reservation asked for, in order: `batch/task pages`. */
+  /** Every request, in order: `batch/task pages N` (keys) or `batch/task page N` (an upload URL). */
   asked: string[];
   /** Keys reserved per task, page 1 first. */
   reserved(batchId: string, taskId: string): string[];
@@ -39,9 +40,7 @@ export async function startOutputsServer(storage: () => Config): Promise<Outputs
     if (req.headers.authorization !== `Bearer ${t.token}`) return answer(401, { error: "bad token" });
     const parsed = ReserveRequest.safeParse(JSON.parse(Buffer.concat(chunks).toString("utf8") || "null"));
     if (!parsed.success) return answer(400, { error: "bad body" });
-    asked.push(`${m[1]}/${m[2]} ${parsed.data.pages}`);
-    const outputs = [];
-    for (let page = 2; page <= parsed.data.pages; page++) {
+    const keyOf = (page: number): string => {
       let key = t.keys.get(page);
       if (!key) {
         for (const candidate of t.candidates(t.firstKey, page)) {
@@ -52,10 +51,19 @@ export async function startOutputsServer(storage: () => Config): Promise<Outputs
         taken.add(key!);
         t.keys.set(page, key!);
       }
-      const headers = outputHeaders(`${m[1]}/${m[2]}`, t.contentType(page));
-      outputs.push({ page, r2_key: key!, url: await presign(storage(), "PUT", key!, Date.now() + 600_000, Date.now(), headers), headers });
+      return key!;
+    };
+    const base = { batch_id: m[1], task_id: m[2], attempt: 1 };
+    if (parsed.data.pages !== undefined) {
+      asked.push(`${m[1]}/${m[2]} pages ${parsed.data.pages}`);
+      return answer(200, { ...base, outputs: Array.from({ length: parsed.data.pages }, (_, i) => ({ page: i + 1, r2_key: keyOf(i + 1) })) });
     }
-    answer(200, { batch_id: m[1], task_id: m[2], attempt: 1, outputs });
+    const page = parsed.data.page!;
+    asked.push(`${m[1]}/${m[2]} page ${page}`);
+    const key = keyOf(page);
+    const headers = outputHeaders(`${m[1]}/${m[2]}`, t.contentType(page));
+    const url = await presign(storage(), "PUT", key, Date.now() + 300_000, Date.now(), headers);
+    answer(200, { ...base, outputs: [{ page, r2_key: key, url, headers }] });
   };
   const server = createServer((req, res) => void handle(req, res).catch(() => res.destroy()));
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));

@@ -2,8 +2,8 @@
 // http://fly.test (the documented API, the only thing mocked), a downstream behind
 // http://downstream.test, and machines whose behaviour each test chooses.
 import { env, exports } from "cloudflare:workers";
-import { runInDurableObject } from "cloudflare:test";
-import { vi } from "vitest";
+import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { expect, vi } from "vitest";
 import { FlyEmulator, emulatorFetch, type FlyEmulatorOptions } from "../../../local/fly-emulator/api.ts";
 import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../../local/fly-emulator/runner.ts";
 import type { BatchDO, StatusBody } from "../../../orchestrator/batch-do.ts";
@@ -63,19 +63,71 @@ export class TestRunner implements MachineRunner {
 export const UPLOAD_REFUSED = (env: Record<string, string>) =>
   `upload of ${env.OUTPUT_R2_KEY} was refused (HTTP 412 PreconditionFailed): storage holds an object there that this attempt may not replace`;
 
+/** The picture every test machine writes: OUTPUT_SIZE bytes of JPEG of these dimensions. */
+export const OUTPUT_WIDTH = 640;
+export const OUTPUT_HEIGHT = 480;
+
 /**
- * What a converting machine's upload leaves behind: the output object, of the size successBody
- * reports — written as its presigned PUT would be (R2 keeps the signed x-amz-meta-* headers as
- * custom metadata and refuses a failed If-None-Match / If-Match: developers.cloudflare.com/r2/api/s3/
- * conditional-operations/). False when storage refused it (HTTP 412).
+ * `size` bytes shaped as a baseline JPEG of `width`×`height` (ITU-T T.81): SOI, a JFIF APP0
+ * segment, a frame header (SOF0: 8-bit, three components) and then zeros up to an EOI. Built by
+ * hand, so the dimensions a check reads back are the ones written here — no encoder involved.
  */
-export async function writeOutput(env: Record<string, string>): Promise<boolean> {
-  const headers = env.OUTPUT_HEADERS ? (JSON.parse(env.OUTPUT_HEADERS) as Record<string, string>) : {};
-  const existing = await env_.BUCKET.head(env.OUTPUT_R2_KEY);
+export function jpegBytes(width: number, height: number, size = OUTPUT_SIZE): Uint8Array {
+  const head = [
+    0xff, 0xd8,
+    0xff, 0xe0, 0x00, 0x10, 0x4a, 0x46, 0x49, 0x46, 0x00, 0x01, 0x01, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00,
+    0xff, 0xc0, 0x00, 0x11, 0x08, height >> 8, height & 0xff, width >> 8, width & 0xff, 0x03, 0x01, 0x22, 0x00, 0x02, 0x11, 0x01, 0x03, 0x11, 0x01,
+  ];
+  const bytes = new Uint8Array(size);
+  bytes.set(head);
+  bytes.set([0xff, 0xd9], size - 2);
+  return bytes;
+}
+
+/** The upload URL a machine asks for right before it writes page `page` (POST OUTPUTS_URL { page }): the answer, or its refusal. */
+export async function outputTarget(env: Record<string, string>, page = 1): Promise<{ ok: true; key: string; headers: Record<string, string>; url: string } | { ok: false; status: number; error: string }> {
+  const res = await exports.default.fetch(
+    new Request(env.OUTPUTS_URL, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${env.CALLBACK_TOKEN}` }, body: JSON.stringify({ page }) }),
+  );
+  const body = (await res.json()) as { error?: string; outputs?: { r2_key: string; url: string; headers: Record<string, string> }[] };
+  if (res.status !== 200) return { ok: false, status: res.status, error: body.error ?? "" };
+  const [o] = body.outputs!;
+  return { ok: true, key: o.r2_key, headers: o.headers, url: o.url };
+}
+
+/**
+ * What a converting machine's upload leaves behind: it asks for page 1's upload URL, then writes
+ * the output object (a JPEG of OUTPUT_SIZE bytes, OUTPUT_WIDTH×OUTPUT_HEIGHT) as that presigned PUT
+ * would (R2 keeps the signed x-amz-meta-* headers as custom metadata and refuses a failed
+ * If-None-Match / If-Match: developers.cloudflare.com/r2/api/s3/conditional-operations/). False
+ * when the orchestrator gave no URL or storage refused the PUT (HTTP 412).
+ */
+export async function writeOutput(env: Record<string, string>, bytes?: Uint8Array): Promise<boolean> {
+  const target = await outputTarget(env);
+  if (!target.ok) return false;
+  uploads.push({ task_id: env.TASK_ID, attempt: env.ATTEMPT, key: target.key, url: target.url, headers: target.headers });
+  // What its URL lets it store: a JPEG, or text for a phase whose outputs are text (the checksum sidecar).
+  const text = (target.headers["content-type"] ?? "").startsWith("text/");
+  return putAs(target.key, target.headers, bytes ?? (text ? new TextEncoder().encode("a".repeat(OUTPUT_SIZE)) : jpegBytes(OUTPUT_WIDTH, OUTPUT_HEIGHT)));
+}
+
+/** Every upload URL test machines were given (writeOutput), in order: what a URL named and signed. */
+export interface Upload {
+  task_id: string;
+  attempt: string;
+  key: string;
+  url: string;
+  headers: Record<string, string>;
+}
+const uploads: Upload[] = [];
+
+/** A PUT of `bytes` to `key` with the headers its presigned URL signs, as R2 would take it. */
+export async function putAs(key: string, headers: Record<string, string>, bytes: Uint8Array): Promise<boolean> {
+  const existing = await env_.BUCKET.head(key);
   if (headers["if-none-match"] === "*" && existing) return false;
   if (headers["if-match"] !== undefined && (!existing || headers["if-match"] !== existing.httpEtag)) return false;
   const customMetadata = Object.fromEntries(Object.entries(headers).filter(([k]) => k.startsWith("x-amz-meta-")).map(([k, v]) => [k.slice("x-amz-meta-".length), v]));
-  await env_.BUCKET.put(env.OUTPUT_R2_KEY, new Uint8Array(OUTPUT_SIZE), { customMetadata, httpMetadata: { contentType: headers["content-type"] ?? "image/jpeg" } });
+  await env_.BUCKET.put(key, bytes, { customMetadata, httpMetadata: { contentType: headers["content-type"] ?? "image/jpeg" } });
   return true;
 }
 
@@ -88,6 +140,8 @@ export function successBody(env: Record<string, string>): Record<string, unknown
     output_r2_key: key,
     output_file_name: key.slice(key.lastIndexOf("/") + 1),
     output_file_size: OUTPUT_SIZE,
+    width: OUTPUT_WIDTH,
+    height: OUTPUT_HEIGHT,
     machine_id: env.FLY_MACHINE_ID,
     performance: { total_time_ms: 10, download_time_ms: 1, conversion_time_ms: 8, upload_time_ms: 1 },
   };
@@ -113,8 +167,8 @@ export async function callbackTo(batchId: string, taskId: string, body: unknown,
   return postCallback({ CALLBACK_URL: `http://orchestrator.test/callback/${batchId}/${taskId}`, CALLBACK_TOKEN: t }, body);
 }
 
-export function attemptToken(batchId: string, taskId: string, attempt: number, expiresAt = Date.now() + 3_600_000): Promise<string> {
-  return signGrant(CALLBACK_SECRET, { kind: "callback", batchId, taskId, attempt }, expiresAt);
+export function attemptToken(batchId: string, taskId: string, attempt: number, expiresAt = Date.now() + 3_600_000, epoch = 0): Promise<string> {
+  return signGrant(CALLBACK_SECRET, { kind: "callback", batchId, taskId, attempt, epoch }, expiresAt);
 }
 
 export interface Downstream {
@@ -127,6 +181,8 @@ export interface World {
   fly: FlyEmulator;
   runner: TestRunner;
   downstream: Downstream;
+  /** The upload URLs machines asked for and used (writeOutput), oldest first. */
+  uploads: Upload[];
   restore(): Promise<void>;
 }
 
@@ -136,6 +192,7 @@ export function installWorld(options: FlyEmulatorOptions = {}): World {
   const fly = new FlyEmulator({ rateLimits: false, runner, keepSentBodies: true, ...options });
   const flyFetch = emulatorFetch(fly);
   const downstream: Downstream = { calls: [], script: [] };
+  uploads.length = 0;
   const original = globalThis.fetch;
   const spy = vi.spyOn(globalThis, "fetch").mockImplementation(async (input, init) => {
     const request = new Request(input, init);
@@ -151,6 +208,7 @@ export function installWorld(options: FlyEmulatorOptions = {}): World {
     fly,
     runner,
     downstream,
+    uploads,
     async restore() {
       for (const id of touched) await env.BATCH_DO.getByName(id).reset();
       touched.clear();
@@ -291,4 +349,28 @@ export function secretsIn(bodies: string[]): string[] {
     const outsideCredential = body.replace(/X-Amz-Credential=[^&"\\]*/g, "X-Amz-Credential=");
     return Object.entries(secrets).filter(([, value]) => outsideCredential.includes(value)).map(([name]) => `${name} in body ${i}`);
   });
+}
+
+/**
+ * Starts `batchId` over `inputs` (that many generated TIFFs, or these keys) with machines that hang
+ * once started, and answers each machine's env (its credentials and URLs) when all have started.
+ */
+export async function startHanging(world: World, batchId: string, inputs: number | string[], phase?: string): Promise<Record<string, string>[]> {
+  world.runner.behaviour = () => "hang";
+  if (typeof inputs === "number") await putTiffs(`${batchId}/`, inputs);
+  else for (const k of inputs) await env_.BUCKET.put(k, "II*\0", { httpMetadata: { contentType: "image/tiff" } });
+  const n = typeof inputs === "number" ? inputs : inputs.length;
+  await stub(batchId).start({ batch_id: batchId, r2_prefix: `${batchId}/`, ...(phase ? { phases: [phase] } : {}) });
+  await vi.waitFor(() => expect(world.runner.started.length).toBeGreaterThanOrEqual(n), { timeout: 10_000 });
+  return world.runner.started.map((m) => machineProcessEnv(m));
+}
+
+/** Gives up on attempt 1 of a one-task batch (its run limit passes, as a timeout would) and answers attempt 2's machine env. */
+export async function supersede(world: World, batchId: string): Promise<Record<string, string>> {
+  await expireAll(batchId); // attempt 1's machine is seen started: its run clock starts
+  await runDurableObjectAlarm(stub(batchId));
+  await expireAll(batchId); // its run limit passes: the machine is destroyed, the task retries (its backoff passed too)
+  await runDurableObjectAlarm(stub(batchId));
+  await vi.waitFor(() => expect(world.runner.started).toHaveLength(2), { timeout: 10_000 });
+  return machineProcessEnv(world.runner.started[1]);
 }

@@ -48,6 +48,8 @@ export class PoolRunner implements MachineRunner {
   /** Tests compress time: a machine sleeps at most this long on `wait`. */
   maxWaitMs = 25;
   readonly #killed = new Set<string>();
+  /** Each machine's newest lease credential (renewed by every lease answer). */
+  readonly tokens = new Map<string, string>();
 
   start(machine: RunnerMachine, events: RunnerEvents): void {
     this.started.push(machine);
@@ -81,7 +83,8 @@ export class PoolRunner implements MachineRunner {
     let nth = 0;
     for (;;) {
       if (this.#killed.has(machine.id) || !this.live.has(machine.id)) return "gone";
-      const res = await lease(env);
+      // The create's LEASE_TOKEN first, then the renewed one each answer carries (as fly-worker does).
+      const res = await lease(env, this.tokens.get(machine.id));
       if (res.status !== 200) {
         this.leases.push({ machineId: machine.id, answer: { http: res.status } });
         events.log(`lease refused: HTTP ${res.status} ${await res.text()}`, "stderr");
@@ -89,12 +92,13 @@ export class PoolRunner implements MachineRunner {
       }
       const answer = LeaseResponse.parse(await res.json());
       this.leases.push({ machineId: machine.id, answer });
+      if (answer.kind !== "done" && answer.lease_token) this.tokens.set(machine.id, answer.lease_token);
       if (answer.kind === "done") return 0;
       if (answer.kind === "wait") {
         await new Promise((r) => setTimeout(r, Math.min(answer.wait_ms, this.maxWaitMs)));
         continue;
       }
-      const taskEnv = { ...answer.env, ...env };
+      const taskEnv = { ...answer.env, ...env, LEASE_TOKEN: this.tokens.get(machine.id) ?? env.LEASE_TOKEN };
       const action = machine.dieSilently ? "die" : this.onTask(machine, answer, ++nth);
       if (action === "die" || action === "hold") {
         this.held.set(answer.task_id, { machine, taskId: answer.task_id, env: taskEnv });
@@ -134,7 +138,7 @@ export class PoolRunner implements MachineRunner {
       new Request(`${env.LEASE_URL}/heartbeat`, {
         method: "POST",
         headers: { "content-type": "application/json", authorization: `Bearer ${env.LEASE_TOKEN}` },
-        body: JSON.stringify({ worker_id: env.WORKER_ID, task_id: taskId }),
+        body: JSON.stringify({ worker_id: env.WORKER_ID, machine_id: env.FLY_MACHINE_ID, task_id: taskId }),
       }),
     );
     return { status: res.status, body: (await res.json()) as Record<string, unknown> };
@@ -148,13 +152,13 @@ export class PoolRunner implements MachineRunner {
   }
 }
 
-/** POST LEASE_URL as a pool machine: `{ worker_id, machine_id }`, bearer LEASE_TOKEN (or `token`). */
-export function lease(env: Record<string, string>, token?: string): Promise<Response> {
+/** POST LEASE_URL as a pool machine: `{ worker_id, machine_id }` (FLY_MACHINE_ID, or `machineId`), bearer LEASE_TOKEN (or `token`). */
+export function lease(env: Record<string, string>, token?: string, machineId?: string): Promise<Response> {
   return exports.default.fetch(
     new Request(env.LEASE_URL, {
       method: "POST",
       headers: { "content-type": "application/json", authorization: `Bearer ${token ?? env.LEASE_TOKEN}` },
-      body: JSON.stringify({ worker_id: env.WORKER_ID, machine_id: env.FLY_MACHINE_ID }),
+      body: JSON.stringify({ worker_id: env.WORKER_ID, machine_id: machineId ?? env.FLY_MACHINE_ID }),
     }),
   );
 }
