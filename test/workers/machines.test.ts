@@ -326,7 +326,7 @@ describe("listMachines, getMachine, destroyMachine", () => {
   });
 
   it("throws a FlyApiError when a read is rate limited", async () => {
-    const { machines } = setup({ rateLimits: { read: { perSecond: 1, burst: 1 } } });
+    const { machines } = setup({ rateLimits: { list: { perSecond: 1, burst: 1 } } });
     await machines.listMachines({});
     const error = await machines.listMachines({}).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(FlyApiError);
