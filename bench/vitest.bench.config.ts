@@ -48,6 +48,9 @@ function project(name: string, limits: Record<string, string>, provide: Record<s
   };
 }
 
+/** Fleet limits that never bind a bench of one batch at a time. */
+const UNBOUND_FLEET = { FLEET_MAX_MACHINES: "100000", FLEET_MAX_VCPUS: "1000000", FLEET_MAX_MEMORY_MB: "100000000" };
+
 const number = (name: string, fallback: number) => {
   const v = Number(process.env[name] ?? fallback);
   if (!Number.isFinite(v) || v < 0) throw new Error(`${name} must be a non-negative number, got "${process.env[name]}"`);
@@ -61,7 +64,8 @@ const number = (name: string, fallback: number) => {
 function makespan(name: string, machines: number, sizes: string, modes: string) {
   return project(
     name,
-    { MAX_CONCURRENT_MACHINES: String(machines), FLY_CREATE_RATE_PER_SECOND: "1", FLY_CREATE_BURST: "3" },
+    // The fleet's limits do not bind here (one batch at a time; the fleet section measures them).
+    { MAX_CONCURRENT_MACHINES: String(machines), FLY_CREATE_RATE_PER_SECOND: "1", FLY_CREATE_BURST: "3", ...UNBOUND_FLEET },
     {
       makespan: {
         cpuS: number("BENCH_CPU_S", 14.3),
@@ -87,7 +91,7 @@ export default defineConfig({
     fileParallelism: false,
     projects: [
       // A machine budget and create rate that never bind: the engine's own cost is measured.
-      project("scale", { MAX_CONCURRENT_MACHINES: "200", FLY_CREATE_RATE_PER_SECOND: "1000", FLY_CREATE_BURST: "1000", POOL_MODE: "false" }),
+      project("scale", { MAX_CONCURRENT_MACHINES: "200", FLY_CREATE_RATE_PER_SECOND: "1000", FLY_CREATE_BURST: "1000", POOL_MODE: "false", ...UNBOUND_FLEET, FLY_API_RATES: "list=1000/1000,get=1000/1000,destroy=1000/1000" }),
       // Production limits (wrangler.jsonc): 50 machines, Fly's documented create limit 1/s burst 3.
       makespan("makespan", 50, process.env.BENCH_MAKESPAN_SIZES ?? "1000,10000", process.env.BENCH_MAKESPAN_MODES ?? "baseline,single,pool"),
     ],

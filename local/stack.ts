@@ -162,7 +162,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       FLY_APP_NAME: APP_NAME,
       FLY_IMAGE: "registry.fly.io/fanout-worker:local",
       FLY_REGIONS: "iad,ord,ams",
-      MAX_CONCURRENT_MACHINES: String(defaultConcurrency()),
+      // Machines on this host at once, every batch together (the fleet); no cap per batch.
+      FLEET_MAX_MACHINES: String(defaultConcurrency()),
       MAX_RETRY_ATTEMPTS: "3",
       FLY_CREATE_RATE_PER_SECOND: "5",
       FLY_CREATE_BURST: "10",

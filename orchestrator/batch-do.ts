@@ -10,7 +10,8 @@ import { attemptExpiry } from "./engine/access.ts";
 import { apiStatus, type Engine, isFinished, makeEngine } from "./engine/context.ts";
 import { discover, outsideRoots } from "./engine/discovery.ts";
 import { finalise } from "./engine/finalise.ts";
-import { destroyOrphans } from "./engine/machines.ts";
+import { settleWithFleet } from "./engine/fleet.ts";
+import { destroyOrphans } from "./engine/orphans.ts";
 import { type CallbackReply, type ReserveReply, reserveOutputs, settleCallback } from "./engine/outcomes.ts";
 import { plan } from "./engine/planning.ts";
 import { heartbeat, lease } from "./engine/pool.ts";
@@ -96,7 +97,11 @@ export class BatchDO extends DurableObject<Env> {
     });
     if (message.pool ?? this.config.POOL_MODE) this.store.updateMeta({ pool: 1, pool_slots: message.pool_tasks_per_machine ?? 0 }, now);
     this.store.updateMeta(
-      { tolerated_failure_percentage: message.tolerated_failure_percentage ?? null, tolerated_failure_count: message.tolerated_failure_count ?? null },
+      {
+        tolerated_failure_percentage: message.tolerated_failure_percentage ?? null,
+        tolerated_failure_count: message.tolerated_failure_count ?? null,
+        priority: message.priority ?? 1,
+      },
       now,
     );
     await this.ctx.storage.setAlarm(now);
@@ -208,6 +213,7 @@ export class BatchDO extends DurableObject<Env> {
       logError("DO", "reset_list_failed", error, { batch_id: meta.batch_id });
     }
     const destroyed = await destroyOrphans(e, now);
+    await settleWithFleet(e, this.store.getMeta()!);
     const pending = this.store.orphanCount();
     if (pending > 0) await this.ctx.storage.setAlarm(now + 5_000);
     await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
@@ -276,6 +282,8 @@ export class BatchDO extends DurableObject<Env> {
       // Always re-arm while work remains, whatever the step did.
       const after = this.store.getMeta();
       if (after && isFinished(after)) next = this.store.earliestDeadline();
+      // A finished batch still in the fleet comes back once to leave it.
+      if (after && isFinished(after) && next === null && after.fleet_json !== null) next = Date.now();
       if (next !== null) await this.ctx.storage.setAlarm(Math.max(next, Date.now()));
       this.live.progressChanged();
       await syncBatchIndex(this.env, after, () => this.status());
@@ -311,12 +319,17 @@ export class BatchDO extends DurableObject<Env> {
         return plan(e, meta);
       case "run":
         return await run(e, meta);
-      case "finalise":
-        return await finalise(e, meta);
+      case "finalise": {
+        const next = await finalise(e, meta);
+        await settleWithFleet(e, this.store.getMeta()!);
+        return next;
+      }
       case "done":
       case "failed":
       case "error":
         await destroyOrphans(e, Date.now());
+        // The fleet counts the batch's machines until they are gone; then it leaves the fleet.
+        await settleWithFleet(e, this.store.getMeta()!);
         return this.store.earliestDeadline();
     }
   }

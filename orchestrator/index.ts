@@ -16,7 +16,7 @@ import { backoffMs } from "../shared/backoff.ts";
 import { timingSafeEqualText, verifyGrant } from "../shared/token.ts";
 import type { ApiStatus, DeadLetterOutcome } from "./batch-do.ts";
 import { CursorError, listBatches } from "./batch-index.ts";
-import { ConfigError, loadConfig } from "./config.ts";
+import { ConfigError, fleetLimitsOf, loadConfig, ratesOf } from "./config.ts";
 import { health } from "./health.ts";
 import { errorMessage, log, logError } from "./log.ts";
 
@@ -40,6 +40,7 @@ const router = Router<IRequest, [Env]>({
 router
   .get("/health", (req, env) => health(req, env))
   .get("/batches", reader(batches))
+  .get("/fleet", reader(fleet))
   .get("/status/:batchId", reader(withBatch(status)))
   .get("/status/:batchId/events", reader(withBatch(events)))
   .get("/status/:batchId/tasks", reader(withBatch(tasks)))
@@ -63,6 +64,13 @@ export default {
 } satisfies ExportedHandler<Env>;
 
 // ---- handlers -------------------------------------------------------------------------------
+
+/** The Fly app's fleet: its limits (configured and learned), what each batch holds and may hold, who waits, the API tokens. */
+async function fleet(_req: IRequest, env: Env): Promise<Response> {
+  const config = loadConfig(env);
+  const snapshot = await env.FLY_BUDGET.getByName(config.FLY_APP_NAME).snapshot(fleetLimitsOf(config), ratesOf(config));
+  return Response.json({ app: config.FLY_APP_NAME, ...snapshot });
+}
 
 async function status(req: IRequest, env: Env): Promise<Response> {
   const body = await stub(env, req.params.batchId).status();

@@ -40,6 +40,8 @@ export const QueueMessage = z
     tolerated_failure_percentage: z.number().min(0).max(100).optional(),
     /** … or once more than this many tasks failed. */
     tolerated_failure_count: z.number().int().min(0).optional(),
+    /** Its weight in the fleet's fair shares of machines and create tokens (default 1: equal). */
+    priority: z.number().positive("priority must be more than 0").max(100, "priority must be at most 100").optional(),
   })
   .refine((m) => m.manifest_r2_key !== undefined || m.r2_prefix !== undefined, {
     message: "a queue message needs manifest_r2_key or r2_prefix",

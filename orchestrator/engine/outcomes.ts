@@ -8,6 +8,7 @@ import { getPhase } from "../phases/index.ts";
 import type { BatchMeta, TaskRow } from "../store/index.ts";
 import { presign } from "./access.ts";
 import { type Engine, taskView } from "./context.ts";
+import { machineDone, retireMachine } from "./machines.ts";
 
 /** Ends the task's current attempt as failed: retried with backoff, or FAILED for good. Call inside a transaction. */
 export function failAttempt(e: Engine, meta: BatchMeta, task: TaskRow, error: string, retryable: boolean, now: number): void {
@@ -109,8 +110,9 @@ export async function settleCallback(e: Engine, taskId: string, attempt: number,
     // A single-task machine is done with its one task (it exits by itself when it called back;
     // when another attempt settled the task, the current machine is moot and is destroyed).
     if (holder && holder.task_id && holder.state !== "gone") {
-      e.store.updateWorker(holder.worker_id, { state: "gone" });
-      if (holder.attempt !== attempt && holder.machine_id) e.store.addOrphan(holder.machine_id, "task settled by an earlier attempt", now);
+      if (holder.attempt !== attempt) retireMachine(e, holder, "task settled by an earlier attempt", now);
+      // Its own attempt called back: it exits by itself, and counts in the fleet until seen gone.
+      else machineDone(e, holder, now);
     }
   });
   log("Callback", verdict.ok ? "task_done" : "task_error", {

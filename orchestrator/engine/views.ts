@@ -3,6 +3,7 @@
 import type { BatchMeta, PhaseCounts, Stage, TaskRow, TaskState } from "../store/index.ts";
 import { FLY_PRICES, pricePerSecond } from "../../shared/fly-model.ts";
 import { apiStatus, type Engine, iso, openCount } from "./context.ts";
+import { fleetOf, fleetWarnings } from "./fleet.ts";
 
 const RECENT_FAILURES = 10;
 
@@ -36,6 +37,22 @@ export interface StatusBody {
   /** A step that keeps failing: how many times in a row and the last error (the batch goes to ERROR at the limit). */
   step_failures: { count: number; limit: number; last_error: string | null; stage: Stage } | null;
   warnings: string[];
+  /**
+   * The batch in the app's fleet, as the fleet last answered it: its share of machines, what it
+   * holds, whether it waits for room (and its place among the waiting), and the fleet's limits.
+   */
+  fleet: {
+    share: number;
+    live: { machines: number; vcpus: number; memory_mb: number };
+    waiting: boolean;
+    position: number | null;
+    waiting_batches: number;
+    batches: number;
+    limits: { machines: number; vcpus: number; memory_mb: number };
+    learned: string | null;
+  } | null;
+  /** A request Fly called bad paused the phase: the error (naming the field to fix) and when creates try again. */
+  paused: { error: string; retry_at: string } | null;
   finalisation: { attempts: number; last_error: string | null } | null;
   recent_failures: {
     task_id: string;
@@ -90,7 +107,13 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
     error: meta.error,
     step_failures:
       meta.step_failures > 0 ? { count: meta.step_failures, limit: e.config.MAX_STEP_FAILURES, last_error: meta.step_error, stage: meta.stage } : null,
-    warnings: [...warningsOf(meta.warnings_json), ...e.store.recentWarnings(RECENT_FAILURES).map((w) => `${w.task_id}: ${w.warning}`)],
+    warnings: [
+      ...fleetWarnings(meta, meta.stage === "run"),
+      ...warningsOf(meta.warnings_json),
+      ...e.store.recentWarnings(RECENT_FAILURES).map((w) => `${w.task_id}: ${w.warning}`),
+    ],
+    fleet: fleetView(meta),
+    paused: meta.paused_error && meta.stage === "run" ? { error: meta.paused_error, retry_at: iso(meta.paused_until)! } : null,
     finalisation: meta.finalise_attempts > 0 ? { attempts: meta.finalise_attempts, last_error: meta.finalise_error } : null,
     recent_failures: e.store.recentFailures(RECENT_FAILURES).map((a) => ({
       task_id: a.task_id,
@@ -102,6 +125,13 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
       logs: logsCommand(e, a.machine_id),
     })),
   };
+}
+
+function fleetView(meta: BatchMeta): StatusBody["fleet"] {
+  const f = fleetOf(meta);
+  if (!f) return null;
+  const { share, live, waiting, position, waiting_batches, batches, limits, learned } = f;
+  return { share, live, waiting, position, waiting_batches, batches, limits, learned };
 }
 
 function machineCost(e: Engine, meta: BatchMeta): StatusBody["machines"] {

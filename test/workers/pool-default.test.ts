@@ -71,7 +71,7 @@ describe("pool mode by default", () => {
     const expected = sizePool({
       tasks: 12,
       work: tiffWork(maxSize),
-      maxMachines: c.MAX_CONCURRENT_MACHINES,
+      maxMachines: Math.min(c.MAX_CONCURRENT_MACHINES ?? Infinity, c.FLEET_MAX_MACHINES),
       createPerS: c.FLY_CREATE_RATE_PER_SECOND,
       createBurst: c.FLY_CREATE_BURST,
       bootS: 5,
