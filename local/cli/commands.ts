@@ -17,4 +17,5 @@ export const COMMANDS: Record<string, Command> = {
   doctor: { run: async (args) => (await import("./doctor.ts")).doctor(args), usage: "doctor [--json]" },
   redrive: { run: async (args) => (await import("./redrive.ts")).redrive(args), usage: "redrive <batchId> [--json]" },
   list: { run: async (args) => (await import("./list.ts")).list(args), usage: "list [--status S] [--limit N] [--all] [--cursor C] [--json]" },
+  fleet: { run: async (args) => (await import("./fleet.ts")).fleet(args), usage: "fleet [--json]" },
 };
