@@ -154,14 +154,22 @@ export class FlyBudget extends DurableObject<Env> {
     const fleetLive = rows.reduce((sum, r) => add(sum, r.live), { ...ZERO });
     const share = shares.get(req.batch_id) ?? 0;
     const room = roomFor(req.guest, limits, fleetLive);
-    let wanted = Math.max(0, Math.min(req.want, share - req.running, room));
+    const could = Math.max(0, Math.min(req.want, share - req.running, room));
+    let wanted = could;
 
-    // Create tokens: when other batches need them too, they take turns (the one served longest ago
-    // first), each taking its weighted part of what is there.
+    // Create tokens: batches that could create but lack tokens take turns, the one holding the least
+    // (its weighted dominant share, as the shares are reckoned) first, then the one served longest
+    // ago; each takes its weighted part of what is there.
+    const level = (live: Resources, weight: number) => Math.max(...RESOURCES.map((r) => (limits[r] > 0 ? live[r] / limits[r] : 0))) / Math.max(weight, 1e-9);
+    const mine = level(req.live, req.weight);
     const needy = rows.filter((r) => r.batch_id !== req.batch_id && r.unmet > 0 && now - r.seen_at < NEEDY_MS);
     let tokenLimited = false;
     if (wanted > 0 && needy.length > 0) {
-      if (needy.some((r) => r.served_at < self.served_at)) {
+      const ahead = needy.some((r) => {
+        const theirs = level(r.live, r.weight);
+        return theirs < mine - 1e-9 || (Math.abs(theirs - mine) <= 1e-9 && r.served_at < self.served_at);
+      });
+      if (ahead) {
         tokenLimited = true;
         wanted = 0;
       } else {
@@ -175,7 +183,8 @@ export class FlyBudget extends DurableObject<Env> {
     if (grant.granted < wanted) tokenLimited = true;
     const holds = add(req.live, machineOf(req.guest), grant.granted);
     const runs = req.running + grant.granted;
-    const unmet = Math.max(0, Math.min(share, req.demand) - runs);
+    // What it could have created but for the tokens: while any, it takes its turn for them.
+    const unmet = could - grant.granted;
     const waiting = req.demand > runs && (share <= runs || room - grant.granted <= 0);
     this.tables.afterGrant(req.batch_id, holds, grant.granted > 0 ? now : self.served_at, unmet, waiting);
 

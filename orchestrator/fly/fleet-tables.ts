@@ -23,7 +23,7 @@ export interface FleetRow {
   seen_at: number;
   /** When it was last granted create tokens (0: never): batches that need tokens take turns by it. */
   served_at: number;
-  /** Machines it still lacks below its share and demand, at its last report. */
+  /** Creates it could have sent at its last report but for the create tokens (it takes turns for them while any). */
   unmet: number;
   waiting: boolean;
 }
