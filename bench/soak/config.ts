@@ -16,6 +16,13 @@ export const SOAK = {
   callbacks: { duplicate: 0.1, late: 0.02, stale: 0.02 },
   evictAt: 0.2,
   restartAt: 0.4,
+  /**
+   * The fleet run: three batches at once (the large one of --tasks, two small of a tenth, submitted
+   * once a tenth of the large one has finished) in a fleet of these limits. No organisation quota in
+   * the emulator: it would refuse first, and the fleet's own limits would go unchecked (quota
+   * refusals have their own tests: test/e2e/quota.test.ts, test/workers/fly-answers.test.ts).
+   */
+  fleet: { machines: 6, vcpus: 24, memory_mb: 24_576, smallFraction: 0.1, smallAt: 0.1 },
 } as const;
 
 export type SoakConfig = typeof SOAK;

@@ -240,7 +240,7 @@ function explain(
     restart: { from: number; to: number } | null;
   },
 ): string | null {
-  const fate = ctx.ev.held.find((h) => h.taskId === d.task_id && h.attempt === a.attempt)?.fate;
+  const fate = ctx.ev.held.find((h) => h.taskId === d.task_id && h.attempt === a.attempt)?.fate; // held: this batch's only (collect.ts)
   if (fate === "late") return "late callback (held past the deadline)";
   if (fate === "stale_error" || fate === "stale_success") return "stale callback (held until the next attempt)";
   const machine = /machine ([0-9a-f]{14})/.exec(error)?.[1] ?? a.machine_id ?? "";
@@ -271,7 +271,7 @@ export function markdown(results: ModeResult[], run: { tasks: number; seed: numb
     "",
     "## Figures",
     "",
-    table(["", ...results.map((r) => r.mode)], Object.keys(results[0]?.figures ?? {}).map((k) => [k, ...results.map((r) => String(r.figures[k] ?? ""))])),
+    table(["", ...results.map((r) => r.mode)], [...new Set(results.flatMap((r) => Object.keys(r.figures)))].map((k) => [k, ...results.map((r) => String(r.figures[k] ?? ""))])),
     "",
     "## Faults injected",
     "",
