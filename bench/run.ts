@@ -4,7 +4,8 @@
 //   2. Conversion: fly-worker pipeline vs the `vips` CLI                      bench/conversion.ts
 //   3. Makespan: the real engine + emulator in simulated time, Fly's CPU model bench/workerd/makespan.bench-run.ts
 //   4. Real-stack makespan: local stack, 200 small TIFFs, single vs default    bench/stack-makespan.ts
-// BENCH_ONLY=conversion,scale,makespan,stack runs a subset, BENCH_CONVERSION_SIZES=25 fewer scan sizes and
+//   5. The fleet: batches at once, the real engine and fleet in simulated time bench/workerd/fleet.bench-run.ts
+// BENCH_ONLY=conversion,scale,makespan,stack,fleet runs a subset (BENCH_ONLY=fleet rewrites section 5 of RESULTS.md alone), BENCH_CONVERSION_SIZES=25 fewer scan sizes and
 // BENCH_REPEATS=1 fewer runs (RESULTS.md is written only for a full run at the default sizes).
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
@@ -14,6 +15,7 @@ import sharp from "sharp";
 import { runConversionBench, SETTINGS, type ConversionFigure } from "./conversion.ts";
 import { ensureVips } from "./vips.ts";
 import { runStackMakespan, type StackFigures } from "./stack-makespan.ts";
+import { fleetSection, type FleetFigures, writeFleetSection } from "./fleet-report.ts";
 import { FLY_CPU, FLY_PRICES, pricePerSecond, type Guest } from "../shared/fly-model.ts";
 import { COST_MARGIN } from "../orchestrator/engine/sizing.ts";
 import { MOZJPEG_CPU_S_PER_MP } from "../orchestrator/phases/tiff-conversion.ts";
@@ -27,7 +29,8 @@ if (major < 22 || (major === 22 && minor < 18)) {
   process.exit(1);
 }
 
-const only = new Set((process.env.BENCH_ONLY ?? "conversion,scale,makespan,stack").split(",").map((s) => s.trim()));
+const SECTIONS = ["conversion", "scale", "makespan", "stack", "fleet"];
+const only = new Set((process.env.BENCH_ONLY ?? SECTIONS.join(",")).split(",").map((s) => s.trim()));
 const CONVERSION_SIZES = (process.env.BENCH_CONVERSION_SIZES ?? "25,100,300").split(",").map(Number);
 if (CONVERSION_SIZES.some((mp) => !Number.isFinite(mp) || mp <= 0)) {
   console.error(`BENCH_CONVERSION_SIZES must be megapixels separated by commas, got "${process.env.BENCH_CONVERSION_SIZES}"`);
@@ -114,7 +117,7 @@ function vitestBench<T>(project: string, name: string, env: Record<string, strin
       for (const line of lines) {
         const m = /^BENCH_JSON (\S+) (.*)$/.exec(line.trim());
         if (m && m[1] === name) figures = JSON.parse(m[2]) as T;
-        else if (/^\s+(scale|makespan) /.test(line)) log(line);
+        else if (/^\s+(scale|makespan|fleet) /.test(line)) log(line);
         tail = (tail + line + "\n").slice(-4000);
       }
     });
@@ -174,6 +177,22 @@ if (only.has("makespan")) {
   makespanS = (performance.now() - t) / 1000;
 }
 
+let fleet: FleetFigures | null = null;
+let fleetS = 0;
+if (only.has("fleet")) {
+  log("The fleet: batches at once through the real engine and fleet, simulated time");
+  const t = performance.now();
+  fleet = await vitestBench<FleetFigures>("fleet", "fleet", {
+    BENCH_CPU_S: String(makespanCpuS),
+    BENCH_BOOT_DELAY_MS: String(BOOT_DELAY_MS),
+    BENCH_FILE_BYTES: String(makespanImage?.tiff_bytes ?? 254_000_000),
+    BENCH_OUT_BYTES: String(makespanImage?.output_bytes ?? 26_000_000),
+    BENCH_NET_BYTES_PER_S: String(NET_BYTES_PER_S),
+    BENCH_RTT_S: String(RTT_S),
+  });
+  fleetS = (performance.now() - t) / 1000;
+}
+
 let stack: StackFigures | null = null;
 let stackS = 0;
 const STACK_TASKS = 200;
@@ -219,7 +238,7 @@ const machine = [
   `- Load average (1/5/15 min) at start ${loadAtStart.map((x) => f(x, 2)).join(" / ")}, at end ${os.loadavg().map((x) => f(x, 2)).join(" / ")}; 1-minute load sampled every 10 s during the run: max ${f(busiest, 2)} — the machine is shared, so figures are medians`,
   `- Node ${process.version}; sharp ${sharp.versions.sharp} (libvips ${sharp.versions.vips}); ${vips?.version ?? "vips CLI not run"}; vitest ${packageVersion("vitest")}, @cloudflare/vitest-plugin ${packageVersion("@cloudflare/vitest-plugin")}, wrangler ${packageVersion("wrangler")}`,
   `- Commit: ${git(["rev-parse", "--short", "HEAD"])}${git(["status", "--porcelain", "--untracked-files=no"]) ? " (with uncommitted changes in the tree)" : ""}`,
-  `- \`npm run bench\` wall time: ${f(totalS / 60, 1)} min (conversion ${f(conversionS, 0)} s, scale ${f(scaleS, 0)} s, makespan ${f(makespanS, 0)} s, stack ${f(stackS, 0)} s)`,
+  `- \`npm run bench\` wall time: ${f(totalS / 60, 1)} min (conversion ${f(conversionS, 0)} s, scale ${f(scaleS, 0)} s, makespan ${f(makespanS, 0)} s, stack ${f(stackS, 0)} s, fleet ${f(fleetS, 0)} s)`,
 ].join("\n");
 
 function scaleSection(): string {
@@ -439,12 +458,16 @@ ${machine}
 ${scaleSection()}
 ${conversionSection()}
 ${makespanSection()}
-${stackSection()}`;
+${stackSection()}
+${fleet ? fleetSection(fleet, makespanCpuS) : ""}`;
 
 console.log(`\n${report}`);
-if (only.size === 4 && process.env.BENCH_CONVERSION_SIZES === undefined) {
+if (SECTIONS.every((s) => only.has(s)) && process.env.BENCH_CONVERSION_SIZES === undefined) {
   writeFileSync(join(ROOT, "bench/RESULTS.md"), report);
   log(`wrote bench/RESULTS.md (${f(totalS / 60, 1)} min)`);
+} else if (only.size === 1 && fleet && (process.env.BENCH_FLEET_SCALE ?? "1") === "1") {
+  writeFleetSection(join(ROOT, "bench/RESULTS.md"), fleetSection(fleet, makespanCpuS));
+  log("wrote section 5 of bench/RESULTS.md");
 } else {
   log(`BENCH_ONLY=${[...only].join(",")}${process.env.BENCH_CONVERSION_SIZES ? `, BENCH_CONVERSION_SIZES=${process.env.BENCH_CONVERSION_SIZES}` : ""}: bench/RESULTS.md not written`);
 }

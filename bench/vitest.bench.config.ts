@@ -94,6 +94,23 @@ export default defineConfig({
       project("scale", { MAX_CONCURRENT_MACHINES: "200", FLY_CREATE_RATE_PER_SECOND: "1000", FLY_CREATE_BURST: "1000", POOL_MODE: "false", ...UNBOUND_FLEET, FLY_API_RATES: "list=1000/1000,get=1000/1000,destroy=1000/1000" }),
       // Production limits (wrangler.jsonc): 50 machines, Fly's documented create limit 1/s burst 3.
       makespan("makespan", 50, process.env.BENCH_MAKESPAN_SIZES ?? "1000,10000", process.env.BENCH_MAKESPAN_MODES ?? "baseline,single,pool"),
+      // The fleet: batches at once in one fleet (its limits set per scenario); no cap per batch; Fly's create limit.
+      project(
+        "fleet",
+        { MAX_CONCURRENT_MACHINES: "", FLY_CREATE_RATE_PER_SECOND: "1", FLY_CREATE_BURST: "3" },
+        {
+          fleet: {
+            cpuS: number("BENCH_CPU_S", 14.3),
+            bootDelayMs: number("BENCH_BOOT_DELAY_MS", 5_000),
+            fileBytes: number("BENCH_FILE_BYTES", 254_000_000),
+            outBytes: number("BENCH_OUT_BYTES", 26_000_000),
+            netBytesPerS: number("BENCH_NET_BYTES_PER_S", 100e6),
+            rttS: number("BENCH_RTT_S", 0.2),
+            // BENCH_FLEET_SCALE=0.1: every batch a tenth the size (a quick look; RESULTS.md is for 1).
+            scale: number("BENCH_FLEET_SCALE", 1),
+          },
+        },
+      ),
     ],
   },
 });
