@@ -11,6 +11,7 @@ import { CREATE_ANSWER_MS, type Engine, SPAWNS_PER_ALARM, taskView } from "./con
 import { createMachines, pauseAllows } from "./creates.ts";
 import { askFleet } from "./fleet.ts";
 import { checkMachines, lapseOverdue, MachineCensus, type MachinePlan, recordCreating, retireAll } from "./machines.ts";
+import { failAttempt } from "./outcomes.ts";
 import { destroyOrphans } from "./orphans.ts";
 import { decide, poolTarget, type SchedulerState } from "./schedule.ts";
 import { sizePool } from "./sizing.ts";
@@ -221,21 +222,18 @@ async function launchSingle(e: Engine, meta: BatchMeta, phase: Phase, n: number)
   });
   if (launched.length === 0) return;
   const expiresAt = attemptExpiry(now, limits);
-  const plans: MachinePlan[] = await Promise.all(
-    launched.map(async (t) => {
-      const req = phase.machine(taskView(meta, t));
-      return {
-        id: t.worker_id!,
-        phase,
-        guest: phase.guest(t.size_bytes),
-        image: req.image ?? e.config.FLY_IMAGE,
-        env: { ...req.env, ...(await attemptEnv(e, meta, t, expiresAt)) },
-        slots: 1,
-        task: t,
-      };
-    }),
-  );
-  e.store.transaction(() => recordCreating(e, plans, limits.bootTimeoutMs, now));
+  const minted = await Promise.all(launched.map(async (t) => ({ t, access: await attemptEnv(e, meta, t, expiresAt) })));
+  const plans: MachinePlan[] = [];
+  for (const { t, access } of minted) {
+    if (!access.ok) continue;
+    const req = phase.machine(taskView(meta, t));
+    plans.push({ id: t.worker_id!, phase, guest: phase.guest(t.size_bytes), image: req.image ?? e.config.FLY_IMAGE, env: { ...req.env, ...access.env }, slots: 1, task: t });
+  }
+  e.store.transaction(() => {
+    // An attempt that may not write its output never gets a machine (outputs.ts outputAccess).
+    for (const { t, access } of minted) if (!access.ok) failAttempt(e, meta, t, access.reason, access.retryable, now);
+    recordCreating(e, plans, limits.bootTimeoutMs, now);
+  });
   await createMachines(e, meta, plans);
 }
 
