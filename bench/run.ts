@@ -162,18 +162,19 @@ const makespanCpuS = makespanImage ? makespanImage.cpu_s : Number(process.env.BE
 const NET_BYTES_PER_S = Number(process.env.BENCH_NET_BYTES_PER_S ?? 100e6);
 /** Lease + presign + storage request round trips per task (4 × ~50 ms). */
 const RTT_S = 0.2;
+/** What the simulations (makespan, fleet) model a scan by. */
+const simulationEnv = {
+  BENCH_CPU_S: String(makespanCpuS),
+  BENCH_BOOT_DELAY_MS: String(BOOT_DELAY_MS),
+  BENCH_FILE_BYTES: String(makespanImage?.tiff_bytes ?? 254_000_000),
+  BENCH_OUT_BYTES: String(makespanImage?.output_bytes ?? 26_000_000),
+  BENCH_NET_BYTES_PER_S: String(NET_BYTES_PER_S),
+  BENCH_RTT_S: String(RTT_S),
+};
 if (only.has("makespan")) {
   log(`Makespan: real engine + Fly emulator + Fly's CPU model in simulated time, ${makespanCpuS.toFixed(2)} CPU-s per conversion, ${BOOT_DELAY_MS} ms boot`);
   const t = performance.now();
-  const env = {
-    BENCH_CPU_S: String(makespanCpuS),
-    BENCH_BOOT_DELAY_MS: String(BOOT_DELAY_MS),
-    BENCH_FILE_BYTES: String(makespanImage?.tiff_bytes ?? 254_000_000),
-    BENCH_OUT_BYTES: String(makespanImage?.output_bytes ?? 26_000_000),
-    BENCH_NET_BYTES_PER_S: String(NET_BYTES_PER_S),
-    BENCH_RTT_S: String(RTT_S),
-  };
-  makespan = await vitestBench<MakespanFigure[]>("makespan", "makespan", { ...env, BENCH_MAKESPAN_SIZES: "1000,10000", BENCH_MAKESPAN_MODES: "baseline,single,pool" });
+  makespan = await vitestBench<MakespanFigure[]>("makespan", "makespan", { ...simulationEnv, BENCH_MAKESPAN_SIZES: "1000,10000", BENCH_MAKESPAN_MODES: "baseline,single,pool" });
   makespanS = (performance.now() - t) / 1000;
 }
 
@@ -182,14 +183,7 @@ let fleetS = 0;
 if (only.has("fleet")) {
   log("The fleet: batches at once through the real engine and fleet, simulated time");
   const t = performance.now();
-  fleet = await vitestBench<FleetFigures>("fleet", "fleet", {
-    BENCH_CPU_S: String(makespanCpuS),
-    BENCH_BOOT_DELAY_MS: String(BOOT_DELAY_MS),
-    BENCH_FILE_BYTES: String(makespanImage?.tiff_bytes ?? 254_000_000),
-    BENCH_OUT_BYTES: String(makespanImage?.output_bytes ?? 26_000_000),
-    BENCH_NET_BYTES_PER_S: String(NET_BYTES_PER_S),
-    BENCH_RTT_S: String(RTT_S),
-  });
+  fleet = await vitestBench<FleetFigures>("fleet", "fleet", simulationEnv);
   fleetS = (performance.now() - t) / 1000;
 }
 

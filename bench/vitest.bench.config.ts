@@ -57,6 +57,16 @@ const number = (name: string, fallback: number) => {
   return v;
 };
 
+/** How the simulations model one 100 MP scan (bench/run.ts passes what section 2 measured). */
+const scan = () => ({
+  cpuS: number("BENCH_CPU_S", 14.3),
+  bootDelayMs: number("BENCH_BOOT_DELAY_MS", 5_000),
+  fileBytes: number("BENCH_FILE_BYTES", 254_000_000),
+  outBytes: number("BENCH_OUT_BYTES", 26_000_000),
+  netBytesPerS: number("BENCH_NET_BYTES_PER_S", 100e6),
+  rttS: number("BENCH_RTT_S", 0.2),
+});
+
 /**
  * A makespan project: `machines` is its MAX_CONCURRENT_MACHINES; the create limit is Fly's; no
  * POOL_MODE or POOL_TASKS_PER_MACHINE: the production defaults (pool mode, auto-sized).
@@ -68,12 +78,7 @@ function makespan(name: string, machines: number, sizes: string, modes: string) 
     { MAX_CONCURRENT_MACHINES: String(machines), FLY_CREATE_RATE_PER_SECOND: "1", FLY_CREATE_BURST: "3", ...UNBOUND_FLEET },
     {
       makespan: {
-        cpuS: number("BENCH_CPU_S", 14.3),
-        bootDelayMs: number("BENCH_BOOT_DELAY_MS", 5_000),
-        fileBytes: number("BENCH_FILE_BYTES", 254_000_000),
-        outBytes: number("BENCH_OUT_BYTES", 26_000_000),
-        netBytesPerS: number("BENCH_NET_BYTES_PER_S", 100e6),
-        rttS: number("BENCH_RTT_S", 0.2),
+        ...scan(),
         machines,
         sizes: sizes.split(",").map(Number),
         modes: modes.split(",").map((m) => {
@@ -100,12 +105,7 @@ export default defineConfig({
         { MAX_CONCURRENT_MACHINES: "", FLY_CREATE_RATE_PER_SECOND: "1", FLY_CREATE_BURST: "3" },
         {
           fleet: {
-            cpuS: number("BENCH_CPU_S", 14.3),
-            bootDelayMs: number("BENCH_BOOT_DELAY_MS", 5_000),
-            fileBytes: number("BENCH_FILE_BYTES", 254_000_000),
-            outBytes: number("BENCH_OUT_BYTES", 26_000_000),
-            netBytesPerS: number("BENCH_NET_BYTES_PER_S", 100e6),
-            rttS: number("BENCH_RTT_S", 0.2),
+            ...scan(),
             // BENCH_FLEET_SCALE=0.1: every batch a tenth the size (a quick look; RESULTS.md is for 1).
             scale: number("BENCH_FLEET_SCALE", 1),
           },

@@ -26,3 +26,20 @@ export const SOAK = {
 } as const;
 
 export type SoakConfig = typeof SOAK;
+
+/** The orchestrator's vars in every soak run (single, pool, fleet), on top of the run's own. */
+export function soakVars(own: Record<string, string>): Record<string, string> {
+  return {
+    FLY_REGIONS: "iad,ord,ams",
+    MAX_RETRY_ATTEMPTS: String(SOAK.maxAttempts),
+    FLY_CREATE_RATE_PER_SECOND: String(SOAK.createRate),
+    FLY_CREATE_BURST: String(SOAK.createBurst),
+    BOOT_TIMEOUT_MS: String(SOAK.bootTimeoutMs),
+    RUN_TIMEOUT_MS: String(SOAK.runTimeoutMs),
+    MACHINE_CHECK_INTERVAL_MS: "1000",
+    LEASE_TIMEOUT_MS: "6000",
+    POOL_IDLE_TIMEOUT_MS: "5000",
+    DEBUG_HOOKS: "true",
+    ...own,
+  };
+}

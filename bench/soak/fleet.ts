@@ -10,7 +10,7 @@ import { startStack, type Stack } from "../../local/stack.ts";
 import { s3Client, submitBatch, type Submitted } from "../../local/submit.ts";
 import { startCallbackFaults, type CallbackFaults } from "./callback-faults.ts";
 import { collect } from "./collect.ts";
-import { SOAK } from "./config.ts";
+import { SOAK, soakVars } from "./config.ts";
 import { startEventTap, type EventTap } from "./event-tap.ts";
 import { check, type ModeResult } from "./report.ts";
 import { startS3Tap, type S3Tap } from "./s3-tap.ts";
@@ -49,23 +49,13 @@ export async function soakFleet(
     stateDir: join(workDir, "fleet"),
     fresh: true,
     seed: args.seed,
-    vars: {
+    vars: soakVars({
       POOL_MODE: "true",
-      FLY_REGIONS: "iad,ord,ams",
       MAX_CONCURRENT_MACHINES: "",
       FLEET_MAX_MACHINES: String(f.machines),
       FLEET_MAX_VCPUS: String(f.vcpus),
       FLEET_MAX_MEMORY_MB: String(f.memory_mb),
-      MAX_RETRY_ATTEMPTS: String(SOAK.maxAttempts),
-      FLY_CREATE_RATE_PER_SECOND: String(SOAK.createRate),
-      FLY_CREATE_BURST: String(SOAK.createBurst),
-      BOOT_TIMEOUT_MS: String(SOAK.bootTimeoutMs),
-      RUN_TIMEOUT_MS: String(SOAK.runTimeoutMs),
-      MACHINE_CHECK_INTERVAL_MS: "1000",
-      LEASE_TIMEOUT_MS: "6000",
-      POOL_IDLE_TIMEOUT_MS: "5000",
-      DEBUG_HOOKS: "true",
-    },
+    }),
     emulator: { createLimit: { perSecond: SOAK.createRate, burst: SOAK.createBurst }, faults: { ...SOAK.faults } },
     machineEnv: { CALLBACK_BACKOFF_MS: "500", CALLBACK_MAX_ATTEMPTS: "10" },
     wrapS3Endpoint: async (endpoint) => (tap = await startS3Tap(endpoint, "fanout-archive")),

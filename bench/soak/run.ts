@@ -16,7 +16,7 @@ import { s3Client, submitBatch } from "../../local/submit.ts";
 import { startCallbackFaults, type CallbackFaults } from "./callback-faults.ts";
 import { collect, type SoakEvidence } from "./collect.ts";
 import { check, markdown, type ModeResult } from "./report.ts";
-import { SOAK } from "./config.ts";
+import { SOAK, soakVars } from "./config.ts";
 import { startEventTap } from "./event-tap.ts";
 import { startS3Tap, type S3Tap } from "./s3-tap.ts";
 import { soakFleet } from "./fleet.ts";
@@ -103,20 +103,7 @@ async function soakMode(
     stateDir,
     fresh: true,
     seed: args.seed,
-    vars: {
-      POOL_MODE: String(mode === "pool"),
-      FLY_REGIONS: "iad,ord,ams",
-      MAX_CONCURRENT_MACHINES: String(SOAK.maxMachines),
-      MAX_RETRY_ATTEMPTS: String(SOAK.maxAttempts),
-      FLY_CREATE_RATE_PER_SECOND: String(SOAK.createRate),
-      FLY_CREATE_BURST: String(SOAK.createBurst),
-      BOOT_TIMEOUT_MS: String(SOAK.bootTimeoutMs),
-      RUN_TIMEOUT_MS: String(SOAK.runTimeoutMs),
-      MACHINE_CHECK_INTERVAL_MS: "1000",
-      LEASE_TIMEOUT_MS: "6000",
-      POOL_IDLE_TIMEOUT_MS: "5000",
-      DEBUG_HOOKS: "true",
-    },
+    vars: soakVars({ POOL_MODE: String(mode === "pool"), MAX_CONCURRENT_MACHINES: String(SOAK.maxMachines) }),
     emulator: { createLimit: { perSecond: SOAK.createRate, burst: SOAK.createBurst }, faults: { ...SOAK.faults } },
     // Callbacks retried quickly, so the orchestrator restart is bridged within seconds.
     machineEnv: { CALLBACK_BACKOFF_MS: "500", CALLBACK_MAX_ATTEMPTS: "10" },

@@ -10,20 +10,11 @@ import { log } from "../log.ts";
 import type { BatchMeta } from "../store/index.ts";
 import type { Engine } from "./context.ts";
 
-/** What /status shows of the fleet's last answer. */
-export interface FleetView {
-  share: number;
+/** What /status shows of the fleet's last answer: the answer, what the batch held, and when. */
+export type FleetView = Pick<FleetAnswer, "share" | "waiting" | "position" | "waiting_batches" | "batches" | "limits" | "fleet_live" | "learned" | "epoch"> & {
   live: Resources;
-  waiting: boolean;
-  position: number | null;
-  waiting_batches: number;
-  batches: number;
-  limits: Resources;
-  fleet_live: Resources;
-  learned: string | null;
-  epoch: number;
   at: number;
-}
+};
 
 /** Kinds of create refusal a batch keeps count of. */
 export type RefusalKind = "quota" | "capacity" | "invalid" | "rate_limited";
