@@ -15,9 +15,10 @@ import { LOOK_AFTER_MS } from "./orphans.ts";
 const CHECKS_PER_ALARM = 50;
 
 /**
- * The batch's machines as one list per alarm, instead of one read per machine: Fly's read
- * limit (5/s, burst 10) would otherwise be met by a batch with many live machines. A machine
- * missing from the list is confirmed with a single read before it is taken for gone.
+ * The batch's machines as one list per alarm, instead of one get per machine: a list (1/s, burst 3
+ * per app) costs one token of the app's list budget however many machines it returns, where a get
+ * per machine would spend the get budget (5/s, burst 10) fast (fly/rates.ts). A machine missing from
+ * the list is confirmed with a single get before it is taken for gone.
  */
 export class MachineCensus {
   private readonly fly: FlyMachines;
