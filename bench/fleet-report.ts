@@ -25,8 +25,9 @@ interface Fairness {
 }
 export interface FleetFigures {
   scale: number;
-  a: { together: BatchFigure[]; large_alone_s: number; small_alone_s: number; large_ratio: number; small_ratio: number; peak: Resources; limits: Resources; real_s: number };
-  b: { figures: BatchFigure[]; all_five: Fairness; whole_run: Fairness; peak: Resources; limits: Resources; real_s: number };
+  /** Null when BENCH_FLEET_SCENARIOS left the scenario out. */
+  a: { together: BatchFigure[]; large_alone_s: number; small_alone_s: number; large_ratio: number; small_ratio: number; peak: Resources; limits: Resources; real_s: number } | null;
+  b: { figures: BatchFigure[]; all_five: Fairness; whole_run: Fairness; peak: Resources; limits: Resources; real_s: number } | null;
   c: {
     figures: BatchFigure[];
     utilisation: { waiting_samples: number; mean_while_work_waits: number; mean_after_ramp: number; ramp_s: number; min_after_ramp: number };
@@ -34,7 +35,7 @@ export interface FleetFigures {
     limits: Resources;
     exceeded: boolean;
     real_s: number;
-  };
+  } | null;
 }
 
 const HEADING = "## 5. The fleet: batches at once";
@@ -47,6 +48,7 @@ const batchRows = (rows: BatchFigure[]) =>
 
 export function fleetSection(x: FleetFigures, cpuS: number): string {
   const { a, b, c } = x;
+  if (!a || !b || !c) return `${HEADING}\n\n(Not all three scenarios ran: BENCH_FLEET_SCENARIOS.)\n`;
   return `${HEADING} (real engine + fleet + emulator, simulated time)
 
 **Targets (issue 24):** (a) a 10-scan batch submitted 5 minutes after a 10,000-scan batch starts finishes within 2× its

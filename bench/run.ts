@@ -459,7 +459,7 @@ console.log(`\n${report}`);
 if (SECTIONS.every((s) => only.has(s)) && process.env.BENCH_CONVERSION_SIZES === undefined) {
   writeFileSync(join(ROOT, "bench/RESULTS.md"), report);
   log(`wrote bench/RESULTS.md (${f(totalS / 60, 1)} min)`);
-} else if (only.size === 1 && fleet && (process.env.BENCH_FLEET_SCALE ?? "1") === "1") {
+} else if (only.size === 1 && fleet?.a && fleet.b && fleet.c && (process.env.BENCH_FLEET_SCALE ?? "1") === "1") {
   writeFleetSection(join(ROOT, "bench/RESULTS.md"), fleetSection(fleet, makespanCpuS));
   log("wrote section 5 of bench/RESULTS.md");
 } else {

@@ -108,6 +108,8 @@ export default defineConfig({
             ...scan(),
             // BENCH_FLEET_SCALE=0.1: every batch a tenth the size (a quick look; RESULTS.md is for 1).
             scale: number("BENCH_FLEET_SCALE", 1),
+            // BENCH_FLEET_SCENARIOS=b: one scenario (RESULTS.md is written for all three).
+            scenarios: (process.env.BENCH_FLEET_SCENARIOS ?? "a,b,c").split(",").map((x) => x.trim()),
           },
         },
       ),

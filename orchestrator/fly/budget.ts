@@ -23,6 +23,7 @@ import {
   type QuotaResource,
   type Resources,
   RESOURCES,
+  vcpuLevel,
   ZERO,
 } from "./fleet.ts";
 import { FLY_ACTIONS, type FlyAction, type Rate, type Rates } from "./rates.ts";
@@ -158,9 +159,9 @@ export class FlyBudget extends DurableObject<Env> {
     let wanted = could;
 
     // Create tokens: batches that could create but lack tokens take turns, the one holding the least
-    // (its weighted dominant share, as the shares are reckoned) first, then the one served longest
-    // ago; each takes its weighted part of what is there.
-    const level = (live: Resources, weight: number) => Math.max(...RESOURCES.map((r) => (limits[r] > 0 ? live[r] / limits[r] : 0))) / Math.max(weight, 1e-9);
+    // (vCPUs per weight, as the shares are reckoned) first, then the one served longest ago; each
+    // takes its weighted part of what is there.
+    const level = vcpuLevel;
     const mine = level(req.live, req.weight);
     const needy = rows.filter((r) => r.batch_id !== req.batch_id && r.unmet > 0 && now - r.seen_at < NEEDY_MS);
     let tokenLimited = false;
@@ -188,7 +189,7 @@ export class FlyBudget extends DurableObject<Env> {
     const waiting = req.demand > runs && (share <= runs || room - grant.granted <= 0);
     this.tables.afterGrant(req.batch_id, holds, grant.granted > 0 ? now : self.served_at, unmet, waiting);
 
-    const queue = this.waitingOrder(rows.map((r) => (r.batch_id === req.batch_id ? { ...r, live: holds, waiting } : r)), shares, limits);
+    const queue = this.waitingOrder(rows.map((r) => (r.batch_id === req.batch_id ? { ...r, live: holds, waiting } : r)), shares);
     const position = waiting ? queue.indexOf(req.batch_id) + 1 : null;
     // Waiting below its share: room comes as others' surplus drains, soon. At its share: only when a batch ends.
     const nextAt = tokenLimited ? Math.max(grant.next_at, now + 50) : waiting ? now + (share > runs ? FLEET_POLL_MS : FLEET_POLL_AT_SHARE_MS) : null;
@@ -235,7 +236,7 @@ export class FlyBudget extends DurableObject<Env> {
       rows.filter((r) => now - r.seen_at < STALE_MS).map((r) => ({ id: r.batch_id, weight: r.weight, demand: r.demand, guest: r.guest, order: r.joined_at })),
       effective,
     );
-    const queue = this.waitingOrder(rows, shares, effective);
+    const queue = this.waitingOrder(rows, shares);
     const tokens = Object.fromEntries(
       FLY_ACTIONS.map((action) => {
         const rate = rates[action];
@@ -281,12 +282,16 @@ export class FlyBudget extends DurableObject<Env> {
     return Math.max(0, Math.floor(level - burstReserve(rate.burst)));
   }
 
-  /** Waiting batches in the order room would reach them: the furthest below its share (per weight) first. */
-  private waitingOrder(rows: { batch_id: string; live: Resources; weight: number; waiting: boolean; joined_at: number }[], shares: Map<string, number>, limits: Resources): string[] {
-    const level = (r: { live: Resources; weight: number }) => Math.max(...RESOURCES.map((k) => (limits[k] > 0 ? r.live[k] / limits[k] : 0))) / Math.max(r.weight, 1e-9);
+  /** Waiting batches in the order room would reach them: the furthest below its share first, then the least served (vCPUs per weight). */
+  private waitingOrder(rows: { batch_id: string; live: Resources; weight: number; waiting: boolean; joined_at: number }[], shares: Map<string, number>): string[] {
     return rows
       .filter((r) => r.waiting)
-      .sort((a, b) => (shares.get(b.batch_id) ?? 0) - b.live.machines - ((shares.get(a.batch_id) ?? 0) - a.live.machines) || level(a) - level(b) || a.joined_at - b.joined_at)
+      .sort(
+        (a, b) =>
+          (shares.get(b.batch_id) ?? 0) - b.live.machines - ((shares.get(a.batch_id) ?? 0) - a.live.machines) ||
+          vcpuLevel(a.live, a.weight) - vcpuLevel(b.live, b.weight) ||
+          a.joined_at - b.joined_at,
+      )
       .map((r) => r.batch_id);
   }
 }

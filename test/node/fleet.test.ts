@@ -26,11 +26,17 @@ describe("fairShares", () => {
     expect(asObject(five)).toEqual({ a: 6, b: 2, c: 2, d: 2, e: 2 });
   });
 
-  it("shares by each batch's dominant resource when machines differ in size (DRF)", () => {
-    // 16 vCPUs: a's 4-vCPU machines cost it 1/4 of the limit each, b's 1-vCPU ones 1/16. Equal
-    // dominant shares: 0.25·xa = 0.0625·xb and 4·xa + xb = 16 → xa = 2, xb = 8.
-    const shares = fairShares([claim("a", 10, { guest: { cpus: 4, memory_mb: 8192 } }), claim("b", 20)], limits(100, 16));
-    expect(asObject(shares)).toEqual({ a: 2, b: 8 });
+  it("evens out vCPUs when machines differ in size, whichever limit binds", () => {
+    // 16 vCPUs bind: equal vCPUs, 4·xa = xb and 4·xa + xb = 16 → xa = 2 (8 vCPUs), xb = 8 (8 vCPUs).
+    const byVcpus = fairShares([claim("a", 10, { guest: { cpus: 4, memory_mb: 8192 } }), claim("b", 20)], limits(100, 16));
+    expect(asObject(byVcpus)).toEqual({ a: 2, b: 8 });
+    // 10 machines bind: still equal vCPUs, 4·xa = xb and xa + xb = 10 → xa = 2, xb = 8 (dominant
+    // resource fairness would give 5 and 5 machines: 20 vCPUs against 5).
+    const byMachines = fairShares([claim("a", 10, { guest: { cpus: 4, memory_mb: 8192 } }), claim("b", 20)], limits(10));
+    expect(asObject(byMachines)).toEqual({ a: 2, b: 8 });
+    // Weighted 3:1 over 10 one-vCPU machines (7.5 : 2.5 exactly): levels after each machine a 1/3, 2/3,
+    // 1 (ties b's first, a joined first), b 1, a 4/3, 5/3, 2 (ties b's second), b 2, a 7/3, 8/3 → 8 and 2.
+    expect(asObject(fairShares([claim("a", 20, { weight: 3 }), claim("b", 20)], limits(10)))).toEqual({ a: 8, b: 2 });
   });
 
   it("fills what a large machine no longer fits with smaller ones", () => {
