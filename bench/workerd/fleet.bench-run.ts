@@ -8,6 +8,7 @@
 // machines, vCPUs, memory, by the machines' metadata) and whether it has work waiting (tasks
 // pending or retrying), and the emulator's peak of live resources against the fleet's limits.
 import { runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import { inject, it, vi } from "vitest";
 import { z } from "zod";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
@@ -33,10 +34,10 @@ interface BatchPlan {
   priority?: number;
 }
 
-/** One sample: per batch its holdings and whether work waits; and the fleet's total. */
+/** One sample: per batch its holdings, whether work waits and whether it wants more machines than it holds; the fleet's total. */
 interface Sample {
   t: number;
-  batches: Record<string, { running: boolean; waiting_work: boolean; live: Resources }>;
+  batches: Record<string, { running: boolean; waiting_work: boolean; wants_more: boolean; live: Resources }>;
   total: Resources;
 }
 
@@ -88,7 +89,7 @@ async function simulateFleet(name: string, plans: BatchPlan[], limits: Resources
       if (at === Infinity) break;
       clock.set(Math.max(clock.now(), at));
       while (nextSample <= clock.now()) {
-        samples.push(await sample(world.fly.machines(), plans, started, nextSample));
+        samples.push(await sample(world.fly.machines(), plans, started, nextSample, limits));
         nextSample += SAMPLE_S * 1000;
       }
       if (startAt <= clock.now()) {
@@ -132,10 +133,14 @@ async function simulateFleet(name: string, plans: BatchPlan[], limits: Resources
 }
 
 /** What each batch holds on the emulator now, and whether its work waits. */
-async function sample(machines: Record<string, unknown>[], plans: BatchPlan[], started: Set<string>, t: number): Promise<Sample> {
+async function sample(machines: Record<string, unknown>[], plans: BatchPlan[], started: Set<string>, t: number, limits: Resources): Promise<Sample> {
   const batches: Sample["batches"] = {};
   const total: Resources = { machines: 0, vcpus: 0, memory_mb: 0 };
-  for (const p of plans) batches[p.id] = { running: false, waiting_work: false, live: { machines: 0, vcpus: 0, memory_mb: 0 } };
+  for (const p of plans) batches[p.id] = { running: false, waiting_work: false, wants_more: false, live: { machines: 0, vcpus: 0, memory_mb: 0 } };
+  // What each batch could use (its demand, as it last told the fleet) against what it holds.
+  const rate = { perSecond: 1, burst: 3 };
+  const fleet = await env.FLY_BUDGET.getByName(env.FLY_APP_NAME).snapshot(limits, { create: rate, list: rate, get: rate, destroy: rate });
+  for (const b of fleet.batches) if (batches[b.batch_id]) batches[b.batch_id].wants_more = b.demand > b.live.machines;
   for (const view of machines) {
     const m = LiveMachine.parse(view);
     if (m.state === "destroyed") continue;
@@ -154,14 +159,18 @@ async function sample(machines: Record<string, unknown>[], plans: BatchPlan[], s
   return { t: (t - START) / 1000, batches, total };
 }
 
-/** Time-averaged fairness while `when` holds: Jain's index of vCPUs per weight among batches whose work waits, and the priority batch's vCPUs against an equal one's. */
+/**
+ * Fairness while `when` holds, averaged over the samples: Jain's index of vCPUs per weight among the
+ * batches contending for machines (work waiting and wanting more machines than they hold: a batch
+ * whose demand is met is not short of its share), and the priority batch's vCPUs against an equal one's.
+ */
 function fairness(samples: Sample[], plans: BatchPlan[], when: (s: Sample) => boolean) {
   const weight = (id: string) => plans.find((p) => p.id === id)?.priority ?? 1;
   const picked = samples.filter(when);
   const jains: number[] = [];
   const ratios: number[] = [];
   for (const s of picked) {
-    const contending = Object.entries(s.batches).filter(([, b]) => b.waiting_work && b.live.vcpus > 0);
+    const contending = Object.entries(s.batches).filter(([, b]) => b.waiting_work && b.wants_more);
     if (contending.length < 2) continue;
     jains.push(jain(contending.map(([id, b]) => b.live.vcpus / weight(id))));
     const heavy = contending.filter(([id]) => weight(id) > 1);
