@@ -1,4 +1,4 @@
-// Section 5 of bench/RESULTS.md: the fleet bench's figures (bench/workerd/fleet.bench-run.ts) against
+// Section 6 of bench/RESULTS.md: the fleet bench's figures (bench/workerd/fleet.bench-run.ts) against
 // issue 24's targets. `BENCH_ONLY=fleet npm run bench` rewrites this section alone in RESULTS.md.
 import { readFileSync, writeFileSync } from "node:fs";
 
@@ -38,7 +38,7 @@ export interface FleetFigures {
   } | null;
 }
 
-const HEADING = "## 5. The fleet: batches at once";
+const HEADING = "## 6. The fleet: batches at once";
 const f = (x: number, digits = 2) => (Number.isFinite(x) ? x.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits }) : "n/a");
 const n0 = (x: number) => Math.round(x).toLocaleString("en-US");
 const res = (r: Resources) => `${n0(r.machines)} machines, ${n0(r.vcpus)} vCPUs, ${n0(r.memory_mb / 1024)} GB`;
@@ -81,7 +81,7 @@ Real time: (a) ${n0(a.real_s)} s for the three runs, (b) ${n0(b.real_s)} s, (c) 
 `;
 }
 
-/** Puts `section` in place of RESULTS.md's section 5 (or at its end). */
+/** Puts `section` in place of RESULTS.md's section 6 (or at its end). */
 export function writeFleetSection(path: string, section: string): void {
   const text = readFileSync(path, "utf8");
   const at = text.indexOf(HEADING);

@@ -4,10 +4,11 @@
 //   2. Conversion: fly-worker pipeline vs the `vips` CLI                      bench/conversion.ts
 //   3. Makespan: the real engine + emulator in simulated time, Fly's CPU model bench/workerd/makespan.bench-run.ts
 //   4. Real-stack makespan: local stack, 200 small TIFFs, single vs default    bench/stack-makespan.ts
-//   5. The fleet: batches at once, the real engine and fleet in simulated time bench/workerd/fleet.bench-run.ts
-// BENCH_ONLY=conversion,scale,makespan,stack,fleet runs a subset (BENCH_ONLY=fleet rewrites section 5 of RESULTS.md alone), BENCH_CONVERSION_SIZES=25 fewer scan sizes and
+//   5. PDF: the PDF job vs Debian's pdftoppm, text and scan pages, 1,000 pages  bench/pdf.ts
+//   6. The fleet: batches at once, the real engine and fleet in simulated time bench/workerd/fleet.bench-run.ts
+// BENCH_ONLY=conversion,scale,makespan,stack,pdf,fleet runs a subset (BENCH_PDF_PAGES, BENCH_PDF_LONG_PAGES size section 5; BENCH_ONLY=fleet rewrites section 6 of RESULTS.md alone), BENCH_CONVERSION_SIZES=25 fewer scan sizes and
 // BENCH_REPEATS=1 fewer runs (RESULTS.md is written only for a full run at the default sizes).
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
@@ -16,6 +17,7 @@ import { runConversionBench, SETTINGS, type ConversionFigure } from "./conversio
 import { ensureVips } from "./vips.ts";
 import { runStackMakespan, type StackFigures } from "./stack-makespan.ts";
 import { fleetSection, type FleetFigures, writeFleetSection } from "./fleet-report.ts";
+import { ensurePdftoppm, pdfSection, runPdfBench } from "./pdf.ts";
 import { FLY_CPU, FLY_PRICES, pricePerSecond, type Guest } from "../shared/fly-model.ts";
 import { COST_MARGIN } from "../orchestrator/engine/sizing.ts";
 import { MOZJPEG_CPU_S_PER_MP } from "../orchestrator/phases/tiff-conversion.ts";
@@ -29,7 +31,7 @@ if (major < 22 || (major === 22 && minor < 18)) {
   process.exit(1);
 }
 
-const SECTIONS = ["conversion", "scale", "makespan", "stack", "fleet"];
+const SECTIONS = ["conversion", "scale", "makespan", "stack", "pdf", "fleet"];
 const only = new Set((process.env.BENCH_ONLY ?? SECTIONS.join(",")).split(",").map((s) => s.trim()));
 const CONVERSION_SIZES = (process.env.BENCH_CONVERSION_SIZES ?? "25,100,300").split(",").map(Number);
 if (CONVERSION_SIZES.some((mp) => !Number.isFinite(mp) || mp <= 0)) {
@@ -197,6 +199,17 @@ if (only.has("stack")) {
   stackS = (performance.now() - t) / 1000;
 }
 
+let pdf: Awaited<ReturnType<typeof runPdfBench>> = { figures: [], long: [] };
+let pdfS = 0;
+const PDF = { dpi: 300, quality: 95, pages: Number(process.env.BENCH_PDF_PAGES ?? 20), longPages: Number(process.env.BENCH_PDF_LONG_PAGES ?? 1000) };
+if (only.has("pdf")) {
+  ensurePdftoppm(log);
+  log(`PDF: the PDF job vs pdftoppm at ${PDF.dpi} DPI q${PDF.quality}, ${PDF.pages} text and ${PDF.pages} scan pages; ${PDF.longPages}-page PDFs through the whole job`);
+  const t = performance.now();
+  pdf = await runPdfBench({ ...PDF, repeats: CONVERSION_REPEATS, log });
+  pdfS = (performance.now() - t) / 1000;
+}
+
 const totalS = (performance.now() - t0) / 1000;
 
 // ---------------------------------------------------------------------------------------
@@ -205,6 +218,11 @@ const totalS = (performance.now() - t0) / 1000;
 const f = (x: number, digits = 1) => x.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const mb = (bytes: number) => f(bytes / 1024 / 1024, 1);
 const n0 = (x: number) => Math.round(x).toLocaleString("en-US");
+
+function popplerVersion(): string {
+  const r = spawnSync("pdftoppm", ["-v"], { encoding: "utf8" });
+  return `${r.stderr}${r.stdout}`.match(/version ([0-9.]+)/)?.[0] ?? "poppler";
+}
 
 function git(args: string[]): string {
   try {
@@ -232,7 +250,7 @@ const machine = [
   `- Load average (1/5/15 min) at start ${loadAtStart.map((x) => f(x, 2)).join(" / ")}, at end ${os.loadavg().map((x) => f(x, 2)).join(" / ")}; 1-minute load sampled every 10 s during the run: max ${f(busiest, 2)} — the machine is shared, so figures are medians`,
   `- Node ${process.version}; sharp ${sharp.versions.sharp} (libvips ${sharp.versions.vips}); ${vips?.version ?? "vips CLI not run"}; vitest ${packageVersion("vitest")}, @cloudflare/vitest-plugin ${packageVersion("@cloudflare/vitest-plugin")}, wrangler ${packageVersion("wrangler")}`,
   `- Commit: ${git(["rev-parse", "--short", "HEAD"])}${git(["status", "--porcelain", "--untracked-files=no"]) ? " (with uncommitted changes in the tree)" : ""}`,
-  `- \`npm run bench\` wall time: ${f(totalS / 60, 1)} min (conversion ${f(conversionS, 0)} s, scale ${f(scaleS, 0)} s, makespan ${f(makespanS, 0)} s, stack ${f(stackS, 0)} s, fleet ${f(fleetS, 0)} s)`,
+  `- \`npm run bench\` wall time: ${f(totalS / 60, 1)} min (conversion ${f(conversionS, 0)} s, scale ${f(scaleS, 0)} s, makespan ${f(makespanS, 0)} s, stack ${f(stackS, 0)} s, pdf ${f(pdfS, 0)} s, fleet ${f(fleetS, 0)} s)`,
 ].join("\n");
 
 function scaleSection(): string {
@@ -453,6 +471,7 @@ ${scaleSection()}
 ${conversionSection()}
 ${makespanSection()}
 ${stackSection()}
+${pdfSection({ ...pdf, dpi: PDF.dpi, quality: PDF.quality, popplerVersion: only.has("pdf") ? popplerVersion() : "" })}
 ${fleet ? fleetSection(fleet, makespanCpuS) : ""}`;
 
 console.log(`\n${report}`);
@@ -461,7 +480,7 @@ if (SECTIONS.every((s) => only.has(s)) && process.env.BENCH_CONVERSION_SIZES ===
   log(`wrote bench/RESULTS.md (${f(totalS / 60, 1)} min)`);
 } else if (only.size === 1 && fleet?.a && fleet.b && fleet.c && (process.env.BENCH_FLEET_SCALE ?? "1") === "1") {
   writeFleetSection(join(ROOT, "bench/RESULTS.md"), fleetSection(fleet, makespanCpuS));
-  log("wrote section 5 of bench/RESULTS.md");
+  log("wrote section 6 of bench/RESULTS.md");
 } else {
   log(`BENCH_ONLY=${[...only].join(",")}${process.env.BENCH_CONVERSION_SIZES ? `, BENCH_CONVERSION_SIZES=${process.env.BENCH_CONVERSION_SIZES}` : ""}: bench/RESULTS.md not written`);
 }

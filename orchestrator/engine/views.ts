@@ -1,9 +1,11 @@
 // Views: what GET /status/:batchId, its task list and one task's attempts show. Every count comes
 // from the phase counters, so a status read costs the same at 100 or 300,000 tasks.
 import type { BatchMeta, PhaseCounts, Stage, TaskRow, TaskState } from "../store/index.ts";
-import { FLY_PRICES, pricePerSecond } from "../../shared/fly-model.ts";
+import { FLY_PRICES, type Guest, pricePerSecond } from "../../shared/fly-model.ts";
 import { apiStatus, type Engine, iso, openCount } from "./context.ts";
 import { fleetOf, fleetWarnings } from "./fleet.ts";
+import { type WrittenFileList, writtenList } from "./file-list.ts";
+import { pipelineOf } from "./pipeline.ts";
 
 const RECENT_FAILURES = 10;
 
@@ -12,6 +14,8 @@ export interface StatusBody {
   status: string;
   phase: string;
   stage: Stage;
+  /** Which run of the batch this is: 0 the first, N after the Nth redrive (events carry the same). */
+  run: number;
   progress: {
     tasks_total: number;
     tasks_completed: number;
@@ -21,7 +25,13 @@ export interface StatusBody {
     running: number;
     retrying: number;
   };
-  phases: { name: string; total: number; done: number; failed: number; open: number }[];
+  /** The phases the batch runs, in order (its message's `phases`, or the default pipeline). */
+  pipeline: string[];
+  /**
+   * Each phase that had work, in pipeline order: its task counts and its machines — their time and
+   * estimated cost so far, and the sizes its sizing chose (e.g. `shared-cpu-1x 1024 MB`).
+   */
+  phases: { name: string; total: number; done: number; failed: number; open: number; machines: PhaseMachines }[];
   files_total: number;
   mode: "single" | "pool";
   workers: { starting: number; live: number; created: number } | null;
@@ -53,9 +63,20 @@ export interface StatusBody {
   } | null;
   /** A request Fly called bad paused the phase: the error (naming the field to fix) and when creates try again. */
   paused: { error: string; retry_at: string } | null;
-  finalisation: { attempts: number; last_error: string | null } | null;
+  /**
+   * The final file list (an NDJSON object in R2, engine/file-list.ts) once written or while it is
+   * being written (parts and entries so far), and the downstream POST's attempts.
+   */
+  finalisation: {
+    attempts: number;
+    last_error: string | null;
+    file_list: WrittenFileList | null;
+    writing: { key: string; parts: number; entries: number } | null;
+  } | null;
   recent_failures: {
     task_id: string;
+    /** The file the task converts: failures are named by file, not only by task id. */
+    input_key: string | null;
     attempt: number;
     machine_id: string | null;
     region: string | null;
@@ -75,11 +96,18 @@ export const API_STATES: Record<ApiStatus, TaskState[]> = {
   failed: ["failed"],
 };
 
-const logsCommand = (e: Engine, machineId: string | null) => (machineId ? `fly logs -a ${e.config.FLY_APP_NAME} -i ${machineId} --no-tail` : null);
+/** The command that shows a machine's output (LOGS_COMMAND: `fly logs …`, or the local stack's own). */
+export const logsCommand = (e: Engine, machineId: string | null) =>
+  machineId ? e.config.LOGS_COMMAND.replaceAll("{app}", e.config.FLY_APP_NAME).replaceAll("{machine}", machineId) : null;
 const warningsOf = (json: string | null): string[] => (json ? (JSON.parse(json) as string[]) : []);
 
 export function status(e: Engine, meta: BatchMeta): StatusBody {
-  const counts = e.store.counts();
+  // In the batch's pipeline order (a phase not in it, from before pipelines were recorded, last).
+  const order = pipelineOf(meta);
+  const rank = (phase: string) => (order.includes(phase) ? order.indexOf(phase) : order.length);
+  const counts = e.store.counts().sort((a, b) => rank(a.phase) - rank(b.phase));
+  const costs = e.store.phaseCosts();
+  const running = e.store.unendedMachines();
   const sum = (f: (c: PhaseCounts) => number) => counts.reduce((n, c) => n + f(c), 0);
   const workers = e.store.poolMachineCounts();
   return {
@@ -87,6 +115,7 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
     status: apiStatus(meta),
     phase: meta.phase,
     stage: meta.stage,
+    run: meta.redrives,
     progress: {
       tasks_total: sum((c) => c.total),
       tasks_completed: sum((c) => c.done),
@@ -96,7 +125,8 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
       running: sum((c) => c.running),
       retrying: sum((c) => c.retrying),
     },
-    phases: counts.map((c) => ({ name: c.phase, total: c.total, done: c.done, failed: c.failed, open: openCount(c) })),
+    pipeline: order,
+    phases: counts.map((c) => ({ name: c.phase, total: c.total, done: c.done, failed: c.failed, open: openCount(c), machines: phaseMachines(c.phase, costs, running) })),
     files_total: e.store.fileCount(),
     mode: meta.pool ? "pool" : "single",
     workers: meta.pool ? { starting: workers.creating + workers.booting, live: workers.live, created: meta.worker_seq } : null,
@@ -114,9 +144,10 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
     ],
     fleet: fleetView(meta),
     paused: meta.paused_error && meta.stage === "run" ? { error: meta.paused_error, retry_at: iso(meta.paused_until)! } : null,
-    finalisation: meta.finalise_attempts > 0 ? { attempts: meta.finalise_attempts, last_error: meta.finalise_error } : null,
+    finalisation: finalisation(e, meta),
     recent_failures: e.store.recentFailures(RECENT_FAILURES).map((a) => ({
       task_id: a.task_id,
+      input_key: a.input_key,
       attempt: a.attempt,
       machine_id: a.machine_id,
       region: a.region,
@@ -132,6 +163,50 @@ function fleetView(meta: BatchMeta): StatusBody["fleet"] {
   if (!f) return null;
   const { share, live, waiting, position, waiting_batches, batches, limits, learned } = f;
   return { share, live, waiting, position, waiting_batches, batches, limits, learned };
+}
+
+function finalisation(e: Engine, meta: BatchMeta): StatusBody["finalisation"] {
+  const row = meta.stage === "finalise" || meta.stage === "done" ? e.store.fileList(meta.redrives) : null;
+  if (!row && meta.finalise_attempts === 0) return null;
+  const written = row ? writtenList(row) : null;
+  return {
+    attempts: meta.finalise_attempts,
+    last_error: meta.finalise_error,
+    file_list: written,
+    writing: row && !written ? { key: row.key, parts: row.parts, entries: row.entries } : null,
+  };
+}
+
+export interface PhaseMachines {
+  ended: number;
+  running: number;
+  machine_seconds: number;
+  estimated_cost_usd: number;
+  /** Sizes of its running machines, else of the last one that ended: `performance-1x 2048 MB`. */
+  sizes: string[];
+}
+
+const sizeName = (g: Guest) => `${g.cpu_kind}-cpu-${g.cpus}x ${g.memory_mb} MB`.replace("performance-cpu", "performance");
+
+/** A phase's machines: its ended ones from its phase_costs row, its running ones (at most MAX_CONCURRENT_MACHINES) to now. */
+function phaseMachines(phase: string, costs: ReturnType<Engine["store"]["phaseCosts"]>, unended: ReturnType<Engine["store"]["unendedMachines"]>): PhaseMachines {
+  const now = Date.now();
+  const ended = costs.find((c) => c.phase === phase);
+  let ms = ended?.machine_ms ?? 0;
+  let usd = ended?.cost_usd ?? 0;
+  const running = unended.filter((m) => m.phase === phase);
+  const sizes = new Set<string>();
+  for (const m of running) {
+    const t = Math.max(0, now - m.created_at);
+    ms += t;
+    if (m.cpu_kind) {
+      const guest = { cpu_kind: m.cpu_kind, cpus: m.cpus, memory_mb: m.memory_mb };
+      usd += (t / 1000) * pricePerSecond(guest);
+      sizes.add(sizeName(guest));
+    }
+  }
+  if (sizes.size === 0 && ended?.last_guest) sizes.add(sizeName(JSON.parse(ended.last_guest) as Guest));
+  return { ended: ended?.ended ?? 0, running: running.length, machine_seconds: Math.round(ms / 100) / 10, estimated_cost_usd: Math.round(usd * 1e6) / 1e6, sizes: [...sizes].sort() };
 }
 
 function machineCost(e: Engine, meta: BatchMeta): StatusBody["machines"] {
@@ -197,5 +272,30 @@ export function task(e: Engine, meta: BatchMeta, t: TaskRow) {
       ended_at: iso(a.ended_at),
       logs: logsCommand(e, a.machine_id),
     })),
+  };
+}
+
+/**
+ * The machine timeline (GET /status/:batchId/timeline): the open attempts and the `limit` latest
+ * ended ones, each with its machine and times — what the dashboard draws, in one read of at most
+ * 4 x `limit` rows, instead of the task list and a request per task.
+ */
+export function timeline(e: Engine, meta: BatchMeta, limit: number) {
+  const { open, ended } = e.store.recentAttempts(limit);
+  return {
+    batch_id: meta.batch_id,
+    limit,
+    attempts: [...open, ...ended].map((a) => ({
+      task_id: a.task_id,
+      attempt: a.attempt,
+      machine: a.machine_id ?? a.machine_name,
+      machine_id: a.machine_id,
+      outcome: a.outcome ?? "open",
+      error: a.error,
+      started_at: iso(a.started_at),
+      ended_at: iso(a.ended_at),
+    })),
+    open: open.length,
+    ended: ended.length,
   };
 }

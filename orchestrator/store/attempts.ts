@@ -43,6 +43,15 @@ export class AttemptQueries extends Queries {
     );
   }
 
+  /**
+   * Ends every attempt still open as `cancelled` with `reason` (a reset, or a batch stopped FAILED
+   * or ERROR): no attempt of a stopped batch is left running in its history. One index range
+   * (attempts_failed, outcome IS NULL): at most the batch's live machines' attempts.
+   */
+  cancelOpenAttempts(reason: string, now: number): number {
+    return this.db.run("UPDATE attempts SET outcome = 'cancelled', error = ?, ended_at = ? WHERE outcome IS NULL", reason, now);
+  }
+
   /** An attempt given up on whose work arrived after all: it is the one that finished the task. */
   reviveAttempt(taskId: string, attempt: number, now: number): void {
     this.db.run(
@@ -77,9 +86,11 @@ export class AttemptQueries extends Queries {
     );
   }
 
-  recentFailures(limit: number): AttemptRow[] {
-    return this.db.exec<AttemptRow & Record<string, SqlStorageValue>>(
-      "SELECT * FROM attempts WHERE outcome = 'failed' ORDER BY ended_at DESC LIMIT ?",
+  /** The latest failed attempts with their task's input (attempts_failed index, then one task row each). */
+  recentFailures(limit: number): (AttemptRow & { input_key: string | null })[] {
+    return this.db.exec<AttemptRow & { input_key: string | null } & Record<string, SqlStorageValue>>(
+      `SELECT a.*, t.input_key FROM attempts a LEFT JOIN tasks t ON t.task_id = a.task_id
+       WHERE a.outcome = 'failed' ORDER BY a.ended_at DESC LIMIT ?`,
       limit,
     );
   }

@@ -148,7 +148,46 @@ export const MIGRATIONS: string[] = [
    ALTER TABLE meta ADD COLUMN machines_ended INTEGER NOT NULL DEFAULT 0;`,
   // 7: the pool decided once per phase (see BatchMeta.pool_plan_json).
   `ALTER TABLE meta ADD COLUMN pool_plan_json TEXT;`,
-  // 8: the fleet — the batch's priority, what the fleet last answered it, what Fly refused it, a
+  // 8: the batch's pipeline (see BatchMeta.pipeline_json), and what each phase's ended machines cost
+  // (one row per phase, kept as machines end, so status never sums machine rows).
+  `ALTER TABLE meta ADD COLUMN pipeline_json TEXT;
+   CREATE TABLE phase_costs (
+     phase TEXT PRIMARY KEY,
+     machine_ms INTEGER NOT NULL DEFAULT 0,
+     cost_usd REAL NOT NULL DEFAULT 0,
+     ended INTEGER NOT NULL DEFAULT 0,
+     last_guest TEXT
+   ) WITHOUT ROWID;`,
+  // 9: a manifest directory's processing_config stored once, its files pointing at it (a copy on
+  // every file made a 250-entry page past the 2 MB value limit at ~8 KB of config); the final file
+  // list written to R2 as an object, part by part across alarms (engine/file-list.ts).
+  `CREATE TABLE directories (
+     idx INTEGER PRIMARY KEY,
+     path TEXT NOT NULL,
+     config_json TEXT
+   );
+   ALTER TABLE files ADD COLUMN dir_idx INTEGER;
+   CREATE TABLE file_lists (
+     redrive INTEGER PRIMARY KEY,
+     key TEXT NOT NULL,
+     upload_id TEXT,
+     after_id INTEGER NOT NULL DEFAULT 0,
+     carry BLOB,
+     entries INTEGER NOT NULL DEFAULT 0,
+     bytes INTEGER NOT NULL DEFAULT 0,
+     parts INTEGER NOT NULL DEFAULT 0,
+     etag TEXT,
+     checksum TEXT,
+     written_at INTEGER
+   );
+   CREATE TABLE file_list_parts (
+     redrive INTEGER NOT NULL,
+     part INTEGER NOT NULL,
+     etag TEXT NOT NULL,
+     sha256 BLOB NOT NULL,
+     PRIMARY KEY (redrive, part)
+   ) WITHOUT ROWID;`,
+  // 10: the fleet — the batch's priority, what the fleet last answered it, what Fly refused it, a
   // phase paused on a request Fly calls bad; when a retired machine is destroyed if it has not exited.
   `ALTER TABLE meta ADD COLUMN priority REAL NOT NULL DEFAULT 1;
    ALTER TABLE meta ADD COLUMN fleet_json TEXT;
