@@ -130,9 +130,11 @@ export function fleetWarnings(meta: BatchMeta, running: boolean): string[] {
     );
   }
   const r = refusalsOf(meta);
+  // The fleet's own summary repeats Fly's last words; the batch's warning already has them.
+  const lowered = view?.learned?.match(/the fleet runs at .*$/);
   if (r.quota) {
     out.push(
-      `Fly's quota bound this batch: ${r.quota.count} create${r.quota.count === 1 ? "" : "s"} refused for the organisation's quota (last: ${r.quota.last}); nothing failed for it: the creates wait and the fleet lowered its limits${view?.learned ? ` (${view.learned})` : ""}`,
+      `Fly's quota bound this batch: ${r.quota.count} create${r.quota.count === 1 ? "" : "s"} refused for the organisation's quota (last: ${r.quota.last}); nothing failed for it: the creates wait and the fleet lowered its limits${lowered ? ` (${lowered[0]})` : ""}`,
     );
   }
   if (r.capacity) out.push(`Fly had no room in any region for ${r.capacity.count} create${r.capacity.count === 1 ? "" : "s"} (last: ${r.capacity.last}); they backed off and were tried again`);

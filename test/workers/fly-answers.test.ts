@@ -50,6 +50,8 @@ describe("Fly's answers to a create", () => {
     expect(refused.every((r) => r.fault === "quota_machines")).toBe(true);
     expect(w.fly.usage().peak.machines).toBeLessThanOrEqual(2);
     expect(s.warnings.join("\n")).toMatch(/Fly's quota bound this batch: \d+ creates? refused for the organisation's quota \(last: failed to launch VM: organization "personal" has reached its machines limit/);
+    // Fly's last words once: the fleet's lowered limit, if shown, without repeating them.
+    expect(s.warnings.join("\n").match(/has reached its machines limit/g)).toHaveLength(1);
     const fleet = (await (await exports.default.fetch("http://orchestrator.test/fleet")).json()) as { app: string };
     expect(fleet.app).toBe("fanout-worker"); // the Worker's own app; this batch ran on its own (below)
     const own = await runInDurableObject(stub("ans-quota"), (i: BatchDO) => (i as unknown as { env: Env }).env.FLY_BUDGET.getByName("app-ans-quota").snapshot({ machines: 20, vcpus: 64, memory_mb: 131072 }, {
