@@ -11,6 +11,7 @@ import { z } from "zod";
 import { ManualClock } from "../../local/fly-emulator/clock.ts";
 import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../local/fly-emulator/runner.ts";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
+import type { BatchStore } from "../../orchestrator/store/index.ts";
 import { LeaseResponse } from "../../shared/contracts.ts";
 import { type Guest, MachineModel, type Stage } from "../../shared/fly-model.ts";
 import { stub } from "../../test/workers/support/engine.ts";
@@ -398,12 +399,27 @@ export const MachineView = z.object({
 export function alarmStep(batchId: string, now: number): Promise<{ ran: boolean; next: number | null }> {
   return runInDurableObject(stub(batchId), async (instance: BatchDO, state) => {
     const at = await state.storage.getAlarm();
-    if (at === null || at > now) return { ran: false, next: at };
+    if (at === null || at > now) return { ran: false, next: runAlarm(instance, at) };
     await state.storage.deleteAlarm();
     await instance.alarm();
-    return { ran: true, next: await state.storage.getAlarm() };
+    return { ran: true, next: runAlarm(instance, await state.storage.getAlarm()) };
   });
 }
+
+/**
+ * The alarm as far as the run goes: a finished batch's last alarm waits BATCH_RETENTION_DAYS to
+ * archive it (engine/retention.ts), which is no part of the run — a simulation that followed it
+ * sampled 30 days of virtual time, 5 s at a time, after the batch ended.
+ */
+function runAlarm(instance: BatchDO, at: number | null): number | null {
+  if (at === null) return null;
+  const meta = (instance as unknown as { store: BatchStore }).store.getMeta();
+  const finished = meta !== null && (meta.stage === "done" || meta.stage === "failed" || meta.stage === "error");
+  return finished && at >= (meta.completed_at ?? meta.updated_at) + RETENTION_FLOOR_MS ? null : at;
+}
+
+/** BATCH_RETENTION_DAYS is at least a day (config.ts): nothing a run waits for is that far off. */
+const RETENTION_FLOOR_MS = 86_400_000;
 
 /**
  * Empties the app's FlyBudget (its API buckets, its fleet, what it learned). Every simulation starts
