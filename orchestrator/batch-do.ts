@@ -16,7 +16,7 @@ import { type CallbackReply, type ReserveReply, reserveOutputs, settleCallback }
 import { plan } from "./engine/planning.ts";
 import { heartbeat, lease } from "./engine/pool.ts";
 import { run, stopBatch } from "./engine/run.ts";
-import { archive, archiveDue, archivedRow, ARCHIVE_RETRY_MS, retentionAlarm } from "./engine/retention.ts";
+import { archivedRow, finishedAlarm, retentionAlarm } from "./engine/retention.ts";
 import * as views from "./engine/views.ts";
 import { ALARM_REARM_MS, runtimeRetryError, stallReason, stallWarning, wakeIfStalled } from "./engine/watchdog.ts";
 import { LiveStreams } from "./engine/events.ts";
@@ -391,18 +391,8 @@ export class BatchDO extends DurableObject<Env> {
       }
       case "done":
       case "failed":
-      case "error": {
-        await destroyOrphans(e, Date.now());
-        // The fleet counts the batch's machines until they are gone; then it leaves the fleet.
-        await settleWithFleet(e, this.store.getMeta()!);
-        const now = Date.now();
-        // Still in the fleet (machines not yet destroyed): come back to leave it before anything else.
-        if (this.store.getMeta()!.fleet_json !== null) return this.store.earliestDeadline() ?? now + 1000;
-        if (!archiveDue(e, meta, now)) return retentionAlarm(e, meta, now);
-        const status = await this.status();
-        if (status && (await archive(e, meta, status, this.ctx.storage, now))) return null;
-        return now + ARCHIVE_RETRY_MS;
-      }
+      case "error":
+        return await finishedAlarm(e, meta, () => this.status(), this.ctx.storage);
     }
   }
 }

@@ -258,12 +258,12 @@ function explain(
   return null;
 }
 
-export function markdown(results: ModeResult[], run: { tasks: number; seed: number; wallMs: number; config: SoakConfig }): string {
+export function markdown(results: ModeResult[], run: { tasks: number; seed: number; mode?: string; wallMs: number; config: SoakConfig }): string {
   const c = run.config;
   const lines = [
     "# Soak",
     "",
-    `\`npm run soak -- --tasks ${run.tasks} --seed ${run.seed}\` — ${new Date().toISOString().slice(0, 10)}, total wall time ${(run.wallMs / 1000).toFixed(0)} s. ` +
+    `\`npm run soak -- ${run.mode && run.mode !== "all" ? `--mode ${run.mode} ` : ""}--tasks ${run.tasks} --seed ${run.seed}\` — ${new Date().toISOString().slice(0, 10)}, total wall time ${(run.wallMs / 1000).toFixed(0)} s. ` +
       `Verdict: ${results.every((r) => r.problems.length === 0) ? "**PASSED**" : "**FAILED**"} (${results.map((r) => `${r.mode} ${r.problems.length === 0 ? "passed" : "failed"}`).join(", ")}).`,
     "",
     `Fault matrix: create 429s ${c.faults.createRateLimitRate * 100}% (Retry-After), API 5xx ${c.faults.serverErrorRate * 100}%, every create in iad refused for capacity, ` +

@@ -60,7 +60,7 @@ async function main(): Promise<void> {
       if (mode === "fleet") results.push(...(await soakFleet(args, samples, sampleDir, workDir, soakKinds())));
       else results.push(await soakMode(mode, args, samples, sampleDir, join(workDir, mode)));
       // Written after each mode, so a long run leaves its first half's figures if stopped.
-      md = markdown(results, { tasks: args.tasks, seed: args.seed, wallMs: Date.now() - started, config: SOAK });
+      md = markdown(results, { tasks: args.tasks, seed: args.seed, mode: args.mode, wallMs: Date.now() - started, config: SOAK });
       await writeFile(args.out, md);
     }
     console.log(`\n${md}`);

@@ -14,7 +14,8 @@ import { z } from "zod";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
 import { jain, type Resources } from "../../orchestrator/fly/fleet.ts";
 import { getStatus, installWorld, stub } from "../../test/workers/support/engine.ts";
-import { alarmStep, resetFlyBudget, SimClock, SimPoolRunner, START, type TaskShape } from "./sim.ts";
+import { SimClock, SimPoolRunner, START, type TaskShape } from "./sim.ts";
+import { alarmStep, resetFlyBudget } from "./steps.ts";
 import { progress, putManifest, quietEngineLogs, report } from "./support.ts";
 
 declare module "vitest" {

@@ -9,7 +9,8 @@
 import { inject, it, vi } from "vitest";
 import { type Guest, pricePerSecond } from "../../shared/fly-model.ts";
 import { getStatus, installWorld, stub } from "../../test/workers/support/engine.ts";
-import { alarmStep, BASELINE_GUEST, MachineView, resetFlyBudget, SimClock, SimPoolRunner, type SimRunner, START, type TaskShape, TimedRunner } from "./sim.ts";
+import { BASELINE_GUEST, MachineView, SimClock, SimPoolRunner, type SimRunner, START, type TaskShape, TimedRunner } from "./sim.ts";
+import { alarmStep, resetFlyBudget } from "./steps.ts";
 import { progress, putManifest, quietEngineLogs, report } from "./support.ts";
 
 declare module "vitest" {
