@@ -2,38 +2,28 @@
 // playwright-core) against the real local stack, with a fleet of 2 machines and two batches at
 // once: it shows the limits and what is live, both batches with their shares, the one waiting for
 // room with its place, the API tokens of each action, and the batches leaving as they end.
-import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium, type BrowserContext, type Page } from "playwright-core";
+import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateSamples } from "../../local/samples.ts";
 import { submitBatch } from "../../local/submit.ts";
+import { openChromium, type OpenChromium } from "./support/browser.ts";
 import { startE2EStack, type E2EStack } from "./support/stack.ts";
-
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
 
 describe("the dashboard's fleet view in chromium", () => {
   let stack: E2EStack;
-  let browser: BrowserContext;
+  let chromium: OpenChromium;
   let page: Page;
-  let profile: string;
 
   beforeAll(async () => {
-    if (!existsSync(CHROMIUM)) throw new Error(`no chromium at ${CHROMIUM}: install Debian's package (apt-get install -y chromium) or set CHROMIUM_PATH`);
+    chromium = await openChromium({ width: 1280, height: 900 });
+    page = chromium.page;
     // A fleet of two machines and one machine per task: two batches at once cannot both have all they want.
     stack = await startE2EStack({ vars: { FLEET_MAX_MACHINES: "2", MAX_CONCURRENT_MACHINES: "" } });
-    profile = await mkdtemp(join(tmpdir(), "fanout-chromium-fleet-"));
-    browser = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, args: FLAGS, viewport: { width: 1280, height: 900 } });
-    page = browser.pages()[0] ?? (await browser.newPage());
-    page.on("pageerror", (error) => console.error(`[browser] page error: ${error.message}`));
   });
   afterAll(async () => {
-    await browser?.close();
+    await chromium?.close();
     await stack?.dispose();
-    if (profile) await rm(profile, { recursive: true, force: true });
   });
 
   it("shows the limits, both batches with their shares, the waiting one with its place, the API tokens; batches leave as they end", async () => {
