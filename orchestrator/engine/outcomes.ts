@@ -66,6 +66,14 @@ export async function settleCallback(e: Engine, taskId: string, attempt: number,
   const fields = { batch_id: meta.batch_id, task_id: taskId, phase: task.phase, attempt };
   if (task.state === "done" || task.state === "failed") {
     const reason = task.phase === meta.phase ? "duplicate" : "earlier_phase";
+    // An attempt another one beat to the task (ended superseded) reports its error only now: a first
+    // word, not a replay — it goes on its own history, as while the task was open.
+    const verdict = phase.result(taskView(meta, { ...task, attempt }), parsed.data);
+    if (!verdict.ok && e.store.getAttempt(taskId, attempt)?.outcome === "superseded") {
+      e.store.noteAttempt(taskId, attempt, `late callback: ${verdict.error}`);
+      log("Callback", "superseded_error_recorded", { ...fields, state: task.state, error: verdict.error });
+      return { code: 200, body: { ok: true, outcome: "ignored", reason: "superseded", task_status: task.state } };
+    }
     log("Callback", "ignored", { ...fields, reason, state: task.state });
     return { code: 200, body: { ok: true, outcome: "ignored", reason, task_status: task.state } };
   }
