@@ -11,6 +11,7 @@
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
+import { stripVTControlCharacters } from "node:util";
 import { join } from "node:path";
 import sharp from "sharp";
 import { runConversionBench, SETTINGS, type ConversionFigure } from "./conversion.ts";
@@ -116,7 +117,10 @@ function vitestBench<T>(project: string, name: string, env: Record<string, strin
       buffered += chunk;
       const lines = buffered.split("\n");
       buffered = lines.pop() ?? "";
-      for (const line of lines) {
+      for (const raw of lines) {
+        // vitest colours the first line after its "stdout |" header even with FORCE_COLOR=0: a full-scale
+        // fleet run's figures were lost to it once (its BENCH_JSON line began with \x1b[22m\x1b[39m).
+        const line = stripVTControlCharacters(raw);
         const m = /^BENCH_JSON (\S+) (.*)$/.exec(line.trim());
         if (m && m[1] === name) figures = JSON.parse(m[2]) as T;
         else if (/^\s+(scale|makespan|fleet) /.test(line)) log(line);
@@ -478,7 +482,7 @@ console.log(`\n${report}`);
 if (SECTIONS.every((s) => only.has(s)) && process.env.BENCH_CONVERSION_SIZES === undefined) {
   writeFileSync(join(ROOT, "bench/RESULTS.md"), report);
   log(`wrote bench/RESULTS.md (${f(totalS / 60, 1)} min)`);
-} else if (only.size === 1 && fleet?.a && fleet.b && fleet.c && (process.env.BENCH_FLEET_SCALE ?? "1") === "1") {
+} else if (only.size === 1 && fleet && (fleet.a || fleet.b || fleet.c) && (process.env.BENCH_FLEET_SCALE ?? "1") === "1") {
   writeFleetSection(join(ROOT, "bench/RESULTS.md"), fleetSection(fleet, makespanCpuS));
   log("wrote section 6 of bench/RESULTS.md");
 } else {
