@@ -190,6 +190,8 @@ if (only.has("fleet")) {
   log("The fleet: batches at once through the real engine and fleet, simulated time");
   const t = performance.now();
   fleet = await vitestBench<FleetFigures>("fleet", "fleet", simulationEnv);
+  // Kept whatever is written below: 30 minutes of figures are not printed only once.
+  writeFileSync(join(ROOT, ".local", "bench-fleet.json"), JSON.stringify(fleet));
   fleetS = (performance.now() - t) / 1000;
 }
 
