@@ -34,6 +34,9 @@ export default defineConfig({
                 FLY_REGIONS: "iad,ord",
                 FLY_CREATE_RATE_PER_SECOND: "1000",
                 FLY_CREATE_BURST: "100",
+                // The emulator in these tests enforces no rate limit unless a test asks (fly-budget.test.ts
+                // checks the budget against Fly's documented limits); alarms here run back to back.
+                FLY_API_RATES: "list=1000/100,get=1000/100,destroy=1000/100",
                 MAX_CONCURRENT_MACHINES: "20",
                 // Pool mode is the default in production; these tests were written for single-task mode
                 // and opt into pools per batch (`pool: true`). pool-default.test.ts checks the real default.

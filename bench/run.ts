@@ -5,16 +5,19 @@
 //   3. Makespan: the real engine + emulator in simulated time, Fly's CPU model bench/workerd/makespan.bench-run.ts
 //   4. Real-stack makespan: local stack, 200 small TIFFs, single vs default    bench/stack-makespan.ts
 //   5. PDF: the PDF job vs Debian's pdftoppm, text and scan pages, 1,000 pages  bench/pdf.ts
-// BENCH_ONLY=conversion,scale,makespan,stack,pdf runs a subset (BENCH_PDF_PAGES, BENCH_PDF_LONG_PAGES size section 5), BENCH_CONVERSION_SIZES=25 fewer scan sizes and
+//   6. The fleet: batches at once, the real engine and fleet in simulated time bench/workerd/fleet.bench-run.ts
+// BENCH_ONLY=conversion,scale,makespan,stack,pdf,fleet runs a subset (BENCH_PDF_PAGES, BENCH_PDF_LONG_PAGES size section 5; BENCH_ONLY=fleet rewrites section 6 of RESULTS.md alone), BENCH_CONVERSION_SIZES=25 fewer scan sizes and
 // BENCH_REPEATS=1 fewer runs (RESULTS.md is written only for a full run at the default sizes).
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
+import { stripVTControlCharacters } from "node:util";
 import { join } from "node:path";
 import sharp from "sharp";
 import { runConversionBench, SETTINGS, type ConversionFigure } from "./conversion.ts";
 import { ensureVips } from "./vips.ts";
 import { runStackMakespan, type StackFigures } from "./stack-makespan.ts";
+import { fleetSection, type FleetFigures, writeFleetSection } from "./fleet-report.ts";
 import { ensurePdftoppm, pdfSection, runPdfBench } from "./pdf.ts";
 import { FLY_CPU, FLY_PRICES, pricePerSecond, type Guest } from "../shared/fly-model.ts";
 import { COST_MARGIN } from "../orchestrator/engine/sizing.ts";
@@ -29,7 +32,7 @@ if (major < 22 || (major === 22 && minor < 18)) {
   process.exit(1);
 }
 
-const SECTIONS = ["conversion", "scale", "makespan", "stack", "pdf"];
+const SECTIONS = ["conversion", "scale", "makespan", "stack", "pdf", "fleet"];
 const only = new Set((process.env.BENCH_ONLY ?? SECTIONS.join(",")).split(",").map((s) => s.trim()));
 const CONVERSION_SIZES = (process.env.BENCH_CONVERSION_SIZES ?? "25,100,300").split(",").map(Number);
 if (CONVERSION_SIZES.some((mp) => !Number.isFinite(mp) || mp <= 0)) {
@@ -114,10 +117,13 @@ function vitestBench<T>(project: string, name: string, env: Record<string, strin
       buffered += chunk;
       const lines = buffered.split("\n");
       buffered = lines.pop() ?? "";
-      for (const line of lines) {
+      for (const raw of lines) {
+        // vitest colours the first line after its "stdout |" header even with FORCE_COLOR=0: a full-scale
+        // fleet run's figures were lost to it once (its BENCH_JSON line began with \x1b[22m\x1b[39m).
+        const line = stripVTControlCharacters(raw);
         const m = /^BENCH_JSON (\S+) (.*)$/.exec(line.trim());
         if (m && m[1] === name) figures = JSON.parse(m[2]) as T;
-        else if (/^\s+(scale|makespan) /.test(line)) log(line);
+        else if (/^\s+(scale|makespan|fleet) /.test(line)) log(line);
         tail = (tail + line + "\n").slice(-4000);
       }
     });
@@ -162,19 +168,31 @@ const makespanCpuS = makespanImage ? makespanImage.cpu_s : Number(process.env.BE
 const NET_BYTES_PER_S = Number(process.env.BENCH_NET_BYTES_PER_S ?? 100e6);
 /** Lease + presign + storage request round trips per task (4 × ~50 ms). */
 const RTT_S = 0.2;
+/** What the simulations (makespan, fleet) model a scan by. */
+const simulationEnv = {
+  BENCH_CPU_S: String(makespanCpuS),
+  BENCH_BOOT_DELAY_MS: String(BOOT_DELAY_MS),
+  BENCH_FILE_BYTES: String(makespanImage?.tiff_bytes ?? 254_000_000),
+  BENCH_OUT_BYTES: String(makespanImage?.output_bytes ?? 26_000_000),
+  BENCH_NET_BYTES_PER_S: String(NET_BYTES_PER_S),
+  BENCH_RTT_S: String(RTT_S),
+};
 if (only.has("makespan")) {
   log(`Makespan: real engine + Fly emulator + Fly's CPU model in simulated time, ${makespanCpuS.toFixed(2)} CPU-s per conversion, ${BOOT_DELAY_MS} ms boot`);
   const t = performance.now();
-  const env = {
-    BENCH_CPU_S: String(makespanCpuS),
-    BENCH_BOOT_DELAY_MS: String(BOOT_DELAY_MS),
-    BENCH_FILE_BYTES: String(makespanImage?.tiff_bytes ?? 254_000_000),
-    BENCH_OUT_BYTES: String(makespanImage?.output_bytes ?? 26_000_000),
-    BENCH_NET_BYTES_PER_S: String(NET_BYTES_PER_S),
-    BENCH_RTT_S: String(RTT_S),
-  };
-  makespan = await vitestBench<MakespanFigure[]>("makespan", "makespan", { ...env, BENCH_MAKESPAN_SIZES: "1000,10000", BENCH_MAKESPAN_MODES: "baseline,single,pool" });
+  makespan = await vitestBench<MakespanFigure[]>("makespan", "makespan", { ...simulationEnv, BENCH_MAKESPAN_SIZES: "1000,10000", BENCH_MAKESPAN_MODES: "baseline,single,pool" });
   makespanS = (performance.now() - t) / 1000;
+}
+
+let fleet: FleetFigures | null = null;
+let fleetS = 0;
+if (only.has("fleet")) {
+  log("The fleet: batches at once through the real engine and fleet, simulated time");
+  const t = performance.now();
+  fleet = await vitestBench<FleetFigures>("fleet", "fleet", simulationEnv);
+  // Kept whatever is written below: 30 minutes of figures are not printed only once.
+  writeFileSync(join(ROOT, ".local", "bench-fleet.json"), JSON.stringify(fleet));
+  fleetS = (performance.now() - t) / 1000;
 }
 
 let stack: StackFigures | null = null;
@@ -238,7 +256,7 @@ const machine = [
   `- Load average (1/5/15 min) at start ${loadAtStart.map((x) => f(x, 2)).join(" / ")}, at end ${os.loadavg().map((x) => f(x, 2)).join(" / ")}; 1-minute load sampled every 10 s during the run: max ${f(busiest, 2)} — the machine is shared, so figures are medians`,
   `- Node ${process.version}; sharp ${sharp.versions.sharp} (libvips ${sharp.versions.vips}); ${vips?.version ?? "vips CLI not run"}; vitest ${packageVersion("vitest")}, @cloudflare/vitest-plugin ${packageVersion("@cloudflare/vitest-plugin")}, wrangler ${packageVersion("wrangler")}`,
   `- Commit: ${git(["rev-parse", "--short", "HEAD"])}${git(["status", "--porcelain", "--untracked-files=no"]) ? " (with uncommitted changes in the tree)" : ""}`,
-  `- \`npm run bench\` wall time: ${f(totalS / 60, 1)} min (conversion ${f(conversionS, 0)} s, scale ${f(scaleS, 0)} s, makespan ${f(makespanS, 0)} s, stack ${f(stackS, 0)} s, pdf ${f(pdfS, 0)} s)`,
+  `- \`npm run bench\` wall time: ${f(totalS / 60, 1)} min (conversion ${f(conversionS, 0)} s, scale ${f(scaleS, 0)} s, makespan ${f(makespanS, 0)} s, stack ${f(stackS, 0)} s, pdf ${f(pdfS, 0)} s, fleet ${f(fleetS, 0)} s)`,
 ].join("\n");
 
 function scaleSection(): string {
@@ -459,12 +477,16 @@ ${scaleSection()}
 ${conversionSection()}
 ${makespanSection()}
 ${stackSection()}
-${pdfSection({ ...pdf, dpi: PDF.dpi, quality: PDF.quality, popplerVersion: only.has("pdf") ? popplerVersion() : "" })}`;
+${pdfSection({ ...pdf, dpi: PDF.dpi, quality: PDF.quality, popplerVersion: only.has("pdf") ? popplerVersion() : "" })}
+${fleet ? fleetSection(fleet, makespanCpuS) : ""}`;
 
 console.log(`\n${report}`);
 if (SECTIONS.every((s) => only.has(s)) && process.env.BENCH_CONVERSION_SIZES === undefined) {
   writeFileSync(join(ROOT, "bench/RESULTS.md"), report);
   log(`wrote bench/RESULTS.md (${f(totalS / 60, 1)} min)`);
+} else if (only.size === 1 && fleet && (fleet.a || fleet.b || fleet.c) && (process.env.BENCH_FLEET_SCALE ?? "1") === "1") {
+  writeFleetSection(join(ROOT, "bench/RESULTS.md"), fleetSection(fleet, makespanCpuS));
+  log("wrote section 6 of bench/RESULTS.md");
 } else {
   log(`BENCH_ONLY=${[...only].join(",")}${process.env.BENCH_CONVERSION_SIZES ? `, BENCH_CONVERSION_SIZES=${process.env.BENCH_CONVERSION_SIZES}` : ""}: bench/RESULTS.md not written`);
 }

@@ -111,7 +111,7 @@ export async function runStackMakespan(opts: { tasks: number; log: (line: string
     return {
       runs,
       s3: { put_mb_per_s: body.length / 1e6 / putS, get_mb_per_s: bytes / 1e6 / getS, bytes: body.length },
-      max_concurrent_machines: stack.vars.MAX_CONCURRENT_MACHINES,
+      max_concurrent_machines: stack.vars.MAX_CONCURRENT_MACHINES ?? stack.vars.FLEET_MAX_MACHINES,
       tiff_bytes: tiffBytes,
     };
   } finally {

@@ -171,6 +171,11 @@ export class OrchestratorClient {
     return this.#parse(HealthReport, body, "health report");
   }
 
+  /** GET /fleet: the Fly app's fleet (the caller checks its shape: local/cli/fleet.ts). */
+  async fleet(): Promise<unknown> {
+    return this.#call("GET", "/fleet");
+  }
+
   /** The batch's status, or null when the orchestrator has no such batch. */
   async statusOrNull(batchId: string): Promise<BatchStatus | null> {
     try {

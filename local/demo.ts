@@ -53,7 +53,7 @@ async function main(): Promise<number> {
   process.once("SIGTERM", () => void stop().then(() => process.exit(143)));
   try {
     stack = await startStack({ stateDir: join(demoDir, "stack") });
-    console.log(`  orchestrator ${stack.orchestratorUrl} · S3 ${stack.s3.endpoint} · Fly API ${stack.emulator.url} · ${stack.vars.MAX_CONCURRENT_MACHINES} machines at once`);
+    console.log(`  orchestrator ${stack.orchestratorUrl} · S3 ${stack.s3.endpoint} · Fly API ${stack.emulator.url} · ${stack.vars.FLEET_MAX_MACHINES} machines at once${process.env.FANOUT_FLY_QUOTA ? ` · Fly quota ${process.env.FANOUT_FLY_QUOTA} (FANOUT_FLY_QUOTA)` : ""}`);
 
     step(`Uploading and enqueueing batch ${batchId}`);
     const api = new OrchestratorClient({ url: stack.orchestratorUrl, adminToken: stack.adminToken });

@@ -10,6 +10,7 @@ import { z } from "zod";
 import { startCallbackProxy, type CallbackProxy } from "./callback-proxy.ts";
 import type { FaultOptions } from "./fly-emulator/faults.ts";
 import type { RateLimit } from "./fly-emulator/limits.ts";
+import { parseQuota, parseRegionCapacity, type Quota } from "./fly-emulator/quota.ts";
 import { ProcessRunner, startFlyEmulator, type RunningFlyEmulator } from "./fly-emulator/server.ts";
 import { MachineLedger } from "./machine-ledger.ts";
 import { APP_NAME, BUCKET, DEFAULT_STATE_DIR } from "./paths.ts";
@@ -37,6 +38,10 @@ export interface StackOptions {
     /** Create-rate limit of the emulator; default matches FLY_CREATE_RATE_PER_SECOND/BURST. */
     createLimit?: RateLimit;
     maxLiveMachines?: number;
+    /** Live machines per region the hosts have room for; default FANOUT_FLY_REGION_CAPACITY. */
+    regionCapacity?: Record<string, number>;
+    /** The organisation's quota the emulator enforces; default FANOUT_FLY_QUOTA (e.g. machines=20,vcpus=64). */
+    quota?: Quota;
   };
   /** Fraction of callbacks delivered twice (through a proxy); 0 = machines call the orchestrator directly. */
   duplicateCallbackRate?: number;
@@ -176,7 +181,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       FLY_APP_NAME: APP_NAME,
       FLY_IMAGE: "registry.fly.io/fanout-worker:local",
       FLY_REGIONS: "iad,ord,ams",
-      MAX_CONCURRENT_MACHINES: String(defaultConcurrency()),
+      // Machines on this host at once, every batch together (the fleet); no cap per batch.
+      FLEET_MAX_MACHINES: String(defaultConcurrency()),
       MAX_RETRY_ATTEMPTS: "3",
       FLY_CREATE_RATE_PER_SECOND: "5",
       FLY_CREATE_BURST: "10",
@@ -206,11 +212,11 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       token: secrets.FLY_API_TOKEN,
       runner: machines,
       maxLiveMachines: options.emulator?.maxLiveMachines ?? 100,
-      rateLimits: {
-        create: options.emulator?.createLimit ?? { perSecond: rate, burst },
-        // Status checks of every live machine each MACHINE_CHECK_INTERVAL_MS must fit.
-        read: { perSecond: 50, burst: 100 },
-      },
+      regionCapacity: options.emulator?.regionCapacity ?? parseRegionCapacity(process.env.FANOUT_FLY_REGION_CAPACITY),
+      quota: options.emulator?.quota ?? parseQuota(process.env.FANOUT_FLY_QUOTA),
+      // Creates as fast as the local defaults above ask (the orchestrator's budget matches them);
+      // every other action at Fly's documented limit, as in production.
+      rateLimits: { create: options.emulator?.createLimit ?? { perSecond: rate, burst } },
       faults: { seed: options.seed ?? 1, ...options.emulator?.faults },
     }).catch((e: unknown) => {
       throw portHint(e, "Fly Machines API emulator", options.ports?.emulator);

@@ -9,13 +9,14 @@ import { type Config, loadConfig } from "./config.ts";
 import { apiStatus, type Engine, isFinished, makeEngine } from "./engine/context.ts";
 import { discover, messageRefusal } from "./engine/discovery.ts";
 import { finalise } from "./engine/finalise.ts";
-import { destroyOrphans } from "./engine/machines.ts";
+import { settleWithFleet } from "./engine/fleet.ts";
+import { destroyOrphans } from "./engine/orphans.ts";
 import { type CallbackReply, settleCallback } from "./engine/outcomes.ts";
 import { type Credential, type ReserveReply, reserveOutputs } from "./engine/reserve.ts";
 import { plan } from "./engine/planning.ts";
 import { heartbeat, lease, type LeaseRefusal } from "./engine/pool.ts";
 import { run, stopBatch } from "./engine/run.ts";
-import { archive, archiveDue, archivedRow, ARCHIVE_RETRY_MS, retentionAlarm } from "./engine/retention.ts";
+import { archivedRow, finishedAlarm, retentionAlarm } from "./engine/retention.ts";
 import * as views from "./engine/views.ts";
 import { ALARM_REARM_MS, runtimeRetryError, stallReason, stallWarning, wakeIfStalled } from "./engine/watchdog.ts";
 import { CLIENT_HEADER, LiveStreams } from "./engine/events.ts";
@@ -113,6 +114,7 @@ export class BatchDO extends DurableObject<Env> {
       {
         tolerated_failure_percentage: message.tolerated_failure_percentage ?? null,
         tolerated_failure_count: message.tolerated_failure_count ?? null,
+        priority: message.priority ?? 1,
         pipeline_json: JSON.stringify(pipeline),
       },
       now,
@@ -257,6 +259,7 @@ export class BatchDO extends DurableObject<Env> {
       logError("DO", "reset_list_failed", error, { batch_id: meta.batch_id });
     }
     const destroyed = await destroyOrphans(e, now);
+    await settleWithFleet(e, this.store.getMeta()!);
     const pending = this.store.orphanCount();
     if (pending > 0) await this.ctx.storage.setAlarm(now + 5_000);
     await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
@@ -391,18 +394,15 @@ export class BatchDO extends DurableObject<Env> {
         return await plan(e, meta);
       case "run":
         return await run(e, meta);
-      case "finalise":
-        return await finalise(e, meta);
+      case "finalise": {
+        const next = await finalise(e, meta);
+        await settleWithFleet(e, this.store.getMeta()!);
+        return next;
+      }
       case "done":
       case "failed":
-      case "error": {
-        await destroyOrphans(e, Date.now());
-        const now = Date.now();
-        if (!archiveDue(e, meta, now)) return retentionAlarm(e, meta, now);
-        const status = await this.status();
-        if (status && (await archive(e, meta, status, this.ctx.storage, now))) return null;
-        return now + ARCHIVE_RETRY_MS;
-      }
+      case "error":
+        return await finishedAlarm(e, meta, () => this.status(), this.ctx.storage);
     }
   }
 }

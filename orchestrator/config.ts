@@ -2,6 +2,8 @@
 // A bad value is named in the error; a secret's value never is.
 import { z } from "zod";
 import { describeZodError } from "../shared/contracts.ts";
+import { parseApiRates, type Rates } from "./fly/rates.ts";
+import type { Resources } from "./fly/fleet.ts";
 
 const int = (min: number, max: number, fallback: number) =>
   z.preprocess(
@@ -20,7 +22,26 @@ export const ConfigSchema = z.object({
     .string()
     .default("")
     .transform((s) => s.split(",").map((r) => r.trim()).filter(Boolean)),
-  MAX_CONCURRENT_MACHINES: int(1, 10_000, 50),
+  /** Optional cap on one batch's live machines (unset: the fleet's share is its only limit). */
+  MAX_CONCURRENT_MACHINES: z.preprocess((v) => (v === undefined || v === "" ? undefined : Number(v)), z.number({ message: "must be a number" }).int("must be a whole number").min(1).max(10_000).optional()),
+  /**
+   * The fleet: live machines, vCPUs and memory of every batch of the Fly app together. Defaults a
+   * new organisation can run (README "The fleet"); raise them when Fly raises your quota.
+   */
+  FLEET_MAX_MACHINES: int(1, 100_000, 20),
+  FLEET_MAX_VCPUS: int(1, 1_000_000, 64),
+  FLEET_MAX_MEMORY_MB: int(256, 100_000_000, 131_072),
+  /** Fly's rate limits of list, get and destroy (`list=1/3,get=5/10,destroy=1/3`); empty: the documented ones (fly/rates.ts). */
+  FLY_API_RATES: z
+    .preprocess((v) => (v === undefined ? "" : v), z.string())
+    .transform((text, ctx) => {
+      try {
+        return parseApiRates(text);
+      } catch (error) {
+        ctx.addIssue({ code: "custom", message: error instanceof Error ? error.message : String(error) });
+        return z.NEVER;
+      }
+    }),
   MAX_RETRY_ATTEMPTS: int(1, 100, 3),
   FLY_CREATE_RATE_PER_SECOND: z.preprocess(
     (v) => (v === undefined || v === "" ? 1 : Number(v)),
@@ -99,6 +120,16 @@ export const ConfigSchema = z.object({
 export type Config = z.infer<typeof ConfigSchema>;
 
 export class ConfigError extends Error {}
+
+/** Every action's rate (create from its own vars). */
+export function ratesOf(c: Config): Rates {
+  return { create: { perSecond: c.FLY_CREATE_RATE_PER_SECOND, burst: c.FLY_CREATE_BURST }, ...c.FLY_API_RATES };
+}
+
+/** The fleet's configured limits. */
+export function fleetLimitsOf(c: Config): Resources {
+  return { machines: c.FLEET_MAX_MACHINES, vcpus: c.FLEET_MAX_VCPUS, memory_mb: c.FLEET_MAX_MEMORY_MB };
+}
 
 const cache = new WeakMap<object, Config>();
 

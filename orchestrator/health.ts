@@ -4,7 +4,7 @@
 import { AwsClient } from "aws4fetch";
 import { z } from "zod";
 import { bearerToken, timingSafeEqualText } from "../shared/token.ts";
-import { ConfigError, loadConfig, type Config } from "./config.ts";
+import { ConfigError, loadConfig, ratesOf, type Config } from "./config.ts";
 import { FlyApiError } from "./fly/api.ts";
 import { FlyMachines } from "./fly/client.ts";
 
@@ -107,10 +107,13 @@ export interface DeepOptions {
 /** The checks that leave the Worker: a Fly list call, a storage HEAD, CALLBACK_BASE_URL/health. */
 export async function deepChecks(env: Env, config: Config, options: DeepOptions = {}): Promise<Check[]> {
   const doFetch = options.fetch ?? fetch;
-  return await Promise.all([flyCheck(config, doFetch), ...storageChecks(env, config, doFetch), callbackCheck(config, doFetch, options.requestOrigin)]);
+  return await Promise.all([flyCheck(config, env, doFetch), ...storageChecks(env, config, doFetch), callbackCheck(config, doFetch, options.requestOrigin)]);
 }
 
-async function flyCheck(config: Config, doFetch: typeof fetch): Promise<Check> {
+async function flyCheck(config: Config, env: Env, doFetch: typeof fetch): Promise<Check> {
+  // The list draws from the app's list budget like every other Fly call (fly/rates.ts).
+  const budget = env.FLY_BUDGET.getByName(config.FLY_APP_NAME);
+  const list = ratesOf(config).list;
   const fly = new FlyMachines({
     apiHostname: config.FLY_API_HOSTNAME,
     apiToken: config.FLY_API_TOKEN,
@@ -119,6 +122,8 @@ async function flyCheck(config: Config, doFetch: typeof fetch): Promise<Check> {
     requestTimeoutMs: DEEP_TIMEOUT_MS,
     maxAttempts: 1,
     log: () => undefined,
+    draw: (action) => budget.draw(action, list.perSecond, list.burst),
+    blocked: (action, until) => budget.block(action, until),
   });
   try {
     // A metadata filter no machine has: the call proves the token and app, and returns nothing.
@@ -133,6 +138,7 @@ async function flyCheck(config: Config, doFetch: typeof fetch): Promise<Check> {
       return fail("fly_api", "the Fly Machines API has no app named by FLY_APP_NAME (HTTP 404)", "create it with `fly apps create <name> --org <org>`, or set FLY_APP_NAME to the app in fly.toml");
     }
     if (error.kind === "rate_limited") return fail("fly_api", "the Fly Machines API rate-limited the check (429)", "try again in a few seconds", "warning");
+    if (error.kind === "budget") return fail("fly_api", "the app's Fly API list budget is spent by running batches", "try again in a few seconds", "warning");
     return fail("fly_api", `cannot list machines at FLY_API_HOSTNAME (${error.kind}${error.status ? ` ${error.status}` : ""})`, "check FLY_API_HOSTNAME (https://api.machines.dev in production) and Fly's status page");
   }
 }

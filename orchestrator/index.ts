@@ -7,7 +7,7 @@ import { backoffMs } from "../shared/backoff.ts";
 import type { ApiStatus } from "./batch-do.ts";
 import { CursorError, getBatchRow, listBatches } from "./batch-index.ts";
 import { CLIENT_HEADER } from "./engine/events.ts";
-import { ConfigError, loadConfig } from "./config.ts";
+import { ConfigError, fleetLimitsOf, loadConfig, ratesOf } from "./config.ts";
 import { consumeDeadLetter, deadLetterQueue } from "./dead-letters.ts";
 import { health } from "./health.ts";
 import { admin, HttpError, parse, reader, readJson, stub, withBatch } from "./http.ts";
@@ -35,6 +35,7 @@ const router = Router<IRequest, [Env]>({
 router
   .get("/health", (req, env) => health(req, env))
   .get("/batches", reader(batches))
+  .get("/fleet", reader(fleet))
   .get("/status/:batchId", reader(withBatch(status)))
   .get("/status/:batchId/events", reader(withBatch(events)))
   .get("/status/:batchId/tasks", reader(withBatch(tasks)))
@@ -62,6 +63,13 @@ export default {
 } satisfies ExportedHandler<Env>;
 
 // ---- handlers -------------------------------------------------------------------------------
+
+/** The Fly app's fleet: its limits (configured and learned), what each batch holds and may hold, who waits, the API tokens. */
+async function fleet(_req: IRequest, env: Env): Promise<Response> {
+  const config = loadConfig(env);
+  const snapshot = await env.FLY_BUDGET.getByName(config.FLY_APP_NAME).snapshot(fleetLimitsOf(config), ratesOf(config));
+  return Response.json({ app: config.FLY_APP_NAME, ...snapshot });
+}
 
 async function status(req: IRequest, env: Env): Promise<Response> {
   const body = await stub(env, req.params.batchId).status();

@@ -64,6 +64,8 @@ export const QueueMessage = z
     tolerated_failure_percentage: z.number().min(0).max(100).optional(),
     /** … or once more than this many tasks failed. */
     tolerated_failure_count: z.number().int().min(0).optional(),
+    /** Its weight in the fleet's fair shares of machines and create tokens (default 1: equal). */
+    priority: z.number().positive("priority must be more than 0").max(100, "priority must be at most 100").optional(),
     /**
      * The batch's pipeline: these phases, in this order (the orchestrator checks each is registered).
      * Absent: every phase that is not opt-in, each doing what it finds (TIFFs converted, PDFs split).

@@ -18,6 +18,8 @@ export interface FaultRates {
 }
 
 export interface HeldCallback {
+  /** The batch its callback URL names (a soak may run several at once). */
+  batchId: string;
   taskId: string;
   attempt: number;
   fate: Fate;
@@ -36,6 +38,7 @@ export interface HeldCallback {
 }
 
 export interface DuplicateRecord {
+  batchId: string;
   taskId: string;
   attempt: number;
   firstStatus: number;
@@ -49,7 +52,7 @@ export interface CallbackFaults {
   duplicates(): DuplicateRecord[];
   /** Callback requests from machines (retries included). */
   received(): number;
-  fateOf(taskId: string, attempt: number): Fate | undefined;
+  fateOf(taskId: string, attempt: number, batchId?: string): Fate | undefined;
   /** Held callbacks not yet delivered. */
   pending(): number;
   /** Resolves when every held callback and duplicate has been delivered. */
@@ -59,7 +62,6 @@ export interface CallbackFaults {
 
 export interface CallbackFaultOptions {
   target: string;
-  batchId: () => string | null;
   rates: FaultRates;
   seed: number;
   /** Late or stale only for attempts below this, so holding one never spends a task's last attempt. */
@@ -124,22 +126,23 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
     async (req, res) => {
       const call = await readForwarded(req);
       const { path, body } = call;
-      const m = /^\/(callback|outputs)\/[^/]+\/([^/?]+)/.exec(path);
+      const m = /^\/(callback|outputs)\/([^/]+)\/([^/?]+)/.exec(path);
       const attemptMatch = TOKEN_ATTEMPT.exec(req.headers.authorization ?? "");
       if (call.method !== "POST" || !m || !attemptMatch) return pass(res, call);
-      const taskId = decodeURIComponent(m[2]);
+      const batchId = decodeURIComponent(m[2]);
+      const taskId = decodeURIComponent(m[3]);
       const attempt = Number(attemptMatch[1]);
       // A later attempt of the task is at work: a held callback of an earlier one goes in first, so
       // a stale one always meets a started next attempt (polling alone can miss a quick one).
       for (const earlier of entries.values()) {
-        if (earlier.record?.taskId === taskId && earlier.record.attempt < attempt && earlier.record.deliveredAt === null) {
+        if (earlier.record?.batchId === batchId && earlier.record.taskId === taskId && earlier.record.attempt < attempt && earlier.record.deliveredAt === null) {
           earlier.release();
           await earlier.delivered;
         }
       }
       if (m[1] === "outputs") return pass(res, call);
       received++;
-      const key = `${taskId}#${attempt}`;
+      const key = `${batchId}/${taskId}#${attempt}`;
       let entry = entries.get(key);
       if (!entry) {
         let release = () => {};
@@ -150,8 +153,8 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
       if (entry.fate === "pass") return pass(res, call);
       if (entry.fate === "duplicate") {
         const first = await pass(res, call);
-        if (first === null || first >= 300 || duplicates.some((d) => d.taskId === taskId && d.attempt === attempt)) return;
-        const record: DuplicateRecord = { taskId, attempt, firstStatus: first, duplicateStatus: null, duplicateOutcome: null };
+        if (first === null || first >= 300 || duplicates.some((d) => d.batchId === batchId && d.taskId === taskId && d.attempt === attempt)) return;
+        const record: DuplicateRecord = { batchId, taskId, attempt, firstStatus: first, duplicateStatus: null, duplicateOutcome: null };
         duplicates.push(record);
         await track(
           (async () => {
@@ -167,6 +170,7 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
       entry.waiting.push(res);
       if (!entry.record) {
         entry.record = {
+          batchId,
           taskId,
           attempt,
           fate: entry.fate,
@@ -208,9 +212,7 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
     }
   }
 
-  async function taskDetail(taskId: string) {
-    const batchId = options.batchId();
-    if (!batchId) return null;
+  async function taskDetail(batchId: string, taskId: string) {
     try {
       const res = await fetch(`${target}/status/${encodeURIComponent(batchId)}/tasks/${encodeURIComponent(taskId)}`, { signal: AbortSignal.timeout(10_000) });
       if (!res.ok) return null;
@@ -234,7 +236,7 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
         current = null;
         break;
       }
-      const t = await taskDetail(taskId);
+      const t = await taskDetail(record.batchId, taskId);
       if (!t) continue;
       current = t.attempt;
       const mine = t.attempts.find((a) => a.attempt === attempt);
@@ -255,7 +257,7 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
       body = Buffer.from(
         JSON.stringify({
           task_id: original?.task_id ?? taskId,
-          batch_id: original?.batch_id ?? options.batchId(),
+          batch_id: original?.batch_id ?? record.batchId,
           status: "error",
           error: "soak: stale error from a superseded attempt",
         }),
@@ -280,7 +282,8 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
     held: () => [...held],
     duplicates: () => [...duplicates],
     received: () => received,
-    fateOf: (taskId, attempt) => entries.get(`${taskId}#${attempt}`)?.fate,
+    fateOf: (taskId, attempt, batchId) =>
+      batchId !== undefined ? entries.get(`${batchId}/${taskId}#${attempt}`)?.fate : [...entries].find(([k]) => k.endsWith(`/${taskId}#${attempt}`))?.[1].fate,
     pending: () => held.filter((h) => h.deliveredAt === null).length,
     settled: async (timeoutMs) => {
       const deadline = Date.now() + timeoutMs;

@@ -65,6 +65,8 @@ export async function collect(o: {
   faults: CallbackFaults;
   final: BatchStatus;
   samples: GeneratedSample[];
+  /** Other batches running in the same stack: their objects, writes and callbacks are theirs, not this batch's. */
+  otherPrefixes?: string[];
 }): Promise<SoakEvidence> {
   const { stack, api, batchId } = o;
   console.log(`[Soak] ${batchId} ended ${o.final.status}; waiting for held callbacks (${o.faults.pending()}) and machines (${stack.emulator.core.liveMachineCount()} live) to settle`);
@@ -79,7 +81,10 @@ export async function collect(o: {
     if (!parsed.success) throw new Error(`GET /status/${batchId}/tasks/${t.task_id}: HTTP ${res.status}, unexpected body: ${JSON.stringify(body).slice(0, 300)}`);
     return parsed.data;
   });
-  const objects = await listObjects(o.s3, stack.bucket, "");
+  // Every object in the bucket (a stray write anywhere is this batch's problem), less other batches' own.
+  const others = o.otherPrefixes ?? [];
+  const mine = (key: string) => !others.some((p) => key.startsWith(p));
+  const objects = (await listObjects(o.s3, stack.bucket, "")).filter((obj) => mine(obj.key));
   console.log(`[Soak] ${batchId}: read ${tasks.length} task rows, ${details.length} task histories, ${objects.length} objects, ${o.tap.writes().length} writes`);
   return {
     final: o.final,
@@ -91,9 +96,9 @@ export async function collect(o: {
     machines: stack.machines.list(),
     alive,
     objects,
-    writes: o.tap.writes(),
-    held: o.faults.held(),
-    duplicates: o.faults.duplicates(),
+    writes: o.tap.writes().filter((w) => mine(w.key)),
+    held: o.faults.held().filter((h) => h.batchId === batchId),
+    duplicates: o.faults.duplicates().filter((d) => d.batchId === batchId),
     callbacksReceived: o.faults.received(),
     heldSettled,
     inputs: o.samples.map((s) => `${o.prefix}${s.relative}`),

@@ -242,7 +242,7 @@ function explain(
     restart: { from: number; to: number } | null;
   },
 ): string | null {
-  const fate = ctx.ev.held.find((h) => h.taskId === d.task_id && h.attempt === a.attempt)?.fate;
+  const fate = ctx.ev.held.find((h) => h.taskId === d.task_id && h.attempt === a.attempt)?.fate; // held: this batch's only (collect.ts)
   if (fate === "late") return "late callback (held past the deadline)";
   if (fate === "stale_error" || fate === "stale_success") return "stale callback (held until the next attempt)";
   const machine = /machine ([0-9a-f]{14})/.exec(error)?.[1] ?? a.machine_id ?? "";
@@ -258,12 +258,12 @@ function explain(
   return null;
 }
 
-export function markdown(results: ModeResult[], run: { tasks: number; seed: number; wallMs: number; config: SoakConfig }): string {
+export function markdown(results: ModeResult[], run: { tasks: number; seed: number; mode?: string; wallMs: number; config: SoakConfig }): string {
   const c = run.config;
   const lines = [
     "# Soak",
     "",
-    `\`npm run soak -- --tasks ${run.tasks} --seed ${run.seed}\` — ${new Date().toISOString().slice(0, 10)}, total wall time ${(run.wallMs / 1000).toFixed(0)} s. ` +
+    `\`npm run soak -- ${run.mode && run.mode !== "all" ? `--mode ${run.mode} ` : ""}--tasks ${run.tasks} --seed ${run.seed}\` — ${new Date().toISOString().slice(0, 10)}, total wall time ${(run.wallMs / 1000).toFixed(0)} s. ` +
       `Verdict: ${results.every((r) => r.problems.length === 0) ? "**PASSED**" : "**FAILED**"} (${results.map((r) => `${r.mode} ${r.problems.length === 0 ? "passed" : "failed"}`).join(", ")}).`,
     "",
     `Fault matrix: create 429s ${c.faults.createRateLimitRate * 100}% (Retry-After), API 5xx ${c.faults.serverErrorRate * 100}%, every create in iad refused for capacity, ` +
@@ -273,7 +273,7 @@ export function markdown(results: ModeResult[], run: { tasks: number; seed: numb
     "",
     "## Figures",
     "",
-    table(["", ...results.map((r) => r.mode)], Object.keys(results[0]?.figures ?? {}).map((k) => [k, ...results.map((r) => String(r.figures[k] ?? ""))])),
+    table(["", ...results.map((r) => r.mode)], [...new Set(results.flatMap((r) => Object.keys(r.figures)))].map((k) => [k, ...results.map((r) => String(r.figures[k] ?? ""))])),
     "",
     "## Faults injected",
     "",

@@ -16,14 +16,15 @@ import { s3Client, submitBatch } from "../../local/submit.ts";
 import { startCallbackFaults, type CallbackFaults } from "./callback-faults.ts";
 import { collect, type SoakEvidence } from "./collect.ts";
 import { check, markdown, type ModeResult } from "./report.ts";
-import { SOAK } from "./config.ts";
+import { SOAK, soakVars } from "./config.ts";
 import { startEventTap } from "./event-tap.ts";
 import { startS3Tap, type S3Tap } from "./s3-tap.ts";
+import { soakFleet } from "./fleet.ts";
 
 const Args = z.object({
   tasks: z.coerce.number().int().min(10, "--tasks must be at least 10").max(100_000),
   seed: z.coerce.number().int().min(0),
-  mode: z.enum(["single", "pool", "both"], { message: "--mode must be single, pool or both" }),
+  mode: z.enum(["single", "pool", "both", "fleet", "all"], { message: "--mode must be single, pool, both (single then pool), fleet or all (single, pool, fleet)" }),
   "stall-seconds": z.coerce.number().int().min(10),
   out: z.string(),
 });
@@ -34,7 +35,7 @@ async function main(): Promise<void> {
     options: {
       tasks: { type: "string", default: "1000" },
       seed: { type: "string", default: "1" },
-      mode: { type: "string", default: "both" },
+      mode: { type: "string", default: "all" },
       "stall-seconds": { type: "string", default: "180" },
       out: { type: "string", default: join(REPO_ROOT, "bench", "SOAK.md") },
     },
@@ -45,7 +46,7 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const args = parsed.data;
-  const modes = args.mode === "both" ? (["single", "pool"] as const) : ([args.mode] as const);
+  const modes: ("single" | "pool" | "fleet")[] = args.mode === "both" ? ["single", "pool"] : args.mode === "all" ? ["single", "pool", "fleet"] : [args.mode];
   const workDir = await mkdtemp(join(tmpdir(), "fanout-soak-"));
   const started = Date.now();
   console.log(`[Soak] ${args.tasks} TIFFs, seed ${args.seed}, modes ${modes.join(" then ")}; work dir ${workDir}`);
@@ -56,9 +57,10 @@ async function main(): Promise<void> {
     const results: ModeResult[] = [];
     let md = "";
     for (const mode of modes) {
-      results.push(await soakMode(mode, args, samples, sampleDir, join(workDir, mode)));
+      if (mode === "fleet") results.push(...(await soakFleet(args, samples, sampleDir, workDir, soakKinds())));
+      else results.push(await soakMode(mode, args, samples, sampleDir, join(workDir, mode)));
       // Written after each mode, so a long run leaves its first half's figures if stopped.
-      md = markdown(results, { tasks: args.tasks, seed: args.seed, wallMs: Date.now() - started, config: SOAK });
+      md = markdown(results, { tasks: args.tasks, seed: args.seed, mode: args.mode, wallMs: Date.now() - started, config: SOAK });
       await writeFile(args.out, md);
     }
     console.log(`\n${md}`);
@@ -101,20 +103,7 @@ async function soakMode(
     stateDir,
     fresh: true,
     seed: args.seed,
-    vars: {
-      POOL_MODE: String(mode === "pool"),
-      FLY_REGIONS: "iad,ord,ams",
-      MAX_CONCURRENT_MACHINES: String(SOAK.maxMachines),
-      MAX_RETRY_ATTEMPTS: String(SOAK.maxAttempts),
-      FLY_CREATE_RATE_PER_SECOND: String(SOAK.createRate),
-      FLY_CREATE_BURST: String(SOAK.createBurst),
-      BOOT_TIMEOUT_MS: String(SOAK.bootTimeoutMs),
-      RUN_TIMEOUT_MS: String(SOAK.runTimeoutMs),
-      MACHINE_CHECK_INTERVAL_MS: "1000",
-      LEASE_TIMEOUT_MS: "6000",
-      POOL_IDLE_TIMEOUT_MS: "5000",
-      DEBUG_HOOKS: "true",
-    },
+    vars: soakVars({ POOL_MODE: String(mode === "pool"), MAX_CONCURRENT_MACHINES: String(SOAK.maxMachines) }),
     emulator: { createLimit: { perSecond: SOAK.createRate, burst: SOAK.createBurst }, faults: { ...SOAK.faults } },
     // Callbacks retried quickly, so the orchestrator restart is bridged within seconds.
     machineEnv: { CALLBACK_BACKOFF_MS: "500", CALLBACK_MAX_ATTEMPTS: "10" },
@@ -122,7 +111,6 @@ async function soakMode(
     callbackProxy: async (target) =>
       (faults = await startCallbackFaults({
         target,
-        batchId: () => batchId,
         rates: SOAK.callbacks,
         seed: args.seed * 7919 + (mode === "pool" ? 1 : 0),
         maxAttempts: SOAK.maxAttempts,

@@ -6,11 +6,12 @@
 //   router.js      hash routes → pages (each page returns its teardown)
 //   api.js         fetch with the admin token, ApiError     tokens.js  the admin token dialog
 //   sse.js         the event stream follower                dom.js / format.js / widgets.js  shared pieces
-//   list-page.js   #/            the batch list
+//   list-page.js   #/            the batch list      fleet-page.js  #/fleet  the Fly app's fleet
 //   batch-page.js  #/batch/:id   one batch: status, polling or stream, reset and redrive
 //     summary.js   its cards and phase table   failures.js  its failures   timeline.js  its machine timeline
 import { showBatch } from "./batch-page.js";
 import { $ } from "./dom.js";
+import { showFleet } from "./fleet-page.js";
 import { showList } from "./list-page.js";
 import { startRouter } from "./router.js";
 import { wireForgetButton } from "./tokens.js";
@@ -18,5 +19,6 @@ import { wireForgetButton } from "./tokens.js";
 wireForgetButton();
 startRouter($("#view"), [
   { pattern: /^#\/batch\/(.+)$/, show: showBatch },
+  { pattern: /^#\/fleet$/, show: showFleet },
   { pattern: /^/, show: showList },
 ]);

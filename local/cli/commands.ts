@@ -27,4 +27,5 @@ export const COMMANDS: Record<string, Command> = {
   --cursor C   start after a previous page (its next_cursor)
   --json       the pages' batches as JSON`,
   },
+  fleet: { run: async (args) => (await import("./fleet.ts")).fleet(args), usage: "fleet [--json]" },
 };

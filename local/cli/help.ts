@@ -15,6 +15,7 @@ usage: npm run fanout -- <command> [options]        (npm run fanout -- <command>
   redrive <batchId> [--json]                 re-run only the failed tasks of a finished batch (DONE with failures, FAILED, ERROR)
   list [--status S] [--limit N] [--all] [--json]
                                              the batch index, newest first
+  fleet [--json]                             the Fly app's fleet: limits, each batch's machines and share, who waits, API tokens
   logs <machineId> [--app APP]               a machine's output (local: the emulator's record; else fly logs);
                                              a task's machine ids are in \`tasks <batchId> --json\`
   doctor [--json]                            check the orchestrator's configuration, Fly API, storage and callback URL

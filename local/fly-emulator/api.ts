@@ -8,7 +8,8 @@
 import { realClock, type Clock } from "./clock.ts";
 import { fail, type EmulatorFault, type Refusal } from "./errors.ts";
 import { FaultModel, type FaultOptions } from "./faults.ts";
-import { Limits, type LimitOptions, type Route } from "./limits.ts";
+import { Limits, type LimitOptions, type Route, usageOf } from "./limits.ts";
+import type { Usage } from "./quota.ts";
 import { Machines, WAITABLE, type LogLine, type MachineOptions } from "./machines.ts";
 import { SimulatedRunner, type MachineRunner } from "./runner.ts";
 import { FLY_REGIONS, redactBody, stripEnv, validateCreate } from "./validate.ts";
@@ -49,6 +50,7 @@ export class FlyEmulator {
   #faults: FaultModel;
   #limits: Limits;
   #faultOf = new WeakMap<Response, EmulatorFault>();
+  #peak: Usage & { at: number } = { machines: 0, vcpus: 0, memory_mb: 0, at: 0 };
   // What each request really carried, env values and all: for sentBody() only, never served or logged.
   #sent = new WeakMap<RecordedRequest, string>();
 
@@ -113,6 +115,18 @@ export class FlyEmulator {
     return this.#machines.liveCount();
   }
 
+  /** Live machines, vCPUs and memory now (every app and region), and the most there ever were of each. */
+  usage(): { now: Usage; peak: Usage & { at: number } } {
+    return { now: usageOf(this.#live()), peak: { ...this.#peak } };
+  }
+
+  #live(): { app: string; region: string; guest: { cpus: number; memory_mb: number } }[] {
+    return this.#machines
+      .all()
+      .filter((m) => !this.#machines.isTerminal(m))
+      .map((m) => ({ app: m.app, region: m.region, guest: m.config.guest }));
+  }
+
   /** Kills every live machine, cancels timers and answers pending waits. */
   async stop(): Promise<void> {
     await this.#machines.stop();
@@ -167,6 +181,7 @@ export class FlyEmulator {
   #emulatorRoute(method: string, parts: string[]): Response {
     if (method !== "GET") return fail(405, "emulator routes are read-only");
     if (parts[0] === "requests" && parts.length === 1) return Response.json(this.requests);
+    if (parts[0] === "usage" && parts.length === 1) return Response.json(this.usage());
     if (parts[0] === "machines" && parts.length === 1) return Response.json(this.machines().map(stripEnv));
     if (parts[0] === "machines" && parts.length === 3 && parts[2] === "logs") {
       const m = this.#machines.get(parts[1]);
@@ -209,10 +224,11 @@ export class FlyEmulator {
     if (typeof valid === "string") return fail(422, valid);
     const { name, region, config } = valid;
 
-    const refused = this.#faults.onCreate(region) ?? this.#limits.admit(this.liveMachineCount());
+    const refused = this.#faults.onCreate(region) ?? this.#limits.admit({ region, guest: config.guest }, this.#live());
     if (refused) return this.#refuse(refused);
 
     const m = this.#machines.create({ app, name, region, config, dieSilently: this.#faults.dieSilently(), bootDelayMs: this.#faults.bootDelayMs() });
+    this.#notePeak();
     const view = this.#machines.view(m);
     const lost = this.#faults.afterCreate();
     if (lost) return this.#refuse(lost);
@@ -253,6 +269,20 @@ export class FlyEmulator {
       return fail(408, `deadline_exceeded: machine ${id} did not reach state ${state} within ${timeout}s`);
     }
     return Response.json({ ok: true });
+  }
+
+  /** Usage only grows at a create, so checking here sees every instant's peak. */
+  #notePeak(): void {
+    const now = usageOf(this.#live());
+    const at = this.clock.now();
+    if (now.machines > this.#peak.machines || now.vcpus > this.#peak.vcpus || now.memory_mb > this.#peak.memory_mb) {
+      this.#peak = {
+        machines: Math.max(now.machines, this.#peak.machines),
+        vcpus: Math.max(now.vcpus, this.#peak.vcpus),
+        memory_mb: Math.max(now.memory_mb, this.#peak.memory_mb),
+        at,
+      };
+    }
   }
 
   /** Answers a refusal and remembers why, for the request's record. */

@@ -3,7 +3,17 @@
 // real API uses, and the reason the emulator records beside the request.
 
 /** Every way the emulator refuses a request, so a run can tell injected faults from real limits. */
-export type EmulatorFault = "rate_limited" | "injected_429" | "injected_5xx" | "capacity_region" | "capacity_full" | "lost_create_response";
+export type EmulatorFault =
+  | "rate_limited"
+  | "injected_429"
+  | "injected_5xx"
+  | "capacity_region"
+  | "capacity_full"
+  | "capacity_region_full"
+  | "quota_machines"
+  | "quota_vcpus"
+  | "quota_memory"
+  | "lost_create_response";
 
 /** A refused request and why: the API answers `response` and records `fault` beside the request. */
 export interface Refusal {

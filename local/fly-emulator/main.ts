@@ -2,6 +2,7 @@
 // Prints the URL to use as FLY_API_HOSTNAME; Ctrl-C stops it and every machine process.
 import { parseArgs } from "node:util";
 import type { FaultOptions } from "./faults.ts";
+import { parseQuota, parseRegionCapacity } from "./quota.ts";
 import { startFlyEmulator } from "./server.ts";
 
 const USAGE = `usage: node local/fly-emulator/main.ts [options]
@@ -14,8 +15,11 @@ const USAGE = `usage: node local/fly-emulator/main.ts [options]
   --simulate-cpu-seconds N      simulated run time from Fly's CPU model: N CPU-seconds of one-thread
                                 work on the machine's guest (a shared vCPU throttles after its burst)
   --simulate-callback           simulated machines POST a success callback to CALLBACK_URL
-  --max-machines N              live machine cap (default 100)
-  --no-rate-limit               disable the documented API rate limits
+  --max-machines N              live machines the hosts have room for, every region (default 100)
+  --region-capacity R=N[,R=N]   live machines a region has room for, e.g. iad=2 (FANOUT_FLY_REGION_CAPACITY)
+  --quota Q                     the organisation's quota, e.g. machines=20,vcpus=64,memory_mb=131072
+                                (default: FANOUT_FLY_QUOTA; unset: none): refused as Fly refuses it
+  --no-rate-limit               disable the documented API rate limits (1/s burst 3 per action, get 5/s burst 10)
   --quiet                       do not echo machine output
   --seed N                      fault PRNG seed (default 1)
   --fault-429-rate X            fraction of creates answered 429
@@ -57,6 +61,8 @@ async function main(): Promise<void> {
       "simulate-cpu-seconds": { type: "string" },
       "simulate-callback": { type: "boolean" },
       "max-machines": { type: "string" },
+      "region-capacity": { type: "string" },
+      quota: { type: "string" },
       "no-rate-limit": { type: "boolean" },
       quiet: { type: "boolean" },
       seed: { type: "string" },
@@ -98,6 +104,8 @@ async function main(): Promise<void> {
       callback: values["simulate-callback"],
     },
     maxLiveMachines: number("max-machines", values["max-machines"], { min: 1 }),
+    regionCapacity: parseRegionCapacity(values["region-capacity"] ?? process.env.FANOUT_FLY_REGION_CAPACITY),
+    quota: parseQuota(values.quota ?? process.env.FANOUT_FLY_QUOTA),
     ...(values["no-rate-limit"] ? { rateLimits: false as const } : {}),
     faults,
   });

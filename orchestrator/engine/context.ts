@@ -1,6 +1,6 @@
 // What every engine module works with: the batch's store, its validated config, the Fly client,
 // the object store, and the phase limits. Built once per RPC or alarm by the DO shell.
-import type { Config } from "../config.ts";
+import { type Config, ratesOf } from "../config.ts";
 import { FlyMachines } from "../fly/client.ts";
 import type { Phase, TaskView } from "../phases/types.ts";
 import { Outbound } from "../outbound.ts";
@@ -14,6 +14,7 @@ export interface Limits {
   bootTimeoutMs: number;
   runTimeoutMs: number;
   maxAttempts: number;
+  /** The most machines the batch could ever run at once: its own cap (if any), the phase's, the fleet's. The fleet's share limits it further at run time. */
   maxLive: number;
 }
 
@@ -57,22 +58,35 @@ export function makeEngine(
       const event = { ...data, run: store.getMeta()?.redrives ?? 0 };
       onEvent(store.addEvent(type, event, Date.now()), type, event);
     },
-    fly: () =>
-      (fly ??= new FlyMachines({
-        apiHostname: config.FLY_API_HOSTNAME,
-        apiToken: config.FLY_API_TOKEN,
-        appName: config.FLY_APP_NAME,
-        maxRequests: SUBREQUESTS_PER_ALARM,
-        exchange: outbound.exchange,
-      })),
+    fly: () => (fly ??= flyClient(config, counted, outbound, SUBREQUESTS_PER_ALARM)),
     objects: () => (objects ??= objectStore(config, counted, outbound)),
     limits: (phase) => ({
       bootTimeoutMs: config.BOOT_TIMEOUT_MS ?? phase.limits.bootTimeoutMs,
       runTimeoutMs: config.RUN_TIMEOUT_MS ?? phase.limits.runTimeoutMs,
       maxAttempts: phase.limits.maxAttempts ?? config.MAX_RETRY_ATTEMPTS,
-      maxLive: Math.min(config.MAX_CONCURRENT_MACHINES, phase.limits.maxConcurrentMachines ?? Infinity),
+      maxLive: Math.min(config.MAX_CONCURRENT_MACHINES ?? Infinity, phase.limits.maxConcurrentMachines ?? Infinity, config.FLEET_MAX_MACHINES),
     }),
   };
+}
+
+/**
+ * A Fly client whose every list, get and destroy draws a token from the app's budget for that
+ * action (FlyBudget, at Fly's documented rates) and whose 429s hold that action back app-wide.
+ * Creates draw through their own CreateOptions.draw. Its requests go through the invocation's `outbound`
+ * (counted, six at a time); pass the counted env, so each draw from the budget (a DO RPC) is counted too.
+ */
+export function flyClient(config: Config, env: Env, outbound: Outbound, maxRequests?: number): FlyMachines {
+  const budget = env.FLY_BUDGET.getByName(config.FLY_APP_NAME);
+  const rates = ratesOf(config);
+  return new FlyMachines({
+    apiHostname: config.FLY_API_HOSTNAME,
+    apiToken: config.FLY_API_TOKEN,
+    appName: config.FLY_APP_NAME,
+    maxRequests,
+    exchange: outbound.exchange,
+    draw: (action) => budget.draw(action, rates[action].perSecond, rates[action].burst),
+    blocked: (action, until) => budget.block(action, until),
+  });
 }
 
 /** The batch's objects: the R2 binding of `env`, or the S3 API when R2_ENDPOINT is set (its requests through `outbound`). */

@@ -1,24 +1,24 @@
 // One machine lifecycle for both modes: create → booting → live → gone. A single-task machine is
 // a machine whose one task is assigned at create; a pool machine leases tasks. Creating, checking,
 // lapsing, retiring and destroying are written once, here.
-import { createDraw } from "../fly/budget.ts";
 import { log, logError } from "../log.ts";
-import type { CreateOutcome, FlyMachine, GuestSize } from "../fly/api.ts";
+import { FlyApiError, type FlyMachine, type GuestSize } from "../fly/api.ts";
 import type { FlyMachines } from "../fly/client.ts";
 import { getPhase } from "../phases/index.ts";
 import type { Phase } from "../phases/types.ts";
 import type { BatchMeta, TaskRow, WorkerRow } from "../store/index.ts";
-import { backoffMs } from "../../shared/backoff.ts";
-import { CREATE_ANSWER_MS, RECHECK_MS, type Engine, machineName } from "./context.ts";
+import { CREATE_ANSWER_MS, RECHECK_MS, RETIRE_GRACE_MS, type Engine } from "./context.ts";
+import { applyCreate, assignedTask } from "./creates.ts";
 import { failAttempt } from "./outcomes.ts";
+import { LOOK_AFTER_MS } from "./orphans.ts";
 
 const CHECKS_PER_ALARM = 50;
-const ORPHANS_PER_ALARM = 50;
 
 /**
- * The batch's machines as one list per alarm, instead of one read per machine: Fly's read
- * limit (5/s, burst 10) would otherwise be met by a batch with many live machines. A machine
- * missing from the list is confirmed with a single read before it is taken for gone.
+ * The batch's machines as one list per alarm, instead of one get per machine: a list (1/s, burst 3
+ * per app) costs one token of the app's list budget however many machines it returns, where a get
+ * per machine would spend the get budget (5/s, burst 10) fast (fly/rates.ts). A machine missing from
+ * the list is confirmed with a single get before it is taken for gone.
  */
 export class MachineCensus {
   private readonly fly: FlyMachines;
@@ -58,16 +58,6 @@ export interface MachinePlan {
   task?: TaskRow;
 }
 
-/** Metadata that finds a machine again whatever happened to its create's answer. */
-function metadataOf(meta: BatchMeta, plan: MachinePlan): Record<string, string> {
-  return {
-    fanout_batch: meta.batch_id,
-    fanout_phase: plan.phase.name,
-    fanout_worker: plan.id,
-    ...(plan.task ? { fanout_task: plan.task.task_id, fanout_attempt: String(plan.task.attempt) } : {}),
-  };
-}
-
 /** Rows for machines about to be created; call inside the transaction that assigns their tasks. */
 export function recordCreating(e: Engine, plans: MachinePlan[], bootTimeoutMs: number, now: number): void {
   for (const p of plans) {
@@ -85,112 +75,6 @@ export function recordCreating(e: Engine, plans: MachinePlan[], bootTimeoutMs: n
   }
 }
 
-/** Sends the creates (in parallel) and applies each outcome. */
-export async function createMachines(e: Engine, meta: BatchMeta, plans: MachinePlan[]): Promise<void> {
-  const fly = e.fly();
-  const c = e.config;
-  const budget = e.env.FLY_BUDGET.getByName(c.FLY_APP_NAME);
-  const outcomes = await Promise.all(
-    plans.map((p) =>
-      fly.createMachine(
-        {
-          name: machineName(meta.batch_id, p.id),
-          image: p.image,
-          guest: p.guest,
-          env: p.env,
-          metadata: metadataOf(meta, p),
-          regions: c.FLY_REGIONS,
-        },
-        // The first POST spends the token the scheduler took; every retry and next region draws its own.
-        { draw: createDraw(budget, c.FLY_CREATE_RATE_PER_SECOND, c.FLY_CREATE_BURST, 1) },
-      ),
-    ),
-  );
-  const now = Date.now();
-  e.store.transaction(() => plans.forEach((p, i) => applyCreate(e, meta, p.id, outcomes[i], now)));
-  const waits = outcomes.flatMap((o) => (o.kind === "rate_limited" ? [o.retryAfterMs] : []));
-  // A 429 holds back every batch of the app, not just this one.
-  if (waits.length > 0) await e.env.FLY_BUDGET.getByName(e.config.FLY_APP_NAME).block(now + Math.max(...waits));
-}
-
-/** The task a single-task machine was created for, if it is still that task's current attempt. */
-function assignedTask(e: Engine, row: WorkerRow): TaskRow | null {
-  if (!row.task_id) return null;
-  const task = e.store.getTask(row.task_id);
-  return task && task.attempt === row.attempt && task.worker_id === row.worker_id && (task.state === "creating" || task.state === "booting" || task.state === "running")
-    ? task
-    : null;
-}
-
-/** What a create's answer means for the machine row and its task. */
-export function applyCreate(e: Engine, meta: BatchMeta, workerId: string, outcome: CreateOutcome, now: number): void {
-  const row = e.store.getWorker(workerId);
-  if (!row) return;
-  const task = assignedTask(e, row);
-  const fields = { batch_id: meta.batch_id, worker_id: workerId, task_id: row.task_id, attempt: row.attempt };
-  switch (outcome.kind) {
-    case "created": {
-      if (row.task_id) e.store.recordMachine(row.task_id, row.attempt, outcome.machineId, outcome.region);
-      if (row.state === "gone" || (row.task_id && !task)) {
-        // Its task moved on (reset, an earlier attempt's callback) or the pool closed: not needed.
-        e.store.updateWorker(workerId, { state: "gone", machine_id: outcome.machineId });
-        e.store.addOrphan(outcome.machineId, "created after it was no longer needed", now);
-        return;
-      }
-      e.store.updateWorker(workerId, {
-        state: row.state === "live" ? "live" : "booting",
-        machine_id: outcome.machineId,
-        check_at: Math.min(now + e.config.MACHINE_CHECK_INTERVAL_MS, row.limit_at),
-      });
-      if (task && task.state === "creating") {
-        e.store.moveTask(task, "booting", { machine_id: outcome.machineId, region: outcome.region }, now);
-      }
-      log("DO", "machine_created", { ...fields, machine_id: outcome.machineId, region: outcome.region });
-      return;
-    }
-    case "rate_limited":
-    case "budget": {
-      // Nothing was created: the attempt never happened.
-      e.store.deleteWorker(workerId);
-      if (task) {
-        const wait = outcome.kind === "rate_limited" ? outcome.retryAfterMs : 0;
-        e.store.dropAttempt(task.task_id, task.attempt);
-        e.store.moveTask(
-          task,
-          task.attempt > 1 ? "retrying" : "pending",
-          { attempt: task.attempt - 1, machine_name: null, worker_id: null, deadline_at: 0, next_at: now + wait },
-          now,
-        );
-      }
-      if (outcome.kind === "rate_limited") {
-        const blocked = Math.max(e.store.getMeta()!.fly_blocked_until, now + outcome.retryAfterMs);
-        e.store.updateMeta({ fly_blocked_until: blocked, bucket_at: blocked }, now);
-        log("DO", "rate_limited", { ...fields, retry_after_ms: outcome.retryAfterMs });
-      }
-      return;
-    }
-    case "no_capacity":
-      e.store.deleteWorker(workerId);
-      if (task) failAttempt(e, meta, task, `no capacity: ${outcome.message}`, true, now);
-      else e.store.updateMeta({ fly_blocked_until: now + backoffMs(1, 5000, 60_000) }, now);
-      log("DO", "no_capacity", { ...fields, error: outcome.message });
-      return;
-    case "invalid": {
-      e.store.deleteWorker(workerId);
-      const reason = `Fly API rejected the machine (${outcome.status}): ${outcome.message}`;
-      if (task) failAttempt(e, meta, task, reason, false, now);
-      // Every pool machine of the phase has this config: no task can run.
-      else log("DO", "pool_invalid", { ...fields, error: reason, tasks_failed: e.store.failOpenTasks(reason, now) });
-      return;
-    }
-    case "unknown":
-      // The machine may exist: look for it by metadata before creating again.
-      e.store.updateWorker(workerId, { check_at: now + RECHECK_MS });
-      log("DO", "create_outcome_unknown", { ...fields, error: outcome.message });
-      return;
-  }
-}
-
 /** Machines due a look: unknown creates reconciled, started ones marked live, dead or stuck ones given up on. */
 export async function checkMachines(e: Engine, meta: BatchMeta, census: MachineCensus): Promise<void> {
   const due = e.store.workersDue(Date.now(), CHECKS_PER_ALARM);
@@ -199,6 +83,11 @@ export async function checkMachines(e: Engine, meta: BatchMeta, census: MachineC
       try {
         await checkMachine(e, meta, row, census);
       } catch (error) {
+        // Out of the app's list/get tokens: look again when there is one (not a failure).
+        if (error instanceof FlyApiError && error.kind === "budget" && error.retryAfterMs !== undefined) {
+          e.store.updateWorker(row.worker_id, { check_at: Date.now() + Math.max(50, error.retryAfterMs) });
+          return;
+        }
         logError("DO", "machine_check_failed", error, { batch_id: meta.batch_id, worker_id: row.worker_id });
         e.store.updateWorker(row.worker_id, { check_at: Date.now() + RECHECK_MS });
       }
@@ -268,11 +157,19 @@ export function machineGone(e: Engine, meta: BatchMeta, row: WorkerRow, reason: 
   log("DO", "machine_gone", { batch_id: meta.batch_id, worker_id: row.worker_id, machine_id: row.machine_id, reason });
 }
 
-/** Marks a machine gone and destroys it after `graceMs` in case it does not exit by itself. */
+/**
+ * Marks a machine gone. With `graceMs` it was told to exit by itself: it is looked at until seen
+ * gone (the fleet counts it till then) and destroyed once the grace has passed if it is still there.
+ */
 export function retireMachine(e: Engine, row: WorkerRow, reason: string, now: number, graceMs = 0): void {
   if (row.state === "gone") return;
   e.store.updateWorker(row.worker_id, { state: "gone" });
-  if (row.machine_id) e.store.addOrphan(row.machine_id, reason, now + graceMs);
+  if (row.machine_id) e.store.addOrphan(row.machine_id, reason, graceMs > 0 ? now + Math.min(LOOK_AFTER_MS, graceMs) : now, now + graceMs);
+}
+
+/** A single-task machine that called back exits by itself; it counts until seen gone. */
+export function machineDone(e: Engine, row: WorkerRow, now: number): void {
+  retireMachine(e, row, "called back; exits by itself", now, RETIRE_GRACE_MS);
 }
 
 /** Retires every live machine of the batch (reset, phase end). */
@@ -307,23 +204,4 @@ export function lapseOverdue(e: Engine, meta: BatchMeta, now: number): void {
       if (after && after.state === task.state && after.attempt === task.attempt) failAttempt(e, meta, after, reason, true, now);
     });
   }
-}
-
-/** Destroys machines that are no longer wanted; a failed destroy is retried on later alarms. */
-export async function destroyOrphans(e: Engine, now: number): Promise<number> {
-  const due = e.store.dueOrphans(now, ORPHANS_PER_ALARM);
-  if (due.length === 0) return 0;
-  const fly = e.fly();
-  let destroyed = 0;
-  await Promise.all(
-    due.map(async (o) => {
-      const result = await fly.destroyMachine(o.machine_id).catch(() => "failed" as const);
-      if (result === "failed") e.store.orphanRetry(o.machine_id, Date.now() + backoffMs(o.tries + 1, 1000, 60_000));
-      else {
-        e.store.orphanDone(o.machine_id);
-        if (result === "destroyed") destroyed++;
-      }
-    }),
-  );
-  return destroyed;
 }

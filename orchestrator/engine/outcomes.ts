@@ -7,7 +7,7 @@ import { log } from "../log.ts";
 import { getPhase } from "../phases/index.ts";
 import type { AttemptRow, BatchMeta, TaskRow } from "../store/index.ts";
 import { type Engine, RETIRE_GRACE_MS, taskView } from "./context.ts";
-import { machineGone } from "./machines.ts";
+import { machineDone, machineGone, retireMachine } from "./machines.ts";
 import { type Credential, staleCredential } from "./reserve.ts";
 import { verifyOutputs } from "./verify.ts";
 import { logsCommand } from "./views.ts";
@@ -70,6 +70,14 @@ export async function settleCallback(e: Engine, taskId: string, credential: Pick
   const fields = { batch_id: meta.batch_id, task_id: taskId, phase: task.phase, attempt };
   if (task.state === "done" || task.state === "failed") {
     const reason = task.phase === meta.phase ? "duplicate" : "earlier_phase";
+    // An attempt another one beat to the task (ended superseded) reports its error only now: a first
+    // word, not a replay — it goes on its own history, as while the task was open.
+    const verdict = phase.result(taskView(meta, { ...task, attempt }), parsed.data);
+    if (!verdict.ok && e.store.getAttempt(taskId, attempt)?.outcome === "superseded") {
+      e.store.noteAttempt(taskId, attempt, `late callback: ${verdict.error}`);
+      log("Callback", "superseded_error_recorded", { ...fields, state: task.state, error: verdict.error });
+      return { code: 200, body: { ok: true, outcome: "ignored", reason: "superseded", task_status: task.state } };
+    }
     log("Callback", "ignored", { ...fields, reason, state: task.state });
     return { code: 200, body: { ok: true, outcome: "ignored", reason, task_status: task.state } };
   }
@@ -128,9 +136,10 @@ export async function settleCallback(e: Engine, taskId: string, credential: Pick
     // when another attempt settled the task, the current machine is moot and is destroyed). One
     // that reported an error or a refused success is destroyed unless it has exited within the grace.
     if (holder && holder.task_id && holder.state !== "gone") {
-      e.store.updateWorker(holder.worker_id, { state: "gone" });
-      if (holder.attempt !== attempt && holder.machine_id) e.store.addOrphan(holder.machine_id, "task settled by an earlier attempt", now);
-      else if (!verdict.ok && holder.machine_id) e.store.addOrphan(holder.machine_id, `attempt ${attempt} ended: ${verdict.error}`.slice(0, 500), now + RETIRE_GRACE_MS);
+      if (holder.attempt !== attempt) retireMachine(e, holder, "task settled by an earlier attempt", now);
+      else if (!verdict.ok) retireMachine(e, holder, `attempt ${attempt} ended: ${verdict.error}`.slice(0, 500), now, RETIRE_GRACE_MS);
+      // Its own attempt called back: it exits by itself, and counts in the fleet until seen gone.
+      else machineDone(e, holder, now);
     }
   });
   log("Callback", verdict.ok ? "task_done" : "task_error", {

@@ -11,6 +11,7 @@ import type { BatchMeta, TaskRow, WorkerRow } from "../store/index.ts";
 import { attemptEnv, attemptExpiry, leaseToken } from "./access.ts";
 import { LEASE_TOKEN_TIMEOUTS } from "./constants.ts";
 import { apiStatus, type Engine, isFinished, RETIRE_GRACE_MS, taskView } from "./context.ts";
+import { fleetOf } from "./fleet.ts";
 import { retireMachine } from "./machines.ts";
 import { failAttempt } from "./outcomes.ts";
 import { slotsOf } from "./run.ts";
@@ -63,14 +64,15 @@ export async function lease(e: Engine, workerId: string, machineId: string, epoc
   const phase = getPhase(meta.phase);
   const limits = e.limits(phase);
   const leaseMs = e.config.LEASE_TIMEOUT_MS;
-  const [ready] = e.store.readyTasks(now, 1);
+  // Over its fair share of the fleet: the newest machines lease no new work and drain (running work is never killed).
+  const [ready] = draining(e, meta, workerId) ? [] : e.store.readyTasks(now, 1);
   if (!ready) {
     const counts = e.store.phaseCounts(phase.name);
     const pool = e.store.poolMachineCounts();
     // Leave when the other slots cover every open task, the same count the scheduler creates
     // machines by (so a machine is never retired only to be replaced); stay while they do not.
     const open = counts.pending + counts.retrying + counts.running;
-    if (open > (pool.creating + pool.booting + pool.live) * slotsOf(e, meta) - 1) {
+    if (!draining(e, meta, workerId) && open > (pool.creating + pool.booting + pool.live) * slotsOf(e, meta) - 1) {
       const nextAt = e.store.earliestReady() ?? now + 1000;
       return withToken({ kind: "wait", wait_ms: Math.min(5000, Math.max(200, nextAt - now)) });
     }
@@ -103,6 +105,15 @@ export async function lease(e: Engine, workerId: string, machineId: string, epoc
   // Legacy machines got the storage keys at create; a lease never repeats them.
   for (const secret of ["R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"]) delete env[secret];
   return withToken({ kind: "task", task_id: task.task_id, env, lease_ms: leaseMs, heartbeat_ms: Math.max(500, Math.floor(leaseMs / 3)) });
+}
+
+/** True when the batch holds more pool machines than its share of the fleet and this is one of the newest past it. */
+function draining(e: Engine, meta: BatchMeta, workerId: string): boolean {
+  const fleet = fleetOf(meta);
+  if (!fleet) return false;
+  const pool = e.store.poolMachineCounts();
+  const surplus = pool.creating + pool.booting + pool.live - fleet.share;
+  return surplus > 0 && e.store.newestPoolMachines(surplus).includes(workerId);
 }
 
 /** Renews the lease of a task a pool machine is working on, and the machine's lease credential with it. */

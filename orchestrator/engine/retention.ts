@@ -7,6 +7,8 @@ import { type BatchIndexRow, getBatchRow, recordBatch, toRow, type StatusLike } 
 import { errorMessage, log } from "../log.ts";
 import type { BatchMeta } from "../store/index.ts";
 import type { Engine } from "./context.ts";
+import { settleWithFleet } from "./fleet.ts";
+import { destroyOrphans } from "./orphans.ts";
 
 const DAY_MS = 86_400_000;
 /** A failed archive (the index could not be written) is tried again after this. */
@@ -27,6 +29,22 @@ export function retentionAlarm(e: Engine, meta: BatchMeta, _now: number): number
 /** True when the batch is due to be archived now: retention has passed and no machine is left to destroy. */
 export function archiveDue(e: Engine, meta: BatchMeta, now: number): boolean {
   return now >= retentionAt(e, meta) && e.store.orphanCount() === 0;
+}
+
+/**
+ * A finished batch's alarm: its machines destroyed and seen gone (the fleet counts them until then,
+ * and the batch leaves the fleet after), then nothing until its retention date, then its archive.
+ */
+export async function finishedAlarm(e: Engine, meta: BatchMeta, status: () => Promise<StatusLike | null>, storage: DurableObjectStorage): Promise<number | null> {
+  await destroyOrphans(e, Date.now());
+  await settleWithFleet(e, e.store.getMeta()!);
+  const now = Date.now();
+  // Still in the fleet (machines not yet seen gone): come back to leave it before anything else.
+  if (e.store.getMeta()!.fleet_json !== null) return e.store.earliestDeadline() ?? now + 1000;
+  if (!archiveDue(e, meta, now)) return retentionAlarm(e, meta, now);
+  const body = await status();
+  if (body && (await archive(e, meta, body, storage, now))) return null;
+  return now + ARCHIVE_RETRY_MS;
 }
 
 /**

@@ -8,10 +8,13 @@ import type { Phase } from "../phases/types.ts";
 import type { BatchMeta, TaskRow } from "../store/index.ts";
 import { attemptEnv, attemptExpiry, leaseToken, leaseUrl } from "./access.ts";
 import { CREATE_ANSWER_MS, type Engine, SPAWNS_PER_ALARM, taskView } from "./context.ts";
-import { checkMachines, createMachines, destroyOrphans, lapseOverdue, MachineCensus, type MachinePlan, recordCreating, retireAll } from "./machines.ts";
+import { createMachines, pauseAllows } from "./creates.ts";
+import { askFleet } from "./fleet.ts";
+import { checkMachines, lapseOverdue, MachineCensus, type MachinePlan, recordCreating, retireAll } from "./machines.ts";
 import { nextPhase, pipelineOf } from "./pipeline.ts";
 import { failAttempt } from "./outcomes.ts";
-import { decide, type SchedulerState } from "./schedule.ts";
+import { destroyOrphans } from "./orphans.ts";
+import { decide, poolTarget, type SchedulerState } from "./schedule.ts";
 import { sizePool } from "./sizing.ts";
 
 /** Boot time the pool sizing assumes (image pull and Node start on a warm Fly host). */
@@ -65,6 +68,7 @@ function sizeFor(e: Engine, meta: BatchMeta, phase: Phase): Omit<PoolPlan, "phas
   const p = sizePool({
     tasks: Math.max(1, e.store.phaseCounts(phase.name).total),
     work: phase.work(meta.max_task_size),
+    // What the batch could run alone (its cap, the fleet's limits); the fleet's share bounds it at run time.
     maxMachines: maxLive,
     createPerS: c.FLY_CREATE_RATE_PER_SECOND,
     createBurst: c.FLY_CREATE_BURST,
@@ -72,7 +76,12 @@ function sizeFor(e: Engine, meta: BatchMeta, phase: Phase): Omit<PoolPlan, "phas
     objective: c.SIZING_OBJECTIVE,
     slots: fixed,
   });
-  return { slots: p.slots, machines: p.machines, guest: p.guest, perSlotMb: p.perSlotMb };
+  return { slots: p.slots, machines: Math.min(p.machines, fleetRoom(e, p.guest)), guest: p.guest, perSlotMb: p.perSlotMb };
+}
+
+/** Machines of `guest` the fleet's vCPU and memory limits hold (its machine limit is in maxLive). */
+function fleetRoom(e: Engine, guest: GuestSize): number {
+  return Math.max(1, Math.min(Math.floor(e.config.FLEET_MAX_VCPUS / guest.cpus), Math.floor(e.config.FLEET_MAX_MEMORY_MB / guest.memory_mb)));
 }
 
 export function slotsOf(e: Engine, meta: BatchMeta): number {
@@ -83,6 +92,8 @@ export function schedulerState(e: Engine, meta: BatchMeta, phase: Phase, now: nu
   const c = e.store.phaseCounts(phase.name);
   const machines = e.store.poolMachineCounts();
   const pool = meta.pool ? poolOf(e, meta, phase) : null;
+  // A paused phase sends no create until its pause has passed (then one, to try again).
+  const paused = meta.paused_error ? meta.paused_until : 0;
   return {
     mode: meta.pool ? "pool" : "single",
     counts: c,
@@ -91,7 +102,7 @@ export function schedulerState(e: Engine, meta: BatchMeta, phase: Phase, now: nu
     maxLive: meta.pool ? Math.min(e.limits(phase).maxLive, pool!.machines) : e.limits(phase).maxLive,
     ready: meta.pool ? 0 : e.store.readyTasks(now, SPAWNS_PER_ALARM).length,
     readyAt: e.store.earliestReady(),
-    blockedUntil: meta.fly_blocked_until,
+    blockedUntil: Math.max(meta.fly_blocked_until, paused),
     budgetAt: meta.bucket_at,
     earliestDeadline: e.store.earliestDeadline(),
     checkIntervalMs: e.config.MACHINE_CHECK_INTERVAL_MS,
@@ -112,16 +123,29 @@ export async function run(e: Engine, meta: BatchMeta): Promise<number | null> {
     stopBatch(e, fresh, "failed", intolerable, `cancelled: ${intolerable}`, Date.now());
     return e.store.earliestDeadline();
   }
-  const decision = decide(schedulerState(e, fresh, phase, Date.now()), Date.now());
+  const now = Date.now();
+  const state = schedulerState(e, fresh, phase, now);
+  const decision = decide(state, now);
   if (decision.phaseFinished) return finishPhase(e, fresh, phase);
-  if (decision.create > 0) {
-    const granted = await takeCreates(e, decision.create);
-    fresh = e.store.getMeta()!;
-    if (granted > 0) await (fresh.pool ? launchPool(e, fresh, phase, granted) : launchSingle(e, fresh, phase, granted));
-  }
+  // Every alarm reports to the fleet (what the batch holds, what it could use) and creates only
+  // what the fleet grants: within its share, the room under the fleet's limits, and create tokens.
+  const answer = await askFleet(e, fresh, {
+    demand: fleetDemand(state),
+    want: Math.min(decision.create, pauseAllows(fresh, now)),
+    guest: fresh.pool ? poolOf(e, fresh, phase).guest : phase.guest(fresh.max_task_size),
+  });
+  fresh = e.store.getMeta()!;
+  if (answer.granted > 0) await (fresh.pool ? launchPool(e, fresh, phase, answer.granted) : launchSingle(e, fresh, phase, answer.granted));
   const after = e.store.getMeta()!;
   if (after.stage !== "run") return e.store.earliestDeadline();
+  // Unclamped by the share: a batch that wants more asks again when the fleet said (bucket_at).
   return decide(schedulerState(e, after, phase, Date.now()), Date.now()).nextAt;
+}
+
+/** Machines the batch could use now: a slot per open task (pool) or a machine per open task (single), within its limits. */
+function fleetDemand(s: SchedulerState): number {
+  const c = s.counts;
+  return s.mode === "pool" ? poolTarget(s) : Math.min(s.maxLive, c.pending + c.retrying + c.creating + c.booting + c.running);
 }
 
 function finishPhase(e: Engine, meta: BatchMeta, phase: Phase): number {
@@ -181,14 +205,6 @@ export function stopBatch(e: Engine, meta: BatchMeta, stage: "failed" | "error",
   log("DO", stage === "failed" ? "batch_failed" : "batch_error", { batch_id: meta.batch_id, error, tasks_cancelled: n });
   e.emit(stage, { error, tasks_cancelled: n });
   return n;
-}
-
-/** Create tokens from the app-wide budget (Fly's documented create limit), up to `want`. */
-async function takeCreates(e: Engine, want: number): Promise<number> {
-  const c = e.config;
-  const grant = await e.env.FLY_BUDGET.getByName(c.FLY_APP_NAME).take(want, c.FLY_CREATE_RATE_PER_SECOND, c.FLY_CREATE_BURST);
-  e.store.updateMeta({ bucket_at: grant.next_at }, Date.now());
-  return grant.granted;
 }
 
 /** Single-task mode: one machine per ready task, its task assigned at create. */

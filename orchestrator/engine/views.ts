@@ -3,6 +3,7 @@
 import type { BatchMeta, PhaseCounts, Stage, TaskRow, TaskState } from "../store/index.ts";
 import { FLY_PRICES, type Guest, pricePerSecond } from "../../shared/fly-model.ts";
 import { apiStatus, type Engine, iso, openCount } from "./context.ts";
+import { fleetOf, fleetWarnings } from "./fleet.ts";
 import { type WrittenFileList, writtenList } from "./file-list.ts";
 import { pipelineOf } from "./pipeline.ts";
 
@@ -46,6 +47,22 @@ export interface StatusBody {
   /** A step that keeps failing: how many times in a row and the last error (the batch goes to ERROR at the limit). */
   step_failures: { count: number; limit: number; last_error: string | null; stage: Stage } | null;
   warnings: string[];
+  /**
+   * The batch in the app's fleet, as the fleet last answered it: its share of machines, what it
+   * holds, whether it waits for room (and its place among the waiting), and the fleet's limits.
+   */
+  fleet: {
+    share: number;
+    live: { machines: number; vcpus: number; memory_mb: number };
+    waiting: boolean;
+    position: number | null;
+    waiting_batches: number;
+    batches: number;
+    limits: { machines: number; vcpus: number; memory_mb: number };
+    learned: string | null;
+  } | null;
+  /** A request Fly called bad paused the phase: the error (naming the field to fix) and when creates try again. */
+  paused: { error: string; retry_at: string } | null;
   /**
    * The final file list (an NDJSON object in R2, engine/file-list.ts) once written or while it is
    * being written (parts and entries so far), and the downstream POST's attempts.
@@ -120,7 +137,13 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
     error: meta.error,
     step_failures:
       meta.step_failures > 0 ? { count: meta.step_failures, limit: e.config.MAX_STEP_FAILURES, last_error: meta.step_error, stage: meta.stage } : null,
-    warnings: [...warningsOf(meta.warnings_json), ...e.store.recentWarnings(RECENT_FAILURES).map((w) => `${w.task_id}: ${w.warning}`)],
+    warnings: [
+      ...fleetWarnings(meta, meta.stage === "run"),
+      ...warningsOf(meta.warnings_json),
+      ...e.store.recentWarnings(RECENT_FAILURES).map((w) => `${w.task_id}: ${w.warning}`),
+    ],
+    fleet: fleetView(meta),
+    paused: meta.paused_error && meta.stage === "run" ? { error: meta.paused_error, retry_at: iso(meta.paused_until)! } : null,
     finalisation: finalisation(e, meta),
     recent_failures: e.store.recentFailures(RECENT_FAILURES).map((a) => ({
       task_id: a.task_id,
@@ -133,6 +156,13 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
       logs: logsCommand(e, a.machine_id),
     })),
   };
+}
+
+function fleetView(meta: BatchMeta): StatusBody["fleet"] {
+  const f = fleetOf(meta);
+  if (!f) return null;
+  const { share, live, waiting, position, waiting_batches, batches, limits, learned } = f;
+  return { share, live, waiting, position, waiting_batches, batches, limits, learned };
 }
 
 function finalisation(e: Engine, meta: BatchMeta): StatusBody["finalisation"] {

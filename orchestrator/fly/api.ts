@@ -43,14 +43,27 @@ export interface CreateOptions {
   draw?: () => Promise<CreateToken>;
 }
 
+/** Which resource of the organisation's quota Fly said it refused; "unknown" when its words did not say. */
+export type QuotaResource = "machines" | "vcpus" | "memory_mb" | "unknown";
+
 export type CreateOutcome =
   | { kind: "created"; machineId: string; name: string; region: string; state: string }
   | { kind: "rate_limited"; retryAfterMs: number }
+  /** Every region tried had no room. */
   | { kind: "no_capacity"; message: string }
-  | { kind: "invalid"; status: number; message: string }
+  /** The organisation's quota: everywhere (422 machines limit), or in every region tried (403). */
+  | { kind: "quota"; resource: QuotaResource; message: string }
+  /** A request Fly calls bad as it is (image, guest, config, token, app): `field` names what to fix. */
+  | { kind: "invalid"; status: number; message: string; field: string }
   | { kind: "unknown"; message: string }
   /** Nothing sent: out of subrequests, or out of create tokens until `retryAt`. */
   | { kind: "budget"; retryAt?: number };
+
+/** A token from the app's budget for one request, or when the next one will be there. */
+export type ApiToken = CreateToken;
+
+/** What a destroy did; `budget`: not sent, no destroy token until `retryAt`. */
+export type DestroyOutcome = "destroyed" | "not_found" | "failed" | { kind: "budget"; retryAt: number };
 
 export interface FlyMachine {
   id: string;
@@ -68,6 +81,7 @@ export type FlyApiErrorKind = "budget" | "rate_limited" | "http" | "network" | "
 export class FlyApiError extends Error {
   readonly kind: FlyApiErrorKind;
   readonly status: number | undefined;
+  /** 429: Retry-After; budget: how long until the app's budget has a token for this action. */
   readonly retryAfterMs: number | undefined;
   constructor(kind: FlyApiErrorKind, message: string, status?: number, retryAfterMs?: number) {
     super(message);

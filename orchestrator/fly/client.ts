@@ -7,8 +7,10 @@ import { z } from "zod";
 import { backoffMs } from "../../shared/backoff.ts";
 import { directExchange, type Exchange, OutboundRefused, OutboundTimeout } from "../outbound.ts";
 import {
+  type ApiToken,
   type CreateOptions,
   type CreateOutcome,
+  type DestroyOutcome,
   FlyApiError,
   type FlyMachine,
   type MachineSpec,
@@ -18,6 +20,7 @@ import {
   toFlyMachine,
 } from "./api.ts";
 import { classifyCreateAnswer, outcomeFields, retryAfterOr1s } from "./create-answer.ts";
+import type { FlyAction } from "./rates.ts";
 
 export interface FlyClientOptions {
   /** e.g. https://api.machines.dev, or http://fly.test / http://127.0.0.1:PORT for the emulator. */
@@ -41,13 +44,22 @@ export interface FlyClientOptions {
   backoffBaseMs?: number;
   random?: () => number;
   log?: (line: string) => void;
+  /**
+   * Called before every list, get and destroy request (each retry too): a token from the app's
+   * budget for that action, or when the next one will be there; without one nothing is sent.
+   * Creates draw through CreateOptions.draw. Absent: nothing is budgeted (tests of other things).
+   */
+  draw?: (action: Exclude<FlyAction, "create">) => Promise<ApiToken>;
+  /** A 429 on a list, get or destroy: the app's budget holds that action back until `until`. */
+  blocked?: (action: Exclude<FlyAction, "create">, until: number) => Promise<void>;
 }
 
 type Sent =
   | { kind: "response"; status: number; headers: Headers; text: string }
   | { kind: "network"; message: string }
   | { kind: "timeout" }
-  | { kind: "budget" };
+  /** Not sent: out of subrequests, or (`retryAt`) out of the action's tokens until then. */
+  | { kind: "budget"; retryAt?: number };
 
 const MAX_MESSAGE = 300;
 const DEFAULT_TIMEOUT_MS = 15_000;
@@ -93,21 +105,29 @@ export class FlyMachines {
     return Math.max(0, this.#max - this.#requests);
   }
 
+  /**
+   * Creates the machine in the first region that takes it. No room there, or the organisation's
+   * quota in that region (Fly: "please consider other regions"), moves on to the next; when every
+   * region refused, the outcome is quota if any refusal was, else no_capacity.
+   */
   async createMachine(spec: MachineSpec, options: CreateOptions = {}): Promise<CreateOutcome> {
     const regions: (string | undefined)[] = spec.regions.length > 0 ? spec.regions : [undefined];
     const refusals: string[] = [];
+    let quota: Extract<CreateOutcome, { kind: "quota" }> | null = null;
     for (const region of regions) {
       const outcome = await this.#createIn(spec, region, options);
-      if (outcome.kind !== "capacity") {
+      if (outcome.kind !== "capacity" && outcome.kind !== "region_quota") {
         this.#event("create", { name: spec.name, region, outcome: outcome.kind, ...outcomeFields(outcome) });
         return outcome;
       }
       refusals.push(`${region ?? "(default)"}: ${outcome.message}`);
-      this.#event("capacity", { name: spec.name, region, message: outcome.message });
+      if (outcome.kind === "region_quota") quota ??= { kind: "quota", resource: outcome.resource, message: outcome.message };
+      this.#event(outcome.kind === "capacity" ? "capacity" : "quota", { name: spec.name, region, message: outcome.message });
     }
-    const message = this.#clean(`no capacity in any region (${refusals.join("; ")})`, spec);
-    this.#event("create", { name: spec.name, outcome: "no_capacity", message });
-    return { kind: "no_capacity", message };
+    const message = this.#clean(`${quota ? "over quota or without room in every region" : "no capacity in any region"} (${refusals.join("; ")})`, spec);
+    const outcome: CreateOutcome = quota ? { ...quota, message } : { kind: "no_capacity", message };
+    this.#event("create", { name: spec.name, outcome: outcome.kind, message });
+    return outcome;
   }
 
   /** Live machines (destroyed ones excluded) whose metadata has every given key=value. */
@@ -115,7 +135,7 @@ export class FlyMachines {
     const query = new URLSearchParams();
     for (const [key, value] of Object.entries(metadata)) query.append(`metadata.${key}`, value);
     const qs = query.toString();
-    const sent = await this.#withRetries("GET", qs ? `${this.#base}?${qs}` : this.#base);
+    const sent = await this.#withRetries("GET", qs ? `${this.#base}?${qs}` : this.#base, "list");
     const body = this.#expectOk(sent, "list machines");
     const parsed = z.array(MachineWire).safeParse(body);
     if (!parsed.success) throw new FlyApiError("malformed", "list machines: the API answered with an unexpected shape");
@@ -126,7 +146,7 @@ export class FlyMachines {
 
   /** The machine, or null when the API does not know it (404). */
   async getMachine(id: string): Promise<FlyMachine | null> {
-    const sent = await this.#withRetries("GET", `${this.#base}/${encodeURIComponent(id)}`);
+    const sent = await this.#withRetries("GET", `${this.#base}/${encodeURIComponent(id)}`, "get");
     if (sent.kind === "response" && sent.status === 404) return null;
     const body = this.#expectOk(sent, `get machine ${id}`);
     const parsed = MachineWire.safeParse(body);
@@ -135,10 +155,11 @@ export class FlyMachines {
   }
 
   /** DELETE ?force=true: stops a running machine and destroys it. */
-  async destroyMachine(id: string): Promise<"destroyed" | "not_found" | "failed"> {
-    const sent = await this.#withRetries("DELETE", `${this.#base}/${encodeURIComponent(id)}?force=true`);
+  async destroyMachine(id: string): Promise<DestroyOutcome> {
+    const sent = await this.#withRetries("DELETE", `${this.#base}/${encodeURIComponent(id)}?force=true`, "destroy");
     if (sent.kind === "response" && sent.status >= 200 && sent.status < 300) return "destroyed";
     if (sent.kind === "response" && sent.status === 404) return "not_found";
+    if (sent.kind === "budget" && sent.retryAt !== undefined) return { kind: "budget", retryAt: sent.retryAt };
     this.#event("destroy_failed", { machine_id: id, ...this.#describe(sent) });
     return "failed";
   }
@@ -149,7 +170,11 @@ export class FlyMachines {
     spec: MachineSpec,
     region: string | undefined,
     options: CreateOptions,
-  ): Promise<Exclude<CreateOutcome, { kind: "no_capacity" }> | { kind: "capacity"; message: string }> {
+  ): Promise<
+    | Exclude<CreateOutcome, { kind: "no_capacity" }>
+    | { kind: "capacity"; message: string }
+    | { kind: "region_quota"; resource: Extract<CreateOutcome, { kind: "quota" }>["resource"]; message: string }
+  > {
     const body = {
       name: spec.name,
       ...(region === undefined ? {} : { region }),
@@ -167,7 +192,8 @@ export class FlyMachines {
       if (attempt > 1) {
         // The failed attempt may have created the machine: find it before creating another.
         const found = await this.#findByName(spec);
-        if (found === "budget") return { kind: "budget" };
+        // The failed attempt may have made the machine: unknown, so the engine looks for it later.
+        if (found === "budget") return { kind: "unknown", message: `create failed (${lastProblem}) and the machine could not be looked for; it may exist` };
         if (found) return { kind: "created", machineId: found.id, name: found.name, region: found.region, state: found.state };
         await this.#sleep(this.#backoff(attempt - 1));
       }
@@ -195,6 +221,10 @@ export class FlyMachines {
         return { kind: "created", machineId: m.id, name: m.name || spec.name, region: m.region || region || "", state: m.state };
       }
       if (answer.kind === "capacity" || answer.kind === "invalid") return { ...answer, message: this.#clean(answer.message, spec) };
+      if (answer.kind === "quota") {
+        const message = this.#clean(answer.message, spec);
+        return answer.scope === "region" ? { kind: "region_quota", resource: answer.resource, message } : { kind: "quota", resource: answer.resource, message };
+      }
       return answer;
     }
     return { kind: "unknown", message: `create failed after ${this.#attempts} attempts (${lastProblem}); the machine may exist` };
@@ -211,12 +241,16 @@ export class FlyMachines {
     }
   }
 
-  /** GET/DELETE are idempotent: retry 5xx and network errors with backoff. */
-  async #withRetries(method: "GET" | "DELETE", url: string): Promise<Sent> {
+  /** GET/DELETE are idempotent: retry 5xx and network errors with backoff; every request draws its action's token. */
+  async #withRetries(method: "GET" | "DELETE", url: string, action: Exclude<FlyAction, "create">): Promise<Sent> {
     let sent: Sent = { kind: "budget" };
     for (let attempt = 1; attempt <= this.#attempts; attempt++) {
       if (attempt > 1) await this.#sleep(this.#backoff(attempt - 1));
+      if (this.requestsLeft === 0) return { kind: "budget" };
+      const token = this.#opts.draw ? await this.#opts.draw(action) : { ok: true as const };
+      if (!token.ok) return { kind: "budget", retryAt: token.retryAt };
       sent = await this.#send(method, url);
+      if (sent.kind === "response" && sent.status === 429) await this.#opts.blocked?.(action, Date.now() + retryAfterOr1s(sent.headers));
       const retryable = sent.kind === "network" || (sent.kind === "response" && (sent.status >= 500 || sent.status === 408));
       if (!retryable) return sent;
     }
@@ -242,7 +276,13 @@ export class FlyMachines {
   }
 
   #expectOk(sent: Sent, what: string): unknown {
-    if (sent.kind === "budget") throw new FlyApiError("budget", `${what}: subrequest budget of ${this.#max} exhausted`);
+    if (sent.kind === "budget") {
+      if (sent.retryAt !== undefined) {
+        const wait = Math.max(0, sent.retryAt - Date.now());
+        throw new FlyApiError("budget", `${what}: the app's Fly API budget has no token until ${new Date(sent.retryAt).toISOString()}`, undefined, wait);
+      }
+      throw new FlyApiError("budget", `${what}: subrequest budget of ${this.#max} exhausted`);
+    }
     if (sent.kind === "timeout") throw new FlyApiError("timeout", `${what}: timed out after ${this.#timeoutMs} ms`);
     if (sent.kind === "network") throw new FlyApiError("network", `${what}: ${this.#clean(sent.message)}`);
     if (sent.status === 429) {

@@ -165,6 +165,7 @@ export class BatchStore {
   dueOrphans: OrphanQueries["dueOrphans"] = (...a) => this.#orphans.dueOrphans(...a);
   orphanDone: OrphanQueries["orphanDone"] = (...a) => this.#orphans.orphanDone(...a);
   orphanRetry: OrphanQueries["orphanRetry"] = (...a) => this.#orphans.orphanRetry(...a);
+  orphanRecheck: OrphanQueries["orphanRecheck"] = (...a) => this.#orphans.orphanRecheck(...a);
   orphanCount: OrphanQueries["orphanCount"] = () => this.#orphans.orphanCount();
 
   // workers.ts
@@ -176,5 +177,7 @@ export class BatchStore {
   workersDue: WorkerQueries["workersDue"] = (...a) => this.#workers.workersDue(...a);
   poolMachineCounts: WorkerQueries["poolMachineCounts"] = () => this.#workers.poolMachineCounts();
   unendedMachines: WorkerQueries["unendedMachines"] = () => this.#workers.unendedMachines();
+  fleetUsage: WorkerQueries["fleetUsage"] = () => this.#workers.fleetUsage();
+  newestPoolMachines: WorkerQueries["newestPoolMachines"] = (...a) => this.#workers.newestPoolMachines(...a);
   phaseCosts: WorkerQueries["phaseCosts"] = () => this.#workers.phaseCosts();
 }

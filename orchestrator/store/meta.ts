@@ -54,6 +54,16 @@ export interface BatchMeta {
    * machine sizes nor recounts every open lease against a different slot count.
    */
   pool_plan_json: string | null;
+  /** The message's priority: its weight in the fleet's shares (default 1). */
+  priority: number;
+  /** What the fleet last answered (JSON FleetView): share, waiting and position, limits. */
+  fleet_json: string | null;
+  /** Fly's refusals of this batch's creates by kind (JSON FlyRefusals): counts and the last words. */
+  fly_refusals_json: string | null;
+  /** A request Fly calls bad paused the phase: the error naming the field, and when to try again. */
+  paused_error: string | null;
+  paused_until: number;
+  pause_probes: number;
   /**
    * The phases the batch runs, in order (JSON array of names): its message's `phases`, or the default
    * pipeline when it named none. Null for batches recorded before migration 8: they end after their phase.

@@ -192,4 +192,14 @@ export const MIGRATIONS: string[] = [
   // (an attempt that reported an error, or whose success failed its checks, never wins later).
   `ALTER TABLE meta ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
    ALTER TABLE attempts ADD COLUMN verdict TEXT;`,
+  // 11: the fleet — the batch's priority, what the fleet last answered it, what Fly refused it, a
+  // phase paused on a request Fly calls bad; when a retired machine is destroyed if it has not exited.
+  `ALTER TABLE meta ADD COLUMN priority REAL NOT NULL DEFAULT 1;
+   ALTER TABLE meta ADD COLUMN fleet_json TEXT;
+   ALTER TABLE meta ADD COLUMN fly_refusals_json TEXT;
+   ALTER TABLE meta ADD COLUMN paused_error TEXT;
+   ALTER TABLE meta ADD COLUMN paused_until INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE meta ADD COLUMN pause_probes INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE orphan_machines ADD COLUMN destroy_at INTEGER NOT NULL DEFAULT 0;
+   CREATE INDEX workers_machine ON workers (machine_id);`,
 ];

@@ -127,6 +127,38 @@ export class WorkerQueries extends Queries {
     return { creating: count("creating"), booting: count("booting"), live: count("live") };
   }
 
+  /**
+   * What the batch's machines may hold of the fleet: every machine not yet known gone — creating,
+   * booting or live, and every one waiting to be seen gone or destroyed (an orphan). `unsized`:
+   * orphans of no known size (found by a listing, never created by this batch's rows).
+   */
+  fleetUsage(): { machines: number; vcpus: number; memory_mb: number; unsized: number; rows: number } {
+    const live = this.db.exec<{ n: number; cpus: number | null; memory: number | null }>(
+      "SELECT COUNT(*) AS n, SUM(cpus) AS cpus, SUM(memory_mb) AS memory FROM workers WHERE state IN ('creating', 'booting', 'live')",
+    )[0];
+    const orphans = this.db.exec<{ n: number; cpus: number | null; memory: number | null; unsized: number | null }>(
+      `SELECT COUNT(*) AS n, SUM(w.cpus) AS cpus, SUM(w.memory_mb) AS memory,
+              SUM(CASE WHEN w.cpus IS NULL OR w.cpus = 0 THEN 1 ELSE 0 END) AS unsized
+       FROM orphan_machines o LEFT JOIN workers w ON w.machine_id = o.machine_id AND w.state = 'gone'`,
+    )[0];
+    return {
+      machines: live.n + orphans.n,
+      vcpus: (live.cpus ?? 0) + (orphans.cpus ?? 0),
+      memory_mb: (live.memory ?? 0) + (orphans.memory ?? 0),
+      unsized: orphans.unsized ?? 0,
+      /** Of `machines`, those still rows (creating, booting, live): what counts against the batch's share. */
+      rows: live.n,
+    };
+  }
+
+  /** The `n` pool machines to drain first when the batch holds more than its share: the newest. */
+  newestPoolMachines(n: number): string[] {
+    if (n <= 0) return [];
+    return this.db
+      .exec<{ worker_id: string }>("SELECT worker_id FROM workers WHERE task_id IS NULL AND state IN ('creating', 'booting', 'live') ORDER BY worker_id DESC LIMIT ?", n)
+      .map((r) => r.worker_id);
+  }
+
   /** Machines not yet ended (at most MAX_CONCURRENT_MACHINES rows): for the running part of the cost. */
   unendedMachines(): { phase: string; created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number }[] {
     return this.db.exec<{ phase: string; created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number }>(

@@ -235,6 +235,20 @@ describe("fanout CLI against a running local stack", () => {
     expect(done.stderr).toMatch(/^fanout: POST \/admin\/redrive\/cli-a failed: the orchestrator answered 409: the batch has no failed task to redrive\n$/);
   });
 
+  it("fleet prints the app's fleet (limits, batches, API tokens); --json is GET /fleet's answer", async () => {
+    const text = await cli(["fleet"], env);
+    expect(text.code, said(text)).toBe(0);
+    expect(text.stdout).toMatch(/^fleet of fanout-worker: \d+ of \d+ machines, \d+ of 64 vCPUs, \d+ of 131072 MB live\n/);
+    expect(text.stdout).toMatch(/\nFly API tokens: create [0-9.]+\/10 \(5\/s\), list [0-9.]+\/3 \(1\/s\), get [0-9.]+\/10 \(5\/s\), destroy [0-9.]+\/3 \(1\/s\)\n$/);
+    const json = await cli(["fleet", "--json"], env);
+    expect(json.code, said(json)).toBe(0);
+    const body = JSON.parse(json.stdout) as { app: string; limits: { configured: { machines: number } }; batches: unknown[]; waiting: string[] };
+    expect(body).toMatchObject({ app: "fanout-worker", waiting: [] });
+    expect(body.limits.configured.machines).toBeGreaterThanOrEqual(2);
+    const bad = await cli(["fleet", "--wide"], env);
+    expect(bad.code, said(bad)).toBe(2);
+  });
+
   it("doctor checks config, Fly API, storage and the callback URL; a wrong admin token is a sentence and exit 1", async () => {
     const ok = await cli(["doctor"], env);
     expect(ok.code, said(ok)).toBe(0);

@@ -201,8 +201,69 @@ describe("fly emulator server", () => {
     }
     expect(statuses).toEqual([200, 200, 200, 429]);
     expect(retryAfter).toBe("1");
-    // Reads have their own, higher limit.
-    for (let i = 0; i < 8; i++) expect((await api(`/v1/apps/${APP}/machines`)).status).toBe(200);
+  });
+
+  it("rate-limits every action as documented: list per app 1/s burst 3, get per machine 5/s burst 10, destroy per machine", async () => {
+    const { client } = await start({ runner: "simulate", simulate: { durationMs: 60_000 }, rateLimits: { create: { perSecond: 100, burst: 100 } } });
+    const a = await created(client, spec("tiff-000020"));
+    const b = await created(client, spec("tiff-000021"));
+    const status = async (path: string, init: RequestInit = {}) => {
+      const r = await api(path, init);
+      await r.arrayBuffer();
+      return r.status;
+    };
+    // Create's bucket is its own: three lists still fit, the fourth is refused.
+    const lists = [];
+    for (let i = 0; i < 4; i++) lists.push(await status(`/v1/apps/${APP}/machines`));
+    expect(lists).toEqual([200, 200, 200, 429]);
+    // Get Machine: 10 at once per machine; another machine has its own bucket.
+    const gets = [];
+    for (let i = 0; i < 11; i++) gets.push(await status(`/v1/apps/${APP}/machines/${a}`));
+    expect(gets).toEqual([...Array(10).fill(200), 429]);
+    expect(await status(`/v1/apps/${APP}/machines/${b}`)).toBe(200);
+    // Destroy is per machine: b's first destroy is not held back by anything a's requests did.
+    expect(await status(`/v1/apps/${APP}/machines/${b}?force=true`, { method: "DELETE" })).toBe(200);
+    const refused = emulator!.core.requests.filter((r) => r.status === 429);
+    expect(refused.map((r) => r.fault)).toEqual(["rate_limited", "rate_limited"]);
+  });
+
+  it("refuses a create past the organisation's quota the way Fly does: 422 for machines, 403 for vCPUs and memory", async () => {
+    const { client } = await start({
+      runner: "simulate",
+      simulate: { durationMs: 60_000 },
+      rateLimits: false,
+      quota: { machines: 3, vcpus: 4, memory_mb: 4096 },
+    });
+    const guest = (cpus: number, memory_mb: number) => ({ cpu_kind: "shared" as const, cpus, memory_mb });
+    await created(client, { ...spec("tiff-000030"), guest: guest(2, 1024) });
+    // 2 + 4 vCPUs > 4: refused for CPUs in the region asked for, with Fly's "consider other regions".
+    const cpus = await api(`/v1/apps/${APP}/machines`, { method: "POST", body: JSON.stringify({ region: "ord", config: { image: "i", guest: guest(4, 1024) } }) });
+    expect(cpus.status).toBe(403);
+    expect(await cpus.json()).toEqual({ error: 'organization "personal" is using 2 cpus in ord which is over the allowed quota. please consider other regions' });
+    // 1024 + 3584 MB > 4096: refused for memory.
+    const memory = await api(`/v1/apps/${APP}/machines`, { method: "POST", body: JSON.stringify({ region: "iad", config: { image: "i", guest: guest(2, 3584) } }) });
+    expect(memory.status).toBe(403);
+    expect(((await memory.json()) as { error: string }).error).toBe('organization "personal" is using 1024 MB of memory in iad which is over the allowed quota. please consider other regions');
+    await created(client, { ...spec("tiff-000031"), guest: guest(1, 256) });
+    await created(client, { ...spec("tiff-000032"), guest: guest(1, 256) });
+    // The fourth machine: the organisation's machines limit, 422, every region alike.
+    const machines = await api(`/v1/apps/${APP}/machines`, { method: "POST", body: JSON.stringify({ region: "ams", config: { image: "i" } }) });
+    expect(machines.status).toBe(422);
+    expect(((await machines.json()) as { error: string }).error).toMatch(/^failed to launch VM: organization "personal" has reached its machines limit \(3 of 3 machines\)/);
+    expect(emulator!.core.requests.filter((r) => r.fault).map((r) => r.fault)).toEqual(["quota_vcpus", "quota_memory", "quota_machines"]);
+    // The quota counts live machines only: one gone, one more fits.
+    const [first] = await client.listMachines({ batch_id: "b1" });
+    expect(await client.destroyMachine(first.id)).toBe("destroyed");
+    await created(client, { ...spec("tiff-000033"), guest: guest(1, 256) });
+    expect(emulator!.core.usage()).toMatchObject({ now: { machines: 3, vcpus: 3, memory_mb: 768 }, peak: { machines: 3, vcpus: 4, memory_mb: 1536 } });
+  });
+
+  it("refuses a create in a region with no room as a capacity error, and places it in the next", async () => {
+    const { client } = await start({ runner: "simulate", simulate: { durationMs: 60_000 }, rateLimits: false, regionCapacity: { iad: 1 } });
+    const first = await client.createMachine({ ...spec("tiff-000040"), regions: ["iad", "ord"] });
+    const second = await client.createMachine({ ...spec("tiff-000041"), regions: ["iad", "ord"] });
+    expect([first, second].map((o) => (o.kind === "created" ? o.region : o.kind))).toEqual(["iad", "ord"]);
+    expect(emulator!.core.requests.filter((r) => r.fault).map((r) => [r.status, r.fault])).toEqual([[422, "capacity_region_full"]]);
   });
 
   it("records which refusals were injected faults and which its own create limit, so a soak can tell them apart", async () => {

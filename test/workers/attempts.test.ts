@@ -83,6 +83,13 @@ describe("callbacks are charged to the attempt their credential names", () => {
     const again = await callbackTo("at-stale-ok", a1.TASK_ID, successBody(a1), a2.CALLBACK_TOKEN);
     expect(await again.json()).toMatchObject({ outcome: "ignored", reason: "duplicate" });
     expect((await getStatus("at-stale-ok")).progress).toMatchObject({ tasks_completed: 1, tasks_total: 1 });
+    // Attempt 2's own error, only now (the soak's held stale callback): superseded, noted on attempt 2.
+    const stale = await callbackTo("at-stale-ok", a2.TASK_ID, errorBody(a2, "sharp: out of memory"), a2.CALLBACK_TOKEN);
+    expect(await stale.json()).toMatchObject({ outcome: "ignored", reason: "superseded", task_status: "done" });
+    const noted = await attemptsOf("at-stale-ok", a1.TASK_ID);
+    expect(noted.map((a) => a.outcome)).toEqual(["done", "superseded"]);
+    expect(noted[1].note).toBe("late callback: sharp: out of memory");
+    expect((await getStatus("at-stale-ok")).progress).toMatchObject({ tasks_completed: 1, tasks_failed: 0 });
   });
 
   it("a credential for an attempt that never ran, or one past its expiry, is 401", async () => {

@@ -10,10 +10,10 @@ import { PoolRunner } from "./support/pool.ts";
 describe("FlyBudget: the create limit every batch of a Fly app shares", () => {
   it("hands out the burst less its reserve token, then one token per second, across callers", async () => {
     const budget = env.FLY_BUDGET.getByName("budget-app-1");
-    const first = await budget.take(5, 1, 3);
+    const first = await budget.take("create", 5, 1, 3);
     expect(first.granted).toBe(2);
     // A second batch asking at once gets nothing, and is told when the next token comes.
-    const second = await budget.take(5, 1, 3);
+    const second = await budget.take("create", 5, 1, 3);
     expect(second.granted).toBe(0);
     expect(second.next_at - Date.now()).toBeGreaterThan(800);
     expect(second.next_at - Date.now()).toBeLessThanOrEqual(1000);
@@ -27,7 +27,7 @@ describe("FlyBudget: the create limit every batch of a Fly app shares", () => {
     const budget = env.FLY_BUDGET.getByName("budget-jitter");
     const grants: number[] = [];
     for (const until = Date.now() + 3000; Date.now() < until; ) {
-      const token = await budget.draw(5, 10);
+      const token = await budget.draw("create", 5, 10);
       if (token.ok) grants.push(Date.now());
       else await new Promise((r) => setTimeout(r, Math.max(1, token.retryAt - Date.now())));
     }
@@ -46,26 +46,26 @@ describe("FlyBudget: the create limit every batch of a Fly app shares", () => {
   it("a 429's Retry-After holds back every caller until it has passed", async () => {
     const budget = env.FLY_BUDGET.getByName("budget-app-2");
     const until = Date.now() + 60_000;
-    await budget.block(until);
-    expect(await budget.take(1, 1000, 100)).toEqual({ granted: 0, next_at: until });
+    await budget.block("create", until);
+    expect(await budget.take("create", 1, 1000, 100)).toEqual({ granted: 0, next_at: until });
   });
 
   it("apps do not share a budget", async () => {
-    expect((await env.FLY_BUDGET.getByName("budget-app-3").take(3, 1, 3)).granted).toBe(2);
-    expect((await env.FLY_BUDGET.getByName("budget-app-4").take(3, 1, 3)).granted).toBe(2);
+    expect((await env.FLY_BUDGET.getByName("budget-app-3").take("create", 3, 1, 3)).granted).toBe(2);
+    expect((await env.FLY_BUDGET.getByName("budget-app-4").take("create", 3, 1, 3)).granted).toBe(2);
   });
 
   it("an evicted budget remembers its spent tokens and its Retry-After block", async () => {
     const spent = env.FLY_BUDGET.getByName("budget-app-5");
-    expect((await spent.take(3, 1, 3)).granted).toBe(2);
+    expect((await spent.take("create", 3, 1, 3)).granted).toBe(2);
     await evictDurableObject(spent);
-    expect((await spent.take(3, 1, 3)).granted, "a new instance must not hand out a fresh burst").toBe(0);
+    expect((await spent.take("create", 3, 1, 3)).granted, "a new instance must not hand out a fresh burst").toBe(0);
 
     const blocked = env.FLY_BUDGET.getByName("budget-app-6");
     const until = Date.now() + 60_000;
-    await blocked.block(until);
+    await blocked.block("create", until);
     await evictDurableObject(blocked);
-    expect(await blocked.draw(1000, 100)).toEqual({ ok: false, retryAt: until });
+    expect(await blocked.draw("create", 1000, 100)).toEqual({ ok: false, retryAt: until });
   });
 });
 
@@ -176,5 +176,39 @@ describe("FlyBudget under a running batch", () => {
     expect(excess, `worst: ${where}; ${posts.length} POSTs; per second: ${perSecond.join(", ")}`).toBeLessThanOrEqual(0);
     // Let the retired machines go before the emulator does (no stray request after the test).
     await vi.waitFor(() => expect(w.fly.liveMachineCount()).toBe(0), { timeout: 20_000 });
+  });
+});
+
+describe("FlyBudget: every Fly API call of every batch draws from the app's budget for its action", () => {
+  it("two batches checking their machines every 100 ms meet no 429 from an emulator keeping Fly's documented limits", async () => {
+    const app = "budget-reads-app";
+    // The emulator keeps every documented limit (list 1/s burst 3 per app, get 5/s burst 10 per machine,
+    // destroy 1/s burst 3 per machine); the DOs budget list, get and destroy at those rates (FLY_API_RATES unset).
+    world = installWorld({ rateLimits: { create: { perSecond: RATE, burst: BURST } } });
+    const w = world;
+    w.runner.behaviour = () => "hang";
+    for (const id of ["fb-reads-a", "fb-reads-b"]) {
+      await putTiffs(`${id}/`, 4);
+      await runInDurableObject(stub(id), (instance: BatchDO) => {
+        const self = instance as unknown as { env: Env };
+        self.env = { ...self.env, FLY_APP_NAME: app, FLY_CREATE_RATE_PER_SECOND: String(RATE), FLY_CREATE_BURST: String(BURST), FLY_API_RATES: "", MACHINE_CHECK_INTERVAL_MS: "100" };
+      });
+      await stub(id).start({ batch_id: id, r2_prefix: `${id}/` });
+    }
+    await vi.waitFor(() => expect(w.runner.live.size).toBe(8), { timeout: 30_000 });
+    // Let the batches look at their hanging machines for a while (each check is due every 100 ms).
+    await new Promise((r) => setTimeout(r, 4000));
+    for (const id of [...w.runner.live.keys()]) await w.runner.finish(id);
+    for (const id of ["fb-reads-a", "fb-reads-b"]) {
+      const s = await waitForStatus(id, (x) => x.status === "DONE" && x.machines.running === 0, 45_000);
+      expect(s.progress).toMatchObject({ tasks_completed: 4, tasks_failed: 0 });
+    }
+    const reads = w.fly.requests.filter((r) => r.method !== "POST");
+    const lists = reads.filter((r) => r.method === "GET" && !/\/machines\/[0-9a-f]+/.test(r.path.split("?")[0]));
+    const span = (lists.at(-1)!.time - lists[0].time) / 1000;
+    console.log(`[Test] ${JSON.stringify({ test: "reads", lists: lists.length, gets: reads.length - lists.length, span_s: span, refused: reads.filter((r) => r.status === 429).length })}`);
+    expect(reads.filter((r) => r.status === 429).map((r) => `${r.method} ${r.path}`), "no list, get or destroy refused by Fly's limits").toEqual([]);
+    expect(lists.length, "at most the burst and 1 list a second for the app, both batches together").toBeLessThanOrEqual(3 + Math.ceil(span));
+    expect(lists.length, "the batches did look at their machines").toBeGreaterThanOrEqual(3);
   });
 });

@@ -86,7 +86,7 @@ describe("createMachine", () => {
   it("is refused without the right token", async () => {
     const { machines } = setup({}, { apiToken: "wrong-token" });
     const outcome = await machines.createMachine(spec());
-    expect(outcome).toEqual({ kind: "invalid", status: 401, message: "Authenticate: token validation error" });
+    expect(outcome).toEqual({ kind: "invalid", status: 401, message: "Authenticate: token validation error", field: "FLY_API_TOKEN" });
   });
 
   it("answers 429 with Retry-After as rate_limited, without sending another create", async () => {
@@ -247,8 +247,46 @@ describe("createMachine", () => {
       kind: "invalid",
       status: 422,
       message: "invalid config.guest.memory_mb 300: memory must be in increments of 256 MiB",
+      field: "config.guest.memory_mb",
     });
     expect(sleeps).toEqual([]);
+  });
+
+  it("names the field of every request the emulator (as Fly) calls bad: image, region, app", async () => {
+    const { machines } = setup({ apps: [APP] });
+    expect(await machines.createMachine(spec({ image: " " }))).toMatchObject({ kind: "invalid", status: 422, field: "config.image" });
+    expect(await machines.createMachine(spec({ regions: ["mars"] }))).toMatchObject({ kind: "invalid", status: 422, field: "region (FLY_REGIONS)" });
+    const other = new FlyMachines({ apiHostname: env.FLY_API_HOSTNAME, apiToken: env.FLY_API_TOKEN, appName: "no-such-app", fetch: fly!.fetch, log: () => {} });
+    expect(await other.createMachine(spec())).toMatchObject({ kind: "invalid", status: 404, field: "FLY_APP_NAME" });
+  });
+
+  it("the organisation's machines limit (422) is quota at once: no other region is tried", async () => {
+    const { machines, requests } = setup({ quota: { machines: 1 } });
+    expect((await machines.createMachine(spec({ name: "one" }))).kind).toBe("created");
+    const outcome = await machines.createMachine(spec({ name: "two", regions: ["iad", "ord"] }));
+    expect(outcome).toMatchObject({ kind: "quota", resource: "machines" });
+    expect(outcome.kind === "quota" && outcome.message).toMatch(/machines limit/);
+    expect(posts(requests).map((r) => [(r.body as { region: string }).region, r.status])).toEqual([["iad", 200], ["iad", 422]]);
+  });
+
+  it("a resource quota (403 'please consider other regions') tries the next region, and is quota when every region refuses", async () => {
+    // 2 of 4 vCPUs are used; a 4-vCPU machine fits no region of this organisation.
+    const { machines, requests } = setup({ quota: { vcpus: 4 } });
+    expect((await machines.createMachine(spec({ name: "one", guest: { cpu_kind: "shared", cpus: 2, memory_mb: 1024 } }))).kind).toBe("created");
+    const outcome = await machines.createMachine(spec({ name: "two", regions: ["iad", "ord"], guest: { cpu_kind: "shared", cpus: 4, memory_mb: 1024 } }));
+    expect(outcome).toMatchObject({ kind: "quota", resource: "vcpus" });
+    expect(outcome.kind === "quota" && outcome.message).toMatch(/^over quota or without room in every region \(iad: .*over the allowed quota.*; ord: .*over the allowed quota/);
+    expect(posts(requests).slice(1).map((r) => [(r.body as { region: string }).region, r.status])).toEqual([["iad", 403], ["ord", 403]]);
+    // A memory quota names memory.
+    const { classifyCreateAnswer } = await import("../../orchestrator/fly/create-answer.ts");
+    const kilo = JSON.stringify({ error: 'organization "Kilo" is using 1970176 MB of memory in dfw which is over the allowed quota. please consider other regions' });
+    expect(classifyCreateAnswer(403, new Headers(), kilo)).toMatchObject({ kind: "quota", scope: "region", resource: "memory_mb" });
+  });
+
+  it("a region with no room moves on to the next, and counts as capacity, not quota", async () => {
+    const { machines } = setup({ regionCapacity: { iad: 0 } });
+    expect(await machines.createMachine(spec({ regions: ["iad", "ord"] }))).toMatchObject({ kind: "created", region: "ord" });
+    expect(await machines.createMachine(spec({ name: "x", regions: ["iad"] }))).toMatchObject({ kind: "no_capacity" });
   });
 
   it("never puts the token or env values in a message, and keeps it short", async () => {
@@ -289,6 +327,27 @@ describe("createMachine", () => {
     expect(machines.requestsMade).toBe(2);
     expect(requests).toHaveLength(2);
   });
+
+  it("draws a token of its action before every list, get and destroy; without one nothing is sent", async () => {
+    const drawn: string[] = [];
+    const retryAt = Date.now() + 700;
+    let left = 3;
+    const { machines, requests } = setup({}, {
+      draw: async (action) => {
+        drawn.push(action);
+        return left-- > 0 ? { ok: true } : { ok: false, retryAt };
+      },
+    });
+    const made = await machines.createMachine(spec());
+    if (made.kind !== "created") throw new Error("setup failed");
+    await machines.listMachines({ batch_id: "b1" });
+    await machines.getMachine(made.machineId);
+    expect(await machines.destroyMachine(made.machineId)).toBe("destroyed");
+    expect(await machines.destroyMachine(made.machineId)).toEqual({ kind: "budget", retryAt });
+    await expect(machines.listMachines({ batch_id: "b1" })).rejects.toMatchObject({ kind: "budget", retryAfterMs: expect.any(Number) });
+    expect(drawn).toEqual(["list", "get", "destroy", "destroy", "list"]);
+    expect(requests.map((r) => r.method)).toEqual(["POST", "GET", "GET", "DELETE"]);
+  });
 });
 
 describe("listMachines, getMachine, destroyMachine", () => {
@@ -326,7 +385,7 @@ describe("listMachines, getMachine, destroyMachine", () => {
   });
 
   it("throws a FlyApiError when a read is rate limited", async () => {
-    const { machines } = setup({ rateLimits: { read: { perSecond: 1, burst: 1 } } });
+    const { machines } = setup({ rateLimits: { list: { perSecond: 1, burst: 1 } } });
     await machines.listMachines({});
     const error = await machines.listMachines({}).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(FlyApiError);
@@ -343,25 +402,5 @@ describe("installFakeFly", () => {
     expect(requests).toHaveLength(1);
     const client = new FlyMachines({ apiHostname: "http://fly.test", apiToken: env.FLY_API_TOKEN, appName: APP, log: () => {} });
     expect((await client.createMachine(spec())).kind).toBe("created");
-  });
-});
-
-describe("guestForSlots: pool machines sized as Fly accepts them", () => {
-  it("rounds CPUs up to 1, 2, 4, 8 or 16 and keeps memory within the size's range", async () => {
-    const { guestForSlots } = await import("../../orchestrator/fly/api.ts");
-    expect(guestForSlots({ cpu_kind: "shared", cpus: 1, memory_mb: 1024 }, 1)).toEqual({ guest: { cpu_kind: "shared", cpus: 1, memory_mb: 1024 }, perSlotMb: 1024 });
-    expect(guestForSlots({ cpu_kind: "shared", cpus: 1, memory_mb: 1024 }, 3)).toEqual({ guest: { cpu_kind: "shared", cpus: 4, memory_mb: 3072 }, perSlotMb: 1024 });
-    expect(guestForSlots({ cpu_kind: "shared", cpus: 1, memory_mb: 2048 }, 8)).toEqual({ guest: { cpu_kind: "shared", cpus: 8, memory_mb: 16384 }, perSlotMb: 2048 });
-    // Too big for the largest guest: 16 CPUs, its most memory, and each task gets its share.
-    expect(guestForSlots({ cpu_kind: "performance", cpus: 2, memory_mb: 8192 }, 12)).toEqual({ guest: { cpu_kind: "performance", cpus: 16, memory_mb: 98304 }, perSlotMb: 8192 });
-    expect(guestForSlots({ cpu_kind: "shared", cpus: 1, memory_mb: 2048 }, 16).guest).toEqual({ cpu_kind: "shared", cpus: 16, memory_mb: 32768 });
-    // Every result is a size the emulator (Fly's documented rules) accepts.
-    for (const slots of [1, 2, 3, 5, 6, 7, 9, 12, 16]) {
-      for (const one of [{ cpu_kind: "shared" as const, cpus: 1, memory_mb: 1024 }, { cpu_kind: "performance" as const, cpus: 1, memory_mb: 4096 }]) {
-        const { guest } = guestForSlots(one, slots);
-        expect([1, 2, 4, 8, 16]).toContain(guest.cpus);
-        expect(guest.memory_mb % 256).toBe(0);
-      }
-    }
   });
 });

@@ -75,7 +75,7 @@ describe("Outbound: six at a time, each timed from when it is sent", () => {
     const counted = out.env(env);
     await counted.BUCKET.head("nothing-here");
     await counted.BATCH_INDEX.prepare("SELECT 1").bind().first();
-    await counted.FLY_BUDGET.getByName("outbound-test").take(0, 1, 3);
+    await counted.FLY_BUDGET.getByName("outbound-test").take("create", 0, 1, 3);
     expect(out.used).toBe(3);
     await expect(counted.BUCKET.head("again")).rejects.toBeInstanceOf(OutboundRefused);
     expect(out.refused).toBe(1);
@@ -134,8 +134,8 @@ describe("the worst alarm and request stay under the documented subrequest limit
     const measured = await runInDurableObject(stub(b), async (instance: BatchDO) => {
       const self = instance as unknown as { env: Env; lastAlarm: BatchDO["lastAlarm"] };
       const original = self.env;
-      // The configured maxima: MAX_CONCURRENT_MACHINES at its ceiling, production's three regions.
-      self.env = { ...original, MAX_CONCURRENT_MACHINES: "10000", FLY_REGIONS: "iad,ord,ams" };
+      // The configured maxima: MAX_CONCURRENT_MACHINES and the fleet's limits at their ceilings, production's three regions.
+      self.env = { ...original, MAX_CONCURRENT_MACHINES: "10000", FLEET_MAX_MACHINES: "100000", FLEET_MAX_VCPUS: "1000000", FLEET_MAX_MEMORY_MB: "100000000", FLY_REGIONS: "iad,ord,ams" };
       try {
         await instance.alarm();
       } finally {
@@ -143,10 +143,12 @@ describe("the worst alarm and request stay under the documented subrequest limit
       }
       return self.lastAlarm!;
     });
-    // By hand, per alarm: 50 destroys x 3 tries; one list x 3 and 50 gets x 3; 40 creates, each 3
-    // POSTs, 3 create-budget draws and 2 look-ups of 3 tries between them (a 503 never moves to the
-    // next region); the alarm's create grant and its index row: 150 + 153 + 40 x 12 + 2 = 785.
-    const HAND_BOUND = 150 + 153 + 40 * 12 + 2;
+    // By hand, per alarm, every Fly request drawing its action's token from the FlyBudget first (a
+    // DO RPC: a subrequest too): 50 destroys x 3 tries x 2; one list x 3 and 50 gets x 3, x 2; 40
+    // creates, each 3 POSTs (the first on the fleet's grant, 2 retries drawing) and 2 look-ups of 3
+    // tries between them, each drawing; the fleet's grant and the index row:
+    // 300 + 306 + 40 x (3 + 2 + 12) + 2 = 1,288.
+    const HAND_BOUND = 50 * 3 * 2 + (3 + 50 * 3) * 2 + 40 * (3 + 2 + 2 * 3 * 2) + 2;
     console.log(`worst run alarm: ${JSON.stringify(measured)} (hand bound ${HAND_BOUND}, limit ${PAID_SUBREQUESTS_PER_INVOCATION})`);
     expect(measured.subrequests).toBeGreaterThan(300);
     expect(measured.subrequests).toBeLessThanOrEqual(HAND_BOUND);

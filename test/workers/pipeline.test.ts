@@ -3,11 +3,13 @@
 // TIFF_CONVERSION → PDF_SPLITTING → CHECKSUM for one batch from what it recorded, naming none of them.
 // Machines are the Fly emulator's; PDF and CHECKSUM machines do what their fly-worker jobs do at the
 // contract's boundary: reserve keys (POST /outputs), write objects, call back with their phase's body.
+import { runInDurableObject } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import { CHECKSUM_PHASE } from "../../shared/checksum.ts";
 import { PDF_PHASE } from "../../shared/pdf.ts";
+import type { BatchDO } from "../../orchestrator/batch-do.ts";
 import { ADMIN, callbackTo, finalFiles, getStatus, installWorld, jpegBytes, outputTarget, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
 
 let world: World;
@@ -86,6 +88,12 @@ describe("a batch's pipeline", () => {
     await env.BUCKET.put(`${b}/scan.bin`, "\r\n%PDF-1.5\n…", { httpMetadata: { contentType: "application/octet-stream" } });
     await env.BUCKET.put(`${b}/notes.bin`, "not a pdf at all", { httpMetadata: { contentType: "application/octet-stream" } });
     world.runner.behaviour = (m) => (machineProcessEnv(m).PHASE === "TIFF_CONVERSION" ? "succeed" : "hang");
+    // The app's fleet counts the PDF phase's 3 machines until they are seen gone (they hang here: until
+    // their retire grace ends), so 20 CHECKSUM machines at once need a fleet wider than the default 20.
+    await runInDurableObject(stub(b), (instance: BatchDO) => {
+      const self = instance as unknown as { env: Env };
+      self.env = { ...self.env, FLEET_MAX_MACHINES: "40" };
+    });
     await stub(b).start({ batch_id: b, r2_prefix: `${b}/`, phases: ["TIFF_CONVERSION", PDF_PHASE, CHECKSUM_PHASE] });
 
     await vi.waitFor(() => expect(started(PDF_PHASE)).toHaveLength(3), { timeout: 20_000 });

@@ -71,7 +71,7 @@ describe("pool mode by default", () => {
     const expected = sizePool({
       tasks: 12,
       work: tiffWork(maxSize),
-      maxMachines: c.MAX_CONCURRENT_MACHINES,
+      maxMachines: Math.min(c.MAX_CONCURRENT_MACHINES ?? Infinity, c.FLEET_MAX_MACHINES),
       createPerS: c.FLY_CREATE_RATE_PER_SECOND,
       createBurst: c.FLY_CREATE_BURST,
       bootS: 5,
@@ -148,5 +148,25 @@ describe("pool mode by default", () => {
     expect(s.machines.estimated_cost_usd).toBeCloseTo(rows.usd, 6);
     const status = await getStatus("no-pool");
     expect(status.machines.machine_seconds).toBe(s.machines.machine_seconds);
+  });
+});
+
+describe("guestForSlots: pool machines sized as Fly accepts them", () => {
+  it("rounds CPUs up to 1, 2, 4, 8 or 16 and keeps memory within the size's range", async () => {
+    const { guestForSlots } = await import("../../orchestrator/fly/api.ts");
+    expect(guestForSlots({ cpu_kind: "shared", cpus: 1, memory_mb: 1024 }, 1)).toEqual({ guest: { cpu_kind: "shared", cpus: 1, memory_mb: 1024 }, perSlotMb: 1024 });
+    expect(guestForSlots({ cpu_kind: "shared", cpus: 1, memory_mb: 1024 }, 3)).toEqual({ guest: { cpu_kind: "shared", cpus: 4, memory_mb: 3072 }, perSlotMb: 1024 });
+    expect(guestForSlots({ cpu_kind: "shared", cpus: 1, memory_mb: 2048 }, 8)).toEqual({ guest: { cpu_kind: "shared", cpus: 8, memory_mb: 16384 }, perSlotMb: 2048 });
+    // Too big for the largest guest: 16 CPUs, its most memory, and each task gets its share.
+    expect(guestForSlots({ cpu_kind: "performance", cpus: 2, memory_mb: 8192 }, 12)).toEqual({ guest: { cpu_kind: "performance", cpus: 16, memory_mb: 98304 }, perSlotMb: 8192 });
+    expect(guestForSlots({ cpu_kind: "shared", cpus: 1, memory_mb: 2048 }, 16).guest).toEqual({ cpu_kind: "shared", cpus: 16, memory_mb: 32768 });
+    // Every result is a size the emulator (Fly's documented rules) accepts.
+    for (const slots of [1, 2, 3, 5, 6, 7, 9, 12, 16]) {
+      for (const one of [{ cpu_kind: "shared" as const, cpus: 1, memory_mb: 1024 }, { cpu_kind: "performance" as const, cpus: 1, memory_mb: 4096 }]) {
+        const { guest } = guestForSlots(one, slots);
+        expect([1, 2, 4, 8, 16]).toContain(guest.cpus);
+        expect(guest.memory_mb % 256).toBe(0);
+      }
+    }
   });
 });

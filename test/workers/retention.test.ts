@@ -34,7 +34,8 @@ describe("retention", () => {
     const b = "ret-done";
     await putTiffs(`${b}/`, 3);
     await stub(b).start({ batch_id: b, r2_prefix: `${b}/` });
-    const done = await waitForStatus(b, (x) => x.status === "DONE", 30_000);
+    // Done, and out of the fleet: a finished batch stays in it until its machines are seen gone (engine/fleet.ts).
+    const done = await waitForStatus(b, (x) => x.status === "DONE" && x.fleet === null, 30_000);
     const key = done.finalisation!.file_list!.key;
     // Its alarm waits for the retention date.
     const alarm = await runInDurableObject(stub(b), (_i, state) => state.storage.getAlarm());
@@ -86,7 +87,7 @@ describe("retention", () => {
     const b = "ret-legacy";
     await putTiffs(`${b}/`, 1);
     await stub(b).start({ batch_id: b, r2_prefix: `${b}/` });
-    await waitForStatus(b, (x) => x.status === "DONE", 30_000);
+    await waitForStatus(b, (x) => x.status === "DONE" && x.fleet === null, 30_000);
     await endedDaysAgo(b, 40);
     await runInDurableObject(stub(b), (_i, state) => state.storage.deleteAlarm());
     await env.BATCH_INDEX.prepare("UPDATE batches SET completed_at = ? WHERE batch_id = ?").bind(Date.now() - 40 * DAY_MS, b).run();

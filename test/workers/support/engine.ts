@@ -255,6 +255,8 @@ export interface AttemptView {
   outcome: string;
   error: string | null;
   ended_at: string | null;
+  /** What happened after it ended (a late callback, …). */
+  note?: string | null;
 }
 
 /** Every attempt of a task, through GET /status/:batchId/tasks/:taskId. */

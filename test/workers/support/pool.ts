@@ -47,6 +47,8 @@ export class PoolRunner implements MachineRunner {
   lazy: (machine: RunnerMachine, nth: number) => boolean = () => false;
   /** Tests compress time: a machine sleeps at most this long on `wait`. */
   maxWaitMs = 25;
+  /** How long a machine works on a task before it calls back (0: at once). */
+  taskMs = 0;
   readonly #killed = new Set<string>();
   /** Each machine's newest lease credential (renewed by every lease answer). */
   readonly tokens = new Map<string, string>();
@@ -106,6 +108,7 @@ export class PoolRunner implements MachineRunner {
         this.#exit(machine, events, 137);
         return "gone";
       }
+      if (this.taskMs > 0) await new Promise((r) => setTimeout(r, this.taskMs));
       const written = action === "succeed" ? await writeOutput(taskEnv) : true;
       const cb = await postCallback(taskEnv, !written ? errorBody(taskEnv, UPLOAD_REFUSED(taskEnv)) : action === "succeed" ? successBody(taskEnv) : errorBody(taskEnv, "simulated failure"));
       const body = (await cb.json()) as { outcome?: string };
