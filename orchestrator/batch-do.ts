@@ -26,6 +26,9 @@ export type { StatusBody, ApiStatus } from "./engine/views.ts";
 export type { CallbackReply } from "./engine/outcomes.ts";
 export { machineName } from "./engine/context.ts";
 
+/** Rows written (and requests) counted in memory are added to meta at the latest once this many rows have gone by. */
+const USAGE_FLUSH_ROWS = 200;
+
 /** What a dead letter did to its batch (fanout-batches-dlq). */
 export type DeadLetterOutcome = "marked_error" | "warned" | "finished";
 
@@ -57,6 +60,7 @@ export class BatchDO extends DurableObject<Env> {
 
   /** The DO's HTTP face: only the event stream, which RPC cannot carry. */
   async fetch(request: Request): Promise<Response> {
+    this.request(true);
     if (new URL(request.url).pathname !== "/events") return Response.json({ error: "no such route" }, { status: 404 });
     if (!this.store.getMeta()) return Response.json({ error: "unknown batch" }, { status: 404 });
     const last = Number(request.headers.get("last-event-id") ?? new URL(request.url).searchParams.get("last_event_id") ?? 0);
@@ -66,7 +70,19 @@ export class BatchDO extends DurableObject<Env> {
   /** Brings the alarm forward to `at` unless one is due sooner. */
   private async wake(at: number): Promise<void> {
     const current = await this.ctx.storage.getAlarm();
-    if (current === null || current > at + 50) await this.ctx.storage.setAlarm(at);
+    if (current === null || current > at + 50) await this.setAlarm(at);
+  }
+
+  /** Every setAlarm is billed as a row written: counted with the store's rows. */
+  private async setAlarm(at: number): Promise<void> {
+    this.store.usage.rowsWritten++;
+    await this.ctx.storage.setAlarm(at);
+  }
+
+  /** A billed request reached this object: an RPC (from the Worker's HTTP entry when `viaWorker`) or an alarm. */
+  private request(viaWorker: boolean): void {
+    this.store.usage.requests++;
+    if (viaWorker) this.store.usage.workerRequests++;
   }
 
   // ---- RPC: queue ---------------------------------------------------------------------
@@ -94,12 +110,15 @@ export class BatchDO extends DurableObject<Env> {
       prefix: message.manifest_r2_key ? null : (message.r2_prefix ?? ""),
       now,
     });
-    if (message.pool ?? this.config.POOL_MODE) this.store.updateMeta({ pool: 1, pool_slots: message.pool_tasks_per_machine ?? 0 }, now);
+    // Pool mode when the message asks (or sets slots); one machine per task when it says `"pool": false`
+    // or POOL_MODE is off; otherwise the sizing picks either, batch by batch (engine/plan.ts).
+    const request = message.pool === true || (message.pool === undefined && message.pool_tasks_per_machine && this.config.POOL_MODE) ? "pool" : message.pool === false || !this.config.POOL_MODE ? "single" : "auto";
+    this.store.updateMeta({ mode_request: request, pool: request === "single" ? 0 : 1, pool_slots: request === "single" ? 0 : (message.pool_tasks_per_machine ?? 0) }, now);
     this.store.updateMeta(
       { tolerated_failure_percentage: message.tolerated_failure_percentage ?? null, tolerated_failure_count: message.tolerated_failure_count ?? null },
       now,
     );
-    await this.ctx.storage.setAlarm(now);
+    await this.setAlarm(now);
     await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
     log("DO", "batch_started", { batch_id: message.batch_id, phase: phase.name });
     return { created: true, status: phase.name };
@@ -144,6 +163,7 @@ export class BatchDO extends DurableObject<Env> {
 
   /** A callback from attempt `attempt` of `taskId` (the attempt the verified credential names). */
   async callback(taskId: string, attempt: number, body: unknown): Promise<CallbackReply> {
+    this.request(true);
     if (!this.store.getMeta()) return { code: 404, body: { error: "unknown batch" } };
     const reply = await settleCallback(this.engine(), taskId, attempt, body);
     this.live.progressChanged();
@@ -152,6 +172,7 @@ export class BatchDO extends DurableObject<Env> {
 
   /** Reserves (and presigns) the keys of pages 2…pages of the task's output for its running attempt. */
   async reserveOutputs(taskId: string, attempt: number, pages: number): Promise<ReserveReply> {
+    this.request(true);
     const meta = this.store.getMeta();
     if (!meta) return { code: 404, body: { error: "unknown batch" } };
     const e = this.engine();
@@ -161,26 +182,31 @@ export class BatchDO extends DurableObject<Env> {
   }
 
   async lease(workerId: string, machineId: string | null): Promise<LeaseResponse | null> {
+    this.request(true);
     return lease(this.engine(), workerId, machineId);
   }
 
   async heartbeat(workerId: string, taskId: string): Promise<{ ok: boolean; reason?: string } | null> {
+    this.request(true);
     return heartbeat(this.engine(), workerId, taskId);
   }
 
   // ---- RPC: views ---------------------------------------------------------------------------
 
   async status(): Promise<views.StatusBody | null> {
+    this.request(true);
     const meta = this.store.getMeta();
     return meta ? views.status(this.engine(), meta) : null;
   }
 
   async tasks(opts: { status: views.ApiStatus | null; cursor: number; limit: number }) {
+    this.request(true);
     const meta = this.store.getMeta();
     return meta ? views.tasks(this.engine(), meta, opts) : null;
   }
 
   async task(taskId: string) {
+    this.request(true);
     const meta = this.store.getMeta();
     const task = meta ? this.store.getTask(taskId) : null;
     return meta && task ? views.task(this.engine(), meta, task) : null;
@@ -209,7 +235,7 @@ export class BatchDO extends DurableObject<Env> {
     }
     const destroyed = await destroyOrphans(e, now);
     const pending = this.store.orphanCount();
-    if (pending > 0) await this.ctx.storage.setAlarm(now + 5_000);
+    if (pending > 0) await this.setAlarm(now + 5_000);
     await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
     log("DO", "batch_reset", { batch_id: meta.batch_id, tasks_failed: failed, machines_destroyed: destroyed, machines_pending: pending });
     return { ok: true, batch_id: meta.batch_id, status: "ERROR", tasks_failed: failed, machines_destroyed: destroyed, machines_pending: pending };
@@ -257,13 +283,14 @@ export class BatchDO extends DurableObject<Env> {
     if (result.tasks === 0) return { ok: false, code: 409, error: "the batch has no failed task to redrive" };
     e.emit("redrive", { tasks: result.tasks, redrive: meta.redrives + 1 });
     log("DO", "batch_redriven", { batch_id: meta.batch_id, tasks: result.tasks, redrive: meta.redrives + 1 });
-    await this.ctx.storage.setAlarm(now);
+    await this.setAlarm(now);
     return { ok: true, batch_id: meta.batch_id, tasks: result.tasks, status: apiStatus(this.store.getMeta()!), redrive: meta.redrives + 1 };
   }
 
   // ---- the alarm loop ------------------------------------------------------------------------
 
   async alarm(): Promise<void> {
+    this.request(false);
     const meta = this.store.getMeta();
     if (!meta) return;
     let next: number | null = null;
@@ -276,7 +303,9 @@ export class BatchDO extends DurableObject<Env> {
       // Always re-arm while work remains, whatever the step did.
       const after = this.store.getMeta();
       if (after && isFinished(after)) next = this.store.earliestDeadline();
-      if (next !== null) await this.ctx.storage.setAlarm(Math.max(next, Date.now()));
+      if (next !== null) await this.setAlarm(Math.max(next, Date.now()));
+      // The billed work counted since meta was last written goes into it now and then (a row per flush).
+      if (after && (this.store.usage.rowsWritten >= USAGE_FLUSH_ROWS || isFinished(after))) this.store.flushUsage();
       this.live.progressChanged();
       await syncBatchIndex(this.env, after, () => this.status());
     }

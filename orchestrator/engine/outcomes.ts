@@ -1,18 +1,18 @@
 // How a task's attempt ends: a callback (checked against the attempt its credential names and
 // against the objects it claims to have written), a failure retried within the phase's budget,
 // and the reservation of extra output keys an attempt asks for before it writes them.
-import { describeZodError, type FileEntry } from "../../shared/contracts.ts";
+import { describeZodError, type FileEntry, Performance } from "../../shared/contracts.ts";
 import { backoffMs } from "../../shared/backoff.ts";
 import { log } from "../log.ts";
 import { getPhase } from "../phases/index.ts";
-import type { BatchMeta, TaskRow } from "../store/index.ts";
+import type { BatchMeta, TallyExtra, TaskRow } from "../store/index.ts";
 import { presign } from "./access.ts";
-import { type Engine, taskView } from "./context.ts";
+import { type Engine, openCount, taskView } from "./context.ts";
 
 /** Ends the task's current attempt as failed: retried with backoff, or FAILED for good. Call inside a transaction. */
 export function failAttempt(e: Engine, meta: BatchMeta, task: TaskRow, error: string, retryable: boolean, now: number): void {
   const limits = e.limits(getPhase(task.phase));
-  e.store.endAttempt(task.task_id, task.attempt, "failed", error, now);
+  e.store.endAttempt(task, task.attempt, "failed", error, now);
   const fields = { batch_id: meta.batch_id, task_id: task.task_id, phase: task.phase, attempt: task.attempt, machine_id: task.machine_id, error };
   const more = retryable && task.attempt - task.attempt_base < limits.maxAttempts;
   if (more) {
@@ -53,7 +53,8 @@ export async function settleCallback(e: Engine, taskId: string, attempt: number,
   if (!meta) return { code: 404, body: { error: "unknown batch" } };
   let task = e.store.getTask(taskId);
   if (!task) return { code: 404, body: { error: "unknown task", batch_id: meta.batch_id, task_id: taskId } };
-  if (attempt > task.attempt || !e.store.getAttempt(taskId, attempt)) {
+  // Attempts 1…task.attempt all began (a create that never happened gives its number back).
+  if (attempt < 1 || attempt > task.attempt) {
     return { code: 401, body: { error: `attempt ${attempt} of ${taskId} never ran`, batch_id: meta.batch_id, task_id: taskId } };
   }
   const phase = getPhase(task.phase);
@@ -90,19 +91,22 @@ export async function settleCallback(e: Engine, taskId: string, attempt: number,
   e.store.transaction(() => {
     const holder = settled.worker_id ? e.store.getWorker(settled.worker_id) : null;
     if (verdict.ok) {
+      if (outcome.ok) for (const key of outcome.remove ?? []) e.store.removeFile(key);
+      // The files, the task's move, its phase's counters and what its machine measured: one tally row.
+      const files = e.store.insertFiles(verdict.add, { tallied: true });
       e.store.moveTask(
         settled,
         "done",
         { error: null, finished_at: now, deadline_at: 0, worker_id: null, warnings_json: outcome.ok && outcome.warnings?.length ? JSON.stringify(outcome.warnings) : null },
         now,
+        { files, outputs: { count: verdict.add.length, bytes: verdict.add.reduce((n, f) => n + f.file_size, 0) }, measured: measuredOf(parsed.data, settled) },
       );
       if (attempt !== settled.attempt) {
-        e.store.endAttempt(taskId, settled.attempt, "superseded", `attempt ${attempt} finished the task first`, now);
+        e.store.endAttempt(settled, settled.attempt, "superseded", `attempt ${attempt} finished the task first`, now);
       }
-      e.store.endAttempt(taskId, attempt, "done", null, now);
+      e.store.endAttempt(settled, attempt, "done", null, now);
+      // An attempt that had ended (failed, lapsed) before its work arrived: it is the one that finished.
       e.store.reviveAttempt(taskId, attempt, now);
-      if (outcome.ok) for (const key of outcome.remove ?? []) e.store.removeFile(key);
-      e.store.insertFiles(verdict.add);
     } else {
       failAttempt(e, meta, settled, verdict.error, verdict.retryable, now);
     }
@@ -117,8 +121,19 @@ export async function settleCallback(e: Engine, taskId: string, attempt: number,
     ...fields,
     ...(verdict.ok ? { outputs: verdict.add.length, late: !current } : { error: verdict.error, retryable: verdict.retryable }),
   });
-  await e.wake(now);
+  // Single-task mode: the freed slot wants a machine now. A pool machine leases its next task by
+  // itself, so the alarm (a billed row to set) is brought forward only when a failure must be
+  // retried or the phase may be finished.
+  if (!meta.pool || !verdict.ok || openCount(e.store.phaseCounts(settled.phase)) === 0) await e.wake(now);
   return { code: 200, body: { ok: true, outcome: verdict.ok ? "done" : "error_recorded", late: !current } };
+}
+
+/** CPU-seconds and megapixels a success callback reports (fly-worker's process accounting), for sizing to learn from. */
+function measuredOf(body: unknown, task: TaskRow): TallyExtra["measured"] {
+  // The phase's callback schema checked the body; `performance` is the shared contract's (cpu_s ≥ 0, megapixels > 0).
+  const perf = Performance.safeParse((body as { performance?: unknown }).performance);
+  if (!perf.success || perf.data.cpu_s === undefined || perf.data.megapixels === undefined || task.size_bytes <= 0) return undefined;
+  return { cpuS: perf.data.cpu_s, megapixels: perf.data.megapixels, bytes: task.size_bytes };
 }
 
 /** Each reported output must be a key reserved for this task and exist with the reported size. */
@@ -152,7 +167,7 @@ export async function reserveOutputs(e: Engine, taskId: string, attempt: number,
   const meta = e.store.getMeta();
   const task = meta ? e.store.getTask(taskId) : null;
   if (!meta || !task) return { code: 404, body: { error: "unknown batch or task" } };
-  if (!e.store.getAttempt(taskId, attempt)) return { code: 401, body: { error: `attempt ${attempt} of ${taskId} never ran` } };
+  if (attempt < 1 || attempt > task.attempt) return { code: 401, body: { error: `attempt ${attempt} of ${taskId} never ran` } };
   if (attempt !== task.attempt || !OPEN.has(task.state)) {
     return { code: 409, body: { error: `attempt ${attempt} is no longer the running attempt of ${taskId}` } };
   }

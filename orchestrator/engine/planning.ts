@@ -3,7 +3,7 @@
 import { log } from "../log.ts";
 import { getPhase } from "../phases/index.ts";
 import type { PhaseFile } from "../phases/types.ts";
-import type { BatchMeta, FileRow } from "../store/index.ts";
+import type { BatchMeta, FileRow, NewTask } from "../store/index.ts";
 import type { Engine } from "./context.ts";
 import { underRoots } from "./discovery.ts";
 
@@ -17,13 +17,16 @@ export function plan(e: Engine, meta: BatchMeta): number {
   e.store.transaction(() => {
     let seq = meta.next_seq;
     let maxSize = meta.max_task_size;
+    // The page's tasks go in with one statement each and one counter move; keys chosen earlier in the page are taken too.
+    const page: NewTask[] = [];
+    const chosen = new Set<string>();
     for (const f of files) {
       const nextId = () => `${phase.slug}-${String(seq++).padStart(6, "0")}`;
       if (!underRoots(f.r2_key, roots)) {
         // Never read or written: the batch may only touch keys under its roots.
         e.store.removeFile(f.r2_key);
         const id = nextId();
-        e.store.insertTask({
+        page.push({
           task_id: id,
           phase: phase.name,
           file_id: f.id,
@@ -45,12 +48,13 @@ export function plan(e: Engine, meta: BatchMeta): number {
       // A file that cannot be processed writes nothing: no key is reserved, and a redrive skips it.
       let output: string | undefined = planned.error ? `(none: ${id})` : undefined;
       for (const candidate of output ? [] : planned.output_key_candidates) {
-        if (!e.store.keyTaken(candidate)) {
+        if (!chosen.has(candidate) && !e.store.keyTaken(candidate)) {
           output = candidate;
           break;
         }
       }
-      e.store.insertTask({
+      chosen.add(output!);
+      page.push({
         task_id: id,
         phase: phase.name,
         file_id: f.id,
@@ -62,6 +66,7 @@ export function plan(e: Engine, meta: BatchMeta): number {
         ...(planned.error ? { error: planned.error } : {}),
       });
     }
+    e.store.insertTasks(page);
     const done = files.length < PLAN_FILES_PER_ALARM;
     e.store.updateMeta(
       {

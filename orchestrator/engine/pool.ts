@@ -7,7 +7,7 @@ import type { TaskRow } from "../store/index.ts";
 import { attemptEnv, attemptExpiry } from "./access.ts";
 import { apiStatus, type Engine, isFinished, RETIRE_GRACE_MS, taskView } from "./context.ts";
 import { retireMachine } from "./machines.ts";
-import { slotsOf } from "./run.ts";
+import { outOfPlan, planOf } from "./plan.ts";
 
 /** The next task for pool machine `workerId`, or wait, or done (the machine exits). */
 export async function lease(e: Engine, workerId: string, machineId: string | null): Promise<LeaseResponse | null> {
@@ -19,43 +19,51 @@ export async function lease(e: Engine, workerId: string, machineId: string | nul
   if (row.phase !== meta.phase) return { kind: "done", reason: `phase ${row.phase} is finished` };
   const now = Date.now();
   const machine = row.machine_id ?? machineId;
-  e.store.updateWorker(workerId, {
-    state: "live",
-    last_seen: now,
-    machine_id: machine,
-    check_at: Math.max(row.check_at, now + e.config.MACHINE_CHECK_INTERVAL_MS),
-  });
+  // A machine that leases is alive: its next check moves on, but the row is rewritten only when
+  // something changes or the check is due within half an interval (each write is a billed row,
+  // and a machine leases a task every few seconds).
+  const interval = e.config.MACHINE_CHECK_INTERVAL_MS;
+  if (row.state !== "live" || row.machine_id !== machine || row.check_at - now < interval / 2) {
+    e.store.updateWorker(workerId, { state: "live", last_seen: now, machine_id: machine, check_at: Math.max(row.check_at, now + interval) });
+  }
   if (meta.stage !== "run") return { kind: "wait", wait_ms: 1000 };
   const phase = getPhase(meta.phase);
   const limits = e.limits(phase);
   const leaseMs = e.config.LEASE_TIMEOUT_MS;
-  const [ready] = e.store.readyTasks(now, 1);
+  // A machine of a shape the phase's re-made plan replaced takes no new task; it leaves once its slots are free.
+  const stale = outOfPlan(planOf(e, meta, phase), row);
+  const [ready] = stale ? [] : e.store.readyTasks(now, 1);
   if (!ready) {
     const counts = e.store.phaseCounts(phase.name);
     const pool = e.store.poolMachineCounts();
     // Leave when the other slots cover every open task, the same count the scheduler creates
     // machines by (so a machine is never retired only to be replaced); stay while they do not.
     const open = counts.pending + counts.retrying + counts.running;
-    if (open > (pool.creating + pool.booting + pool.live) * slotsOf(e, meta) - 1) {
+    if (!stale && open > pool.slots - 1) {
       const nextAt = e.store.earliestReady() ?? now + 1000;
       return { kind: "wait", wait_ms: Math.min(5000, Math.max(200, nextAt - now)) };
     }
     // Retired once its last slot is told done (its other slots may still work); it exits by itself.
     if (e.store.heldBy(workerId).length === 0) {
-      e.store.transaction(() => retireMachine(e, { ...row, machine_id: machine }, "retired: no work left", now, RETIRE_GRACE_MS));
-      log("DO", "pool_machine_retired", { batch_id: meta.batch_id, worker_id: workerId, machine_id: machine, leases: row.leases });
+      e.store.transaction(() => retireMachine(e, { ...row, machine_id: machine }, stale ? "retired: the phase's plan changed" : "retired: no work left", now, RETIRE_GRACE_MS));
+      log("DO", "pool_machine_retired", { batch_id: meta.batch_id, worker_id: workerId, machine_id: machine });
     }
-    return { kind: "done", reason: "no work left for this machine" };
+    return { kind: "done", reason: stale ? "the phase was re-sized: machines of this size take no more tasks" : "no work left for this machine" };
   }
   const attempt = ready.attempt + 1;
-  const set = { attempt, worker_id: workerId, machine_id: machine, machine_name: workerId, region: null, deadline_at: now + leaseMs, limit_at: now + limits.runTimeoutMs };
+  // The attempt is the task row until it ends (store/attempts.ts): one row written per lease.
+  const set = {
+    attempt,
+    worker_id: workerId,
+    machine_id: machine,
+    machine_name: workerId,
+    region: null,
+    deadline_at: now + leaseMs,
+    limit_at: now + limits.runTimeoutMs,
+    attempt_started_at: now,
+  };
   const task: TaskRow = { ...ready, ...set, state: "running" };
-  e.store.transaction(() => {
-    e.store.moveTask(ready, "running", set, now);
-    e.store.startAttempt({ task_id: task.task_id, attempt, machine_name: workerId, now });
-    if (machine) e.store.recordMachine(task.task_id, attempt, machine, null);
-    e.store.updateWorker(workerId, { leases: row.leases + 1 });
-  });
+  e.store.moveTask(ready, "running", set, now);
   log("DO", "task_leased", { batch_id: meta.batch_id, task_id: task.task_id, phase: phase.name, attempt, worker_id: workerId, machine_id: machine });
   const req = phase.machine(taskView(meta, task));
   const env = { ...req.env, ...(await attemptEnv(e, meta, task, attemptExpiry(now, { bootTimeoutMs: 0, runTimeoutMs: limits.runTimeoutMs }))) };
@@ -74,7 +82,7 @@ export function heartbeat(e: Engine, workerId: string, taskId: string): { ok: bo
     return { ok: false, reason: task ? `lease lost: task is ${task.state}${holder}` : "unknown task" };
   }
   const now = Date.now();
+  // One row: the task's deadline (no index holds it, and the machine's row is not rewritten).
   e.store.moveTask(task, "running", { deadline_at: Math.min(now + e.config.LEASE_TIMEOUT_MS, task.limit_at) }, now);
-  e.store.updateWorker(workerId, { last_seen: now });
   return { ok: true };
 }

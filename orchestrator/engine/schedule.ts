@@ -5,9 +5,10 @@ export interface SchedulerState {
   mode: "single" | "pool";
   /** The current phase's tasks by state. */
   counts: { pending: number; retrying: number; creating: number; booting: number; running: number };
-  /** Pool mode: pool machines creating, booting or live. */
+  /** Pool mode: pool machines creating, booting or live, and their slots (machines of an earlier plan may have other counts). */
   poolMachines: number;
-  /** Pool mode: tasks one machine runs at once. */
+  poolSlots: number;
+  /** Pool mode: tasks one new machine runs at once. */
   slots: number;
   maxLive: number;
   /** Tasks whose backoff has passed (single mode spawns for them), counted up to the per-alarm cap. */
@@ -31,9 +32,10 @@ export interface Decision {
   nextAt: number;
 }
 
-/** Pool machines worth having: a slot per open task, at most the phase's concurrency. */
-export function poolTarget(s: Pick<SchedulerState, "counts" | "slots" | "maxLive">): number {
-  return Math.min(s.maxLive, Math.ceil((s.counts.pending + s.counts.retrying + s.counts.running) / s.slots));
+/** Pool machines worth creating: a slot per open task the live machines' slots do not cover, within the phase's concurrency. */
+export function poolRoom(s: Pick<SchedulerState, "counts" | "slots" | "maxLive" | "poolMachines" | "poolSlots">): number {
+  const uncovered = s.counts.pending + s.counts.retrying + s.counts.running - s.poolSlots;
+  return Math.min(s.maxLive - s.poolMachines, Math.ceil(uncovered / s.slots));
 }
 
 export function decide(s: SchedulerState, now: number): Decision {
@@ -44,7 +46,7 @@ export function decide(s: SchedulerState, now: number): Decision {
   let room: number;
   let wantsMore: boolean;
   if (s.mode === "pool") {
-    room = poolTarget(s) - s.poolMachines;
+    room = poolRoom(s);
     wantsMore = room > 0;
   } else {
     room = Math.min(s.maxLive - (c.creating + c.booting + c.running), s.ready);

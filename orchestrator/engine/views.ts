@@ -1,8 +1,8 @@
 // Views: what GET /status/:batchId, its task list and one task's attempts show. Every count comes
 // from the phase counters, so a status read costs the same at 100 or 300,000 tasks.
 import type { BatchMeta, PhaseCounts, Stage, TaskRow, TaskState } from "../store/index.ts";
-import { FLY_PRICES, pricePerSecond } from "../../shared/fly-model.ts";
 import { apiStatus, type Engine, iso, openCount } from "./context.ts";
+import { type CostView, costView, type MachinesView, machinesView, type SizingView, sizingView } from "./cost-view.ts";
 
 const RECENT_FAILURES = 10;
 
@@ -26,9 +26,13 @@ export interface StatusBody {
   workers: { starting: number; live: number; created: number } | null;
   /**
    * What the batch's machines have cost so far: each machine's time from its create request to its
-   * end (running ones: to now), and that time at Fly's published per-second price for its size.
+   * end (running ones: to now), and that time at Fly's published per-second price for its size and region.
    */
-  machines: { ended: number; running: number; machine_seconds: number; estimated_cost_usd: number; prices: string };
+  machines: MachinesView;
+  /** All in so far: machines, Fly egress of the outputs, R2 operations, the Durable Object, Worker requests (engine/cost-view.ts). */
+  cost: CostView;
+  /** The current phase's plan: mode, machines, what it was sized from and whether it was re-sized from measurements. */
+  sizing: SizingView | null;
   started_at: string;
   updated_at: string;
   completed_at: string | null;
@@ -65,6 +69,7 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
   const counts = e.store.counts();
   const sum = (f: (c: PhaseCounts) => number) => counts.reduce((n, c) => n + f(c), 0);
   const workers = e.store.poolMachineCounts();
+  const machines = machinesView(e, meta);
   return {
     batch_id: meta.batch_id,
     status: apiStatus(meta),
@@ -83,7 +88,9 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
     files_total: e.store.fileCount(),
     mode: meta.pool ? "pool" : "single",
     workers: meta.pool ? { starting: workers.creating + workers.booting, live: workers.live, created: meta.worker_seq } : null,
-    machines: machineCost(e, meta),
+    machines,
+    cost: costView(e, meta, machines),
+    sizing: sizingView(e, meta),
     started_at: iso(meta.started_at)!,
     updated_at: iso(meta.updated_at)!,
     completed_at: iso(meta.completed_at),
@@ -101,25 +108,6 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
       at: iso(a.ended_at),
       logs: logsCommand(e, a.machine_id),
     })),
-  };
-}
-
-function machineCost(e: Engine, meta: BatchMeta): StatusBody["machines"] {
-  const now = Date.now();
-  let ms = meta.machine_ms;
-  let usd = meta.machine_cost_usd;
-  const running = e.store.unendedMachines();
-  for (const m of running) {
-    const t = Math.max(0, now - m.created_at);
-    ms += t;
-    if (m.cpu_kind) usd += (t / 1000) * pricePerSecond({ cpu_kind: m.cpu_kind, cpus: m.cpus, memory_mb: m.memory_mb });
-  }
-  return {
-    ended: meta.machines_ended,
-    running: running.length,
-    machine_seconds: Math.round(ms / 100) / 10,
-    estimated_cost_usd: Math.round(usd * 1e6) / 1e6,
-    prices: FLY_PRICES.source,
   };
 }
 
@@ -155,7 +143,7 @@ export function task(e: Engine, meta: BatchMeta, t: TaskRow) {
     batch_id: meta.batch_id,
     ...taskSummary(e, t),
     outputs: e.store.outputsOf(t.task_id).map((o) => ({ page: o.page, r2_key: o.key })),
-    attempts: e.store.attemptsOf(t.task_id).map((a) => ({
+    attempts: e.store.attemptsOf(t).map((a) => ({
       attempt: a.attempt,
       machine_name: a.machine_name,
       machine_id: a.machine_id,

@@ -1,6 +1,6 @@
 // The BatchDO's SQLite store: the only code that writes the batch's SQL. One module per table
 // or concern (migrations.ts and schema.ts, meta.ts, files.ts, outputs.ts, tasks.ts with
-// counts.ts, attempts.ts, workers.ts, orphans.ts, events.ts), all on one executor (sql.ts) and
+// counts.ts (phase_tally), attempts.ts, workers.ts, orphans.ts, events.ts), all on one executor (sql.ts) and
 // its one `work` tally; BatchStore composes them into the one object the engine holds.
 // Every task change updates its phase's counters in the same transaction, and every query on a
 // hot path (callback, alarm, status) is an index lookup whose cost does not grow with the batch.
@@ -12,21 +12,23 @@ import { MetaQueries } from "./meta.ts";
 import { OrphanQueries } from "./orphans.ts";
 import { OutputQueries } from "./outputs.ts";
 import { Schema } from "./schema.ts";
-import { Sql, type SqlWork } from "./sql.ts";
+import { type PendingUsage, Sql, type SqlWork } from "./sql.ts";
 import { TaskQueries } from "./tasks.ts";
 import { WorkerQueries } from "./workers.ts";
 
 export type { AttemptRow } from "./attempts.ts";
-export type { PhaseCounts } from "./counts.ts";
+export type { PhaseCounts, PhaseMeasured, PhaseUsage, TallyExtra } from "./counts.ts";
 export type { FileRow } from "./files.ts";
 export type { BatchMeta, Stage } from "./meta.ts";
-export type { SqlWork } from "./sql.ts";
-export { LIVE_STATES, OPEN_STATES, TASK_STATES, type TaskRow, type TaskState } from "./tasks.ts";
+export type { PendingUsage, SqlWork } from "./sql.ts";
+export { LIVE_STATES, OPEN_STATES, TASK_STATES, type NewTask, type TaskRow, type TaskState } from "./tasks.ts";
 export { WORKER_STATES, type WorkerRow, type WorkerState } from "./workers.ts";
 
 export class BatchStore {
   /** Rows read and written by every query of this store (all tables), for the scale tests and benchmarks. */
   readonly work: SqlWork;
+  /** Billed work not yet added to meta (rows written, setAlarm calls, requests): /status prices it. */
+  readonly usage: PendingUsage;
   readonly #db: Sql;
   readonly #schema: Schema;
   readonly #meta: MetaQueries;
@@ -42,12 +44,13 @@ export class BatchStore {
   constructor(storage: DurableObjectStorage) {
     this.#db = new Sql(storage);
     this.work = this.#db.work;
+    this.usage = this.#db.usage;
     this.#schema = new Schema(this.#db);
     this.#meta = new MetaQueries(this.#db, this.#schema);
     this.#files = new FileQueries(this.#db);
     this.#outputs = new OutputQueries(this.#db);
     this.#counts = new CountQueries(this.#db);
-    this.#tasks = new TaskQueries(this.#db, this.#counts, this.#outputs);
+    this.#tasks = new TaskQueries(this.#db, this.#counts);
     this.#attempts = new AttemptQueries(this.#db);
     this.#workers = new WorkerQueries(this.#db);
     this.#orphans = new OrphanQueries(this.#db);
@@ -79,6 +82,8 @@ export class BatchStore {
   createMeta: MetaQueries["createMeta"] = (...a) => this.#meta.createMeta(...a);
   updateMeta: MetaQueries["updateMeta"] = (...a) => this.#meta.updateMeta(...a);
   addWarning: MetaQueries["addWarning"] = (...a) => this.#meta.addWarning(...a);
+  flushUsage: MetaQueries["flushUsage"] = () => this.#meta.flushUsage();
+  usageSoFar: MetaQueries["usageSoFar"] = (...a) => this.#meta.usageSoFar(...a);
   recentWarnings: MetaQueries["recentWarnings"] = (...a) => this.#meta.recentWarnings(...a);
 
   // files.ts
@@ -93,7 +98,7 @@ export class BatchStore {
   outputsOf: OutputQueries["outputsOf"] = (...a) => this.#outputs.outputsOf(...a);
 
   // tasks.ts, counts.ts
-  insertTask: TaskQueries["insertTask"] = (...a) => this.#tasks.insertTask(...a);
+  insertTasks: TaskQueries["insertTasks"] = (...a) => this.#tasks.insertTasks(...a);
   getTask: TaskQueries["getTask"] = (...a) => this.#tasks.getTask(...a);
   moveTask: TaskQueries["moveTask"] = (...a) => this.#tasks.moveTask(...a);
   readyTasks: TaskQueries["readyTasks"] = (...a) => this.#tasks.readyTasks(...a);
@@ -106,14 +111,14 @@ export class BatchStore {
   heldBy: TaskQueries["heldBy"] = (...a) => this.#tasks.heldBy(...a);
   counts: CountQueries["counts"] = () => this.#counts.counts();
   phaseCounts: CountQueries["phaseCounts"] = (...a) => this.#counts.phaseCounts(...a);
+  measured: CountQueries["measured"] = (...a) => this.#counts.measured(...a);
+  phaseUsage: CountQueries["usage"] = () => this.#counts.usage();
 
   // attempts.ts
-  startAttempt: AttemptQueries["startAttempt"] = (...a) => this.#attempts.startAttempt(...a);
   recordMachine: AttemptQueries["recordMachine"] = (...a) => this.#attempts.recordMachine(...a);
   endAttempt: AttemptQueries["endAttempt"] = (...a) => this.#attempts.endAttempt(...a);
   reviveAttempt: AttemptQueries["reviveAttempt"] = (...a) => this.#attempts.reviveAttempt(...a);
   dropAttempt: AttemptQueries["dropAttempt"] = (...a) => this.#attempts.dropAttempt(...a);
-  getAttempt: AttemptQueries["getAttempt"] = (...a) => this.#attempts.getAttempt(...a);
   noteAttempt: AttemptQueries["noteAttempt"] = (...a) => this.#attempts.noteAttempt(...a);
   recentFailures: AttemptQueries["recentFailures"] = (...a) => this.#attempts.recentFailures(...a);
   attemptsOf: AttemptQueries["attemptsOf"] = (...a) => this.#attempts.attemptsOf(...a);

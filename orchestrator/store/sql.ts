@@ -10,8 +10,16 @@ export interface SqlWork {
 
 export type SqlValue = string | number | null | ArrayBuffer;
 
+/** Billed work counted since it was last added to meta (meta.ts flushes it with its writes). */
+export interface PendingUsage {
+  rowsWritten: number;
+  requests: number;
+  workerRequests: number;
+}
+
 export class Sql {
   readonly work: SqlWork = { rowsRead: 0, rowsWritten: 0 };
+  readonly usage: PendingUsage = { rowsWritten: 0, requests: 0, workerRequests: 0 };
   readonly storage: DurableObjectStorage;
   readonly sql: SqlStorage;
 
@@ -26,6 +34,7 @@ export class Sql {
     const rows = cursor.toArray();
     this.work.rowsRead += cursor.rowsRead;
     this.work.rowsWritten += cursor.rowsWritten;
+    this.usage.rowsWritten += cursor.rowsWritten;
     return rows;
   }
 
@@ -35,6 +44,7 @@ export class Sql {
     cursor.toArray();
     this.work.rowsRead += cursor.rowsRead;
     this.work.rowsWritten += cursor.rowsWritten;
+    this.usage.rowsWritten += cursor.rowsWritten;
     return cursor.rowsWritten;
   }
 

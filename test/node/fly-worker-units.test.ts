@@ -5,10 +5,36 @@ import { defaultMaxInputPixels, describeDecodeError, planEncoder, SHARP_DEFAULT_
 import { conversionSettings, tiffConversion } from "../../orchestrator/phases/tiff-conversion.ts";
 import { parseEnv } from "../../fly-worker/env.ts";
 import { TaskError } from "../../fly-worker/errors.ts";
+import { CpuLedger } from "../../fly-worker/cpu.ts";
 import { describeSignature, selectPages, type TiffDirectory } from "../../fly-worker/tiff.ts";
 
 const dir = (index: number, width: number, height: number, extra: Partial<TiffDirectory> = {}): TiffDirectory => ({
   index, width, height, newSubfileType: 0, samplesPerPixel: 3, bitsPerSample: 8, sampleFormat: 1, compression: 5, orientation: 1, extraSamples: [], rowsPerStrip: 16, ...extra,
+});
+
+describe("CpuLedger: a task's CPU-seconds from its process's", () => {
+  it("shares what the process spent among the tasks in flight; idle CPU goes to the next task; the tasks add up to the process", () => {
+    let cpuUs = 0;
+    const ledger = new CpuLedger(() => cpuUs);
+    cpuUs = 300_000; // Node's start and loading sharp, before any task
+    const a = ledger.begin();
+    cpuUs += 1_000_000; // a alone: 1 s
+    const b = ledger.begin();
+    cpuUs += 2_000_000; // a and b side by side: 1 s each
+    const aS = ledger.end(a);
+    cpuUs += 500_000; // b alone
+    const bS = ledger.end(b);
+    cpuUs += 100_000; // idle: polling for a lease
+    const c = ledger.begin();
+    cpuUs += 400_000;
+    const cS = ledger.end(c);
+    expect(aS).toBeCloseTo(0.3 + 1 + 1, 9);
+    expect(bS).toBeCloseTo(1 + 0.5, 9);
+    expect(cS).toBeCloseTo(0.1 + 0.4, 9);
+    expect(aS + bS + cS).toBeCloseTo(cpuUs / 1e6, 9);
+    // Ending a task twice (the worker's finally after its success) counts nothing again.
+    expect(ledger.end(c)).toBe(0);
+  });
 });
 
 describe("selectPages", () => {

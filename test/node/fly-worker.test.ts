@@ -268,6 +268,23 @@ async function report(annotate: (message: string) => Promise<unknown>, message: 
 }
 
 describe("a 50+ megapixel scan", () => {
+  it("reports the megapixels it converted and the CPU-seconds its process spent on them, which GNU time confirms", async () => {
+    const c = corpus["large-scan"];
+    const t = await task("large-scan", { MEMORY_MB: "2048" });
+    const run = await runWorker(t.env, { measureCpu: true });
+    expect(run.code, run.stderr || run.stdout).toBe(EXIT.SUCCESS);
+    const body = CallbackSuccess.parse((await onlyCallback(t)).body);
+    // Every page's width × height (the corpus made it).
+    const pixels = (c.pages ?? []).reduce((n, p) => n + p.width * p.height, 0);
+    expect(body.performance?.megapixels).toBe(pixels / 1e6);
+    // The worker measures its process from its start to the callback; GNU time the same process to its
+    // exit, a moment (sending the callback, exiting) later.
+    const cpuS = z.number().parse(body.performance?.cpu_s);
+    expect(run.cpuS).toBeGreaterThan(0.2);
+    expect(cpuS).toBeLessThanOrEqual(run.cpuS! + 0.02);
+    expect(cpuS).toBeGreaterThanOrEqual(run.cpuS! * 0.75);
+  });
+
   it("fits mozjpeg on a 1 GB machine", async ({ annotate }) => {
     const c = corpus["large-scan"];
     const t = await task("large-scan", { MEMORY_MB: "1024" });

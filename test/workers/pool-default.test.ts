@@ -1,18 +1,30 @@
-// Pool mode is the default (POOL_MODE unset), auto-sized by engine/sizing.ts; `"pool": false`
-// keeps one machine per task. The status body carries the batch's machine-seconds and estimated
-// cost, which must agree with the machine rows and Fly's prices. (The other workerd suites run
-// with POOL_MODE=false from vitest.config.ts; here the DO's env drops it, as production has it.)
+// With POOL_MODE unset (production's default) the sizing chooses each batch's plan — one machine
+// per task or a pool, the size, the slots — by its objective; `"pool": false` keeps one machine per
+// task. The status body carries the batch's machine-seconds and all-in cost, which must agree
+// with the machine rows and the providers' prices. Every expected size and price here is worked by
+// hand from the documented figures (typed below), never taken from the sizing code. (The other
+// workerd suites run with POOL_MODE=false from vitest.config.ts; here the DO's env drops it.)
 import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { machineProcessEnv } from "../../local/fly-emulator/core.ts";
 import { loadConfig } from "../../orchestrator/config.ts";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
-import { sizePool } from "../../orchestrator/engine/sizing.ts";
+import { planBatch, DEFAULT_LIMITS } from "../../orchestrator/engine/sizing.ts";
 import { tiffWork } from "../../orchestrator/phases/tiff-conversion.ts";
-import { pricePerSecond } from "../../shared/fly-model.ts";
-import { getStatus, installWorld, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
+import { getStatus, installWorld, OUTPUT_SIZE, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
 import { PoolRunner } from "./support/pool.ts";
+
+// docs.fly.io/about/pricing (read 2026-11-26): iad per-second prices; regions marked up from iad.
+const SHARED_CPU_S = 0.0000008465;
+const PERF_CPU_S = 0.000012732;
+const RAM_GB_S = 0.000002316;
+const MARKUP: Record<string, number> = { iad: 1, ord: 1.25 };
+/** A machine's price per second, by hand: its vCPUs with 256 MB (shared) or 2 GB (performance) each, RAM beyond at RAM_GB_S. */
+function handPrice(g: { cpu_kind: string; cpus: number; memory_mb: number }, region: string | null): number {
+  const [cpu, included] = g.cpu_kind === "shared" ? [SHARED_CPU_S, 256] : [PERF_CPU_S, 2048];
+  return (g.cpus * cpu + (Math.max(0, g.memory_mb - g.cpus * included) / 1024) * RAM_GB_S) * (MARKUP[region ?? "iad"] ?? 1);
+}
 
 let world: World | undefined;
 afterEach(async () => {
@@ -29,12 +41,12 @@ async function startWithDefaults(batchId: string, extra: Record<string, unknown>
   });
 }
 
-/** Machine-seconds and cost recomputed from the machine rows (create → end) at Fly's prices. */
+/** Machine-seconds and cost recomputed from the machine rows (create → end) at the hand-typed prices. */
 async function costFromRows(batchId: string): Promise<{ ms: number; usd: number; ended: number }> {
   return withStore(batchId, (_s, sql) => {
     const rows = sql
-      .exec<{ created_at: number; ended_at: number | null; cpu_kind: "shared" | "performance"; cpus: number; memory_mb: number }>(
-        "SELECT created_at, ended_at, cpu_kind, cpus, memory_mb FROM workers WHERE state = 'gone'",
+      .exec<{ created_at: number; ended_at: number | null; cpu_kind: "shared" | "performance"; cpus: number; memory_mb: number; region: string | null }>(
+        "SELECT created_at, ended_at, cpu_kind, cpus, memory_mb, region FROM workers WHERE state = 'gone'",
       )
       .toArray();
     let ms = 0;
@@ -42,9 +54,10 @@ async function costFromRows(batchId: string): Promise<{ ms: number; usd: number;
     for (const r of rows) {
       expect(r.ended_at).not.toBeNull();
       expect(r.cpus).toBeGreaterThan(0);
+      expect(r.region).toBe("iad"); // the first of FLY_REGIONS, where the emulator creates them
       const t = r.ended_at! - r.created_at;
       ms += t;
-      usd += (t / 1000) * pricePerSecond(r);
+      usd += (t / 1000) * handPrice(r, r.region);
     }
     return { ms, usd, ended: rows.length };
   });
@@ -57,39 +70,72 @@ describe("pool mode by default", () => {
     expect(loadConfig({ ...production, POOL_MODE: "false" } as unknown as Env).POOL_MODE).toBe(false);
   });
 
-  it("a message without pool settings runs an auto-sized pool; status shows machine-seconds and cost", async () => {
+  it("a message without pool settings: the sizing's pick, worked by hand; status shows machine-seconds and the all-in cost", async () => {
     const runner = new PoolRunner();
     world = installWorld({ runner });
     await putTiffs("default-pool/", 12);
     await startWithDefaults("default-pool");
     const s = await waitForStatus("default-pool", (x) => x.status === "DONE" && x.machines.running === 0, 30_000);
-    expect(s.mode).toBe("pool");
     expect(s.progress).toMatchObject({ tasks_total: 12, tasks_completed: 12, tasks_failed: 0 });
-    // Every machine is a pool machine of the size and slot count the sizing picks for this batch.
-    const maxSize = await withStore("default-pool", (_s, sql) => sql.exec<{ n: number }>("SELECT MAX(size_bytes) AS n FROM tasks").one().n);
-    const c = loadConfig(env);
-    const expected = sizePool({
-      tasks: 12,
-      work: tiffWork(maxSize),
-      maxMachines: c.MAX_CONCURRENT_MACHINES,
-      createPerS: c.FLY_CREATE_RATE_PER_SECOND,
-      createBurst: c.FLY_CREATE_BURST,
-      bootS: 5,
-    });
-    expect(runner.started.length).toBeGreaterThan(0);
-    expect(runner.started.length).toBeLessThanOrEqual(expected.machines);
+    // By hand. Each input is 4 bytes: 0.3 CPU-s to start, 513 MB (512 + 3 × its MiB, rounded up),
+    // nothing to move. With 20 machines and 100 creates at once allowed, the soonest any plan can
+    // end is boot + one task (5 + 0.2 + 0.3 s): one machine per task, or pools with 12 slots or
+    // more and a CPU each. Those machines are all billed 5.5 s; beyond them the pools cost the
+    // same (their rows and requests), one machine per task more (29 rows a task against 17). Per
+    // second, 12 slots cost: 12 × shared-cpu-1x 768 MB 12 × (S + 0.5 R) = $0.0000241; 6 ×
+    // shared-cpu-2x 1280 MB 6 × (2S + 0.75R) = $0.0000206; 3 × shared-cpu-4x 2304 MB 3 × (4S + 1.25R)
+    // = $0.0000188; 2 × shared-cpu-8x 4352 MB 2 × (8S + 2.25R) = $0.0000240; 1 × shared-cpu-16x
+    // 8448 MB 16S + 4.25R = $0.0000234 (performance: four times that). The cheapest plan of all is
+    // slower (3 × shared-cpu-2x with 4 slots: 5.8 s, 1% cheaper): within 1.25× of it, `fast` takes
+    // the soonest, and of the soonest the cheapest: 3 × shared-cpu-4x 2304 MB (4 × 513 MB = 2,052,
+    // in 256 MB steps), 4 slots of 576 MB.
+    const guest = { cpu_kind: "shared", cpus: 4, memory_mb: 2304 };
+    expect(3 * handPrice(guest, "iad")).toBeLessThan(Math.min(12 * handPrice({ cpu_kind: "shared", cpus: 1, memory_mb: 768 }, "iad"), 6 * handPrice({ cpu_kind: "shared", cpus: 2, memory_mb: 1280 }, "iad")));
+    expect(s.mode).toBe("pool");
+    expect(s.sizing).toMatchObject({ objective: "fast", mode: "pool", plan: "3 × shared-cpu-4x 2304 MB, 4 slot(s)", work: { basis: "starting figure" } });
+    expect(runner.started).toHaveLength(3);
     for (const m of runner.started) {
-      expect(machineProcessEnv(m)).toMatchObject({ POOL_MODE: "true", POOL_CONCURRENCY: String(expected.slots) });
-      expect(m.guest).toEqual(expected.guest);
+      expect(machineProcessEnv(m)).toMatchObject({ POOL_MODE: "true", POOL_CONCURRENCY: "4", MEMORY_MB: "576" });
+      expect(m.guest).toEqual(guest);
     }
-    // Cost: the status totals are the rows' create → end times at Fly's per-second prices.
+    // Machines: the status totals are the rows' create → end times at the hand-typed prices.
     const rows = await costFromRows("default-pool");
     expect(s.machines.ended).toBe(rows.ended);
     expect(s.machines.ended).toBe(runner.started.length);
     expect(s.machines.machine_seconds).toBeCloseTo(rows.ms / 1000, 1);
     expect(s.machines.estimated_cost_usd).toBeCloseTo(rows.usd, 6);
     expect(s.machines.estimated_cost_usd).toBeGreaterThan(0);
-    expect(s.machines.prices).toMatch(/fly\.io\/docs\/about\/pricing/);
+    expect(s.machines.prices).toMatch(/fly\.io\/about\/pricing/);
+    // All in: what the batch counted, priced by hand. 12 outputs of OUTPUT_SIZE bytes left iad
+    // ($0.02/GB); a GET per attempt (12) and a HEAD and a PUT per output (R2 Class B $0.36/M, A $4.50/M);
+    // the DO's rows ($1.00/M) and requests ($0.15/M, billed 10 ms active each at 0.128 GB × $12.50/M
+    // GB-s); the Worker's requests ($0.30/M).
+    const c = s.cost.counted;
+    expect(c).toMatchObject({ output_bytes: 12 * OUTPUT_SIZE, r2_class_a: 12, r2_class_b: 24 });
+    // The DO counted its own rows: at least the 17 a pool task's life writes (the test below).
+    expect(c.do_rows_written).toBeGreaterThan(12 * 17);
+    expect(s.cost.egress_usd).toBeCloseTo(12 * OUTPUT_SIZE * 0.02e-9, 9);
+    expect(s.cost.r2_operations_usd).toBeCloseTo(12 * 4.5e-6 + 24 * 0.36e-6, 9);
+    expect(s.cost.durable_object_usd).toBeCloseTo(c.do_rows_written * 1e-6 + c.do_requests * (0.15e-6 + 0.01 * 0.128 * 12.5e-6), 8);
+    expect(s.cost.worker_requests_usd).toBeCloseTo(c.worker_requests * 0.3e-6, 8);
+    expect(s.cost.total_usd).toBeCloseTo(s.machines.estimated_cost_usd + s.cost.egress_usd + s.cost.r2_operations_usd + s.cost.durable_object_usd + s.cost.worker_requests_usd, 6);
+    expect(s.cost.per_task_done_usd).toBeCloseTo(s.cost.total_usd / 12, 7);
+    expect(s.cost.sources.join(" ")).toMatch(/r2\/pricing.*durable-objects\/platform\/pricing/s);
+  });
+
+  it("a pool task's whole life, discovery to done, writes at most 20 rows (issue 23), as the DO counts them", async () => {
+    const runner = new PoolRunner();
+    world = installWorld({ runner });
+    await putTiffs("rows-pool/", 200);
+    await startWithDefaults("rows-pool", { pool: true });
+    const s = await waitForStatus("rows-pool", (x) => x.status === "DONE" && x.machines.running === 0, 60_000);
+    expect(s.progress.tasks_completed).toBe(200);
+    // Per task: its file (2: the row, its unique key), its task (6: the row and five index entries),
+    // the lease and the callback (2 each: the row, tasks_state_id), the phase's tally (1 each), its
+    // attempt (1), its output file (2); the batch's meta, machines and alarms spread over 200.
+    const rows = s.cost.counted.do_rows_written;
+    expect(rows / 200, `rows written per task: ${rows / 200}`).toBeLessThanOrEqual(20);
+    expect(rows / 200).toBeGreaterThanOrEqual(17);
   });
 
   it("the pool is decided once per phase: a deploy that raises MAX_CONCURRENT_MACHINES mid-phase mixes no machine sizes", async () => {
@@ -104,30 +150,28 @@ describe("pool mode by default", () => {
       runInDurableObject(stub("pool-plan"), (instance: BatchDO) => void Object.defineProperty(instance, "env", { value: vars, configurable: true }));
     await deploy(before);
     await stub("pool-plan").start({ batch_id: "pool-plan", r2_prefix: "pool-plan/" });
-    const maxSize = await vi.waitFor(
-      () => withStore("pool-plan", (_s, sql) => {
-        const n = sql.exec<{ n: number | null }>("SELECT MAX(size_bytes) AS n FROM tasks").one().n;
-        expect(n).not.toBeNull();
-        return n!;
-      }),
-      { timeout: 10_000 },
-    );
-    const c = loadConfig(env);
-    const sized = (maxMachines: number) =>
-      sizePool({ tasks: 12, work: tiffWork(maxSize), maxMachines, createPerS: c.FLY_CREATE_RATE_PER_SECOND, createBurst: c.FLY_CREATE_BURST, bootS: 5 });
-    const [small, large] = [sized(2), sized(20)];
-    // The premise: sized afresh under the new limit, the pool would be another shape.
-    expect(large.slots).not.toBe(small.slots);
-    await vi.waitFor(() => expect(runner.started).toHaveLength(small.machines), { timeout: 10_000 });
+    // With 2 machines allowed the cheapest plan is 2 × shared-cpu-1x, a slot each (six rounds of
+    // 0.55 s after the boot: 8.25 s); within 1.25× of its cost the soonest is 2 × shared-cpu-4x
+    // 2304 MB with 4 slots (two rounds: 6.0 s); what ends sooner needs 8 or 16 CPUs a machine and
+    // costs 1.29× or more. With 20 allowed it is three of them (one round: 5.5 s; the test above).
+    // Sized afresh after the deploy, the phase would take a third machine: it keeps its two.
+    await vi.waitFor(() => expect(runner.started).toHaveLength(2), { timeout: 10_000 });
+    const guest = { cpu_kind: "shared", cpus: 4, memory_mb: 2304 };
     await deploy(after);
     for (let i = 0; i < 5; i++) {
       await runDurableObjectAlarm(stub("pool-plan"));
-      expect(world.fly.liveMachineCount()).toBeLessThanOrEqual(small.machines);
+      expect(world.fly.liveMachineCount()).toBeLessThanOrEqual(2);
     }
     for (const m of runner.started) {
-      expect(machineProcessEnv(m).POOL_CONCURRENCY).toBe(String(small.slots));
-      expect(m.guest).toEqual(small.guest);
+      expect(machineProcessEnv(m).POOL_CONCURRENCY).toBe("4");
+      expect(m.guest).toEqual(guest);
     }
+    expect((await getStatus("pool-plan")).sizing).toMatchObject({ plan: "2 × shared-cpu-4x 2304 MB, 4 slot(s)" });
+    // The premise: the same batch sized under the new limit is another plan (three machines).
+    const maxSize = await withStore("pool-plan", (_s, sql) => sql.exec<{ n: number }>("SELECT MAX(size_bytes) AS n FROM tasks").one().n);
+    const c = loadConfig(env);
+    const afresh = planBatch({ tasks: 12, work: tiffWork(maxSize), limits: { ...DEFAULT_LIMITS, maxMachines: 20, createPerS: c.FLY_CREATE_RATE_PER_SECOND, createBurst: c.FLY_CREATE_BURST, region: "iad" } }).plan;
+    expect(afresh.machines).toBe(3);
   });
 
   it('"pool": false keeps one machine per task, each sized by guestFor; its cost counts every machine', async () => {
