@@ -1,7 +1,8 @@
 // One conversion by the fly-worker pipeline, in its own process so that its peak RSS is its
 // own: `node bench/convert-one.ts IN.tif OUT.jpg baseline|optimised|contract MACHINE_MB`.
 // Prints one JSON line. The code that converts is fly-worker's, not a copy of it.
-import { configureSharp, convertPage, defaultMaxInputPixels, inspectPage, planEncoder, type EncoderSettings } from "../fly-worker/convert.ts";
+import { configureSharp, convertPage, defaultMaxInputPixels, planEncoder, type EncoderSettings } from "../fly-worker/convert.ts";
+import { inspectPage } from "../fly-worker/kinds.ts";
 import { readTiffDirectories, selectPages } from "../fly-worker/tiff.ts";
 
 const [input, output, mode, machineMbText] = process.argv.slice(2);

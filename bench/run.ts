@@ -245,7 +245,7 @@ binding and \`BatchDO.start\` is called; **discovery** is the time until GET /st
 \`run\` with N tasks: the real alarm loop reads and validates the manifest, inserts the files and plans every task
 (the manifest path is used at every size: seeding 100,000 objects for a prefix listing takes ~100 s in miniflare's
 R2, the manifest one put). The engine then creates machines against the Fly Machines API emulator
-(\`local/fly-emulator/core.ts\`, routed from \`fetch\` to http://fly.test) with MAX_CONCURRENT_MACHINES 200 and a
+(\`local/fly-emulator/\`, routed from \`fetch\` to http://fly.test) with MAX_CONCURRENT_MACHINES 200 and a
 create budget that never binds; the machines wait until the bench makes them call back. Each callback is a
 signed POST through the Worker's \`fetch\` (token check, routing, DO RPC) for a machine the engine created, and
 the engine spawns a replacement after each. The tasks' \`next_at\` is scrambled after planning (a multiplicative

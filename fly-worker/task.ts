@@ -5,12 +5,14 @@ import { readFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import type { CallbackOutput, CallbackSuccess } from "../shared/contracts.ts";
 import { fileName } from "../shared/keys.ts";
-import { convertPage, defaultMaxInputPixels, inspectPage, planEncoder, type EncoderSettings, type PageKind } from "./convert.ts";
+import { convertPage, defaultMaxInputPixels, planEncoder, type EncoderSettings } from "./convert.ts";
+import { inspectPage, type PageKind } from "./kinds.ts";
+import { preparePage } from "./prepare.ts";
 import type { WorkerEnv } from "./env.ts";
 import { TaskError } from "./errors.ts";
 import { log, since } from "./log.ts";
 import { taskStorage, whenDownloadFree } from "./storage.ts";
-import { readTiff, selectPages, type TiffDirectory } from "./tiff.ts";
+import { pageNumber, readTiff, selectPages, type TiffDirectory } from "./tiff.ts";
 
 export interface Timings {
   download_time_ms: number;
@@ -59,6 +61,7 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
   // Pages that cannot be converted are skipped with their reason; the task fails only when none converts.
   const pagesSkipped: PageSkipped[] = broken.map((b) => ({ page: b.page, reason: b.reason }));
   const pages: { page: TiffDirectory; kind: PageKind; encoder: EncoderSettings }[] = [];
+  const pageNotes: PageNote[] = [];
   for (const page of convert) {
     try {
       const kind = inspectPage(page, maxPixels);
@@ -94,16 +97,25 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
     const jpeg = join(workDir, `page-${outputPage}.jpg`);
     log.info("TiffConversion", "convert.start", { page: page.index + 1, output_page: outputPage, encoder });
     let converted;
+    let prepared: { path: string } | undefined;
+    const started = performance.now();
     try {
-      converted = await convertPage(input, jpeg, page, kind, encoder, maxPixels, env.JPEG_COLOUR);
+      // A page libvips cannot read as stored is rewritten first (prepare.ts); the rewrite is removed after.
+      const p = kind.prepare ? await preparePage(input, page, kind, workDir, maxPixels) : undefined;
+      prepared = p;
+      if (p) log.info("TiffConversion", "prepare.done", { page: page.index + 1, steps: p.steps, duration_ms: since(started) });
+      converted = await convertPage(p?.path ?? input, jpeg, p?.page ?? page, p?.kind ?? kind, encoder, maxPixels, env.JPEG_COLOUR);
+      for (const note of [...(p?.notes ?? []), ...converted.notes]) pageNotes.push({ page: page.index + 1, note });
     } catch (error) {
       if (!(error instanceof TaskError) || error.kind !== "input") throw error;
       pagesSkipped.push({ page: page.index + 1, reason: reasonOf(error, page) });
       log.warn("TiffConversion", "page.unconvertible", { ...pagesSkipped.at(-1) });
       await rm(jpeg, { force: true });
       continue;
+    } finally {
+      if (prepared && prepared.path !== input) await rm(prepared.path, { force: true });
     }
-    timings.conversion_time_ms += converted.conversion_time_ms;
+    timings.conversion_time_ms += since(started);
     firstEncoder ??= encoder;
     log.info("TiffConversion", "convert.done", {
       page: page.index + 1,
@@ -154,8 +166,15 @@ export async function runTask(env: WorkerEnv, workDir: string, progress: TaskPro
     encoder: firstEncoder,
     jpeg: { quality: firstEncoder.quality, chroma: firstEncoder.chroma_subsampling, mozjpeg: firstEncoder.mozjpeg, channels: first.channels },
     ...(pagesSkipped.length > 0 ? { pages_skipped: pagesSkipped } : {}),
+    ...(pageNotes.length > 0 ? { page_notes: pageNotes } : {}),
     input: { r2_key: env.INPUT_R2_KEY, bytes: downloaded.bytes, tiff_pages: directories.length + broken.length, skipped_pages: skipped },
   };
+}
+
+/** Something the operator should know about a converted page (a range rule applied, a profile ignored). */
+export interface PageNote {
+  page: number;
+  note: string;
 }
 
 export interface PageSkipped {
@@ -166,15 +185,34 @@ export interface PageSkipped {
 
 /** A page's TaskError as a skip reason: the "page N" it starts with is said by the list entry. */
 function reasonOf(error: TaskError, page: TiffDirectory): string {
-  return error.message.replace(new RegExp(`^page ${page.index + 1} `), "");
+  return error.message.replace(new RegExp(`^page ${pageNumber(page)} `), "");
 }
 
-/** The task's error when no page converted: the one reason, or each page's. */
+/** "1–3, 5 and 9": consecutive pages as ranges. */
+export function pageList(pages: number[]): string {
+  const parts: string[] = [];
+  for (let i = 0; i < pages.length; ) {
+    let j = i;
+    while (j + 1 < pages.length && pages[j + 1] === pages[j] + 1) j++;
+    parts.push(j > i + 1 ? `${pages[i]}–${pages[j]}` : j === i + 1 ? `${pages[i]}, ${pages[j]}` : `${pages[i]}`);
+    i = j + 1;
+  }
+  return parts.length > 1 ? `${parts.slice(0, -1).join(", ")} and ${parts.at(-1)}` : (parts[0] ?? "");
+}
+
+/** The task's error when no page converted: the one reason, or each distinct reason once with its pages. */
 function nothingConverted(skipped: PageSkipped[]): TaskError {
   if (skipped.length === 1) {
     const [only] = skipped;
     const message = /^(could not|input )/.test(only.reason) ? only.reason : `page ${only.page} ${only.reason}`;
     return new TaskError("input", message, { retryable: false });
   }
-  return new TaskError("input", `no page could be converted: ${skipped.map((s) => `page ${s.page}: ${s.reason}`).join("; ")}`, { retryable: false });
+  // A reason is said once with its pages ("pages 1–15 (15): has …"), never once per page.
+  const byReason = new Map<string, number[]>();
+  for (const s of skipped) {
+    const reason = s.reason.replace(/^could not decode page \d+ \(\d+×\d+\): /, "could not be decoded: ");
+    byReason.set(reason, [...(byReason.get(reason) ?? []), s.page]);
+  }
+  const parts = [...byReason].map(([reason, pages]) => `${pages.length === 1 ? "page" : "pages"} ${pageList(pages)}${pages.length > 2 ? ` (${pages.length})` : ""}: ${reason}`);
+  return new TaskError("input", `no page could be converted: ${parts.join("; ")}`, { retryable: false });
 }

@@ -6,6 +6,8 @@ import { TaskError } from "./errors.ts";
 export interface TiffDirectory {
   /** 0-based position in the IFD chain; sharp's `page` option counts the same way. */
   index: number;
+  /** 1-based page number of the original TIFF, when this directory is of a rewritten copy of that page. */
+  number?: number;
   width: number;
   height: number;
   /** Tag 254: bit 0 reduced-resolution, bit 1 page of a multi-page image, bit 2 mask. */
@@ -25,11 +27,20 @@ export interface TiffDirectory {
   rowsPerStrip?: number;
   tileWidth?: number;
   tileHeight?: number;
+  /** Tag 284: 1 contiguous (chunky), 2 separate planes. */
+  planar: number;
+  /** Tag 317: 1 none, 2 horizontal differencing, 3 floating point. */
+  predictor: number;
+  /** Where the directory starts, and how the file is laid out: enough to read every tag again (tiff-ifd.ts). */
+  layout: { ifdOffset: number; littleEndian: boolean; bigTiff: boolean };
+  /** Tag 34675, when present: whether it holds an ICC profile at all, and if not, why. */
+  icc?: { valid: true } | { valid: false; reason: string };
 }
 
 const TYPE_SIZE: Record<number, number> = { 1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8 };
 const MAX_DIRECTORIES = 10_000;
 const EXTRA_SAMPLES = 338;
+const ICC_PROFILE = 34675;
 /** More values than any real ExtraSamples list holds. */
 const MAX_LIST = 64;
 
@@ -140,6 +151,7 @@ export async function readTiff(path: string): Promise<TiffChain> {
       const table = await readAt(file, tableStart, Number(tableSize));
       const tags = new Map<number, number>();
       const lists = new Map<number, number[]>();
+      let icc: { at: bigint; length: bigint } | undefined;
       for (let i = 0; i < n; i++) {
         const e = i * entrySize;
         const tag = r.u16(table, e);
@@ -149,6 +161,10 @@ export async function readTiff(path: string): Promise<TiffChain> {
         if (!width || valueCount === 0n) continue;
         const inline = BigInt(width) * valueCount <= (big ? 8n : 4n);
         const valueAt = e + (big ? 12 : 8);
+        if (tag === ICC_PROFILE) {
+          icc = { at: inline ? BigInt(tableStart + valueAt) : big ? r.u64(table, valueAt) : BigInt(r.u32(table, valueAt)), length: BigInt(width) * valueCount };
+          continue;
+        }
         // Only the first value of most tags matters (BitsPerSample 8,8,8 → 8); ExtraSamples is read whole.
         const wanted = tag === EXTRA_SAMPLES ? Math.min(Number(valueCount), MAX_LIST) : 1;
         const bytes = inline
@@ -182,6 +198,10 @@ export async function readTiff(path: string): Promise<TiffChain> {
           rowsPerStrip: tags.has(322) ? undefined : Math.min(tags.get(278) ?? height, height),
           tileWidth: tags.get(322),
           tileHeight: tags.get(323),
+          planar: tags.get(284) ?? 1,
+          predictor: tags.get(317) ?? 1,
+          layout: { ifdOffset: at, littleEndian: le, bigTiff: big },
+          icc: icc && (await checkIccProfile(file, icc, fileSize)),
         });
       }
       offset = nextOffset;
@@ -191,6 +211,20 @@ export async function readTiff(path: string): Promise<TiffChain> {
   } finally {
     await file.close();
   }
+}
+
+/**
+ * An ICC profile starts with its size (big-endian) and has "acsp" at byte 36 (ICC.1:2022 §7.2);
+ * libvips refuses anything else with "VipsIcc: not an ICC profile, invalid signature".
+ */
+async function checkIccProfile(file: FileHandle, icc: { at: bigint; length: bigint }, fileSize: bigint): Promise<NonNullable<TiffDirectory["icc"]>> {
+  if (icc.length < 132n) return { valid: false, reason: `it is ${icc.length} bytes, shorter than an ICC header` };
+  const head = await readValues(file, icc.at, 40, fileSize);
+  if (!head) return { valid: false, reason: "it lies past the end of the file" };
+  if (head.toString("latin1", 36, 40) !== "acsp") return { valid: false, reason: "it has no ICC signature" };
+  const declared = head.readUInt32BE(0);
+  if (BigInt(declared) > icc.length) return { valid: false, reason: `it declares ${declared} bytes but the tag holds ${icc.length}` };
+  return { valid: true };
 }
 
 async function readAt(file: FileHandle, position: number, length: number): Promise<Buffer> {
@@ -230,6 +264,11 @@ class Reader {
         return this.u32(b, 0);
     }
   }
+}
+
+/** The page's number as the operator counts them (1-based, in the original file). */
+export function pageNumber(page: TiffDirectory): number {
+  return page.number ?? page.index + 1;
 }
 
 export interface PageSelection {

@@ -1,9 +1,8 @@
 // A pass-through proxy between machines and the orchestrator that delivers a seeded fraction
 // of callbacks twice — the duplicate a machine sends when its first answer was lost. Used by
 // the fault tests; the duplicate is a byte-for-byte replay through the real HTTP path.
-import { createServer, type IncomingMessage } from "node:http";
-import type { AddressInfo } from "node:net";
-import { seededRandom } from "./fly-emulator/core.ts";
+import { seededRandom } from "./fly-emulator/faults.ts";
+import { forward, listenLoopback, readForwarded, relay } from "./forward.ts";
 
 export interface CallbackProxyOptions {
   /** Where callbacks really go, e.g. http://127.0.0.1:8787 */
@@ -40,63 +39,32 @@ export async function startCallbackProxy(options: CallbackProxyOptions): Promise
   const inFlight = new Set<Promise<void>>();
   let received = 0;
 
-  const forward = async (req: IncomingMessage, path: string, body: Buffer) =>
-    fetch(`${target}${path}`, {
-      method: req.method,
-      headers: {
-        ...(req.headers["content-type"] ? { "content-type": req.headers["content-type"] } : {}),
-        ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}),
-      },
-      body: req.method === "GET" || req.method === "HEAD" ? undefined : body,
-    });
-
-  const server = createServer((req, res) => {
-    void (async () => {
-      const chunks: Buffer[] = [];
-      for await (const c of req) chunks.push(c as Buffer);
-      const body = Buffer.concat(chunks);
-      const path = req.url ?? "/";
-      const isCallback = req.method === "POST" && path.startsWith("/callback/");
-      if (isCallback) received++;
-      let first: Response;
+  const server = await listenLoopback(async (req, res) => {
+    const held = await readForwarded(req);
+    const isCallback = req.method === "POST" && held.path.startsWith("/callback/");
+    if (isCallback) received++;
+    const firstStatus = await relay(res, target, held);
+    if (firstStatus === null) return;
+    const firstOk = firstStatus >= 200 && firstStatus < 300;
+    if (!isCallback || !firstOk || random() >= options.duplicateRate) return;
+    const record: DuplicateRecord = { path: held.path, firstStatus, duplicateStatus: null, duplicateOutcome: null };
+    duplicates.push(record);
+    const replay = (async () => {
+      await new Promise((r) => setTimeout(r, options.duplicateDelayMs ?? 200));
       try {
-        first = await forward(req, path, body);
-      } catch (error) {
-        res.writeHead(502, { "content-type": "application/json" });
-        res.end(JSON.stringify({ error: `callback proxy: orchestrator unreachable: ${error instanceof Error ? error.message : String(error)}` }));
-        return;
+        const again = await forward(target, held);
+        record.duplicateStatus = again.status;
+        const json = (await again.json().catch(() => null)) as { outcome?: unknown } | null;
+        record.duplicateOutcome = typeof json?.outcome === "string" ? json.outcome : null;
+      } catch {
+        record.duplicateStatus = 0;
       }
-      const text = await first.text();
-      res.writeHead(first.status, { "content-type": first.headers.get("content-type") ?? "application/json" });
-      res.end(text);
-      if (!isCallback || !first.ok || random() >= options.duplicateRate) return;
-      const record: DuplicateRecord = { path, firstStatus: first.status, duplicateStatus: null, duplicateOutcome: null };
-      duplicates.push(record);
-      const replay = (async () => {
-        await new Promise((r) => setTimeout(r, options.duplicateDelayMs ?? 200));
-        try {
-          const again = await forward(req, path, body);
-          record.duplicateStatus = again.status;
-          const json = (await again.json().catch(() => null)) as { outcome?: unknown } | null;
-          record.duplicateOutcome = typeof json?.outcome === "string" ? json.outcome : null;
-        } catch {
-          record.duplicateStatus = 0;
-        }
-      })();
-      inFlight.add(replay);
-      void replay.finally(() => inFlight.delete(replay));
-    })().catch(() => {
-      if (!res.headersSent) res.writeHead(500);
-      res.end();
-    });
+    })();
+    inFlight.add(replay);
+    void replay.finally(() => inFlight.delete(replay));
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: server.url,
     received: () => received,
     duplicates: () => [...duplicates],
     settled: async () => {
@@ -104,8 +72,7 @@ export async function startCallbackProxy(options: CallbackProxyOptions): Promise
     },
     stop: async () => {
       await Promise.all([...inFlight]);
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await server.close();
     },
   };
 }

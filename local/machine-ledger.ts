@@ -3,7 +3,7 @@
 // (kept on disk under logs/machines/<id>.log so a finished stack can still be debugged).
 import { appendFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
-import type { MachineRunner, RunnerEvents, RunnerMachine } from "./fly-emulator/core.ts";
+import type { MachineRunner, RunnerEvents, RunnerMachine } from "./fly-emulator/runner.ts";
 import type { ProcessRunner } from "./fly-emulator/server.ts";
 
 export interface MachineEntry {

@@ -176,6 +176,8 @@ export const CallbackSuccess = SuccessCore.extend({
   height: z.number().int().positive().optional(),
   /** Pages of the input that could not be converted (1-based), each with its reason: never dropped silently. */
   pages_skipped: z.array(z.object({ page: z.number().int().positive(), reason: z.string().min(1).max(1000) })).max(10_000).optional(),
+  /** Converted pages the operator should know about (a range rule applied, a bad colour profile ignored). */
+  page_notes: z.array(z.object({ page: z.number().int().positive(), note: z.string().min(1).max(1000) })).max(10_000).optional(),
   /** The JPEG settings used (of the first output page). */
   jpeg: z
     .looseObject({

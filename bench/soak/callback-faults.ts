@@ -4,10 +4,10 @@
 // orchestrator has given up on the attempt — its deadline passed), or stale (held until the next
 // attempt of the task has a machine, then delivered — as sent (success) or as an error body under
 // the same genuine credential). Everything else (leases, heartbeats, output reservations) passes.
-import { createServer, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import type { ServerResponse } from "node:http";
 import { z } from "zod";
-import { seededRandom } from "../../local/fly-emulator/core.ts";
+import { seededRandom } from "../../local/fly-emulator/faults.ts";
+import { forward, listenLoopback, readForwarded, relay, type Forwarded } from "../../local/forward.ts";
 
 export type Fate = "pass" | "duplicate" | "late" | "stale_success" | "stale_error";
 
@@ -74,6 +74,9 @@ const TaskDetail = z.looseObject({ attempt: z.number(), status: z.string().optio
 
 const TOKEN_ATTEMPT = /^Bearer v2\.([0-9]+)\./;
 
+/** A callback forwarded or delivered late gives up after this (the orchestrator may be restarting). */
+const FORWARD_TIMEOUT_MS = 30_000;
+
 interface Entry {
   fate: Fate;
   body: Buffer;
@@ -98,9 +101,6 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
   let staleCount = 0;
   let stopped = false;
 
-  const forward = (method: string, path: string, headers: Record<string, string>, body: Buffer | undefined) =>
-    fetch(`${target}${path}`, { method, headers, body: method === "GET" || method === "HEAD" ? undefined : body, signal: AbortSignal.timeout(30_000) });
-
   const track = <T>(p: Promise<T>): Promise<T> => {
     inFlight.add(p);
     void p.finally(() => inFlight.delete(p)).catch(() => undefined);
@@ -120,19 +120,13 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
     return "pass";
   };
 
-  const server = createServer((req, res) => {
-    void (async () => {
-      const chunks: Buffer[] = [];
-      for await (const c of req) chunks.push(c as Buffer);
-      const body = Buffer.concat(chunks);
-      const path = req.url ?? "/";
-      const method = req.method ?? "GET";
-      const headers: Record<string, string> = {};
-      if (req.headers["content-type"]) headers["content-type"] = req.headers["content-type"];
-      if (req.headers.authorization) headers.authorization = req.headers.authorization;
+  const server = await listenLoopback(
+    async (req, res) => {
+      const call = await readForwarded(req);
+      const { path, body } = call;
       const m = /^\/(callback|outputs)\/[^/]+\/([^/?]+)/.exec(path);
       const attemptMatch = TOKEN_ATTEMPT.exec(req.headers.authorization ?? "");
-      if (method !== "POST" || !m || !attemptMatch) return pass(res, method, path, headers, body);
+      if (call.method !== "POST" || !m || !attemptMatch) return pass(res, call);
       const taskId = decodeURIComponent(m[2]);
       const attempt = Number(attemptMatch[1]);
       // A later attempt of the task is at work: a held callback of an earlier one goes in first, so
@@ -143,7 +137,7 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
           await earlier.delivered;
         }
       }
-      if (m[1] === "outputs") return pass(res, method, path, headers, body);
+      if (m[1] === "outputs") return pass(res, call);
       received++;
       const key = `${taskId}#${attempt}`;
       let entry = entries.get(key);
@@ -153,16 +147,16 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
         entry = { fate: draw(attempt), body, authorization: req.headers.authorization!, path, waiting: [], record: null, release, released, delivered: null };
         entries.set(key, entry);
       }
-      if (entry.fate === "pass") return pass(res, method, path, headers, body);
+      if (entry.fate === "pass") return pass(res, call);
       if (entry.fate === "duplicate") {
-        const first = await pass(res, method, path, headers, body);
+        const first = await pass(res, call);
         if (first === null || first >= 300 || duplicates.some((d) => d.taskId === taskId && d.attempt === attempt)) return;
         const record: DuplicateRecord = { taskId, attempt, firstStatus: first, duplicateStatus: null, duplicateOutcome: null };
         duplicates.push(record);
         await track(
           (async () => {
             await sleep(200);
-            const again = await deliver(path, headers, body);
+            const again = await deliver(call);
             record.duplicateStatus = again.status;
             record.duplicateOutcome = again.outcome;
           })(),
@@ -188,32 +182,20 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
         held.push(entry.record);
         entry.delivered = track(hold(entry, taskId, attempt));
       }
-    })().catch(() => {
-      if (!res.headersSent) res.writeHead(500);
-      res.end();
-    });
-  });
+    },
+    { keepAliveTimeoutMs: 65_000 },
+  );
 
   /** Forwards as is and answers the machine; returns the status (null when unreachable). */
-  async function pass(res: ServerResponse, method: string, path: string, headers: Record<string, string>, body: Buffer): Promise<number | null> {
-    try {
-      const answer = await forward(method, path, headers, body);
-      const text = await answer.text();
-      res.writeHead(answer.status, { "content-type": answer.headers.get("content-type") ?? "application/json" });
-      res.end(text);
-      return answer.status;
-    } catch (error) {
-      res.writeHead(502, { "content-type": "application/json" });
-      res.end(JSON.stringify({ error: `callback proxy: orchestrator unreachable: ${error instanceof Error ? error.message : String(error)}` }));
-      return null;
-    }
+  function pass(res: ServerResponse, call: Forwarded): Promise<number | null> {
+    return relay(res, target, call, FORWARD_TIMEOUT_MS);
   }
 
   /** Delivers until the orchestrator answers something other than 5xx or nothing (it may be restarting). */
-  async function deliver(path: string, headers: Record<string, string>, body: Buffer) {
+  async function deliver(call: Forwarded) {
     for (let tries = 0; ; tries++) {
       try {
-        const answer = await forward("POST", path, headers, body);
+        const answer = await forward(target, { ...call, method: "POST" }, FORWARD_TIMEOUT_MS);
         const text = await answer.text();
         if (answer.status < 500 || tries >= 120) {
           const json = safeJson(text);
@@ -279,7 +261,7 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
         }),
       );
     }
-    const answer = await deliver(entry.path, headers, body);
+    const answer = await deliver({ method: "POST", path: entry.path, headers, body });
     record.deliveredAt = Date.now();
     record.status = answer.status;
     record.outcome = answer.outcome;
@@ -293,14 +275,8 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
     }
   }
 
-  server.keepAliveTimeout = 65_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: server.url,
     held: () => [...held],
     duplicates: () => [...duplicates],
     received: () => received,
@@ -316,8 +292,7 @@ export async function startCallbackFaults(options: CallbackFaultOptions): Promis
     },
     stop: async () => {
       stopped = true;
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await server.close();
     },
   };
 }

@@ -3,7 +3,7 @@
 // the bucket holds, and what the callback proxy did.
 import { z } from "zod";
 import type { BatchStatus, OrchestratorClient, TaskItem } from "../../local/api.ts";
-import type { RecordedRequest } from "../../local/fly-emulator/core.ts";
+import type { RecordedRequest } from "../../local/fly-emulator/api.ts";
 import type { MachineEntry } from "../../local/machine-ledger.ts";
 import type { GeneratedSample } from "../../local/samples.ts";
 import type { Stack } from "../../local/stack.ts";

@@ -1,7 +1,8 @@
 // The soak's verdict: every figure the issue asks for, each check that failed named with its
 // evidence, and bench/SOAK.md.
 import { expectedJpegKeys } from "../../local/samples.ts";
-import type { EmulatorFault, RecordedRequest } from "../../local/fly-emulator/core.ts";
+import type { RecordedRequest } from "../../local/fly-emulator/api.ts";
+import type { EmulatorFault } from "../../local/fly-emulator/errors.ts";
 import type { SoakConfig } from "./config.ts";
 import type { SoakEvidence, TaskDetail } from "./collect.ts";
 import type { EventRecord } from "./event-tap.ts";

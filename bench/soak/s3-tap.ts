@@ -1,8 +1,7 @@
 // A pass-through proxy in front of the local S3 that records every object write by key: the
 // soak's proof that no output was written twice and nothing outside the batch was written.
 // Presigned URLs keep working through it (the local S3 does not check signatures).
-import { createServer, request } from "node:http";
-import type { AddressInfo } from "node:net";
+import { listenLoopback, pipeThrough } from "../../local/forward.ts";
 
 export interface ObjectWrite {
   key: string;
@@ -27,28 +26,22 @@ export async function startS3Tap(upstream: string, bucket: string): Promise<S3Ta
   const target = new URL(upstream);
   const writes: ObjectWrite[] = [];
   const byMethod: Record<string, number> = {};
-  const server = createServer((req, res) => {
-    const url = new URL(req.url ?? "/", "http://tap");
-    const method = req.method ?? "GET";
-    byMethod[method] = (byMethod[method] ?? 0) + 1;
-    const prefix = `/${encodeURIComponent(bucket)}/`;
-    const key = url.pathname.startsWith(prefix) ? url.pathname.slice(prefix.length).split("/").map(decodeURIComponent).join("/") : null;
-    // A write is a PUT of a whole object or the POST completing a multipart upload; parts and copies are not.
-    const isWrite =
-      key !== null &&
-      ((method === "PUT" && !url.searchParams.has("partNumber") && !req.headers["x-amz-copy-source"]) ||
-        (method === "POST" && url.searchParams.has("uploadId")));
-    const upstreamReq = request(
-      {
-        host: target.hostname,
-        port: target.port,
-        method,
-        path: req.url,
-        headers: { ...req.headers, host: target.host },
-      },
-      (upstreamRes) => {
-        const status = upstreamRes.statusCode ?? 0;
-        if (isWrite && status >= 200 && status < 300) {
+  const server = await listenLoopback(
+    (req, res) => {
+      const url = new URL(req.url ?? "/", "http://tap");
+      const method = req.method ?? "GET";
+      byMethod[method] = (byMethod[method] ?? 0) + 1;
+      const prefix = `/${encodeURIComponent(bucket)}/`;
+      const key = url.pathname.startsWith(prefix) ? url.pathname.slice(prefix.length).split("/").map(decodeURIComponent).join("/") : null;
+      // A write is a PUT of a whole object or the POST completing a multipart upload; parts and copies are not.
+      const isWrite =
+        key !== null &&
+        ((method === "PUT" && !url.searchParams.has("partNumber") && !req.headers["x-amz-copy-source"]) ||
+          (method === "POST" && url.searchParams.has("uploadId")));
+      pipeThrough(req, res, target, {
+        unreachable: "s3 tap: upstream unreachable",
+        onAnswer: (status) => {
+          if (!isWrite || status < 200 || status >= 300) return;
           writes.push({
             key: key!,
             credential: url.searchParams.get("X-Amz-Signature") ?? "header-signed",
@@ -56,34 +49,15 @@ export async function startS3Tap(upstream: string, bucket: string): Promise<S3Ta
             status,
             at: Date.now(),
           });
-        }
-        // Hop-by-hop headers are this hop's own: forwarding the upstream's `keep-alive: timeout=72`
-        // made clients reuse sockets this server had closed after its 5 s (ECONNRESET on downloads).
-        const headers = { ...upstreamRes.headers };
-        for (const h of ["connection", "keep-alive", "transfer-encoding"]) delete headers[h];
-        res.writeHead(status, headers);
-        upstreamRes.pipe(res);
-      },
-    );
-    upstreamReq.on("error", (error) => {
-      if (!res.headersSent) res.writeHead(502, { "content-type": "application/json" });
-      res.end(JSON.stringify({ error: `s3 tap: upstream unreachable: ${error.message}` }));
-    });
-    req.pipe(upstreamReq);
-  });
-  server.keepAliveTimeout = 65_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
+        },
+      });
+    },
+    { keepAliveTimeoutMs: 65_000 },
+  );
   return {
-    endpoint: `http://127.0.0.1:${port}`,
+    endpoint: server.url,
     writes: () => [...writes],
     requests: () => ({ ...byMethod }),
-    stop: async () => {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
+    stop: () => server.close(),
   };
 }

@@ -4,7 +4,7 @@
 // machines the engine really created; the engine spawns a replacement after each.
 import { exports } from "cloudflare:workers";
 import { it } from "vitest";
-import { machineProcessEnv } from "../../local/fly-emulator/core.ts";
+import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import { getStatus, installWorld, stub, withStore } from "../../test/workers/support/engine.ts";
 import { callBack, HeldRunner, median, percentile, progress, putManifest, quietEngineLogs, report, uploadOutput } from "./support.ts";
 

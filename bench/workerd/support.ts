@@ -1,7 +1,7 @@
 // Shared by the workerd benches: a machine runner the bench drives, the manifest a batch is
 // discovered from, and the summary statistics every figure is reported with.
 import { env, exports } from "cloudflare:workers";
-import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../local/fly-emulator/core.ts";
+import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../local/fly-emulator/runner.ts";
 import { successBody } from "../../test/workers/support/engine.ts";
 
 /** Machines that start and wait: the bench decides when each one calls back. */

@@ -1,7 +1,7 @@
 // CLI: node local/fly-emulator/main.ts --port 4280 [--runner process|simulate] [--fault-...]
 // Prints the URL to use as FLY_API_HOSTNAME; Ctrl-C stops it and every machine process.
 import { parseArgs } from "node:util";
-import type { FaultOptions } from "./core.ts";
+import type { FaultOptions } from "./faults.ts";
 import { startFlyEmulator } from "./server.ts";
 
 const USAGE = `usage: node local/fly-emulator/main.ts [options]

@@ -6,16 +6,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
 import { conversionWallS } from "../../shared/fly-model.ts";
-import {
-  FlyEmulator,
-  SimulatedRunner,
-  machineProcessEnv,
-  simulatedCallback,
-  type FlyEmulatorOptions,
-  type MachineRunner,
-  type RunnerEvents,
-  type RunnerMachine,
-} from "./core.ts";
+import { FlyEmulator, type FlyEmulatorOptions } from "./api.ts";
+import { SimulatedRunner, machineProcessEnv, simulatedCallback, type MachineRunner, type RunnerEvents, type RunnerMachine } from "./runner.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
 

@@ -146,7 +146,7 @@ export const tiffConversion: Phase<CallbackBody> = {
     if (outputs[0]?.r2_key !== task.output_key || cb.output_r2_key !== task.output_key) {
       return { ok: false, error: `callback listed output ${cb.output_r2_key}, but this task writes ${task.output_key}`, retryable: false };
     }
-    const skipped = cb.pages_skipped ?? [];
-    return skipped.length > 0 ? { ok: true, add: outputs, warnings: skipped.map((s) => `page ${s.page} skipped: ${s.reason}`) } : { ok: true, add: outputs };
+    const warnings = [...(cb.pages_skipped ?? []).map((s) => `page ${s.page} skipped: ${s.reason}`), ...(cb.page_notes ?? []).map((n) => `page ${n.page}: ${n.note}`)];
+    return warnings.length > 0 ? { ok: true, add: outputs, warnings } : { ok: true, add: outputs };
   },
 };

@@ -17,7 +17,7 @@ interface CliRun {
 
 function cli(args: string[], env: Record<string, string>): Promise<CliRun> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(REPO_ROOT, "local/cli.ts"), ...args], {
+    const child = spawn(process.execPath, [join(REPO_ROOT, "local/cli/main.ts"), ...args], {
       cwd: REPO_ROOT,
       // Only what the CLI is given: no local stack file is consulted for these.
       env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", FANOUT_STATE_DIR: "/nonexistent-fanout-state", ...env },

@@ -148,7 +148,7 @@ describe("the dashboard in chromium", () => {
       new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
         execFile(
           process.execPath,
-          [join(REPO_ROOT, "local/cli.ts"), "list", ...args],
+          [join(REPO_ROOT, "local/cli/main.ts"), "list", ...args],
           { env: { PATH: process.env.PATH ?? "", ORCHESTRATOR_URL: stack.orchestratorUrl, FANOUT_STATE_DIR: "/nonexistent-fanout-state" } },
           (error, stdout, stderr) => resolve({ code: typeof error?.code === "number" ? error.code : error ? 1 : 0, stdout, stderr }),
         );

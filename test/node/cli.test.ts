@@ -24,7 +24,7 @@ const CLEAN_ENV = Object.fromEntries(
 
 /** The CLI as a child process; `output()` is what it printed so far (tests act on it mid-run). */
 function spawnCli(args: string[], env: Record<string, string>): { result: Promise<Ran>; output: () => string } {
-  const child = spawn(process.execPath, ["local/cli.ts", ...args], { cwd: REPO_ROOT, env: { ...CLEAN_ENV, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, ["local/cli/main.ts", ...args], { cwd: REPO_ROOT, env: { ...CLEAN_ENV, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "";
   let stderr = "";
   child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));

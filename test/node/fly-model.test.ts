@@ -6,7 +6,7 @@
 import { describe, expect, it } from "vitest";
 import { chooseGuest, DEFAULT_LIMITS, guestOf, type Limits, planBatch, poolByDefault, poolPlan, singlePlan, type TaskWork } from "../../orchestrator/engine/sizing.ts";
 import { simulatedDuration } from "../../local/fly-emulator/server.ts";
-import type { RunnerMachine } from "../../local/fly-emulator/core.ts";
+import type { RunnerMachine } from "../../local/fly-emulator/runner.ts";
 import { guestFor, tiffWork } from "../../orchestrator/phases/tiff-conversion.ts";
 import { allInCost, egressPerByte, r2StorageUsd, taskUsage } from "../../shared/cost-model.ts";
 import { conversionWallS, FLY_CPU, initialBalanceS, MachineModel, pricePerSecond, sizeError, type Guest } from "../../shared/fly-model.ts";

@@ -1,15 +1,18 @@
 // The worker's decisions in isolation: which pages are the scan, which encoder fits, what a
 // bad env says. (The child-process suite checks the same end to end on real files.)
 import { describe, expect, it } from "vitest";
-import { defaultMaxInputPixels, describeDecodeError, planEncoder, SHARP_DEFAULT_PIXEL_LIMIT } from "../../fly-worker/convert.ts";
+import { defaultMaxInputPixels, planEncoder, SHARP_DEFAULT_PIXEL_LIMIT } from "../../fly-worker/convert.ts";
 import { conversionSettings, tiffConversion } from "../../orchestrator/phases/tiff-conversion.ts";
 import { parseEnv } from "../../fly-worker/env.ts";
-import { TaskError } from "../../fly-worker/errors.ts";
+import { packBitsDecode, lzwDecode } from "../../fly-worker/chunks.ts";
 import { CpuLedger } from "../../fly-worker/cpu.ts";
+import { describeDecodeError, TaskError } from "../../fly-worker/errors.ts";
+import { floatMapping, signedMapping } from "../../fly-worker/levels.ts";
+import { pageList } from "../../fly-worker/task.ts";
 import { describeSignature, selectPages, type TiffDirectory } from "../../fly-worker/tiff.ts";
 
 const dir = (index: number, width: number, height: number, extra: Partial<TiffDirectory> = {}): TiffDirectory => ({
-  index, width, height, newSubfileType: 0, samplesPerPixel: 3, bitsPerSample: 8, sampleFormat: 1, compression: 5, orientation: 1, extraSamples: [], rowsPerStrip: 16, ...extra,
+  index, width, height, newSubfileType: 0, samplesPerPixel: 3, bitsPerSample: 8, sampleFormat: 1, compression: 5, orientation: 1, extraSamples: [], rowsPerStrip: 16, planar: 1, predictor: 1, layout: { ifdOffset: 8, littleEndian: true, bigTiff: false }, ...extra,
 });
 
 describe("CpuLedger: a task's CPU-seconds from its process's", () => {
@@ -111,11 +114,63 @@ describe("JPEG settings env (JPEG_CHROMA, JPEG_COLOUR)", () => {
 });
 
 describe("decoder messages", () => {
-  it("lose the temp path, the libtiff prefixes and repeated lines", () => {
-    const input = "/tmp/fanout-tiff-000017-AbC123/input.tif";
+  const input = "/tmp/fanout-tiff-000017-AbC123/input.tif";
+  it("lose the temp path, the libtiff prefixes and repeated lines, and say what to do", () => {
     const raw = `${input}: bad seek to 3309\ntiff2vips: Seek error at scanline 4, strip 0\n` + "tiff2vips: Seek error at scanline 4, strip 0\n".repeat(9);
-    expect(describeDecodeError(raw, input)).toBe("image data is truncated or corrupt (bad seek to 3309; Seek error at scanline 4, strip 0)");
-    expect(describeDecodeError("Input file has corrupt header: tiff2vips: foo\ntiff2vips: foo", input)).toBe("foo");
+    expect(describeDecodeError(raw, input)).toBe("image data is truncated or corrupt (bad seek to 3309; Seek error at scanline 4, strip 0): upload the file again, or export it again from the original");
+    expect(describeDecodeError("Input file has corrupt header: tiff2vips: foo\ntiff2vips: foo", input)).toBe("foo: export it again from the original");
+  });
+  // The issue-26 messages an operator could not act on, as libvips gave them.
+  it("drop libtiff's warnings about custom tags and keep the line that says what failed", () => {
+    const noise = Array.from({ length: 80 }, (_, i) => `tiff2vips: Defined set_get_field_type of custom tag ${i} (Tag ${i}) with hopefully harmless code`).join("\n");
+    expect(describeDecodeError(`${noise}\ntiff2vips: Read error on strip 3; got 120 bytes, expected 4096`, input)).toBe(
+      "image data is truncated or corrupt (Read error on strip 3; got 120 bytes, expected 4096): upload the file again, or export it again from the original",
+    );
+  });
+  it("say a CCITT 'bad code word' is corrupt data, and never show scanline 4294967295", () => {
+    expect(describeDecodeError("tiff2vips: Bad code word at line 3 of strip 0 (x 17)", input)).toBe("image data is corrupt (Bad code word at line 3 of strip 0 (x 17)): export it again from the original");
+    expect(describeDecodeError("tiff2vips: Seek error at scanline 4294967295", input)).toBe("image data is truncated or corrupt: upload the file again, or export it again from the original");
+  });
+});
+
+describe("reasons repeated across pages", () => {
+  it("are listed as page ranges", () => {
+    expect(pageList([1, 2, 3, 5, 7, 8, 9, 10])).toBe("1–3, 5 and 7–10");
+    expect(pageList([4])).toBe("4");
+    expect(pageList([1, 2])).toBe("1, 2");
+  });
+});
+
+describe("range rules (levels.ts), worked by hand", () => {
+  it("signed: as unsigned when none is negative, offset by 2^(n−1) when some are", () => {
+    expect(signedMapping(16, 0, "grey16")).toEqual({ scale: 1, offset: 0 });
+    expect(signedMapping(16, 5, "srgb")).toEqual({ scale: 1 / 256, offset: 0 });
+    // −32768 → 0, 0 → 128, 32767 → 255.996 (clipped to 255).
+    expect(signedMapping(16, -1, "srgb")).toMatchObject({ scale: 1 / 256, offset: 128, note: "has negative 16-bit samples (down to -1): shown offset by 32,768, so -32,768 is black, 0 mid-grey and 32,767 white" });
+  });
+  it("float: 0–1 kept, anything else stretched from its own range; NaN and infinities left out and said", () => {
+    expect(floatMapping({ min: 0.2, max: 0.9, nonFinite: 0 }, "grey")).toMatchObject({ scale: 255, offset: -0, notes: [] });
+    expect(floatMapping({ min: -1, max: 3, nonFinite: 0 }, "rgb")).toMatchObject({ scale: 0.25, offset: 0.25 });
+    expect(floatMapping({ min: 0, max: 1, nonFinite: 3 }, "cmyk").notes).toEqual(["has 3 floating-point samples that are not a number (NaN) or infinite: left out of its range, NaN shown black, infinities clipped"]);
+    expect(() => floatMapping({ min: Infinity, max: -Infinity, nonFinite: 9 }, "grey")).toThrow(/no floating-point sample that is a finite number/);
+  });
+});
+
+describe("chunk decoders", () => {
+  it("PackBits: the worked example of TIFF 6.0 §9", () => {
+    const unpacked = "AAAAAA80002AAAAAAAAA80002A22" + "AA".repeat(10);
+    expect(packBitsDecode(Buffer.from("FEAA0280002AFDAA0380002A22F7AA", "hex"), 24).toString("hex").toUpperCase()).toBe(unpacked);
+  });
+  it("LZW (TIFF 6.0 §13): literal codes, a table entry, and the entry being defined (KwKwK)", () => {
+    const pack = (codes: number[]) => {
+      const bits = codes.map((c) => c.toString(2).padStart(9, "0")).join("");
+      const out = Buffer.alloc(Math.ceil(bits.length / 8));
+      for (let i = 0; i < bits.length; i++) if (bits[i] === "1") out[i >> 3] |= 0x80 >> (i & 7);
+      return out;
+    };
+    // 7 7 7 7 encodes as clear, 7, 258 (= 7 7), 7, end; 7 7 7 as clear, 7, 258, end — 258 used as it is defined.
+    expect([...lzwDecode(pack([256, 7, 258, 7, 257]), 4)]).toEqual([7, 7, 7, 7]);
+    expect([...lzwDecode(pack([256, 7, 258, 257]), 3)]).toEqual([7, 7, 7]);
   });
 });
 
@@ -139,5 +194,10 @@ describe("TIFF_CONVERSION phase: conversion settings and skipped pages", () => {
     const cb = { task_id: "tiff-000001", batch_id: "b1", status: "success" as const, output_r2_key: "s/a.jpg", output_file_name: "a.jpg", output_file_size: 10 };
     expect(tiffConversion.result(task, { ...cb, pages_skipped: [{ page: 3, reason: "has 32-bit floating-point samples" }] })).toMatchObject({ ok: true, warnings: ["page 3 skipped: has 32-bit floating-point samples"] });
     expect(tiffConversion.result(task, cb)).not.toHaveProperty("warnings");
+    // Notes on converted pages (a range rule applied, a profile ignored) are warnings too.
+    expect(tiffConversion.result(task, { ...cb, page_notes: [{ page: 2, note: "has negative 16-bit samples (down to -5): shown offset by 32,768" }] })).toMatchObject({
+      ok: true,
+      warnings: ["page 2: has negative 16-bit samples (down to -5): shown offset by 32,768"],
+    });
   });
 });

@@ -4,7 +4,7 @@
 import { env, exports } from "cloudflare:workers";
 import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { machineProcessEnv } from "../../local/fly-emulator/core.ts";
+import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import { machineName } from "../../orchestrator/batch-do.ts";
 import {
   attemptToken,

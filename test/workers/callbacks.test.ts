@@ -16,7 +16,7 @@ import {
   withStore,
   type World,
 } from "./support/engine.ts";
-import { machineProcessEnv } from "../../local/fly-emulator/core.ts";
+import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 
 let world: World;
 beforeEach(() => {

@@ -1,7 +1,7 @@
 import { runDurableObjectAlarm } from "cloudflare:test";
 import { exports } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import type { FlyEmulatorOptions } from "../../local/fly-emulator/core.ts";
+import type { FlyEmulatorOptions } from "../../local/fly-emulator/api.ts";
 import {
   ADMIN,
   attemptsOf,

@@ -1,7 +1,8 @@
 import { env } from "cloudflare:workers";
 import { evictDurableObject, runInDurableObject } from "cloudflare:test";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { FlyEmulator, ManualClock, type FlyEmulatorOptions, type RecordedRequest } from "../../local/fly-emulator/core.ts";
+import { FlyEmulator, type FlyEmulatorOptions, type RecordedRequest } from "../../local/fly-emulator/api.ts";
+import { ManualClock } from "../../local/fly-emulator/clock.ts";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
 import { installWorld, putTiffs, stub, waitForStatus, type World } from "./support/engine.ts";
 import { PoolRunner } from "./support/pool.ts";

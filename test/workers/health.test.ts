@@ -4,7 +4,7 @@
 import { env, exports } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import worker from "../../orchestrator/index.ts";
-import { FlyEmulator, emulatorFetch } from "../../local/fly-emulator/core.ts";
+import { FlyEmulator, emulatorFetch } from "../../local/fly-emulator/api.ts";
 
 interface FakeFly {
   requests: FlyEmulator["requests"];

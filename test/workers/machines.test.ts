@@ -5,7 +5,9 @@ import { FlyApiError, type MachineSpec } from "../../orchestrator/fly/api.ts";
 import { FlyMachines, type FlyClientOptions } from "../../orchestrator/fly/client.ts";
 import { isCapacityError } from "../../orchestrator/fly/create-answer.ts";
 import { backoffMs, parseRetryAfter } from "../../shared/backoff.ts";
-import { ManualClock, SimulatedRunner, type FlyEmulatorOptions } from "../../local/fly-emulator/core.ts";
+import type { FlyEmulatorOptions } from "../../local/fly-emulator/api.ts";
+import { ManualClock } from "../../local/fly-emulator/clock.ts";
+import { SimulatedRunner } from "../../local/fly-emulator/runner.ts";
 import { installFakeFly, type FakeFly } from "./support/fly.ts";
 
 const APP = "fanout-worker";

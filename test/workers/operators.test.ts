@@ -4,7 +4,7 @@
 import { env } from "cloudflare:workers";
 import { runDurableObjectAlarm } from "cloudflare:test";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { machineProcessEnv } from "../../local/fly-emulator/core.ts";
+import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import { checksum } from "../../orchestrator/phases/checksum.ts";
 import { FIRST_PHASE, getPhase, registerPhase } from "../../orchestrator/phases/index.ts";
 import { tiffConversion } from "../../orchestrator/phases/tiff-conversion.ts";

@@ -7,7 +7,7 @@
 import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { machineProcessEnv } from "../../local/fly-emulator/core.ts";
+import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import { loadConfig } from "../../orchestrator/config.ts";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
 import { planBatch, DEFAULT_LIMITS } from "../../orchestrator/engine/sizing.ts";

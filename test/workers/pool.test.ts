@@ -6,7 +6,7 @@ import { exports } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { LeaseResponse } from "../../shared/contracts.ts";
 import { signGrant } from "../../shared/token.ts";
-import type { FlyEmulatorOptions } from "../../local/fly-emulator/core.ts";
+import type { FlyEmulatorOptions } from "../../local/fly-emulator/api.ts";
 import {
   ADMIN,
   attemptsOf,

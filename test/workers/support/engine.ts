@@ -4,15 +4,8 @@
 import { env, exports } from "cloudflare:workers";
 import { runInDurableObject } from "cloudflare:test";
 import { vi } from "vitest";
-import {
-  FlyEmulator,
-  emulatorFetch,
-  machineProcessEnv,
-  type FlyEmulatorOptions,
-  type MachineRunner,
-  type RunnerEvents,
-  type RunnerMachine,
-} from "../../../local/fly-emulator/core.ts";
+import { FlyEmulator, emulatorFetch, type FlyEmulatorOptions } from "../../../local/fly-emulator/api.ts";
+import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../../local/fly-emulator/runner.ts";
 import type { BatchDO, StatusBody } from "../../../orchestrator/batch-do.ts";
 import type { BatchStore } from "../../../orchestrator/store/index.ts";
 import { signGrant } from "../../../shared/token.ts";

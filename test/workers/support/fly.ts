@@ -1,7 +1,7 @@
 // Installs the Fly Machines API emulator as the target of every fetch to http://fly.test in a
 // workerd test (the orchestrator's FLY_API_HOSTNAME there); other URLs pass through untouched.
 import { vi } from "vitest";
-import { FlyEmulator, emulatorFetch, type FlyEmulatorOptions } from "../../../local/fly-emulator/core.ts";
+import { FlyEmulator, emulatorFetch, type FlyEmulatorOptions } from "../../../local/fly-emulator/api.ts";
 
 export interface FakeFly {
   core: FlyEmulator;

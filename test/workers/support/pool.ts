@@ -2,7 +2,7 @@
 // (fly-worker/pool.ts) against the orchestrator through exports.default.fetch — lease, call
 // back, lease again, exit on done — and the test chooses what it does with each leased task.
 import { exports } from "cloudflare:workers";
-import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../../local/fly-emulator/core.ts";
+import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../../local/fly-emulator/runner.ts";
 import { LeaseResponse } from "../../../shared/contracts.ts";
 import { errorBody, postCallback, successBody, writeOutput } from "./engine.ts";
 

@@ -1,11 +1,12 @@
-// `fanout list`: the batch index (GET /batches), newest first. Registered in local/cli.ts.
+// `fanout list`: the batch index (GET /batches), newest first. Registered in commands.ts.
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { z } from "zod";
-import { describeZodError } from "../shared/contracts.ts";
-import { DEFAULT_STATE_DIR, STACK_FILE } from "./paths.ts";
-import { table } from "./progress.ts";
+import { describeZodError } from "../../shared/contracts.ts";
+import { DEFAULT_STATE_DIR, STACK_FILE } from "../paths.ts";
+import { table } from "../progress.ts";
+import { EXIT, printJson } from "./output.ts";
 
 export const LIST_USAGE = `usage: npm run fanout -- list [--status S] [--limit N] [--all] [--json]
 
@@ -129,11 +130,11 @@ export async function list(args: string[]): Promise<number> {
     options = parsed.data;
   } catch (error) {
     console.error(`fanout list: ${error instanceof Error ? error.message : String(error)}\n\n${LIST_USAGE}`);
-    return 2;
+    return EXIT.usage;
   }
   if (options.help) {
     console.log(LIST_USAGE);
-    return 0;
+    return EXIT.ok;
   }
   try {
     const url = orchestratorUrl();
@@ -147,16 +148,16 @@ export async function list(args: string[]): Promise<number> {
       cursor = next;
     } while (options.all && cursor);
     if (options.json) {
-      console.log(JSON.stringify({ batches, next_cursor: next }, null, 2));
-      return 0;
+      printJson({ batches, next_cursor: next });
+      return EXIT.ok;
     }
     console.log(formatBatches(batches));
     if (next) console.log(`\nmore: npm run fanout -- list --cursor ${next}${options.status ? ` --status ${options.status}` : ""} (or --all)`);
-    return 0;
+    return EXIT.ok;
   } catch (error) {
     if (error instanceof ListError) {
       console.error(`fanout list: ${error.message}`);
-      return 1;
+      return EXIT.failed;
     }
     throw error;
   }

@@ -1,0 +1,57 @@
+#!/usr/bin/env node
+// fanout: the operator's CLI. `npm run fanout -- <command>`.
+// Talks to ORCHESTRATOR_URL with ADMIN_TOKEN; with neither set it uses the local stack that
+// `npm start` is running (context.ts). One file per command (commands.ts has the table); this
+// one dispatches, and turns every error into one line and its exit code (output.ts).
+import { ApiError } from "../api.ts";
+import { closest } from "./args.ts";
+import { COMMANDS } from "./commands.ts";
+import { USAGE, version } from "./help.ts";
+import { EXIT, NoOrchestrator, UsageError } from "./output.ts";
+
+let current: string | null = null;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (!command) {
+    console.error(USAGE);
+    return EXIT.usage;
+  }
+  if (command === "help" || command === "--help" || command === "-h") {
+    console.log(USAGE);
+    return EXIT.ok;
+  }
+  if (command === "--version" || command === "-v" || command === "version") {
+    console.log(version());
+    return EXIT.ok;
+  }
+  const entry = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
+  if (!entry) {
+    const guess = closest(command, Object.keys(COMMANDS));
+    throw new UsageError(`unknown command "${command}".${guess ? ` Did you mean "${guess}"?` : ""}`);
+  }
+  current = command;
+  if (rest.includes("--help") || rest.includes("-h")) {
+    console.log(`usage: npm run fanout -- ${entry.usage}`);
+    return EXIT.ok;
+  }
+  return await entry.run(rest);
+}
+
+/** Exits once stdout and stderr are flushed: on a pipe, process.exit() alone can cut a long --json answer short. */
+function exit(code: number): void {
+  process.stdout.write("", () => process.stderr.write("", () => process.exit(code)));
+}
+
+main(process.argv.slice(2)).then(exit, (error: unknown) => {
+  const parseError = error instanceof TypeError && (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS");
+  if (error instanceof UsageError || parseError) {
+    const help = current ? `npm run fanout -- ${current} --help` : "npm run fanout -- help";
+    console.error(`fanout: ${error.message}\nSee \`${help}\`.`);
+    return exit(EXIT.usage);
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  console.error(`fanout: ${message}`);
+  const unreachable = error instanceof NoOrchestrator || (error instanceof ApiError && error.status === null && /cannot reach/.test(message)) || /^cannot reach the orchestrator/.test(message);
+  exit(unreachable ? EXIT.unreachable : EXIT.failed);
+});
