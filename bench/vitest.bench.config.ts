@@ -55,30 +55,16 @@ const number = (name: string, fallback: number) => {
 };
 
 /**
- * A makespan project: `machines` is its MAX_CONCURRENT_MACHINES; the create limit is Fly's; no
- * POOL_MODE or POOL_TASKS_PER_MACHINE: the production defaults (pool mode, auto-sized).
+ * The makespan project: production's limits (MAX_CONCURRENT_MACHINES 50, Fly's create limit 1/s
+ * burst 3, no POOL_MODE or POOL_TASKS_PER_MACHINE: the engine sizes each batch); the runs come from
+ * bench/run.ts as JSON (BENCH_MAKESPAN_RUNS).
  */
-function makespan(name: string, machines: number, sizes: string, modes: string) {
+function makespan() {
+  const runs = JSON.parse(process.env.BENCH_MAKESPAN_RUNS ?? "[]") as unknown[];
   return project(
-    name,
-    { MAX_CONCURRENT_MACHINES: String(machines), FLY_CREATE_RATE_PER_SECOND: "1", FLY_CREATE_BURST: "3" },
-    {
-      makespan: {
-        cpuS: number("BENCH_CPU_S", 14.3),
-        bootDelayMs: number("BENCH_BOOT_DELAY_MS", 5_000),
-        fileBytes: number("BENCH_FILE_BYTES", 254_000_000),
-        outBytes: number("BENCH_OUT_BYTES", 26_000_000),
-        netBytesPerS: number("BENCH_NET_BYTES_PER_S", 100e6),
-        rttS: number("BENCH_RTT_S", 0.2),
-        machines,
-        sizes: sizes.split(",").map(Number),
-        modes: modes.split(",").map((m) => {
-          if (m !== "baseline" && m !== "single" && m !== "pool") throw new Error(`makespan modes: expected baseline, single and/or pool, got "${m}"`);
-          return m;
-        }),
-      },
-    },
     "makespan",
+    { MAX_CONCURRENT_MACHINES: "50", FLY_CREATE_RATE_PER_SECOND: "1", FLY_CREATE_BURST: "3" },
+    { makespan: { runs, bootDelayMs: number("BENCH_BOOT_DELAY_MS", 5_000), rttS: number("BENCH_RTT_S", 0.2) } },
   );
 }
 
@@ -87,9 +73,14 @@ export default defineConfig({
     fileParallelism: false,
     projects: [
       // A machine budget and create rate that never bind: the engine's own cost is measured.
-      project("scale", { MAX_CONCURRENT_MACHINES: "200", FLY_CREATE_RATE_PER_SECOND: "1000", FLY_CREATE_BURST: "1000", POOL_MODE: "false" }),
+      project(
+        "scale",
+        { MAX_CONCURRENT_MACHINES: "200", FLY_CREATE_RATE_PER_SECOND: "1000", FLY_CREATE_BURST: "1000", POOL_MODE: "false" },
+        // BENCH_SCALE_PARTS=life runs only a task's whole life (rows written), callbacks only the latency part.
+        { scaleParts: (process.env.BENCH_SCALE_PARTS ?? "callbacks,life").split(",") },
+      ),
       // Production limits (wrangler.jsonc): 50 machines, Fly's documented create limit 1/s burst 3.
-      makespan("makespan", 50, process.env.BENCH_MAKESPAN_SIZES ?? "1000,10000", process.env.BENCH_MAKESPAN_MODES ?? "baseline,single,pool"),
+      makespan(),
     ],
   },
 });

@@ -143,39 +143,49 @@ export function r2StorageUsd(bytes: number, months: number): number {
 }
 
 /**
- * What one task costs the platform beyond its machine, by mode, as the orchestrator runs it
- * (counted in code, and the rows measured by the scale bench: `npm run bench`, section 1):
- * - R2: the machine GETs its input once (Class B) and PUTs each output (Class A, one presigned
- *   PUT); the orchestrator HEADs each output before the success counts (Class B).
- * - Requests: single-task: the callback (Worker → DO) and the alarm that creates the next machine.
- *   Pool: the lease and the callback (each Worker → DO), a heartbeat per `heartbeatS` of the task.
- * - DO rows written: PER_TASK_ROWS (the scale bench's whole-life count divided by the tasks) and a
- *   row per heartbeat.
+ * Durable Object rows a batch writes, as the engine writes them (counted in code, measured by the
+ * scale bench — `npm run bench`, section 1 — and the makespan simulations' own counts): a task's
+ * whole life (its file, its task row and index entries, a lease or a create, a callback, its tally
+ * row, its attempt, its output file) is `perTask`, plus one a heartbeat; a machine's row is written
+ * when it is created, answered, seen started and ended, with its orphan entry and the create
+ * budget's bucket (`perMachine`), and every ~30 s while it lives (its check, or a lease moving the
+ * check on: two rows); a batch's meta, tally and finalisation rows and its alarms (`perBatch`).
  */
-export const PER_TASK_ROWS = { pool: 17, single: 29, heartbeat: 1 } as const;
+export const DO_ROWS = { perTask: 17, perHeartbeat: 1, perMachine: 12, perMachineSecond: 2 / 30, perBatch: 40 } as const;
 
-export interface TaskShape {
-  outputs: number;
-  outputBytes: number;
-  /** Seconds a pool task holds its lease (heartbeats every heartbeatS of it). */
+/** What a batch's plan uses beyond its machines' seconds (the caller adds machineUsd). */
+export interface PlanShape {
+  mode: "single" | "pool";
+  tasks: number;
+  /** Machines created, and the seconds they live in all. */
+  machines: number;
+  machineSeconds: number;
+  /** A pool task's lease is renewed every `heartbeatS` of its `taskS`. */
   taskS: number;
   heartbeatS: number;
+  outputs: number;
+  outputBytes: number;
 }
 
-/** Usage of `tasks` tasks beyond their machines (machineUsd 0: the caller adds the machines). */
-export function taskUsage(mode: "single" | "pool", tasks: number, t: TaskShape, region: string | null): Usage {
-  const heartbeats = mode === "pool" ? Math.floor(t.taskS / t.heartbeatS) : 0;
-  // Pool: lease, callback, heartbeats (each through the Worker). Single: the callback, and the alarm that creates the next machine.
-  const requests = mode === "pool" ? 2 + heartbeats : 2;
+/**
+ * The plan's usage beyond its machines: R2 (the machine GETs its input once, PUTs each output
+ * with one presigned PUT; the orchestrator HEADs each output), requests (single-task: the callback
+ * and the alarm that creates the next machine; pool: the lease, the callback, the heartbeats, a
+ * couple of lease answers a machine that end it) and DO rows (DO_ROWS).
+ */
+export function planUsage(p: PlanShape, region: string | null): Usage {
+  const heartbeats = p.mode === "pool" ? Math.floor(p.taskS / p.heartbeatS) : 0;
+  const perTask = p.mode === "pool" ? 2 + heartbeats : 2;
+  const requests = p.tasks * perTask + (p.mode === "pool" ? 2 * p.machines : 0);
   return {
     machineUsd: 0,
-    outputBytes: tasks * t.outputBytes,
+    outputBytes: p.tasks * p.outputBytes,
     region,
-    r2ClassA: tasks * t.outputs,
-    r2ClassB: tasks * (1 + t.outputs),
-    doRowsWritten: tasks * (PER_TASK_ROWS[mode] + heartbeats * PER_TASK_ROWS.heartbeat),
-    doRequests: tasks * requests,
-    doActiveS: tasks * requests * DO_ACTIVE_S_PER_REQUEST,
-    workerRequests: tasks * (mode === "pool" ? requests : 1),
+    r2ClassA: p.tasks * p.outputs,
+    r2ClassB: p.tasks * (1 + p.outputs),
+    doRowsWritten: DO_ROWS.perBatch + p.tasks * (DO_ROWS.perTask + heartbeats * DO_ROWS.perHeartbeat) + p.machines * DO_ROWS.perMachine + p.machineSeconds * DO_ROWS.perMachineSecond,
+    doRequests: requests,
+    doActiveS: requests * DO_ACTIVE_S_PER_REQUEST,
+    workerRequests: p.mode === "pool" ? requests : p.tasks,
   };
 }

@@ -40,9 +40,26 @@ export function machineLine(s: BatchStatus): string | null {
   return `machines (${s.mode ?? "?"} mode): ${m.ended + m.running} (${m.running} running), ${m.machine_seconds.toFixed(1)} machine-seconds, estimated $${m.estimated_cost_usd.toFixed(4)}${perScan}`;
 }
 
+/** The all-in cost so far, item by item (prices: shared/cost-model.ts, each with its source). */
+export function costLine(s: BatchStatus): string | null {
+  const c = s.cost;
+  if (!c) return null;
+  const usd = (x: number) => `$${x.toFixed(6)}`;
+  const perTask = c.per_task_done_usd === null ? "" : ` (${usd(c.per_task_done_usd)} per task done)`;
+  return `cost all in: ${usd(c.total_usd)}${perTask} = machines ${usd(c.machines_usd)} + egress ${usd(c.egress_usd)} + R2 ${usd(c.r2_operations_usd)} + Durable Object ${usd(c.durable_object_usd)} (${c.counted.do_rows_written} rows written) + Worker requests ${usd(c.worker_requests_usd)}`;
+}
+
+/** How the current phase was sized: the plan, from the starting figure or the batch's measurements, and any re-sizing. */
+export function sizingLine(s: BatchStatus): string | null {
+  const z = s.sizing;
+  if (!z) return null;
+  const basis = z.work.basis === "measured" ? `sized from ${z.work.measured_tasks} measured tasks (${z.work.cpu_s_per_mp?.toFixed(3) ?? "?"} CPU-s per megapixel)` : "sized from the starting figure";
+  const resized = z.resized ? `; re-sized from ${z.resized.from}` : "";
+  return `plan${z.objective ? ` (${z.objective})` : ""}: ${z.plan}, ${basis}${resized}`;
+}
+
 export function printFailures(s: BatchStatus): void {
-  const machines = machineLine(s);
-  if (machines) console.log(machines);
+  for (const line of [machineLine(s), costLine(s), sizingLine(s)]) if (line) console.log(line);
   if (s.error && s.status !== "DONE") console.log(`error: ${s.error}`);
   if (s.recent_failures.length === 0) return;
   console.log("recent failures (an attempt that failed; retried unless the task is failed):");

@@ -47,6 +47,9 @@ export interface SizingView {
   objective: string | null;
   plan: string;
   mode: "single" | "pool";
+  guest: { cpu_kind: string; cpus: number; memory_mb: number };
+  slots: number;
+  machines: number;
   estimated_makespan_s: number | null;
   estimated_cost_usd: number | null;
   plans_considered: number;
@@ -120,6 +123,9 @@ export function sizingView(e: Engine, meta: BatchMeta): SizingView | null {
     objective: plan.objective,
     plan: planName(plan),
     mode: plan.mode,
+    guest: plan.guest,
+    slots: plan.slots,
+    machines: plan.machines,
     estimated_makespan_s: plan.makespanS === null ? null : round(plan.makespanS, 1),
     estimated_cost_usd: plan.costUsd === null ? null : round(plan.costUsd, 6),
     plans_considered: plan.considered,

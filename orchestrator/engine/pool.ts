@@ -31,11 +31,12 @@ export async function lease(e: Engine, workerId: string, machineId: string | nul
   const limits = e.limits(phase);
   const leaseMs = e.config.LEASE_TIMEOUT_MS;
   // A machine of a shape the phase's re-made plan replaced takes no new task; it leaves once its slots are free.
-  const stale = outOfPlan(planOf(e, meta, phase), row);
+  const plan = planOf(e, meta, phase);
+  const stale = outOfPlan(plan, row);
   const [ready] = stale ? [] : e.store.readyTasks(now, 1);
   if (!ready) {
     const counts = e.store.phaseCounts(phase.name);
-    const pool = e.store.poolMachineCounts();
+    const pool = e.store.poolMachineCounts({ slots: plan.slots, ...plan.guest });
     // Leave when the other slots cover every open task, the same count the scheduler creates
     // machines by (so a machine is never retired only to be replaced); stay while they do not.
     const open = counts.pending + counts.retrying + counts.running;

@@ -17,15 +17,17 @@ export const POOL_TOKEN_TTL_MS = 12 * 3_600_000;
 
 export function schedulerState(e: Engine, meta: BatchMeta, phase: Phase, now: number): SchedulerState {
   const c = e.store.phaseCounts(phase.name);
-  const machines = e.store.poolMachineCounts();
   const plan = planOf(e, meta, phase);
+  const machines = e.store.poolMachineCounts({ slots: plan.slots, ...plan.guest });
   return {
     mode: meta.pool ? "pool" : "single",
     counts: c,
     poolMachines: machines.creating + machines.booting + machines.live,
+    poolStale: machines.stale,
     poolSlots: machines.slots,
+    planMachines: plan.machines,
     slots: meta.pool ? plan.slots : 1,
-    maxLive: meta.pool ? Math.min(e.limits(phase).maxLive, plan.machines) : e.limits(phase).maxLive,
+    maxLive: e.limits(phase).maxLive,
     ready: meta.pool ? 0 : e.store.readyTasks(now, SPAWNS_PER_ALARM).length,
     readyAt: e.store.earliestReady(),
     blockedUntil: meta.fly_blocked_until,

@@ -5,9 +5,15 @@ export interface SchedulerState {
   mode: "single" | "pool";
   /** The current phase's tasks by state. */
   counts: { pending: number; retrying: number; creating: number; booting: number; running: number };
-  /** Pool mode: pool machines creating, booting or live, and their slots (machines of an earlier plan may have other counts). */
+  /**
+   * Pool mode: pool machines creating, booting or live, of them those of an earlier plan (a phase
+   * re-sized from measurements: they finish their tasks and leave), and the open tasks their slots cover.
+   */
   poolMachines: number;
+  poolStale: number;
   poolSlots: number;
+  /** Pool mode: machines the phase's plan wants (maxLive is the hard limit on all of them). */
+  planMachines: number;
   /** Pool mode: tasks one new machine runs at once. */
   slots: number;
   maxLive: number;
@@ -32,10 +38,10 @@ export interface Decision {
   nextAt: number;
 }
 
-/** Pool machines worth creating: a slot per open task the live machines' slots do not cover, within the phase's concurrency. */
-export function poolRoom(s: Pick<SchedulerState, "counts" | "slots" | "maxLive" | "poolMachines" | "poolSlots">): number {
+/** Pool machines worth creating: a slot per open task the live machines' slots do not cover, within the plan's machines and the phase's concurrency. */
+export function poolRoom(s: Pick<SchedulerState, "counts" | "slots" | "maxLive" | "poolMachines" | "poolStale" | "poolSlots" | "planMachines">): number {
   const uncovered = s.counts.pending + s.counts.retrying + s.counts.running - s.poolSlots;
-  return Math.min(s.maxLive - s.poolMachines, Math.ceil(uncovered / s.slots));
+  return Math.min(s.maxLive - s.poolMachines, s.planMachines - (s.poolMachines - s.poolStale), Math.ceil(uncovered / s.slots));
 }
 
 export function decide(s: SchedulerState, now: number): Decision {

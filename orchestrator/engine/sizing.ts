@@ -3,7 +3,7 @@
 // network (shared/fly-model.ts) and priced all in (shared/cost-model.ts); then the plan the
 // objective picks. Inputs: the tasks, the work of one, the limits. Output: the plan and every
 // plan considered. No I/O: the engine (and the fleet that shares an app's quota) calls it.
-import { allInCost, NETWORK, taskUsage } from "../../shared/cost-model.ts";
+import { allInCost, NETWORK, planUsage } from "../../shared/cost-model.ts";
 import { conversionWallS, FLY_CPU, type Guest, guestName, initialBalanceS, pricePerSecond } from "../../shared/fly-model.ts";
 
 /** What one task needs, as its phase estimates it from the input size. */
@@ -21,7 +21,11 @@ export interface TaskWork {
 
 /**
  * `fast` (default): the shortest makespan among plans costing at most COST_MARGIN × the cheapest;
- * `cheapest`: the lowest cost among plans finishing within MAKESPAN_MARGIN × the fastest.
+ * `cheapest`: the lowest cost among plans finishing within MAKESPAN_MARGIN × the fastest. The cost
+ * compared is what the plan decides (its machines, its Durable Object rows and requests): the
+ * outputs' egress and R2 operations are the same whatever the plan, so they are not what the
+ * margin buys (counted in, a scan whose JPEG's egress outweighs its CPU would let the machines
+ * cost half as much again).
  */
 export type Objective = "fast" | "cheapest";
 export const COST_MARGIN = 1.25;
@@ -75,9 +79,10 @@ export interface Plan {
   /** MiB each slot may use. */
   perSlotMb: number;
   makespanS: number;
-  /** All in (machines, egress, R2, Durable Object, requests), and the machines' part of it. */
+  /** All in (machines, egress, R2, Durable Object, requests), the machines' part of it, and what the plan decides (all in less egress and R2). */
   costUsd: number;
   machineUsd: number;
+  decidedUsd: number;
   /** Some CPU-seconds are expected to run at a shared vCPU's baseline. */
   throttled: boolean;
 }
@@ -100,10 +105,11 @@ function taskOn(work: TaskWork, guest: Guest, l: Limits): { wallS: number; throt
   return { wallS: l.rttS + (work.inBytes + work.outBytes) / l.machineBytesPerS + wallS, throttledS };
 }
 
-/** The plan's all-in cost: its machines plus what its tasks use of R2, the DO, the Worker and the network. */
-function allIn(mode: Plan["mode"], tasks: number, work: TaskWork, l: Limits, machineUsd: number, taskS: number): number {
-  const usage = taskUsage(mode, tasks, { outputs: 1, outputBytes: work.outBytes, taskS, heartbeatS: l.heartbeatS }, l.region);
-  return allInCost({ ...usage, machineUsd }).total;
+/** The plan's all-in cost (its machines plus what it uses of R2, the DO, the Worker and the network), and the part the plan decides. */
+function allIn(mode: Plan["mode"], tasks: number, work: TaskWork, l: Limits, machine: { usd: number; machines: number; seconds: number }, taskS: number): { costUsd: number; decidedUsd: number } {
+  const usage = planUsage({ mode, tasks, machines: machine.machines, machineSeconds: machine.seconds, taskS, heartbeatS: l.heartbeatS, outputs: 1, outputBytes: work.outBytes }, l.region);
+  const c = allInCost({ ...usage, machineUsd: machine.usd });
+  return { costUsd: c.total, decidedUsd: c.total - c.egress - c.r2_operations };
 }
 
 /**
@@ -118,6 +124,7 @@ export function singlePlan(tasks: number, work: TaskWork, guest: Guest, l: Limit
   const networkBound = (tasks * (work.inBytes + work.outBytes)) / l.regionBytesPerS;
   const makespanS = Math.max(Math.max(createBound, concurrencyBound) + lifeS, networkBound);
   const machineUsd = tasks * lifeS * pricePerSecond(guest, l.region);
+  const machine = { usd: machineUsd, machines: tasks, seconds: tasks * lifeS };
   return {
     mode: "single",
     guest,
@@ -126,7 +133,7 @@ export function singlePlan(tasks: number, work: TaskWork, guest: Guest, l: Limit
     perSlotMb: guest.memory_mb,
     makespanS,
     machineUsd,
-    costUsd: allIn("single", tasks, work, l, machineUsd, t.wallS),
+    ...allIn("single", tasks, work, l, machine, t.wallS),
     throttled: t.throttledS > 0,
   };
 }
@@ -178,7 +185,8 @@ export function poolPlan(tasks: number, work: TaskWork, guest: Guest, slots: num
   perTaskS = Math.max(perTaskS, (machines * bytes) / l.regionBytesPerS);
   // The fluid ramp, plus half a task for the last round's stragglers when there is more than one round.
   const makespanS = Math.max(rampEnd(machines, perTaskS, tasks, l) + (tasks > machines * slots ? slotTaskS / 2 : 0), l.bootS + slotTaskS);
-  const machineUsd = (machineSecondsBy(makespanS, machines, l) + machines * l.bootS) * pricePerSecond(guest, l.region);
+  const seconds = machineSecondsBy(makespanS, machines, l) + machines * l.bootS;
+  const machineUsd = seconds * pricePerSecond(guest, l.region);
   return {
     mode: "pool",
     guest,
@@ -187,7 +195,7 @@ export function poolPlan(tasks: number, work: TaskWork, guest: Guest, slots: num
     perSlotMb: Math.floor(guest.memory_mb / slots),
     makespanS,
     machineUsd,
-    costUsd: allIn("pool", tasks, work, l, machineUsd, slotTaskS),
+    ...allIn("pool", tasks, work, l, { usd: machineUsd, machines, seconds }, slotTaskS),
     throttled: cpu.throttledS > 0,
   };
 }
@@ -228,15 +236,15 @@ const below = (a: number, b: number) => a < b * (1 - TIE);
 export function pick(plans: readonly Plan[], objective: Objective): Plan {
   if (plans.length === 0) throw new Error("no plan to pick from");
   if (objective === "fast") {
-    const cheapest = Math.min(...plans.map((p) => p.costUsd));
-    const affordable = plans.filter((p) => p.costUsd <= cheapest * COST_MARGIN * (1 + 1e-12));
+    const cheapest = Math.min(...plans.map((p) => p.decidedUsd));
+    const affordable = plans.filter((p) => p.decidedUsd <= cheapest * COST_MARGIN * (1 + 1e-12));
     const soonest = Math.min(...affordable.map((p) => p.makespanS));
-    return affordable.filter((p) => !below(soonest, p.makespanS)).reduce((a, b) => (b.costUsd < a.costUsd ? b : a));
+    return affordable.filter((p) => !below(soonest, p.makespanS)).reduce((a, b) => (b.decidedUsd < a.decidedUsd ? b : a));
   }
   const fastest = Math.min(...plans.map((p) => p.makespanS));
   const soon = plans.filter((p) => p.makespanS <= fastest * MAKESPAN_MARGIN * (1 + 1e-12));
-  const lowest = Math.min(...soon.map((p) => p.costUsd));
-  return soon.filter((p) => !below(lowest, p.costUsd)).reduce((a, b) => (b.makespanS < a.makespanS ? b : a));
+  const lowest = Math.min(...soon.map((p) => p.decidedUsd));
+  return soon.filter((p) => !below(lowest, p.decidedUsd)).reduce((a, b) => (b.makespanS < a.makespanS ? b : a));
 }
 
 /** The batch's plan by its objective, and every plan it was chosen from. */

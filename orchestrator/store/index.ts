@@ -142,6 +142,6 @@ export class BatchStore {
   deleteWorker: WorkerQueries["deleteWorker"] = (...a) => this.#workers.deleteWorker(...a);
   liveWorkers: WorkerQueries["liveWorkers"] = () => this.#workers.liveWorkers();
   workersDue: WorkerQueries["workersDue"] = (...a) => this.#workers.workersDue(...a);
-  poolMachineCounts: WorkerQueries["poolMachineCounts"] = () => this.#workers.poolMachineCounts();
+  poolMachineCounts: WorkerQueries["poolMachineCounts"] = (...a) => this.#workers.poolMachineCounts(...a);
   unendedMachines: WorkerQueries["unendedMachines"] = () => this.#workers.unendedMachines();
 }

@@ -113,12 +113,31 @@ export class WorkerQueries extends Queries {
     return rows.slice(0, limit);
   }
 
-  /** Pool machines only (single-task machines have their task), per live state, and the slots they have between them. */
-  poolMachineCounts(): { creating: number; booting: number; live: number; slots: number } {
+  /**
+   * Pool machines only (single-task machines have their task), per live state, and the open tasks
+   * their slots cover: every slot of a machine of `shape` (the phase's plan), and only the running
+   * tasks of a machine of another (a plan re-made from measurements: it takes no new task).
+   */
+  poolMachineCounts(shape?: { slots: number; cpu_kind: string; cpus: number; memory_mb: number }): { creating: number; booting: number; live: number; slots: number; stale: number } {
     const count = (state: WorkerState) =>
       this.db.exec<{ n: number; s: number | null }>("SELECT COUNT(*) AS n, SUM(slots) AS s FROM workers WHERE state = ? AND task_id IS NULL", state)[0];
     const [c, b, l] = [count("creating"), count("booting"), count("live")];
-    return { creating: c.n, booting: b.n, live: l.n, slots: (c.s ?? 0) + (b.s ?? 0) + (l.s ?? 0) };
+    let slots = (c.s ?? 0) + (b.s ?? 0) + (l.s ?? 0);
+    let staleMachines = 0;
+    if (shape) {
+      const other = "task_id IS NULL AND state IN ('creating', 'booting', 'live') AND cpu_kind IS NOT NULL AND NOT (slots = ? AND cpu_kind = ? AND cpus = ? AND memory_mb = ?)";
+      const args = [shape.slots, shape.cpu_kind, shape.cpus, shape.memory_mb];
+      const stale = this.db.exec<{ n: number; s: number | null }>(`SELECT COUNT(*) AS n, SUM(slots) AS s FROM workers WHERE ${other}`, ...args)[0];
+      staleMachines = stale.n;
+      if (stale.n > 0) {
+        const held = this.db.exec<{ n: number }>(
+          `SELECT COUNT(*) AS n FROM tasks WHERE state = 'running' AND worker_id IN (SELECT worker_id FROM workers WHERE ${other})`,
+          ...args,
+        )[0].n;
+        slots += held - (stale.s ?? 0);
+      }
+    }
+    return { creating: c.n, booting: b.n, live: l.n, slots, stale: staleMachines };
   }
 
   /** Machines not yet ended (at most MAX_CONCURRENT_MACHINES rows): for the running part of the cost. */

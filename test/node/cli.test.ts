@@ -175,8 +175,13 @@ describe("fanout CLI against a running local stack", () => {
     expect(watched.code, said(watched)).toBe(0);
     expect(watched.stdout).not.toContain("\r");
     expect(watched.stdout).toContain("cli-a: DONE — 3 done, 0 failed of 3");
-    // No pool settings: the default (pool mode), with the machines' time and estimated cost.
-    expect(watched.stdout).toMatch(/^machines \(pool mode\): [1-9]\d* \(\d+ running\), \d+\.\d machine-seconds, estimated \$\d+\.\d{4}, \$\d+\.\d{6} per task done$/m);
+    // No pool settings: the sizing's choice, with the machines' time and estimated cost, the all-in
+    // cost item by item, and the plan with what it was sized from.
+    expect(watched.stdout).toMatch(/^machines \((pool|single) mode\): [1-9]\d* \(\d+ running\), \d+\.\d machine-seconds, estimated \$\d+\.\d{4}, \$\d+\.\d{6} per task done$/m);
+    expect(watched.stdout).toMatch(
+      /^cost all in: \$\d+\.\d{6} \(\$\d+\.\d{6} per task done\) = machines \$\d+\.\d{6} \+ egress \$\d+\.\d{6} \+ R2 \$\d+\.\d{6} \+ Durable Object \$\d+\.\d{6} \([1-9]\d* rows written\) \+ Worker requests \$\d+\.\d{6}$/m,
+    );
+    expect(watched.stdout).toMatch(/^plan \(fast\): (one .* machine per task|\d+ × .*, \d+ slot\(s\)), sized from (the starting figure|\d+ measured tasks .*)/m);
     const manifest = JSON.parse(await (await s3.send(new GetObjectCommand({ Bucket: stack.bucket, Key: summary.manifest_key }))).Body!.transformToString()) as {
       directories: { files: { file_name: string; content_type: string }[] }[];
     };
