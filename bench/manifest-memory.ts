@@ -239,7 +239,7 @@ async function main(): Promise<void> {
       fresh: true,
       vars: { MAX_CONCURRENT_MACHINES: "1" },
     });
-    const s3 = localS3Client(stack.s3.endpoint);
+    const s3 = localS3Client(stack.s3);
     await new Upload({ client: s3, params: { Bucket: stack.bucket, Key: MANIFEST_KEY, Body: Buffer.from(text), ContentType: "application/json" }, partSize: 8 * MB }).done();
 
     const pids = ourWorkerdPids();

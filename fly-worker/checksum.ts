@@ -4,15 +4,13 @@ import { createHash } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import { sidecarText, type ChecksumSuccess } from "../shared/checksum.ts";
+import { SIDECAR_CONTENT_TYPE, sidecarText, type ChecksumSuccess } from "../shared/checksum.ts";
 import { fileName } from "../shared/keys.ts";
 import type { WorkerEnv } from "./env.ts";
 import { TaskError, errorMessage } from "./errors.ts";
 import { log, since } from "./log.ts";
 import { taskStorage } from "./storage.ts";
 import { peakRssMb, type TaskProgress } from "./task.ts";
-
-export const SIDECAR_CONTENT_TYPE = "text/plain; charset=utf-8";
 
 /** Runs the checksum task `env` names; `progress.timings` stays readable when it throws. */
 export async function runChecksum(env: WorkerEnv, workDir: string, progress: TaskProgress): Promise<ChecksumSuccess> {

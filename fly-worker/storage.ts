@@ -45,14 +45,19 @@ export function taskStorage(env: WorkerEnv): TaskStorage {
   throw new TaskError("storage", "no storage access: set INPUT_URL and OUTPUT_URL (scoped) or the R2_* key pair (legacy-keys)", { retryable: false });
 }
 
-/** Presigned URLs: nothing beyond this attempt's own objects is reachable, and only until it expires. */
+/**
+ * Presigned URLs: nothing beyond this attempt's own objects is reachable, and only until it
+ * expires. Each PUT URL signs headers the upload must carry exactly (OUTPUT_HEADERS, and `headers`
+ * in the reservation answer): the content type, the writer, and If-None-Match / If-Match, with which
+ * storage itself refuses to replace an object this attempt may not replace.
+ */
 class ScopedStorage implements TaskStorage {
   private readonly env: WorkerEnv;
-  private readonly urls = new Map<number, { key: string; url: string }>();
+  private readonly urls = new Map<number, { key: string; url: string; headers: Record<string, string> }>();
 
   constructor(env: WorkerEnv) {
     this.env = env;
-    this.urls.set(1, { key: env.OUTPUT_R2_KEY, url: env.OUTPUT_URL! });
+    this.urls.set(1, { key: env.OUTPUT_R2_KEY, url: env.OUTPUT_URL!, headers: env.OUTPUT_HEADERS ?? {} });
   }
 
   async openInput(): Promise<OpenedInput> {
@@ -106,7 +111,7 @@ class ScopedStorage implements TaskStorage {
       }
       const parsed = ReserveResponse.safeParse(JSON.parse(text));
       if (!parsed.success) throw new TaskError("storage", "the orchestrator's answer to the output reservation was malformed");
-      for (const o of parsed.data.outputs) this.urls.set(o.page, { key: o.r2_key, url: o.url });
+      for (const o of parsed.data.outputs) this.urls.set(o.page, { key: o.r2_key, url: o.url, headers: o.headers ?? {} });
     }
     return Array.from({ length: pages }, (_, i) => this.urls.get(i + 1)!.key);
   }
@@ -117,10 +122,11 @@ class ScopedStorage implements TaskStorage {
     const { size } = await stat(path);
     let res;
     try {
-      // One PUT from disk with its length: memory stays at a stream buffer whatever the size.
+      // One PUT from disk with its length: memory stays at a stream buffer whatever the size. The
+      // signed headers win: the URL is valid only with them (a signed content-type included).
       res = await request(target.url, {
         method: "PUT",
-        headers: { "content-type": contentType, "content-length": String(size) },
+        headers: { "content-type": contentType, ...target.headers, "content-length": String(size) },
         body: createReadStream(path),
       });
     } catch (error) {
@@ -136,6 +142,11 @@ class ScopedStorage implements TaskStorage {
 
 function refused(action: string, key: string, status: number): TaskError {
   if (action === "download" && status === 404) return new TaskError("input", `input object not found: ${key} does not exist`, { retryable: false });
+  if (status === 412) {
+    // If-None-Match / If-Match failed: an object is there that this attempt may not replace. The
+    // orchestrator looks again before the next attempt (it is this task's own, or another's).
+    return new TaskError("storage", `upload of ${key} was refused (HTTP 412 PreconditionFailed): storage holds an object there that this attempt may not replace`);
+  }
   if (status === 401 || status === 403) {
     // Expired or not for this key: another attempt gets fresh URLs.
     return new TaskError("storage", `${action} of ${key} was refused (HTTP ${status}): the presigned URL expired or does not cover this key`);

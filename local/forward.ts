@@ -101,13 +101,14 @@ const HOP_BY_HOP = ["connection", "keep-alive", "transfer-encoding"];
 
 /**
  * Streams a request to `upstream` and the answer back, every header kept (Host rewritten to the
- * upstream's). `onAnswer` sees the upstream's status before the body flows.
+ * upstream's, unless `keepHost`: a SigV4 signature covers the Host the client connected to).
+ * `onAnswer` sees the upstream's status before the body flows.
  */
 export function pipeThrough(
   req: IncomingMessage,
   res: ServerResponse,
   upstream: URL,
-  options: { unreachable: string; onAnswer?: (status: number) => void },
+  options: { unreachable: string; keepHost?: boolean; onAnswer?: (status: number) => void },
 ): void {
   const upstreamReq = request(
     {
@@ -115,7 +116,7 @@ export function pipeThrough(
       port: upstream.port,
       method: req.method ?? "GET",
       path: req.url,
-      headers: { ...req.headers, host: upstream.host },
+      headers: options.keepHost ? req.headers : { ...req.headers, host: upstream.host },
     },
     (upstreamRes) => {
       const status = upstreamRes.statusCode ?? 0;

@@ -14,7 +14,7 @@ import { ProcessRunner, startFlyEmulator, type RunningFlyEmulator } from "./fly-
 import { MachineLedger } from "./machine-ledger.ts";
 import { APP_NAME, BUCKET, DEFAULT_STATE_DIR } from "./paths.ts";
 import { startOrchestratorProcess, type OrchestratorProcess } from "./orchestrator-process.ts";
-import { LOCAL_S3_CREDENTIALS, startLocalS3, type LocalS3 } from "./s3.ts";
+import { credentialsFromEnv, generateS3Credentials, startLocalS3, type LocalS3 } from "./s3.ts";
 
 export { APP_NAME, BUCKET, DEFAULT_STATE_DIR, STACK_FILE } from "./paths.ts";
 
@@ -81,24 +81,35 @@ export interface Stack {
   stop(): Promise<void>;
 }
 
+const token = () => randomBytes(24).toString("base64url");
+/** Each secret is made when missing, so a state dir from an older version keeps the ones it has. */
 const Secrets = z.object({
-  ADMIN_TOKEN: z.string().min(16),
-  CALLBACK_SECRET: z.string().min(16),
-  FLY_API_TOKEN: z.string().min(16),
+  ADMIN_TOKEN: z.string().min(16).catch(token),
+  CALLBACK_SECRET: z.string().min(16).catch(token),
+  FLY_API_TOKEN: z.string().min(16).catch(token),
+  /** The local S3's one key pair (R2-shaped); LOCAL_S3_CREDENTIALS in the environment wins. */
+  S3_ACCESS_KEY_ID: z.string().regex(/^[0-9a-f]{32}$/).catch(() => generateS3Credentials().accessKeyId),
+  S3_SECRET_ACCESS_KEY: z.string().regex(/^[0-9a-f]{64}$/).catch(() => generateS3Credentials().secretAccessKey),
 });
 type Secrets = z.infer<typeof Secrets>;
 
 /** The local secrets: generated once per state dir, kept in secrets.json (0600, git-ignored). */
 export function loadOrCreateSecrets(stateDir: string): Secrets {
   const file = join(stateDir, "secrets.json");
+  let stored: unknown = {};
   if (existsSync(file)) {
-    const parsed = Secrets.safeParse(JSON.parse(readFileSync(file, "utf8")));
-    if (parsed.success) return parsed.data;
+    try {
+      stored = JSON.parse(readFileSync(file, "utf8"));
+    } catch {
+      stored = {};
+    }
   }
-  const token = () => randomBytes(24).toString("base64url");
-  const secrets = { ADMIN_TOKEN: token(), CALLBACK_SECRET: token(), FLY_API_TOKEN: token() };
-  mkdirSync(stateDir, { recursive: true });
-  writeFileSync(file, `${JSON.stringify(secrets, null, 2)}\n`, { mode: 0o600 });
+  const secrets = Secrets.parse(stored && typeof stored === "object" ? stored : {});
+  if (JSON.stringify(secrets) !== JSON.stringify(stored)) {
+    mkdirSync(stateDir, { recursive: true });
+    writeFileSync(file, `${JSON.stringify(secrets, null, 2)}\n`, { mode: 0o600 });
+    chmodSync(file, 0o600);
+  }
   return secrets;
 }
 
@@ -141,7 +152,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   };
   try {
     // 1. Local S3 (R2 data).
-    const s3 = await startLocalS3({ port: options.ports?.s3 ?? 0, buckets: [BUCKET], persistDir: join(stateDir, "s3") }).catch((e: unknown) => {
+    const credentials = credentialsFromEnv(process.env.LOCAL_S3_CREDENTIALS) ?? { accessKeyId: secrets.S3_ACCESS_KEY_ID, secretAccessKey: secrets.S3_SECRET_ACCESS_KEY };
+    const s3 = await startLocalS3({ port: options.ports?.s3 ?? 0, buckets: [BUCKET], persistDir: join(stateDir, "s3"), credentials }).catch((e: unknown) => {
       throw portHint(e, "local S3", options.ports?.s3);
     });
     cleanups.push(() => s3.stop());
@@ -217,11 +229,12 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     vars.FLY_API_HOSTNAME = emulator.url;
 
     const envFile = join(stateDir, "orchestrator.env");
+    const { S3_ACCESS_KEY_ID: _id, S3_SECRET_ACCESS_KEY: _secret, ...workerSecrets } = secrets;
     const env = {
       ...vars,
-      ...secrets,
-      R2_ACCESS_KEY_ID: LOCAL_S3_CREDENTIALS.accessKeyId,
-      R2_SECRET_ACCESS_KEY: LOCAL_S3_CREDENTIALS.secretAccessKey,
+      ...workerSecrets,
+      R2_ACCESS_KEY_ID: s3.credentials.accessKeyId,
+      R2_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
     };
     writeFileSync(envFile, Object.entries(env).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("\n") + "\n", { mode: 0o600 });
     chmodSync(envFile, 0o600);

@@ -3,7 +3,7 @@
 // or to npm, which runs it with `exec`), or until npm itself is gone: then every process it
 // started is stopped. If a part of the stack dies on its own, the rest is stopped and it exits 1.
 import "./quiet-warnings.ts";
-import { rmSync, writeFileSync } from "node:fs";
+import { chmodSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { z } from "zod";
@@ -60,12 +60,15 @@ async function main(): Promise<void> {
       null,
       2,
     )}\n`,
+    // It holds the local S3's secret key: readable by this user only, like secrets.json.
+    { mode: 0o600 },
   );
+  chmodSync(stackFile, 0o600);
 
   console.log(`
 fanout is running (state in ${stack.stateDir})
   orchestrator      ${stack.orchestratorUrl}        GET /health · /status/:id · POST /admin/batches
-  local S3 (R2)     ${stack.s3.endpoint}/${stack.bucket}   path-style, any credentials
+  local S3 (R2)     ${stack.s3.endpoint}/${stack.bucket}   path-style, SigV4 with the key pair in stack.json (s3_access_key_id, s3_secret_access_key)
   Fly Machines API  ${stack.emulator.url}         machines run as local fly-worker processes
   admin token       in ${join(stack.stateDir, "secrets.json")} (ADMIN_TOKEN; the CLI reads it)
   logs              ${stack.logDir}/orchestrator.log, ${stack.logDir}/machines/<id>.log

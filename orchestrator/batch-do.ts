@@ -8,7 +8,7 @@ import { syncBatchIndex } from "./batch-index.ts";
 import { type Config, loadConfig } from "./config.ts";
 import { attemptExpiry } from "./engine/access.ts";
 import { apiStatus, type Engine, isFinished, makeEngine } from "./engine/context.ts";
-import { discover, outsideRoots } from "./engine/discovery.ts";
+import { discover, messageRefusal } from "./engine/discovery.ts";
 import { finalise } from "./engine/finalise.ts";
 import { destroyOrphans } from "./engine/machines.ts";
 import { type CallbackReply, type ReserveReply, reserveOutputs, settleCallback } from "./engine/outcomes.ts";
@@ -91,7 +91,7 @@ export class BatchDO extends DurableObject<Env> {
   async start(message: QueueMessage, options: { firstPhase?: string } = {}): Promise<{ created: boolean; status: string }> {
     const existing = this.store.getMeta();
     if (existing) return { created: false, status: apiStatus(existing) };
-    const outside = outsideRoots(message, this.config.ALLOWED_PREFIXES);
+    const outside = messageRefusal(message, this.config.ALLOWED_PREFIXES);
     if (outside) {
       await this.recordInvalid(message.batch_id, `invalid queue message: ${outside}`, JSON.stringify(message));
       log("DO", "batch_refused", { batch_id: message.batch_id, error: outside });

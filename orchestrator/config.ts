@@ -48,11 +48,16 @@ export const ConfigSchema = z.object({
    * speak the old env contract; anyone who can read the Fly app can then read the key).
    */
   MACHINE_STORAGE: z.preprocess((v) => (v === undefined || v === "" ? "scoped" : v), z.enum(["scoped", "legacy-keys"], { message: "must be 'scoped' or 'legacy-keys'" })),
-  /** Roots a batch may read and write under, comma-separated; "/" is the whole bucket. */
+  /** Roots a batch may read and write under, comma-separated; "/" is the whole bucket. Each is a folder: a missing trailing / is added. */
   ALLOWED_PREFIXES: z
     .preprocess((v) => (v === undefined ? "batches/" : v), z.string())
-    .transform((s) => s.split(",").map((r) => r.trim()).filter(Boolean))
+    .transform((s) => s.split(",").map((r) => r.trim()).filter(Boolean).map((r) => (r.endsWith("/") ? r : `${r}/`)))
     .pipe(z.array(z.string()).min(1, "must name at least one root, e.g. batches/ (or / for the whole bucket)")),
+  /**
+   * Where a batch reads: `batch` (its manifest's directory, or its r2_prefix) or `allowed-prefixes`
+   * (anywhere under ALLOWED_PREFIXES: a manifest may list files of other folders — on purpose).
+   */
+  READ_SCOPE: z.preprocess((v) => (v === undefined || v === "" ? "batch" : v), z.enum(["batch", "allowed-prefixes"], { message: "must be 'batch' or 'allowed-prefixes'" })),
   /** Defaults for a message without tolerated_failure_percentage / tolerated_failure_count (unset: no threshold). */
   TOLERATED_FAILURE_PERCENTAGE: z.preprocess((v) => (v === undefined || v === "" ? undefined : Number(v)), z.number().min(0).max(100).optional()),
   TOLERATED_FAILURE_COUNT: z.preprocess((v) => (v === undefined || v === "" ? undefined : Number(v)), z.number().int().min(0).optional()),

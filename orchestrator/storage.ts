@@ -2,6 +2,7 @@
 // the S3 API (signed with aws4fetch) when R2_ENDPOINT is set — the local stack, or any
 // S3-compatible store. Machines always use the S3 API (see the machine contract).
 import { AwsClient } from "aws4fetch";
+import { objectPath } from "../shared/keys.ts";
 
 export interface ObjectInfo {
   key: string;
@@ -24,6 +25,13 @@ export interface ObjectStream {
   etag: string;
 }
 
+export interface ObjectHead {
+  size: number;
+  etag: string;
+  /** Custom metadata (`x-amz-meta-<name>` on the S3 API, customMetadata on the binding), names in lower case. */
+  metadata: Record<string, string>;
+}
+
 export interface ObjectStore {
   /** The object's text, or null when there is no such object. */
   getText(key: string): Promise<string | null>;
@@ -33,8 +41,8 @@ export interface ObjectStore {
    */
   getStream(key: string, offset: number, length?: number): Promise<ObjectStream | null>;
   list(prefix: string, cursor: string | null, limit: number): Promise<ObjectPage>;
-  /** The object's size, or null when there is no such object. */
-  head(key: string): Promise<{ size: number } | null>;
+  /** The object's size, ETag (unquoted) and custom metadata, or null when there is no such object. */
+  head(key: string): Promise<ObjectHead | null>;
 }
 
 /** A range getStream can ask for: a zero length has no HTTP Range form. */
@@ -60,7 +68,7 @@ export interface R2BucketLike {
     key: string,
     options?: { range?: { offset: number; length?: number } },
   ): Promise<{ text(): Promise<string>; body: ReadableStream<Uint8Array>; size: number; etag: string } | null>;
-  head(key: string): Promise<{ size: number } | null>;
+  head(key: string): Promise<{ size: number; etag: string; customMetadata?: Record<string, string> } | null>;
   list(options: { prefix: string; limit: number; cursor?: string; include?: ("httpMetadata" | "customMetadata")[] }): Promise<
     | { objects: { key: string; size: number; httpMetadata?: { contentType?: string } }[]; truncated: true; cursor: string }
     | { objects: { key: string; size: number; httpMetadata?: { contentType?: string } }[]; truncated: false }
@@ -78,9 +86,11 @@ export class R2ObjectStore implements ObjectStore {
     return object ? await object.text() : null;
   }
 
-  async head(key: string): Promise<{ size: number } | null> {
+  async head(key: string): Promise<ObjectHead | null> {
     const object = await this.bucket.head(key);
-    return object ? { size: object.size } : null;
+    if (!object) return null;
+    const metadata = Object.fromEntries(Object.entries(object.customMetadata ?? {}).map(([k, v]) => [k.toLowerCase(), v]));
+    return { size: object.size, etag: object.etag, metadata };
   }
 
   async getStream(key: string, offset: number, length?: number): Promise<ObjectStream | null> {
@@ -120,6 +130,8 @@ function xmlTag(xml: string, tag: string): string | undefined {
 
 export class S3ObjectStore implements ObjectStore {
   private readonly client: AwsClient;
+  private readonly endpoint: string;
+  private readonly bucket: string;
   private readonly base: string;
 
   constructor(opts: S3Options) {
@@ -129,7 +141,9 @@ export class S3ObjectStore implements ObjectStore {
       service: "s3",
       region: "auto",
     });
-    this.base = `${opts.endpoint.replace(/\/+$/, "")}/${encodeURIComponent(opts.bucket)}`;
+    this.endpoint = opts.endpoint.replace(/\/+$/, "");
+    this.bucket = opts.bucket;
+    this.base = `${this.endpoint}/${encodeURIComponent(opts.bucket)}`;
   }
 
   private async send(url: string, headers?: Record<string, string>, method: "GET" | "HEAD" = "GET"): Promise<Response> {
@@ -152,12 +166,15 @@ export class S3ObjectStore implements ObjectStore {
     return await res.text();
   }
 
-  async head(key: string): Promise<{ size: number } | null> {
+  async head(key: string): Promise<ObjectHead | null> {
     const res = await this.send(this.objectUrl(key), undefined, "HEAD");
     await res.body?.cancel();
     if (res.status === 404) return null;
     if (!res.ok) throw new StorageError(`S3 HEAD ${key} answered ${res.status}`, res.status >= 500 || res.status === 429);
-    return { size: Number(res.headers.get("content-length") ?? 0) };
+    const metadata: Record<string, string> = {};
+    for (const [name, value] of res.headers) if (name.startsWith("x-amz-meta-")) metadata[name.slice("x-amz-meta-".length)] = value;
+    const etag = (res.headers.get("etag") ?? "").replace(/^(W\/)?"|"$/g, "");
+    return { size: Number(res.headers.get("content-length") ?? 0), etag, metadata };
   }
 
   async getStream(key: string, offset: number, length?: number): Promise<ObjectStream | null> {
@@ -185,8 +202,9 @@ export class S3ObjectStore implements ObjectStore {
     return { body: res.body ?? new ReadableStream({ start: (c) => c.close() }), size, etag };
   }
 
+  /** Each key segment encoded (shared/keys.ts objectPath): a key that is not canonical is refused, never resolved. */
   private objectUrl(key: string): string {
-    return `${this.base}/${key.split("/").map(encodeURIComponent).join("/")}`;
+    return `${this.endpoint}${objectPath(this.bucket, key)}`;
   }
 
   async list(prefix: string, cursor: string | null, limit: number): Promise<ObjectPage> {

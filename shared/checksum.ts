@@ -4,6 +4,9 @@ import { z } from "zod";
 import { BatchId, ObjectKey, SuccessCore, TaskId } from "./contracts.ts";
 import { fileName } from "./keys.ts";
 
+/** The sidecar's content type: the phase signs it into the PUT URL, the worker sends it. */
+export const SIDECAR_CONTENT_TYPE = "text/plain; charset=utf-8";
+
 /** The phase name; a machine whose env says PHASE=CHECKSUM runs the checksum mode. */
 export const CHECKSUM_PHASE = "CHECKSUM";
 

@@ -1,6 +1,7 @@
 // The contracts between the parts of fanout, as zod schemas. Both the orchestrator (workerd)
-// and the fly-worker (Node) import this file, so it uses nothing but zod and web standards.
+// and the fly-worker (Node) import this file, so it uses nothing but zod, web standards and keys.ts.
 import { z } from "zod";
+import { keyProblem } from "./keys.ts";
 
 /** Batch ids become Durable Object names, URL segments, R2 key parts and Fly metadata. */
 export const BatchId = z
@@ -17,12 +18,27 @@ export const TaskId = z
   .regex(/^[a-z][a-z0-9]{0,15}-[0-9]{1,9}$/, "task_id must look like 'tiff-000042'");
 export type TaskId = z.infer<typeof TaskId>;
 
-/** An R2/S3 object key: non-empty, at most 1024 bytes, no NUL. */
-export const ObjectKey = z
+/**
+ * A canonical R2/S3 object key (shared/keys.ts keyProblem): at most 1,024 UTF-8 bytes, no control
+ * character, backslash, empty, `.` or `..` segment. Every key that reaches a machine, a URL or a
+ * callback is one.
+ */
+export const ObjectKey = z.string().superRefine((k, ctx) => {
+  const problem = keyProblem(k);
+  if (problem) ctx.addIssue({ code: "custom", message: `not a canonical object key: ${problem}` });
+});
+
+/** A key as a manifest lists it: checked with keyProblem when the file is planned, so a bad entry fails that file alone. */
+const ListedKey = z.string().min(1, "an object key must not be empty").max(4096, "an object key must be at most 4096 characters");
+
+/** A prefix (`r2_prefix`): canonical, ending in `/` (one is added when it is missing, so `batches/b1` never takes `batches/b10/`). */
+export const KeyPrefix = z
   .string()
-  .min(1, "an object key must not be empty")
-  .max(1024, "an object key must be at most 1024 characters")
-  .refine((k) => !k.includes("\0"), "an object key must not contain NUL");
+  .transform((p) => (p === "" || p.endsWith("/") ? p : `${p}/`))
+  .superRefine((p, ctx) => {
+    const problem = keyProblem(p, { prefix: true });
+    if (problem) ctx.addIssue({ code: "custom", message: p === "" ? "must not be empty (it would take the whole bucket)" : `not a canonical prefix: ${problem}` });
+  });
 
 // ---------------------------------------------------------------------------------------
 // Queue message and manifest (compatible with the existing ingest pipeline; unknown fields kept)
@@ -31,7 +47,12 @@ export const QueueMessage = z
   .looseObject({
     batch_id: BatchId,
     manifest_r2_key: ObjectKey.optional(),
-    r2_prefix: z.string().max(1024).optional(),
+    r2_prefix: KeyPrefix.optional(),
+    /**
+     * Replace outputs that already exist in storage and were not written by this batch (an
+     * operator re-running a folder on purpose). Off: such a file fails, naming the key.
+     */
+    overwrite: z.boolean().optional(),
     /** Run the batch's phases in pool mode (machines lease task after task); POOL_MODE by default. */
     pool: z.boolean().optional(),
     /** Pool mode: tasks each machine converts at once; POOL_TASKS_PER_MACHINE by default. */
@@ -48,7 +69,7 @@ export const QueueMessage = z
 export type QueueMessage = z.infer<typeof QueueMessage>;
 
 export const ManifestFile = z.looseObject({
-  r2_key: ObjectKey,
+  r2_key: ListedKey,
   logical_path: z.string().optional(),
   file_name: z.string().optional(),
   file_size: z.number().int().nonnegative().optional(),
@@ -97,6 +118,22 @@ export const envInt = (min: number, max: number) =>
     .transform(Number)
     .pipe(z.number().int().min(min).max(max));
 
+/** Headers a presigned PUT signs (X-Amz-SignedHeaders): the request must carry exactly these values. */
+export const SignedHeaders = z.record(z.string().regex(/^[a-z0-9-]+$/, "header names are lower case"), z.string());
+
+/** SignedHeaders as an env var: a JSON object. */
+const SignedHeadersJson = z
+  .string()
+  .transform((s, ctx) => {
+    try {
+      return JSON.parse(s) as unknown;
+    } catch {
+      ctx.addIssue({ code: "custom", message: "must be a JSON object of header names to values" });
+      return z.NEVER;
+    }
+  })
+  .pipe(SignedHeaders);
+
 export const MachineEnv = z.object({
   TASK_ID: TaskId,
   BATCH_ID: BatchId,
@@ -108,6 +145,8 @@ export const MachineEnv = z.object({
   INPUT_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),
   OUTPUT_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),
   OUTPUTS_URL: z.url({ protocol: /^https?$/, message: "must be an http(s) URL" }).optional(),
+  /** The headers OUTPUT_URL signs (content type, writer, If-None-Match / If-Match): the PUT sends exactly these. */
+  OUTPUT_HEADERS: SignedHeadersJson.optional(),
   ATTEMPT: envInt(1, 1_000_000).optional(),
   CREDENTIALS_EXPIRE_AT: z.string().optional(),
   /** The old contract (MACHINE_STORAGE=legacy-keys): the R2 key pair. */
@@ -270,6 +309,7 @@ export const ReserveResponse = z.object({
   batch_id: BatchId,
   task_id: TaskId,
   attempt: z.number().int().positive(),
-  outputs: z.array(z.object({ page: z.number().int().min(2), r2_key: ObjectKey, url: z.url() })),
+  /** Each page's PUT URL and the headers it signs (content type, writer, condition): send exactly these. */
+  outputs: z.array(z.object({ page: z.number().int().min(2), r2_key: ObjectKey, url: z.url(), headers: SignedHeaders.optional() })),
 });
 export type ReserveResponse = z.infer<typeof ReserveResponse>;

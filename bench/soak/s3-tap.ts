@@ -1,6 +1,7 @@
 // A pass-through proxy in front of the local S3 that records every object write by key: the
 // soak's proof that no output was written twice and nothing outside the batch was written.
-// Presigned URLs keep working through it (the local S3 does not check signatures).
+// Signatures keep working through it: it forwards the Host the client signed (the local S3 checks
+// every signature, host included).
 import { listenLoopback, pipeThrough } from "../../local/forward.ts";
 
 export interface ObjectWrite {
@@ -40,6 +41,7 @@ export async function startS3Tap(upstream: string, bucket: string): Promise<S3Ta
           (method === "POST" && url.searchParams.has("uploadId")));
       pipeThrough(req, res, target, {
         unreachable: "s3 tap: upstream unreachable",
+        keepHost: true,
         onAnswer: (status) => {
           if (!isWrite || status < 200 || status >= 300) return;
           writes.push({

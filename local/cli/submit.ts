@@ -44,7 +44,13 @@ export async function submit(args: string[]): Promise<number> {
   const usingLocalS3 = env.R2_ENDPOINT === undefined;
   const accessKeyId = env.R2_ACCESS_KEY_ID ?? (usingLocalS3 ? local?.s3_access_key_id : undefined);
   const secretAccessKey = env.R2_SECRET_ACCESS_KEY ?? (usingLocalS3 ? local?.s3_secret_access_key : undefined);
-  if (!accessKeyId || !secretAccessKey) throw new UsageError("R2_ENDPOINT is set: set R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY too");
+  if (!accessKeyId || !secretAccessKey) {
+    throw new UsageError(
+      usingLocalS3
+        ? "the local stack's S3 key pair is not in its stack.json (s3_access_key_id, s3_secret_access_key): restart `npm start`, or set R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY"
+        : "R2_ENDPOINT is set: set R2_ACCESS_KEY_ID and R2_SECRET_ACCESS_KEY too",
+    );
+  }
   const bucket = env.R2_BUCKET ?? local?.bucket ?? BUCKET;
   const client = s3Client({ endpoint, bucket, accessKeyId, secretAccessKey });
   const tty = process.stderr.isTTY === true;

@@ -1,24 +1,26 @@
 // Discovery: the batch's file list, from its manifest or by listing its prefix, page by page
-// across alarms with a cursor. Only keys under the roots the batch may touch are taken.
+// across alarms with a cursor. Planning (planning.ts) then refuses any file outside the batch's place.
 import type { FileEntry } from "../../shared/contracts.ts";
-import { fileName } from "../../shared/keys.ts";
+import { fileName, keyProblem } from "../../shared/keys.ts";
 import { log } from "../log.ts";
 import type { BatchMeta } from "../store/index.ts";
 import type { Engine } from "./context.ts";
+import { underRoots } from "./outputs.ts";
 import { MANIFEST_PAGE_SIZE, MANIFEST_PAGES_PER_ALARM, type ManifestCursor, ManifestReader, parseManifestCursor } from "./manifest.ts";
 
 const LIST_PAGES_PER_ALARM = 20;
 const LIST_PAGE_SIZE = 1000;
 
-/** True when `key` lies under one of the configured roots ("/" allows the whole bucket). */
-export function underRoots(key: string, roots: readonly string[]): boolean {
-  return roots.some((r) => r === "/" || key.startsWith(r));
-}
-
-/** Why a queue message may not run here, or null. Checked before a batch is recorded. */
-export function outsideRoots(message: { r2_prefix?: string; manifest_r2_key?: string }, roots: readonly string[]): string | null {
+/**
+ * Why a queue message may not run here, or null. Checked before a batch is recorded (the queue and
+ * HTTP paths checked the schema already; RPC callers reach this directly): its manifest key or
+ * prefix must be canonical (shared/keys.ts keyProblem) and under the allowed roots.
+ */
+export function messageRefusal(message: { r2_prefix?: string; manifest_r2_key?: string }, roots: readonly string[]): string | null {
   const where = message.manifest_r2_key ?? message.r2_prefix;
   if (message.manifest_r2_key === undefined && message.r2_prefix === "") return "r2_prefix must not be empty (it would take the whole bucket)";
+  const problem = message.manifest_r2_key !== undefined ? keyProblem(message.manifest_r2_key) : message.r2_prefix !== undefined ? keyProblem(message.r2_prefix, { prefix: true }) : null;
+  if (problem) return `${message.manifest_r2_key !== undefined ? "manifest_r2_key" : "r2_prefix"} ${JSON.stringify(where)} is not canonical: ${problem}`;
   if (where !== undefined && !underRoots(where, roots)) {
     return `${message.manifest_r2_key !== undefined ? "manifest_r2_key" : "r2_prefix"} ${where} is outside the allowed roots (${roots.join(", ")}); see ALLOWED_PREFIXES`;
   }

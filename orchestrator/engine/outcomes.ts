@@ -6,8 +6,10 @@ import { backoffMs } from "../../shared/backoff.ts";
 import { log } from "../log.ts";
 import { getPhase } from "../phases/index.ts";
 import type { BatchMeta, TallyExtra, TaskRow } from "../store/index.ts";
+import { keyProblem } from "../../shared/keys.ts";
 import { presign } from "./access.ts";
 import { type Engine, openCount, taskView } from "./context.ts";
+import { outputAccess, overwrites } from "./outputs.ts";
 
 /** Ends the task's current attempt as failed: retried with backoff, or FAILED for good. Call inside a transaction. */
 export function failAttempt(e: Engine, meta: BatchMeta, task: TaskRow, error: string, retryable: boolean, now: number): void {
@@ -155,13 +157,14 @@ async function verifyOutputs(e: Engine, task: TaskRow, outputs: FileEntry[]): Pr
 }
 
 export type ReserveReply =
-  | { code: 200; body: { batch_id: string; task_id: string; attempt: number; outputs: { page: number; r2_key: string; url: string }[] } }
+  | { code: 200; body: { batch_id: string; task_id: string; attempt: number; outputs: { page: number; r2_key: string; url: string; headers: Record<string, string> }[] } }
   | { code: 401 | 404 | 409 | 400; body: { error: string } };
 
 /**
  * Reserves keys for pages 2…`pages` of a task's output (page 1 was reserved at plan time), each
  * the first of the phase's candidates that no file, object or other task has, and answers a
- * presigned PUT for each. Idempotent: asking again returns the same keys.
+ * presigned PUT for each with the headers it signs (outputs.ts outputAccess: an already reserved
+ * key — a retry's — is checked again in storage). Idempotent: asking again returns the same keys.
  */
 export async function reserveOutputs(e: Engine, taskId: string, attempt: number, pages: number, expiresAt: number): Promise<ReserveReply> {
   const meta = e.store.getMeta();
@@ -174,15 +177,20 @@ export async function reserveOutputs(e: Engine, taskId: string, attempt: number,
   const phase = getPhase(task.phase);
   if (!phase.pageKeyCandidates) return { code: 400, body: { error: `phase ${phase.name} writes one output per task` } };
   const store = e.objects();
+  const replace = overwrites(meta);
   const have = new Map(e.store.outputsOf(taskId).map((o) => [o.page, o.key]));
+  const fresh = new Set<string>();
   for (let page = 2; page <= pages; page++) {
     if (have.has(page)) continue;
     for (const candidate of phase.pageKeyCandidates(task.output_key, page)) {
+      const problem = keyProblem(candidate);
+      if (problem) return { code: 400, body: { error: `page ${page} of ${task.input_key} has no valid output key: ${candidate} is not a canonical object key: ${problem}` } };
       if (e.store.keyTaken(candidate)) continue;
-      // Never an existing object (one outside the batch's file list, say).
-      if (await store.head(candidate)) continue;
+      // Never an existing object (one outside the batch's file list, say), unless the batch overwrites.
+      if (!replace && (await store.head(candidate))) continue;
       if (e.store.reserveOutput(candidate, taskId, page)) {
         have.set(page, candidate);
+        fresh.add(candidate);
         break;
       }
     }
@@ -190,7 +198,9 @@ export async function reserveOutputs(e: Engine, taskId: string, attempt: number,
   const outputs = [];
   for (let page = 2; page <= pages; page++) {
     const key = have.get(page)!;
-    outputs.push({ page, r2_key: key, url: await presign(e.config, "PUT", key, expiresAt) });
+    const access = await outputAccess(e, meta, task, key, phase.outputContentType, fresh.has(key) ? "absent" : undefined);
+    if (!access.ok) return { code: 409, body: { error: access.reason } };
+    outputs.push({ page, r2_key: key, url: await presign(e.config, "PUT", key, expiresAt, Date.now(), access.headers), headers: access.headers });
   }
   log("DO", "outputs_reserved", { batch_id: meta.batch_id, task_id: taskId, attempt, pages });
   return { code: 200, body: { batch_id: meta.batch_id, task_id: taskId, attempt, outputs } };

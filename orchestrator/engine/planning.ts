@@ -1,11 +1,14 @@
 // Planning: a phase's tasks from the file list, a page of files per alarm. Each task's output
-// key is reserved with it; a file outside the roots the batch may touch fails with a reason.
+// key is reserved with it; a file the batch may not read (not canonical, outside the roots or the
+// batch's place: outputs.ts inputRefusal) fails with the reason, and so does one whose output key
+// would not be canonical (over 1,024 bytes, say).
+import { keyProblem } from "../../shared/keys.ts";
 import { log } from "../log.ts";
 import { getPhase } from "../phases/index.ts";
 import type { PhaseFile } from "../phases/types.ts";
 import type { BatchMeta, FileRow, NewTask } from "../store/index.ts";
 import type { Engine } from "./context.ts";
-import { underRoots } from "./discovery.ts";
+import { inputRefusal } from "./outputs.ts";
 
 const PLAN_FILES_PER_ALARM = 5000;
 
@@ -13,7 +16,6 @@ export function plan(e: Engine, meta: BatchMeta): number {
   const phase = getPhase(meta.phase);
   const now = Date.now();
   const files = e.store.filesAfter(meta.plan_cursor, PLAN_FILES_PER_ALARM);
-  const roots = e.config.ALLOWED_PREFIXES;
   e.store.transaction(() => {
     let seq = meta.next_seq;
     let maxSize = meta.max_task_size;
@@ -22,8 +24,9 @@ export function plan(e: Engine, meta: BatchMeta): number {
     const chosen = new Set<string>();
     for (const f of files) {
       const nextId = () => `${phase.slug}-${String(seq++).padStart(6, "0")}`;
-      if (!underRoots(f.r2_key, roots)) {
-        // Never read or written: the batch may only touch keys under its roots.
+      const refused = inputRefusal(e.config, meta, f.r2_key);
+      if (refused) {
+        // Never read or written: the batch touches only canonical keys in its own place.
         e.store.removeFile(f.r2_key);
         const id = nextId();
         page.push({
@@ -35,7 +38,7 @@ export function plan(e: Engine, meta: BatchMeta): number {
           size_bytes: f.file_size,
           params_json: "{}",
           now,
-          error: `${f.r2_key} is outside the allowed roots (${roots.join(", ")})`,
+          error: refused,
         });
         continue;
       }
@@ -47,7 +50,15 @@ export function plan(e: Engine, meta: BatchMeta): number {
       const id = nextId();
       // A file that cannot be processed writes nothing: no key is reserved, and a redrive skips it.
       let output: string | undefined = planned.error ? `(none: ${id})` : undefined;
+      let error = planned.error;
       for (const candidate of output ? [] : planned.output_key_candidates) {
+        const problem = keyProblem(candidate);
+        if (problem) {
+          // Later candidates are longer still: the file cannot be written beside its input.
+          output = `(none: ${id})`;
+          error = `its output key ${JSON.stringify(candidate.length > 300 ? `${candidate.slice(0, 300)}…` : candidate)} is not a canonical object key: ${problem}`;
+          break;
+        }
         if (!chosen.has(candidate) && !e.store.keyTaken(candidate)) {
           output = candidate;
           break;
@@ -63,7 +74,7 @@ export function plan(e: Engine, meta: BatchMeta): number {
         size_bytes: planned.size_bytes,
         params_json: JSON.stringify(planned.params ?? {}),
         now,
-        ...(planned.error ? { error: planned.error } : {}),
+        ...(error ? { error } : {}),
       });
     }
     e.store.insertTasks(page);

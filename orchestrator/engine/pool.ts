@@ -7,6 +7,7 @@ import type { TaskRow } from "../store/index.ts";
 import { attemptEnv, attemptExpiry } from "./access.ts";
 import { apiStatus, type Engine, isFinished, RETIRE_GRACE_MS, taskView } from "./context.ts";
 import { retireMachine } from "./machines.ts";
+import { failAttempt } from "./outcomes.ts";
 import { outOfPlan, planOf } from "./plan.ts";
 
 /** The next task for pool machine `workerId`, or wait, or done (the machine exits). */
@@ -66,8 +67,15 @@ export async function lease(e: Engine, workerId: string, machineId: string | nul
   const task: TaskRow = { ...ready, ...set, state: "running" };
   e.store.moveTask(ready, "running", set, now);
   log("DO", "task_leased", { batch_id: meta.batch_id, task_id: task.task_id, phase: phase.name, attempt, worker_id: workerId, machine_id: machine });
+  const access = await attemptEnv(e, meta, task, attemptExpiry(now, { bootTimeoutMs: 0, runTimeoutMs: limits.runTimeoutMs }));
+  if (!access.ok) {
+    // The task may not write its output (outputs.ts outputAccess): it fails, and the slot asks again.
+    e.store.transaction(() => failAttempt(e, meta, e.store.getTask(task.task_id)!, access.reason, access.retryable, Date.now()));
+    await e.wake(Date.now());
+    return { kind: "wait", wait_ms: 250 };
+  }
   const req = phase.machine(taskView(meta, task));
-  const env = { ...req.env, ...(await attemptEnv(e, meta, task, attemptExpiry(now, { bootTimeoutMs: 0, runTimeoutMs: limits.runTimeoutMs }))) };
+  const env = { ...req.env, ...access.env };
   // Legacy machines got the storage keys at create; a lease never repeats them.
   for (const secret of ["R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"]) delete env[secret];
   return { kind: "task", task_id: task.task_id, env, lease_ms: leaseMs, heartbeat_ms: Math.max(500, Math.floor(leaseMs / 3)) };

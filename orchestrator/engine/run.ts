@@ -8,6 +8,7 @@ import type { BatchMeta, TaskRow } from "../store/index.ts";
 import { attemptEnv, attemptExpiry, leaseToken, leaseUrl } from "./access.ts";
 import { CREATE_ANSWER_MS, type Engine, SPAWNS_PER_ALARM, taskView } from "./context.ts";
 import { checkMachines, createMachines, destroyOrphans, lapseOverdue, MachineCensus, type MachinePlan, recordCreating, retireAll } from "./machines.ts";
+import { failAttempt } from "./outcomes.ts";
 import { learn, planOf, planPhase } from "./plan.ts";
 import { decide, type SchedulerState } from "./schedule.ts";
 import { guestOf } from "./sizing.ts";
@@ -141,23 +142,20 @@ async function launchSingle(e: Engine, meta: BatchMeta, phase: Phase, n: number)
   if (launched.length === 0) return;
   const expiresAt = attemptExpiry(now, limits);
   const plan = planOf(e, meta, phase);
-  const plans: MachinePlan[] = await Promise.all(
-    launched.map(async (t) => {
-      const req = phase.machine(taskView(meta, t));
-      // The plan's kind and CPUs, with the memory this task needs (its own guest when the plan's kind cannot hold it).
-      const guest = (phase.work && guestOf(plan.guest.cpu_kind, plan.guest.cpus, phase.work(t.size_bytes).memoryMb)) || phase.guest(t.size_bytes);
-      return {
-        id: t.worker_id!,
-        phase,
-        guest,
-        image: req.image ?? e.config.FLY_IMAGE,
-        env: { ...req.env, ...(await attemptEnv(e, meta, t, expiresAt)) },
-        slots: 1,
-        task: t,
-      };
-    }),
-  );
-  e.store.transaction(() => recordCreating(e, plans, limits.bootTimeoutMs, now));
+  const minted = await Promise.all(launched.map(async (t) => ({ t, access: await attemptEnv(e, meta, t, expiresAt) })));
+  const plans: MachinePlan[] = [];
+  for (const { t, access } of minted) {
+    if (!access.ok) continue;
+    const req = phase.machine(taskView(meta, t));
+    // The plan's kind and CPUs, with the memory this task needs (its own guest when the plan's kind cannot hold it).
+    const guest = (phase.work && guestOf(plan.guest.cpu_kind, plan.guest.cpus, phase.work(t.size_bytes).memoryMb)) || phase.guest(t.size_bytes);
+    plans.push({ id: t.worker_id!, phase, guest, image: req.image ?? e.config.FLY_IMAGE, env: { ...req.env, ...access.env }, slots: 1, task: t });
+  }
+  e.store.transaction(() => {
+    // An attempt that may not write its output never gets a machine (outputs.ts outputAccess).
+    for (const { t, access } of minted) if (!access.ok) failAttempt(e, meta, t, access.reason, access.retryable, now);
+    recordCreating(e, plans, limits.bootTimeoutMs, now);
+  });
   await createMachines(e, meta, plans);
 }
 

@@ -1,6 +1,6 @@
 // CHECKSUM: a SHA-256 `sha256sum` sidecar beside every JPEG of the batch (the conversion's outputs),
 // written by the fly-worker's checksum mode. Registered, but only a batch whose pipeline names it runs it.
-import { CHECKSUM_PHASE, ChecksumCallback, sidecarKeyCandidates } from "../../shared/checksum.ts";
+import { CHECKSUM_PHASE, ChecksumCallback, SIDECAR_CONTENT_TYPE, sidecarKeyCandidates } from "../../shared/checksum.ts";
 import { fileName } from "../../shared/keys.ts";
 import type { Phase, PhaseFile } from "./types.ts";
 
@@ -13,6 +13,7 @@ export function isJpeg(file: Pick<PhaseFile, "r2_key" | "content_type">): boolea
 export const checksum: Phase<ChecksumCallback> = {
   name: CHECKSUM_PHASE,
   slug: "sum",
+  outputContentType: SIDECAR_CONTENT_TYPE,
   next: null,
   // Hashing streams at network speed: a minute covers a few GB; the boot limit is the image pull's.
   limits: { bootTimeoutMs: 10 * 60_000, runTimeoutMs: 5 * 60_000 },

@@ -98,6 +98,7 @@ function outputsOf(task: TaskView, cb: Extract<CallbackBody, { status: "success"
 export const tiffConversion: Phase<CallbackBody> = {
   name: "TIFF_CONVERSION",
   slug: "tiff",
+  outputContentType: "image/jpeg",
   next: null,
   limits: { bootTimeoutMs: 10 * 60_000, runTimeoutMs: 15 * 60_000 },
 

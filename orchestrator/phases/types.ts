@@ -72,6 +72,8 @@ export interface Phase<Callback = unknown> {
   name: string;
   /** Task id prefix: lowercase letters/digits, e.g. `tiff` → `tiff-000042`. */
   slug: string;
+  /** Content type of the objects its tasks write: signed into every PUT URL, so nothing else can be stored there. */
+  outputContentType: string;
   /** The phase that follows, or null when this is the last. */
   next: string | null;
   limits: PhaseLimits;

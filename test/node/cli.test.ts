@@ -102,7 +102,7 @@ describe("fanout CLI against a running local stack", () => {
   let start: ChildProcess | undefined;
   let startOut = "";
   let s3: ReturnType<typeof s3Client>;
-  let stack: { orchestrator_url: string; s3_endpoint: string; bucket: string };
+  let stack: { orchestrator_url: string; s3_endpoint: string; bucket: string; s3_access_key_id: string; s3_secret_access_key: string };
 
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), "fanout-cli-"));
@@ -126,7 +126,7 @@ describe("fanout CLI against a running local stack", () => {
     }
     const { readFile } = await import("node:fs/promises");
     stack = JSON.parse(await readFile(join(work, "stack", "stack.json"), "utf8")) as typeof stack;
-    s3 = s3Client({ endpoint: stack.s3_endpoint, bucket: stack.bucket, accessKeyId: "local-access-key", secretAccessKey: "local-secret-key" });
+    s3 = s3Client({ endpoint: stack.s3_endpoint, bucket: stack.bucket, accessKeyId: stack.s3_access_key_id, secretAccessKey: stack.s3_secret_access_key });
   }, 240_000);
 
   afterAll(async () => {

@@ -1,6 +1,7 @@
 // The fly-worker's checksum mode (PHASE=CHECKSUM) as a machine runs it: a real child process, real
-// S3 (fauxqs on loopback) reached through presigned URLs as the engine makes them, and a real HTTP
-// callback receiver. The body it sends is judged by the CHECKSUM phase's own schema.
+// S3 (the local S3, which checks every signature as R2 does) reached through presigned URLs as the
+// engine makes them — the PUT signing the sidecar's content type, its writer and If-None-Match — and
+// a real HTTP callback receiver. The body it sends is judged by the CHECKSUM phase's own schema.
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -9,14 +10,15 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import type { S3Client } from "@aws-sdk/client-s3";
+import { HeadObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EXIT } from "../../fly-worker/exit-codes.ts";
-import { LOCAL_S3_CREDENTIALS, startLocalS3, type LocalS3 } from "../../local/s3.ts";
+import { startLocalS3, type LocalS3 } from "../../local/s3.ts";
 import type { Config } from "../../orchestrator/config.ts";
 import { presign } from "../../orchestrator/engine/presign.ts";
 import { checksum } from "../../orchestrator/phases/checksum.ts";
-import { ChecksumCallback, sidecarText } from "../../shared/checksum.ts";
+import { ChecksumCallback, SIDECAR_CONTENT_TYPE, sidecarText } from "../../shared/checksum.ts";
+import { WRITER_METADATA } from "../../shared/keys.ts";
 import { callbackSubject, signToken } from "../../shared/token.ts";
 import { startCallbackReceiver, type CallbackReceiver } from "./support/callback-receiver.ts";
 import { getObjectBytes, localS3Client, objectExists, putFile } from "./support/s3.ts";
@@ -36,9 +38,9 @@ let bigSha: string;
 let smallSha: string;
 let taskSeq = 0;
 
-/** The storage config the engine presigns with (fauxqs takes any signature; presign.test.ts checks them). */
+/** The storage config the engine presigns with: the local S3's key pair (it checks every signature). */
 const storageConfig = () =>
-  ({ R2_ACCESS_KEY_ID: LOCAL_S3_CREDENTIALS.accessKeyId, R2_SECRET_ACCESS_KEY: LOCAL_S3_CREDENTIALS.secretAccessKey, R2_ACCOUNT_ID: "local", R2_BUCKET: BUCKET, R2_ENDPOINT: s3.endpoint }) as unknown as Config;
+  ({ R2_ACCESS_KEY_ID: s3.credentials.accessKeyId, R2_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey, R2_ACCOUNT_ID: "local", R2_BUCKET: BUCKET, R2_ENDPOINT: s3.endpoint }) as unknown as Config;
 
 async function sha256Of(path: string): Promise<string> {
   const hash = createHash("sha256");
@@ -56,7 +58,7 @@ async function randomFile(path: string, mb: number): Promise<void> {
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "fanout-checksum-test-"));
   [s3, receiver] = await Promise.all([startLocalS3({ buckets: [BUCKET] }), startCallbackReceiver()]);
-  client = localS3Client(s3.endpoint);
+  client = localS3Client(s3);
   const big = join(dir, "big.jpg");
   const small = join(dir, "small.jpg");
   await randomFile(big, BIG_MB);
@@ -79,12 +81,16 @@ interface Planned {
   env: Record<string, string>;
 }
 
-/** The env the engine gives a CHECKSUM machine (engine/access.ts attemptEnv + the phase's machine()). */
-async function plan(inputKey: string, overrides: { inputUrl?: string } = {}): Promise<Planned> {
+/**
+ * The env the engine gives a CHECKSUM machine (engine/access.ts attemptEnv + the phase's machine()):
+ * the output does not exist yet, so its PUT signs If-None-Match: * (engine/outputs.ts outputAccess).
+ */
+async function plan(inputKey: string, overrides: { inputUrl?: string; outputKey?: string } = {}): Promise<Planned> {
   const batchId = "batch-sum";
   const taskId = `sum-${String(++taskSeq).padStart(6, "0")}`;
-  const outputKey = `${inputKey}.${taskSeq}.sha256`;
+  const outputKey = overrides.outputKey ?? `${inputKey}.${taskSeq}.sha256`;
   const expiresAt = Date.now() + 10 * 60_000;
+  const outputHeaders = { "content-type": checksum.outputContentType, [`x-amz-meta-${WRITER_METADATA}`]: `${batchId}/${taskId}`, "if-none-match": "*" };
   const phaseEnv = checksum.machine({ task_id: taskId, batch_id: batchId, input_key: inputKey, output_key: outputKey, size_bytes: 0, attempt: 1, params: {} }).env;
   const env = {
     ...phaseEnv,
@@ -95,7 +101,8 @@ async function plan(inputKey: string, overrides: { inputUrl?: string } = {}): Pr
     CALLBACK_URL: receiver.urlFor(batchId, taskId),
     CALLBACK_TOKEN: await signToken(SECRET, callbackSubject(batchId, taskId)),
     INPUT_URL: overrides.inputUrl ?? (await presign(storageConfig(), "GET", inputKey, expiresAt)),
-    OUTPUT_URL: await presign(storageConfig(), "PUT", outputKey, expiresAt),
+    OUTPUT_URL: await presign(storageConfig(), "PUT", outputKey, expiresAt, Date.now(), outputHeaders),
+    OUTPUT_HEADERS: JSON.stringify(outputHeaders),
     FLY_MACHINE_ID: `local-${taskId}`,
     CALLBACK_BACKOFF_MS: "20",
   };
@@ -137,7 +144,11 @@ describe("checksum mode (PHASE=CHECKSUM)", () => {
     expect(sidecar.bytes.toString("utf8")).toBe(sidecarText(bigSha, "scans/big.jpg"));
     expect(sidecar.bytes.toString("utf8")).toBe(`${bigSha}  big.jpg\n`);
     expect(body.output_file_size).toBe(sidecar.bytes.length);
-    expect(sidecar.contentType).toMatch(/^text\/plain/);
+    // Stored with the content type and writer its URL signed (the phase's, SIDECAR_CONTENT_TYPE).
+    expect(checksum.outputContentType).toBe(SIDECAR_CONTENT_TYPE);
+    expect(sidecar.contentType).toBe(SIDECAR_CONTENT_TYPE);
+    const head = await client.send(new HeadObjectCommand({ Bucket: BUCKET, Key: bigTask.outputKey }));
+    expect(head.Metadata).toEqual({ [WRITER_METADATA]: `${bigTask.batchId}/${bigTask.taskId}` });
     // The engine's result(): the sidecar joins the file list with its digest.
     const outcome = checksum.result({ task_id: bigTask.taskId, batch_id: bigTask.batchId, input_key: bigTask.inputKey, output_key: bigTask.outputKey, size_bytes: 0, attempt: 1, params: {} }, body);
     expect(outcome).toMatchObject({ ok: true, add: [{ r2_key: bigTask.outputKey, sha256: bigSha, file_size: sidecar.bytes.length, source_r2_key: "scans/big.jpg" }] });
@@ -169,34 +180,50 @@ describe("checksum mode (PHASE=CHECKSUM)", () => {
     expectNoSecrets(r, p);
   }, 90_000);
 
-  it("a refused presigned URL (HTTP 403, as S3 answers an expired signature): an error callback saying so, retryable (a new attempt gets fresh URLs)", async () => {
-    // fauxqs does not check signatures: a loopback server answers as S3 does for an expired one.
-    const seen: string[] = [];
-    const refuser: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
-      seen.push(`${req.method} ${req.url?.split("?")[0]}`);
-      res.writeHead(403, { "content-type": "application/xml" });
-      res.end("<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>");
+  it("an expired presigned URL (the local S3 answers 403 ExpiredRequest, as R2): an error callback saying so, retryable (a new attempt gets fresh URLs)", async () => {
+    const signedAt = Date.now() - 120_000;
+    const expired = await presign(storageConfig(), "GET", "scans/big.jpg", signedAt + 60_000, signedAt);
+    const p = await plan("scans/big.jpg", { inputUrl: expired });
+    const r = await runWorker(p.env, { timeoutMs: 60_000 });
+    expect(r.code, r.stderr).toBe(EXIT.TASK_FAILED);
+    const body = ChecksumCallback.parse(onlyCallback(p, r).body);
+    expect(body).toMatchObject({
+      status: "error",
+      error: "download of scans/big.jpg was refused (HTTP 403): the presigned URL expired or does not cover this key",
+      retryable: true,
     });
-    await new Promise<void>((resolve) => refuser.listen(0, "127.0.0.1", resolve));
-    try {
-      const { port } = refuser.address() as AddressInfo;
-      const p = await plan("scans/big.jpg", { inputUrl: `http://127.0.0.1:${port}/${BUCKET}/scans/big.jpg?X-Amz-Signature=deadbeef` });
-      const r = await runWorker(p.env, { timeoutMs: 60_000 });
-      expect(r.code, r.stderr).toBe(EXIT.TASK_FAILED);
-      expect(seen).toEqual([`GET /${BUCKET}/scans/big.jpg`]);
-      const body = ChecksumCallback.parse(onlyCallback(p, r).body);
-      expect(body).toMatchObject({
-        status: "error",
-        error: "download of scans/big.jpg was refused (HTTP 403): the presigned URL expired or does not cover this key",
-        retryable: true,
-      });
-      // The phase turns it into a retry.
-      expect(checksum.result({ task_id: p.taskId, batch_id: p.batchId, input_key: p.inputKey, output_key: p.outputKey, size_bytes: 0, attempt: 1, params: {} }, body)).toMatchObject({ ok: false, retryable: true });
-      expect(await objectExists(client, BUCKET, p.outputKey)).toBe(false);
-      expectNoSecrets(r, p);
-    } finally {
-      await new Promise<void>((resolve) => refuser.close(() => resolve()));
-    }
+    // The phase turns it into a retry.
+    expect(checksum.result({ task_id: p.taskId, batch_id: p.batchId, input_key: p.inputKey, output_key: p.outputKey, size_bytes: 0, attempt: 1, params: {} }, body)).toMatchObject({ ok: false, retryable: true });
+    expect(await objectExists(client, BUCKET, p.outputKey)).toBe(false);
+    expectNoSecrets(r, p);
+  }, 90_000);
+
+  it("an output key that already holds an object: storage refuses the If-None-Match PUT (412) and the worker reports it, retryable, the object untouched", async () => {
+    const earlier = await plan("scans/small.jpg");
+    expect((await runWorker(earlier.env, { timeoutMs: 60_000 })).code).toBe(EXIT.SUCCESS);
+    const before = (await getObjectBytes(client, BUCKET, earlier.outputKey)).bytes;
+    // Another task's URL for the same key, made while it looked free (the race the condition closes).
+    const p = await plan("scans/small.jpg", { outputKey: earlier.outputKey });
+    const r = await runWorker(p.env, { timeoutMs: 60_000 });
+    expect(r.code, r.stderr).toBe(EXIT.TASK_FAILED);
+    expect(ChecksumCallback.parse(onlyCallback(p, r).body)).toMatchObject({
+      status: "error",
+      error: `upload of ${earlier.outputKey} was refused (HTTP 412 PreconditionFailed): storage holds an object there that this attempt may not replace`,
+      retryable: true,
+    });
+    expect((await getObjectBytes(client, BUCKET, earlier.outputKey)).bytes.equals(before)).toBe(true);
+  }, 120_000);
+
+  it("an upload without the signed headers is refused: the URL stores only the content type it names", async () => {
+    const p = await plan("scans/small.jpg");
+    const { OUTPUT_HEADERS: _signed, ...withoutHeaders } = p.env;
+    const r = await runWorker(withoutHeaders, { timeoutMs: 60_000 });
+    expect(r.code, r.stderr).toBe(EXIT.TASK_FAILED);
+    expect(ChecksumCallback.parse(onlyCallback(p, r).body)).toMatchObject({
+      status: "error",
+      error: `upload of ${p.outputKey} was refused (HTTP 403): the presigned URL expired or does not cover this key`,
+    });
+    expect(await objectExists(client, BUCKET, p.outputKey)).toBe(false);
   }, 90_000);
 
   it("the callback goes the conversion's way: retried on 503 with the same body and token until delivered", async () => {

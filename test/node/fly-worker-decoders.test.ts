@@ -31,7 +31,7 @@ let taskSeq = 0;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "fanout-decoders-test-"));
   [corpus, s3] = await Promise.all([generateDecoderCorpus(join(dir, "corpus")), startLocalS3({ buckets: [BUCKET] })]);
-  client = localS3Client(s3.endpoint);
+  client = localS3Client(s3);
   await Promise.all(Object.values(corpus).map((c) => putFile(client, BUCKET, `decoders/${c.name}.tif`, c.path)));
 });
 
@@ -47,7 +47,7 @@ async function convert(name: string): Promise<{ c: DecoderCase; outputKey: strin
   const taskId = `tiff-${String(++taskSeq).padStart(6, "0")}`;
   const outputKey = `decoders/${name}-${taskId}.jpg`;
   const parsed = parseEnv(
-    await machineEnv({ batchId: BATCH, taskId, inputKey: `decoders/${name}.tif`, outputKey, bucket: BUCKET, s3Endpoint: s3.endpoint, callbackUrl: `http://127.0.0.1:9/callback/${BATCH}/${taskId}`, callbackSecret: "s", extra: { MEMORY_MB: "1024" } }),
+    await machineEnv({ batchId: BATCH, taskId, inputKey: `decoders/${name}.tif`, outputKey, bucket: BUCKET, s3, callbackUrl: `http://127.0.0.1:9/callback/${BATCH}/${taskId}`, callbackSecret: "s", extra: { MEMORY_MB: "1024" } }),
   );
   if (!parsed.ok) throw new Error(`env: ${parsed.problems.join("; ")}`);
   const workDir = await mkdtemp(join(dir, "task-"));

@@ -31,7 +31,7 @@ let taskSeq = 0;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "fanout-kinds-test-"));
   [corpus, s3, receiver] = await Promise.all([generateKindsCorpus(join(dir, "corpus")), startLocalS3({ buckets: [BUCKET] }), startCallbackReceiver()]);
-  client = localS3Client(s3.endpoint);
+  client = localS3Client(s3);
   await Promise.all(Object.values(corpus).map((c) => putFile(client, BUCKET, `kinds/${c.name}.tif`, c.path)));
 });
 
@@ -52,7 +52,7 @@ async function convert(name: string) {
     inputKey: `kinds/${name}.tif`,
     outputKey,
     bucket: BUCKET,
-    s3Endpoint: s3.endpoint,
+    s3,
     callbackUrl: receiver.urlFor(BATCH, taskId),
     callbackSecret: SECRET,
     extra: { MEMORY_MB: "1024", CALLBACK_BACKOFF_MS: "20", ...c.env },

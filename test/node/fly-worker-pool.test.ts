@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CallbackError, CallbackSuccess, HeartbeatRequest, LeaseRequest, LeaseResponse, leaseSubject } from "../../shared/contracts.ts";
 import { callbackSubject, signToken, verifyToken } from "../../shared/token.ts";
 import { EXIT } from "../../fly-worker/exit-codes.ts";
-import { LOCAL_S3_CREDENTIALS, startLocalS3, type LocalS3 } from "../../local/s3.ts";
+import { startLocalS3, type LocalS3 } from "../../local/s3.ts";
 import { startCallbackReceiver, type CallbackReceiver } from "./support/callback-receiver.ts";
 import { compareJpeg } from "./support/jpeg-check.ts";
 import { getObjectBytes, localS3Client, objectExists, putFile } from "./support/s3.ts";
@@ -32,7 +32,7 @@ let batchSeq = 0;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "fanout-pool-test-"));
   [corpus, s3, receiver] = await Promise.all([generateTiffCorpus(join(dir, "corpus")), startLocalS3({ buckets: [BUCKET] }), startCallbackReceiver()]);
-  client = localS3Client(s3.endpoint);
+  client = localS3Client(s3);
   // A scan big and noisy enough that mozjpeg takes a while: the "slow task" of these tests.
   const slow = join(dir, "slow.tif");
   await sharp({ create: { width: 2400, height: 2000, channels: 3, background: "#808080", noise: { type: "gaussian", mean: 128, sigma: 60 } } })
@@ -205,8 +205,8 @@ function poolEnv(server: LeaseServer, extra: Record<string, string> = {}): Recor
     MEMORY_MB: "1024",
     PHASE: "TIFF_CONVERSION",
     R2_ACCOUNT_ID: "local",
-    R2_ACCESS_KEY_ID: LOCAL_S3_CREDENTIALS.accessKeyId,
-    R2_SECRET_ACCESS_KEY: LOCAL_S3_CREDENTIALS.secretAccessKey,
+    R2_ACCESS_KEY_ID: s3.credentials.accessKeyId,
+    R2_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey,
     R2_BUCKET: BUCKET,
     R2_ENDPOINT: s3.endpoint,
     FLY_MACHINE_ID: `local-${server.workerId}`,
@@ -244,7 +244,7 @@ const events = (r: WorkerRun, component = "Pool") => r.logs.filter((l) => l.comp
 /** What every pool run must honour: the log format and context, no secret anywhere, no temp files left. */
 async function checkHygiene(r: WorkerRun, p: Pool): Promise<void> {
   const output = `${r.stdout}\n${r.stderr}`;
-  const secrets = [p.server.token, LOCAL_S3_CREDENTIALS.secretAccessKey, LOCAL_S3_CREDENTIALS.accessKeyId, ...p.tasks.map((t) => t.env.CALLBACK_TOKEN)];
+  const secrets = [p.server.token, s3.credentials.secretAccessKey, s3.credentials.accessKeyId, ...p.tasks.map((t) => t.env.CALLBACK_TOKEN)];
   for (const s of secrets) expect(output, "a secret leaked into the logs").not.toContain(s);
   const lines = output.split("\n").filter((l) => l.trim() !== "" && !l.includes("ExperimentalWarning") && !l.includes("--trace-warnings"));
   expect(lines.filter((l) => !/^\[(TiffConversion|Env|S3|Callback|FlyWorker|Pool)\] \{.*\}$/.test(l)), "every log line is `[Component] {json}`").toEqual([]);

@@ -1,16 +1,19 @@
 // The fly-worker as a Fly Machine runs it: a child process with a machine's env, a real S3
-// endpoint on loopback (fauxqs) and a real HTTP server receiving its callbacks.
+// endpoint on loopback (the local S3, checking signatures as R2 does) and a real HTTP server
+// receiving its callbacks.
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { S3Client } from "@aws-sdk/client-s3";
+import { HeadObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { CallbackError, CallbackSuccess, MachineEnv } from "../../shared/contracts.ts";
-import { pageKey } from "../../shared/keys.ts";
+import { pageKey, WRITER_METADATA } from "../../shared/keys.ts";
 import { callbackSubject, verifyToken } from "../../shared/token.ts";
 import { EXIT } from "../../fly-worker/exit-codes.ts";
 import { startLocalS3, type LocalS3 } from "../../local/s3.ts";
+import type { Config } from "../../orchestrator/config.ts";
+import { presign } from "../../orchestrator/engine/presign.ts";
 import { startCallbackReceiver, type CallbackReceiver, type ReceivedCallback } from "./support/callback-receiver.ts";
 import { compareJpeg, jpegFacts } from "./support/jpeg-check.ts";
 import { getObjectBytes, localS3Client, objectExists, putFile } from "./support/s3.ts";
@@ -31,7 +34,7 @@ let taskSeq = 0;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), "fanout-fw-test-"));
   [corpus, s3, receiver] = await Promise.all([generateTiffCorpus(join(dir, "corpus"), { large: true }), startLocalS3({ buckets: [BUCKET] }), startCallbackReceiver()]);
-  client = localS3Client(s3.endpoint);
+  client = localS3Client(s3);
   await Promise.all(Object.values(corpus).map((c) => putFile(client, BUCKET, `scans/${c.name}.tif`, c.path)));
 });
 
@@ -58,7 +61,7 @@ async function task(inputName: string, extra: Record<string, string> = {}): Prom
     inputKey,
     outputKey,
     bucket: BUCKET,
-    s3Endpoint: s3.endpoint,
+    s3,
     callbackUrl: receiver.urlFor(BATCH, taskId),
     callbackSecret: SECRET,
     extra: { MEMORY_MB: "1024", CALLBACK_BACKOFF_MS: "20", ...extra },
@@ -146,6 +149,29 @@ describe("converts archival TIFFs", () => {
     const body = CallbackSuccess.parse((await onlyCallback(t)).body);
     expect(body).toMatchObject({ encoder: { quality: 70, mozjpeg: false } });
   });
+});
+
+describe("scoped storage access (presigned URLs, the default)", () => {
+  it("reads its input by presigned GET and PUTs the JPEG with exactly the headers its URL signs: Content-Type image/jpeg, the writer, If-None-Match", async () => {
+    const t = await task("rgb8");
+    const config = { R2_ENDPOINT: s3.endpoint, R2_BUCKET: BUCKET, R2_ACCOUNT_ID: "", R2_ACCESS_KEY_ID: s3.credentials.accessKeyId, R2_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey } as unknown as Config;
+    const expiresAt = Date.now() + 10 * 60_000;
+    const headers = { "content-type": "image/jpeg", [`x-amz-meta-${WRITER_METADATA}`]: `${BATCH}/${t.taskId}`, "if-none-match": "*" };
+    const { R2_ACCESS_KEY_ID: _id, R2_SECRET_ACCESS_KEY: _secret, R2_BUCKET: _bucket, R2_ENDPOINT: _endpoint, R2_ACCOUNT_ID: _account, ...rest } = t.env;
+    const env = {
+      ...rest,
+      INPUT_URL: await presign(config, "GET", t.inputKey, expiresAt),
+      OUTPUT_URL: await presign(config, "PUT", t.outputKey, expiresAt, Date.now(), headers),
+      OUTPUT_HEADERS: JSON.stringify(headers),
+    };
+    expect(new URL(env.OUTPUT_URL).searchParams.get("X-Amz-SignedHeaders")).toBe(`content-type;host;if-none-match;x-amz-meta-${WRITER_METADATA}`);
+    const run = await runWorker(env);
+    expect(run.code, run.stderr || run.stdout).toBe(EXIT.SUCCESS);
+    expect(CallbackSuccess.parse((await onlyCallback(t)).body)).toMatchObject({ status: "success", output_r2_key: t.outputKey });
+    const head = await client.send(new HeadObjectCommand({ Bucket: BUCKET, Key: t.outputKey }));
+    expect(head.ContentType).toBe("image/jpeg");
+    expect(head.Metadata).toEqual({ [WRITER_METADATA]: `${BATCH}/${t.taskId}` });
+  }, 90_000);
 });
 
 describe("fails with an error callback that says what went wrong", () => {

@@ -1,9 +1,14 @@
 // The orchestrator's S3 ObjectStore (aws4fetch) against a real S3 server on loopback: the
-// path `npm start` and any S3-compatible deployment take instead of the R2 binding.
+// path `npm start` and any S3-compatible deployment take instead of the R2 binding. The local S3
+// checks every SigV4 signature as R2 does (local/s3-auth.ts), so the orchestrator's signing —
+// its own requests and the URLs it presigns for machines — is checked here too.
+import { request as httpRequest } from "node:http";
 import { PutObjectCommand } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startLocalS3, type LocalS3 } from "../../local/s3.ts";
 import { MANIFEST_READ_WINDOW_BYTES, readManifestPage, type ManifestCursor, type ManifestEntry } from "../../orchestrator/engine/manifest.ts";
+import type { Config } from "../../orchestrator/config.ts";
+import { presign } from "../../orchestrator/engine/presign.ts";
 import { S3ObjectStore, StorageError } from "../../orchestrator/storage.ts";
 import { ChunkedStore, expectLengthHonoured, shapedManifest, wholeTextEntries } from "../workers/support/manifest-fixture.ts";
 import { localS3Client } from "./support/s3.ts";
@@ -19,7 +24,7 @@ const keys = [
 beforeAll(async () => {
   s3 = await startLocalS3({ buckets: ["archive"] });
   store = new S3ObjectStore({ endpoint: s3.endpoint, bucket: "archive", ...s3.credentials });
-  const client = localS3Client(s3.endpoint);
+  const client = localS3Client(s3);
   for (let i = 0; i < keys.length; i += 100) {
     await Promise.all(keys.slice(i, i + 100).map((Key) => client.send(new PutObjectCommand({ Bucket: "archive", Key, Body: "II*\0" }))));
   }
@@ -124,4 +129,56 @@ describe("S3ObjectStore", () => {
     expect(error).toBeInstanceOf(StorageError);
     expect((error as StorageError).retryable).toBe(true);
   });
+
+  it("is refused with a wrong secret: the store checks the orchestrator's signature (403 SignatureDoesNotMatch)", async () => {
+    const wrong = new S3ObjectStore({ endpoint: s3.endpoint, bucket: "archive", accessKeyId: s3.credentials.accessKeyId, secretAccessKey: "0".repeat(64) });
+    for (const call of [() => wrong.getText("manifests/b1.json"), () => wrong.head("manifests/b1.json"), () => wrong.list("listing/", null, 10), () => wrong.getStream("ranged/obj.txt", 0, 4)]) {
+      const error = await call().catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(StorageError);
+      expect((error as StorageError).message).toMatch(/answered 403( SignatureDoesNotMatch)?$/);
+      expect((error as StorageError).retryable).toBe(false);
+    }
+  });
 });
+
+describe("the orchestrator's presigned machine URLs, checked by the store", () => {
+  const config = () => ({ R2_ENDPOINT: s3.endpoint, R2_BUCKET: "archive", R2_ACCOUNT_ID: "", R2_ACCESS_KEY_ID: s3.credentials.accessKeyId, R2_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey }) as unknown as Config;
+  const raw = (url: string, method: string, path?: string, headers: Record<string, string> = {}, body?: string) => {
+    const u = new URL(url);
+    return rawRequest(u, method, path ?? `${u.pathname}${u.search}`, headers, body);
+  };
+
+  it("a GET URL reads its own key; a tampered path, method or expiry is refused", async () => {
+    const url = await presign(config(), "GET", "manifests/b1.json", Date.now() + 60_000);
+    expect(await raw(url, "GET")).toEqual({ status: 200, body: '{"batch_id":"b1"}' });
+    const u = new URL(url);
+    expect((await raw(url, "GET", `${u.pathname.replace("b1.json", "shaped.json")}${u.search}`)).status).toBe(403);
+    expect((await raw(url, "GET", `/archive/manifests/x/../b1.json${u.search}`)).status).toBe(403);
+    expect((await raw(url, "PUT", undefined, {}, "overwritten")).status).toBe(403);
+    expect((await raw(url, "DELETE")).status).toBe(403);
+    expect((await raw(url, "GET", `${u.pathname}${u.search.replace(/X-Amz-Expires=\d+/, "X-Amz-Expires=604800")}`)).status).toBe(403);
+    expect((await raw(url, "GET")).status).toBe(200);
+  });
+
+  it("an expired URL is refused (403 ExpiredRequest)", async () => {
+    const signedAt = Date.now() - 120_000;
+    const url = await presign(config(), "GET", "manifests/b1.json", signedAt + 60_000, signedAt);
+    const answer = await raw(url, "GET");
+    expect(answer.status).toBe(403);
+    expect(answer.body).toContain("<Code>ExpiredRequest</Code>");
+  });
+});
+
+/** A request with this exact path (node:http does not normalise it). */
+function rawRequest(base: URL, method: string, path: string, headers: Record<string, string>, body?: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: base.hostname, port: base.port, method, path, headers }, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (c: string) => (text += c));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body: text }));
+    });
+    req.on("error", reject);
+    req.end(body);
+  });
+}

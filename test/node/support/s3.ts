@@ -2,14 +2,15 @@
 import { createReadStream } from "node:fs";
 import { GetObjectCommand, HeadObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
-import { LOCAL_S3_CREDENTIALS } from "../../../local/s3.ts";
+import type { LocalS3 } from "../../../local/s3.ts";
 
-export function localS3Client(endpoint: string): S3Client {
+/** An SDK client of the local S3, signing with its one key pair. */
+export function localS3Client(s3: Pick<LocalS3, "endpoint" | "credentials">): S3Client {
   return new S3Client({
     region: "auto",
-    endpoint,
+    endpoint: s3.endpoint,
     forcePathStyle: true,
-    credentials: { ...LOCAL_S3_CREDENTIALS },
+    credentials: { ...s3.credentials },
     requestChecksumCalculation: "WHEN_REQUIRED",
     responseChecksumValidation: "WHEN_REQUIRED",
   });

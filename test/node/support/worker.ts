@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { callbackSubject, signToken } from "../../../shared/token.ts";
-import { LOCAL_S3_CREDENTIALS } from "../../../local/s3.ts";
+import type { LocalS3 } from "../../../local/s3.ts";
 
 export const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 export const WORKER_ENTRY = fileURLToPath(new URL("../../../fly-worker/main.ts", import.meta.url));
@@ -17,7 +17,8 @@ export interface MachineEnvInput {
   inputKey: string;
   outputKey: string;
   bucket: string;
-  s3Endpoint: string;
+  /** The local S3 (its endpoint and its one key pair). */
+  s3: Pick<LocalS3, "endpoint" | "credentials">;
   callbackUrl: string;
   /** The orchestrator's CALLBACK_SECRET; CALLBACK_TOKEN is derived from it. */
   callbackSecret: string;
@@ -33,10 +34,10 @@ export async function machineEnv(input: MachineEnvInput): Promise<Record<string,
     INPUT_R2_KEY: input.inputKey,
     OUTPUT_R2_KEY: input.outputKey,
     R2_ACCOUNT_ID: "local",
-    R2_ACCESS_KEY_ID: LOCAL_S3_CREDENTIALS.accessKeyId,
-    R2_SECRET_ACCESS_KEY: LOCAL_S3_CREDENTIALS.secretAccessKey,
+    R2_ACCESS_KEY_ID: input.s3.credentials.accessKeyId,
+    R2_SECRET_ACCESS_KEY: input.s3.credentials.secretAccessKey,
     R2_BUCKET: input.bucket,
-    R2_ENDPOINT: input.s3Endpoint,
+    R2_ENDPOINT: input.s3.endpoint,
     CALLBACK_URL: input.callbackUrl,
     CALLBACK_TOKEN: await signToken(input.callbackSecret, callbackSubject(input.batchId, input.taskId)),
     FLY_MACHINE_ID: `local-${input.taskId}`,

@@ -33,9 +33,9 @@ export class TestRunner implements MachineRunner {
     queueMicrotask(async () => {
       const env = machineProcessEnv(machine);
       let code = 137;
-      if (what === "succeed") await writeOutput(env);
+      const written = what === "succeed" ? await writeOutput(env) : true;
       if (what === "succeed" || what === "error") {
-        const res = await postCallback(env, what === "succeed" ? successBody(env) : errorBody(env, "simulated failure"));
+        const res = await postCallback(env, !written ? errorBody(env, UPLOAD_REFUSED(env)) : what === "succeed" ? successBody(env) : errorBody(env, "simulated failure"));
         code = res.ok ? 0 : 2;
       }
       this.live.delete(machine.id);
@@ -51,17 +51,32 @@ export class TestRunner implements MachineRunner {
   async finish(id: string, what: "succeed" | "error" = "succeed"): Promise<Response> {
     const entry = this.live.get(id)!;
     const env = machineProcessEnv(entry.machine);
-    if (what === "succeed") await writeOutput(env);
-    const res = await postCallback(env, what === "succeed" ? successBody(env) : errorBody(env, "simulated failure"));
+    const written = what === "succeed" ? await writeOutput(env) : true;
+    const res = await postCallback(env, !written ? errorBody(env, UPLOAD_REFUSED(env)) : what === "succeed" ? successBody(env) : errorBody(env, "simulated failure"));
     this.live.delete(id);
     entry.events.exit(0);
     return res;
   }
 }
 
-/** What a converting machine's upload leaves behind: the output object, of the size successBody reports. */
-export async function writeOutput(env: Record<string, string>): Promise<void> {
-  await env_.BUCKET.put(env.OUTPUT_R2_KEY, new Uint8Array(OUTPUT_SIZE));
+/** The fly-worker's error when storage refuses its PUT on a failed condition (fly-worker/storage.ts). */
+export const UPLOAD_REFUSED = (env: Record<string, string>) =>
+  `upload of ${env.OUTPUT_R2_KEY} was refused (HTTP 412 PreconditionFailed): storage holds an object there that this attempt may not replace`;
+
+/**
+ * What a converting machine's upload leaves behind: the output object, of the size successBody
+ * reports — written as its presigned PUT would be (R2 keeps the signed x-amz-meta-* headers as
+ * custom metadata and refuses a failed If-None-Match / If-Match: developers.cloudflare.com/r2/api/s3/
+ * conditional-operations/). False when storage refused it (HTTP 412).
+ */
+export async function writeOutput(env: Record<string, string>): Promise<boolean> {
+  const headers = env.OUTPUT_HEADERS ? (JSON.parse(env.OUTPUT_HEADERS) as Record<string, string>) : {};
+  const existing = await env_.BUCKET.head(env.OUTPUT_R2_KEY);
+  if (headers["if-none-match"] === "*" && existing) return false;
+  if (headers["if-match"] !== undefined && (!existing || headers["if-match"] !== existing.httpEtag)) return false;
+  const customMetadata = Object.fromEntries(Object.entries(headers).filter(([k]) => k.startsWith("x-amz-meta-")).map(([k, v]) => [k.slice("x-amz-meta-".length), v]));
+  await env_.BUCKET.put(env.OUTPUT_R2_KEY, new Uint8Array(OUTPUT_SIZE), { customMetadata, httpMetadata: { contentType: headers["content-type"] ?? "image/jpeg" } });
+  return true;
 }
 
 export function successBody(env: Record<string, string>): Record<string, unknown> {

@@ -7,10 +7,15 @@ import { Manifest } from "../../../shared/contracts.ts";
 import type { ManifestEntry } from "../../../orchestrator/engine/manifest.ts";
 import type { ObjectStore, ObjectStream } from "../../../orchestrator/storage.ts";
 
-/** A manifest of `perDir` files in each of five differently shaped directories (and an empty one), pretty-printed. */
-export function shapedManifest(batchId: string, perDir: number, prefix = `${batchId}/in`): { text: string; files: number } {
+/**
+ * A manifest of `perDir` files in each of five differently shaped directories (and an empty one),
+ * pretty-printed. Some keys carry JSON escapes (`\"`, and `\\` unless `canonical`: a key with a
+ * backslash is read, then refused when the batch plans it — shared/keys.ts keyProblem).
+ */
+export function shapedManifest(batchId: string, perDir: number, prefix = `${batchId}/in`, options: { canonical?: boolean } = {}): { text: string; files: number } {
+  const escaped = options.canonical ? ' "q"' : ' "q"\\';
   const file = (d: number, i: number): Record<string, unknown> => {
-    const key = `${prefix}/d${d}/scan-${i}${i % 11 === 0 ? "-日本é" : ""}${i % 13 === 0 ? ' "q"\\' : ""}.tif`;
+    const key = `${prefix}/d${d}/scan-${i}${i % 11 === 0 ? "-日本é" : ""}${i % 13 === 0 ? escaped : ""}.tif`;
     if (i % 5 === 0) return { r2_key: key }; // every optional field defaulted
     return {
       r2_key: key,
@@ -60,7 +65,7 @@ export class ChunkedStore implements ObjectStore {
     this.chunkBytes = chunkBytes;
   }
 
-  head(key: string): Promise<{ size: number } | null> {
+  head(key: string): ReturnType<ObjectStore["head"]> {
     return this.inner.head(key);
   }
 

@@ -4,7 +4,7 @@
 import { exports } from "cloudflare:workers";
 import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../../local/fly-emulator/runner.ts";
 import { LeaseResponse } from "../../../shared/contracts.ts";
-import { errorBody, postCallback, successBody, writeOutput } from "./engine.ts";
+import { errorBody, postCallback, successBody, UPLOAD_REFUSED, writeOutput } from "./engine.ts";
 
 type TaskLease = Extract<LeaseResponse, { kind: "task" }>;
 
@@ -98,8 +98,8 @@ export class PoolRunner implements MachineRunner {
         this.#exit(machine, events, 137);
         return "gone";
       }
-      if (action === "succeed") await writeOutput(taskEnv);
-      const cb = await postCallback(taskEnv, action === "succeed" ? successBody(taskEnv) : errorBody(taskEnv, "simulated failure"));
+      const written = action === "succeed" ? await writeOutput(taskEnv) : true;
+      const cb = await postCallback(taskEnv, !written ? errorBody(taskEnv, UPLOAD_REFUSED(taskEnv)) : action === "succeed" ? successBody(taskEnv) : errorBody(taskEnv, "simulated failure"));
       const body = (await cb.json()) as { outcome?: string };
       this.callbacks.push({ machineId: machine.id, taskId: answer.task_id, httpStatus: cb.status, outcome: body.outcome });
     }
