@@ -110,6 +110,9 @@ export function planPhase(e: Engine, meta: BatchMeta, phase: Phase): BatchMeta {
   return { ...meta, ...fields };
 }
 
+/** A re-made plan moves to another machine size only when it ends this much sooner (`fast`) or costs this much less (`cheapest`). */
+export const SWITCH_GAIN = 0.1;
+
 /** Measured tasks after which a phase's plan is re-made: the first few, never more than 2% of the phase. */
 export function learnAfter(total: number): number {
   return Math.max(3, Math.min(20, Math.ceil(total * 0.02)));
@@ -118,8 +121,9 @@ export function learnAfter(total: number): number {
 /**
  * Once the phase's machines have reported enough tasks, re-sizes what is left of it from their
  * measured CPU-seconds per megapixel and pixels per byte (once per phase; the mode stays). The
- * current shape is one of the plans compared: machines of another shape are retired as they
- * finish their tasks (pool.ts) only when the objective picks the new one.
+ * current shape is one of the plans compared; another is taken only when the objective picks it
+ * and it gains SWITCH_GAIN over the current one (machines of the old shape then take no new task
+ * and leave, pool.ts).
  */
 export function learn(e: Engine, meta: BatchMeta, phase: Phase): BatchMeta {
   const stored = storedOf(meta, phase);
@@ -134,7 +138,13 @@ export function learn(e: Engine, meta: BatchMeta, phase: Phase): BatchMeta {
   const work = phase.work(meta.max_task_size, rates);
   const tasks = Math.max(1, open);
   const keep = stored.mode === "pool" ? poolPlan(tasks, work, stored.guest, stored.slots, limits) : singlePlan(tasks, work, stored.guest, limits);
-  const chosen = pick([keep, ...considered], e.config.SIZING_OBJECTIVE);
+  const picked = pick([keep, ...considered], e.config.SIZING_OBJECTIVE);
+  // Another size costs new boots and creates while the old machines, already up, finish: worth it
+  // only for a clear gain over keeping them (whose boot and create ramp are behind them).
+  const sameShape = picked.guest.cpu_kind === keep.guest.cpu_kind && picked.guest.cpus === keep.guest.cpus && picked.guest.memory_mb === keep.guest.memory_mb && picked.slots === keep.slots;
+  const keepLeft = Math.max(0, keep.makespanS - limits.bootS - Math.max(0, keep.machines - limits.createBurst) / limits.createPerS);
+  const gain = e.config.SIZING_OBJECTIVE === "fast" ? picked.makespanS < keepLeft * (1 - SWITCH_GAIN) : picked.decidedUsd < keep.decidedUsd * (1 - SWITCH_GAIN);
+  const chosen = sameShape || gain ? picked : keep;
   const [from, to] = [planName(stored), planName(chosen)];
   const next: StoredPlan = {
     ...fromPlan(phase, chosen, considered.length + 1, e.config.SIZING_OBJECTIVE, basisOf(rates, measured.tasks)),

@@ -16,7 +16,7 @@ const dir = (index: number, width: number, height: number, extra: Partial<TiffDi
 });
 
 describe("CpuLedger: a task's CPU-seconds from its process's", () => {
-  it("shares what the process spent among the tasks in flight; idle CPU goes to the next task; the tasks add up to the process", () => {
+  it("shares what the process spent among the tasks in flight; CPU spent with none in flight is the machine's; tasks + idle add up to the process", () => {
     let cpuUs = 0;
     const ledger = new CpuLedger(() => cpuUs);
     cpuUs = 300_000; // Node's start and loading sharp, before any task
@@ -31,10 +31,11 @@ describe("CpuLedger: a task's CPU-seconds from its process's", () => {
     const c = ledger.begin();
     cpuUs += 400_000;
     const cS = ledger.end(c);
-    expect(aS).toBeCloseTo(0.3 + 1 + 1, 9);
+    expect(aS).toBeCloseTo(1 + 1, 9);
     expect(bS).toBeCloseTo(1 + 0.5, 9);
-    expect(cS).toBeCloseTo(0.1 + 0.4, 9);
-    expect(aS + bS + cS).toBeCloseTo(cpuUs / 1e6, 9);
+    expect(cS).toBeCloseTo(0.4, 9);
+    expect(ledger.idleS).toBeCloseTo(0.3 + 0.1, 9);
+    expect(aS + bS + cS + ledger.idleS).toBeCloseTo(cpuUs / 1e6, 9);
     // Ending a task twice (the worker's finally after its success) counts nothing again.
     expect(ledger.end(c)).toBe(0);
   });

@@ -303,12 +303,13 @@ describe("a 50+ megapixel scan", () => {
     // Every page's width × height (the corpus made it).
     const pixels = (c.pages ?? []).reduce((n, p) => n + p.width * p.height, 0);
     expect(body.performance?.megapixels).toBe(pixels / 1e6);
-    // The worker measures its process from its start to the callback; GNU time the same process to its
-    // exit, a moment (sending the callback, exiting) later.
+    // The worker measures its process from the task's start to its callback; GNU time the whole
+    // process: Node's start and loading sharp before the task (~0.3–0.5 CPU-s), sending the
+    // callback and exiting after. The task is most of it.
     const cpuS = z.number().parse(body.performance?.cpu_s);
-    expect(run.cpuS).toBeGreaterThan(0.2);
+    expect(run.cpuS).toBeGreaterThan(1);
     expect(cpuS).toBeLessThanOrEqual(run.cpuS! + 0.02);
-    expect(cpuS).toBeGreaterThanOrEqual(run.cpuS! * 0.75);
+    expect(cpuS).toBeGreaterThanOrEqual(run.cpuS! * 0.6);
   });
 
   it("fits mozjpeg on a 1 GB machine", async ({ annotate }) => {
