@@ -14,6 +14,11 @@ export default tseslint.config(
     },
   },
   {
+    // The Node guard is plain JavaScript run by whatever Node npm finds (scripts/check-node.js).
+    files: ["scripts/**/*.js"],
+    languageOptions: { sourceType: "module", globals: { process: "readonly", console: "readonly" } },
+  },
+  {
     // The dashboard runs in the browser: its globals, named here rather than through another dependency.
     files: ["dashboard/**/*.js"],
     languageOptions: {

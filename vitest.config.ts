@@ -1,4 +1,5 @@
 import { defineConfig } from "vitest/config";
+import "./test/quiet-output.ts";
 import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-plugin";
 
 // The batch index's schema, applied to the tests' D1 by test/workers/support/d1-setup.ts.
@@ -50,8 +51,11 @@ export default defineConfig({
         ],
         test: {
           name: "workers",
+          // One fresh worker per file, chosen: files share Durable Object names and module state
+          // (the phase registry, spies on fetch). Said explicitly, so vitest does not advise otherwise.
+          isolate: true,
           include: ["test/workers/**/*.test.ts"],
-          setupFiles: ["test/workers/support/d1-setup.ts"],
+          setupFiles: ["test/workers/support/setup.ts"],
           testTimeout: 60_000,
         },
       },
@@ -59,6 +63,8 @@ export default defineConfig({
         // The fly-worker, the local stack's parts: real child processes, S3 and HTTP on loopback.
         test: {
           name: "node",
+          // One fresh worker per file, chosen: files start servers and processes and keep module state.
+          isolate: true,
           include: ["test/node/**/*.test.ts"],
           environment: "node",
           testTimeout: 60_000,
@@ -69,6 +75,7 @@ export default defineConfig({
         // The whole local stack: wrangler dev + Fly emulator + local S3 + fly-worker processes.
         test: {
           name: "e2e",
+          isolate: true,
           include: ["test/e2e/**/*.test.ts"],
           environment: "node",
           testTimeout: 300_000,

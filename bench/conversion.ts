@@ -81,7 +81,7 @@ export async function generateScan(path: string, width: number, height: number):
 }
 
 /** GNU time around a command: wall seconds, CPU seconds (user + system) and peak RSS (MiB) of that process. */
-function timed(command: string[], env: NodeJS.ProcessEnv): { wall_s: number; cpu_s: number; rss_mb: number; stdout: string } {
+export function timed(command: string[], env: NodeJS.ProcessEnv): { wall_s: number; cpu_s: number; rss_mb: number; stdout: string } {
   const stats = join(tmpdir(), `fanout-bench-time-${process.pid}.txt`);
   const r = spawnSync("/usr/bin/time", ["-f", "%e %U %S %M", "-o", stats, ...command], { encoding: "utf8", env, maxBuffer: 1 << 24 });
   if (r.status !== 0) throw new Error(`${command.join(" ")} failed (${r.status}): ${r.stderr.slice(-2000)}`);

@@ -1,17 +1,24 @@
 // Memory and responsiveness of manifest discovery at 300,000 entries (issue 13 point 3): starts
 // the local stack (wrangler dev + local S3 + Fly emulator), uploads a generated manifest, submits
 // it, samples workerd's RSS every 100 ms and times GET /status every 250 ms until the batch is
-// DONE. The files are not TIFFs, so no task is planned and no machine is created.
+// DONE. The files are not TIFFs, so no task is planned and no machine is created. Finalisation
+// writes the 300,000-line file list to the local S3 as an NDJSON object and POSTs its key, counts
+// and checksum to a receiver here (WORKER_URL): the bench prints the POST's size (target < 64 KB),
+// the object's size and parts, and checks its lines and composite checksum.
 // Besides process RSS it samples the Worker isolate's V8 heap through workerd's inspector (the
 // figure a Worker's 128 MB limit applies to) and the size of the Durable Object's SQLite files.
 //   node bench/manifest-memory.ts            (MANIFEST_ENTRIES=300000 by default)
 // Targets: RSS growth < 64 MB, every /status answer < 1 s. Both memory figures are printed: RSS
 // is the whole workerd process (V8 heap pages committed for garbage not yet collected, SQLite's
 // page cache, malloc's high-water mark); the isolate's heap is what a Worker's 128 MB limit counts.
+import { createHash } from "node:crypto";
 import { readFileSync, readdirSync, readlinkSync, statSync } from "node:fs";
+import { createServer, type Server } from "node:http";
 import { availableParallelism, loadavg } from "node:os";
 import { join } from "node:path";
+import { GetObjectCommand } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
+import { FinalisedBatch, MAX_FINALISATION_BODY_BYTES } from "../shared/finalisation.ts";
 import { startStack, type Stack } from "../local/stack.ts";
 import { localS3Client } from "../test/node/support/s3.ts";
 
@@ -222,6 +229,52 @@ const mb = (r: Rss) => `${(r.total / MB).toFixed(1)} MB (anon ${(r.anon / MB).to
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The downstream: records each finalisation POST (path, Idempotency-Key, body) and answers 200. */
+async function downstream(): Promise<{ url: string; posts: { path: string; key: string; body: string }[]; server: Server }> {
+  const posts: { path: string; key: string; body: string }[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      posts.push({ path: req.url ?? "", key: String(req.headers["idempotency-key"] ?? ""), body: Buffer.concat(chunks).toString("utf8") });
+      res.writeHead(200).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(Number(process.env.BENCH_DOWNSTREAM_PORT ?? 0), "127.0.0.1", resolve));
+  const address = server.address();
+  if (address === null || typeof address === "string") throw new Error("the downstream did not listen");
+  return { url: `http://127.0.0.1:${address.port}`, posts, server };
+}
+
+/** Reads the file list object as a stream: its lines, and its composite checksum (SHA-256 per part_bytes piece, then of the digests). */
+async function checkFileList(s3: ReturnType<typeof localS3Client>, bucket: string, key: string, partBytes: number) {
+  const object = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+  let lines = 0;
+  let bytes = 0;
+  let inPart = 0;
+  let part = createHash("sha256");
+  const digests: Buffer[] = [];
+  for await (const chunk of object.Body as AsyncIterable<Uint8Array>) {
+    for (let at = 0; at < chunk.byteLength; ) {
+      const take = Math.min(chunk.byteLength - at, partBytes - inPart);
+      const piece = chunk.subarray(at, at + take);
+      part.update(piece);
+      for (const b of piece) if (b === 0x0a) lines++;
+      inPart += take;
+      at += take;
+      if (inPart === partBytes) {
+        digests.push(part.digest());
+        part = createHash("sha256");
+        inPart = 0;
+      }
+    }
+    bytes += chunk.byteLength;
+  }
+  if (inPart > 0 || digests.length === 0) digests.push(part.digest());
+  const checksum = `${createHash("sha256").update(Buffer.concat(digests)).digest("base64")}-${digests.length}`;
+  return { lines, bytes, checksum };
+}
+
 async function main(): Promise<void> {
   const t0 = performance.now();
   const text = manifestText();
@@ -229,6 +282,7 @@ async function main(): Promise<void> {
   console.log(`manifest: ${ENTRIES.toLocaleString("en")} entries, ${(bytes / MB).toFixed(1)} MB`);
 
   let stack: Stack | undefined;
+  const receiver = await downstream();
   // Interrupted, the stack still stops: wrangler dev runs detached and would outlive this process.
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
     process.once(signal, () => void (stack?.stop() ?? Promise.resolve()).finally(() => process.exit(130)));
@@ -237,7 +291,9 @@ async function main(): Promise<void> {
     stack = await startStack({
       stateDir: join(process.cwd(), ".local", "bench-manifest"),
       fresh: true,
-      vars: { MAX_CONCURRENT_MACHINES: "1" },
+      // FANOUT_PORT, FANOUT_S3_PORT, FANOUT_FLY_PORT as for npm start (0 or unset: free ports).
+      ports: { orchestrator: Number(process.env.FANOUT_PORT ?? 0), s3: Number(process.env.FANOUT_S3_PORT ?? 0), emulator: Number(process.env.FANOUT_FLY_PORT ?? 0) },
+      vars: { MAX_CONCURRENT_MACHINES: "1", WORKER_URL: receiver.url },
     });
     const s3 = localS3Client(stack.s3);
     await new Upload({ client: s3, params: { Bucket: stack.bucket, Key: MANIFEST_KEY, Body: Buffer.from(text), ContentType: "application/json" }, partSize: 8 * MB }).done();
@@ -280,6 +336,7 @@ async function main(): Promise<void> {
     }, 100);
     // The isolate's heap, sampled apart from RSS: an answer waits for the isolate's lock.
     let heapPeak = heapAtRest;
+    let heapPeakAfter = heapAtRest;
     let sqlitePeak = sqliteAtRest;
     let sampling = true;
     let heapSamples = 0;
@@ -292,6 +349,7 @@ async function main(): Promise<void> {
         });
         if (h !== null) heapSamples++;
         if (h !== null && discovering && h.used > heapPeak.used) heapPeak = h;
+        if (h !== null && !discovering && h.used > heapPeakAfter.used) heapPeakAfter = h;
         if (discovering) {
           const f = sqliteBytes(persistDir);
           if (f.db + f.wal > sqlitePeak.db + sqlitePeak.wal) sqlitePeak = f;
@@ -312,6 +370,7 @@ async function main(): Promise<void> {
     let slowest = { ms: 0, at: 0 };
     let last: { status: string; stage?: string; files_total?: number; error?: string | null } | undefined;
     let discoveredAt: number | undefined;
+    let finalisingAt: number | undefined;
     while (performance.now() - submitted < TIMEOUT_MS) {
       const start = performance.now();
       const r = await fetch(`${stack.orchestratorUrl}/status/${BATCH_ID}`);
@@ -325,6 +384,7 @@ async function main(): Promise<void> {
           discovering = false;
           discoveredAt = (performance.now() - submitted) / 1000;
         }
+        if (finalisingAt === undefined && last?.stage === "finalise") finalisingAt = (performance.now() - submitted) / 1000;
         if (last?.status === "DONE" || last?.status === "ERROR") break;
       }
       await sleep(Math.max(0, 250 - ms));
@@ -350,6 +410,7 @@ async function main(): Promise<void> {
     if (heapMisses.length > 0) console.log(`isolate heap: ${heapMisses.length} samples missed (first: ${heapMisses[0]})`);
     console.log(`isolate heap: ${heapSamples} samples`);
     console.log(`isolate heap peak during discovery ${heapMb(heapPeak)}: growth ${heapGrowth.toFixed(1)} MB (target < 64 MB) ${heapGrowth < 64 ? "OK" : "OVER"}`);
+    console.log(`isolate heap peak after discovery (planning, finalisation) ${heapMb(heapPeakAfter)}: growth ${((heapPeakAfter.used - heapAtRest.used) / MB).toFixed(1)} MB`);
     console.log(`isolate heap at DONE after a full GC ${heapMb(heapAtEnd)}: retained ${((heapAtEnd.used - heapAtRest.used) / MB).toFixed(1)} MB`);
     console.log(
       `DO SQLite files: at rest ${((sqliteAtRest.db + sqliteAtRest.wal) / MB).toFixed(1)} MB, peak during discovery ${(sqlitePeak.db / MB).toFixed(1)} MB db + ${(sqlitePeak.wal / MB).toFixed(1)} MB WAL`,
@@ -357,9 +418,28 @@ async function main(): Promise<void> {
     console.log(
       `GET /status: ${latencies.length} answers, p50 ${p(0.5).toFixed(0)} ms, p99 ${p(0.99).toFixed(0)} ms, slowest ${slowest.ms.toFixed(0)} ms at ${slowest.at.toFixed(1)} s (target < 1000 ms) ${slowest.ms < 1000 ? "OK" : "OVER"}`,
     );
+    // Finalisation: the POST names the file list object; the object holds every file.
+    const doneAt = (performance.now() - submitted) / 1000;
+    if (receiver.posts.length === 0) throw new Error("finalisation never POSTed downstream");
+    const post = receiver.posts.at(-1)!;
+    const posted = FinalisedBatch.parse(JSON.parse(post.body));
+    const postBytes = Buffer.byteLength(post.body);
+    console.log(
+      `finalisation: ${receiver.posts.length} POST(s) to ${post.path}, Idempotency-Key ${post.key}, body ${postBytes} bytes (target < ${MAX_FINALISATION_BODY_BYTES}) ${postBytes < MAX_FINALISATION_BODY_BYTES ? "OK" : "OVER"}; stage finalise to DONE ${finalisingAt !== undefined ? (doneAt - finalisingAt).toFixed(1) : "?"} s`,
+    );
+    const list = posted.file_list;
+    const checked = await checkFileList(s3, stack.bucket, list.key, list.checksum.part_bytes);
+    const parts = Number(list.checksum.value.split("-").pop());
+    console.log(
+      `file list ${list.key}: ${list.entries.toLocaleString("en")} entries, ${(list.bytes / MB).toFixed(1)} MB in ${parts} parts of ${(list.checksum.part_bytes / MB).toFixed(0)} MiB; read back: ${checked.lines.toLocaleString("en")} lines, ${(checked.bytes / MB).toFixed(1)} MB, checksum ${checked.checksum === list.checksum.value ? "matches" : `DIFFERS (${checked.checksum} vs ${list.checksum.value})`}`,
+    );
+    if (checked.lines !== ENTRIES || list.entries !== ENTRIES || checked.checksum !== list.checksum.value || postBytes >= MAX_FINALISATION_BODY_BYTES) {
+      throw new Error("the file list or the POST is not what finalisation promised");
+    }
     console.log(`wall ${((performance.now() - t0) / 1000).toFixed(0)} s; load average ${loadavg()[0].toFixed(1)} on ${availableParallelism()} cores`);
   } finally {
     await stack?.stop();
+    receiver.server.close();
   }
 }
 

@@ -4,10 +4,11 @@
 //   2. Conversion: fly-worker pipeline vs the `vips` CLI; the encoder trade-off bench/conversion.ts
 //   3. Makespan and all-in cost: the real engine + emulator in simulated time  bench/workerd/makespan.bench-run.ts
 //   4. Real-stack makespan: local stack, 200 small TIFFs, single vs default    bench/stack-makespan.ts
-// BENCH_ONLY=conversion,scale,makespan,stack runs a subset, BENCH_CONVERSION_SIZES=25 fewer scan sizes,
+//   5. PDF: the PDF job vs Debian's pdftoppm, text and scan pages, 1,000 pages  bench/pdf.ts
+// BENCH_ONLY=conversion,scale,makespan,stack,pdf runs a subset (BENCH_PDF_PAGES, BENCH_PDF_LONG_PAGES size section 5), BENCH_CONVERSION_SIZES=25 fewer scan sizes,
 // BENCH_REPEATS=1 fewer runs, BENCH_MAKESPAN_SETS=main,small,sensitivity fewer simulations (RESULTS.md
 // is written only for a full run at the default sizes).
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
@@ -22,6 +23,7 @@ import { makespanRuns, type ScanFigures } from "./makespan-runs.ts";
 import { makespanSection, type MakespanFigure } from "./report/makespan.ts";
 import { callbackSection, lifeSection, type LifeFigure, type ScaleFigure } from "./report/scale.ts";
 import { stackSection } from "./report/stack.ts";
+import { ensurePdftoppm, pdfSection, runPdfBench } from "./pdf.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 process.chdir(ROOT);
@@ -32,7 +34,8 @@ if (major < 22 || (major === 22 && minor < 18)) {
   process.exit(1);
 }
 
-const only = new Set((process.env.BENCH_ONLY ?? "conversion,scale,makespan,stack").split(",").map((s) => s.trim()));
+const SECTIONS = ["conversion", "scale", "makespan", "stack", "pdf"];
+const only = new Set((process.env.BENCH_ONLY ?? SECTIONS.join(",")).split(",").map((s) => s.trim()));
 const CONVERSION_SIZES = (process.env.BENCH_CONVERSION_SIZES ?? "25,100,300").split(",").map(Number);
 if (CONVERSION_SIZES.some((mp) => !Number.isFinite(mp) || mp <= 0)) {
   console.error(`BENCH_CONVERSION_SIZES must be megapixels separated by commas, got "${process.env.BENCH_CONVERSION_SIZES}"`);
@@ -135,10 +138,26 @@ if (only.has("stack")) {
   stackS = (performance.now() - t) / 1000;
 }
 
+let pdf: Awaited<ReturnType<typeof runPdfBench>> = { figures: [], long: [] };
+let pdfS = 0;
+const PDF = { dpi: 300, quality: 95, pages: Number(process.env.BENCH_PDF_PAGES ?? 20), longPages: Number(process.env.BENCH_PDF_LONG_PAGES ?? 1000) };
+if (only.has("pdf")) {
+  ensurePdftoppm(log);
+  log(`PDF: the PDF job vs pdftoppm at ${PDF.dpi} DPI q${PDF.quality}, ${PDF.pages} text and ${PDF.pages} scan pages; ${PDF.longPages}-page PDFs through the whole job`);
+  const t = performance.now();
+  pdf = await runPdfBench({ ...PDF, repeats: CONVERSION_REPEATS, log });
+  pdfS = (performance.now() - t) / 1000;
+}
+
 const totalS = (performance.now() - t0) / 1000;
 
 // ---------------------------------------------------------------------------------------
 // Report
+
+function popplerVersion(): string {
+  const r = spawnSync("pdftoppm", ["-v"], { encoding: "utf8" });
+  return `${r.stderr}${r.stdout}`.match(/version ([0-9.]+)/)?.[0] ?? "poppler";
+}
 
 function git(args: string[]): string {
   try {
@@ -167,7 +186,7 @@ const machine = [
   `- Load average (1/5/15 min) at start ${loadAtStart.map((x) => f(x, 2)).join(" / ")}, at end ${os.loadavg().map((x) => f(x, 2)).join(" / ")}; 1-minute load sampled every 10 s during the run: mean ${f(meanLoad, 2)}, max ${f(busiest, 2)} — the machine is shared, so figures are medians`,
   `- Node ${process.version}; sharp ${sharp.versions.sharp} (libvips ${sharp.versions.vips}); ${vips?.version ?? "vips CLI not run"}; vitest ${packageVersion("vitest")}, @cloudflare/vitest-plugin ${packageVersion("@cloudflare/vitest-plugin")}, wrangler ${packageVersion("wrangler")}`,
   `- Commit: ${git(["rev-parse", "--short", "HEAD"])}${git(["status", "--porcelain", "--untracked-files=no"]) ? " (with uncommitted changes in the tree)" : ""}`,
-  `- \`npm run bench\` wall time: ${f(totalS / 60, 1)} min (conversion ${f(conversionS, 0)} s, scale ${f(scaleS, 0)} s, makespan ${f(makespanS, 0)} s, stack ${f(stackS, 0)} s)`,
+  `- \`npm run bench\` wall time: ${f(totalS / 60, 1)} min (conversion ${f(conversionS, 0)} s, scale ${f(scaleS, 0)} s, makespan ${f(makespanS, 0)} s, stack ${f(stackS, 0)} s, pdf ${f(pdfS, 0)} s)`,
 ].join("\n");
 
 const report = `# fanout benchmarks
@@ -182,10 +201,11 @@ ${lifeSection(scale.lives, makespan)}
 ${conversionSection(conversion, CONVERSION_REPEATS)}
 ${encoderSection(conversion)}
 ${makespanSection(makespan, scans, stack)}
-${stackSection(stack, STACK_TASKS)}`;
+${stackSection(stack, STACK_TASKS)}
+${pdfSection({ ...pdf, dpi: PDF.dpi, quality: PDF.quality, popplerVersion: only.has("pdf") ? popplerVersion() : "" })}`;
 
 console.log(`\n${report}`);
-if (only.size === 4 && process.env.BENCH_CONVERSION_SIZES === undefined && process.env.BENCH_MAKESPAN_SETS === undefined) {
+if (SECTIONS.every((s) => only.has(s)) && process.env.BENCH_CONVERSION_SIZES === undefined && process.env.BENCH_MAKESPAN_SETS === undefined) {
   writeFileSync(join(ROOT, "bench/RESULTS.md"), report);
   log(`wrote bench/RESULTS.md (${f(totalS / 60, 1)} min)`);
 } else {

@@ -45,7 +45,8 @@ export async function runChecksum(env: WorkerEnv, workDir: string, progress: Tas
     // The sidecar goes to the one key the orchestrator reserved for this task (OUTPUT_R2_KEY).
     const [outputKey] = await storage.reserve(1);
     const sidecar = join(workDir, "sidecar.sha256");
-    await writeFile(sidecar, sidecarText(sha256, key));
+    const text = sidecarText(sha256, key);
+    await writeFile(sidecar, text);
     const uploaded = await storage.upload(1, sidecar, SIDECAR_CONTENT_TYPE);
     timings.upload_time_ms = since(t);
     log.info("Checksum", "upload.done", { key: outputKey, bytes: uploaded.bytes, duration_ms: timings.upload_time_ms });
@@ -58,6 +59,7 @@ export async function runChecksum(env: WorkerEnv, workDir: string, progress: Tas
       output_file_size: uploaded.bytes,
       content_type: SIDECAR_CONTENT_TYPE,
       sha256,
+      sidecar_sha256: createHash("sha256").update(text).digest("hex"),
       input: { r2_key: key, bytes },
     };
   } finally {

@@ -5,6 +5,7 @@ import { readFileSync } from "node:fs";
 import { totalmem } from "node:os";
 import { z } from "zod";
 import { BatchId, envInt, MachineEnv, PoolEnv, SECRET_ENV_NAMES, TaskId } from "../shared/contracts.ts";
+import { DEFAULT_RENDER_DPI, MAX_PDF_PAGES } from "../shared/pdf.ts";
 
 /** Knobs of this worker only (the orchestrator never sets them; tests and operators may). */
 export const WorkerTuning = z.object({
@@ -24,7 +25,16 @@ export const JpegSettings = z.object({
 });
 export type JpegSettings = z.infer<typeof JpegSettings>;
 
-export type WorkerEnv = MachineEnv & WorkerTuning & JpegSettings & { memory: MemoryBudget };
+/** The PDF job's settings (PHASE=PDF_SPLITTING); a manifest directory's processing_config may set the DPI. */
+export const PdfSettings = z.object({
+  /** Resolution pages are rendered at: 300 (archival access copies) unless asked otherwise. */
+  PDF_RENDER_DPI: envInt(36, 1200).default(DEFAULT_RENDER_DPI),
+  /** A PDF with more pages is refused before anything is written (shared/pdf.ts says why the ceiling). */
+  PDF_MAX_PAGES: envInt(1, MAX_PDF_PAGES).default(MAX_PDF_PAGES),
+});
+export type PdfSettings = z.infer<typeof PdfSettings>;
+
+export type WorkerEnv = MachineEnv & WorkerTuning & JpegSettings & PdfSettings & { memory: MemoryBudget };
 
 export interface MemoryBudget {
   /** The machine's memory in MB. */
@@ -74,10 +84,12 @@ export function parseEnv(source: NodeJS.ProcessEnv): EnvResult {
   const tuning = WorkerTuning.safeParse(raw);
   const access = storageAccessProblems(raw);
   const jpeg = JpegSettings.safeParse(raw);
-  if (machine.success && tuning.success && jpeg.success && access.length === 0) {
-    return { ok: true, env: { ...machine.data, ...tuning.data, ...jpeg.data, memory: machineMemory(machine.data.MEMORY_MB) } };
+  const pdf = PdfSettings.safeParse(raw);
+  if (machine.success && tuning.success && jpeg.success && pdf.success && access.length === 0) {
+    return { ok: true, env: { ...machine.data, ...tuning.data, ...jpeg.data, ...pdf.data, memory: machineMemory(machine.data.MEMORY_MB) } };
   }
-  const problems = [...problemsOf([...(machine.error?.issues ?? []), ...(tuning.error?.issues ?? []), ...(jpeg.error?.issues ?? [])], raw), ...access];
+  const issues = [...(machine.error?.issues ?? []), ...(tuning.error?.issues ?? []), ...(jpeg.error?.issues ?? []), ...(pdf.error?.issues ?? [])];
+  const problems = [...problemsOf(issues, raw), ...access];
   return { ok: false, problems, callback: callbackTarget(raw) };
 }
 

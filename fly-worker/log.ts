@@ -2,7 +2,7 @@
 // reads as the story of one task. Secret values are scrubbed from every line.
 import { AsyncLocalStorage } from "node:async_hooks";
 
-export type Component = "TiffConversion" | "Checksum" | "Env" | "S3" | "Callback" | "FlyWorker" | "Pool";
+export type Component = "TiffConversion" | "Checksum" | "PdfSplitting" | "Env" | "S3" | "Callback" | "FlyWorker" | "Pool";
 type Fields = Record<string, unknown>;
 
 let context: Fields = {};
@@ -43,17 +43,19 @@ export function redact(text: string): string {
 }
 
 // A bigint is written as its exact decimal string: Number() would round a 64-bit file offset.
-function emit(stream: NodeJS.WriteStream, component: Component, level: string, event: string, fields: Fields): void {
+// Through console (stdout, stderr for errors; the same bytes on a machine): a test that runs the
+// worker's code in-process then shows its lines only when it fails (vitest's silent: passed-only).
+function emit(out: (line: string) => void, component: Component, level: string, event: string, fields: Fields): void {
   const line = JSON.stringify({ ts: new Date().toISOString(), level, event, ...context, ...scoped.getStore(), ...fields }, (_k, v: unknown) =>
     v instanceof Error ? v.message : typeof v === "bigint" ? String(v) : v,
   );
-  stream.write(`[${component}] ${redact(line)}\n`);
+  out(`[${component}] ${redact(line)}`);
 }
 
 export const log = {
-  info: (component: Component, event: string, fields: Fields = {}) => emit(process.stdout, component, "info", event, fields),
-  warn: (component: Component, event: string, fields: Fields = {}) => emit(process.stdout, component, "warn", event, fields),
-  error: (component: Component, event: string, fields: Fields = {}) => emit(process.stderr, component, "error", event, fields),
+  info: (component: Component, event: string, fields: Fields = {}) => emit(console.log, component, "info", event, fields),
+  warn: (component: Component, event: string, fields: Fields = {}) => emit(console.log, component, "warn", event, fields),
+  error: (component: Component, event: string, fields: Fields = {}) => emit(console.error, component, "error", event, fields),
 };
 
 /** Milliseconds since `start` (a performance.now() value), rounded to 0.1 ms. */

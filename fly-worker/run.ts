@@ -1,5 +1,5 @@
-// One task from a parsed env: run its phase's job (TIFF conversion, or the checksum mode when
-// PHASE=CHECKSUM), call back, and say what happened as an exit code. Single-task mode runs it
+// One task from a parsed env: run its phase's job (TIFF conversion; the checksum mode when
+// PHASE=CHECKSUM; the PDF job when PHASE=PDF_SPLITTING), call back, and say what happened as an exit code. Single-task mode runs it
 // once for the machine's env; pool mode once per leased task.
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -7,6 +7,7 @@ import { join } from "node:path";
 import type { z } from "zod";
 import { CHECKSUM_PHASE, ChecksumCallback } from "../shared/checksum.ts";
 import { CallbackBody, type CallbackError } from "../shared/contracts.ts";
+import { PDF_PHASE, PdfCallback } from "../shared/pdf.ts";
 import { sendCallback, type CallbackOptions, type SendableBody } from "./callback.ts";
 import { runChecksum } from "./checksum.ts";
 import { cpuLedger } from "./cpu.ts";
@@ -14,6 +15,7 @@ import { describeEnv, type CallbackTarget, type WorkerEnv } from "./env.ts";
 import { TaskError, errorMessage } from "./errors.ts";
 import { EXIT, type ExitCode } from "./exit-codes.ts";
 import { log, type Component } from "./log.ts";
+import { runPdf } from "./pdf.ts";
 import { peakRssMb, runTask, type TaskProgress, type Timings } from "./task.ts";
 
 const ERROR_MAX_CHARS = 4000;
@@ -48,9 +50,18 @@ const CHECKSUM_JOB: Job = {
   summary: (s) => ({ sha256: s.sha256, output_r2_key: s.output_r2_key }),
 };
 
-/** PHASE=CHECKSUM is the checksum mode; any other phase (or none: the old contract) converts a TIFF. */
-export function jobOf(env: Pick<WorkerEnv, "PHASE">): "checksum" | "tiff" {
-  return env.PHASE === CHECKSUM_PHASE ? "checksum" : "tiff";
+const PDF_JOB: Job = {
+  component: "PdfSplitting",
+  schema: PdfCallback,
+  run: runPdf,
+  summary: (s) => ({ pages: s.pages, pages_skipped: s.pages_skipped, output_r2_key: s.output_r2_key }),
+};
+
+const JOBS = { checksum: CHECKSUM_JOB, pdf: PDF_JOB, tiff: TIFF_JOB } as const;
+
+/** PHASE=CHECKSUM is the checksum mode, PHASE=PDF_SPLITTING the PDF job; any other phase (or none: the old contract) converts a TIFF. */
+export function jobOf(env: Pick<WorkerEnv, "PHASE">): keyof typeof JOBS {
+  return env.PHASE === CHECKSUM_PHASE ? "checksum" : env.PHASE === PDF_PHASE ? "pdf" : "tiff";
 }
 
 /**
@@ -58,7 +69,7 @@ export function jobOf(env: Pick<WorkerEnv, "PHASE">): "checksum" | "tiff" {
  * callback. `startedAt` (a performance.now() value) is where total_time_ms counts from.
  */
 export async function convertTask(env: WorkerEnv, startedAt = 0): Promise<TaskOutcome> {
-  const job = jobOf(env) === "checksum" ? CHECKSUM_JOB : TIFF_JOB;
+  const job = JOBS[jobOf(env)];
   const component = job.component;
   log.info(component, "task.start", { env: describeEnv(env), job: jobOf(env), node: process.version, region: env.FLY_REGION ?? null });
   const callbackOptions: CallbackOptions = { maxAttempts: env.CALLBACK_MAX_ATTEMPTS, backoffMs: env.CALLBACK_BACKOFF_MS, timeoutMs: env.CALLBACK_TIMEOUT_MS };

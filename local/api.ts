@@ -12,6 +12,9 @@ export class ApiError extends Error {
   }
 }
 
+/** No answer at all: the orchestrator is not listening there, or the network failed (the CLI's exit 4). */
+export class UnreachableError extends ApiError {}
+
 const Progress = z.looseObject({
   tasks_total: z.number(),
   tasks_completed: z.number(),
@@ -27,12 +30,30 @@ export const BatchStatus = z.looseObject({
   status: z.string(),
   phase: z.string().optional(),
   stage: z.string().optional(),
+  /** Which run of the batch: 0 the first, N after redrive N (an older orchestrator: absent). */
+  run: z.number().int().optional(),
   progress: Progress,
   started_at: z.string().nullable(),
   updated_at: z.string().nullable(),
   completed_at: z.string().nullable(),
   error: z.string().nullable(),
   mode: z.enum(["single", "pool"]).optional(),
+  /** Per phase of the batch's pipeline that had work, in pipeline order. */
+  phases: z
+    .array(
+      z.looseObject({
+        name: z.string(),
+        total: z.number(),
+        done: z.number(),
+        failed: z.number(),
+        open: z.number(),
+        machines: z.looseObject({ ended: z.number(), running: z.number(), machine_seconds: z.number(), estimated_cost_usd: z.number(), sizes: z.array(z.string()) }).optional(),
+        /** The phase's all-in cost so far: machines, Fly egress of its outputs, its R2 operations. */
+        cost: z.looseObject({ total_usd: z.number() }).optional(),
+      }),
+    )
+    .default([]),
+  pipeline: z.array(z.string()).optional(),
   /** The batch's machines: time from create to end, and its estimated cost at Fly's prices. */
   machines: z
     .looseObject({ ended: z.number(), running: z.number(), machine_seconds: z.number(), estimated_cost_usd: z.number() })
@@ -60,10 +81,13 @@ export const BatchStatus = z.looseObject({
     })
     .nullable()
     .optional(),
+  /** A batch with nothing to do, pages skipped, a dead-lettered copy of its message, … */
+  warnings: z.array(z.string()).default([]),
   recent_failures: z
     .array(
       z.looseObject({
         task_id: z.string(),
+        input_key: z.string().nullable().optional(),
         attempt: z.number(),
         machine_id: z.string().nullable(),
         error: z.string().nullable(),
@@ -90,6 +114,20 @@ export const TaskItem = z.looseObject({
 export type TaskItem = z.infer<typeof TaskItem>;
 
 const TaskPage = z.looseObject({ batch_id: z.string(), tasks: z.array(TaskItem), next_cursor: z.string().nullable() });
+
+/** A row of the batch index (GET /batches). */
+export const ListedBatch = z.looseObject({
+  batch_id: z.string(),
+  status: z.string(),
+  mode: z.string(),
+  progress: z.object({ tasks_total: z.number(), tasks_completed: z.number(), tasks_failed: z.number() }),
+  started_at: z.string(),
+  updated_at: z.string(),
+  completed_at: z.string().nullable(),
+  error: z.string().nullable(),
+});
+export type ListedBatch = z.infer<typeof ListedBatch>;
+const BatchPage = z.object({ batches: z.array(ListedBatch), next_cursor: z.string().nullable() });
 
 export const TASK_FILTERS = ["pending", "retrying", "starting", "running", "done", "failed"] as const;
 export type TaskFilter = (typeof TASK_FILTERS)[number];
@@ -197,6 +235,14 @@ export class OrchestratorClient {
     return out;
   }
 
+  /** One page of the batch index, newest first. */
+  async batches(query: { status?: string; limit: number; cursor?: string | null }): Promise<z.infer<typeof BatchPage>> {
+    const q = new URLSearchParams({ limit: String(query.limit) });
+    if (query.status) q.set("status", query.status);
+    if (query.cursor) q.set("cursor", query.cursor);
+    return this.#parse(BatchPage, await this.#call("GET", `/batches?${q}`), "batch list");
+  }
+
   async reset(batchId: string): Promise<ResetResult> {
     const body = await this.#call("POST", `/admin/reset/${encodeURIComponent(batchId)}`, { admin: true, batchId });
     return this.#parse(ResetResult, body, "reset answer");
@@ -221,7 +267,7 @@ export class OrchestratorClient {
       res = await fetch(`${this.url}${path}`, { headers, signal: options.signal });
     } catch (error) {
       if (options.signal?.aborted) throw error;
-      throw new ApiError(`cannot reach the orchestrator at ${this.url} for ${path} (${error instanceof Error ? error.message : String(error)})`);
+      throw new UnreachableError(`cannot reach the orchestrator at ${this.url} for ${path} (${error instanceof Error ? error.message : String(error)})`);
     }
     if (res.status !== 200 || !res.body || !(res.headers.get("content-type") ?? "").startsWith("text/event-stream")) {
       const text = await res.text().catch(() => "");
@@ -270,9 +316,7 @@ export class OrchestratorClient {
     } catch (error) {
       const inner = error instanceof Error ? (error.cause as { code?: string; message?: string } | undefined) : undefined;
       const cause = inner?.code ?? inner?.message ?? (error instanceof Error ? error.message : String(error));
-      throw new ApiError(
-        `cannot reach the orchestrator at ${this.url} (${cause}). Is it running (\`npm start\`)? Set ORCHESTRATOR_URL to its address.`,
-      );
+      throw new UnreachableError(`cannot reach the orchestrator at ${this.url} (${cause}). Is it running (\`npm start\`)? Set ORCHESTRATOR_URL to its address.`);
     }
     const text = await res.text();
     let body: unknown = undefined;

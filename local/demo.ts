@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import { z } from "zod";
 import { describeZodError } from "../shared/contracts.ts";
 import { OrchestratorClient } from "./api.ts";
-import { followBatch, formatBytes, table } from "./progress.ts";
+import { followBatch, formatBytes, summaryNotes, table } from "./progress.ts";
 import { generateSamples } from "./samples.ts";
 import { REPO_ROOT } from "./orchestrator-process.ts";
 import { startStack, type Stack } from "./stack.ts";
@@ -97,7 +97,7 @@ async function main(): Promise<number> {
     step(
       `${final.status}: ${p.tasks_completed}/${p.tasks_total} converted, ${p.tasks_failed} failed in ${((Date.now() - started) / 1000).toFixed(1)}s${final.error ? ` — ${final.error}` : ""}`,
     );
-    for (const f of final.recent_failures) console.log(`  ${f.task_id} attempt ${f.attempt} on ${f.machine_id ?? "-"}: ${f.error ?? ""}`);
+    for (const note of summaryNotes(final)) console.log(`  ${note}`);
     return ok ? 0 : 1;
   } finally {
     step("Stopping the stack");

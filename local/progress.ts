@@ -171,6 +171,12 @@ export async function followBatch(api: OrchestratorClient, batchId: string, opti
   }
   const patience = new Patience(options);
   patience.saw(current);
+  // The run being followed (0 the first, N redrive N): a done/failed/error of an earlier run,
+  // replayed by the stream after a reset and a redrive, is history, not this run's end.
+  let run = current.run ?? 0;
+  const later = (data: Record<string, unknown>) => {
+    if (typeof data.run === "number" && data.run > run) run = data.run;
+  };
   let lastEventId: string | undefined;
   let failures = 0;
   let lastError: string;
@@ -187,16 +193,25 @@ export async function followBatch(api: OrchestratorClient, batchId: string, opti
         if (event.id) lastEventId = event.id;
         const data = parseData(event.data);
         if (event.event === "progress") {
+          later(data);
           current = withProgress(current, data);
           patience.saw(current);
           await options.onStatus?.(current);
           view.show(current);
         } else if (event.event === "task_failed") {
           view.note(failureLine(data));
+        } else if (event.event === "redrive") {
+          later(data);
         } else if (event.event === "done" || event.event === "failed" || event.event === "error") {
+          if (typeof data.run === "number" && data.run < run) continue;
           const final = await api.status(batchId);
           await options.onStatus?.(final);
           view.show(final);
+          // Only the batch's own status ends the watch (an orchestrator that names no run).
+          if (!TERMINAL.has(final.status)) {
+            current = final;
+            continue;
+          }
           view.end();
           return final;
         }
@@ -239,6 +254,7 @@ function withProgress(s: BatchStatus, data: Record<string, unknown>): BatchStatu
     status: typeof data.status === "string" ? data.status : s.status,
     phase: typeof data.phase === "string" ? data.phase : s.phase,
     stage: typeof data.stage === "string" ? data.stage : s.stage,
+    run: typeof data.run === "number" ? data.run : s.run,
     progress: {
       ...s.progress,
       tasks_total: count("tasks_total"),
@@ -252,8 +268,20 @@ function withProgress(s: BatchStatus, data: Record<string, unknown>): BatchStatu
   };
 }
 
+/** A failure named by its file first (the task id is the orchestrator's name for it). */
+export const failureName = (f: { task_id: string; input_key?: string | null }): string => (f.input_key ? `${f.input_key} (${f.task_id})` : f.task_id);
+
+/** The lines under a finished batch's summary (the demo's): its warnings, then its recent failures by file. */
+export function summaryNotes(s: BatchStatus): string[] {
+  return [
+    ...s.warnings.map((w) => `warning: ${w}`),
+    ...s.recent_failures.map((f) => `${failureName(f)} attempt ${f.attempt} on ${f.machine_id ?? "-"}: ${f.error ?? ""}`),
+  ];
+}
+
 function failureLine(d: Record<string, unknown>): string {
-  const what = `${String(d.task_id)} attempt ${String(d.attempt)} failed${d.final ? "" : " (retried)"}`;
+  const name = failureName({ task_id: String(d.task_id), input_key: typeof d.input_key === "string" ? d.input_key : null });
+  const what = `${name} attempt ${String(d.attempt)} failed${d.final ? "" : " (retried)"}`;
   return `${what}: ${String(d.reason ?? "no reason given")}${typeof d.logs === "string" ? `\n    logs: ${d.logs}` : ""}`;
 }
 

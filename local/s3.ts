@@ -7,6 +7,8 @@
 import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { Transform } from "node:stream";
+// Before fauxqs: it loads node:sqlite, whose ExperimentalWarning would open every run that starts a local S3.
+import "./quiet-warnings.ts";
 import { buildApp } from "fauxqs";
 import { MAX_KEY_BYTES } from "../shared/keys.ts";
 import { credentialsProblem, EMPTY_SHA256, refusalXml, verifySigV4, type PayloadMode, type S3Credentials, type S3Refusal } from "./s3-auth.ts";

@@ -180,6 +180,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       R2_BUCKET: BUCKET,
       R2_ENDPOINT: s3Endpoint,
       WORKER_URL: "",
+      // Failures point at the command that works here, not at `fly logs` (no Fly app locally).
+      LOGS_COMMAND: "npm run fanout -- logs {machine}",
       ...options.vars,
     };
 

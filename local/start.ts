@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { describeZodError } from "../shared/contracts.ts";
+import { echoLine } from "./echo.ts";
 import { DEFAULT_STATE_DIR, STACK_FILE, startStack, type ComponentExit } from "./stack.ts";
 
 const Env = z.object({
@@ -37,10 +38,13 @@ async function main(): Promise<void> {
     onComponentExit: (exit) => onDeath(exit),
     stateDir: env.FANOUT_STATE_DIR,
     ports: { orchestrator: env.FANOUT_PORT, s3: env.FANOUT_S3_PORT, emulator: env.FANOUT_FLY_PORT },
-    onOrchestratorLine: values.quiet ? undefined : (line) => {
-      // Component log lines and request lines; wrangler's banner and binding table are in the log file.
-      if (/^\[[A-Za-z:]+\]/.test(line) || line.startsWith("✘")) console.log(`[orchestrator] ${line}`);
-    },
+    onOrchestratorLine: values.quiet
+      ? undefined
+      : (line) => {
+          // A batch's milestones and errors; every line (machines, leases, callbacks, requests) is in the log file.
+          const echo = echoLine(line);
+          if (echo) console.log(`[orchestrator] ${echo}`);
+        },
   });
   const stackFile = join(stack.stateDir, STACK_FILE);
   writeFileSync(
@@ -67,14 +71,15 @@ async function main(): Promise<void> {
 
   console.log(`
 fanout is running (state in ${stack.stateDir})
+  dashboard         ${stack.orchestratorUrl}/        batches, progress, failures, machine timeline
   orchestrator      ${stack.orchestratorUrl}        GET /health · /status/:id · POST /admin/batches
   local S3 (R2)     ${stack.s3.endpoint}/${stack.bucket}   path-style, SigV4 with the key pair in stack.json (s3_access_key_id, s3_secret_access_key)
   Fly Machines API  ${stack.emulator.url}         machines run as local fly-worker processes
-  admin token       in ${join(stack.stateDir, "secrets.json")} (ADMIN_TOKEN; the CLI reads it)
-  logs              ${stack.logDir}/orchestrator.log, ${stack.logDir}/machines/<id>.log
+  admin token       in ${join(stack.stateDir, "secrets.json")} (ADMIN_TOKEN; the CLI reads it, the dashboard asks for it)
+  logs              ${stack.logDir}/orchestrator.log (everything), ${stack.logDir}/machines/<id>.log
 
-Try:  npm run fanout -- submit <dir-of-tiffs> --watch
-Ctrl-C stops everything.
+Try:  npm run fanout -- submit <dir-of-tiffs> --watch     (then open the dashboard)
+Below: each batch's milestones and errors only${values.quiet ? " (--quiet: none)" : ""}. Ctrl-C stops everything.
 `);
 
   let stopping = false;

@@ -8,7 +8,7 @@ import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCom
 import { Upload } from "@aws-sdk/lib-storage";
 import { BatchId, type Manifest } from "../shared/contracts.ts";
 import { isTiff } from "../shared/keys.ts";
-import type { OrchestratorClient } from "./api.ts";
+import { type OrchestratorClient, UnreachableError } from "./api.ts";
 
 export interface S3Target {
   endpoint: string;
@@ -160,7 +160,7 @@ export async function uploadBatch(client: S3Client, bucket: string, options: Sub
 export async function submitBatch(api: OrchestratorClient, client: S3Client, bucket: string, options: SubmitOptions): Promise<Submitted> {
   // Fail before uploading anything when the orchestrator is not there.
   if (!(await api.health())) {
-    throw new Error(`cannot reach the orchestrator at ${api.url}/health. Is it running (\`npm start\`)? Set ORCHESTRATOR_URL to its address.`);
+    throw new UnreachableError(`cannot reach the orchestrator at ${api.url}/health. Is it running (\`npm start\`)? Set ORCHESTRATOR_URL to its address.`);
   }
   const batchId = BatchId.parse(options.batchId ?? defaultBatchId(options.dir));
   const existing = await api.statusOrNull(batchId);

@@ -3,7 +3,6 @@
 // finalisation, views); SQL lives in store/. The engine names no phase.
 import { DurableObject } from "cloudflare:workers";
 import type { LeaseResponse, QueueMessage } from "../shared/contracts.ts";
-import { backoffMs } from "../shared/backoff.ts";
 import { syncBatchIndex } from "./batch-index.ts";
 import { type Config, loadConfig } from "./config.ts";
 import { attemptExpiry } from "./engine/access.ts";
@@ -15,11 +14,15 @@ import { type CallbackReply, type ReserveReply, reserveOutputs, settleCallback }
 import { plan } from "./engine/planning.ts";
 import { heartbeat, lease } from "./engine/pool.ts";
 import { run, stopBatch } from "./engine/run.ts";
+import { archive, archiveDue, archivedRow, ARCHIVE_RETRY_MS, retentionAlarm } from "./engine/retention.ts";
 import * as views from "./engine/views.ts";
+import { ALARM_REARM_MS, runtimeRetryError, stallReason, stallWarning, stepFailed, wakeIfStalled } from "./engine/watchdog.ts";
+import { modeOf } from "./engine/plan.ts";
 import { LiveStreams } from "./engine/events.ts";
-import { errorMessage, log, logError } from "./log.ts";
-import { FIRST_PHASE, getPhase } from "./phases/index.ts";
-import { StorageError } from "./storage.ts";
+import { log, logError } from "./log.ts";
+import { Outbound, OutboundRefused } from "./outbound.ts";
+import { defaultPipeline, getPhase, pipelineProblem } from "./phases/index.ts";
+import { pipelineOf } from "./engine/pipeline.ts";
 import { type BatchMeta, BatchStore } from "./store/index.ts";
 
 export type { StatusBody, ApiStatus } from "./engine/views.ts";
@@ -48,9 +51,14 @@ export class BatchDO extends DurableObject<Env> {
     return loadConfig(this.env);
   }
 
-  private engine(): Engine {
-    return makeEngine(this.store, this.config, this.env, (at) => this.wake(at), (id, type, data) => this.live.publish(id, type, data));
+  /** The engine of one invocation: its outbound requests counted and, for an alarm, ending at `deadline`. */
+  private engine(deadline?: number): Engine {
+    const outbound = new Outbound(deadline !== undefined ? { deadline } : {});
+    return makeEngine(this.store, this.config, this.env, (at) => this.wake(at), (id, type, data) => this.live.publish(id, type, data), outbound);
   }
+
+  /** What the last alarm did (subrequests, its peak of requests waiting at once, time): the limit tests read it. */
+  lastAlarm: { stage: string; subrequests: number; refused: number; peak_in_flight: number; ms: number } | null = null;
 
   /** Open event streams of this batch (GET /status/:batchId/events). */
   private readonly live = new LiveStreams(() => {
@@ -88,17 +96,21 @@ export class BatchDO extends DurableObject<Env> {
   // ---- RPC: queue ---------------------------------------------------------------------
 
   /** Records the batch (once) and starts its alarm loop. Redelivery changes nothing. */
-  async start(message: QueueMessage, options: { firstPhase?: string } = {}): Promise<{ created: boolean; status: string }> {
+  async start(message: QueueMessage): Promise<{ created: boolean; status: string }> {
     const existing = this.store.getMeta();
     if (existing) return { created: false, status: apiStatus(existing) };
-    const outside = messageRefusal(message, this.config.ALLOWED_PREFIXES);
+    // An archived batch (retention deleted its storage) is not started again by a late redelivery.
+    const archived = await archivedRow(this.env.BATCH_INDEX, message.batch_id);
+    if (archived) return { created: false, status: archived.status };
+    const outside = messageRefusal(message, this.config.ALLOWED_PREFIXES) ?? (message.phases ? pipelineProblem(message.phases) : null);
     if (outside) {
       await this.recordInvalid(message.batch_id, `invalid queue message: ${outside}`, JSON.stringify(message));
       log("DO", "batch_refused", { batch_id: message.batch_id, error: outside });
       return { created: true, status: "ERROR" };
     }
     this.store.migrate();
-    const phase = getPhase(options.firstPhase ?? FIRST_PHASE);
+    const pipeline = message.phases ?? defaultPipeline();
+    const phase = getPhase(pipeline[0]);
     const now = Date.now();
     this.store.createMeta({
       batch_id: message.batch_id,
@@ -110,17 +122,18 @@ export class BatchDO extends DurableObject<Env> {
       prefix: message.manifest_r2_key ? null : (message.r2_prefix ?? ""),
       now,
     });
-    // Pool mode when the message asks (or sets slots); one machine per task when it says `"pool": false`
-    // or POOL_MODE is off; otherwise the sizing picks either, batch by batch (engine/plan.ts).
-    const request = message.pool === true || (message.pool === undefined && message.pool_tasks_per_machine && this.config.POOL_MODE) ? "pool" : message.pool === false || !this.config.POOL_MODE ? "single" : "auto";
-    this.store.updateMeta({ mode_request: request, pool: request === "single" ? 0 : 1, pool_slots: request === "single" ? 0 : (message.pool_tasks_per_machine ?? 0) }, now);
     this.store.updateMeta(
-      { tolerated_failure_percentage: message.tolerated_failure_percentage ?? null, tolerated_failure_count: message.tolerated_failure_count ?? null },
+      {
+        ...modeOf(message, this.config.POOL_MODE),
+        tolerated_failure_percentage: message.tolerated_failure_percentage ?? null,
+        tolerated_failure_count: message.tolerated_failure_count ?? null,
+        pipeline_json: JSON.stringify(pipeline),
+      },
       now,
     );
     await this.setAlarm(now);
     await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
-    log("DO", "batch_started", { batch_id: message.batch_id, phase: phase.name });
+    log("DO", "batch_started", { batch_id: message.batch_id, phase: phase.name, pipeline });
     return { created: true, status: phase.name };
   }
 
@@ -131,7 +144,8 @@ export class BatchDO extends DurableObject<Env> {
     this.store.createMeta({
       batch_id: batchId,
       stage: "error",
-      phase: FIRST_PHASE,
+      // A message that never started has no phase: the default pipeline's first names where it stopped.
+      phase: defaultPipeline()[0],
       error,
       message_json: messageJson.slice(0, 65536),
       manifest_key: null,
@@ -196,13 +210,36 @@ export class BatchDO extends DurableObject<Env> {
   async status(): Promise<views.StatusBody | null> {
     this.request(true);
     const meta = this.store.getMeta();
-    return meta ? views.status(this.engine(), meta) : null;
+    if (!meta) return null;
+    const body = views.status(this.engine(), meta);
+    const stalled = stallReason(meta, await this.ctx.storage.getAlarm(), Date.now());
+    if (stalled) body.warnings.unshift(stallWarning(stalled));
+    return body;
+  }
+
+  /**
+   * The watchdog's question (a Cron Trigger, orchestrator/index.ts): is anything driving this
+   * running batch? With no alarm, or one long overdue, it is woken now and says so in its warnings.
+   * Its index row is written either way, so a quiet but healthy batch is not asked again soon.
+   */
+  async watchdog(): Promise<{ batch_id: string | null; woken: boolean; reason: string | null }> {
+    const meta = this.store.getMeta();
+    if (!meta) return { batch_id: null, woken: false, reason: null };
+    const e = this.engine();
+    const reason = await wakeIfStalled(e, meta, this.ctx.storage, Date.now());
+    await syncBatchIndex(e.env, this.store.getMeta(), () => this.status(), { force: true });
+    return { batch_id: meta.batch_id, woken: reason !== null, reason };
   }
 
   async tasks(opts: { status: views.ApiStatus | null; cursor: number; limit: number }) {
     this.request(true);
     const meta = this.store.getMeta();
     return meta ? views.tasks(this.engine(), meta, opts) : null;
+  }
+
+  async timeline(limit: number) {
+    const meta = this.store.getMeta();
+    return meta ? views.timeline(this.engine(), meta, limit) : null;
   }
 
   async task(taskId: string) {
@@ -261,9 +298,8 @@ export class BatchDO extends DurableObject<Env> {
     const result = this.store.transaction(() => {
       const r = this.store.redriveFailed(now);
       if (r.tasks === 0) return r;
-      // Run from the earliest phase (in pipeline order) that has a task to re-run.
-      let phase: string | null = FIRST_PHASE;
-      while (phase && !r.phases.includes(phase)) phase = getPhase(phase).next;
+      // Run from the earliest phase of the batch's pipeline that has a task to re-run; the later ones follow.
+      const phase = pipelineOf(meta).find((p) => r.phases.includes(p));
       this.store.updateMeta(
         {
           stage: "run",
@@ -289,64 +325,80 @@ export class BatchDO extends DurableObject<Env> {
 
   // ---- the alarm loop ------------------------------------------------------------------------
 
-  async alarm(): Promise<void> {
+  async alarm(info?: AlarmInvocationInfo): Promise<void> {
     this.request(false);
-    const meta = this.store.getMeta();
+    let meta = this.store.getMeta();
     if (!meta) return;
-    let next: number | null = null;
-    try {
-      next = await this.step(meta);
-      if (meta.step_failures > 0) this.store.updateMeta({ step_failures: 0, step_error: null }, Date.now());
-    } catch (error) {
-      next = this.stepFailed(meta, error);
-    } finally {
-      // Always re-arm while work remains, whatever the step did.
-      const after = this.store.getMeta();
-      if (after && isFinished(after)) next = this.store.earliestDeadline();
-      if (next !== null) await this.setAlarm(Math.max(next, Date.now()));
-      // The billed work counted since meta was last written goes into it now and then (a row per flush).
-      if (after && (this.store.usage.rowsWritten >= USAGE_FLUSH_ROWS || isFinished(after))) this.store.flushUsage();
-      this.live.progressChanged();
-      await syncBatchIndex(this.env, after, () => this.status());
+    const started = Date.now();
+    const e = this.engine(started + this.config.ALARM_WORK_MS);
+    // The next alarm is set before any work: an alarm that dies (CPU, memory, an isolate reset)
+    // leaves it behind once the runtime's own retries are over (engine/watchdog.ts).
+    if (!isFinished(meta)) await this.setAlarm(started + ALARM_REARM_MS);
+    // A retry means the last invocation died where no catch could see it: a failed step all the same.
+    if (info?.isRetry && !isFinished(meta)) {
+      const error = runtimeRetryError(info.retryCount);
+      // The count resets when a step succeeds; the warning keeps it visible.
+      this.store.addWarning(`${new Date(started).toISOString()}: ${error}`, started);
+      const next = stepFailed(e, meta, new Error(error));
+      meta = this.store.getMeta()!;
+      if (isFinished(meta)) {
+        e.outbound.workDone();
+        return this.alarmDone(e, meta, next, started);
+      }
     }
+    let next: number | null;
+    try {
+      next = await this.step(e, meta);
+      const after = this.store.getMeta();
+      if (after && after.step_failures > 0 && !isFinished(after)) this.store.updateMeta({ step_failures: 0, step_error: null }, Date.now());
+    } catch (error) {
+      // Out of time (or subrequests) mid-step is not a failure: the step's writes are per page or
+      // part, so the next alarm goes on from what was stored.
+      if (error instanceof OutboundRefused) next = Date.now();
+      else next = stepFailed(e, meta, error);
+    }
+    e.outbound.workDone();
+    await this.alarmDone(e, this.store.getMeta(), next, started);
   }
 
-  /**
-   * A step that throws is retried with backoff; after MAX_STEP_FAILURES in a row (or a storage
-   * error that will not heal, during discovery) the batch stops in ERROR naming the step and error.
-   */
-  private stepFailed(meta: BatchMeta, error: unknown): number | null {
-    const failures = meta.step_failures + 1;
-    const message = errorMessage(error);
-    const final = meta.stage === "discover" && error instanceof StorageError && !error.retryable;
-    logError("DO", "step_failed", error, { batch_id: meta.batch_id, stage: meta.stage, failures });
+  /** Sets the next alarm (a running batch always has one; a finished one only for what is left, then its retention) and updates the index. */
+  private async alarmDone(e: Engine, after: BatchMeta | null, next: number | null, started: number): Promise<void> {
     const now = Date.now();
-    this.store.updateMeta({ step_failures: failures, step_error: message.slice(0, 2000) }, now);
-    if (final || failures >= this.config.MAX_STEP_FAILURES) {
-      const what = meta.stage === "discover" ? "discovery failed" : `${meta.stage} step failed`;
-      stopBatch(this.engine(), meta, "error", `${what}${final ? "" : ` ${failures} times in a row`}: ${message}`, `batch stopped: ${meta.stage} step failed`, now);
-      return this.store.earliestDeadline();
-    }
-    return now + backoffMs(failures, 1000, 60_000);
+    if (after && isFinished(after)) next = Math.min(next ?? Number.POSITIVE_INFINITY, retentionAlarm(e, after, now));
+    else if (after && next === null) next = now + ALARM_REARM_MS;
+    // A wake during this alarm (a callback freed a slot) moved the re-armed alarm earlier: keep it.
+    const woken = after && !isFinished(after) ? await this.ctx.storage.getAlarm() : null;
+    if (next !== null && woken !== null && woken !== started + ALARM_REARM_MS) next = Math.min(next, woken);
+    if (next !== null) await this.setAlarm(Math.max(next, now));
+    // The billed work counted since meta was last written goes into it now and then (a row per flush).
+    if (after && (this.store.usage.rowsWritten >= USAGE_FLUSH_ROWS || isFinished(after))) this.store.flushUsage();
+    this.live.progressChanged();
+    await syncBatchIndex(e.env, after, () => this.status());
+    this.lastAlarm = { stage: after?.stage ?? "archived", subrequests: e.outbound.used, refused: e.outbound.refused, peak_in_flight: e.outbound.peakInFlight, ms: Date.now() - started };
+    log("DO", "alarm", { batch_id: after?.batch_id ?? null, ...this.lastAlarm });
   }
 
   /** One step of the batch; returns when the next alarm should fire (null: nothing to do). */
-  private async step(meta: BatchMeta): Promise<number | null> {
-    const e = this.engine();
+  private async step(e: Engine, meta: BatchMeta): Promise<number | null> {
     switch (meta.stage) {
       case "discover":
         return await discover(e, meta);
       case "plan":
-        return plan(e, meta);
+        return await plan(e, meta);
       case "run":
         return await run(e, meta);
       case "finalise":
         return await finalise(e, meta);
       case "done":
       case "failed":
-      case "error":
+      case "error": {
         await destroyOrphans(e, Date.now());
-        return this.store.earliestDeadline();
+        const now = Date.now();
+        if (!archiveDue(e, meta, now)) return retentionAlarm(e, meta, now);
+        const status = await this.status();
+        if (status && (await archive(e, meta, status, this.ctx.storage, now))) return null;
+        return now + ARCHIVE_RETRY_MS;
+      }
     }
   }
 }

@@ -21,6 +21,10 @@ export interface BatchIndexRow {
   updated_at: number;
   completed_at: number | null;
   error: string | null;
+  /** The final file list's object (R2), once written; kept when a later write has none. */
+  file_list_key?: string | null;
+  /** When the DO's storage was deleted (retention): the row is then all there is. */
+  archived_at?: number | null;
 }
 
 /** What GET /batches returns per batch: the status body's names and ISO times. */
@@ -43,13 +47,15 @@ export async function recordBatch(db: D1Database, row: BatchIndexRow, observedAt
   const result = await db
     .prepare(
       `INSERT INTO batches (batch_id, status, mode, tasks_total, tasks_completed, tasks_failed, started_at, updated_at,
-                            completed_at, error, observed_at, writes)
-       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1)
+                            completed_at, error, observed_at, writes, file_list_key, archived_at)
+       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1, ?12, ?13)
        ON CONFLICT (batch_id) DO UPDATE SET
          status = excluded.status, mode = excluded.mode, tasks_total = excluded.tasks_total,
          tasks_completed = excluded.tasks_completed, tasks_failed = excluded.tasks_failed,
          started_at = excluded.started_at, updated_at = excluded.updated_at, completed_at = excluded.completed_at,
-         error = excluded.error, observed_at = excluded.observed_at, writes = batches.writes + 1
+         error = excluded.error, observed_at = excluded.observed_at, writes = batches.writes + 1,
+         file_list_key = COALESCE(excluded.file_list_key, batches.file_list_key),
+         archived_at = COALESCE(excluded.archived_at, batches.archived_at)
        WHERE excluded.observed_at >= batches.observed_at`,
     )
     .bind(
@@ -64,6 +70,8 @@ export async function recordBatch(db: D1Database, row: BatchIndexRow, observedAt
       row.completed_at,
       row.error === null ? null : row.error.slice(0, 2000),
       observedAt,
+      row.file_list_key ?? null,
+      row.archived_at ?? null,
     )
     .run();
   return result.meta.changes > 0;
@@ -105,6 +113,38 @@ export async function listBatches(db: D1Database, query: ListQuery): Promise<{ b
     batches: page.map(toItem),
     next_cursor: results.length > query.limit && last ? encodeCursor(last.started_at, last.batch_id) : null,
   };
+}
+
+/** One batch's row, or null (an archived batch's status is answered from it). */
+export async function getBatchRow(db: D1Database, batchId: string): Promise<BatchIndexRow | null> {
+  return (
+    (await db
+      .prepare(
+        `SELECT batch_id, status, mode, tasks_total, tasks_completed, tasks_failed, started_at, updated_at, completed_at, error,
+                file_list_key, archived_at
+         FROM batches WHERE batch_id = ?`,
+      )
+      .bind(batchId)
+      .first<BatchIndexRow>()) ?? null
+  );
+}
+
+/**
+ * What the watchdog asks about: running batches whose row has not been written since `before`
+ * (a batch's row is written at least every BATCH_INDEX_PROGRESS_MS while its counts move), and
+ * finished ones past retention not yet archived. Oldest first, `limit` at most.
+ */
+export async function batchesToCheck(db: D1Database, before: number, finishedBefore: number, limit: number): Promise<string[]> {
+  const { results } = await db
+    .prepare(
+      `SELECT batch_id FROM batches
+       WHERE (status NOT IN (${TERMINAL_STATUSES.map(() => "?").join(", ")}) AND observed_at < ?)
+          OR (archived_at IS NULL AND completed_at IS NOT NULL AND completed_at < ?)
+       ORDER BY observed_at LIMIT ?`,
+    )
+    .bind(...TERMINAL_STATUSES, before, finishedBefore, limit)
+    .all<{ batch_id: string }>();
+  return results.map((r) => r.batch_id);
 }
 
 export class CursorError extends Error {}
@@ -151,6 +191,7 @@ export interface StatusLike {
   updated_at: string;
   completed_at: string | null;
   error: string | null;
+  finalisation?: { file_list: { key: string } | null } | null;
 }
 
 /** The cheap part of the DO's state that tells a transition from progress. */
@@ -182,7 +223,12 @@ const MAX_TRACKED = 10_000;
  * or when `intervalMs` has passed and its counts moved. Never throws: the index is a view, and a
  * failing D1 must not stop a batch. `read` (the full status) is only called when a write may be due.
  */
-export async function syncBatchIndex(env: Env, meta: MetaLike | null, read: () => Promise<StatusLike | null>): Promise<void> {
+export async function syncBatchIndex(
+  env: Env,
+  meta: MetaLike | null,
+  read: () => Promise<StatusLike | null>,
+  options: { force?: boolean } = {},
+): Promise<void> {
   const db = env.BATCH_INDEX as D1Database | undefined;
   if (!db || !meta) return;
   let intervalMs: number;
@@ -195,12 +241,12 @@ export async function syncBatchIndex(env: Env, meta: MetaLike | null, read: () =
   const transition = `${meta.stage}|${meta.phase}|${meta.error ?? ""}`;
   const last = written.get(meta.batch_id);
   const due = now - (last?.checkedAt ?? 0) >= intervalMs;
-  if (last && (last.failed || last.transition === transition) && !due) return;
+  if (!options.force && last && (last.failed || last.transition === transition) && !due) return;
   try {
     const status = await read();
     if (!status) return;
     const progress = `${status.progress.tasks_total}/${status.progress.tasks_completed}/${status.progress.tasks_failed}`;
-    if (last && !last.failed && last.transition === transition && last.progress === progress) {
+    if (!options.force && last && !last.failed && last.transition === transition && last.progress === progress) {
       last.checkedAt = now;
       return;
     }
@@ -225,5 +271,6 @@ export function toRow(s: StatusLike): BatchIndexRow {
     updated_at: Date.parse(s.updated_at),
     completed_at: s.completed_at === null ? null : Date.parse(s.completed_at),
     error: s.error,
+    file_list_key: s.finalisation?.file_list?.key ?? null,
   };
 }

@@ -67,6 +67,23 @@ export const ConfigSchema = z.object({
   READ_TOKEN: z.preprocess((v) => (v === "" ? undefined : v), z.string().min(16, "must be at least 16 characters").optional()),
   /** The batch index (D1) gets a batch's progress at most this often; status transitions at once. */
   BATCH_INDEX_PROGRESS_MS: int(100, 600_000, 5000),
+  /**
+   * An alarm sends no new outbound request after this long (a few more pages or parts wait for the
+   * next alarm, which is already set): each alarm's work is bounded by time as well as by count.
+   */
+  ALARM_WORK_MS: int(100, 240_000, 25_000),
+  /** A finished batch's Durable Object storage is deleted this many days after it ended; its index row (D1) stays. */
+  BATCH_RETENTION_DAYS: int(1, 3650, 30),
+  /** The queue the batch queue's consumer dead-letters into (wrangler.jsonc `dead_letter_queue`): this Worker consumes it too. */
+  DEAD_LETTER_QUEUE: z.string().min(1, "must name the dead letter queue of the batch queue (its dead_letter_queue in wrangler.jsonc)").default("fanout-batches-dlq"),
+  /**
+   * The command that shows a machine's output, as status, the task views and task_failed events
+   * print it: {machine} and {app} are filled in. The local stack (local/stack.ts) sets
+   * `npm run fanout -- logs {machine}`, the command that works there.
+   */
+  LOGS_COMMAND: z
+    .preprocess((v) => (v === undefined || v === "" ? "fly logs -a {app} -i {machine} --no-tail" : v), z.string())
+    .refine((s) => s.includes("{machine}"), "must contain {machine}, e.g. fly logs -a {app} -i {machine} --no-tail"),
   /** Debug routes under /admin/debug/ (the soak evicts the create budget's DO); off unless "true". */
   DEBUG_HOOKS: z.preprocess((v) => (v === undefined || v === "" ? "false" : v), z.enum(["true", "false"], { message: "must be 'true' or 'false'" }).transform((v) => v === "true")),
   R2_ACCOUNT_ID: z.string().default(""),

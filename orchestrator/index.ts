@@ -14,11 +14,15 @@ import {
 } from "../shared/contracts.ts";
 import { backoffMs } from "../shared/backoff.ts";
 import { timingSafeEqualText, verifyGrant } from "../shared/token.ts";
-import type { ApiStatus, DeadLetterOutcome } from "./batch-do.ts";
-import { CursorError, listBatches } from "./batch-index.ts";
+import type { ApiStatus } from "./batch-do.ts";
+import { CursorError, getBatchRow, listBatches } from "./batch-index.ts";
 import { ConfigError, loadConfig } from "./config.ts";
+import { consumeDeadLetter, deadLetterQueue } from "./dead-letters.ts";
 import { health } from "./health.ts";
+import { archivedStatus } from "./engine/retention.ts";
+import { runWatchdog } from "./engine/watchdog.ts";
 import { errorMessage, log, logError } from "./log.ts";
+import { phaseNames, pipelineProblem } from "./phases/index.ts";
 
 export { BatchDO } from "./batch-do.ts";
 export { FlyBudget } from "./fly/budget.ts";
@@ -44,6 +48,7 @@ router
   .get("/status/:batchId/events", reader(withBatch(events)))
   .get("/status/:batchId/tasks", reader(withBatch(tasks)))
   .get("/status/:batchId/tasks/:taskId", reader(withBatch(task)))
+  .get("/status/:batchId/timeline", reader(withBatch(timeline)))
   .post("/callback/:batchId/:taskId", withBatch(callback))
   .post("/outputs/:batchId/:taskId", withBatch(reserveOutputs))
   .post("/lease/:batchId", withBatch(lease))
@@ -57,8 +62,11 @@ router
 export default {
   fetch: (request, env) => router.fetch(request, env),
   queue: async (batch, env, _ctx) => {
-    const handle = batch.queue === DEAD_LETTER_QUEUE ? consumeDeadLetter : consume;
+    const handle = batch.queue === deadLetterQueue(env) ? consumeDeadLetter : consume;
     await Promise.all(batch.messages.map((message) => handle(message, env)));
+  },
+  scheduled: async (controller, env, _ctx) => {
+    await runWatchdog(env, controller.scheduledTime);
   },
 } satisfies ExportedHandler<Env>;
 
@@ -66,8 +74,11 @@ export default {
 
 async function status(req: IRequest, env: Env): Promise<Response> {
   const body = await stub(env, req.params.batchId).status();
-  if (!body) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
-  return Response.json(body);
+  if (body) return Response.json(body);
+  // Past retention the batch's storage is gone; its index row (D1) still has the final counts.
+  const row = await getBatchRow(env.BATCH_INDEX, req.params.batchId);
+  if (!row?.archived_at) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
+  return Response.json(archivedStatus(row, loadConfig(env).BATCH_RETENTION_DAYS));
 }
 
 /** Server-Sent Events from the batch's DO; Last-Event-ID (header or ?last_event_id) resumes. */
@@ -110,14 +121,24 @@ async function tasks(req: IRequest, env: Env): Promise<Response> {
     cursor: Number(query.cursor ?? 0),
     limit: query.limit,
   });
-  if (!page) throw new HttpError(404, "unknown batch", { batch_id: req.params.batchId });
+  if (!page) throw await unknownOrArchived(env, req.params.batchId);
   return Response.json(page);
+}
+
+const TimelineQuery = z.object({ limit: z.coerce.number().int().min(1).max(1000).default(400) });
+
+/** The machine timeline in one read: open attempts and the latest ended ones (the dashboard draws it). */
+async function timeline(req: IRequest, env: Env): Promise<Response> {
+  const query = parse(TimelineQuery, Object.fromEntries(new URL(req.url).searchParams), "query");
+  const body = await stub(env, req.params.batchId).timeline(query.limit);
+  if (!body) throw await unknownOrArchived(env, req.params.batchId);
+  return Response.json(body);
 }
 
 async function task(req: IRequest, env: Env): Promise<Response> {
   const taskId = parse(TaskId, req.params.taskId, "taskId");
   const body = await stub(env, req.params.batchId).task(taskId);
-  if (!body) throw new HttpError(404, "unknown batch or task", { batch_id: req.params.batchId, task_id: taskId });
+  if (!body) throw await unknownOrArchived(env, req.params.batchId, taskId);
   return Response.json(body);
 }
 
@@ -200,6 +221,9 @@ async function redrive(req: IRequest, env: Env): Promise<Response> {
 
 async function enqueue(req: IRequest, env: Env): Promise<Response> {
   const message = parse(QueueMessage, await readJson(req, 64 * 1024), "body");
+  // The queue boundary checks the pipeline too (the batch ends in ERROR saying why); here it is a 400 before anything is queued.
+  const problem = message.phases ? pipelineProblem(message.phases) : null;
+  if (problem) throw new HttpError(400, `invalid body: ${problem}`, { registered_phases: phaseNames() });
   await env.BATCH_QUEUE.send(message, { contentType: "json" });
   log("HTTP", "batch_enqueued", { batch_id: message.batch_id });
   return Response.json(
@@ -261,41 +285,6 @@ async function consume(message: Message<unknown>, env: Env): Promise<void> {
   }
 }
 
-/** Where fanout-batches puts a message after its last retry (wrangler.jsonc). */
-const DEAD_LETTER_QUEUE = "fanout-batches-dlq";
-
-/**
- * A message that exhausted its retries: its batch ends in ERROR saying so, so that /status
- * explains the loss. Without a usable batch_id there is no batch to mark: the body is logged.
- */
-async function consumeDeadLetter(message: Message<unknown>, env: Env): Promise<void> {
-  let body: unknown = message.body;
-  if (typeof body === "string") {
-    try {
-      body = JSON.parse(body);
-    } catch {
-      // kept as the string it is
-    }
-  }
-  const batchId = BatchId.safeParse((body as { batch_id?: unknown } | null)?.batch_id);
-  const content = (JSON.stringify(body) ?? String(body)).slice(0, 4096);
-  if (!batchId.success) {
-    log("DLQ", "dead_letter_without_batch", { message_id: message.id, attempts: message.attempts, body: content });
-    message.ack();
-    return;
-  }
-  const reason = `queue message dead-lettered: ${DEAD_LETTER_QUEUE} received it after fanout-batches gave up retrying (the consumer failed on every delivery; see [Queue] message_retry logs)`;
-  try {
-    const { outcome }: { outcome: DeadLetterOutcome } = await stub(env, batchId.data).deadLettered(batchId.data, reason, content);
-    const event = { marked_error: "batch_marked_error", warned: "dead_letter_for_running_batch", finished: "dead_letter_for_finished_batch" }[outcome];
-    log("DLQ", event, { message_id: message.id, batch_id: batchId.data, attempts: message.attempts });
-    message.ack();
-  } catch (error) {
-    logError("DLQ", "dead_letter_retry", error, { message_id: message.id, batch_id: batchId.data });
-    message.retry({ delaySeconds: Math.min(300, 2 ** Math.min(message.attempts, 8)) });
-  }
-}
-
 // ---- helpers --------------------------------------------------------------------------------
 
 class HttpError extends Error {
@@ -306,6 +295,17 @@ class HttpError extends Error {
     this.status = status;
     this.details = details;
   }
+}
+
+/** 404 for a batch (or task) never seen; 410 for one whose records retention deleted (its status stays). */
+async function unknownOrArchived(env: Env, batchId: string, taskId?: string): Promise<HttpError> {
+  const row = await getBatchRow(env.BATCH_INDEX, batchId).catch(() => null);
+  if (row?.archived_at) {
+    return new HttpError(410, "batch archived: its tasks, attempts and events were deleted after BATCH_RETENTION_DAYS; GET /status/:batchId has its final counts", {
+      batch_id: batchId,
+    });
+  }
+  return new HttpError(404, taskId === undefined ? "unknown batch" : "unknown batch or task", { batch_id: batchId, ...(taskId === undefined ? {} : { task_id: taskId }) });
 }
 
 function parse<T extends z.ZodType>(schema: T, value: unknown, where: string): z.infer<T> {

@@ -45,6 +45,22 @@ export interface ObjectStore {
   head(key: string): Promise<ObjectHead | null>;
 }
 
+/**
+ * How the orchestrator writes its own objects (the final file list, engine/file-list.ts): whole,
+ * or as a multipart upload whose parts are sent across alarms. R2's multipart rules
+ * (developers.cloudflare.com/r2/objects/multipart-objects/): parts of 5 MiB to 5 GiB, all but the
+ * last the same size, at most 10,000.
+ */
+export interface ObjectWriter {
+  put(key: string, body: Uint8Array, contentType: string): Promise<{ etag: string }>;
+  /** Starts a multipart upload; its id. */
+  createMultipart(key: string, contentType: string): Promise<string>;
+  /** Sends part `part` (1-based); its ETag. Sending a part again replaces it. */
+  uploadPart(key: string, uploadId: string, part: number, body: Uint8Array): Promise<string>;
+  completeMultipart(key: string, uploadId: string, parts: { part: number; etag: string }[]): Promise<{ etag: string }>;
+  abortMultipart(key: string, uploadId: string): Promise<void>;
+}
+
 /** A range getStream can ask for: a zero length has no HTTP Range form. */
 function checkRange(offset: number, length: number | undefined): void {
   if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`getStream: offset must be a non-negative integer, not ${offset}`);
@@ -69,13 +85,22 @@ export interface R2BucketLike {
     options?: { range?: { offset: number; length?: number } },
   ): Promise<{ text(): Promise<string>; body: ReadableStream<Uint8Array>; size: number; etag: string } | null>;
   head(key: string): Promise<{ size: number; etag: string; customMetadata?: Record<string, string> } | null>;
+  put(key: string, value: Uint8Array, options?: { httpMetadata?: { contentType?: string } }): Promise<{ etag: string } | null>;
+  createMultipartUpload(key: string, options?: { httpMetadata?: { contentType?: string } }): Promise<{ uploadId: string }>;
+  resumeMultipartUpload(key: string, uploadId: string): R2UploadLike;
   list(options: { prefix: string; limit: number; cursor?: string; include?: ("httpMetadata" | "customMetadata")[] }): Promise<
     | { objects: { key: string; size: number; httpMetadata?: { contentType?: string } }[]; truncated: true; cursor: string }
     | { objects: { key: string; size: number; httpMetadata?: { contentType?: string } }[]; truncated: false }
   >;
 }
 
-export class R2ObjectStore implements ObjectStore {
+export interface R2UploadLike {
+  uploadPart(part: number, value: Uint8Array): Promise<{ partNumber: number; etag: string }>;
+  complete(parts: { partNumber: number; etag: string }[]): Promise<{ etag: string }>;
+  abort(): Promise<void>;
+}
+
+export class R2ObjectStore implements ObjectStore, ObjectWriter {
   private readonly bucket: R2BucketLike;
   constructor(bucket: R2BucketLike) {
     this.bucket = bucket;
@@ -100,6 +125,29 @@ export class R2ObjectStore implements ObjectStore {
     return object ? { body: object.body, size: object.size, etag: object.etag } : null;
   }
 
+  async put(key: string, body: Uint8Array, contentType: string): Promise<{ etag: string }> {
+    const object = await this.bucket.put(key, body, { httpMetadata: { contentType } });
+    if (!object) throw new StorageError(`R2 put ${key} was refused`, false);
+    return { etag: object.etag };
+  }
+
+  async createMultipart(key: string, contentType: string): Promise<string> {
+    return (await this.bucket.createMultipartUpload(key, { httpMetadata: { contentType } })).uploadId;
+  }
+
+  async uploadPart(key: string, uploadId: string, part: number, body: Uint8Array): Promise<string> {
+    return (await this.bucket.resumeMultipartUpload(key, uploadId).uploadPart(part, body)).etag;
+  }
+
+  async completeMultipart(key: string, uploadId: string, parts: { part: number; etag: string }[]): Promise<{ etag: string }> {
+    const object = await this.bucket.resumeMultipartUpload(key, uploadId).complete(parts.map((p) => ({ partNumber: p.part, etag: p.etag })));
+    return { etag: object.etag };
+  }
+
+  async abortMultipart(key: string, uploadId: string): Promise<void> {
+    await this.bucket.resumeMultipartUpload(key, uploadId).abort();
+  }
+
   async list(prefix: string, cursor: string | null, limit: number): Promise<ObjectPage> {
     const page = await this.bucket.list({ prefix, limit, ...(cursor ? { cursor } : {}), include: ["httpMetadata"] });
     return {
@@ -114,6 +162,8 @@ export interface S3Options {
   bucket: string;
   accessKeyId: string;
   secretAccessKey: string;
+  /** How a signed request is sent (the engine's Outbound: counted, six at a time); fetch by default. */
+  fetch?: (request: Request) => Promise<Response>;
 }
 
 const XML_ENTITIES: Record<string, string> = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'" };
@@ -123,16 +173,18 @@ function xmlText(s: string): string {
     return XML_ENTITIES[name] ?? whole;
   });
 }
+const unquote = (etag: string | null) => (etag ?? "").replace(/^(W\/)?"|"$/g, "");
 function xmlTag(xml: string, tag: string): string | undefined {
   const m = xml.match(new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`));
   return m ? xmlText(m[1]) : undefined;
 }
 
-export class S3ObjectStore implements ObjectStore {
+export class S3ObjectStore implements ObjectStore, ObjectWriter {
   private readonly client: AwsClient;
   private readonly endpoint: string;
   private readonly bucket: string;
   private readonly base: string;
+  private readonly fetcher: (request: Request) => Promise<Response>;
 
   constructor(opts: S3Options) {
     this.client = new AwsClient({
@@ -144,12 +196,20 @@ export class S3ObjectStore implements ObjectStore {
     this.endpoint = opts.endpoint.replace(/\/+$/, "");
     this.bucket = opts.bucket;
     this.base = `${this.endpoint}/${encodeURIComponent(opts.bucket)}`;
+    this.fetcher = opts.fetch ?? ((request) => fetch(request));
   }
 
-  private async send(url: string, headers?: Record<string, string>, method: "GET" | "HEAD" = "GET"): Promise<Response> {
+  private async send(
+    url: string,
+    headers?: Record<string, string>,
+    method: "GET" | "HEAD" | "PUT" | "POST" | "DELETE" = "GET",
+    body?: Uint8Array | string,
+  ): Promise<Response> {
     let res: Response;
     try {
-      res = await this.client.fetch(url, { method, ...(headers ? { headers } : {}) });
+      // Signed here, sent by the caller's fetch (one request each: no hidden retries inside an alarm).
+      const request = await this.client.sign(url, { method, ...(headers ? { headers } : {}), ...(body !== undefined ? { body } : {}) });
+      res = await this.fetcher(request);
     } catch (error) {
       throw new StorageError(`S3 request failed: ${error instanceof Error ? error.message : String(error)}`, true);
     }
@@ -200,6 +260,46 @@ export class S3ObjectStore implements ObjectStore {
     const whole = res.headers.get("content-range")?.match(/\/(\d+)$/);
     const size = whole ? Number(whole[1]) : Number(res.headers.get("content-length") ?? 0);
     return { body: res.body ?? new ReadableStream({ start: (c) => c.close() }), size, etag };
+  }
+
+  async put(key: string, body: Uint8Array, contentType: string): Promise<{ etag: string }> {
+    const res = await this.send(this.objectUrl(key), { "content-type": contentType }, "PUT", body);
+    if (!res.ok) throw await this.failure(res, `PUT ${key}`);
+    await res.body?.cancel();
+    return { etag: unquote(res.headers.get("etag")) };
+  }
+
+  async createMultipart(key: string, contentType: string): Promise<string> {
+    const res = await this.send(`${this.objectUrl(key)}?uploads`, { "content-type": contentType }, "POST");
+    if (!res.ok) throw await this.failure(res, `CreateMultipartUpload ${key}`);
+    const id = xmlTag(await res.text(), "UploadId");
+    if (!id) throw new StorageError(`S3 CreateMultipartUpload ${key} answered without an UploadId`, true);
+    return id;
+  }
+
+  async uploadPart(key: string, uploadId: string, part: number, body: Uint8Array): Promise<string> {
+    const q = new URLSearchParams({ partNumber: String(part), uploadId });
+    const res = await this.send(`${this.objectUrl(key)}?${q}`, undefined, "PUT", body);
+    if (!res.ok) throw await this.failure(res, `UploadPart ${part} of ${key}`);
+    await res.body?.cancel();
+    return unquote(res.headers.get("etag"));
+  }
+
+  async completeMultipart(key: string, uploadId: string, parts: { part: number; etag: string }[]): Promise<{ etag: string }> {
+    const xml = `<CompleteMultipartUpload>${parts.map((p) => `<Part><PartNumber>${p.part}</PartNumber><ETag>"${p.etag}"</ETag></Part>`).join("")}</CompleteMultipartUpload>`;
+    const res = await this.send(`${this.objectUrl(key)}?${new URLSearchParams({ uploadId })}`, { "content-type": "application/xml" }, "POST", xml);
+    const text = await res.text();
+    // S3 may answer 200 with an <Error> body to a CompleteMultipartUpload.
+    if (!res.ok || xmlTag(text, "Code")) {
+      throw new StorageError(`S3 CompleteMultipartUpload ${key} answered ${res.status} ${xmlTag(text, "Code") ?? ""}`.trim(), res.status >= 500 || res.ok);
+    }
+    return { etag: unquote(xmlTag(text, "ETag") ?? null) };
+  }
+
+  async abortMultipart(key: string, uploadId: string): Promise<void> {
+    const res = await this.send(`${this.objectUrl(key)}?${new URLSearchParams({ uploadId })}`, undefined, "DELETE");
+    await res.body?.cancel();
+    if (!res.ok && res.status !== 404) throw new StorageError(`S3 AbortMultipartUpload ${key} answered ${res.status}`, res.status >= 500);
   }
 
   /** Each key segment encoded (shared/keys.ts objectPath): a key that is not canonical is refused, never resolved. */

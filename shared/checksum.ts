@@ -1,7 +1,7 @@
 // The CHECKSUM phase's contract, shared by the orchestrator's phase (orchestrator/phases/checksum.ts)
 // and the fly-worker's checksum mode (fly-worker/checksum.ts): its name, sidecar keys and format, callback.
 import { z } from "zod";
-import { BatchId, ObjectKey, SuccessCore, TaskId } from "./contracts.ts";
+import { ObjectKey, PhaseCallbackError, SuccessCore } from "./contracts.ts";
 import { fileName } from "./keys.ts";
 
 /** The sidecar's content type: the phase signs it into the PUT URL, the worker sends it. */
@@ -29,16 +29,12 @@ export function sidecarText(sha256: string, inputKey: string): string {
  */
 export const ChecksumSuccess = SuccessCore.extend({
   sha256: SHA256_HEX,
+  /** The sidecar's own digest (its text is known, so this is a check the receiver can redo). */
+  sidecar_sha256: SHA256_HEX.optional(),
   input: z.looseObject({ r2_key: ObjectKey, bytes: z.number().int().nonnegative() }),
 });
-export const ChecksumError = z.looseObject({
-  task_id: TaskId,
-  batch_id: BatchId,
-  status: z.literal("error"),
-  error: z.string().min(1).max(4000),
-  /** false when running the task again cannot help (the input does not exist). */
-  retryable: z.boolean().optional(),
-});
+/** false `retryable` when running the task again cannot help (the input does not exist). */
+export const ChecksumError = PhaseCallbackError;
 export const ChecksumCallback = z.discriminatedUnion("status", [ChecksumSuccess, ChecksumError]);
 export type ChecksumSuccess = z.infer<typeof ChecksumSuccess>;
 export type ChecksumCallback = z.infer<typeof ChecksumCallback>;

@@ -40,6 +40,9 @@ export const KeyPrefix = z
     if (problem) ctx.addIssue({ code: "custom", message: p === "" ? "must not be empty (it would take the whole bucket)" : `not a canonical prefix: ${problem}` });
   });
 
+/** A phase's name as a message names it, e.g. `TIFF_CONVERSION`. */
+export const PhaseName = z.string().regex(/^[A-Z][A-Z0-9_]{0,63}$/, "a phase name is upper-case letters, digits and '_', e.g. \"TIFF_CONVERSION\"");
+
 // ---------------------------------------------------------------------------------------
 // Queue message and manifest (compatible with the existing ingest pipeline; unknown fields kept)
 
@@ -61,6 +64,11 @@ export const QueueMessage = z
     tolerated_failure_percentage: z.number().min(0).max(100).optional(),
     /** … or once more than this many tasks failed. */
     tolerated_failure_count: z.number().int().min(0).optional(),
+    /**
+     * The batch's pipeline: these phases, in this order (the orchestrator checks each is registered).
+     * Absent: every phase that is not opt-in, each doing what it finds (TIFFs converted, PDFs split).
+     */
+    phases: z.array(PhaseName).min(1, "phases must name at least one phase").max(16, "phases may name at most 16 phases").optional(),
   })
   .refine((m) => m.manifest_r2_key !== undefined || m.r2_prefix !== undefined, {
     message: "a queue message needs manifest_r2_key or r2_prefix",
@@ -233,6 +241,8 @@ export const CallbackError = z.looseObject({
   status: z.literal("error"),
   error: z.string().min(1).max(4000),
 });
+/** A phase's error callback that may say running the task again cannot help (`retryable: false`). */
+export const PhaseCallbackError = CallbackError.extend({ retryable: z.boolean().optional() });
 export const CallbackBody = z.discriminatedUnion("status", [CallbackSuccess, CallbackError]);
 export type CallbackSuccess = z.infer<typeof CallbackSuccess>;
 export type CallbackError = z.infer<typeof CallbackError>;

@@ -62,11 +62,13 @@ export function check(mode: string, batchId: string, ev: SoakEvidence, events: E
   expect(missing.length === 0, `${missing.length} outputs of done tasks missing in S3: ${missing.slice(0, 5).join(", ")}`);
   const jpegs = ev.objects.map((o) => o.key).filter((k) => k.endsWith(".jpg")).sort();
   expect(same(jpegs, expected), `JPEGs in S3 (${jpegs.length}) differ from the ${expected.length} the TIFFs must give: ${diff(jpegs, expected).slice(0, 5).join(", ")}`);
-  const allowed = new Set([...ev.inputs, ev.manifestKey, ...reserved.keys()]);
+  // The orchestrator's own object: the batch's final file list (engine/file-list.ts), written once.
+  const fileList = (ev.status as { finalisation?: { file_list?: { key?: string } | null } | null }).finalisation?.file_list?.key;
+  const allowed = new Set([...ev.inputs, ev.manifestKey, ...reserved.keys(), ...(fileList ? [fileList] : [])]);
   const outside = ev.objects.map((o) => o.key).filter((k) => !allowed.has(k));
   expect(outside.length === 0, `${outside.length} objects outside the batch's keys: ${outside.slice(0, 5).join(", ")}`);
   const writesByKey = groupBy(ev.writes, (w) => w.key);
-  const unreserved = [...writesByKey.keys()].filter((k) => !reserved.has(k));
+  const unreserved = [...writesByKey.keys()].filter((k) => !reserved.has(k) && k !== fileList);
   expect(unreserved.length === 0, `${unreserved.length} keys written that no task reserved: ${unreserved.slice(0, 5).join(", ")}`);
   const sameCredentialTwice: string[] = [];
   const rewritten: string[] = [];

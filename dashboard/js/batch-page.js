@@ -1,6 +1,6 @@
 // #/batch/:id — one batch: follows its event stream when the Worker serves it and polls
-// GET /status/:id every 2 s when not; reset and redrive with the admin token. What it draws
-// lives in summary.js, failures.js and timeline.js.
+// GET /status/:id every 2 s when not; reset and redrive with the admin token, each offered only
+// when the Worker would accept it. What it draws lives in summary.js, failures.js and timeline.js.
 import { api, enc } from "./api.js";
 import { $, setLive } from "./dom.js";
 import { renderFailures } from "./failures.js";
@@ -21,6 +21,7 @@ export function showBatch(view, batchId) {
   let status = null;
   let stopped = false;
   let pollTimer = 0;
+  let polling = false;
   let stream = null;
   let lastFull = 0;
   const timeline = createTimeline(view, base, () => status);
@@ -28,8 +29,10 @@ export function showBatch(view, batchId) {
   function render() {
     if (!status) return;
     renderSummary(view, status, samples);
-    $("#redrive", view).disabled = !TERMINAL.has(status.status);
-    $("#reset", view).disabled = status.status === "DONE";
+    // Offered only when the Worker would take it: redrive re-runs failed tasks of a finished batch;
+    // reset stops a batch that has not ended DONE or FAILED (an ERROR one may be reset again).
+    $("#redrive", view).hidden = !(TERMINAL.has(status.status) && status.progress.tasks_failed > 0);
+    $("#reset", view).hidden = status.status === "DONE" || status.status === "FAILED";
   }
 
   async function refreshStatus() {
@@ -49,16 +52,29 @@ export function showBatch(view, batchId) {
 
   function poll() {
     if (stopped) return;
+    polling = true;
     setLive("live: polling every 2 s");
     void refreshStatus().then(() => {
       if (!stopped && !(status && TERMINAL.has(status.status) && status.stage !== "run")) pollTimer = setTimeout(poll, POLL_MS);
-      else if (status && TERMINAL.has(status.status)) setLive("finished");
+      else {
+        polling = false;
+        if (status && TERMINAL.has(status.status)) setLive("finished");
+      }
     });
   }
 
   /** The event stream (issue 11 point 1) when the Worker has it; polling otherwise. */
   function follow() {
     if (!canFollow()) return poll();
+    // Until the stream says something, show what there is.
+    void refreshStatus();
+    // The stream opens once the page has loaded: a stream opened before the load event keeps the
+    // page loading for as long as the batch runs (chromium --headless --screenshot never shoots).
+    if (document.readyState === "complete") openStream();
+    else window.addEventListener("load", () => !stopped && !stream && openStream(), { once: true });
+  }
+
+  function openStream() {
     stream = followEvents(`${base}/events`, {
       open: () => setLive("live: event stream"),
       reconnecting: () => setLive("live: reconnecting…"),
@@ -80,8 +96,6 @@ export function showBatch(view, batchId) {
         void timeline.refresh();
       },
     });
-    // Until the stream says something, show what there is.
-    void refreshStatus();
   }
 
   async function act(button, path, label) {
@@ -94,12 +108,10 @@ export function showBatch(view, batchId) {
       out.textContent = `${label}: ${JSON.stringify(body)}`;
       samples.length = 0;
       timeline.forget();
-      if (!stream) {
-        clearTimeout(pollTimer);
-        poll();
-      }
+      // The batch's new state first (a redrive runs again), then follow it if nothing does yet.
+      await refreshStatus();
+      if (!stream && !polling) follow();
       void timeline.refresh();
-      if (!stream) follow();
     } catch (error) {
       out.className = "error";
       out.textContent = `${label} failed: ${error.message}`;

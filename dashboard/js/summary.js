@@ -1,4 +1,4 @@
-// The batch page's head: status badge and error, the cards (progress, throughput over the last
+// The batch page's head: status badge, error and warnings, the cards (progress, throughput over the last
 // 30 s and the ETA it gives, elapsed, mode, what runs now) and the per-phase table.
 import { $, el } from "./dom.js";
 import { duration, n, statusClass, TERMINAL } from "./format.js";
@@ -16,6 +16,10 @@ export function renderSummary(view, s, samples) {
   const err = $("#batch-error", view);
   err.hidden = !s.error;
   err.textContent = s.error ? `error: ${s.error}` : "";
+  // What the batch wants an operator to know: nothing to do, pages skipped, a dead-lettered copy, …
+  const warnings = Array.isArray(s.warnings) ? s.warnings : [];
+  $("#warnings", view).hidden = warnings.length === 0;
+  $("#warnings ul", view).replaceChildren(...warnings.map((w) => el("li", { text: w })));
 
   $("#m-progress", view).replaceChildren(
     el("div", { text: `${n(p.tasks_completed)} / ${n(p.tasks_total)} done${p.tasks_failed ? ` · ${n(p.tasks_failed)} failed` : ""}` }),
@@ -57,23 +61,39 @@ function throughput(s, samples, finished, elapsedS, now) {
   return TERMINAL.has(s.status) ? overall : windowRate;
 }
 
-/** One row per phase; a status without `phases` (an older Worker) shows one row for the batch. */
+/**
+ * One row per phase of the batch's pipeline, in its order: those that had work with their counts and
+ * machines (sizes, machine-seconds, estimated cost), the rest as not run (yet, or nothing to do). A
+ * status without `phases` (an older Worker) shows one row for the batch.
+ */
 function renderPhases(view, s) {
   const p = s.progress;
   const finished = p.tasks_completed + p.tasks_failed;
-  const phases = Array.isArray(s.phases) && s.phases.length ? s.phases : [{ name: s.phase ?? s.status, total: p.tasks_total, done: p.tasks_completed, failed: p.tasks_failed, open: p.tasks_total - finished }];
+  const worked = Array.isArray(s.phases) && s.phases.length ? s.phases : [{ name: s.phase ?? s.status, total: p.tasks_total, done: p.tasks_completed, failed: p.tasks_failed, open: p.tasks_total - finished }];
+  const waiting = (Array.isArray(s.pipeline) ? s.pipeline : []).filter((name) => !worked.some((ph) => ph.name === name)).map((name) => ({ name, waiting: true }));
+  const order = Array.isArray(s.pipeline) ? s.pipeline : [];
+  const rank = (ph) => (order.includes(ph.name) ? order.indexOf(ph.name) : order.length);
+  const rows = [...worked, ...waiting].sort((a, b) => rank(a) - rank(b));
   $("[data-testid=phases] tbody", view).replaceChildren(
-    ...phases.map((ph) =>
-      el(
+    ...rows.map((ph) => {
+      const name = el("td", {}, el("strong", { text: ph.name }), ph.name === s.phase && !TERMINAL.has(s.status) ? el("span", { class: "muted small", text: " current" }) : null);
+      if (ph.waiting) {
+        const note = TERMINAL.has(s.status) ? "nothing to do" : "not started";
+        return el("tr", { "data-phase": ph.name, class: "muted" }, name, el("td", { colSpan: 7, class: "muted small", text: note }));
+      }
+      const m = ph.machines;
+      return el(
         "tr",
         { "data-phase": ph.name },
-        el("td", {}, el("strong", { text: ph.name }), ph.name === s.phase && !TERMINAL.has(s.status) ? el("span", { class: "muted small", text: " current" }) : null),
+        name,
         el("td", {}, progressBar(ph.done, ph.failed, ph.total)),
         el("td", { class: "num", text: n(ph.done) }),
         el("td", { class: "num", text: n(ph.failed) }),
         el("td", { class: "num", text: n(ph.open) }),
         el("td", { class: "num", text: n(ph.total) }),
-      ),
-    ),
+        el("td", { class: "small", text: m ? `${n(m.ended + m.running)}${m.sizes.length ? ` × ${m.sizes.join(", ")}` : ""}` : "" }),
+        el("td", { class: "num", text: m ? `$${m.estimated_cost_usd.toFixed(4)}` : "" }),
+      );
+    }),
   );
 }

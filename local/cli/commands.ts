@@ -6,6 +6,8 @@ import { TASK_FILTERS } from "../api.ts";
 export interface Command {
   run: (args: string[]) => Promise<number>;
   usage: string;
+  /** What `<command> --help` prints under the usage line. */
+  details?: string;
 }
 
 export const COMMANDS: Record<string, Command> = {
@@ -16,5 +18,13 @@ export const COMMANDS: Record<string, Command> = {
   logs: { run: async (args) => (await import("./logs.ts")).logs(args), usage: "logs <machineId> [--app APP]" },
   doctor: { run: async (args) => (await import("./doctor.ts")).doctor(args), usage: "doctor [--json]" },
   redrive: { run: async (args) => (await import("./redrive.ts")).redrive(args), usage: "redrive <batchId> [--json]" },
-  list: { run: async (args) => (await import("./list.ts")).list(args), usage: "list [--status S] [--limit N] [--all] [--cursor C] [--json]" },
+  list: {
+    run: async (args) => (await import("./list.ts")).list(args),
+    usage: "list [--status S] [--limit N] [--all] [--cursor C] [--json]",
+    details: `  --status S   active (not DONE/ERROR/FAILED), or one status: DONE, ERROR, FAILED, TIFF_CONVERSION, …
+  --limit N    batches per page (1–200, default 20)
+  --all        follow next_cursor to the end
+  --cursor C   start after a previous page (its next_cursor)
+  --json       the pages' batches as JSON`,
+  },
 };

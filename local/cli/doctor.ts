@@ -3,20 +3,15 @@
 import { parseArgs } from "node:util";
 import { ApiError, type HealthReport } from "../api.ts";
 import { context } from "./context.ts";
-import { EXIT, NoOrchestrator, printJson } from "./output.ts";
+import { EXIT, printJson } from "./output.ts";
 
 export async function doctor(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { json: { type: "boolean" } } });
   const { api, local, env } = context();
   const lines: string[] = [];
   const problems: string[] = [];
-  let shallow: HealthReport;
-  try {
-    shallow = await api.healthReport(false);
-  } catch (error) {
-    if (error instanceof ApiError && error.status === null) throw new NoOrchestrator(`${error.message}`);
-    throw error;
-  }
+  // No answer at all is exit 4 (main.ts): UnreachableError.
+  const shallow = await api.healthReport(false);
   let report: HealthReport = shallow;
   const hasToken = env.ADMIN_TOKEN !== undefined || local !== null;
   if (!shallow.checks.some((c) => c.name === "config" && !c.ok)) {

@@ -11,11 +11,12 @@ usage: npm run fanout -- <command> [options]        (npm run fanout -- <command>
                                              upload a folder with a manifest and enqueue it
   status <batchId> [--watch] [--json]        the batch's status; --watch follows its live events until it ends
   tasks <batchId> [--status S] [--json]      its tasks (S: ${TASK_FILTERS.join(", ")})
-  reset <batchId>                            stop the batch: destroy its machines, mark it ERROR
+  reset <batchId> [--json]                   stop the batch: destroy its machines, mark it ERROR (redrive re-runs it)
   redrive <batchId> [--json]                 re-run only the failed tasks of a finished batch (DONE with failures, FAILED, ERROR)
   list [--status S] [--limit N] [--all] [--json]
                                              the batch index, newest first
-  logs <machineId> [--app APP]               a machine's output (local: the emulator's record; else fly logs)
+  logs <machineId> [--app APP]               a machine's output (local: the emulator's record; else fly logs);
+                                             a task's machine ids are in \`tasks <batchId> --json\`
   doctor [--json]                            check the orchestrator's configuration, Fly API, storage and callback URL
   help, --help, -h                           this text
   --version, -v                              the CLI's version
@@ -34,8 +35,9 @@ exit codes:
   0  done: the command worked; a batch (status, --watch) is DONE or still running (status without --watch)
   1  a batch is ERROR or FAILED, or the orchestrator refused or failed the request (doctor: a check failed)
   2  usage: unknown command or option, missing or malformed argument
-  3  the batch is DONE with failed tasks
-  4  no orchestrator to talk to: no local stack running and no ORCHESTRATOR_URL, or it cannot be reached`;
+  3  the batch is DONE with failed tasks, or with nothing to do (submit: a folder with no TIFF, submitted with a warning)
+  4  no orchestrator to talk to: no local stack running and no ORCHESTRATOR_URL, or it cannot be reached
+  With --json every answer is JSON on stdout, errors too: { "ok": false, "error", "exit_code", … }.`;
 
 /** `fanout --version`: the package's version. */
 export function version(): string {

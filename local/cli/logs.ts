@@ -12,6 +12,15 @@ export async function logs(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { app: { type: "string", short: "a" } } });
   const machineId = positionals[0];
   if (!machineId || !/^[A-Za-z0-9_-]{1,64}$/.test(machineId)) throw new UsageError("logs needs a machine id, e.g. npm run fanout -- logs 3d8d9e1b2c4f07");
+  // Task ids (tiff-000042) and the orchestrator's machine names (tiff-000042-a2, pool-0003) are
+  // not Fly machine ids (14 hex digits): say which was given and where the machine id is.
+  const named = /^([a-z][a-z0-9]*)-(\d{6})(-a\d+)?$/.exec(machineId) ?? /^(pool)-(\d{4})$/.exec(machineId);
+  if (named) {
+    const what = named[1] === "pool" ? "a pool machine's name" : named[3] ? "a machine's name (task and attempt)" : "a task id";
+    throw new UsageError(
+      `${machineId} is ${what}, not a machine id. A task's machine ids are in \`npm run fanout -- tasks <batchId> --json\` (machine_id) and in status's recent failures; then: npm run fanout -- logs <machineId>`,
+    );
+  }
   const env = loadEnv();
   const stack = localStack(env.FANOUT_STATE_DIR);
   const targetsLocal = env.ORCHESTRATOR_URL === undefined || stack?.orchestrator_url === env.ORCHESTRATOR_URL;

@@ -2,17 +2,20 @@
 // fanout: the operator's CLI. `npm run fanout -- <command>`.
 // Talks to ORCHESTRATOR_URL with ADMIN_TOKEN; with neither set it uses the local stack that
 // `npm start` is running (context.ts). One file per command (commands.ts has the table); this
-// one dispatches, and turns every error into one line and its exit code (output.ts).
-import { ApiError } from "../api.ts";
+// one dispatches, and turns every error into one line (or, under --json, one JSON object) and
+// its exit code (output.ts).
+import { ApiError, UnreachableError } from "../api.ts";
 import { closest } from "./args.ts";
 import { COMMANDS } from "./commands.ts";
 import { USAGE, version } from "./help.ts";
-import { EXIT, NoOrchestrator, UsageError } from "./output.ts";
+import { EXIT, NoOrchestrator, printJson, UsageError } from "./output.ts";
 
 let current: string | null = null;
+let json = false;
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  json = rest.includes("--json");
   if (!command) {
     console.error(USAGE);
     return EXIT.usage;
@@ -32,7 +35,7 @@ async function main(argv: string[]): Promise<number> {
   }
   current = command;
   if (rest.includes("--help") || rest.includes("-h")) {
-    console.log(`usage: npm run fanout -- ${entry.usage}`);
+    console.log(`usage: npm run fanout -- ${entry.usage}${entry.details ? `\n\n${entry.details}` : ""}`);
     return EXIT.ok;
   }
   return await entry.run(rest);
@@ -43,15 +46,23 @@ function exit(code: number): void {
   process.stdout.write("", () => process.stderr.write("", () => process.exit(code)));
 }
 
-main(process.argv.slice(2)).then(exit, (error: unknown) => {
+/** What an error means for the exit code (README's table, help.ts). */
+function codeOf(error: unknown): number {
   const parseError = error instanceof TypeError && (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS");
-  if (error instanceof UsageError || parseError) {
-    const help = current ? `npm run fanout -- ${current} --help` : "npm run fanout -- help";
-    console.error(`fanout: ${error.message}\nSee \`${help}\`.`);
-    return exit(EXIT.usage);
-  }
+  if (error instanceof UsageError || parseError) return EXIT.usage;
+  if (error instanceof NoOrchestrator || error instanceof UnreachableError) return EXIT.unreachable;
+  return EXIT.failed;
+}
+
+main(process.argv.slice(2)).then(exit, (error: unknown) => {
+  const code = codeOf(error);
   const message = error instanceof Error ? error.message : String(error);
-  console.error(`fanout: ${message}`);
-  const unreachable = error instanceof NoOrchestrator || (error instanceof ApiError && error.status === null && /cannot reach/.test(message)) || /^cannot reach the orchestrator/.test(message);
-  exit(unreachable ? EXIT.unreachable : EXIT.failed);
+  const help = code === EXIT.usage ? (current ? `npm run fanout -- ${current} --help` : "npm run fanout -- help") : undefined;
+  if (json) {
+    // A script that asked for JSON gets its error as JSON too, on stdout where it reads the answer.
+    printJson({ ok: false, error: message, exit_code: code, ...(error instanceof ApiError && error.status !== null ? { http_status: error.status } : {}), ...(help ? { usage: help } : {}) });
+  } else {
+    console.error(`fanout: ${message}${help ? `\nSee \`${help}\`.` : ""}`);
+  }
+  exit(code);
 });

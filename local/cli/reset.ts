@@ -15,8 +15,9 @@ export async function reset(args: string[]): Promise<number> {
   }
   const plural = (n: number, one: string) => `${n} ${one}${n === 1 ? "" : "s"}`;
   const pending = r.machines_pending > 0 ? `; ${plural(r.machines_pending, "machine")} still being destroyed` : "";
+  // A reset batch is ERROR: redrive re-runs its failed tasks (those the reset stopped included).
   console.log(
-    `batch ${r.batch_id} reset: marked ${r.status}, ${plural(r.tasks_failed, "open task")} failed, ${plural(r.machines_destroyed, "machine")} destroyed${pending}. Submit it again under a new batch id.`,
+    `batch ${r.batch_id} reset: marked ${r.status}, ${plural(r.tasks_failed, "open task")} failed, ${plural(r.machines_destroyed, "machine")} destroyed${pending}. Re-run its failed tasks with: npm run fanout -- redrive ${r.batch_id}`,
   );
   return EXIT.ok;
 }

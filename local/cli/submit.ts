@@ -5,6 +5,7 @@ import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { z } from "zod";
 import { followBatch, formatBytes } from "../progress.ts";
+import { isTiff } from "../../shared/keys.ts";
 import { BUCKET } from "../paths.ts";
 import { s3Client, submitBatch } from "../submit.ts";
 import { argumentError, batchArg } from "./args.ts";
@@ -71,6 +72,14 @@ export async function submit(args: string[]): Promise<number> {
   });
   if (tty) process.stderr.write("\r\x1b[2K");
   const bytes = submitted.files.reduce((n, f) => n + f.size, 0);
+  // The batch is still submitted (its manifest and files are what was asked), but it will end
+  // DONE with nothing converted: say so now, and exit 3 as for a batch that did not do everything.
+  const tiffs = submitted.files.filter((f) => isTiff(f.key)).length;
+  const warnings =
+    tiffs === 0
+      ? [`none of the ${submitted.files.length} files in ${dir} is a TIFF (.tif/.tiff): batch ${submitted.batchId} was submitted but has nothing to convert`]
+      : [];
+  if (!values.json) for (const w of warnings) console.error(`fanout: warning: ${w}`);
   const summary = {
     batch_id: submitted.batchId,
     files: submitted.files.length,
@@ -80,10 +89,12 @@ export async function submit(args: string[]): Promise<number> {
     manifest_key: submitted.manifestKey,
     ...(pool !== undefined ? { pool } : {}),
     ...(slots !== undefined ? { pool_tasks_per_machine: slots } : {}),
+    warnings,
   };
+  const submittedCode = tiffs === 0 ? EXIT.doneWithFailures : EXIT.ok;
   if (values.json && !values.watch) {
     printJson(summary);
-    return EXIT.ok;
+    return submittedCode;
   }
   if (!values.json) {
     const mode = pool === undefined ? "" : pool ? ` in pool mode${slots ? ` (${slots} slots per machine)` : ""}` : " in single-task mode";
@@ -92,7 +103,7 @@ export async function submit(args: string[]): Promise<number> {
   }
   if (!values.watch) {
     console.log(`follow it: npm run fanout -- status ${submitted.batchId} --watch`);
-    return EXIT.ok;
+    return submittedCode;
   }
   const final = await followBatch(api, submitted.batchId, { out: values.json ? undefined : process.stdout });
   if (values.json) {

@@ -25,6 +25,8 @@ export interface FlyEmulatorOptions extends LimitOptions, MachineOptions {
   /** Longest accepted `timeout` of the wait endpoint, seconds; default 60. */
   maxWaitSeconds?: number;
   faults?: FaultOptions;
+  /** Keep each request's real body for sentBody() (tests only: the record keeps a redacted copy). */
+  keepSentBodies?: boolean;
 }
 
 export interface RecordedRequest {
@@ -47,6 +49,8 @@ export class FlyEmulator {
   #faults: FaultModel;
   #limits: Limits;
   #faultOf = new WeakMap<Response, EmulatorFault>();
+  // What each request really carried, env values and all: for sentBody() only, never served or logged.
+  #sent = new WeakMap<RecordedRequest, string>();
 
   constructor(opts: FlyEmulatorOptions = {}) {
     this.#opts = opts;
@@ -67,6 +71,7 @@ export class FlyEmulator {
       time: this.clock.now(),
       status: 0,
     };
+    if (text && this.#opts.keepSentBodies) this.#sent.set(record, text);
     let response: Response;
     try {
       response = await this.#route(request, url, text);
@@ -79,6 +84,16 @@ export class FlyEmulator {
     if (!url.pathname.startsWith("/_emulator/")) this.requests.push(record);
     return response;
   };
+
+  /**
+   * The body `record` really carried, config.env values included (its `body` is redacted), when
+   * the emulator was made with keepSentBodies. For tests in the same process that must see what a
+   * create exposes, such as a secret in an env: never served over HTTP (/_emulator/requests shows
+   * the redacted record) and never logged.
+   */
+  sentBody(record: RecordedRequest): string | undefined {
+    return this.#sent.get(record);
+  }
 
   /** Snapshot of a machine as the API would show it, or undefined. */
   machine(id: string): Record<string, unknown> | undefined {

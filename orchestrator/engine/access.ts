@@ -7,7 +7,7 @@ import type { Config } from "../config.ts";
 import { getPhase } from "../phases/index.ts";
 import type { BatchMeta, TaskRow } from "../store/index.ts";
 import type { Engine } from "./context.ts";
-import { outputAccess } from "./outputs.ts";
+import { outputAccess, outputContentTypeOf } from "./outputs.ts";
 import { presign } from "./presign.ts";
 
 export { attemptExpiry, presign } from "./presign.ts";
@@ -34,7 +34,7 @@ export type AttemptAccess = { ok: true; env: Record<string, string> } | { ok: fa
 export async function attemptEnv(e: Engine, meta: BatchMeta, task: TaskRow, expiresAt: number): Promise<AttemptAccess> {
   const c = e.config;
   const now = Date.now();
-  const output = await outputAccess(e, meta, task, task.output_key, getPhase(task.phase).outputContentType);
+  const output = await outputAccess(e, meta, task, task.output_key, outputContentTypeOf(getPhase(task.phase), 1));
   if (!output.ok) return output;
   const env: Record<string, string> = {
     TASK_ID: task.task_id,

@@ -3,7 +3,8 @@
 import type { Config } from "../config.ts";
 import { FlyMachines } from "../fly/client.ts";
 import type { Phase, TaskView } from "../phases/types.ts";
-import { R2ObjectStore, S3ObjectStore, type ObjectStore } from "../storage.ts";
+import { Outbound } from "../outbound.ts";
+import { type ObjectStore, type ObjectWriter, R2ObjectStore, S3ObjectStore } from "../storage.ts";
 import type { BatchMeta, BatchStore, PhaseCounts, TaskRow } from "../store/index.ts";
 import { SUBREQUESTS_PER_ALARM } from "./constants.ts";
 
@@ -19,14 +20,17 @@ export interface Limits {
 export interface Engine {
   readonly store: BatchStore;
   readonly config: Config;
+  /** The Worker's env with every binding call counted by `outbound` (this invocation's subrequests). */
   readonly env: Env;
-  /** The Fly client of this RPC or alarm (its subrequest budget is per invocation). */
+  /** This RPC's or alarm's outbound requests: counted, six waiting at once, each timed from when it is sent. */
+  readonly outbound: Outbound;
+  /** The Fly client of this RPC or alarm (its requests go through `outbound`). */
   fly(): FlyMachines;
-  objects(): ObjectStore;
+  objects(): ObjectStore & ObjectWriter;
   limits(phase: Phase): Limits;
   /** Brings the alarm forward (a callback freed a slot or closed the phase). */
   wake(at: number): Promise<void>;
-  /** Records an event for live streams (task_failed, phase, done, failed, error). */
+  /** Records an event for live streams (task_failed, phase, redrive, done, failed, error), tagged with the batch's run. */
   emit(type: string, data: Record<string, unknown>): void;
 }
 
@@ -36,23 +40,32 @@ export function makeEngine(
   env: Env,
   wake: (at: number) => Promise<void>,
   onEvent: (id: number, type: string, data: Record<string, unknown>) => void = () => {},
+  outbound: Outbound = new Outbound(),
 ): Engine {
   let fly: FlyMachines | undefined;
-  let objects: ObjectStore | undefined;
+  let objects: (ObjectStore & ObjectWriter) | undefined;
+  const counted = outbound.env(env);
   return {
     store,
     config,
-    env,
+    env: counted,
+    outbound,
     wake,
-    emit: (type, data) => onEvent(store.addEvent(type, data, Date.now()), type, data),
+    emit: (type, data) => {
+      // Which run of the batch the event belongs to (0: the first, N: redrive N), so that a
+      // follower never ends on an earlier run's done/failed/error replayed from the stream.
+      const event = { ...data, run: store.getMeta()?.redrives ?? 0 };
+      onEvent(store.addEvent(type, event, Date.now()), type, event);
+    },
     fly: () =>
       (fly ??= new FlyMachines({
         apiHostname: config.FLY_API_HOSTNAME,
         apiToken: config.FLY_API_TOKEN,
         appName: config.FLY_APP_NAME,
         maxRequests: SUBREQUESTS_PER_ALARM,
+        exchange: outbound.exchange,
       })),
-    objects: () => (objects ??= objectStore(config, env)),
+    objects: () => (objects ??= objectStore(config, counted, outbound)),
     limits: (phase) => ({
       bootTimeoutMs: config.BOOT_TIMEOUT_MS ?? phase.limits.bootTimeoutMs,
       runTimeoutMs: config.RUN_TIMEOUT_MS ?? phase.limits.runTimeoutMs,
@@ -62,13 +75,15 @@ export function makeEngine(
   };
 }
 
-export function objectStore(config: Config, env: Env): ObjectStore {
+/** The batch's objects: the R2 binding of `env`, or the S3 API when R2_ENDPOINT is set (its requests through `outbound`). */
+export function objectStore(config: Config, env: Env, outbound?: Outbound): ObjectStore & ObjectWriter {
   if (config.R2_ENDPOINT) {
     return new S3ObjectStore({
       endpoint: config.R2_ENDPOINT,
       bucket: config.R2_BUCKET,
       accessKeyId: config.R2_ACCESS_KEY_ID,
       secretAccessKey: config.R2_SECRET_ACCESS_KEY,
+      ...(outbound ? { fetch: (request: Request) => outbound.fetch(request) } : {}),
     });
   }
   return new R2ObjectStore(env.BUCKET);

@@ -1,12 +1,11 @@
 // Discovery: the batch's file list, from its manifest or by listing its prefix, page by page
 // across alarms with a cursor. Planning (planning.ts) then refuses any file outside the batch's place.
-import type { FileEntry } from "../../shared/contracts.ts";
 import { fileName, keyProblem } from "../../shared/keys.ts";
 import { log } from "../log.ts";
-import type { BatchMeta } from "../store/index.ts";
+import type { BatchMeta, NewFile } from "../store/index.ts";
 import type { Engine } from "./context.ts";
 import { underRoots } from "./outputs.ts";
-import { MANIFEST_PAGE_SIZE, MANIFEST_PAGES_PER_ALARM, type ManifestCursor, ManifestReader, parseManifestCursor } from "./manifest.ts";
+import { MANIFEST_PAGE_BYTES, MANIFEST_PAGE_SIZE, MANIFEST_PAGES_PER_ALARM, type ManifestCursor, ManifestReader, parseManifestCursor } from "./manifest.ts";
 
 const LIST_PAGES_PER_ALARM = 20;
 const LIST_PAGE_SIZE = 1000;
@@ -37,7 +36,8 @@ export async function discover(e: Engine, meta: BatchMeta): Promise<number | nul
     // One reader for the alarm's pages: a page starts in the ranged read the previous one stopped in.
     const reader = new ManifestReader(store, meta.manifest_key, meta.batch_id);
     try {
-      for (let page = 0; page < MANIFEST_PAGES_PER_ALARM && typeof cursor !== "string"; page++) {
+      // Bounded by count and by the alarm's time (its Outbound deadline): the rest is the next alarm's.
+      for (let page = 0; page < MANIFEST_PAGES_PER_ALARM && typeof cursor !== "string" && (page === 0 || !e.outbound.overdue); page++) {
         const result = await manifestPage(reader, cursor);
         if (typeof result === "string") {
           cursor = result;
@@ -46,6 +46,8 @@ export async function discover(e: Engine, meta: BatchMeta): Promise<number | nul
         cursor = result.cursor;
         const next = cursor === null ? null : JSON.stringify(cursor);
         e.store.transaction(() => {
+          // Each directory's header once (its processing_config is not copied onto its files).
+          for (const d of result.directories) e.store.putDirectory(d.idx, d.path, d.config);
           e.store.insertFiles(result.files);
           e.store.updateMeta({ discover_cursor: next, ...(next === null ? { stage: "plan", plan_cursor: 0 } : {}) }, Date.now());
         });
@@ -66,7 +68,7 @@ export async function discover(e: Engine, meta: BatchMeta): Promise<number | nul
   }
   // Prefix listing continues across alarms from the stored cursor.
   let cursor = meta.discover_cursor;
-  for (let page = 0; page < LIST_PAGES_PER_ALARM; page++) {
+  for (let page = 0; page < LIST_PAGES_PER_ALARM && (page === 0 || !e.outbound.overdue); page++) {
     const result = await store.list(meta.prefix ?? "", cursor, LIST_PAGE_SIZE);
     const files = result.objects
       .filter((o) => !o.key.endsWith("/"))
@@ -92,12 +94,17 @@ export async function discover(e: Engine, meta: BatchMeta): Promise<number | nul
 }
 
 /** The next page of the manifest's files, or a reason the batch cannot run. Storage outages throw (retried). */
-async function manifestPage(reader: ManifestReader, cursor: ManifestCursor | null): Promise<{ files: FileEntry[]; cursor: ManifestCursor | null } | string> {
-  const page = await reader.page(cursor, MANIFEST_PAGE_SIZE);
+async function manifestPage(
+  reader: ManifestReader,
+  cursor: ManifestCursor | null,
+): Promise<{ files: NewFile[]; directories: { idx: number; path: string; config: unknown }[]; cursor: ManifestCursor | null } | string> {
+  const page = await reader.page(cursor, MANIFEST_PAGE_SIZE, MANIFEST_PAGE_BYTES);
   if (page.error !== undefined) return page.error;
-  const files = page.entries.map(({ file, directory_path, processing_config }) => {
+  const directories = new Map<number, { idx: number; path: string; config: unknown }>();
+  const files = page.entries.map(({ file, directory, directory_path, processing_config }) => {
     const { r2_key, logical_path, file_name, file_size, content_type, ...rest } = file;
     const name = file_name ?? fileName(r2_key);
+    if (!directories.has(directory)) directories.set(directory, { idx: directory, path: directory_path, config: processing_config });
     return {
       ...rest,
       r2_key,
@@ -105,11 +112,11 @@ async function manifestPage(reader: ManifestReader, cursor: ManifestCursor | nul
       file_name: name,
       file_size: file_size ?? 0,
       content_type: content_type ?? guessContentType(r2_key),
-      // Carried with the file for its phases (never sent downstream).
-      ...(processing_config !== undefined ? { processing_config } : {}),
+      // The directory's processing_config is read from there by the phases (never sent downstream).
+      directory,
     };
   });
-  return { files, cursor: page.cursor };
+  return { files, directories: [...directories.values()], cursor: page.cursor };
 }
 
 const CONTENT_TYPES: Record<string, string> = {

@@ -1,6 +1,7 @@
 // Live progress: Server-Sent Events from the batch's Durable Object. Discrete events (task_failed,
 // phase, redrive, done/failed/error) are stored with ids, so Last-Event-ID resumes without gaps;
 // progress is the status body's counts, coalesced to at most 2 a second; comments keep proxies open.
+// Every event names the run of the batch it belongs to (`run`: 0 the first, N redrive N).
 import type { StatusBody } from "./views.ts";
 
 /** Open streams one batch serves at most; past it, 429. */
@@ -60,12 +61,14 @@ export class LiveStreams {
       // A finished batch: its counts, what happened since the resume point, and how it ended
       // (said again when the final event is older than the resume point); then the stream ends.
       text += sseFrame("progress", progressOf(status), this.lastId) + replay;
-      if (!ended) text += sseFrame(terminal, { status: status.status, error: status.error }, this.lastId);
+      if (!ended) text += sseFrame(terminal, { status: status.status, error: status.error, run: status.run }, this.lastId);
       void writer.write(encoder.encode(text)).then(() => writer.close()).catch(() => undefined);
       return this.response(readable);
     }
+    // The current counts (and run) come first, without an id: a follower knows which run is live
+    // before the replay, whose done/failed/error of an earlier run it must not end on.
+    if (status) text += sseFrame("progress", progressOf(status));
     text += replay;
-    if (status) text += sseFrame("progress", progressOf(status), this.lastId);
     void writer.write(encoder.encode(text)).catch(() => this.drop(writer));
     this.writers.add(writer);
     this.keepalive ??= setInterval(() => this.send(": keep-alive\n\n"), KEEPALIVE_MS);
@@ -124,6 +127,7 @@ export class LiveStreams {
   }
 }
 
+/** The counts only: a phase's machine-seconds move every moment and would make every event "changed". */
 function progressOf(s: StatusBody) {
-  return { status: s.status, phase: s.phase, stage: s.stage, ...s.progress, phases: s.phases };
+  return { status: s.status, phase: s.phase, stage: s.stage, run: s.run, ...s.progress, phases: s.phases.map(({ machines: _machines, ...counts }) => counts) };
 }

@@ -24,6 +24,14 @@ export interface ManifestEntry {
 /** Largest processing_config carried in the cursor (it is rewritten with every page). */
 export const MAX_PROCESSING_CONFIG_BYTES = 64 * 1024;
 
+/**
+ * Largest file entry, as manifest bytes. An entry is one row of the batch's SQLite, and a row may
+ * not pass 2 MB (developers.cloudflare.com/durable-objects/platform/limits/); 64 KiB leaves a page
+ * (MANIFEST_PAGE_BYTES + one entry, at most ~2x once re-serialised) far under the store's 1 MB
+ * ceiling per bound value.
+ */
+export const MAX_MANIFEST_ENTRY_BYTES = 64 * 1024;
+
 const DirectoryContext = z.object({
   directory_path: z.string().optional(),
   /** Present once the key was read; may hold any JSON value. */
@@ -112,6 +120,9 @@ export class PageReader {
   private readonly prefixBytes: number;
   private readonly entries: ManifestEntry[] = [];
   private work = 0;
+  /** Manifest bytes of the entries this page took, and of the entry that just closed. */
+  private bytes = 0;
+  private entryBytes = 0;
   /** The token being handled belongs to the resume prefix, not to the manifest. */
   private inPrefix = false;
   private batchIdSeen: boolean;
@@ -130,13 +141,16 @@ export class PageReader {
   private readonly batchId: string;
   private readonly cursor: ManifestCursor | null;
   private readonly limit: number;
+  private readonly maxBytes: number;
   private readonly etag: string;
 
-  constructor(key: string, batchId: string, cursor: ManifestCursor | null, limit: number, etag: string) {
+  /** A page ends after `limit` units of work (entries and directories) or once its entries reach `maxBytes` of manifest text. */
+  constructor(key: string, batchId: string, cursor: ManifestCursor | null, limit: number, etag: string, maxBytes = Number.POSITIVE_INFINITY) {
     this.key = key;
     this.batchId = batchId;
     this.cursor = cursor;
     this.limit = limit;
+    this.maxBytes = maxBytes;
     this.etag = etag;
     this.prefixBytes = cursor ? new TextEncoder().encode(resumePrefix(cursor.at)).byteLength : 0;
     this.batchIdSeen = cursor?.batch_id_seen ?? false;
@@ -235,7 +249,9 @@ export class PageReader {
         return;
       case TokenType.RIGHT_BRACE:
       case TokenType.RIGHT_BRACKET: {
-        frames.pop();
+        const popped = frames.pop();
+        // A file entry's extent in the manifest, for the page's byte bound (value() runs next).
+        if (frames.length === 4 && popped !== undefined) this.entryBytes = offset + 1 - popped.start;
         if (!this.inPrefix) this.closed(frames.length, offset);
         return;
       }
@@ -371,6 +387,9 @@ export class PageReader {
     // Checked even while skipped, so a skipped entry is an object and the cursor lands after its `}`.
     const file = ManifestFile.safeParse(value);
     if (!file.success) throw this.invalid(issuesAt(["directories", directory, "files", index], file.error));
+    if (this.entryBytes > MAX_MANIFEST_ENTRY_BYTES) {
+      throw this.invalid(`directories.${directory}.files.${index}: ${this.entryBytes} bytes, larger than ${MAX_MANIFEST_ENTRY_BYTES} bytes for one file entry`);
+    }
     if (dir.final) {
       this.entries.push({
         file: file.data,
@@ -379,8 +398,9 @@ export class PageReader {
         directory,
         index,
       });
+      this.bytes += this.entryBytes;
     }
-    if (this.work >= this.limit) {
+    if (this.work >= this.limit || this.bytes >= this.maxBytes) {
       // The entry's closing brace is the token being handled; the page resumes after it.
       this.stop({ offset: this.lastOffset + 1, at: "entry", dir: directory, file: index, directory: { ...dir } });
     }

@@ -3,7 +3,14 @@
 import { type ObjectStore, type ObjectStream, StorageError } from "../storage.ts";
 import { type ManifestCursor, type ManifestPage, PAGE_FULL, PageReader, pageError } from "./manifest-page.ts";
 
-export { type ManifestCursor, type ManifestEntry, type ManifestPage, MAX_PROCESSING_CONFIG_BYTES, parseManifestCursor } from "./manifest-page.ts";
+export {
+  type ManifestCursor,
+  type ManifestEntry,
+  type ManifestPage,
+  MAX_MANIFEST_ENTRY_BYTES,
+  MAX_PROCESSING_CONFIG_BYTES,
+  parseManifestCursor,
+} from "./manifest-page.ts";
 
 /**
  * File entries per page and pages per alarm: discovery holds one page at a time, and a page's
@@ -14,6 +21,14 @@ export { type ManifestCursor, type ManifestEntry, type ManifestPage, MAX_PROCESS
  */
 export const MANIFEST_PAGE_SIZE = 250;
 export const MANIFEST_PAGES_PER_ALARM = 80;
+
+/**
+ * A page also ends once its entries reach this many bytes of manifest text: its files are one
+ * SQLite value when stored (store/files.ts), and a value may not pass 2 MB
+ * (developers.cloudflare.com/durable-objects/platform/limits/). Entries of the usual ~200 bytes
+ * fill 250 entries long before this.
+ */
+export const MANIFEST_PAGE_BYTES = 256 * 1024;
 
 /**
  * Bytes asked for per ranged read: never `bytes=offset-` (an open-ended read cancelled once the
@@ -37,10 +52,11 @@ export async function readManifestPage(
   cursor: ManifestCursor | null,
   limit: number,
   windowBytes = MANIFEST_READ_WINDOW_BYTES,
+  maxBytes = Number.POSITIVE_INFINITY,
 ): Promise<ManifestPage> {
   const reader = new ManifestReader(store, key, batchId, windowBytes);
   try {
-    return await reader.page(cursor, limit);
+    return await reader.page(cursor, limit, maxBytes);
   } finally {
     await reader.close();
   }
@@ -94,7 +110,7 @@ export class ManifestReader {
     await body?.cancel().catch(() => {});
   }
 
-  async page(cursor: ManifestCursor | null, limit: number): Promise<ManifestPage> {
+  async page(cursor: ManifestCursor | null, limit: number, maxBytes = Number.POSITIVE_INFINITY): Promise<ManifestPage> {
     const key = this.#key;
     const start = cursor?.offset ?? 0;
     const changed = (was: string, now: string): ManifestPage => ({
@@ -114,7 +130,7 @@ export class ManifestReader {
     const stream = this.#stream!;
     const etag = cursor?.etag ?? stream.etag;
     if (reuse && etag !== stream.etag) return changed(etag, stream.etag);
-    const reader = new PageReader(key, this.#batchId, cursor, limit, etag);
+    const reader = new PageReader(key, this.#batchId, cursor, limit, etag, maxBytes);
     const spare = reuse && this.#spare !== null ? this.#spare.subarray(start - this.#spareAt) : null;
     this.#spare = null;
     let fed = start; // absolute offset of the first byte of what is being fed

@@ -9,7 +9,8 @@ import type { BatchMeta, TallyExtra, TaskRow } from "../store/index.ts";
 import { keyProblem } from "../../shared/keys.ts";
 import { presign } from "./access.ts";
 import { type Engine, openCount, taskView } from "./context.ts";
-import { outputAccess, overwrites } from "./outputs.ts";
+import { outputAccess, overwrites, outputContentTypeOf } from "./outputs.ts";
+import { logsCommand } from "./views.ts";
 
 /** Ends the task's current attempt as failed: retried with backoff, or FAILED for good. Call inside a transaction. */
 export function failAttempt(e: Engine, meta: BatchMeta, task: TaskRow, error: string, retryable: boolean, now: number): void {
@@ -25,8 +26,8 @@ export function failAttempt(e: Engine, meta: BatchMeta, task: TaskRow, error: st
     e.store.moveTask(task, "failed", { error: reason, deadline_at: 0, worker_id: null, finished_at: now }, now);
     log("DO", "task_failed", fields);
   }
-  const logs = task.machine_id ? `fly logs -a ${e.config.FLY_APP_NAME} -i ${task.machine_id} --no-tail` : null;
-  e.emit("task_failed", { task_id: task.task_id, attempt: task.attempt, machine_id: task.machine_id, reason: error, final: !more, logs });
+  const logs = logsCommand(e, task.machine_id);
+  e.emit("task_failed", { task_id: task.task_id, input_key: task.input_key, attempt: task.attempt, machine_id: task.machine_id, reason: error, final: !more, logs });
 }
 
 export interface CallbackReply {
@@ -109,6 +110,7 @@ export async function settleCallback(e: Engine, taskId: string, attempt: number,
       e.store.endAttempt(settled, attempt, "done", null, now);
       // An attempt that had ended (failed, lapsed) before its work arrived: it is the one that finished.
       e.store.reviveAttempt(taskId, attempt, now);
+      if (outcome.ok && outcome.inputFields) e.store.annotateFile(settled.input_key, outcome.inputFields);
     } else {
       failAttempt(e, meta, settled, verdict.error, verdict.retryable, now);
     }
@@ -198,7 +200,7 @@ export async function reserveOutputs(e: Engine, taskId: string, attempt: number,
   const outputs = [];
   for (let page = 2; page <= pages; page++) {
     const key = have.get(page)!;
-    const access = await outputAccess(e, meta, task, key, phase.outputContentType, fresh.has(key) ? "absent" : undefined);
+    const access = await outputAccess(e, meta, task, key, outputContentTypeOf(phase, page), fresh.has(key) ? "absent" : undefined);
     if (!access.ok) return { code: 409, body: { error: access.reason } };
     outputs.push({ page, r2_key: key, url: await presign(e.config, "PUT", key, expiresAt, Date.now(), access.headers), headers: access.headers });
   }

@@ -9,6 +9,7 @@ import { directoryOf, keyProblem, underPlace, WRITER_METADATA } from "../../shar
 import type { Config } from "../config.ts";
 import { StorageError } from "../storage.ts";
 import type { BatchMeta, TaskRow } from "../store/index.ts";
+import type { Phase } from "../phases/types.ts";
 import type { Engine } from "./context.ts";
 
 export { WRITER_METADATA } from "../../shared/keys.ts";
@@ -46,6 +47,11 @@ export const writerOf = (meta: Pick<BatchMeta, "batch_id">, task: Pick<TaskRow, 
 
 export function takenReason(key: string): string {
   return `output ${key} already exists in storage and was not written by this batch; it was left as it is (to replace it on purpose, send the batch again with "overwrite": true)`;
+}
+
+/** The content type output `page` of a task of `phase` is written with (and its PUT URL signs). */
+export function outputContentTypeOf(phase: Pick<Phase, "outputContentType" | "pageContentType">, page: number): string {
+  return phase.pageContentType?.(page) ?? phase.outputContentType;
 }
 
 /** How an attempt may write an output: the headers signed into its PUT URL, or why it may not. */

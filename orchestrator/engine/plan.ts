@@ -99,10 +99,16 @@ export function planOf(e: Engine, meta: BatchMeta, phase: Phase): StoredPlan {
 const basisOf = (rates: WorkRates | null, tasks: number): PlanBasis =>
   rates ? { source: "measured", tasks, cpuSPerMp: rates.cpuSPerMp ?? null, pixelsPerByte: rates.pixelsPerByte ?? null } : { source: "starting figure", tasks: 0, cpuSPerMp: null, pixelsPerByte: null };
 
-/** Stores the phase's plan once, when it begins to run, with the batch's mode following it. */
+/**
+ * Stores the phase's plan once, when it begins to run, with the batch's mode following it. A phase
+ * with nothing to do (a pipeline's PDF phase in a batch of TIFFs) is not sized: the plan and mode
+ * the status shows stay those of the last phase that did work.
+ */
 export function planPhase(e: Engine, meta: BatchMeta, phase: Phase): BatchMeta {
   if (storedOf(meta, phase)) return meta;
-  const { plan, considered } = size(e, meta, phase, e.store.phaseCounts(phase.name).total, null);
+  const tasks = e.store.phaseCounts(phase.name).total;
+  if (tasks === 0) return meta;
+  const { plan, considered } = size(e, meta, phase, tasks, null);
   const stored = "phase" in plan ? plan : fromPlan(phase, plan, considered.length, e.config.SIZING_OBJECTIVE, basisOf(null, 0));
   const fields = { pool_plan_json: JSON.stringify(stored), pool: stored.mode === "pool" ? 1 : 0 };
   e.store.updateMeta(fields, Date.now());
@@ -159,4 +165,14 @@ export function learn(e: Engine, meta: BatchMeta, phase: Phase): BatchMeta {
 /** True when a pool machine of this size and slot count is not the phase's plan any more (it leaves once its tasks end). */
 export function outOfPlan(plan: StoredPlan, row: { slots: number; cpu_kind: string | null; cpus: number; memory_mb: number }): boolean {
   return row.cpu_kind !== null && (row.slots !== plan.slots || row.cpu_kind !== plan.guest.cpu_kind || row.cpus !== plan.guest.cpus || row.memory_mb !== plan.guest.memory_mb);
+}
+
+/**
+ * The modes a new batch may run in: pool when its message asks (or sets slots, with POOL_MODE on);
+ * one machine per task when it says `"pool": false` or POOL_MODE is off; otherwise `auto`, the
+ * sizing picks either, batch by batch.
+ */
+export function modeOf(message: { pool?: boolean; pool_tasks_per_machine?: number }, poolMode: boolean): Pick<BatchMeta, "mode_request" | "pool" | "pool_slots"> {
+  const request = message.pool === true || (message.pool === undefined && message.pool_tasks_per_machine && poolMode) ? "pool" : message.pool === false || !poolMode ? "single" : "auto";
+  return { mode_request: request, pool: request === "single" ? 0 : 1, pool_slots: request === "single" ? 0 : (message.pool_tasks_per_machine ?? 0) };
 }

@@ -11,11 +11,42 @@ import type { Engine } from "./context.ts";
 import { inputRefusal } from "./outputs.ts";
 
 const PLAN_FILES_PER_ALARM = 5000;
+/**
+ * Ranged reads of files' first bytes per alarm, for a phase that asks to see them (`sniff`): each is a
+ * subrequest (10,000 per invocation on Workers Paid, developers.cloudflare.com/workers/platform/limits/),
+ * at most 6 open at once (the connection limit there).
+ */
+export const SNIFFS_PER_ALARM = 200;
+const SNIFF_CONCURRENCY = 6;
 
-export function plan(e: Engine, meta: BatchMeta): number {
+export async function plan(e: Engine, meta: BatchMeta): Promise<number> {
   const phase = getPhase(meta.phase);
+  let files = e.store.filesAfter(meta.plan_cursor, PLAN_FILES_PER_ALARM);
+  // Each manifest directory's processing_config, read once per alarm (it is stored once, not per file).
+  const configs = new Map<number, unknown>();
+  const phaseFile = (f: FileRow): PhaseFile => {
+    if (f.dir_idx !== null && !configs.has(f.dir_idx)) configs.set(f.dir_idx, e.store.directoryConfig(f.dir_idx));
+    return toPhaseFile(f, f.dir_idx === null ? undefined : configs.get(f.dir_idx));
+  };
+  const heads = new Map<number, Uint8Array>();
+  if (phase.sniff) {
+    const sniff = phase.sniff;
+    const wanted: FileRow[] = [];
+    for (const [i, f] of files.entries()) {
+      if (inputRefusal(e.config, meta, f.r2_key) || (meta.redrives > 0 && e.store.hasTask(phase.name, f.id)) || !sniff.wants(phaseFile(f))) continue;
+      // The rest of the page waits for the next alarm: the cursor stops before the first file not read.
+      if (wanted.length === SNIFFS_PER_ALARM) {
+        files = files.slice(0, i);
+        break;
+      }
+      wanted.push(f);
+    }
+    for (let i = 0; i < wanted.length; i += SNIFF_CONCURRENCY) {
+      await Promise.all(wanted.slice(i, i + SNIFF_CONCURRENCY).map(async (f) => heads.set(f.id, await readHead(e, f.r2_key, sniff.bytes))));
+    }
+  }
   const now = Date.now();
-  const files = e.store.filesAfter(meta.plan_cursor, PLAN_FILES_PER_ALARM);
+  const more = files.length === PLAN_FILES_PER_ALARM || heads.size === SNIFFS_PER_ALARM;
   e.store.transaction(() => {
     let seq = meta.next_seq;
     let maxSize = meta.max_task_size;
@@ -44,7 +75,7 @@ export function plan(e: Engine, meta: BatchMeta): number {
       }
       // After a redrive the phase is planned again: only files without a task get one.
       if (meta.redrives > 0 && e.store.hasTask(phase.name, f.id)) continue;
-      const planned = phase.plan(toPhaseFile(f));
+      const planned = phase.plan(phaseFile(f), heads.get(f.id));
       if (!planned) continue;
       maxSize = Math.max(maxSize, planned.size_bytes);
       const id = nextId();
@@ -78,7 +109,7 @@ export function plan(e: Engine, meta: BatchMeta): number {
       });
     }
     e.store.insertTasks(page);
-    const done = files.length < PLAN_FILES_PER_ALARM;
+    const done = !more;
     e.store.updateMeta(
       {
         next_seq: seq,
@@ -93,14 +124,39 @@ export function plan(e: Engine, meta: BatchMeta): number {
   return Date.now();
 }
 
-function toPhaseFile(f: FileRow): PhaseFile {
+/** The object's first `bytes` bytes (fewer when it is shorter; none when it is gone). */
+async function readHead(e: Engine, key: string, bytes: number): Promise<Uint8Array> {
+  const object = await e.objects().getStream(key, 0, bytes);
+  if (!object) return new Uint8Array(0);
+  const head = new Uint8Array(bytes);
+  let n = 0;
+  const reader = object.body.getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      const take = Math.min(value.length, bytes - n);
+      head.set(value.subarray(0, take), n);
+      n += take;
+      if (n === bytes) break;
+    }
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
+  return head.subarray(0, n);
+}
+
+function toPhaseFile(f: FileRow, directoryConfig: unknown): PhaseFile {
+  // Files discovered before migration 9 carry their directory's config in extra_json.
   const extra = f.extra_json ? (JSON.parse(f.extra_json) as Record<string, unknown>) : {};
+  const config = directoryConfig ?? extra.processing_config;
   return {
     r2_key: f.r2_key,
     logical_path: f.logical_path,
     file_name: f.file_name,
     file_size: f.file_size,
     content_type: f.content_type,
-    ...(extra.processing_config !== undefined ? { processing_config: extra.processing_config } : {}),
+    ...(config !== undefined ? { processing_config: config } : {}),
+    ...(f.source_key ? { source_r2_key: f.source_key } : {}),
   };
 }

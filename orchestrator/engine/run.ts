@@ -8,6 +8,7 @@ import type { BatchMeta, TaskRow } from "../store/index.ts";
 import { attemptEnv, attemptExpiry, leaseToken, leaseUrl } from "./access.ts";
 import { CREATE_ANSWER_MS, type Engine, SPAWNS_PER_ALARM, taskView } from "./context.ts";
 import { checkMachines, createMachines, destroyOrphans, lapseOverdue, MachineCensus, type MachinePlan, recordCreating, retireAll } from "./machines.ts";
+import { nextPhase, pipelineOf } from "./pipeline.ts";
 import { failAttempt } from "./outcomes.ts";
 import { learn, planOf, planPhase } from "./plan.ts";
 import { decide, type SchedulerState } from "./schedule.ts";
@@ -68,7 +69,9 @@ function finishPhase(e: Engine, meta: BatchMeta, phase: Phase): number {
   const now = Date.now();
   const counts = e.store.phaseCounts(phase.name);
   log("DO", "phase_finished", { batch_id: meta.batch_id, phase: phase.name, done: counts.done, failed: counts.failed });
-  e.emit("phase", { phase: phase.name, finished: true, done: counts.done, failed: counts.failed, next: phase.next });
+  const next = nextPhase(meta, phase.name);
+  // A phase of the pipeline with nothing to do (none of its files in this batch) passes without an event.
+  if (counts.total > 0) e.emit("phase", { phase: phase.name, finished: true, done: counts.done, failed: counts.failed, next });
   if (counts.total > 0 && counts.done === 0) {
     // Whatever the threshold, nothing converted is a failed batch, not a DONE one.
     stopBatch(e, meta, "failed", `every task of ${phase.name} failed (${counts.failed} of ${counts.total})`, "batch failed", now);
@@ -76,13 +79,17 @@ function finishPhase(e: Engine, meta: BatchMeta, phase: Phase): number {
   }
   e.store.transaction(() => {
     retireAll(e, "phase finished", now);
-    if (phase.next) e.store.updateMeta({ stage: "plan", phase: getPhase(phase.next).name, plan_cursor: 0, max_task_size: 0 }, now);
+    if (next) e.store.updateMeta({ stage: "plan", phase: getPhase(next).name, plan_cursor: 0, max_task_size: 0 }, now);
     else {
       const all = e.store.counts().reduce((n, c) => n + c.total, 0);
       if (all === 0) {
-        e.store.addWarning(`nothing to do: no file of the batch (${e.store.fileCount()} files) needed ${phase.name}`, now);
+        const phases = pipelineOf(meta);
+        e.store.addWarning(`nothing to do: no file of the batch (${plural(e.store.fileCount(), "file")}) needed ${phases.length > 1 ? `any of ${phases.join(", ")}` : phase.name}`, now);
       }
-      e.store.updateMeta({ stage: "finalise" }, now);
+      // The batch's status names the last phase that did something, not an empty one that passed at the end.
+      const worked = e.store.counts().map((c) => c.phase);
+      const shown = counts.total > 0 ? phase.name : ([...pipelineOf(meta)].reverse().find((p) => worked.includes(p)) ?? phase.name);
+      e.store.updateMeta({ stage: "finalise", phase: shown }, now);
     }
   });
   return now;
@@ -106,6 +113,8 @@ export function toleranceExceeded(e: Engine, meta: BatchMeta, phase: Phase): str
 export function stopBatch(e: Engine, meta: BatchMeta, stage: "failed" | "error", error: string, taskReason: string, now: number): number {
   const n = e.store.transaction(() => {
     retireAll(e, error, now);
+    // Each open task's attempt ends with it: a stopped batch has no attempt still "open".
+    e.store.cancelOpenAttempts(taskReason, now);
     const failed = e.store.failOpenTasks(taskReason, now);
     e.store.updateMeta({ stage, error, completed_at: meta.completed_at ?? now }, now);
     return failed;
@@ -202,3 +211,5 @@ async function launchPool(e: Engine, meta: BatchMeta, phase: Phase, n: number): 
   });
   await createMachines(e, meta, plans);
 }
+
+const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;

@@ -5,6 +5,7 @@
 // value (CreateOutcome, null, "not_found"); only unexpected failures of reads throw.
 import { z } from "zod";
 import { backoffMs } from "../../shared/backoff.ts";
+import { directExchange, type Exchange, OutboundRefused, OutboundTimeout } from "../outbound.ts";
 import {
   type CreateOptions,
   type CreateOutcome,
@@ -24,7 +25,12 @@ export interface FlyClientOptions {
   apiToken: string;
   appName: string;
   fetch?: typeof fetch;
-  /** Per HTTP request; default 15000. */
+  /**
+   * How a request is sent and timed: the engine passes its invocation's Outbound (orchestrator/
+   * outbound.ts: counted, six at a time, each timed from when it is sent). Default: `fetch` as is.
+   */
+  exchange?: Exchange;
+  /** Per HTTP request, from when it is sent; default 15000. */
   requestTimeoutMs?: number;
   /** Subrequest budget for this client instance; beyond it calls return {kind:"budget"} (or throw for reads). */
   maxRequests?: number;
@@ -50,7 +56,7 @@ const MAX_BACKOFF_MS = 5000;
 
 export class FlyMachines {
   #opts: FlyClientOptions;
-  #fetch: typeof fetch;
+  #exchange: Exchange;
   #base: string;
   #requests = 0;
   #max: number;
@@ -66,7 +72,7 @@ export class FlyMachines {
     if (!opts.apiToken) throw new Error("FlyMachines: apiToken is required (the FLY_API_TOKEN secret)");
     if (!opts.appName) throw new Error("FlyMachines: appName is required (FLY_APP_NAME)");
     this.#opts = opts;
-    this.#fetch = opts.fetch ?? ((input, init) => fetch(input, init));
+    this.#exchange = opts.exchange ?? directExchange(opts.fetch);
     this.#base = `${opts.apiHostname.replace(/\/+$/, "")}/v1/apps/${encodeURIComponent(opts.appName)}/machines`;
     this.#max = opts.maxRequests ?? Number.POSITIVE_INFINITY;
     this.#attempts = Math.max(1, opts.maxAttempts ?? 3);
@@ -220,23 +226,18 @@ export class FlyMachines {
   async #send(method: string, url: string, body?: string): Promise<Sent> {
     if (this.#requests >= this.#max) return { kind: "budget" };
     this.#requests++;
-    const controller = new AbortController();
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      controller.abort();
-    }, this.#timeoutMs);
+    const headers: Record<string, string> = { Authorization: `Bearer ${this.#opts.apiToken}`, Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
     try {
-      const headers: Record<string, string> = { Authorization: `Bearer ${this.#opts.apiToken}`, Accept: "application/json" };
-      if (body !== undefined) headers["Content-Type"] = "application/json";
-      const response = await this.#fetch(url, { method, headers, body, signal: controller.signal });
-      const text = await response.text();
-      return { kind: "response", status: response.status, headers: response.headers, text };
+      return await this.#exchange(url, { method, headers, body }, this.#timeoutMs, async (response): Promise<Sent> => {
+        const text = await response.text();
+        return { kind: "response", status: response.status, headers: response.headers, text };
+      });
     } catch (error) {
-      if (timedOut) return { kind: "timeout" };
+      if (error instanceof OutboundTimeout) return { kind: "timeout" };
+      // The invocation's subrequests or time are spent: nothing was sent, so it is work for later.
+      if (error instanceof OutboundRefused) return { kind: "budget" };
       return { kind: "network", message: error instanceof Error ? error.message : String(error) };
-    } finally {
-      clearTimeout(timer);
     }
   }
 

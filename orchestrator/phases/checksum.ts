@@ -1,24 +1,24 @@
-// CHECKSUM: a SHA-256 `sha256sum` sidecar beside every JPEG of the batch (the conversion's outputs),
-// written by the fly-worker's checksum mode. Registered, but only a batch whose pipeline names it runs it.
+// CHECKSUM: the SHA-256 of every file of the batch — its inputs and every earlier phase's outputs —
+// in the downstream file list (`sha256` on each entry), and a `sha256sum` sidecar beside each, written
+// by the fly-worker's checksum mode. Opt-in: a batch runs it when its message's `phases` names it.
 import { CHECKSUM_PHASE, ChecksumCallback, SIDECAR_CONTENT_TYPE, sidecarKeyCandidates } from "../../shared/checksum.ts";
 import { fileName } from "../../shared/keys.ts";
 import type { Phase, PhaseFile } from "./types.ts";
 
-const JPEG = /\.jpe?g$/i;
-
-export function isJpeg(file: Pick<PhaseFile, "r2_key" | "content_type">): boolean {
-  return JPEG.test(file.r2_key) || file.content_type.toLowerCase().split(";")[0].trim() === "image/jpeg";
+/** A sidecar this phase wrote (a redrive plans the phase again over a list that has them). */
+export function isSidecar(file: Pick<PhaseFile, "r2_key" | "source_r2_key">): boolean {
+  return file.source_r2_key !== undefined && file.r2_key === `${file.source_r2_key}.sha256`;
 }
 
 export const checksum: Phase<ChecksumCallback> = {
   name: CHECKSUM_PHASE,
   slug: "sum",
   outputContentType: SIDECAR_CONTENT_TYPE,
-  next: null,
+  optIn: true,
   // Hashing streams at network speed: a minute covers a few GB; the boot limit is the image pull's.
   limits: { bootTimeoutMs: 10 * 60_000, runTimeoutMs: 5 * 60_000 },
 
-  plan: (file) => (isJpeg(file) ? { input_key: file.r2_key, output_key_candidates: sidecarKeyCandidates(file.r2_key), size_bytes: file.file_size } : null),
+  plan: (file) => (isSidecar(file) ? null : { input_key: file.r2_key, output_key_candidates: sidecarKeyCandidates(file.r2_key), size_bytes: file.file_size }),
 
   // Memory does not grow with the input (streamed): the smallest machine does.
   guest: () => ({ cpu_kind: "shared", cpus: 1, memory_mb: 256 }),
@@ -46,9 +46,11 @@ export const checksum: Phase<ChecksumCallback> = {
           file_size: cb.output_file_size,
           content_type: "text/plain",
           source_r2_key: task.input_key,
-          sha256: cb.sha256,
+          ...(cb.sidecar_sha256 ? { sha256: cb.sidecar_sha256 } : {}),
         },
       ],
+      // The hashed file's own entry carries its digest downstream (fixity, as archives record it).
+      inputFields: { sha256: cb.sha256 },
     };
   },
 };

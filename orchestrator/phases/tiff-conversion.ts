@@ -99,7 +99,6 @@ export const tiffConversion: Phase<CallbackBody> = {
   name: "TIFF_CONVERSION",
   slug: "tiff",
   outputContentType: "image/jpeg",
-  next: null,
   limits: { bootTimeoutMs: 10 * 60_000, runTimeoutMs: 15 * 60_000 },
 
   plan(file) {

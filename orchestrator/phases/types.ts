@@ -20,6 +20,8 @@ export interface PhaseFile {
   content_type: string;
   /** The manifest directory's processing_config, when the batch came with a manifest. */
   processing_config?: unknown;
+  /** Set on a file an earlier phase made: the key of the file it was made from. */
+  source_r2_key?: string;
 }
 
 /** What one task of a phase will do; the engine turns it into a task row. */
@@ -53,7 +55,15 @@ export interface MachineRequest {
 
 /** How a callback maps to a task outcome, and how a finished task changes the file list. */
 export type TaskOutcome =
-  | { ok: true; add: FileEntry[]; remove?: string[]; /** Shown in the task view and status body, e.g. a skipped page. */ warnings?: string[] }
+  | {
+      ok: true;
+      add: FileEntry[];
+      remove?: string[];
+      /** Shown in the task view and status body, e.g. a skipped page. */
+      warnings?: string[];
+      /** Fields merged into the task's input file's entry in the downstream list (e.g. its sha256). */
+      inputFields?: Record<string, string | number | boolean>;
+    }
   | { ok: false; error: string; retryable: boolean };
 
 export interface PhaseLimits {
@@ -74,11 +84,19 @@ export interface Phase<Callback = unknown> {
   slug: string;
   /** Content type of the objects its tasks write: signed into every PUT URL, so nothing else can be stored there. */
   outputContentType: string;
-  /** The phase that follows, or null when this is the last. */
-  next: string | null;
+  /**
+   * True: runs only when a batch's message names it in `phases` (CHECKSUM). Otherwise it is in every
+   * batch's default pipeline, where it does whatever its `plan` finds (nothing, for a batch without its files).
+   */
+  optIn?: boolean;
   limits: PhaseLimits;
-  /** The task for `file`, or null when this phase has nothing to do with it. */
-  plan(file: PhaseFile): TaskPlan | null;
+  /**
+   * Files whose first `bytes` bytes `plan` needs to see (a PDF found by its signature whatever its
+   * name): the engine reads them with a ranged GET while planning, a bounded number per alarm.
+   */
+  sniff?: { bytes: number; wants(file: PhaseFile): boolean };
+  /** The task for `file` (`head`: its first bytes, when `sniff` asked for them), or null when this phase has nothing to do with it. */
+  plan(file: PhaseFile, head?: Uint8Array): TaskPlan | null;
   /** The machine a task of `sizeBytes` input needs; a pool machine is this once per slot for the largest task. */
   guest(sizeBytes: number): GuestSize;
   /**
@@ -95,6 +113,8 @@ export interface Phase<Callback = unknown> {
    * several; the engine reserves the first free one when the machine asks. Absent: one output per task.
    */
   pageKeyCandidates?(outputKey: string, page: number): Iterable<string>;
+  /** Content type of output `page` when the phase writes more than one kind (a JPEG and a PDF per page). */
+  pageContentType?(page: number): string;
   /** How a checked callback maps to the task's outcome. The files it adds must be outputs reserved for the task. */
   result(task: TaskView, callback: Callback): TaskOutcome;
 }

@@ -3,7 +3,7 @@
 // attempt ends: while it runs, the attempt is the task row (attempt, machine, region,
 // attempt_started_at), so starting one writes nothing more (each row is billed).
 import { Queries } from "./sql.ts";
-import type { TaskRow } from "./tasks.ts";
+import { LIVE_STATES, type TaskRow } from "./tasks.ts";
 
 export interface AttemptRow {
   task_id: string;
@@ -62,6 +62,29 @@ export class AttemptQueries extends Queries {
     this.db.run("UPDATE attempts SET machine_id = ?, region = ? WHERE task_id = ? AND attempt = ? AND machine_id IS NULL", machineId, region, taskId, attempt);
   }
 
+  /**
+   * Ends every attempt still open as `cancelled` with `reason` (a reset, or a batch stopped FAILED
+   * or ERROR): no attempt of a stopped batch is left running in its history. An open attempt is its
+   * live task's row (a range of tasks_state_id per live state: at most the machines' slots), written
+   * now as it ends; open rows of batches from before migration 10 are ended too (attempts_failed,
+   * outcome IS NULL). Returns the rows written.
+   */
+  cancelOpenAttempts(reason: string, now: number): number {
+    let written = 0;
+    for (const state of LIVE_STATES) {
+      written += this.db.run(
+        `INSERT INTO attempts (task_id, attempt, machine_id, machine_name, region, outcome, error, started_at, ended_at)
+         SELECT task_id, attempt, machine_id, coalesce(machine_name, worker_id, ''), region, 'cancelled', ?, coalesce(attempt_started_at, updated_at), ?
+         FROM tasks WHERE state = ? AND attempt > 0
+         ON CONFLICT (task_id, attempt) DO UPDATE SET outcome = 'cancelled', error = excluded.error, ended_at = excluded.ended_at WHERE attempts.outcome IS NULL`,
+        reason,
+        now,
+        state,
+      );
+    }
+    return written + this.db.run("UPDATE attempts SET outcome = 'cancelled', error = ?, ended_at = ? WHERE outcome IS NULL", reason, now);
+  }
+
   /** An attempt given up on whose work arrived after all: it is the one that finished the task. */
   reviveAttempt(taskId: string, attempt: number, now: number): void {
     this.db.run(
@@ -89,9 +112,11 @@ export class AttemptQueries extends Queries {
     );
   }
 
-  recentFailures(limit: number): AttemptRow[] {
-    return this.db.exec<AttemptRow & Record<string, SqlStorageValue>>(
-      "SELECT * FROM attempts WHERE outcome = 'failed' ORDER BY ended_at DESC LIMIT ?",
+  /** The latest failed attempts with their task's input (attempts_failed index, then one task row each). */
+  recentFailures(limit: number): (AttemptRow & { input_key: string | null })[] {
+    return this.db.exec<AttemptRow & { input_key: string | null } & Record<string, SqlStorageValue>>(
+      `SELECT a.*, t.input_key FROM attempts a LEFT JOIN tasks t ON t.task_id = a.task_id
+       WHERE a.outcome = 'failed' ORDER BY a.ended_at DESC LIMIT ?`,
       limit,
     );
   }

@@ -84,10 +84,11 @@ export class CountQueries extends Queries {
     return this.db.exec<{ n: number | null }>("SELECT SUM(files_added) AS n FROM phase_tally")[0].n ?? 0;
   }
 
-  /** What every phase's tasks used, summed (the batch's R2 operations and egress). */
-  usage(): PhaseUsage {
-    const r = this.db.exec<{ a: number | null; o: number | null; b: number | null }>("SELECT SUM(attempts) AS a, SUM(outputs) AS o, SUM(output_bytes) AS b FROM phase_tally")[0];
-    return { attempts: r.a ?? 0, outputs: r.o ?? 0, outputBytes: r.b ?? 0 };
+  /** What each phase's tasks used (its R2 operations and egress): one tally row a phase. */
+  usage(): (PhaseUsage & { phase: string })[] {
+    return this.db
+      .exec<{ phase: string; a: number; o: number; b: number }>("SELECT phase, attempts AS a, outputs AS o, output_bytes AS b FROM phase_tally")
+      .map((r) => ({ phase: r.phase, attempts: r.a, outputs: r.o, outputBytes: r.b }));
   }
 
   measured(phase: string): PhaseMeasured {

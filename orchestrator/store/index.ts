@@ -1,12 +1,14 @@
 // The BatchDO's SQLite store: the only code that writes the batch's SQL. One module per table
-// or concern (migrations.ts and schema.ts, meta.ts, files.ts, outputs.ts, tasks.ts with
-// counts.ts (phase_tally), attempts.ts, workers.ts, orphans.ts, events.ts), all on one executor (sql.ts) and
+// or concern (migrations.ts and schema.ts, meta.ts, files.ts and directories.ts, file-list.ts, outputs.ts, tasks.ts with
+// counts.ts (phase_tally), attempts.ts, workers.ts, orphans.ts, events.ts, timeline.ts), all on one executor (sql.ts) and
 // its one `work` tally; BatchStore composes them into the one object the engine holds.
 // Every task change updates its phase's counters in the same transaction, and every query on a
 // hot path (callback, alarm, status) is an index lookup whose cost does not grow with the batch.
 import { AttemptQueries } from "./attempts.ts";
 import { CountQueries } from "./counts.ts";
+import { DirectoryQueries } from "./directories.ts";
 import { EventQueries } from "./events.ts";
+import { FileListQueries } from "./file-list.ts";
 import { FileQueries } from "./files.ts";
 import { MetaQueries } from "./meta.ts";
 import { OrphanQueries } from "./orphans.ts";
@@ -14,15 +16,18 @@ import { OutputQueries } from "./outputs.ts";
 import { Schema } from "./schema.ts";
 import { type PendingUsage, Sql, type SqlWork } from "./sql.ts";
 import { TaskQueries } from "./tasks.ts";
+import { TimelineQueries } from "./timeline.ts";
 import { WorkerQueries } from "./workers.ts";
 
 export type { AttemptRow } from "./attempts.ts";
 export type { PhaseCounts, PhaseMeasured, PhaseUsage, TallyExtra } from "./counts.ts";
-export type { FileRow } from "./files.ts";
+export type { FileListRow } from "./file-list.ts";
+export type { FileRow, NewFile } from "./files.ts";
 export type { BatchMeta, Stage } from "./meta.ts";
 export type { PendingUsage, SqlWork } from "./sql.ts";
 export { LIVE_STATES, OPEN_STATES, TASK_STATES, type NewTask, type TaskRow, type TaskState } from "./tasks.ts";
 export { WORKER_STATES, type WorkerRow, type WorkerState } from "./workers.ts";
+export type { TimelineAttempt } from "./timeline.ts";
 
 export class BatchStore {
   /** Rows read and written by every query of this store (all tables), for the scale tests and benchmarks. */
@@ -33,6 +38,8 @@ export class BatchStore {
   readonly #schema: Schema;
   readonly #meta: MetaQueries;
   readonly #files: FileQueries;
+  readonly #directories: DirectoryQueries;
+  readonly #fileLists: FileListQueries;
   readonly #outputs: OutputQueries;
   readonly #counts: CountQueries;
   readonly #tasks: TaskQueries;
@@ -40,6 +47,7 @@ export class BatchStore {
   readonly #workers: WorkerQueries;
   readonly #orphans: OrphanQueries;
   readonly #events: EventQueries;
+  readonly #timeline: TimelineQueries;
 
   constructor(storage: DurableObjectStorage) {
     this.#db = new Sql(storage);
@@ -48,6 +56,8 @@ export class BatchStore {
     this.#schema = new Schema(this.#db);
     this.#meta = new MetaQueries(this.#db, this.#schema);
     this.#files = new FileQueries(this.#db);
+    this.#directories = new DirectoryQueries(this.#db);
+    this.#fileLists = new FileListQueries(this.#db);
     this.#outputs = new OutputQueries(this.#db);
     this.#counts = new CountQueries(this.#db);
     this.#tasks = new TaskQueries(this.#db, this.#counts);
@@ -55,6 +65,12 @@ export class BatchStore {
     this.#workers = new WorkerQueries(this.#db);
     this.#orphans = new OrphanQueries(this.#db);
     this.#events = new EventQueries(this.#db);
+    this.#timeline = new TimelineQueries(this.#db);
+  }
+
+  /** After deleteAll (retention): the next read finds no batch instead of its remembered schema. */
+  forget(): void {
+    this.#schema.forget();
   }
 
   transaction<T>(fn: () => T): T {
@@ -89,8 +105,21 @@ export class BatchStore {
   // files.ts
   insertFiles: FileQueries["insertFiles"] = (...a) => this.#files.insertFiles(...a);
   removeFile: FileQueries["removeFile"] = (...a) => this.#files.removeFile(...a);
+  annotateFile: FileQueries["annotateFile"] = (...a) => this.#files.annotateFile(...a);
   filesAfter: FileQueries["filesAfter"] = (...a) => this.#files.filesAfter(...a);
   fileCount: FileQueries["fileCount"] = () => this.#files.fileCount();
+
+  // directories.ts
+  putDirectory: DirectoryQueries["putDirectory"] = (...a) => this.#directories.putDirectory(...a);
+  directoryConfig: DirectoryQueries["directoryConfig"] = (...a) => this.#directories.directoryConfig(...a);
+
+  // file-list.ts
+  fileList: FileListQueries["fileList"] = (...a) => this.#fileLists.fileList(...a);
+  startFileList: FileListQueries["startFileList"] = (...a) => this.#fileLists.startFileList(...a);
+  setUploadId: FileListQueries["setUploadId"] = (...a) => this.#fileLists.setUploadId(...a);
+  partWritten: FileListQueries["partWritten"] = (...a) => this.#fileLists.partWritten(...a);
+  fileListParts: FileListQueries["fileListParts"] = (...a) => this.#fileLists.fileListParts(...a);
+  fileListWritten: FileListQueries["fileListWritten"] = (...a) => this.#fileLists.fileListWritten(...a);
 
   // outputs.ts
   keyTaken: OutputQueries["keyTaken"] = (...a) => this.#outputs.keyTaken(...a);
@@ -117,6 +146,7 @@ export class BatchStore {
   // attempts.ts
   recordMachine: AttemptQueries["recordMachine"] = (...a) => this.#attempts.recordMachine(...a);
   endAttempt: AttemptQueries["endAttempt"] = (...a) => this.#attempts.endAttempt(...a);
+  cancelOpenAttempts: AttemptQueries["cancelOpenAttempts"] = (...a) => this.#attempts.cancelOpenAttempts(...a);
   reviveAttempt: AttemptQueries["reviveAttempt"] = (...a) => this.#attempts.reviveAttempt(...a);
   dropAttempt: AttemptQueries["dropAttempt"] = (...a) => this.#attempts.dropAttempt(...a);
   noteAttempt: AttemptQueries["noteAttempt"] = (...a) => this.#attempts.noteAttempt(...a);
@@ -127,6 +157,9 @@ export class BatchStore {
   addEvent: EventQueries["addEvent"] = (...a) => this.#events.addEvent(...a);
   eventsAfter: EventQueries["eventsAfter"] = (...a) => this.#events.eventsAfter(...a);
   lastEventId: EventQueries["lastEventId"] = () => this.#events.lastEventId();
+
+  // timeline.ts
+  recentAttempts: TimelineQueries["recentAttempts"] = (...a) => this.#timeline.recentAttempts(...a);
 
   // orphans.ts
   addOrphan: OrphanQueries["addOrphan"] = (...a) => this.#orphans.addOrphan(...a);
@@ -144,4 +177,5 @@ export class BatchStore {
   workersDue: WorkerQueries["workersDue"] = (...a) => this.#workers.workersDue(...a);
   poolMachineCounts: WorkerQueries["poolMachineCounts"] = (...a) => this.#workers.poolMachineCounts(...a);
   unendedMachines: WorkerQueries["unendedMachines"] = () => this.#workers.unendedMachines();
+  phaseCosts: WorkerQueries["phaseCosts"] = () => this.#workers.phaseCosts();
 }

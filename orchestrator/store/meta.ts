@@ -60,7 +60,15 @@ export interface BatchMeta {
   do_rows_written: number;
   do_requests: number;
   worker_requests: number;
+  /**
+   * The phases the batch runs, in order (JSON array of names): its message's `phases`, or the default
+   * pipeline when it named none. Null for batches recorded before migration 8: they end after their phase.
+   */
+  pipeline_json: string | null;
 }
+
+/** Batch-level warnings kept (the newest). */
+export const MAX_WARNINGS = 50;
 
 export class MetaQueries extends Queries {
   #schema: Schema;
@@ -127,9 +135,25 @@ export class MetaQueries extends Queries {
     return { rowsWritten: meta.do_rows_written + u.rowsWritten, requests: meta.do_requests + u.requests, workerRequests: meta.worker_requests + u.workerRequests };
   }
 
-  /** Appends a batch-level warning (shown in the status body); earlier ones are kept. */
+  /**
+   * Appends a batch-level warning (shown in the status body). The newest MAX_WARNINGS are kept, each
+   * at most 2,000 characters: the meta row may not grow with the batch (2 MB per row,
+   * developers.cloudflare.com/durable-objects/platform/limits/), and dead letters or runtime
+   * retries can repeat.
+   */
   addWarning(warning: string, now: number): void {
-    this.db.run("UPDATE meta SET warnings_json = json_insert(coalesce(warnings_json, '[]'), '$[#]', ?), updated_at = ? WHERE id = 1", warning, now);
+    this.db.run(
+      `UPDATE meta SET warnings_json = (
+         SELECT json_group_array(value) FROM (
+           SELECT key, value FROM (
+             SELECT key, value FROM json_each(json_insert(coalesce(warnings_json, '[]'), '$[#]', ?)) ORDER BY key DESC LIMIT ?
+           ) ORDER BY key
+         )
+       ), updated_at = ? WHERE id = 1`,
+      warning.slice(0, 2000),
+      MAX_WARNINGS,
+      now,
+    );
   }
 
   /** The latest tasks with warnings (pages skipped, say): an index range, newest first. */

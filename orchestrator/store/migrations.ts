@@ -148,14 +148,53 @@ export const MIGRATIONS: string[] = [
    ALTER TABLE meta ADD COLUMN machines_ended INTEGER NOT NULL DEFAULT 0;`,
   // 7: the pool decided once per phase (see BatchMeta.pool_plan_json).
   `ALTER TABLE meta ADD COLUMN pool_plan_json TEXT;`,
-  // 8: fewer rows written per task (issue 23; DO SQLite bills every row and index entry written,
+  // 8: the batch's pipeline (see BatchMeta.pipeline_json), and what each phase's ended machines cost
+  // (one row per phase, kept as machines end, so status never sums machine rows).
+  `ALTER TABLE meta ADD COLUMN pipeline_json TEXT;
+   CREATE TABLE phase_costs (
+     phase TEXT PRIMARY KEY,
+     machine_ms INTEGER NOT NULL DEFAULT 0,
+     cost_usd REAL NOT NULL DEFAULT 0,
+     ended INTEGER NOT NULL DEFAULT 0,
+     last_guest TEXT
+   ) WITHOUT ROWID;`,
+  // 9: a manifest directory's processing_config stored once, its files pointing at it (a copy on
+  // every file made a 250-entry page past the 2 MB value limit at ~8 KB of config); the final file
+  // list written to R2 as an object, part by part across alarms (engine/file-list.ts).
+  `CREATE TABLE directories (
+     idx INTEGER PRIMARY KEY,
+     path TEXT NOT NULL,
+     config_json TEXT
+   );
+   ALTER TABLE files ADD COLUMN dir_idx INTEGER;
+   CREATE TABLE file_lists (
+     redrive INTEGER PRIMARY KEY,
+     key TEXT NOT NULL,
+     upload_id TEXT,
+     after_id INTEGER NOT NULL DEFAULT 0,
+     carry BLOB,
+     entries INTEGER NOT NULL DEFAULT 0,
+     bytes INTEGER NOT NULL DEFAULT 0,
+     parts INTEGER NOT NULL DEFAULT 0,
+     etag TEXT,
+     checksum TEXT,
+     written_at INTEGER
+   );
+   CREATE TABLE file_list_parts (
+     redrive INTEGER NOT NULL,
+     part INTEGER NOT NULL,
+     etag TEXT NOT NULL,
+     sha256 BLOB NOT NULL,
+     PRIMARY KEY (redrive, part)
+   ) WITHOUT ROWID;`,
+  // 10: fewer rows written per task (issue 23; DO SQLite bills every row and index entry written,
   // developers.cloudflare.com/durable-objects/platform/pricing). Phase counters become one row
   // per phase (a task's move rewrites one row, not two) that also keeps the files a phase's
   // callbacks added and the CPU-seconds and megapixels its machines reported (sizing learns from
   // them); the ready index holds only waiting tasks; live tasks (at most the machines' slots) are
   // found through tasks_state_id, so leases and heartbeats rewrite no deadline or worker index;
-  // attempts are indexed only when they failed, and written once, when they end (the open one
-  // lives in the task row, from attempt_started_at). And what the all-in cost in /status needs:
+  // attempts are written once, when they end (the open one lives in the task row, from
+  // attempt_started_at). And what the all-in cost in /status needs:
   // the tally's attempts, outputs and their bytes; the batch's mode request (auto: the sizing
   // chooses single-task or pool); the Durable Object's rows written and requests; each machine's region.
   `CREATE TABLE phase_tally (
@@ -191,8 +230,6 @@ export const MIGRATIONS: string[] = [
    CREATE INDEX tasks_retrying ON tasks (next_at) WHERE state = 'retrying';
    ALTER TABLE tasks ADD COLUMN attempt_started_at INTEGER;
    UPDATE tasks SET attempt_started_at = (SELECT started_at FROM attempts a WHERE a.task_id = tasks.task_id AND a.attempt = tasks.attempt) WHERE state IN ('creating', 'booting', 'running');
-   DROP INDEX attempts_failed;
-   CREATE INDEX attempts_failed ON attempts (ended_at) WHERE outcome = 'failed';
    ALTER TABLE meta ADD COLUMN mode_request TEXT;
    ALTER TABLE meta ADD COLUMN do_rows_written INTEGER NOT NULL DEFAULT 0;
    ALTER TABLE meta ADD COLUMN do_requests INTEGER NOT NULL DEFAULT 0;

@@ -26,6 +26,11 @@ export class Schema extends Queries {
     this.#hasSchema = true;
   }
 
+  /** Forgets the remembered schema (its tables were deleted with the batch's storage). */
+  forget(): void {
+    this.#hasSchema = false;
+  }
+
   /** Whether the schema exists, remembered once seen: an unknown batch's reads answer "none" without creating it. */
   ready(): boolean {
     if (!this.#hasSchema) {

@@ -17,6 +17,23 @@ export interface PendingUsage {
   workerRequests: number;
 }
 
+/**
+ * Durable Object SQLite limits (developers.cloudflare.com/durable-objects/platform/limits/,
+ * "SQL storage limits"): 2 MB per string, BLOB or row; 100 KB per SQL statement; 100 bound
+ * parameters per query. The store keeps every bound value under half the 2 MB so that a row of
+ * several columns stays under it too; the workerd tests run every statement through a guard
+ * (test/workers/support/sql-limits.ts) that refuses, loudly, anything past these.
+ */
+export const MAX_BOUND_VALUE_BYTES = 1_000_000;
+export const MAX_STATEMENT_BYTES = 100_000;
+export const MAX_BOUND_PARAMETERS = 100;
+
+/** Wraps the SQL API of every store made after it is set (the workerd tests' limit guard); null in production. */
+let wrapSql: ((sql: SqlStorage) => SqlStorage) | null = null;
+export function setSqlWrapper(wrap: ((sql: SqlStorage) => SqlStorage) | null): void {
+  wrapSql = wrap;
+}
+
 export class Sql {
   readonly work: SqlWork = { rowsRead: 0, rowsWritten: 0 };
   readonly usage: PendingUsage = { rowsWritten: 0, requests: 0, workerRequests: 0 };
@@ -25,7 +42,7 @@ export class Sql {
 
   constructor(storage: DurableObjectStorage) {
     this.storage = storage;
-    this.sql = storage.sql;
+    this.sql = wrapSql ? wrapSql(storage.sql) : storage.sql;
   }
 
   /** The rows a query returns. */

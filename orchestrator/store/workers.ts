@@ -82,6 +82,15 @@ export class WorkerQueries extends Queries {
         ms,
         cost,
       );
+      this.db.run(
+        `INSERT INTO phase_costs (phase, machine_ms, cost_usd, ended, last_guest) VALUES (?, ?, ?, 1, ?)
+         ON CONFLICT (phase) DO UPDATE SET machine_ms = machine_ms + excluded.machine_ms, cost_usd = cost_usd + excluded.cost_usd,
+           ended = ended + 1, last_guest = COALESCE(excluded.last_guest, last_guest)`,
+        before.phase,
+        ms,
+        cost,
+        before.cpu_kind ? JSON.stringify({ cpu_kind: before.cpu_kind, cpus: before.cpus, memory_mb: before.memory_mb }) : null,
+      );
     }
     if (before && before.started_at === null && set.state === "live") set = { ...set, started_at: Date.now() };
     if (Object.keys(set).length === 0) return;
@@ -141,9 +150,16 @@ export class WorkerQueries extends Queries {
   }
 
   /** Machines not yet ended (at most MAX_CONCURRENT_MACHINES rows): for the running part of the cost. */
-  unendedMachines(): { created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number; region: string | null }[] {
-    return this.db.exec<{ created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number; region: string | null }>(
-      "SELECT created_at, cpu_kind, cpus, memory_mb, region FROM workers WHERE state IN ('creating', 'booting', 'live')",
+  unendedMachines(): { phase: string; created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number; region: string | null }[] {
+    return this.db.exec<{ phase: string; created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number; region: string | null }>(
+      "SELECT phase, created_at, cpu_kind, cpus, memory_mb, region FROM workers WHERE state IN ('creating', 'booting', 'live')",
+    );
+  }
+
+  /** Each phase's ended machines: their time from create to end and its estimated cost (one row per phase). */
+  phaseCosts(): { phase: string; machine_ms: number; cost_usd: number; ended: number; last_guest: string | null }[] {
+    return this.db.exec<{ phase: string; machine_ms: number; cost_usd: number; ended: number; last_guest: string | null }>(
+      "SELECT phase, machine_ms, cost_usd, ended, last_guest FROM phase_costs",
     );
   }
 

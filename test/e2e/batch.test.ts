@@ -1,35 +1,12 @@
 // A batch of 25 TIFFs of mixed kinds through the whole local stack, submitted with the CLI:
 // upload + manifest → POST /admin/batches → queue → BatchDO → Fly emulator → fly-worker
 // processes → local S3 → callbacks → DONE.
-import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { REPO_ROOT } from "../../local/orchestrator-process.ts";
 import { generateSamples, type GeneratedSample } from "../../local/samples.ts";
 import { freePort } from "../../local/stack.ts";
+import { cli, cliEnv } from "./support/cli.ts";
 import { BACKSTOP_MS, checkJpegs, expectedJpegKeys, jpegKeys, startE2EStack, waitNoLiveMachines, type E2EStack } from "./support/stack.ts";
-
-interface CliRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[], env: Record<string, string>): Promise<CliRun> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(REPO_ROOT, "local/cli/main.ts"), ...args], {
-      cwd: REPO_ROOT,
-      // Only what the CLI is given: no local stack file is consulted for these.
-      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", FANOUT_STATE_DIR: "/nonexistent-fanout-state", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 describe("a batch of 25 mixed TIFFs", () => {
   let stack: E2EStack;
@@ -39,14 +16,7 @@ describe("a batch of 25 mixed TIFFs", () => {
 
   beforeAll(async () => {
     stack = await startE2EStack();
-    env = {
-      ORCHESTRATOR_URL: stack.orchestratorUrl,
-      ADMIN_TOKEN: stack.adminToken,
-      R2_ENDPOINT: stack.s3.endpoint,
-      R2_ACCESS_KEY_ID: stack.s3.credentials.accessKeyId,
-      R2_SECRET_ACCESS_KEY: stack.s3.credentials.secretAccessKey,
-      R2_BUCKET: stack.bucket,
-    };
+    env = cliEnv(stack);
     samples = await generateSamples(join(stack.workDir, "mixed"), { count: 25, width: 640, height: 480, perFolder: 10 });
   }, BACKSTOP_MS); // a stack start and 25 sharp encodes: minutes on a loaded 2-core machine
   afterAll(async () => {

@@ -39,3 +39,24 @@ describe("wrangler.jsonc matches orchestrator/config.ts", () => {
     }
   });
 });
+
+describe("each environment's dead letter queue", () => {
+  interface Env_ {
+    vars?: Record<string, string>;
+    queues?: { producers?: { binding: string; queue: string }[]; consumers?: { queue: string; dead_letter_queue?: string }[] };
+  }
+  it("DEAD_LETTER_QUEUE names the dead_letter_queue of that environment's batch queue, and the Worker consumes it", async () => {
+    const text = await readFile(new URL("../../wrangler.jsonc", import.meta.url), "utf8");
+    const config = ts.parseConfigFileTextToJson("wrangler.jsonc", text).config as Env_ & { env?: Record<string, Env_> };
+    const envs: [string, Env_][] = [["(top level)", config], ...Object.entries(config.env ?? {})];
+    expect(envs.map(([name]) => name)).toEqual(["(top level)", "staging"]);
+    for (const [name, e] of envs) {
+      const queue = e.queues?.producers?.find((p) => p.binding === "BATCH_QUEUE")?.queue;
+      const consumer = e.queues?.consumers?.find((c) => c.queue === queue);
+      expect(consumer?.dead_letter_queue, `${name}: the batch queue's consumer has a dead_letter_queue`).toBeDefined();
+      expect(e.vars?.DEAD_LETTER_QUEUE, `${name}: DEAD_LETTER_QUEUE`).toBe(consumer!.dead_letter_queue);
+      expect(e.queues?.consumers?.some((c) => c.queue === consumer!.dead_letter_queue), `${name}: the DLQ is consumed`).toBe(true);
+    }
+    expect(config.env!.staging.vars!.DEAD_LETTER_QUEUE).toBe("fanout-batches-staging-dlq");
+  });
+});

@@ -14,14 +14,13 @@ import { HeadObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EXIT } from "../../fly-worker/exit-codes.ts";
 import { startLocalS3, type LocalS3 } from "../../local/s3.ts";
-import type { Config } from "../../orchestrator/config.ts";
 import { presign } from "../../orchestrator/engine/presign.ts";
 import { checksum } from "../../orchestrator/phases/checksum.ts";
 import { ChecksumCallback, SIDECAR_CONTENT_TYPE, sidecarText } from "../../shared/checksum.ts";
 import { WRITER_METADATA } from "../../shared/keys.ts";
 import { callbackSubject, signToken } from "../../shared/token.ts";
 import { startCallbackReceiver, type CallbackReceiver } from "./support/callback-receiver.ts";
-import { getObjectBytes, localS3Client, objectExists, putFile } from "./support/s3.ts";
+import { getObjectBytes, localS3Client, objectExists, presignConfig, putFile } from "./support/s3.ts";
 import { runWorker, type WorkerRun } from "./support/worker.ts";
 
 const BUCKET = "fanout";
@@ -39,8 +38,7 @@ let smallSha: string;
 let taskSeq = 0;
 
 /** The storage config the engine presigns with: the local S3's key pair (it checks every signature). */
-const storageConfig = () =>
-  ({ R2_ACCESS_KEY_ID: s3.credentials.accessKeyId, R2_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey, R2_ACCOUNT_ID: "local", R2_BUCKET: BUCKET, R2_ENDPOINT: s3.endpoint }) as unknown as Config;
+const storageConfig = () => presignConfig(s3, BUCKET);
 
 async function sha256Of(path: string): Promise<string> {
   const hash = createHash("sha256");
@@ -149,9 +147,11 @@ describe("checksum mode (PHASE=CHECKSUM)", () => {
     expect(sidecar.contentType).toBe(SIDECAR_CONTENT_TYPE);
     const head = await client.send(new HeadObjectCommand({ Bucket: BUCKET, Key: bigTask.outputKey }));
     expect(head.Metadata).toEqual({ [WRITER_METADATA]: `${bigTask.batchId}/${bigTask.taskId}` });
-    // The engine's result(): the sidecar joins the file list with its digest.
+    // The engine's result(): the input's entry gets its digest; the sidecar joins the file list with its own.
+    const sidecarSha = createHash("sha256").update(sidecar.bytes).digest("hex");
+    expect(body.sidecar_sha256).toBe(sidecarSha);
     const outcome = checksum.result({ task_id: bigTask.taskId, batch_id: bigTask.batchId, input_key: bigTask.inputKey, output_key: bigTask.outputKey, size_bytes: 0, attempt: 1, params: {} }, body);
-    expect(outcome).toMatchObject({ ok: true, add: [{ r2_key: bigTask.outputKey, sha256: bigSha, file_size: sidecar.bytes.length, source_r2_key: "scans/big.jpg" }] });
+    expect(outcome).toMatchObject({ ok: true, inputFields: { sha256: bigSha }, add: [{ r2_key: bigTask.outputKey, sha256: sidecarSha, file_size: sidecar.bytes.length, source_r2_key: "scans/big.jpg" }] });
     expect(bigRun.logs.filter((l) => l.component === "Checksum").map((l) => l.fields.event)).toEqual(["task.start", "read.start", "read.done", "upload.done", "task.done", "task.exit"]);
     expectNoSecrets(bigRun, bigTask);
   }, 180_000);

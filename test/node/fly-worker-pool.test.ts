@@ -254,6 +254,26 @@ async function checkHygiene(r: WorkerRun, p: Pool): Promise<void> {
   expect(await readdir(p.tmp), "each task's temp dir is removed").toEqual([]);
 }
 
+/** When each task was converting, from the worker's own lines: its first convert.start to its last convert.done. */
+function conversionSpans(r: WorkerRun): Map<string, { start: number; end: number }> {
+  const spans = new Map<string, { start: number; end: number }>();
+  for (const { component, fields } of r.logs) {
+    if (component !== "TiffConversion" || (fields.event !== "convert.start" && fields.event !== "convert.done")) continue;
+    const at = Date.parse(String(fields.ts));
+    const span = spans.get(String(fields.task_id)) ?? { start: Infinity, end: -Infinity };
+    if (fields.event === "convert.start") span.start = Math.min(span.start, at);
+    else span.end = Math.max(span.end, at);
+    spans.set(String(fields.task_id), span);
+  }
+  return spans;
+}
+
+/** The most conversions in progress at one instant (a span ending as another starts does not overlap it). */
+function mostAtOnce(spans: Iterable<{ start: number; end: number }>): number {
+  const list = [...spans];
+  return Math.max(0, ...list.map((a) => list.filter((b) => b.start <= a.start && a.start < b.end).length));
+}
+
 function onlyCallback(p: Pool, t: PlannedTask) {
   const received = receiver.forTask(p.server.batchId, t.taskId);
   expect(received, `exactly one callback for ${t.taskId}`).toHaveLength(1);
@@ -290,7 +310,8 @@ describe("fly-worker pool mode", () => {
   });
 
   it("POOL_CONCURRENCY=2 converts two tasks at once; every log line names its own task", async () => {
-    const names = ["rgb8", "cmyk-icc", "rgb16", "rgba"];
+    // Two slow scans first: each takes long enough to convert that the other slot's starts meanwhile.
+    const names = ["slow", "slow", "cmyk-icc", "rgb16"];
     const p = await pool(names);
     const r = await run(p, { POOL_CONCURRENCY: "2" });
     expect(r.code, r.stderr).toBe(EXIT.SUCCESS);
@@ -298,9 +319,10 @@ describe("fly-worker pool mode", () => {
     const answers = p.server.leases.map((l) => ("kind" in l.answer ? l.answer.kind : l.answer.http));
     expect(answers.filter((a) => a === "task")).toHaveLength(4);
     expect(answers.filter((a) => a === "done")).toHaveLength(2); // each slot asks until told done
-    // The second lease came before the first task's callback: two conversions overlapped.
-    const firstCallback = Math.min(...p.tasks.map((t) => onlyCallback(p, t).receivedAt));
-    expect(p.server.leases[1].at).toBeLessThan(firstCallback);
+    // Two conversions were in progress at once, by the worker's own convert.start/convert.done times.
+    const spans = conversionSpans(r);
+    expect(spans.size).toBe(4);
+    expect(mostAtOnce(spans.values()), JSON.stringify([...spans])).toBe(2);
     for (const t of p.tasks) {
       expect(CallbackSuccess.parse(onlyCallback(p, t).body)).toMatchObject({ task_id: t.taskId, output_r2_key: t.outputKey });
       expect(await objectExists(client, BUCKET, t.outputKey)).toBe(true);
@@ -322,10 +344,12 @@ describe("fly-worker pool mode", () => {
       downloads.filter((l) => l.fields.event === "download.start").flatMap((l) => [`download.start ${String(l.fields.task_id)}`, `download.done ${String(l.fields.task_id)}`]),
     );
     expect(downloads.filter((l) => l.fields.event === "download.start")).toHaveLength(3);
-    // The slots that waited say how long; the conversions still overlapped (all three leased before any callback).
+    // The slots that waited say how long; the three conversions still ran side by side: by the
+    // worker's own convert.start/convert.done times, the last one started before the first ended.
     expect(Math.max(...downloads.map((l) => Number(l.fields.queued_ms ?? 0)))).toBeGreaterThan(0);
-    const firstCallback = Math.min(...p.tasks.map((t) => onlyCallback(p, t).receivedAt));
-    expect(p.server.leases.filter((l) => l.at < firstCallback)).toHaveLength(3);
+    const spans = conversionSpans(r);
+    expect(spans.size).toBe(3);
+    expect(mostAtOnce(spans.values()), JSON.stringify([...spans])).toBe(3);
   });
 
   it("heartbeats every heartbeat_ms while a slow task runs", async () => {

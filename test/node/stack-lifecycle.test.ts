@@ -215,33 +215,50 @@ describe("npm start exits non-zero when a part of the stack dies", () => {
       await generateSamples(samples, { count: 2, width: 32, height: 24 });
       const uploaded = await uploadBatch(client, stack.bucket, { dir: samples, batchId: "stalls" });
       await stack.s3.stop();
-      for (let i = 0; i < 50 && exits.length === 0; i++) await sleep(100);
+      await stack.s3.closed; // the stack's own listener on it was added first, so it has run
       expect(exits).toEqual([{ component: "local S3", message: `the local S3 at ${stack.s3.endpoint} stopped listening` }]);
       await api.enqueue({ batch_id: "stalls", manifest_r2_key: uploaded.manifestKey });
       const watched = await watchBatch(api, "stalls", { intervalMs: 200, stallMs: 5000 }).catch((e: unknown) => e);
       expect(watched).toBeInstanceOf(WatchError);
       expect((watched as WatchError).message).toMatch(/^batch stalls made no progress for 5s: status [A-Z_]+(\/[a-z_]+)?, 0\/\d+ done, 0 failed, 0 running, 0 starting, 0 retrying, \d+ pending$/);
       await stack.emulator.stop();
-      await sleep(200);
+      await stack.emulator.closed;
       expect(exits).toHaveLength(1); // reported once: the first death is the one that matters
     } finally {
       await stack.stop();
       await rm(dir, { recursive: true, force: true });
     }
-    expect(exits).toHaveLength(1);
   }, TEST_TIMEOUT_MS);
 
-  it("the emulator stopping is reported, and stop() itself reports nothing", async () => {
+  it("the emulator stopping is reported; a deliberate stopOrchestrator() is not", async () => {
     const dir = await mkdtemp(join(tmpdir(), "fanout-parts-"));
     const exits: ComponentExit[] = [];
     const stack = await startStack({ stateDir: join(dir, "stack"), fresh: true, onComponentExit: (e) => exits.push(e) });
     try {
-      await stack.stopOrchestrator(); // deliberate: not a death
+      await stack.stopOrchestrator(); // deliberate: not a death (resolves once the process has exited)
+      expect(exits).toEqual([]);
       await stack.emulator.stop();
-      for (let i = 0; i < 50 && exits.length === 0; i++) await sleep(100);
+      await stack.emulator.closed;
       expect(exits.map((e) => e.component)).toEqual(["Fly Machines API emulator"]);
     } finally {
       await stack.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, TEST_TIMEOUT_MS);
+
+  it("stop() itself reports nothing: every part closed, no exit reported", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "fanout-parts-"));
+    const exits: ComponentExit[] = [];
+    const stack = await startStack({ stateDir: join(dir, "stack"), fresh: true, onComponentExit: (e) => exits.push(e) });
+    try {
+      const pid = stack.orchestratorPid();
+      expect(pid).not.toBeNull();
+      await stack.stop();
+      // Every part has closed (the stack's own listeners on them were added first, so they have run).
+      await Promise.all([stack.s3.closed, stack.emulator.closed]);
+      expect(await waitGone([pid!])).toEqual([]);
+      expect(exits).toEqual([]);
+    } finally {
       await rm(dir, { recursive: true, force: true });
     }
   }, TEST_TIMEOUT_MS);

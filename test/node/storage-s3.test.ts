@@ -115,6 +115,28 @@ describe("S3ObjectStore", () => {
     expect(chunked.reads.filter((r) => r.bytes === 997).length).toBeGreaterThan(chunked.reads.length / 2);
   });
 
+  it("writes an object whole, and as a multipart upload of parts sent one at a time (the final file list's path)", async () => {
+    const small = new TextEncoder().encode('{"r2_key":"a"}\n');
+    const put = await store.put("lists/small.ndjson", small, "application/x-ndjson");
+    expect(put.etag).toMatch(/^[0-9a-f]{32}$/);
+    expect(await store.getText("lists/small.ndjson")).toBe('{"r2_key":"a"}\n');
+    // Two parts: the first at S3's and R2's 5 MiB minimum, the last shorter.
+    const part1 = new Uint8Array(5 * 1024 * 1024).fill(0x61);
+    const part2 = new TextEncoder().encode("tail\n");
+    const id = await store.createMultipart("lists/big.ndjson", "application/x-ndjson");
+    const etags = [await store.uploadPart("lists/big.ndjson", id, 1, part1), await store.uploadPart("lists/big.ndjson", id, 2, part2)];
+    const done = await store.completeMultipart("lists/big.ndjson", id, etags.map((etag, i) => ({ part: i + 1, etag })));
+    expect(done.etag).toMatch(/-2$/);
+    expect(await store.head("lists/big.ndjson")).toMatchObject({ size: part1.byteLength + part2.byteLength });
+    const text = await store.getText("lists/big.ndjson");
+    expect(text!.endsWith("aatail\n")).toBe(true);
+    // An aborted upload leaves no object.
+    const aborted = await store.createMultipart("lists/aborted.ndjson", "application/x-ndjson");
+    await store.uploadPart("lists/aborted.ndjson", aborted, 1, part2);
+    await store.abortMultipart("lists/aborted.ndjson", aborted);
+    expect(await store.head("lists/aborted.ndjson")).toBeNull();
+  });
+
   it("a missing bucket is a final StorageError naming the status", async () => {
     const wrong = new S3ObjectStore({ endpoint: s3.endpoint, bucket: "no-such-bucket", ...s3.credentials });
     const error = await wrong.list("", null, 10).catch((e: unknown) => e);

@@ -12,6 +12,7 @@ import {
   callbackTo,
   errorBody,
   expireAll,
+  finalFiles,
   getStatus,
   installWorld,
   OUTPUT_SIZE,
@@ -148,7 +149,7 @@ describe("outputs", () => {
       await callbackTo(b, m.TASK_ID, successBody(m), m.CALLBACK_TOKEN);
     }
     await waitForStatus(b, (x) => x.status === "DONE");
-    const final = JSON.parse(world.downstream.calls.at(-1)!.body) as { files: { r2_key: string }[] };
+    const final = { files: await finalFiles(world.downstream) };
     const jpegs = final.files.map((f) => f.r2_key).filter((k) => k.endsWith(".jpg")).sort();
     expect(jpegs).toEqual([`${b}/scan-p002-2.jpg`, `${b}/scan-p002.jpg`, `${b}/scan-p003-2.jpg`, `${b}/scan-p003.jpg`, `${b}/scan.jpg`].sort());
     expect(new Set(jpegs).size).toBe(5);
@@ -213,7 +214,7 @@ describe("a batch stays in its own place", () => {
     expect(s.progress).toMatchObject({ tasks_total: 2, tasks_completed: 1, tasks_failed: 1 });
     const failed = (await (await exports.default.fetch(`http://orchestrator.test/status/${b}/tasks?status=failed`)).json()) as { tasks: { error: string }[] };
     expect(failed.tasks[0].error).toBe("secrets/payroll.tif is outside the allowed roots (batches/)");
-    const final = JSON.parse(world.downstream.calls.at(-1)!.body) as { files: { r2_key: string }[] };
+    const final = { files: await finalFiles(world.downstream) };
     expect(final.files.map((f) => f.r2_key)).not.toContain("secrets/payroll.tif");
   });
 });

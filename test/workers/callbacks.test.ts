@@ -140,17 +140,16 @@ describe("a callback for an earlier phase", () => {
     ...tiffConversion,
     name: "TEST_VARIANTS",
     slug: "variant",
-    next: null,
     plan: (f) => (f.r2_key.endsWith(".jpg") ? { input_key: f.r2_key, output_key_candidates: [f.r2_key.replace(/\.jpg$/, ".thumb.jpg")], size_bytes: f.file_size } : null),
   };
-  const first: Phase = { ...tiffConversion, name: "TEST_CONVERT", slug: "convert", next: "TEST_VARIANTS" };
+  const first: Phase = { ...tiffConversion, name: "TEST_CONVERT", slug: "convert" };
   registerPhase(first);
   registerPhase(second);
   afterAll(() => undefined);
 
   it("answers 200 and changes nothing", async () => {
     await putTiffs("cb-phase/", 2);
-    await stub("cb-phase").start({ batch_id: "cb-phase", r2_prefix: "cb-phase/" }, { firstPhase: "TEST_CONVERT" });
+    await stub("cb-phase").start({ batch_id: "cb-phase", r2_prefix: "cb-phase/", phases: ["TEST_CONVERT", "TEST_VARIANTS"] });
     const s = await waitForStatus("cb-phase", (x) => x.status === "DONE");
     expect(s.phases.map((p) => [p.name, p.total, p.done])).toEqual(
       expect.arrayContaining([

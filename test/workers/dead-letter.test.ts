@@ -98,4 +98,27 @@ describe("dead letters (fanout-batches-dlq)", () => {
     expect(orphan).toContain("somewhere/");
     expect(orphan).toContain("ingest-v1");
   });
+
+  it("staging's dead letter queue comes from its own config: a message on fanout-batches-staging-dlq marks its batch ERROR, and one on production's name is an ordinary message there", async () => {
+    // The Worker as `wrangler deploy --env staging` runs it: its vars say which queue dead-letters.
+    const staging = { ...env, DEAD_LETTER_QUEUE: "fanout-batches-staging-dlq" };
+    const dead = createMessageBatch("fanout-batches-staging-dlq", [
+      { id: "s1", timestamp: new Date(), attempts: 1, body: { batch_id: "dlq-staging", r2_prefix: "dlq-staging/" } },
+    ]);
+    const ctx = createExecutionContext();
+    await worker.queue(dead, staging, ctx);
+    expect((await getQueueResult(dead, ctx)).explicitAcks).toEqual(["s1"]);
+    const s = await getStatus("dlq-staging");
+    expect(s.status).toBe("ERROR");
+    expect(s.error).toMatch(/^queue message dead-lettered: fanout-batches-staging-dlq received it after the batch queue gave up retrying/);
+    // Under staging, production's DLQ name is not a dead letter queue: the message starts its batch.
+    await putTiffs("dlq-not-staging/", 1);
+    const ordinary = createMessageBatch("fanout-batches-dlq", [
+      { id: "s2", timestamp: new Date(), attempts: 1, body: { batch_id: "dlq-not-staging", r2_prefix: "dlq-not-staging/" } },
+    ]);
+    const ctx2 = createExecutionContext();
+    await worker.queue(ordinary, staging, ctx2);
+    expect((await getQueueResult(ordinary, ctx2)).explicitAcks).toEqual(["s2"]);
+    expect((await getStatus("dlq-not-staging")).status).not.toBe("ERROR");
+  });
 });

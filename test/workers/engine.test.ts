@@ -1,27 +1,30 @@
 import { env } from "cloudflare:workers";
-import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import {
   createRequests,
+  finalFiles,
   installWorld,
   putManifest,
   putTiffs,
+  secretsIn,
+  sentCreateBodies,
   stub,
   waitForStatus,
   type World,
 } from "./support/engine.ts";
+import { PoolRunner } from "./support/pool.ts";
 
 let world: World;
-beforeEach(() => {
-  world = installWorld();
-});
 afterEach(async () => {
   await world.restore();
 });
 
 describe("a batch end to end through real alarms and callbacks", () => {
   it("converts 60 TIFFs from a manifest to DONE and posts the final list", async () => {
+    world = installWorld();
     const keys = await putTiffs("b-many/", 60);
     await putManifest("b-many", "b-many/manifest.json", [...keys, "b-many/notes.txt"]);
+    const before = Date.now();
     const started = await stub("b-many").start({ batch_id: "b-many", manifest_r2_key: "b-many/manifest.json" });
     expect(started).toEqual({ created: true, status: "TIFF_CONVERSION" });
 
@@ -41,19 +44,29 @@ describe("a batch end to end through real alarms and callbacks", () => {
     for (const name of ["TASK_ID", "BATCH_ID", "ATTEMPT", "INPUT_R2_KEY", "OUTPUT_R2_KEY", "INPUT_URL", "OUTPUT_URL", "OUTPUTS_URL", "CALLBACK_URL", "CALLBACK_TOKEN", "CREDENTIALS_EXPIRE_AT"]) {
       expect(machineEnv[name], name).toBeTruthy();
     }
-    // What Fly stores (and shows anyone who can read the app) holds no storage key and no lasting secret.
-    const recorded = JSON.stringify(creates.map((c) => c.body));
-    for (const secret of [env.R2_ACCESS_KEY_ID, env.R2_SECRET_ACCESS_KEY, env.CALLBACK_SECRET, env.FLY_API_TOKEN, env.ADMIN_TOKEN]) {
-      expect(recorded.includes(secret), "a secret in a create body").toBe(false);
-    }
+    // What Fly stores (and shows anyone who can read the app) holds no storage key and no lasting
+    // secret: the bodies as sent, env values included (the emulator's records redact them).
+    const sent = sentCreateBodies(world.fly);
+    expect(sent).toHaveLength(60);
+    expect(sent.join("\n"), "the real env values are what is searched").toContain(machineEnv.CALLBACK_TOKEN);
+    expect(secretsIn(sent), "a secret in a create body").toEqual([]);
+    // What the emulator serves about its requests stays redacted (the real bodies are a test-only view).
+    const served = await (await world.fly.handle(new Request("http://fly.test/_emulator/requests"))).text();
+    expect(served).toContain('"CALLBACK_TOKEN":"[redacted]"');
+    expect(served).not.toContain(machineEnv.CALLBACK_TOKEN);
     for (const name of ["R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_ACCOUNT_ID"]) expect(machineEnv[name], name).toBeUndefined();
-    // Its credentials expire with the attempt: create + boot + run limits + grace, never days.
-    const expires = Date.parse(machineEnv.CREDENTIALS_EXPIRE_AT) - Date.now();
-    expect(expires).toBeGreaterThan(0);
-    expect(expires).toBeLessThan(2 * 3_600_000);
+    // Its credentials expire with the attempt: create answer 1 min + the TIFF phase's boot 10 min
+    // and run 15 min + 5 min grace = 31 min after the attempt began (README, Security).
+    const expiresAt = Date.parse(machineEnv.CREDENTIALS_EXPIRE_AT);
+    const createdAt = creates.find((c) => (c.body as { name: string }).name === world.runner.started[0].name)!.time;
+    expect(expiresAt - 31 * 60_000, "31 min after the attempt began, which was between the start and its create").toBeGreaterThanOrEqual(before);
+    expect(expiresAt - 31 * 60_000).toBeLessThanOrEqual(createdAt);
     for (const name of ["INPUT_URL", "OUTPUT_URL"]) {
-      const lifetime = Number(new URL(machineEnv[name]).searchParams.get("X-Amz-Expires")) * 1000;
-      expect(Math.abs(lifetime - expires), `${name} expires with the attempt`).toBeLessThan(60_000);
+      // Signed at X-Amz-Date for X-Amz-Expires seconds, both whole seconds: it ends within a second of the credential.
+      const q = new URL(machineEnv[name]).searchParams;
+      const signedAt = Date.parse(q.get("X-Amz-Date")!.replace(/^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/, "$1-$2-$3T$4:$5:$6Z"));
+      const end = signedAt + Number(q.get("X-Amz-Expires")) * 1000;
+      expect(Math.abs(end - expiresAt), `${name} expires with the attempt`).toBeLessThan(1000);
     }
     expect(machineEnv.OUTPUT_R2_KEY).toBe(machineEnv.INPUT_R2_KEY.replace(/\.tif$/, ".jpg"));
     await vi.waitFor(() => expect(world.fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
@@ -61,11 +74,26 @@ describe("a batch end to end through real alarms and callbacks", () => {
     // Finalisation: the final list keeps every original and adds each JPEG.
     expect(world.downstream.calls).toHaveLength(1);
     expect(world.downstream.calls[0].url).toBe("http://downstream.test/api/batches/b-many/enqueue-processed");
-    const { files } = JSON.parse(world.downstream.calls[0].body) as { files: { r2_key: string; source_r2_key?: string; cid?: string }[] };
+    const files = await finalFiles(world.downstream, 0);
     expect(files).toHaveLength(121);
     expect(files.filter((f) => f.r2_key.endsWith(".tif"))).toHaveLength(60);
     const jpeg = files.find((f) => f.r2_key === "b-many/scan-00007.jpg");
     expect(jpeg).toMatchObject({ source_r2_key: "b-many/scan-00007.tif", content_type: "image/jpeg" });
     expect(files.find((f) => f.r2_key === "b-many/scan-00007.tif")?.cid).toBe("cid-b-many/scan-00007.tif");
+  });
+});
+
+describe("pool mode's create bodies", () => {
+  it("hold a lease token for the machine and no lasting secret", async () => {
+    const runner = new PoolRunner();
+    world = installWorld({ runner });
+    await putTiffs("b-pool-env/", 6);
+    await stub("b-pool-env").start({ batch_id: "b-pool-env", r2_prefix: "b-pool-env/", pool: true });
+    await waitForStatus("b-pool-env", (s) => s.status === "DONE");
+    const sent = sentCreateBodies(world.fly);
+    expect(sent.length).toBeGreaterThan(0);
+    expect(sent.join("\n"), "the real env values are what is searched").toContain(runner.started[0].env.LEASE_TOKEN);
+    expect(secretsIn(sent), "a secret in a create body").toEqual([]);
+    await vi.waitFor(() => expect(world.fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
   });
 });

@@ -329,15 +329,24 @@ describe("discovery from a manifest in the DO", () => {
     expect(s.files_total).toBe(files);
     const rows = await withStore("m-do", (_s, sql) =>
       sql
-        .exec<{ r2_key: string; logical_path: string; file_name: string; file_size: number; content_type: string; cid: string | null; extra_json: string | null }>(
-          "SELECT r2_key, logical_path, file_name, file_size, content_type, cid, extra_json FROM files ORDER BY id",
-        )
+        .exec<{
+          r2_key: string;
+          logical_path: string;
+          file_name: string;
+          file_size: number;
+          content_type: string;
+          cid: string | null;
+          extra_json: string | null;
+          dir_idx: number | null;
+        }>("SELECT r2_key, logical_path, file_name, file_size, content_type, cid, extra_json, dir_idx FROM files ORDER BY id")
         .toArray(),
     );
-    // The old readManifest's mapping (plus the directory's processing_config, kept for the phases), then the store's columns.
-    const expected = wholeTextEntries(text).map(({ file, directory_path, processing_config }) => {
+    // The old readManifest's mapping, then the store's columns; the directory's processing_config
+    // is not on the file but stored once with its directory, which the file names.
+    const entries = wholeTextEntries(text);
+    const expected = entries.map(({ file, directory_path, directory }) => {
       const { r2_key, logical_path, file_name, file_size, content_type, cid, ...rest } = file;
-      const extra = { ...rest, ...(processing_config !== undefined ? { processing_config } : {}) };
+      const extra = rest;
       const name = file_name ?? fileName(r2_key);
       return {
         r2_key,
@@ -347,10 +356,13 @@ describe("discovery from a manifest in the DO", () => {
         content_type: content_type ?? "image/tiff",
         cid: cid ?? null,
         extra_json: Object.keys(extra).length > 0 ? JSON.stringify(extra) : null,
+        dir_idx: directory,
       };
     });
     expect(rows.length).toBe(expected.length);
     expect(rows).toEqual(expected);
+    const stored = await withStore("m-do", (store) => [0, 1, 2, 4, 5].map((d) => store.directoryConfig(d)));
+    expect(stored).toEqual([0, 1, 2, 4, 5].map((d) => entries.find((e) => e.directory === d)!.processing_config));
     const meta = await withStore("m-do", (store) => store.getMeta());
     expect(meta?.discover_cursor).toBeNull();
   });

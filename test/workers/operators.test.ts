@@ -6,11 +6,11 @@ import { runDurableObjectAlarm } from "cloudflare:test";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import { checksum } from "../../orchestrator/phases/checksum.ts";
-import { FIRST_PHASE, getPhase, registerPhase } from "../../orchestrator/phases/index.ts";
+import { defaultPipeline, getPhase, registerPhase } from "../../orchestrator/phases/index.ts";
 import { tiffConversion } from "../../orchestrator/phases/tiff-conversion.ts";
 import type { Phase } from "../../orchestrator/phases/types.ts";
 import { CHECKSUM_PHASE } from "../../shared/checksum.ts";
-import { ADMIN, attemptsOf, callbackTo, expireAll, getStatus, installWorld, OUTPUT_SIZE, putTiffs, stub, waitForStatus, withStore, writeOutput, type World } from "./support/engine.ts";
+import { ADMIN, attemptsOf, callbackTo, expireAll, finalFiles, getStatus, installWorld, OUTPUT_SIZE, putTiffs, stub, waitForStatus, withStore, writeOutput, type World } from "./support/engine.ts";
 import { exports } from "cloudflare:workers";
 
 let world: World;
@@ -77,7 +77,7 @@ describe("a batch that fails says so", () => {
     await env.BUCKET.put("op-empty/readme.txt", "no scans here");
     await stub("op-empty").start({ batch_id: "op-empty", r2_prefix: "op-empty/" });
     const s = await waitForStatus("op-empty", (x) => x.status === "DONE");
-    expect(s.warnings).toEqual(["nothing to do: no file of the batch (1 files) needed TIFF_CONVERSION"]);
+    expect(s.warnings).toEqual(["nothing to do: no file of the batch (1 file) needed any of TIFF_CONVERSION, PDF_SPLITTING"]);
   });
 });
 
@@ -108,8 +108,16 @@ describe("redrive", () => {
     const attempts = await attemptsOf(b, "tiff-000002");
     expect(attempts.map((a) => a.attempt)).toEqual([1, 2, 3, 4]);
     expect(attempts.at(-1)!.outcome).toBe("done");
-    const keys = world.downstream.calls.map((c) => c.headers["idempotency-key"]);
-    expect(keys).toEqual([`fanout:${b}:final`, `fanout:${b}:final:redrive-1`]);
+    // The test's own alarm runs can overlap the runtime's, and a POST repeated under the same key
+    // is what the key is for: each key's body is the same every time it is sent.
+    const byKey = new Map<string, string[]>();
+    for (const c of world.downstream.calls) byKey.set(c.headers["idempotency-key"], [...(byKey.get(c.headers["idempotency-key"]) ?? []), c.body]);
+    expect([...byKey.keys()]).toEqual([`fanout:${b}:final`, `fanout:${b}:final:redrive-1`]);
+    for (const bodies of byKey.values()) expect(new Set(bodies).size).toBe(1);
+    // Each finalisation wrote its own file list object; the redrive's has all six JPEGs.
+    const lists = [...byKey.values()].map((bodies) => (JSON.parse(bodies[0]) as { file_list: { key: string; entries: number } }).file_list);
+    expect(lists.map((l) => l.key)).toEqual([`${b}/_fanout/file-list.ndjson`, `${b}/_fanout/file-list.redrive-1.ndjson`]);
+    expect(lists.map((l) => l.entries)).toEqual([6 + 4, 6 + 6]);
     // Nothing left to redrive.
     expect((await exports.default.fetch(`http://orchestrator.test/admin/redrive/${b}`, { method: "POST", headers: ADMIN })).status).toBe(409);
   });
@@ -121,7 +129,7 @@ describe("no silent stalls", () => {
 
   it("a step that fails MAX_STEP_FAILURES times in a row stops the batch in ERROR with the step, the error and the count; status shows the count while it retries", async () => {
     await putTiffs("op-stall/", 1);
-    await stub("op-stall").start({ batch_id: "op-stall", r2_prefix: "op-stall/" }, { firstPhase: "TEST_BOOM" });
+    await stub("op-stall").start({ batch_id: "op-stall", r2_prefix: "op-stall/", phases: ["TEST_BOOM"] });
     await waitForStatus("op-stall", (x) => x.step_failures !== null && x.step_failures.count >= 1);
     const during = await getStatus("op-stall");
     expect(during.step_failures).toMatchObject({ limit: 10, last_error: "planner exploded", stage: "plan" });
@@ -133,19 +141,18 @@ describe("no silent stalls", () => {
 });
 
 describe("the phase contract", () => {
-  // The real CHECKSUM phase (orchestrator/phases/checksum.ts, registered but after no phase by
-  // default), chained after a TIFF conversion here: no engine file names it.
-  registerPhase({ ...tiffConversion, name: "TEST_TIFF_THEN_SUM", slug: "tiff", next: CHECKSUM_PHASE });
-
-  it("runs after TIFF_CONVERSION with its own callback schema; a TIFF-shaped callback is refused by it", async () => {
+  // The real CHECKSUM phase (orchestrator/phases/checksum.ts, opt-in), named after TIFF_CONVERSION in
+  // the batch's pipeline: no engine file names it.
+  it("runs after TIFF_CONVERSION when the message names it, with its own callback schema (a TIFF-shaped callback is refused); every input and output gets its sha256 downstream", async () => {
     const b = "op-sum";
     await putTiffs(`${b}/`, 2);
     world.runner.behaviour = (m) => (machineProcessEnv(m).PHASE === CHECKSUM_PHASE ? "hang" : "succeed");
-    await stub(b).start({ batch_id: b, r2_prefix: `${b}/` }, { firstPhase: "TEST_TIFF_THEN_SUM" });
-    await vi.waitFor(() => expect(world.runner.started.filter((m) => machineProcessEnv(m).PHASE === CHECKSUM_PHASE)).toHaveLength(2), { timeout: 20_000 });
-    for (const m of world.runner.started.map(machineProcessEnv).filter((x) => x.PHASE === CHECKSUM_PHASE)) {
-      // What the fly-worker's checksum mode reads: its input JPEG and the sidecar key reserved for it.
-      expect(m.INPUT_R2_KEY).toMatch(/\.jpg$/);
+    await stub(b).start({ batch_id: b, r2_prefix: `${b}/`, phases: ["TIFF_CONVERSION", CHECKSUM_PHASE] });
+    // Two TIFFs and their two JPEGs.
+    await vi.waitFor(() => expect(world.runner.started.filter((m) => machineProcessEnv(m).PHASE === CHECKSUM_PHASE)).toHaveLength(4), { timeout: 20_000 });
+    const digests = new Map<string, string>();
+    for (const [i, m] of world.runner.started.map(machineProcessEnv).filter((x) => x.PHASE === CHECKSUM_PHASE).entries()) {
+      // What the fly-worker's checksum mode reads: its input and the sidecar key reserved for it.
       expect(m.OUTPUT_R2_KEY).toBe(`${m.INPUT_R2_KEY}.sha256`);
       expect(m.MEMORY_MB).toBe("256");
       // The phase's schema, not the TIFF one, judges the body.
@@ -153,6 +160,8 @@ describe("the phase contract", () => {
       expect(wrong.status).toBe(400);
       expect(await wrong.json()).toMatchObject({ error: expect.stringMatching(/sha256/) });
       await writeOutput(m);
+      const sha256 = String(i + 1).repeat(64);
+      digests.set(m.INPUT_R2_KEY, sha256);
       const body = {
         task_id: m.TASK_ID,
         batch_id: b,
@@ -160,29 +169,27 @@ describe("the phase contract", () => {
         output_r2_key: m.OUTPUT_R2_KEY,
         output_file_name: m.OUTPUT_R2_KEY.split("/").pop(),
         output_file_size: OUTPUT_SIZE,
-        sha256: "a".repeat(64),
+        sha256,
+        sidecar_sha256: "f".repeat(64),
         input: { r2_key: m.INPUT_R2_KEY, bytes: 1234 },
       };
       const ok = await callbackTo(b, m.TASK_ID, body, m.CALLBACK_TOKEN);
       expect(await ok.json(), JSON.stringify(await getStatus(b))).toMatchObject({ outcome: "done" });
     }
+    expect([...digests.keys()].filter((k) => k.endsWith(".tif"))).toHaveLength(2);
     const s = await waitForStatus(b, (x) => x.status === "DONE");
-    expect(s.phases.map((p) => [p.name, p.total, p.done])).toEqual(expect.arrayContaining([["TEST_TIFF_THEN_SUM", 2, 2], [CHECKSUM_PHASE, 2, 2]]));
-    const final = JSON.parse(world.downstream.calls.at(-1)!.body) as { files: { r2_key: string; sha256?: string; source_r2_key?: string }[] };
-    const sidecars = final.files.filter((f) => f.r2_key.endsWith(".sha256"));
-    expect(sidecars.map((f) => f.sha256)).toEqual(["a".repeat(64), "a".repeat(64)]);
-    expect(sidecars.every((f) => f.r2_key === `${f.source_r2_key}.sha256`)).toBe(true);
+    expect(s.phases.map((p) => [p.name, p.total, p.done])).toEqual(expect.arrayContaining([["TIFF_CONVERSION", 2, 2], [CHECKSUM_PHASE, 4, 4]]));
+    const final = { files: (await finalFiles(world.downstream)) as { r2_key: string; sha256?: string; source_r2_key?: string }[] };
+    expect(final.files).toHaveLength(8);
+    for (const f of final.files) {
+      if (f.r2_key.endsWith(".sha256")) expect(f).toMatchObject({ sha256: "f".repeat(64), r2_key: `${f.source_r2_key}.sha256` });
+      else expect(f.sha256, f.r2_key).toBe(digests.get(f.r2_key));
+    }
   });
 
-  it("is registered but follows no phase: a batch without a pipeline that names it never runs it", () => {
+  it("is opt-in: a batch whose message names no phases runs the default pipeline, which leaves it out", () => {
     expect(getPhase(CHECKSUM_PHASE)).toBe(checksum);
-    let phase: string | null = FIRST_PHASE;
-    const pipeline: string[] = [];
-    while (phase) {
-      pipeline.push(phase);
-      phase = getPhase(phase).next;
-    }
-    expect(pipeline).toEqual(["TIFF_CONVERSION"]);
+    expect(defaultPipeline()).toEqual(["TIFF_CONVERSION", "PDF_SPLITTING"]);
   });
 });
 

@@ -123,6 +123,16 @@ describe("pool mode by default", () => {
     expect(s.cost.total_usd).toBeCloseTo(s.machines.estimated_cost_usd + s.cost.egress_usd + s.cost.r2_operations_usd + s.cost.durable_object_usd + s.cost.worker_requests_usd, 6);
     expect(s.cost.per_task_done_usd).toBeCloseTo(s.cost.total_usd / 12, 7);
     expect(s.cost.sources.join(" ")).toMatch(/r2\/pricing.*durable-objects\/platform\/pricing/s);
+    // Per phase and in total, one thing: the phase's machines, egress and R2 are the batch's (one
+    // phase did work; PDF_SPLITTING found nothing and is not listed), its all-in total their sum.
+    expect(s.phases.map((p) => p.name)).toEqual(["TIFF_CONVERSION"]);
+    const [tiff] = s.phases;
+    expect(tiff.machines).toMatchObject({ ended: s.machines.ended, machine_seconds: s.machines.machine_seconds, estimated_cost_usd: s.machines.estimated_cost_usd, sizes: ["shared-cpu-16x 8448 MB"] });
+    expect(tiff.cost.machines_usd).toBeCloseTo(s.cost.machines_usd, 9);
+    expect(tiff.cost.egress_usd).toBeCloseTo(12 * OUTPUT_SIZE * 0.02e-9, 9);
+    expect(tiff.cost.r2_operations_usd).toBeCloseTo(12 * 4.5e-6 + 24 * 0.36e-6, 9);
+    expect(tiff.cost.total_usd).toBeCloseTo(tiff.cost.machines_usd + tiff.cost.egress_usd + tiff.cost.r2_operations_usd, 9);
+    expect(s.cost.total_usd).toBeCloseTo(tiff.cost.total_usd + s.cost.durable_object_usd + s.cost.worker_requests_usd, 8);
   });
 
   it("a pool task's whole life, discovery to done, writes at most 20 rows (issue 23), as the DO counts them", async () => {

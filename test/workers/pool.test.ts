@@ -1,6 +1,7 @@
-// The engine in pool mode: machines lease task after task (support/pool.ts runs the fly-worker's
-// pool loop against exports.default.fetch), heartbeats keep leases, lapsed leases return tasks,
-// machines are retired at the end and destroyed on reset.
+// The engine in pool mode: machines lease task after task (support/pool.ts: a scripted stand-in
+// for fly-worker's pool loop, speaking the lease contract through exports.default.fetch),
+// heartbeats keep leases, lapsed leases return tasks, machines are retired at the end and
+// destroyed on reset. The real loop against the real engine: test/e2e/pool-lease.test.ts.
 import { runDurableObjectAlarm } from "cloudflare:test";
 import { exports } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";

@@ -3,6 +3,7 @@ import { createReadStream } from "node:fs";
 import { GetObjectCommand, HeadObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
 import type { LocalS3 } from "../../../local/s3.ts";
+import type { Config } from "../../../orchestrator/config.ts";
 
 /** An SDK client of the local S3, signing with its one key pair. */
 export function localS3Client(s3: Pick<LocalS3, "endpoint" | "credentials">): S3Client {
@@ -35,4 +36,9 @@ export async function objectExists(client: S3Client, bucket: string, key: string
     if (error instanceof Error && (error.name === "NotFound" || error.name === "NoSuchKey")) return false;
     throw error;
   }
+}
+
+/** The storage part of the orchestrator's config, as the engine presigns machines' URLs with it: the local S3's key pair (it checks every signature). */
+export function presignConfig(s3: Pick<LocalS3, "endpoint" | "credentials">, bucket: string): Config {
+  return { R2_ACCESS_KEY_ID: s3.credentials.accessKeyId, R2_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey, R2_ACCOUNT_ID: "local", R2_BUCKET: bucket, R2_ENDPOINT: s3.endpoint } as unknown as Config;
 }

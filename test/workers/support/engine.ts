@@ -133,7 +133,7 @@ export interface World {
 /** Routes fetches to the Fly emulator and the downstream; everything else passes through. */
 export function installWorld(options: FlyEmulatorOptions = {}): World {
   const runner = new TestRunner();
-  const fly = new FlyEmulator({ rateLimits: false, runner, ...options });
+  const fly = new FlyEmulator({ rateLimits: false, runner, keepSentBodies: true, ...options });
   const flyFetch = emulatorFetch(fly);
   const downstream: Downstream = { calls: [], script: [] };
   const original = globalThis.fetch;
@@ -160,6 +160,22 @@ export function installWorld(options: FlyEmulatorOptions = {}): World {
   };
 }
 
+/**
+ * The final file list a downstream POST names (`index`: which POST, the last by default): the
+ * NDJSON object in R2, one entry per line (engine/file-list.ts, shared/finalisation.ts).
+ */
+export async function finalFiles(downstream: Downstream, index = -1): Promise<{ r2_key: string; source_r2_key?: string; cid?: string; [k: string]: unknown }[]> {
+  const call = downstream.calls.at(index);
+  if (!call) throw new Error("nothing was POSTed downstream");
+  const { file_list } = JSON.parse(call.body) as { file_list: { key: string } };
+  const object = await env.BUCKET.get(file_list.key);
+  if (!object) throw new Error(`the POST names ${file_list.key}, which does not exist`);
+  return (await object.text())
+    .split("\n")
+    .filter((line) => line !== "")
+    .map((line) => JSON.parse(line) as { r2_key: string });
+}
+
 /** Batches a test touched: reset when its world is restored, so no batch keeps working into the next test. */
 const touched = new Set<string>();
 
@@ -180,6 +196,7 @@ export interface AttemptView {
   machine_id: string | null;
   outcome: string;
   error: string | null;
+  ended_at: string | null;
 }
 
 /** Every attempt of a task, through GET /status/:batchId/tasks/:taskId. */
@@ -249,4 +266,29 @@ export function expireAll(batchId: string): Promise<void> {
 
 export function createRequests(fly: FlyEmulator) {
   return fly.requests.filter((r) => r.method === "POST" && /\/machines$/.test(r.path.split("?")[0]));
+}
+
+/**
+ * Every create body as the orchestrator sent it, config.env values included (the emulator's
+ * records redact them, so only these can show a secret sent to Fly).
+ */
+export function sentCreateBodies(fly: FlyEmulator): string[] {
+  return createRequests(fly).map((r) => {
+    const body = fly.sentBody(r);
+    if (body === undefined) throw new Error(`no body kept for ${r.method} ${r.path}: make the emulator with keepSentBodies`);
+    return body;
+  });
+}
+
+/**
+ * Which of the orchestrator's own secrets and keys each body holds (`NAME in body i`): none may
+ * reach Fly, where anyone who can read the app's machines sees them. The R2 access key ID is the
+ * one exception SigV4 makes: it is the X-Amz-Credential of every presigned URL, and only there.
+ */
+export function secretsIn(bodies: string[]): string[] {
+  const secrets = { R2_ACCESS_KEY_ID: env.R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY: env.R2_SECRET_ACCESS_KEY, CALLBACK_SECRET: env.CALLBACK_SECRET, FLY_API_TOKEN: env.FLY_API_TOKEN, ADMIN_TOKEN: env.ADMIN_TOKEN };
+  return bodies.flatMap((body, i) => {
+    const outsideCredential = body.replace(/X-Amz-Credential=[^&"\\]*/g, "X-Amz-Credential=");
+    return Object.entries(secrets).filter(([, value]) => outsideCredential.includes(value)).map(([name]) => `${name} in body ${i}`);
+  });
 }

@@ -1,6 +1,10 @@
-// Pool machines for workerd tests: each emulated machine runs the pool loop of fly-worker
-// (fly-worker/pool.ts) against the orchestrator through exports.default.fetch — lease, call
-// back, lease again, exit on done — and the test chooses what it does with each leased task.
+// Pool machines for workerd tests: a scripted stand-in, NOT fly-worker's pool loop. fly-worker/
+// pool.ts needs Node (sharp, undici, node:timers) and cannot run in workerd; this runner speaks
+// the same lease contract (shared/contracts.ts) to the orchestrator through exports.default.fetch
+// — lease, call back, lease again, exit on done — so the test can choose what each machine does
+// with each task, including what the real loop never does (hold a lease without heartbeating,
+// die holding it). It heartbeats only when a test calls heartbeat(), never retries a lease and
+// has no idle timeout: the real loop's meet the real engine in test/e2e/pool-lease.test.ts.
 import { exports } from "cloudflare:workers";
 import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../../local/fly-emulator/runner.ts";
 import { LeaseResponse } from "../../../shared/contracts.ts";
