@@ -97,7 +97,7 @@ export class AttemptQueries extends Queries {
     );
   }
 
-  /** A create that turned out never to have happened (429, budget): the attempt is forgotten (rows of batches from before migration 8). */
+  /** A create that turned out never to have happened (429, budget): the attempt is forgotten (rows of batches from before migration 10). */
   dropAttempt(taskId: string, attempt: number): void {
     this.db.run("DELETE FROM attempts WHERE task_id = ? AND attempt = ?", taskId, attempt);
   }

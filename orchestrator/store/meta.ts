@@ -54,7 +54,7 @@ export interface BatchMeta {
    * machine sizes nor recounts every open lease against a different slot count.
    */
   pool_plan_json: string | null;
-  /** The modes the batch may run in: `auto` (sizing chooses single-task or pool), `pool`, `single`; null before migration 8. */
+  /** The modes the batch may run in: `auto` (sizing chooses single-task or pool), `pool`, `single`; null before migration 10. */
   mode_request: "auto" | "pool" | "single" | null;
   /** This Durable Object's billed work, counted as it happens (flushed with meta's writes): rows written incl. setAlarm, requests (RPCs and alarms), Worker requests that reached it. */
   do_rows_written: number;

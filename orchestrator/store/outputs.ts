@@ -25,7 +25,7 @@ export class OutputQueries extends Queries {
 
   /** The keys reserved for a task, by page: its output_key (page 1), then the pages it reserved. */
   outputsOf(taskId: string): { key: string; page: number }[] {
-    // Batches planned before migration 8 also kept page 1 here: the task's column is the one that counts.
+    // Batches planned before migration 10 also kept page 1 here: the task's column is the one that counts.
     return this.db.exec<{ key: string; page: number }>(
       `SELECT output_key AS key, 1 AS page FROM tasks WHERE task_id = ? AND output_key NOT LIKE '(none:%'
        UNION ALL SELECT key, page FROM outputs WHERE task_id = ? AND page > 1 ORDER BY page`,

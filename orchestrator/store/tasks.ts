@@ -2,7 +2,7 @@
 // them (state and attempt), with phase_tally (counts.ts) following in the same transaction.
 // Every query on a hot path is an index range per state whatever the batch's size: waiting
 // tasks by tasks_pending / tasks_retrying, live ones (at most the machines' slots) by
-// tasks_state_id. Each index a write touches is a row billed (migration 8 says which remain).
+// tasks_state_id. Each index a write touches is a row billed (migration 10 says which remain).
 import type { CountQueries, TallyExtra } from "./counts.ts";
 import { Queries, Sql } from "./sql.ts";
 

@@ -32,7 +32,7 @@ export interface WorkerRow {
   /** When it was first seen started, and when it ended (exited, was destroyed or given up on). */
   started_at: number | null;
   ended_at: number | null;
-  /** Where Fly created it (prices are per region); null before the create's answer (and before migration 8). */
+  /** Where Fly created it (prices are per region); null before the create's answer (and before migration 10). */
   region: string | null;
 }
 
