@@ -146,13 +146,12 @@ export function r2StorageUsd(bytes: number, months: number): number {
  * Durable Object rows a batch writes, as the engine writes them (counted in code, measured by the
  * scale bench — `npm run bench`, section 1 — and the makespan simulations' own counts): a task's
  * whole life (its file, its task row and index entries, a lease or a create, a callback, its tally
- * row, its attempt and its ended-attempts index entry, its output file) is `perTask` (section 1: 18.27
- * a pool task with no heartbeat at 2,000 tasks, the batch's own rows included), plus one a heartbeat; a machine's row is written
+ * row, the tasks_done entry that stands for its attempt, its output file) is `perTask` (section 1), plus one a heartbeat; a machine's row is written
  * when it is created, answered, seen started and ended, with its orphan entry and the create
  * budget's bucket (`perMachine`), and every ~30 s while it lives (its check, or a lease moving the
  * check on: two rows); a batch's meta, tally and finalisation rows and its alarms (`perBatch`).
  */
-export const DO_ROWS = { perTask: 18, perHeartbeat: 1, perMachine: 12, perMachineSecond: 2 / 30, perBatch: 40 } as const;
+export const DO_ROWS = { perTask: 17, perHeartbeat: 1, perMachine: 12, perMachineSecond: 2 / 30, perBatch: 40 } as const;
 
 /** What a batch's plan uses beyond its machines' seconds (the caller adds machineUsd). */
 export interface PlanShape {

@@ -128,8 +128,9 @@ machine checks and heartbeats included (the engine's count, as \`/status\` price
 Where the rows go (migration 10 of \`orchestrator/store/migrations.ts\`): a file is its row and its unique key (2); a task its
 row and five index entries (6: task id, output key, pending, state, phase and file); a lease and a callback rewrite the
 task's row and its state index entry (2 each) and the phase's one tally row (1 each: counters, the files a callback adds
-and what its machine measured); an attempt is one row and its entry in the ended-attempts index the timeline reads by outcome
-(2), written when it ends; the output file is 2. A heartbeat rewrites
+and what its machine measured); an attempt that did not finish its task is one row and its attempts_failed entry (2),
+written when it ends, and the one that finished it is the task row itself, listed for the timeline by its tasks_done
+entry (1); the output file is 2. A heartbeat rewrites
 the task's deadline only (1). How it is measured (\`bench/workerd/scale.bench-run.ts\`, \`life\`): the batch's own count
 (\`meta.do_rows_written\`, every statement's \`rowsWritten\` plus a row per \`setAlarm\`), the create budget's rows counted
 by wrapping its SQLite handle, both divided by the tasks.

@@ -21,6 +21,7 @@ export interface AttemptRow {
 
 /** The task's fields that describe its current attempt. */
 export type CurrentAttempt = Pick<TaskRow, "task_id" | "attempt" | "machine_id" | "machine_name" | "worker_id" | "region" | "attempt_started_at" | "updated_at">;
+type TaskAttempt = CurrentAttempt & Pick<TaskRow, "state" | "finished_at">;
 
 export class AttemptQueries extends Queries {
   /**
@@ -28,6 +29,10 @@ export class AttemptQueries extends Queries {
    * outcome; an earlier one, already written, keeps the outcome it ended with.
    */
   endAttempt(task: CurrentAttempt, attempt: number, outcome: string, error: string | null, now: number): void {
+    // The current attempt that finishes its task is the task row itself (its machine, start and
+    // finished_at; tasks_done indexes it for the timeline): no row of its own. A row already
+    // written for it (it had ended, then its work arrived) is reviveAttempt's.
+    if (attempt === task.attempt && outcome === "done") return;
     if (attempt === task.attempt) {
       this.db.run(
         `INSERT INTO attempts (task_id, attempt, machine_id, machine_name, region, outcome, error, started_at, ended_at)
@@ -121,21 +126,22 @@ export class AttemptQueries extends Queries {
     );
   }
 
-  /** Every attempt of the task: the ended ones' rows, then the one running now (from the task row). */
-  attemptsOf(task: CurrentAttempt & Pick<TaskRow, "state">): AttemptRow[] {
+  /** Every attempt of the task: the ended ones' rows, then the one running now or the one that finished it (from the task row). */
+  attemptsOf(task: TaskAttempt): AttemptRow[] {
     const rows = this.db.exec<AttemptRow & Record<string, SqlStorageValue>>("SELECT * FROM attempts WHERE task_id = ? ORDER BY attempt", task.task_id);
     const live = task.state === "creating" || task.state === "booting" || task.state === "running";
-    if (live && task.attempt > 0 && !rows.some((r) => r.attempt === task.attempt)) {
+    const done = task.state === "done";
+    if ((live || done) && task.attempt > 0 && !rows.some((r) => r.attempt === task.attempt)) {
       rows.push({
         task_id: task.task_id,
         attempt: task.attempt,
         machine_id: task.machine_id,
         machine_name: task.machine_name ?? task.worker_id ?? "",
         region: task.region,
-        outcome: null,
+        outcome: done ? "done" : null,
         error: null,
         started_at: task.attempt_started_at ?? task.updated_at,
-        ended_at: null,
+        ended_at: done ? task.finished_at : null,
         note: null,
       });
     }

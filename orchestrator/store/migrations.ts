@@ -193,8 +193,9 @@ export const MIGRATIONS: string[] = [
   // callbacks added and the CPU-seconds and megapixels its machines reported (sizing learns from
   // them); the ready index holds only waiting tasks; live tasks (at most the machines' slots) are
   // found through tasks_state_id, so leases and heartbeats rewrite no deadline or worker index;
-  // attempts are written once, when they end (the open one lives in the task row, from
-  // attempt_started_at). And what the all-in cost in /status needs:
+  // attempts are written once, when they end, and not at all for the attempt that finishes its
+  // task (the open one and that one are the task row: attempt_started_at, finished_at; tasks_done
+  // gives the timeline the latest). And what the all-in cost in /status needs:
   // the tally's attempts, outputs and their bytes; the batch's mode request (auto: the sizing
   // chooses single-task or pool); the Durable Object's rows written and requests; each machine's region.
   `CREATE TABLE phase_tally (
@@ -228,6 +229,7 @@ export const MIGRATIONS: string[] = [
    DROP INDEX tasks_worker;
    CREATE INDEX tasks_pending ON tasks (next_at) WHERE state = 'pending';
    CREATE INDEX tasks_retrying ON tasks (next_at) WHERE state = 'retrying';
+   CREATE INDEX tasks_done ON tasks (finished_at) WHERE state = 'done';
    ALTER TABLE tasks ADD COLUMN attempt_started_at INTEGER;
    UPDATE tasks SET attempt_started_at = (SELECT started_at FROM attempts a WHERE a.task_id = tasks.task_id AND a.attempt = tasks.attempt) WHERE state IN ('creating', 'booting', 'running');
    ALTER TABLE meta ADD COLUMN mode_request TEXT;

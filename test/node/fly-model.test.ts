@@ -143,11 +143,11 @@ describe("all-in cost", () => {
     const pool = planUsage({ mode: "pool", ...shape }, "iad");
     // 45 s of task: 2 heartbeats; requests: lease + callback + 2 a task, 2 lease answers a machine.
     expect(pool).toMatchObject({ r2ClassA: 10, r2ClassB: 20, doRequests: 44, workerRequests: 44, outputBytes: 1e7 });
-    // Rows: 40 a batch, 18 + 2 a task, 12 a machine, 2 every 30 s of machine: 40 + 200 + 24 + 20.
-    expect(pool.doRowsWritten).toBeCloseTo(284, 9);
+    // Rows: 40 a batch, 17 + 2 a task, 12 a machine, 2 every 30 s of machine: 40 + 190 + 24 + 20.
+    expect(pool.doRowsWritten).toBeCloseTo(274, 9);
     const single = planUsage({ mode: "single", ...shape, machines: 10 }, "iad");
     expect(single).toMatchObject({ r2ClassA: 10, r2ClassB: 20, doRequests: 20, workerRequests: 10 });
-    expect(single.doRowsWritten).toBeCloseTo(40 + 180 + 120 + 20, 9);
+    expect(single.doRowsWritten).toBeCloseTo(40 + 170 + 120 + 20, 9);
   });
 });
 
@@ -160,12 +160,12 @@ const LIMITS: Limits = { ...DEFAULT_LIMITS, maxMachines: 50, createPerS: 1, crea
 
 /**
  * What a plan decides beyond its machines' seconds, for the batch: DO rows ($1.00/M: 40 a batch,
- * 18 + 1 a heartbeat a task, 12 a machine and 2 every 30 s it lives), requests ($0.15/M, each 10 ms
+ * 17 + 1 a heartbeat a task, 12 a machine and 2 every 30 s it lives), requests ($0.15/M, each 10 ms
  * of a 0.128 GB object at $12.50/M GB-s; a pool: lease, callback, heartbeats, 2 a machine; one
  * machine per task: callback and alarm) and Worker requests ($0.30/M).
  */
 function decided(mode: "single" | "pool", tasks: number, machines: number, machineS: number, heartbeats: number): number {
-  const rows = 40 + tasks * (18 + heartbeats) + machines * 12 + (machineS * 2) / 30;
+  const rows = 40 + tasks * (17 + heartbeats) + machines * 12 + (machineS * 2) / 30;
   const requests = mode === "pool" ? tasks * (2 + heartbeats) + 2 * machines : tasks * 2;
   return rows * 1e-6 + requests * (0.15e-6 + 0.01 * 0.128 * 12.5e-6) + (mode === "pool" ? requests : tasks) * 0.3e-6;
 }

@@ -101,9 +101,12 @@ describe("pool mode", () => {
     const perMachine = new Map<string, number>();
     for (const c of runner.callbacks) perMachine.set(c.machineId, (perMachine.get(c.machineId) ?? 0) + 1);
     expect(Math.max(...perMachine.values())).toBeGreaterThan(1);
-    const attempts = await withStore("pool-40", (_s, sql) => sql.exec<{ task_id: string; n: number }>("SELECT task_id, COUNT(*) AS n FROM attempts GROUP BY task_id").toArray());
-    expect(attempts).toHaveLength(40);
-    expect(attempts.every((a) => a.n === 1), "one attempt per task").toBe(true);
+    // One attempt per task, the one that finished it: it is the task row (attempt 1, done), with no
+    // attempts row of its own (store/attempts.ts: a row is written only for an attempt that did not).
+    const tasks = await withStore("pool-40", (_s, sql) => sql.exec<{ attempt: number; state: string }>("SELECT attempt, state FROM tasks").toArray());
+    expect(tasks).toHaveLength(40);
+    expect(tasks.every((t) => t.attempt === 1 && t.state === "done"), "one attempt per task").toBe(true);
+    expect(await withStore("pool-40", (_s, sql) => sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM attempts").one().n)).toBe(0);
     await expectCountersExact("pool-40");
     // Retired at the end: machines that asked again were told done; none is left running.
     await vi.waitFor(() => expect(fly.liveMachineCount()).toBe(0), { timeout: 10_000 });
