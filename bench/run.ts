@@ -6,7 +6,7 @@
 //   4. Real-stack makespan: local stack, 200 small TIFFs, single vs default    bench/stack-makespan.ts
 //   5. PDF: the PDF job vs Debian's pdftoppm, text and scan pages, 1,000 pages  bench/pdf.ts
 // BENCH_ONLY=conversion,scale,makespan,stack,pdf runs a subset (BENCH_PDF_PAGES, BENCH_PDF_LONG_PAGES size section 5), BENCH_CONVERSION_SIZES=25 fewer scan sizes,
-// BENCH_REPEATS=1 fewer runs, BENCH_MAKESPAN_SETS=main,small,sensitivity fewer simulations (RESULTS.md
+// BENCH_REPEATS=1 fewer runs, BENCH_MAKESPAN_SETS=main,small,sensitivity (or main-default) fewer simulations (RESULTS.md
 // is written only for a full run at the default sizes).
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
