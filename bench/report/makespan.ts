@@ -42,7 +42,8 @@ function modelFor(r: RunSpec) {
   const { plan, considered } = planBatch({ tasks: r.tasks, work, limits: { ...PRODUCTION, machineBytesPerS: r.netBytesPerS } });
   const cheapest = considered.reduce((a, b) => (b.costUsd < a.costUsd ? b : a));
   // The replaced system as the model has it: one shared-cpu-2x 1 GB machine per scan in ord, no cap but the create limit.
-  const baseline = singlePlan(r.tasks, work, { cpu_kind: "shared", cpus: 2, memory_mb: 1024 }, { ...PRODUCTION, maxMachines: 100_000, region: "ord" });
+  // At the run's bandwidth too: a sensitivity row slows both systems' machines alike.
+  const baseline = singlePlan(r.tasks, work, { cpu_kind: "shared", cpus: 2, memory_mb: 1024 }, { ...PRODUCTION, maxMachines: 100_000, region: "ord", machineBytesPerS: r.netBytesPerS });
   return { plan, cheapest, baseline };
 }
 
