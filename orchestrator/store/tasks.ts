@@ -127,10 +127,12 @@ export class TaskQueries extends Queries {
 
   /** Tasks ready to spawn (ready retries first, then pending in plan order): one index range scan per state. */
   readyTasks(now: number, limit: number): TaskRow[] {
-    // The state is spelled out: SQLite uses a partial index only when the query names its WHERE.
+    // The state is spelled out: SQLite uses a partial index only when the query names its WHERE; and
+    // the index is named: left to itself the planner took tasks_state_id and read every pending task
+    // to sort them (section 1: 31,810 rows read a callback at 100,000 tasks).
     const take = (state: "pending" | "retrying") =>
       this.db.exec<TaskRow & Record<string, SqlStorageValue>>(
-        `SELECT * FROM tasks WHERE state = '${state}' AND next_at <= ? ORDER BY next_at LIMIT ?`,
+        `SELECT * FROM tasks INDEXED BY tasks_${state} WHERE state = '${state}' AND next_at <= ? ORDER BY next_at LIMIT ?`,
         now,
         limit,
       );
@@ -159,7 +161,7 @@ export class TaskQueries extends Queries {
   /** When the next pending or retrying task becomes ready (index MIN lookups). */
   earliestReady(): number | null {
     const times = (["pending", "retrying"] as const)
-      .map((state) => this.db.exec<{ t: number | null }>(`SELECT MIN(next_at) AS t FROM tasks WHERE state = '${state}'`)[0].t)
+      .map((state) => this.db.exec<{ t: number | null }>(`SELECT MIN(next_at) AS t FROM tasks INDEXED BY tasks_${state} WHERE state = '${state}'`)[0].t)
       .filter((t) => t !== null);
     return times.length > 0 ? Math.min(...times) : null;
   }
