@@ -12,6 +12,7 @@ import sharp from "sharp";
 export const SETTINGS = {
   baseline: { label: "Q95 4:2:0, Huffman optimisation off (streaming)", vips: ["--Q", "95", "--subsample-mode", "on", "--strip"] },
   optimised: { label: "Q95 4:2:0, Huffman optimisation on", vips: ["--Q", "95", "--subsample-mode", "on", "--strip", "--optimize-coding"] },
+  trellis: { label: "Q95 4:2:0, trellis quantisation only (with Huffman optimisation)", vips: null },
   contract: { label: "contract: mozjpeg Q95, as planEncoder picks for the guestFor machine", vips: null },
 } as const;
 export type SettingName = keyof typeof SETTINGS;

@@ -1,5 +1,5 @@
 // One conversion by the fly-worker pipeline, in its own process so that its peak RSS is its
-// own: `node bench/convert-one.ts IN.tif OUT.jpg baseline|optimised|contract MACHINE_MB`.
+// own: `node bench/convert-one.ts IN.tif OUT.jpg baseline|optimised|trellis|contract MACHINE_MB`.
 // Prints one JSON line. The code that converts is fly-worker's, not a copy of it.
 import { configureSharp, convertPage, defaultMaxInputPixels, planEncoder, type EncoderSettings } from "../fly-worker/convert.ts";
 import { inspectPage } from "../fly-worker/kinds.ts";
@@ -7,8 +7,8 @@ import { readTiffDirectories, selectPages } from "../fly-worker/tiff.ts";
 
 const [input, output, mode, machineMbText] = process.argv.slice(2);
 const machineMb = Number(machineMbText);
-if (!input || !output || !["baseline", "optimised", "contract"].includes(mode) || !(machineMb > 0)) {
-  console.error("usage: node bench/convert-one.ts IN.tif OUT.jpg baseline|optimised|contract MACHINE_MB");
+if (!input || !output || !["baseline", "optimised", "trellis", "contract"].includes(mode) || !(machineMb > 0)) {
+  console.error("usage: node bench/convert-one.ts IN.tif OUT.jpg baseline|optimised|trellis|contract MACHINE_MB");
   process.exit(64);
 }
 
@@ -23,7 +23,9 @@ const settings: EncoderSettings =
     : {
         quality: 95,
         mozjpeg: false,
-        optimise_coding: mode === "optimised",
+        // trellis: mozjpeg's trellis quantisation with Huffman optimisation, none of the rest of its preset.
+        optimise_coding: mode === "optimised" || mode === "trellis",
+        ...(mode === "trellis" ? { trellis_quantisation: true } : {}),
         chroma_subsampling: "4:2:0",
         reason: `bench: ${mode}`,
         estimated_peak_mb: 0,

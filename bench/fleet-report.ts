@@ -81,7 +81,7 @@ makespan alone, the large one within 1.05×; (b) five batches of 10 to 5,000 sca
 index of weighted vCPU share ≥ 0.9 while all five run, and the priority-3 batch ≥ 2.5× an equal batch's share; (c) a
 fleet limit that binds: utilisation ≥ 90% whenever work waits, limits never exceeded.${x.scale !== 1 ? ` **(Run at scale ${x.scale}: batch sizes × ${x.scale}.)**` : ""}${ran !== "a, b, c" ? ` **This run: scenario${ran.length > 1 ? "s" : ""} ${ran} (BENCH_FLEET_SCENARIOS).**` : ""}
 
-Built as section 3 (\`bench/workerd/fleet.bench-run.ts\` on \`sim.ts\`): every batch is its own BatchDO, the fleet is the
+Built as section 3 (\`bench/workerd/fleet.bench-run.ts\` on \`sim-machines.ts\`): every batch is its own BatchDO, the fleet is the
 real FlyBudget DO, machines are Fly's CPU model (${f(cpuS, 1)} CPU-s per 100 MP scan, 5 s boot), creates at Fly's limit
 (1/s, burst 3), every other API action at its documented limit; each batch sizes its pool alone (no per-batch cap) and
 the fleet shares the machines. Every 5 s of virtual time the bench reads what each batch holds on the emulator and

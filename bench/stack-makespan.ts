@@ -1,7 +1,7 @@
 // Real-stack makespan: the local stack (wrangler dev, the Fly Machines API emulator running each
 // machine as a real fly-worker process, local S3), the same 200 small TIFFs converted twice in
-// one run: single-task mode (`"pool": false`, one machine per TIFF) and the default (pool mode,
-// auto-sized), with the emulator enforcing Fly's create limit (1/s, burst 3). Also measures the
+// one run: single-task mode (`"pool": false`, one machine per TIFF) and the default (no pool
+// settings: the engine chooses), with the emulator enforcing Fly's create limit (1/s, burst 3). Also measures the
 // local S3's throughput (one 64 MiB PUT and GET), the figure the makespan model is given beside
 // its assumed R2 throughput.
 import { GetObjectCommand } from "@aws-sdk/client-s3";
@@ -25,6 +25,10 @@ export interface StackRun {
   machines_created: number;
   machine_seconds: number | null;
   estimated_cost_usd: number | null;
+  /** What the engine ran (the default may choose either) and its plan, from /status. */
+  engine_mode: string | null;
+  plan: string | null;
+  cost_all_in_usd: number | null;
 }
 
 export interface StackFigures {
@@ -105,6 +109,9 @@ export async function runStackMakespan(opts: { tasks: number; log: (line: string
         machines_created: created,
         machine_seconds: s.machines?.machine_seconds ?? null,
         estimated_cost_usd: s.machines?.estimated_cost_usd ?? null,
+        engine_mode: s.mode ?? null,
+        plan: s.sizing?.plan ?? null,
+        cost_all_in_usd: s.cost?.total_usd ?? null,
       });
       opts.log(`  stack ${mode}: ${samples.length} TIFFs ${s.status} in ${wallS.toFixed(1)} s, ${created} machines created`);
     }

@@ -68,26 +68,17 @@ const scan = () => ({
 });
 
 /**
- * A makespan project: `machines` is its MAX_CONCURRENT_MACHINES; the create limit is Fly's; no
- * POOL_MODE or POOL_TASKS_PER_MACHINE: the production defaults (pool mode, auto-sized).
+ * The makespan project: production's limits (MAX_CONCURRENT_MACHINES 50, Fly's create limit 1/s
+ * burst 3, no POOL_MODE or POOL_TASKS_PER_MACHINE: the engine sizes each batch); the runs come from
+ * bench/run.ts as JSON (BENCH_MAKESPAN_RUNS).
  */
-function makespan(name: string, machines: number, sizes: string, modes: string) {
+function makespan() {
+  const runs = JSON.parse(process.env.BENCH_MAKESPAN_RUNS ?? "[]") as unknown[];
   return project(
-    name,
-    // The fleet's limits do not bind here (one batch at a time; the fleet section measures them).
-    { MAX_CONCURRENT_MACHINES: String(machines), FLY_CREATE_RATE_PER_SECOND: "1", FLY_CREATE_BURST: "3", ...UNBOUND_FLEET },
-    {
-      makespan: {
-        ...scan(),
-        machines,
-        sizes: sizes.split(",").map(Number),
-        modes: modes.split(",").map((m) => {
-          if (m !== "baseline" && m !== "single" && m !== "pool") throw new Error(`makespan modes: expected baseline, single and/or pool, got "${m}"`);
-          return m;
-        }),
-      },
-    },
     "makespan",
+    // The fleet's limits do not bind here (one batch at a time; the fleet section measures them).
+    { MAX_CONCURRENT_MACHINES: "50", FLY_CREATE_RATE_PER_SECOND: "1", FLY_CREATE_BURST: "3", ...UNBOUND_FLEET },
+    { makespan: { runs, bootDelayMs: number("BENCH_BOOT_DELAY_MS", 5_000), rttS: number("BENCH_RTT_S", 0.2) } },
   );
 }
 
@@ -96,9 +87,14 @@ export default defineConfig({
     fileParallelism: false,
     projects: [
       // A machine budget and create rate that never bind: the engine's own cost is measured.
-      project("scale", { MAX_CONCURRENT_MACHINES: "200", FLY_CREATE_RATE_PER_SECOND: "1000", FLY_CREATE_BURST: "1000", POOL_MODE: "false", ...UNBOUND_FLEET, FLY_API_RATES: "list=1000/1000,get=1000/1000,destroy=1000/1000" }),
+      project(
+        "scale",
+        { MAX_CONCURRENT_MACHINES: "200", FLY_CREATE_RATE_PER_SECOND: "1000", FLY_CREATE_BURST: "1000", POOL_MODE: "false", ...UNBOUND_FLEET, FLY_API_RATES: "list=1000/1000,get=1000/1000,destroy=1000/1000" },
+        // BENCH_SCALE_PARTS=life runs only a task's whole life (rows written), callbacks only the latency part.
+        { scaleParts: (process.env.BENCH_SCALE_PARTS ?? "callbacks,life").split(",") },
+      ),
       // Production limits (wrangler.jsonc): 50 machines, Fly's documented create limit 1/s burst 3.
-      makespan("makespan", 50, process.env.BENCH_MAKESPAN_SIZES ?? "1000,10000", process.env.BENCH_MAKESPAN_MODES ?? "baseline,single,pool"),
+      makespan(),
       // The fleet: batches at once in one fleet (its limits set per scenario); no cap per batch; Fly's create limit.
       project(
         "fleet",

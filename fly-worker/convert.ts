@@ -24,6 +24,8 @@ export interface EncoderSettings {
   mozjpeg: boolean;
   optimise_coding: boolean;
   chroma_subsampling: "4:2:0" | "4:4:4";
+  /** mozjpeg's trellis quantisation alone, without the rest of its preset (the conversion bench compares it). */
+  trellis_quantisation?: boolean;
   /** Why these settings: the requested ones, or the memory fallback and its numbers. */
   reason: string;
   estimated_peak_mb: number;
@@ -177,6 +179,7 @@ export async function convertPage(
       mozjpeg: settings.mozjpeg,
       optimiseCoding: settings.optimise_coding,
       chromaSubsampling: settings.chroma_subsampling,
+      ...(settings.trellis_quantisation ? { trellisQuantisation: true } : {}),
     });
     const info = await image.toFile(output);
     return { width: info.width, height: info.height, bytes: info.size, channels: grey ? 1 : 3, conversion_time_ms: Math.round(performance.now() - start), notes };

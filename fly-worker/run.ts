@@ -10,6 +10,7 @@ import { CallbackBody, type CallbackError } from "../shared/contracts.ts";
 import { PDF_PHASE, PdfCallback } from "../shared/pdf.ts";
 import { sendCallback, type CallbackOptions, type SendableBody } from "./callback.ts";
 import { runChecksum } from "./checksum.ts";
+import { cpuLedger } from "./cpu.ts";
 import { describeEnv, type CallbackTarget, type WorkerEnv } from "./env.ts";
 import { TaskError, errorMessage } from "./errors.ts";
 import { EXIT, type ExitCode } from "./exit-codes.ts";
@@ -76,12 +77,14 @@ export async function convertTask(env: WorkerEnv, startedAt = 0): Promise<TaskOu
   const totalMs = () => Math.round(performance.now() - startedAt);
   const performanceNow = () => ({ total_time_ms: totalMs(), ...roundAll(timings), peak_rss_mb: peakRssMb() });
 
+  const cpu = cpuLedger.begin();
   const workDir = await mkdtemp(join(tmpdir(), `fanout-${env.TASK_ID}-`));
   let body: SendableBody;
   let failureExit: ExitCode = EXIT.SUCCESS;
   try {
     const success = await job.run(env, workDir, { timings });
-    const performance = performanceNow();
+    // What the orchestrator sizes from: the process's CPU-seconds for this task and the megapixels it converted.
+    const performance = { ...performanceNow(), cpu_s: round3(cpuLedger.end(cpu)), ...megapixelsOf(success) };
     body = { ...success, performance, machine_id: env.FLY_MACHINE_ID };
     log.info(component, job === TIFF_JOB ? "task.converted" : "task.done", { ...job.summary(success), performance });
   } catch (error) {
@@ -105,6 +108,7 @@ export async function convertTask(env: WorkerEnv, startedAt = 0): Promise<TaskOu
       performance: performanceNow(),
     };
   } finally {
+    cpuLedger.end(cpu); // a failed task's CPU is its own (a second end of a finished task changes nothing)
     await rm(workDir, { recursive: true, force: true });
   }
 
@@ -133,6 +137,15 @@ async function deliver(url: string, token: string, body: SendableBody, options: 
     log.error("Callback", "callback.undeliverable", { status: body.status, attempts: outcome.attempts, http_status: outcome.status ?? null, reason: outcome.reason });
   }
   return outcome.delivered;
+}
+
+const round3 = (x: number) => Math.round(x * 1000) / 1000;
+
+/** Every output page's width × height, in megapixels (absent for a job that converts no image). */
+function megapixelsOf(success: Record<string, unknown>): { megapixels?: number } {
+  const outputs = (success.outputs ?? []) as { width?: number; height?: number }[];
+  const pixels = outputs.reduce((n, o) => n + (o.width ?? 0) * (o.height ?? 0), 0);
+  return pixels > 0 ? { megapixels: pixels / 1e6 } : {};
 }
 
 function truncate(message: string): string {

@@ -48,6 +48,8 @@ export const BatchStatus = z.looseObject({
         failed: z.number(),
         open: z.number(),
         machines: z.looseObject({ ended: z.number(), running: z.number(), machine_seconds: z.number(), estimated_cost_usd: z.number(), sizes: z.array(z.string()) }).optional(),
+        /** The phase's all-in cost so far: machines, Fly egress of its outputs, its R2 operations. */
+        cost: z.looseObject({ total_usd: z.number() }).optional(),
       }),
     )
     .default([]),
@@ -55,6 +57,29 @@ export const BatchStatus = z.looseObject({
   /** The batch's machines: time from create to end, and its estimated cost at Fly's prices. */
   machines: z
     .looseObject({ ended: z.number(), running: z.number(), machine_seconds: z.number(), estimated_cost_usd: z.number() })
+    .optional(),
+  /** All in so far (orchestrator/engine/cost-view.ts): machines, Fly egress, R2 operations, the Durable Object, Worker requests. */
+  cost: z
+    .looseObject({
+      machines_usd: z.number(),
+      egress_usd: z.number(),
+      r2_operations_usd: z.number(),
+      durable_object_usd: z.number(),
+      worker_requests_usd: z.number(),
+      total_usd: z.number(),
+      per_task_done_usd: z.number().nullable(),
+      counted: z.looseObject({ do_rows_written: z.number() }),
+    })
+    .optional(),
+  /** The current phase's plan and what it was sized from (null before the phase runs). */
+  sizing: z
+    .looseObject({
+      objective: z.string().nullable(),
+      plan: z.string(),
+      work: z.looseObject({ basis: z.string(), measured_tasks: z.number(), cpu_s_per_mp: z.number().nullable() }),
+      resized: z.looseObject({ from: z.string(), to: z.string() }).nullable(),
+    })
+    .nullable()
     .optional(),
   /** A batch with nothing to do, pages skipped, a dead-lettered copy of its message, … */
   warnings: z.array(z.string()).default([]),

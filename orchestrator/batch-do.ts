@@ -3,7 +3,6 @@
 // finalisation, views); SQL lives in store/. The engine names no phase.
 import { DurableObject } from "cloudflare:workers";
 import type { LeaseResponse, QueueMessage, ReserveRequest } from "../shared/contracts.ts";
-import { backoffMs } from "../shared/backoff.ts";
 import { syncBatchIndex } from "./batch-index.ts";
 import { type Config, loadConfig } from "./config.ts";
 import { apiStatus, type Engine, isFinished, makeEngine } from "./engine/context.ts";
@@ -18,18 +17,21 @@ import { heartbeat, lease, type LeaseRefusal } from "./engine/pool.ts";
 import { run, stopBatch } from "./engine/run.ts";
 import { archivedRow, finishedAlarm, retentionAlarm } from "./engine/retention.ts";
 import * as views from "./engine/views.ts";
-import { ALARM_REARM_MS, runtimeRetryError, stallReason, stallWarning, wakeIfStalled } from "./engine/watchdog.ts";
+import { ALARM_REARM_MS, runtimeRetryError, stallReason, stallWarning, stepFailed, wakeIfStalled } from "./engine/watchdog.ts";
+import { modeOf } from "./engine/plan.ts";
 import { CLIENT_HEADER, LiveStreams } from "./engine/events.ts";
-import { errorMessage, log, logError } from "./log.ts";
+import { log, logError } from "./log.ts";
 import { Outbound, OutboundRefused } from "./outbound.ts";
 import { defaultPipeline, getPhase, pipelineProblem } from "./phases/index.ts";
 import { pipelineOf } from "./engine/pipeline.ts";
-import { StorageError } from "./storage.ts";
 import { type BatchMeta, BatchStore } from "./store/index.ts";
 
 export type { StatusBody, ApiStatus } from "./engine/views.ts";
 export type { CallbackReply } from "./engine/outcomes.ts";
 export { machineName } from "./engine/context.ts";
+
+/** Rows written (and requests) counted in memory are added to meta at the latest once this many rows have gone by. */
+const USAGE_FLUSH_ROWS = 200;
 
 /** What a dead letter did to its batch (fanout-batches-dlq). */
 export type DeadLetterOutcome = "marked_error" | "warned" | "finished";
@@ -67,6 +69,7 @@ export class BatchDO extends DurableObject<Env> {
 
   /** The DO's HTTP face: only the event stream, which RPC cannot carry. */
   async fetch(request: Request): Promise<Response> {
+    this.request(true);
     if (new URL(request.url).pathname !== "/events") return Response.json({ error: "no such route" }, { status: 404 });
     if (!this.store.getMeta()) return Response.json({ error: "unknown batch" }, { status: 404 });
     const last = Number(request.headers.get("last-event-id") ?? new URL(request.url).searchParams.get("last_event_id") ?? 0);
@@ -77,7 +80,19 @@ export class BatchDO extends DurableObject<Env> {
   /** Brings the alarm forward to `at` unless one is due sooner. */
   private async wake(at: number): Promise<void> {
     const current = await this.ctx.storage.getAlarm();
-    if (current === null || current > at + 50) await this.ctx.storage.setAlarm(at);
+    if (current === null || current > at + 50) await this.setAlarm(at);
+  }
+
+  /** Every setAlarm is billed as a row written: counted with the store's rows. */
+  private async setAlarm(at: number): Promise<void> {
+    this.store.usage.rowsWritten++;
+    await this.ctx.storage.setAlarm(at);
+  }
+
+  /** A billed request reached this object: an RPC (from the Worker's HTTP entry when `viaWorker`) or an alarm. */
+  private request(viaWorker: boolean): void {
+    this.store.usage.requests++;
+    if (viaWorker) this.store.usage.workerRequests++;
   }
 
   // ---- RPC: queue ---------------------------------------------------------------------
@@ -109,9 +124,9 @@ export class BatchDO extends DurableObject<Env> {
       prefix: message.manifest_r2_key ? null : (message.r2_prefix ?? ""),
       now,
     });
-    if (message.pool ?? this.config.POOL_MODE) this.store.updateMeta({ pool: 1, pool_slots: message.pool_tasks_per_machine ?? 0 }, now);
     this.store.updateMeta(
       {
+        ...modeOf(message, this.config.POOL_MODE),
         tolerated_failure_percentage: message.tolerated_failure_percentage ?? null,
         tolerated_failure_count: message.tolerated_failure_count ?? null,
         priority: message.priority ?? 1,
@@ -119,7 +134,7 @@ export class BatchDO extends DurableObject<Env> {
       },
       now,
     );
-    await this.ctx.storage.setAlarm(now);
+    await this.setAlarm(now);
     await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
     log("DO", "batch_started", { batch_id: message.batch_id, phase: phase.name, pipeline });
     return { created: true, status: phase.name };
@@ -168,6 +183,7 @@ export class BatchDO extends DurableObject<Env> {
 
   /** A callback from the attempt (and epoch) the verified credential names. */
   async callback(taskId: string, credential: Pick<Credential, "attempt" | "epoch">, body: unknown): Promise<CallbackReply> {
+    this.request(true);
     if (!this.store.getMeta()) return { code: 404, body: { error: "unknown batch" } };
     const key = `${taskId}/${credential.attempt}/${credential.epoch}`;
     const running = this.settling.get(key);
@@ -181,21 +197,25 @@ export class BatchDO extends DurableObject<Env> {
 
   /** Reserves the keys of the task's outputs, or presigns one output's upload, for its running attempt. */
   async reserveOutputs(taskId: string, credential: Credential, request: ReserveRequest): Promise<ReserveReply> {
+    this.request(true);
     if (!this.store.getMeta()) return { code: 404, body: { error: "unknown batch" } };
     return reserveOutputs(this.engine(), taskId, credential, request);
   }
 
   async lease(workerId: string, machineId: string, epoch: number): Promise<LeaseResponse | LeaseRefusal | null> {
+    this.request(true);
     return lease(this.engine(), workerId, machineId, epoch);
   }
 
   async heartbeat(workerId: string, machineId: string, taskId: string, epoch: number): Promise<{ ok: boolean; reason?: string; lease_token?: string } | LeaseRefusal | null> {
+    this.request(true);
     return heartbeat(this.engine(), workerId, machineId, taskId, epoch);
   }
 
   // ---- RPC: views ---------------------------------------------------------------------------
 
   async status(): Promise<views.StatusBody | null> {
+    this.request(true);
     const meta = this.store.getMeta();
     if (!meta) return null;
     const body = views.status(this.engine(), meta);
@@ -219,6 +239,7 @@ export class BatchDO extends DurableObject<Env> {
   }
 
   async tasks(opts: { status: views.ApiStatus | null; cursor: number; limit: number }) {
+    this.request(true);
     const meta = this.store.getMeta();
     return meta ? views.tasks(this.engine(), meta, opts) : null;
   }
@@ -229,6 +250,7 @@ export class BatchDO extends DurableObject<Env> {
   }
 
   async task(taskId: string) {
+    this.request(true);
     const meta = this.store.getMeta();
     const task = meta ? this.store.getTask(taskId) : null;
     return meta && task ? views.task(this.engine(), meta, task) : null;
@@ -261,7 +283,7 @@ export class BatchDO extends DurableObject<Env> {
     const destroyed = await destroyOrphans(e, now);
     await settleWithFleet(e, this.store.getMeta()!);
     const pending = this.store.orphanCount();
-    if (pending > 0) await this.ctx.storage.setAlarm(now + 5_000);
+    if (pending > 0) await this.setAlarm(now + 5_000);
     await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
     log("DO", "batch_reset", { batch_id: meta.batch_id, tasks_failed: failed, machines_destroyed: destroyed, machines_pending: pending });
     return { ok: true, batch_id: meta.batch_id, status: "ERROR", tasks_failed: failed, machines_destroyed: destroyed, machines_pending: pending };
@@ -310,26 +332,27 @@ export class BatchDO extends DurableObject<Env> {
     if (result.tasks === 0) return { ok: false, code: 409, error: "the batch has no failed task to redrive" };
     e.emit("redrive", { tasks: result.tasks, redrive: meta.redrives + 1 });
     log("DO", "batch_redriven", { batch_id: meta.batch_id, tasks: result.tasks, redrive: meta.redrives + 1 });
-    await this.ctx.storage.setAlarm(now);
+    await this.setAlarm(now);
     return { ok: true, batch_id: meta.batch_id, tasks: result.tasks, status: apiStatus(this.store.getMeta()!), redrive: meta.redrives + 1 };
   }
 
   // ---- the alarm loop ------------------------------------------------------------------------
 
   async alarm(info?: AlarmInvocationInfo): Promise<void> {
+    this.request(false);
     let meta = this.store.getMeta();
     if (!meta) return;
     const started = Date.now();
     const e = this.engine(started + this.config.ALARM_WORK_MS);
     // The next alarm is set before any work: an alarm that dies (CPU, memory, an isolate reset)
     // leaves it behind once the runtime's own retries are over (engine/watchdog.ts).
-    if (!isFinished(meta)) await this.ctx.storage.setAlarm(started + ALARM_REARM_MS);
+    if (!isFinished(meta)) await this.setAlarm(started + ALARM_REARM_MS);
     // A retry means the last invocation died where no catch could see it: a failed step all the same.
     if (info?.isRetry && !isFinished(meta)) {
       const error = runtimeRetryError(info.retryCount);
       // The count resets when a step succeeds; the warning keeps it visible.
       this.store.addWarning(`${new Date(started).toISOString()}: ${error}`, started);
-      const next = this.stepFailed(e, meta, new Error(error));
+      const next = stepFailed(e, meta, new Error(error));
       meta = this.store.getMeta()!;
       if (isFinished(meta)) {
         e.outbound.workDone();
@@ -345,7 +368,7 @@ export class BatchDO extends DurableObject<Env> {
       // Out of time (or subrequests) mid-step is not a failure: the step's writes are per page or
       // part, so the next alarm goes on from what was stored.
       if (error instanceof OutboundRefused) next = Date.now();
-      else next = this.stepFailed(e, meta, error);
+      else next = stepFailed(e, meta, error);
     }
     e.outbound.workDone();
     await this.alarmDone(e, this.store.getMeta(), next, started);
@@ -359,30 +382,13 @@ export class BatchDO extends DurableObject<Env> {
     // A wake during this alarm (a callback freed a slot) moved the re-armed alarm earlier: keep it.
     const woken = after && !isFinished(after) ? await this.ctx.storage.getAlarm() : null;
     if (next !== null && woken !== null && woken !== started + ALARM_REARM_MS) next = Math.min(next, woken);
-    if (next !== null) await this.ctx.storage.setAlarm(Math.max(next, now));
+    if (next !== null) await this.setAlarm(Math.max(next, now));
+    // The billed work counted since meta was last written goes into it now and then (a row per flush).
+    if (after && (this.store.usage.rowsWritten >= USAGE_FLUSH_ROWS || isFinished(after))) this.store.flushUsage();
     this.live.progressChanged();
     await syncBatchIndex(e.env, after, () => this.status());
     this.lastAlarm = { stage: after?.stage ?? "archived", subrequests: e.outbound.used, refused: e.outbound.refused, peak_in_flight: e.outbound.peakInFlight, ms: Date.now() - started };
     log("DO", "alarm", { batch_id: after?.batch_id ?? null, ...this.lastAlarm });
-  }
-
-  /**
-   * A step that throws is retried with backoff; after MAX_STEP_FAILURES in a row (or a storage
-   * error that will not heal, during discovery) the batch stops in ERROR naming the step and error.
-   */
-  private stepFailed(e: Engine, meta: BatchMeta, error: unknown): number | null {
-    const failures = meta.step_failures + 1;
-    const message = errorMessage(error);
-    const final = meta.stage === "discover" && error instanceof StorageError && !error.retryable;
-    logError("DO", "step_failed", error, { batch_id: meta.batch_id, stage: meta.stage, failures });
-    const now = Date.now();
-    this.store.updateMeta({ step_failures: failures, step_error: message.slice(0, 2000) }, now);
-    if (final || failures >= this.config.MAX_STEP_FAILURES) {
-      const what = meta.stage === "discover" ? "discovery failed" : `${meta.stage} step failed`;
-      stopBatch(e, meta, "error", `${what}${final ? "" : ` ${failures} times in a row`}: ${message}`, `batch stopped: ${meta.stage} step failed`, now);
-      return this.store.earliestDeadline();
-    }
-    return now + backoffMs(failures, 1000, 60_000);
   }
 
   /** One step of the batch; returns when the next alarm should fire (null: nothing to do). */

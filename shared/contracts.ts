@@ -203,6 +203,10 @@ export const Performance = z.looseObject({
   download_time_ms: z.number().nonnegative().optional(),
   conversion_time_ms: z.number().nonnegative().optional(),
   upload_time_ms: z.number().nonnegative().optional(),
+  /** CPU-seconds the task cost the machine's process (user + system, process.cpuUsage), its share when slots ran side by side. */
+  cpu_s: z.number().nonnegative().max(1e6).optional(),
+  /** Megapixels the task converted (every output page's width × height). The orchestrator sizes from CPU-s per megapixel. */
+  megapixels: z.number().positive().max(1e6).optional(),
 });
 
 export const CallbackOutput = z.looseObject({

@@ -54,27 +54,54 @@ export function sizeError(g: Guest): string | null {
 }
 
 /**
- * Fly's published Machine prices, one table (USD, the lowest-priced regions such as iad).
- * Source: https://fly.io/docs/about/pricing/ (read 2026-11-25): shared-cpu-1x with 256 MB
- * $1.94/month, performance-1x with 2 GB $31.00/month, each further CPU the same again with its
- * included memory, additional RAM $5.00/GB/month, billed per second of a running machine; the
- * per-second figures are the monthly ones over a 30-day month, as Fly's own per-second table
- * (fly.io/blog/new-vms-more-ram-extra-cpu-and-a-dollar-menu: shared-cpu-1x 1 GB $0.0000022/s,
- * performance 1x 2 GB $0.0000120/s) shows.
+ * Fly's published Machine prices, one table (USD per second while a machine is started).
+ * Source: https://docs.fly.io/about/pricing/ ("Started Fly Machines": the page's table is
+ * computed from these constants in superfly/docs snippets/RegionPricingSelector.jsx; the typed
+ * rows agree: shared-cpu-1x 256MB $2.19, performance-1x 2GB $33.00 per 30 days, additional RAM
+ * $6.00/GB), read 2026-11-26. Each vCPU includes 256 MB (shared) or 2 GB (performance); RAM
+ * above that is billed per GB. Regions are marked up from Ashburn (iad): "Price relative to
+ * Ashburn (iad), as billed" — ord 1.25, the region the replaced system runs in. (The table this
+ * replaces, $1.94 / $31 / $5 per month, was the page's before Fly raised it.)
  */
 export const FLY_PRICES = {
-  source: "https://fly.io/docs/about/pricing/ (read 2026-11-25), per-second = monthly / 2,592,000 s",
+  source: "https://docs.fly.io/about/pricing/ (read 2026-11-26; per-second constants of the page's table)",
   secondsPerMonth: 2_592_000,
-  perCpuMonth: { shared: 1.94, performance: 31.0 },
+  perCpuSecond: { shared: 0.0000008465, performance: 0.000012732 },
   includedMbPerCpu: { shared: 256, performance: 2048 },
-  extraRamGbMonth: 5.0,
+  extraRamGbSecond: 0.000002316,
+  /** Price relative to iad, per region, as the page lists them; a region not listed is taken at iad's price. */
+  regionMarkup: {
+    iad: 1,
+    ewr: 1,
+    ord: 1.25,
+    dfw: 1.25,
+    ams: 1.038461538,
+    arn: 1.038461538,
+    bom: 1.076923077,
+    yyz: 1.115384615,
+    lhr: 1.134615385,
+    cdg: 1.134615385,
+    fra: 1.153846154,
+    sjc: 1.192307692,
+    lax: 1.199519231,
+    sin: 1.269230769,
+    syd: 1.269230769,
+    jnb: 1.302884615,
+    nrt: 1.307692308,
+    gru: 1.615384615,
+  } as Record<string, number>,
 } as const;
 
-/** USD per second of a running machine of this size. */
-export function pricePerSecond(g: Guest): number {
+/** How much more than iad a machine costs in `region` (1 for a region the table does not list). */
+export function regionMarkup(region: string | null | undefined): number {
+  return (region && FLY_PRICES.regionMarkup[region]) || 1;
+}
+
+/** USD per second of a started machine of this size in `region` (iad when not given). */
+export function pricePerSecond(g: Guest, region?: string | null): number {
   const included = FLY_PRICES.includedMbPerCpu[g.cpu_kind] * g.cpus;
-  const month = FLY_PRICES.perCpuMonth[g.cpu_kind] * g.cpus + (Math.max(0, g.memory_mb - included) / 1024) * FLY_PRICES.extraRamGbMonth;
-  return month / FLY_PRICES.secondsPerMonth;
+  const base = FLY_PRICES.perCpuSecond[g.cpu_kind] * g.cpus + (Math.max(0, g.memory_mb - included) / 1024) * FLY_PRICES.extraRamGbSecond;
+  return base * regionMarkup(region);
 }
 
 export const guestName = (g: Guest) => `${g.cpu_kind === "shared" ? "shared-cpu" : "performance"}-${g.cpus}x ${g.memory_mb} MB`;

@@ -1,6 +1,6 @@
 // The fleet, measured: batches at once through the real engine (each its BatchDO, alarms, leases,
 // callbacks) and the real fleet (the FlyBudget DO), on the emulator with Fly's CPU model, in
-// virtual time (sim.ts). Three scenarios (issue 24):
+// virtual time (sim-machines.ts). Three scenarios (issue 24):
 //   (a) a 10-scan batch submitted 5 minutes after a 10,000-scan batch starts, each also alone;
 //   (b) five batches of 10 to 5,000 scans at once, one with priority 3;
 //   (c) three batches under a fleet limit that binds (64 vCPUs).
@@ -14,7 +14,7 @@ import { z } from "zod";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
 import { jain, type Resources } from "../../orchestrator/fly/fleet.ts";
 import { getStatus, installWorld, stub } from "../../test/workers/support/engine.ts";
-import { SimClock, SimPoolRunner, START, type TaskShape } from "./sim.ts";
+import { CREATE, SimClock, SimPoolRunner, START, type TaskShape } from "./sim-machines.ts";
 import { alarmStep, resetFlyBudget } from "./steps.ts";
 import { progress, putManifest, quietEngineLogs, report } from "./support.ts";
 
@@ -24,7 +24,7 @@ declare module "vitest" {
   }
 }
 
-const CREATE = { perSecond: 1, burst: 3 }; // Fly's documented create limit per app
+
 const SAMPLE_S = 5;
 
 interface BatchPlan {
@@ -194,7 +194,7 @@ function utilisation(samples: Sample[], limits: Resources) {
 
 it("fleet", async () => {
   const { cpuS, bootDelayMs, fileBytes, outBytes, netBytesPerS, rttS, scale, scenarios } = inject("fleet");
-  const task: TaskShape = { cpuS, inBytes: fileBytes, outBytes, netBytesPerS, rttS };
+  const task: TaskShape = { cpuS, megapixels: 100, inBytes: fileBytes, outBytes, netBytesPerS, rttS };
   const n = (x: number) => Math.max(1, Math.round(x * scale));
   const restore = quietEngineLogs();
   vi.useFakeTimers({ toFake: ["Date"] });

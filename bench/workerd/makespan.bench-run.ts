@@ -1,86 +1,107 @@
-// Makespan: the real engine (BatchDO, its alarms, create budget, concurrency limit, leases) and
-// the Fly Machines API emulator, run as a discrete-event simulation, once per size in each mode:
-// baseline (one shared-cpu-1x 1 GB machine per TIFF, as the replaced system ran), single (one
-// machine per TIFF sized by guestFor: `"pool": false`) and pool (the default: no pool settings,
-// auto-sized by the engine). Each machine is Fly's CPU model (shared/fly-model.ts MachineModel):
-// its tasks share its CPUs, quota and network; a task is round trips, download, CPU, upload. Virtual time
-// drives everything (sim.ts): this file fires each alarm when virtual time reaches it, and each
-// emulator timer (boot, conversion end, lease retry, heartbeat, auto-destroy) through the emulator's Clock.
+// Makespan and all-in cost: the real engine (BatchDO, its alarms, create budget, sizing, leases,
+// callbacks) and the Fly Machines API emulator, run as a discrete-event simulation, once per run
+// bench/run.ts asks for: the replaced system as it really ran (one shared-cpu-2x 1 GB machine per
+// scan in ord, created as fast as Fly's create limit allows, no other cap), or the default (no
+// pool settings: the engine chooses the plan, and learns from what its machines report). Each
+// machine is Fly's CPU model (sim-machines.ts). Virtual time drives everything: Date is faked
+// (the DO runs in this isolate) and starts in 2100, so the runtime never fires an alarm by
+// itself; this file fires each alarm when virtual time reaches it, and each emulator timer
+// (boot, conversion end, lease retry, heartbeat, auto-destroy) through the emulator's Clock.
+import { runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
 import { inject, it, vi } from "vitest";
-import { type Guest, pricePerSecond } from "../../shared/fly-model.ts";
+import { z } from "zod";
+import type { MachineRunner, RunnerEvents, RunnerMachine } from "../../local/fly-emulator/runner.ts";
+import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
+import type { BatchDO } from "../../orchestrator/batch-do.ts";
+import type { RunSpec } from "../makespan-runs.ts";
+import { allInCost } from "../../shared/cost-model.ts";
+import { type Guest, guestName, pricePerSecond, regionMarkup } from "../../shared/fly-model.ts";
 import { getStatus, installWorld, stub } from "../../test/workers/support/engine.ts";
-import { BASELINE_GUEST, MachineView, SimClock, SimPoolRunner, type SimRunner, START, type TaskShape, TimedRunner } from "./sim.ts";
+import { BASELINE, CREATE, SimClock, SimPoolRunner, type SimRunner, START, type TaskShape, TimedRunner } from "./sim-machines.ts";
 import { alarmStep, resetFlyBudget } from "./steps.ts";
 import { progress, putManifest, quietEngineLogs, report } from "./support.ts";
 
 declare module "vitest" {
   export interface ProvidedContext {
-    makespan: {
-      cpuS: number;
-      bootDelayMs: number;
-      sizes: number[];
-      fileBytes: number;
-      outBytes: number;
-      netBytesPerS: number;
-      rttS: number;
-      modes: Mode[];
-      machines: number;
-    };
+    makespan: { runs: RunSpec[]; bootDelayMs: number; rttS: number };
   }
 }
 
-
-export type Mode = "baseline" | "single" | "pool";
-const CREATE = { perSecond: 1, burst: 3 }; // Fly's documented create limit per app
-
-/**
- * Pool mode's lower bound with the ramp: machine i can start only once created at the create
- * limit and booted, and then completes at most `rate` tasks per second (its slots each doing a
- * task per round trip + transfer at full network speed + CPU time; never more than its network
- * carries), so the earliest end T solves Σ rate × max(0, T − ready_i) = tasks.
- */
-function rampBoundMs(poolSize: number, ratePerS: number, tasks: number, bootDelayMs: number): number {
-  const ready = Array.from({ length: poolSize }, (_, i) => (Math.max(0, i + 1 - CREATE.burst) / CREATE.perSecond) * 1000 + bootDelayMs);
-  const done = (t: number) => (ratePerS / 1000) * ready.reduce((sum, r) => sum + Math.max(0, t - r), 0);
-  let lo = 0;
-  let hi = ready[ready.length - 1] + (tasks / ratePerS) * 1000 + 1;
-  while (hi - lo > 1) {
-    const mid = (lo + hi) / 2;
-    if (done(mid) >= tasks) hi = mid;
-    else lo = mid;
+/** Machines of either mode, each run by the runner its env asks for (the default may choose either). */
+class DispatchRunner implements SimRunner {
+  readonly #single: TimedRunner;
+  readonly #pool: SimPoolRunner;
+  readonly #owner = new Map<string, MachineRunner>();
+  constructor(single: TimedRunner, pool: SimPoolRunner) {
+    this.#single = single;
+    this.#pool = pool;
   }
-  return hi;
+  start(machine: RunnerMachine, events: RunnerEvents): void {
+    const runner = machineProcessEnv(machine).POOL_MODE === "true" ? this.#pool : this.#single;
+    this.#owner.set(machine.id, runner);
+    runner.start(machine, events);
+  }
+  kill(id: string): void {
+    this.#owner.get(id)?.kill(id);
+  }
+  async settle(): Promise<boolean> {
+    const [a, b] = await Promise.all([this.#single.settle(), this.#pool.settle()]);
+    return a || b;
+  }
 }
 
-async function simulate(mode: Mode, n: number, machinesLimit: number, task: TaskShape, bootDelayMs: number, fileBytes: number) {
-  const batchId = `makespan-${mode}-${n}-${machinesLimit}`;
-  // Every simulation starts at the same virtual time, with an empty FlyBudget (see resetFlyBudget).
+/** What the bench reads of an emulated machine: its size, region, env as created, its state changes. */
+const MachineView = z.object({
+  id: z.string(),
+  state: z.string(),
+  region: z.string(),
+  config: z.object({
+    guest: z.object({ cpu_kind: z.enum(["shared", "performance"]), cpus: z.number().int().positive(), memory_mb: z.number().int().positive() }),
+    env: z.record(z.string(), z.string()),
+  }),
+  events: z.array(z.object({ status: z.string(), timestamp: z.number() })),
+});
+
+async function simulate(spec: RunSpec, bootDelayMs: number, rttS: number) {
+  const batchId = `makespan-${spec.name.replace(/[^A-Za-z0-9-]/g, "-")}`;
+  const baseline = spec.mode === "baseline";
+  // Every simulation starts at the same virtual time with an empty create budget (see git history: a
+  // budget dated at the previous simulation's end held every later one back).
   await resetFlyBudget();
   const clock = new SimClock();
   clock.set(START);
-  const pool = mode === "pool" ? new SimPoolRunner(clock, task) : null;
-  const single = pool ? null : new TimedRunner(clock, task, mode === "baseline");
-  const runner: SimRunner = pool ?? single!;
+  const task: TaskShape = { cpuS: spec.cpuS, megapixels: spec.megapixels, inBytes: spec.fileBytes, outBytes: spec.outBytes, netBytesPerS: spec.netBytesPerS, rttS };
+  const single = new TimedRunner(clock, task, baseline);
+  const pool = new SimPoolRunner(clock, task);
+  const runner = new DispatchRunner(single, pool);
   const world = installWorld({
     runner,
     clock,
     rateLimits: { create: CREATE }, // every other action at its documented limit
     faults: { bootDelayMs },
-    maxLiveMachines: 10_000, // Fly's capacity is not what is measured (the emulator's default is 100)
+    maxLiveMachines: 100_000, // Fly's capacity is not what is measured (the emulator's default is 100)
   });
   const real0 = performance.now();
   let alarms = 0;
   try {
-    const manifestKey = await putManifest(batchId, n, fileBytes);
-    // pool: the default (no pool settings); single and baseline: `"pool": false`.
-    await stub(batchId).start({ batch_id: batchId, manifest_r2_key: manifestKey, ...(pool ? {} : { pool: false }) });
+    const manifestKey = await putManifest(batchId, spec.tasks, spec.fileBytes);
+    // The replaced system: one machine per scan, no cap but the create limit. The default: production's env.
+    if (baseline) {
+      const vars = { ...(env as unknown as Record<string, unknown>), MAX_CONCURRENT_MACHINES: "10000" };
+      await runInDurableObject(stub(batchId), (instance: BatchDO) => void Object.defineProperty(instance, "env", { value: vars, configurable: true }));
+    }
+    await stub(batchId).start({ batch_id: batchId, manifest_r2_key: manifestKey, ...(baseline ? { pool: false } : {}) });
     let alarmAt: number | null = clock.now();
     let loops = 0;
     for (;;) {
-      if (++loops % 2000 === 0) progress(`    (${mode} ${n}: virtual ${((clock.now() - START) / 1000).toFixed(1)} s, ${loops} steps, ${alarms} alarms)`);
+      if (++loops % 5000 === 0) progress(`    (${spec.name}: virtual ${((clock.now() - START) / 1000).toFixed(1)} s, ${loops} steps, ${alarms} alarms)`);
       const emulatorAt = clock.nextAt();
       const at = Math.min(alarmAt ?? Infinity, emulatorAt ?? Infinity);
       if (at === Infinity) break;
+      // A finished batch keeps one alarm, for its retention (BATCH_RETENTION_DAYS): not part of the run,
+      // and firing it would archive the batch (its status then has no cost to read).
+      if (emulatorAt === null && at - clock.now() > 86_400_000) break;
       clock.set(Math.max(clock.now(), at));
       if (emulatorAt !== null && emulatorAt <= clock.now()) {
         clock.fireDue();
@@ -93,70 +114,76 @@ async function simulate(mode: Mode, n: number, machinesLimit: number, task: Task
       alarmAt = step.next;
     }
     const status = await getStatus(batchId);
-    if (status.status !== "DONE" || status.progress.tasks_completed !== n) {
-      throw new Error(`simulation (${mode}) ended with the batch ${status.status}: ${JSON.stringify(status.progress)} ${status.error ?? ""}`);
+    if (status.status !== "DONE" || status.progress.tasks_completed !== spec.tasks) {
+      throw new Error(`simulation ${spec.name} ended with the batch ${status.status}: ${JSON.stringify(status.progress)} ${status.error ?? ""}`);
     }
-    if (status.mode !== (pool ? "pool" : "single")) throw new Error(`simulation (${mode}) ran in ${status.mode} mode`);
-    const makespanMs = Date.parse(status.completed_at!) - Date.parse(status.started_at);
-    // Billed time of each machine: from create until it stopped (auto_destroy follows at once), at
-    // Fly's per-second price of the size it ran as (the baseline's: shared-cpu-1x 1 GB).
-    let machineMs = 0;
-    let costUsd = 0;
-    let machines = 0;
-    const sizes = new Set<string>();
+    const makespanS = (Date.parse(status.completed_at!) - Date.parse(status.started_at)) / 1000;
+    // Each machine billed from create to stop (auto_destroy follows at once) at its size's price in its region.
+    let machineS = 0;
+    let machineUsd = 0;
+    const shapes = new Map<string, number>();
+    const spans: { from: number; to: number; cpus: number }[] = [];
     for (const view of world.fly.machines()) {
       const m = MachineView.parse(view);
       const created = Math.min(...m.events.map((e) => e.timestamp));
       const stopped = m.events.filter((e) => e.status === "stopped" || e.status === "destroyed").map((e) => e.timestamp);
       if (stopped.length === 0) throw new Error(`machine ${m.id} still ${m.state} when the simulation ended`);
-      const guest: Guest = mode === "baseline" ? BASELINE_GUEST : m.config.guest;
+      const guest: Guest = baseline ? BASELINE.guest : m.config.guest;
+      const region = baseline ? BASELINE.region : m.region;
       const slots = Number(m.config.env.POOL_CONCURRENCY ?? "1");
-      sizes.add(`${guest.cpu_kind}-${guest.cpus}x ${guest.memory_mb} MB, ${slots} slot(s)`);
-      const ms = Math.min(...stopped) - created;
-      machineMs += ms;
-      costUsd += (ms / 1000) * pricePerSecond(guest);
-      machines++;
+      const key = `${guestName(guest)}${slots > 1 || m.config.env.POOL_MODE === "true" ? `, ${slots} slot(s)` : ""} in ${region}`;
+      shapes.set(key, (shapes.get(key) ?? 0) + 1);
+      const s = (Math.min(...stopped) - created) / 1000;
+      machineS += s;
+      machineUsd += s * pricePerSecond(guest, region);
+      spans.push({ from: created, to: Math.min(...stopped), cpus: guest.cpus });
     }
-    if (sizes.size !== 1) throw new Error(`machines of ${sizes.size} sizes (${[...sizes].join("; ")}); the figures assume one`);
-    const first = MachineView.parse(world.fly.machines()[0]);
-    const guest: Guest = mode === "baseline" ? BASELINE_GUEST : first.config.guest;
-    const slots = Number(first.config.env.POOL_CONCURRENCY ?? "1");
+    // Most vCPUs the batch's machines held at once (for the fleet bound).
+    const edges = spans.flatMap((s) => [{ t: s.from, d: s.cpus }, { t: s.to, d: -s.cpus }]).sort((a, b) => a.t - b.t || a.d - b.d);
+    let held = 0;
+    let peakCpus = 0;
+    for (const e of edges) peakCpus = Math.max(peakCpus, (held += e.d));
+    const region = baseline ? BASELINE.region : (MachineView.parse(world.fly.machines()[0]).region ?? null);
+    const counted = status.cost.counted;
+    // All in: the machines; the real JPEGs' egress (the simulated machines upload SIM_OUTPUT_BYTES);
+    // R2 operations, rows and requests as the engine counted them.
+    const cost = allInCost({
+      machineUsd,
+      outputBytes: spec.tasks * spec.outBytes,
+      region,
+      r2ClassA: counted.r2_class_a,
+      r2ClassB: counted.r2_class_b,
+      doRowsWritten: counted.do_rows_written,
+      doRequests: counted.do_requests,
+      doActiveS: counted.do_active_s,
+      workerRequests: counted.worker_requests,
+    });
     const creates = world.fly.requests.filter((r) => r.method === "POST" && /\/machines$/.test(r.path.split("?")[0]));
-    // A fresh budget spends its burst at once: a later first create means the budget (or the
-    // scheduler) held the batch back, and every figure below would measure that instead.
     const firstCreateS = creates.length > 0 ? (creates[0].time - START) / 1000 : Infinity;
-    if (firstCreateS > 1) throw new Error(`simulation (${mode}): the first create was sent ${firstCreateS.toFixed(1)} s after the batch started`);
-    const cpu = pool ? pool.cpu() : single!.cpu;
-    // Bounds. Single: one create per task at the create limit, or all tasks' wall time (as the CPU
-    // model runs them on their guest) over MAX_CONCURRENT_MACHINES. Pool: the ramp-aware bound.
-    const ioS = (task.inBytes + task.outBytes) / task.netBytesPerS;
-    const oneTaskS = task.rttS + ioS + task.cpuS;
-    const poolSize = Math.min(machinesLimit, pool ? machines : n);
-    const rate = Math.min(slots / oneTaskS, task.netBytesPerS / (task.inBytes + task.outBytes));
-    const createMs = ((pool ? poolSize : n) - CREATE.burst) / CREATE.perSecond * 1000;
-    const singleTaskMs = (makespanMs > 0 ? machineMs / machines : 0) - bootDelayMs;
-    const workMs = pool ? 0 : (n * (singleTaskMs + bootDelayMs)) / poolSize;
+    if (firstCreateS > 1) throw new Error(`simulation ${spec.name}: the first create was sent ${firstCreateS.toFixed(1)} s after the batch started`);
+    const cpu = { single: single.cpu, pool: pool.cpu() };
     return {
-      mode,
-      tasks: n,
-      machines_limit: machinesLimit,
-      guest,
-      slots,
-      cpu_s_per_task: task.cpuS,
-      io_mb_per_task: (task.inBytes + task.outBytes) / 1e6,
-      net_mb_per_s: task.netBytesPerS / 1e6,
-      rtt_s: task.rttS,
+      ...spec,
+      rtt_s: rttS,
       boot_delay_ms: bootDelayMs,
-      makespan_s: makespanMs / 1000,
-      machine_s: machineMs / 1000,
-      cost_usd: costUsd,
-      cpu_spent_s: cpu.spentS,
-      throttled_machine_s: cpu.throttledS,
-      machines,
-      lower_bound_s: pool ? rampBoundMs(poolSize, rate, n, bootDelayMs) / 1000 : Math.max(createMs, workMs) / 1000,
+      makespan_s: makespanS,
+      machines: spans.length,
+      shapes: Object.fromEntries(shapes),
+      peak_vcpus: peakCpus,
+      machine_s: machineS,
+      cost,
+      region,
+      // The same machine-seconds priced in ord (the replaced system's region): prices scale by region alike.
+      machine_usd_in_ord: (machineUsd * regionMarkup("ord")) / regionMarkup(region),
+      cpu_spent_s: cpu.single.spentS + cpu.pool.spentS,
+      throttled_machine_s: cpu.single.throttledS + cpu.pool.throttledS,
+      rows_written_per_task: counted.do_rows_written / spec.tasks,
+      do_requests_per_task: counted.do_requests / spec.tasks,
+      sizing: status.sizing,
+      mode_run: status.mode,
       creates_429: creates.filter((r) => r.status === 429).length,
       alarms,
-      pool: pool ? { ...pool.stats, tail_s: pool.tailMs.reduce((a, b) => a + b, 0) / 1000, peak_busy: pool.peakBusy() } : null,
+      pool: { ...pool.stats, tail_s: pool.tailMs.reduce((a, b) => a + b, 0) / 1000 },
       real_s: (performance.now() - real0) / 1000,
     };
   } finally {
@@ -165,20 +192,17 @@ async function simulate(mode: Mode, n: number, machinesLimit: number, task: Task
 }
 
 it("makespan", async () => {
-  const { cpuS, bootDelayMs, sizes, fileBytes, outBytes, netBytesPerS, rttS, modes, machines } = inject("makespan");
-  const task: TaskShape = { cpuS, inBytes: fileBytes, outBytes, netBytesPerS, rttS };
+  const { runs, bootDelayMs, rttS } = inject("makespan");
   const restore = quietEngineLogs();
   vi.useFakeTimers({ toFake: ["Date"] });
   try {
     const results = [];
-    for (const n of sizes) {
-      for (const mode of modes) {
-        const r = await simulate(mode, n, machines, task, bootDelayMs, fileBytes);
-        progress(
-          `  makespan ${mode} ${n} tasks, ${machines} machines max: ${r.makespan_s.toFixed(0)} s simulated in ${r.real_s.toFixed(1)} s (bound ${r.lower_bound_s.toFixed(0)} s, ${r.machines} × ${r.guest.cpu_kind}-${r.guest.cpus}x ${r.guest.memory_mb} MB, ${r.slots} slot(s), ${r.machine_s.toFixed(0)} machine-s, $${r.cost_usd.toFixed(2)})`,
-        );
-        results.push(r);
-      }
+    for (const spec of runs) {
+      const r = await simulate(spec, bootDelayMs, rttS);
+      progress(
+        `  makespan ${spec.name}: ${r.makespan_s.toFixed(0)} s simulated in ${r.real_s.toFixed(1)} s (${Object.entries(r.shapes).map(([k, n]) => `${n} × ${k}`).join("; ")}, $${(r.cost.total / spec.tasks).toFixed(6)} per scan all in)`,
+      );
+      results.push(r);
     }
     report("makespan", results);
   } finally {

@@ -2,11 +2,18 @@
 // manifest in R2 by the real alarm loop, with the Fly Machines API emulated at the fetch
 // boundary. Callbacks go through the Worker's HTTP entry (token check, routing, DO RPC) for
 // machines the engine really created; the engine spawns a replacement after each.
-import { exports } from "cloudflare:workers";
-import { it } from "vitest";
+import { runInDurableObject } from "cloudflare:test";
+import { env, exports } from "cloudflare:workers";
+import { inject, it } from "vitest";
+
+declare module "vitest" {
+  export interface ProvidedContext {
+    scaleParts: string[];
+  }
+}
 import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
-import { getStatus, installWorld, stub, withStore } from "../../test/workers/support/engine.ts";
-import { callBack, HeldRunner, median, percentile, progress, putManifest, quietEngineLogs, report, uploadOutput } from "./support.ts";
+import { getStatus, installWorld, stub, TestRunner, waitForStatus, withStore } from "../../test/workers/support/engine.ts";
+import { callBack, HeldRunner, InstantPoolRunner, median, percentile, progress, putManifest, quietEngineLogs, report, uploadOutput } from "./support.ts";
 
 const SIZES = [1_000, 10_000, 100_000];
 /** Runs per size (each a new batch); every figure reported is the median over them. */
@@ -19,6 +26,8 @@ const IN_FLIGHT = 16;
 const RUN = 100;
 const STATUS_READS = 200;
 const LIVE = 200; // MAX_CONCURRENT_MACHINES of the scale project
+/** Tasks of each whole-life run (a batch from its manifest to DONE). */
+const LIFE_TASKS = 2_000;
 
 const ms = (t0: number) => performance.now() - t0;
 
@@ -154,12 +163,72 @@ async function measure(n: number, run: string) {
   }
 }
 
+/** Rows a statement wrote, by table and verb (`UPDATE tasks`), for the breakdown of a task's life. */
+type Tally = Map<string, number>;
+
+/** Counts every row written through `sql` (a DO's SQLite handle) into `tally`, by table and verb. */
+function countRows(sql: SqlStorage, tally: Tally): void {
+  const exec = sql.exec.bind(sql);
+  const counted = (query: string, ...params: SqlStorageValue[]) => {
+    const m = /^\s*(INSERT INTO|UPDATE|DELETE FROM)\s+(\w+)/i.exec(query);
+    if (!m) return exec(query, ...params);
+    // A write runs to its end here (callers may never read its cursor), and its rows are counted.
+    const cursor = exec(query, ...params);
+    const rows = cursor.toArray();
+    const key = `${m[1].split(" ")[0].toUpperCase()} ${m[2]}`;
+    if (cursor.rowsWritten > 0) tally.set(key, (tally.get(key) ?? 0) + cursor.rowsWritten);
+    return { toArray: () => rows, one: () => rows[0], rowsRead: cursor.rowsRead, rowsWritten: cursor.rowsWritten, [Symbol.iterator]: () => rows[Symbol.iterator]() };
+  };
+  Object.defineProperty(sql, "exec", { value: counted, configurable: true });
+}
+
+/**
+ * A task's whole life, discovery to DONE, in rows written to Durable Objects: the batch's (its
+ * own count, setAlarm included, as /status prices it) and the app's create budget's. Machines
+ * convert instantly; a pool task sends `heartbeats` heartbeats (a task of that many heartbeat periods).
+ */
+async function life(n: number, mode: "pool" | "single", heartbeats: number) {
+  const batchId = `life-${mode}-${n}-${heartbeats}`;
+  const pool = mode === "pool" ? new InstantPoolRunner(heartbeats) : null;
+  const world = installWorld({ runner: pool ?? new TestRunner(), maxLiveMachines: 10_000 });
+  const tally: Tally = new Map();
+  const budget: Tally = new Map();
+  try {
+    await runInDurableObject(stub(batchId), (_i, state) => countRows(state.storage.sql, tally));
+    await runInDurableObject(env.FLY_BUDGET.getByName(env.FLY_APP_NAME), (_b, state) => countRows(state.storage.sql, budget));
+    const manifestKey = await putManifest(batchId, n);
+    const t0 = performance.now();
+    await stub(batchId).start({ batch_id: batchId, manifest_r2_key: manifestKey, pool: mode === "pool" });
+    const status = await waitForStatus(batchId, (x) => x.status === "DONE" || x.status === "ERROR" || x.status === "FAILED", 1_800_000);
+    if (status.status !== "DONE" || status.progress.tasks_completed !== n) throw new Error(`life ${mode} ${n}: ${status.status} ${JSON.stringify(status.progress)}`);
+    const counted = await withStore(batchId, (store) => store.usageSoFar(store.getMeta()!));
+    const sum = (t: Tally) => [...t.values()].reduce((a, b) => a + b, 0);
+    const setAlarms = counted.rowsWritten - sum(tally);
+    return {
+      mode,
+      tasks: n,
+      heartbeats_per_task: heartbeats,
+      machines: pool ? pool.started : n,
+      rows_written_per_task: (counted.rowsWritten + sum(budget)) / n,
+      batch_rows_per_task: counted.rowsWritten / n,
+      set_alarm_per_task: setAlarms / n,
+      budget_rows_per_task: sum(budget) / n,
+      do_requests_per_task: counted.requests / n,
+      by_statement: Object.fromEntries([...tally.entries()].sort((a, b) => b[1] - a[1]).map(([k, v]) => [k, v / n])),
+      real_s: (performance.now() - t0) / 1000,
+    };
+  } finally {
+    await world.restore();
+  }
+}
+
 it("orchestrator scale", async () => {
   const restore = quietEngineLogs();
+  const parts = inject("scaleParts");
   try {
-    await measure(1_000, "warmup"); // JIT and SQLite caches: not reported
+    if (parts.includes("callbacks")) await measure(1_000, "warmup"); // JIT and SQLite caches: not reported
     const runs: Awaited<ReturnType<typeof measure>>[][] = SIZES.map(() => []);
-    for (let rep = 0; rep < REPEATS; rep++) {
+    for (let rep = 0; rep < (parts.includes("callbacks") ? REPEATS : 0); rep++) {
       for (const [i, n] of SIZES.entries()) {
         const r = await measure(n, `r${rep}`);
         progress(`  scale ${n} run ${rep + 1}/${REPEATS}: discovery ${r.discovery_ms} ms, callback p50 ${r.callback_p50_ms} ms, ${r.callbacks_per_s.toFixed(0)} callbacks/s`);
@@ -167,12 +236,19 @@ it("orchestrator scale", async () => {
       }
     }
     // Median of each figure over the runs of a size.
-    const results = runs.map((rs) => {
+    const results = runs.filter((rs) => rs.length > 0).map((rs) => {
       const out: Record<string, number | string> = {};
       for (const [k, v] of Object.entries(rs[0])) out[k] = typeof v === "number" ? median(rs.map((r) => r[k as keyof typeof r] as number)) : v;
       return { ...out, runs: rs.length };
     });
-    report("scale", results);
+    // A task's whole life, in rows written: pool mode with 0, 1 and 2 heartbeats per task, single-task mode.
+    const lives = [];
+    for (const [mode, heartbeats] of parts.includes("life") ? ([["pool", 0], ["pool", 1], ["pool", 2], ["single", 0]] as const) : []) {
+      const r = await life(LIFE_TASKS, mode, heartbeats);
+      progress(`  scale life ${mode} ${r.tasks} tasks, ${heartbeats} heartbeat(s) each: ${r.rows_written_per_task.toFixed(2)} rows written per task (${r.machines} machines, ${r.real_s.toFixed(1)} s)`);
+      lives.push(r);
+    }
+    report("scale", { callbacks: results, lives });
   } finally {
     restore();
   }

@@ -1,5 +1,5 @@
 // Stepping the Durable Objects of a simulation by hand: a batch's alarm when virtual time reaches
-// it, and the app's FlyBudget emptied between simulations (sim.ts runs the machines, the benches
+// it, and the app's FlyBudget emptied between simulations (sim-machines.ts runs the machines, the benches
 // the loop).
 import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";

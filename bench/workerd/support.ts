@@ -43,12 +43,18 @@ export async function uploadOutput(taskEnv: Record<string, string>): Promise<voi
   await env.BUCKET.put(taskEnv.OUTPUT_R2_KEY, jpegBytes(OUTPUT_WIDTH, OUTPUT_HEIGHT, SIM_OUTPUT_BYTES));
 }
 
-/** The success callback fly-worker sends (the tests' body, with the uploaded output's size and a 100 MP scan's timings). */
-export function successCallback(machineEnv: Record<string, string>): Request {
+/** What a simulated machine reports of its task beyond the timings: its process's CPU-seconds and the megapixels converted. */
+export interface SimPerformance {
+  cpu_s: number;
+  megapixels: number;
+}
+
+/** The success callback fly-worker sends (the tests' body, with the uploaded output's size, a 100 MP scan's timings, and `performance`). */
+export function successCallback(machineEnv: Record<string, string>, performance: SimPerformance = { cpu_s: 27.6, megapixels: 100 }): Request {
   const body = {
     ...successBody(machineEnv),
     output_file_size: SIM_OUTPUT_BYTES,
-    performance: { total_time_ms: 14_000, download_time_ms: 600, conversion_time_ms: 12_900, upload_time_ms: 500 },
+    performance: { total_time_ms: 14_000, download_time_ms: 600, conversion_time_ms: 12_900, upload_time_ms: 500, ...performance },
   };
   return new Request(machineEnv.CALLBACK_URL, {
     method: "POST",
@@ -58,14 +64,14 @@ export function successCallback(machineEnv: Record<string, string>): Request {
 }
 
 /** Uploads a machine's output and posts its callback through the Worker's HTTP entry; returns the status code. */
-export function callBack(machine: RunnerMachine, opts: { uploaded?: boolean } = {}): Promise<number> {
+export function callBack(machine: RunnerMachine, opts: { uploaded?: boolean; performance?: SimPerformance } = {}): Promise<number> {
   return callBackWith(machineProcessEnv(machine), opts);
 }
 
 /** Uploads the output of the task whose env this is (unless `uploaded`), then posts its success callback. */
-export async function callBackWith(taskEnv: Record<string, string>, opts: { uploaded?: boolean } = {}): Promise<number> {
+export async function callBackWith(taskEnv: Record<string, string>, opts: { uploaded?: boolean; performance?: SimPerformance } = {}): Promise<number> {
   if (!opts.uploaded) await uploadOutput(taskEnv);
-  const res = await exports.default.fetch(successCallback(taskEnv));
+  const res = await exports.default.fetch(successCallback(taskEnv, opts.performance));
   await res.body?.cancel();
   return res.status;
 }
@@ -117,4 +123,49 @@ export function quietEngineLogs(): () => void {
   return () => {
     console.log = original;
   };
+}
+
+/**
+ * Pool machines that convert instantly: each of a machine's POOL_CONCURRENCY loops leases, sends
+ * `heartbeats` heartbeats (as a task lasting that many heartbeat periods would), uploads, calls
+ * back and leases again, until told done. The scale bench counts what a task's whole life writes.
+ */
+export class InstantPoolRunner implements MachineRunner {
+  started = 0;
+  readonly #live = new Set<string>();
+  readonly #heartbeats: number;
+  constructor(heartbeats: number) {
+    this.#heartbeats = heartbeats;
+  }
+
+  start(machine: RunnerMachine, events: RunnerEvents): void {
+    this.started++;
+    this.#live.add(machine.id);
+    const env = machineProcessEnv(machine);
+    const slots = Number(env.POOL_CONCURRENCY ?? "1");
+    void Promise.all(Array.from({ length: slots }, () => this.#loop(machine.id, env))).then(() => {
+      if (this.#live.delete(machine.id)) events.exit(0);
+    });
+  }
+
+  kill(id: string): void {
+    this.#live.delete(id);
+  }
+
+  async #loop(id: string, env: Record<string, string>): Promise<void> {
+    const post = (url: string, body: unknown) =>
+      exports.default.fetch(new Request(url, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${env.LEASE_TOKEN}` }, body: JSON.stringify(body) }));
+    while (this.#live.has(id)) {
+      const res = await post(env.LEASE_URL, { worker_id: env.WORKER_ID, machine_id: env.FLY_MACHINE_ID });
+      if (res.status !== 200) return void (await res.body?.cancel());
+      const answer = (await res.json()) as { kind: string; wait_ms?: number; task_id?: string; env?: Record<string, string> };
+      if (answer.kind === "done") return;
+      if (answer.kind === "wait") {
+        await new Promise((r) => setTimeout(r, Math.min(answer.wait_ms ?? 50, 50)));
+        continue;
+      }
+      for (let i = 0; i < this.#heartbeats; i++) await (await post(`${env.LEASE_URL}/heartbeat`, { worker_id: env.WORKER_ID, task_id: answer.task_id })).body?.cancel();
+      if ((await callBackWith({ ...answer.env!, ...env })) !== 200) throw new Error(`callback for ${answer.task_id} refused`);
+    }
+  }
 }

@@ -52,6 +52,23 @@ export function machineLine(s: BatchStatus): string | null {
   return `machines (${s.mode ?? "?"} mode): ${m.ended + m.running} (${m.running} running), ${m.machine_seconds.toFixed(1)} machine-seconds, estimated ${usd(m.estimated_cost_usd)}${perScan}`;
 }
 
+/** The all-in cost so far, item by item (prices: shared/cost-model.ts, each with its source). */
+export function costLine(s: BatchStatus): string | null {
+  const c = s.cost;
+  if (!c) return null;
+  const perTask = c.per_task_done_usd === null ? "" : ` (${usd(c.per_task_done_usd)} per task done)`;
+  return `cost all in: ${usd(c.total_usd)}${perTask} = machines ${usd(c.machines_usd)} + egress ${usd(c.egress_usd)} + R2 ${usd(c.r2_operations_usd)} + Durable Object ${usd(c.durable_object_usd)} (${c.counted.do_rows_written} rows written) + Worker requests ${usd(c.worker_requests_usd)}`;
+}
+
+/** How the current phase was sized: the plan, from the starting figure or the batch's measurements, and any re-sizing. */
+export function sizingLine(s: BatchStatus): string | null {
+  const z = s.sizing;
+  if (!z) return null;
+  const basis = z.work.basis === "measured" ? `sized from ${z.work.measured_tasks} measured tasks (${z.work.cpu_s_per_mp?.toFixed(3) ?? "?"} CPU-s per megapixel)` : "sized from the starting figure";
+  const resized = z.resized ? `; re-sized from ${z.resized.from}` : "";
+  return `plan${z.objective ? ` (${z.objective})` : ""}: ${z.plan}, ${basis}${resized}`;
+}
+
 /** One line per phase of a batch whose pipeline has more than one: its counts, machine sizes and cost. */
 export function phaseLines(s: BatchStatus): string[] {
   if ((s.pipeline?.length ?? s.phases.length) < 2 && s.phases.length < 2) return [];
@@ -59,7 +76,8 @@ export function phaseLines(s: BatchStatus): string[] {
   const lines = s.phases.map((p) => {
     const m = p.machines;
     const machines = m ? ` · ${m.ended + m.running} machines${m.sizes.length > 0 ? ` (${m.sizes.join(", ")})` : ""}, ${m.machine_seconds.toFixed(1)} machine-seconds, estimated ${usd(m.estimated_cost_usd)}` : "";
-    return `  ${p.name.padEnd(width)}  ${p.done}/${p.total} done, ${p.failed} failed${p.open > 0 ? `, ${p.open} open` : ""}${machines}`;
+    const allIn = p.cost ? `, all in ${usd(p.cost.total_usd)}` : "";
+    return `  ${p.name.padEnd(width)}  ${p.done}/${p.total} done, ${p.failed} failed${p.open > 0 ? `, ${p.open} open` : ""}${machines}${allIn}`;
   });
   const waiting = (s.pipeline ?? []).filter((name) => !s.phases.some((p) => p.name === name));
   return [`phases (pipeline ${(s.pipeline ?? s.phases.map((p) => p.name)).join(" → ")}):`, ...lines, ...(waiting.length > 0 ? [`  not run (yet, or nothing to do): ${waiting.join(", ")}`] : [])];
@@ -68,8 +86,7 @@ export function phaseLines(s: BatchStatus): string[] {
 /** What follows a batch's progress line: its machines, error, warnings and recent failures. */
 export function printFailures(s: BatchStatus): void {
   for (const line of phaseLines(s)) console.log(line);
-  const machines = machineLine(s);
-  if (machines) console.log(machines);
+  for (const line of [machineLine(s), costLine(s), sizingLine(s)]) if (line) console.log(line);
   if (s.error && s.status !== "DONE") console.log(`error: ${s.error}`);
   for (const w of s.warnings) console.log(`warning: ${w}`);
   if (s.recent_failures.length === 0) return;

@@ -84,18 +84,20 @@ export function applyCreate(e: Engine, meta: BatchMeta, workerId: string, outcom
   const fields = { batch_id: meta.batch_id, worker_id: workerId, task_id: row.task_id, attempt: row.attempt };
   switch (outcome.kind) {
     case "created": {
-      if (row.task_id) e.store.recordMachine(row.task_id, row.attempt, outcome.machineId, outcome.region);
       if (e.store.getMeta()!.paused_error) resume(e, meta, now);
       endStreaks(e, now);
       if (row.state === "gone" || (row.task_id && !task)) {
+        // The attempt already ended: its row names the machine that came too late.
+        if (row.task_id) e.store.recordMachine(row.task_id, row.attempt, outcome.machineId, outcome.region);
         // Its task moved on (reset, an earlier attempt's callback) or the pool closed: not needed.
-        e.store.updateWorker(workerId, { state: "gone", machine_id: outcome.machineId });
+        e.store.updateWorker(workerId, { state: "gone", machine_id: outcome.machineId, region: outcome.region });
         e.store.addOrphan(outcome.machineId, "created after it was no longer needed", now);
         return;
       }
       e.store.updateWorker(workerId, {
         state: row.state === "live" ? "live" : "booting",
         machine_id: outcome.machineId,
+        region: outcome.region,
         check_at: Math.min(now + e.config.MACHINE_CHECK_INTERVAL_MS, row.limit_at),
       });
       if (task && task.state === "creating") {

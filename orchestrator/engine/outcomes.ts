@@ -1,12 +1,12 @@
 // How a task's attempt ends: a callback (checked against the attempt and epoch its credential
 // names and against the objects it claims to have written: engine/verify.ts), or a failure retried
 // within the phase's budget. Output reservations are engine/reserve.ts.
-import { describeZodError, type FileEntry } from "../../shared/contracts.ts";
+import { describeZodError, type FileEntry, Performance } from "../../shared/contracts.ts";
 import { backoffMs } from "../../shared/backoff.ts";
 import { log } from "../log.ts";
 import { getPhase } from "../phases/index.ts";
-import type { AttemptRow, BatchMeta, TaskRow } from "../store/index.ts";
-import { type Engine, RETIRE_GRACE_MS, taskView } from "./context.ts";
+import type { AttemptRow, BatchMeta, TallyExtra, TaskRow } from "../store/index.ts";
+import { type Engine, openCount, RETIRE_GRACE_MS, taskView } from "./context.ts";
 import { machineDone, machineGone, retireMachine } from "./machines.ts";
 import { type Credential, staleCredential } from "./reserve.ts";
 import { verifyOutputs } from "./verify.ts";
@@ -15,7 +15,7 @@ import { logsCommand } from "./views.ts";
 /** Ends the task's current attempt as failed: retried with backoff, or FAILED for good. Call inside a transaction. */
 export function failAttempt(e: Engine, meta: BatchMeta, task: TaskRow, error: string, retryable: boolean, now: number): void {
   const limits = e.limits(getPhase(task.phase));
-  e.store.endAttempt(task.task_id, task.attempt, "failed", error, now);
+  e.store.endAttempt(task, task.attempt, "failed", error, now);
   const fields = { batch_id: meta.batch_id, task_id: task.task_id, phase: task.phase, attempt: task.attempt, machine_id: task.machine_id, error };
   const more = retryable && task.attempt - task.attempt_base < limits.maxAttempts;
   if (more) {
@@ -61,9 +61,9 @@ export async function settleCallback(e: Engine, taskId: string, credential: Pick
   if (!meta) return { code: 404, body: { error: "unknown batch" } };
   let task = e.store.getTask(taskId);
   if (!task) return { code: 404, body: { error: "unknown task", batch_id: meta.batch_id, task_id: taskId } };
-  const row = e.store.getAttempt(taskId, attempt);
-  const stale = staleCredential(meta, task, credential, row !== null);
+  const stale = staleCredential(meta, task, credential);
   if (stale) return { code: stale.code, body: { error: stale.error, batch_id: meta.batch_id, task_id: taskId } };
+  const row = e.store.getAttempt(task, attempt);
   const phase = getPhase(task.phase);
   const parsed = phase.callback.safeParse(raw);
   if (!parsed.success) return { code: 400, body: { error: `invalid body: ${describeZodError(parsed.error)}` } };
@@ -73,7 +73,7 @@ export async function settleCallback(e: Engine, taskId: string, credential: Pick
     // An attempt another one beat to the task (ended superseded) reports its error only now: a first
     // word, not a replay — it goes on its own history, as while the task was open.
     const verdict = phase.result(taskView(meta, { ...task, attempt }), parsed.data);
-    if (!verdict.ok && e.store.getAttempt(taskId, attempt)?.outcome === "superseded") {
+    if (!verdict.ok && e.store.getAttempt(task, attempt)?.outcome === "superseded") {
       e.store.noteAttempt(taskId, attempt, `late callback: ${verdict.error}`);
       log("Callback", "superseded_error_recorded", { ...fields, state: task.state, error: verdict.error });
       return { code: 200, body: { ok: true, outcome: "ignored", reason: "superseded", task_status: task.state } };
@@ -82,8 +82,8 @@ export async function settleCallback(e: Engine, taskId: string, credential: Pick
     return { code: 200, body: { ok: true, outcome: "ignored", reason, task_status: task.state } };
   }
   const outcome = phase.result(taskView(meta, { ...task, attempt }), parsed.data);
-  if (row!.verdict !== null) {
-    const reply = alreadyReported(e, meta, task, row!, outcome.ok, fields);
+  if (row && row.verdict !== null) {
+    const reply = alreadyReported(e, meta, task, row, outcome.ok, fields);
     if (reply.code === 409) await e.wake(Date.now()); // its machine is destroyed at once
     return reply;
   }
@@ -114,19 +114,22 @@ export async function settleCallback(e: Engine, taskId: string, credential: Pick
   e.store.transaction(() => {
     const holder = settled.worker_id ? e.store.getWorker(settled.worker_id) : null;
     if (verdict.ok) {
+      if (outcome.ok) for (const key of outcome.remove ?? []) e.store.removeFile(key);
+      // The files, the task's move, its phase's counters and what its machine measured: one tally row.
+      const files = e.store.insertFiles(verdict.add, { tallied: true });
       e.store.moveTask(
         settled,
         "done",
         { error: null, finished_at: now, deadline_at: 0, worker_id: null, warnings_json: outcome.ok && outcome.warnings?.length ? JSON.stringify(outcome.warnings) : null },
         now,
+        { files, outputs: { count: verdict.add.length, bytes: verdict.add.reduce((n, f) => n + f.file_size, 0) }, measured: measuredOf(parsed.data, settled) },
       );
       if (attempt !== settled.attempt) {
-        e.store.endAttempt(taskId, settled.attempt, "superseded", `attempt ${attempt} finished the task first`, now);
+        e.store.endAttempt(settled, settled.attempt, "superseded", `attempt ${attempt} finished the task first`, now);
       }
-      e.store.endAttempt(taskId, attempt, "done", null, now);
+      e.store.endAttempt(settled, attempt, "done", null, now);
+      // An attempt that had ended (failed, lapsed) before its work arrived: it is the one that finished.
       e.store.reviveAttempt(taskId, attempt, now);
-      if (outcome.ok) for (const key of outcome.remove ?? []) e.store.removeFile(key);
-      e.store.insertFiles(verdict.add);
       if (outcome.ok && outcome.inputFields) e.store.annotateFile(settled.input_key, outcome.inputFields);
     } else {
       failAttempt(e, meta, settled, verdict.error, verdict.retryable, now);
@@ -146,8 +149,19 @@ export async function settleCallback(e: Engine, taskId: string, credential: Pick
     ...fields,
     ...(verdict.ok ? { outputs: verdict.add.length, late: !current } : { error: verdict.error, retryable: verdict.retryable }),
   });
-  await e.wake(now);
+  // Single-task mode: the freed slot wants a machine now. A pool machine leases its next task by
+  // itself, so the alarm (a billed row to set) is brought forward only when a failure must be
+  // retried or the phase may be finished.
+  if (!meta.pool || !verdict.ok || openCount(e.store.phaseCounts(settled.phase)) === 0) await e.wake(now);
   return { code: 200, body: { ok: true, outcome: verdict.ok ? "done" : "error_recorded", late: !current } };
+}
+
+/** CPU-seconds and megapixels a success callback reports (fly-worker's process accounting), for sizing to learn from. */
+function measuredOf(body: unknown, task: TaskRow): TallyExtra["measured"] {
+  // The phase's callback schema checked the body; `performance` is the shared contract's (cpu_s ≥ 0, megapixels > 0).
+  const perf = Performance.safeParse((body as { performance?: unknown }).performance);
+  if (!perf.success || perf.data.cpu_s === undefined || perf.data.megapixels === undefined || task.size_bytes <= 0) return undefined;
+  return { cpuS: perf.data.cpu_s, megapixels: perf.data.megapixels, bytes: task.size_bytes };
 }
 
 /**

@@ -6,7 +6,7 @@ import { keyProblem } from "../../shared/keys.ts";
 import { log } from "../log.ts";
 import { getPhase } from "../phases/index.ts";
 import type { PhaseFile } from "../phases/types.ts";
-import type { BatchMeta, FileRow } from "../store/index.ts";
+import type { BatchMeta, FileRow, NewTask } from "../store/index.ts";
 import type { Engine } from "./context.ts";
 import { inputRefusal } from "./outputs.ts";
 
@@ -50,6 +50,9 @@ export async function plan(e: Engine, meta: BatchMeta): Promise<number> {
   e.store.transaction(() => {
     let seq = meta.next_seq;
     let maxSize = meta.max_task_size;
+    // The page's tasks go in with one statement each and one counter move; keys chosen earlier in the page are taken too.
+    const page: NewTask[] = [];
+    const chosen = new Set<string>();
     for (const f of files) {
       const nextId = () => `${phase.slug}-${String(seq++).padStart(6, "0")}`;
       const refused = inputRefusal(e.config, meta, f.r2_key);
@@ -57,7 +60,7 @@ export async function plan(e: Engine, meta: BatchMeta): Promise<number> {
         // Never read or written: the batch touches only canonical keys in its own place.
         e.store.removeFile(f.r2_key);
         const id = nextId();
-        e.store.insertTask({
+        page.push({
           task_id: id,
           phase: phase.name,
           file_id: f.id,
@@ -87,12 +90,13 @@ export async function plan(e: Engine, meta: BatchMeta): Promise<number> {
           error = `its output key ${JSON.stringify(candidate.length > 300 ? `${candidate.slice(0, 300)}…` : candidate)} is not a canonical object key: ${problem}`;
           break;
         }
-        if (!e.store.keyTaken(candidate)) {
+        if (!chosen.has(candidate) && !e.store.keyTaken(candidate)) {
           output = candidate;
           break;
         }
       }
-      e.store.insertTask({
+      chosen.add(output!);
+      page.push({
         task_id: id,
         phase: phase.name,
         file_id: f.id,
@@ -104,6 +108,7 @@ export async function plan(e: Engine, meta: BatchMeta): Promise<number> {
         ...(error ? { error } : {}),
       });
     }
+    e.store.insertTasks(page);
     const done = !more;
     e.store.updateMeta(
       {

@@ -14,7 +14,7 @@ import { apiStatus, type Engine, isFinished, RETIRE_GRACE_MS, taskView } from ".
 import { fleetOf } from "./fleet.ts";
 import { retireMachine } from "./machines.ts";
 import { failAttempt } from "./outcomes.ts";
-import { slotsOf } from "./run.ts";
+import { outOfPlan, planOf } from "./plan.ts";
 
 /** A lease credential that may not act (401): of an earlier epoch, or from another machine than the worker's. */
 export interface LeaseRefusal {
@@ -52,11 +52,13 @@ export async function lease(e: Engine, workerId: string, machineId: string, epoc
   if (row.phase !== meta.phase) return { kind: "done", reason: `phase ${row.phase} is finished` };
   const now = Date.now();
   const machine = row.machine_id;
-  e.store.updateWorker(workerId, {
-    state: "live",
-    last_seen: now,
-    check_at: Math.max(row.check_at, now + e.config.MACHINE_CHECK_INTERVAL_MS),
-  });
+  // A machine that leases is alive: its next check moves on, but the row is rewritten only when
+  // something changes or the check is due within half an interval (each write is a billed row,
+  // and a machine leases a task every few seconds).
+  const interval = e.config.MACHINE_CHECK_INTERVAL_MS;
+  if (row.state !== "live" || row.check_at - now < interval / 2) {
+    e.store.updateWorker(workerId, { state: "live", last_seen: now, check_at: Math.max(row.check_at, now + interval) });
+  }
   // Every answer to a live machine renews its credential (signed after the store's work: an await
   // before it would let another request of this machine interleave).
   const withToken = async <A extends LeaseResponse>(answer: A): Promise<A> => ({ ...answer, lease_token: await renewed(e, meta, workerId, Date.now()) });
@@ -64,34 +66,42 @@ export async function lease(e: Engine, workerId: string, machineId: string, epoc
   const phase = getPhase(meta.phase);
   const limits = e.limits(phase);
   const leaseMs = e.config.LEASE_TIMEOUT_MS;
-  // Over its fair share of the fleet: the newest machines lease no new work and drain (running work is never killed).
-  const [ready] = draining(e, meta, workerId) ? [] : e.store.readyTasks(now, 1);
+  // A machine of a shape the phase's re-made plan replaced, or one of the newest past the batch's
+  // fair share of the fleet, takes no new task: it leaves once its slots are free (running work is never killed).
+  const plan = planOf(e, meta, phase);
+  const stale = outOfPlan(plan, row) || draining(e, meta, workerId);
+  const [ready] = stale ? [] : e.store.readyTasks(now, 1);
   if (!ready) {
     const counts = e.store.phaseCounts(phase.name);
-    const pool = e.store.poolMachineCounts();
+    const pool = e.store.poolMachineCounts({ slots: plan.slots, ...plan.guest });
     // Leave when the other slots cover every open task, the same count the scheduler creates
     // machines by (so a machine is never retired only to be replaced); stay while they do not.
     const open = counts.pending + counts.retrying + counts.running;
-    if (!draining(e, meta, workerId) && open > (pool.creating + pool.booting + pool.live) * slotsOf(e, meta) - 1) {
+    if (!stale && open > pool.slots - 1) {
       const nextAt = e.store.earliestReady() ?? now + 1000;
       return withToken({ kind: "wait", wait_ms: Math.min(5000, Math.max(200, nextAt - now)) });
     }
     // Retired once its last slot is told done (its other slots may still work); it exits by itself.
     if (e.store.heldBy(workerId).length === 0) {
-      e.store.transaction(() => retireMachine(e, { ...row, machine_id: machine }, "retired: no work left", now, RETIRE_GRACE_MS));
-      log("DO", "pool_machine_retired", { batch_id: meta.batch_id, worker_id: workerId, machine_id: machine, leases: row.leases });
+      e.store.transaction(() => retireMachine(e, { ...row, machine_id: machine }, stale ? "retired: the phase's plan changed" : "retired: no work left", now, RETIRE_GRACE_MS));
+      log("DO", "pool_machine_retired", { batch_id: meta.batch_id, worker_id: workerId, machine_id: machine });
     }
-    return { kind: "done", reason: "no work left for this machine" };
+    return { kind: "done", reason: stale ? "the phase was re-sized: machines of this size take no more tasks" : "no work left for this machine" };
   }
   const attempt = ready.attempt + 1;
-  const set = { attempt, worker_id: workerId, machine_id: machine, machine_name: workerId, region: null, deadline_at: now + leaseMs, limit_at: now + limits.runTimeoutMs };
+  // The attempt is the task row until it ends (store/attempts.ts): one row written per lease.
+  const set = {
+    attempt,
+    worker_id: workerId,
+    machine_id: machine,
+    machine_name: workerId,
+    region: null,
+    deadline_at: now + leaseMs,
+    limit_at: now + limits.runTimeoutMs,
+    attempt_started_at: now,
+  };
   const task: TaskRow = { ...ready, ...set, state: "running" };
-  e.store.transaction(() => {
-    e.store.moveTask(ready, "running", set, now);
-    e.store.startAttempt({ task_id: task.task_id, attempt, machine_name: workerId, now });
-    if (machine) e.store.recordMachine(task.task_id, attempt, machine, null);
-    e.store.updateWorker(workerId, { leases: row.leases + 1 });
-  });
+  e.store.moveTask(ready, "running", set, now);
   log("DO", "task_leased", { batch_id: meta.batch_id, task_id: task.task_id, phase: phase.name, attempt, worker_id: workerId, machine_id: machine });
   const access = await attemptEnv(e, meta, task, attemptExpiry(now, { bootTimeoutMs: 0, runTimeoutMs: limits.runTimeoutMs }));
   if (!access.ok) {
@@ -138,7 +148,7 @@ export async function heartbeat(
     return { ok: false, reason: task ? `lease lost: task is ${task.state}${holderOf}` : "unknown task" };
   }
   const now = Date.now();
+  // One row: the task's deadline (no index holds it, and the machine's row is not rewritten).
   e.store.moveTask(task, "running", { deadline_at: Math.min(now + e.config.LEASE_TIMEOUT_MS, task.limit_at) }, now);
-  e.store.updateWorker(workerId, { last_seen: now });
   return { ok: true, lease_token: await renewed(e, meta, workerId, now) };
 }

@@ -27,9 +27,12 @@ export type ReserveReply =
 
 const OPEN = new Set(["creating", "booting", "running"]);
 
-/** Why this credential may not act for its task any more (401/409), or null when it may. */
-export function staleCredential(meta: BatchMeta, task: TaskRow, c: Pick<Credential, "attempt" | "epoch">, attemptRan: boolean): { code: 401; error: string } | null {
-  if (c.attempt > task.attempt || !attemptRan) return { code: 401, error: `attempt ${c.attempt} of ${task.task_id} never ran` };
+/**
+ * Why this credential may not act for its task any more (401), or null when it may. Attempts
+ * 1…task.attempt all began (a create that never happened gives its number back).
+ */
+export function staleCredential(meta: BatchMeta, task: TaskRow, c: Pick<Credential, "attempt" | "epoch">): { code: 401; error: string } | null {
+  if (c.attempt < 1 || c.attempt > task.attempt) return { code: 401, error: `attempt ${c.attempt} of ${task.task_id} never ran` };
   if (c.epoch !== meta.epoch) {
     return { code: 401, error: `attempt ${c.attempt} of ${task.task_id} ended when the batch was reset or redriven (its credential is of epoch ${c.epoch}, the batch is at ${meta.epoch})` };
   }
@@ -46,7 +49,7 @@ export async function reserveOutputs(e: Engine, taskId: string, credential: Cred
   const meta = e.store.getMeta();
   const task = meta ? e.store.getTask(taskId) : null;
   if (!meta || !task) return { code: 404, body: { error: "unknown batch or task" } };
-  const stale = staleCredential(meta, task, credential, e.store.getAttempt(taskId, credential.attempt) !== null);
+  const stale = staleCredential(meta, task, credential);
   if (stale) return { code: stale.code, body: { error: stale.error } };
   if (credential.attempt !== task.attempt || !OPEN.has(task.state)) {
     return { code: 409, body: { error: `attempt ${credential.attempt} is no longer the running attempt of ${taskId}` } };

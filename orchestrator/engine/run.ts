@@ -2,7 +2,6 @@
 // scheduler what to do, and creates machines — one per ready task (single-task mode) or pool
 // machines that lease tasks (pool mode) — within the concurrency and the app's create budget.
 import { log } from "../log.ts";
-import { type GuestSize, guestForSlots } from "../fly/api.ts";
 import { getPhase } from "../phases/index.ts";
 import type { Phase } from "../phases/types.ts";
 import type { BatchMeta, TaskRow } from "../store/index.ts";
@@ -14,92 +13,25 @@ import { checkMachines, lapseOverdue, MachineCensus, type MachinePlan, recordCre
 import { nextPhase, pipelineOf } from "./pipeline.ts";
 import { failAttempt } from "./outcomes.ts";
 import { destroyOrphans } from "./orphans.ts";
-import { decide, poolTarget, type SchedulerState } from "./schedule.ts";
-import { sizePool } from "./sizing.ts";
-
-/** Boot time the pool sizing assumes (image pull and Node start on a warm Fly host). */
-export const SIZING_BOOT_S = 5;
-
-/** A phase's pool, as decided when the phase began to run. */
-export interface PoolPlan {
-  phase: string;
-  slots: number;
-  machines: number;
-  guest: GuestSize;
-  perSlotMb: number;
-}
-
-/**
- * The batch's pool for `phase`: the one stored when the phase began to run (poolPlanned), with
- * its machine count capped by today's MAX_CONCURRENT_MACHINES; before that, sized afresh.
- */
-export function poolOf(e: Engine, meta: BatchMeta, phase: Phase): Omit<PoolPlan, "phase"> {
-  const stored = meta.pool_plan_json ? (JSON.parse(meta.pool_plan_json) as PoolPlan) : null;
-  if (stored && stored.phase === phase.name) {
-    const { phase: _phase, ...plan } = stored;
-    return { ...plan, machines: Math.min(plan.machines, e.limits(phase).maxLive) };
-  }
-  return sizeFor(e, meta, phase);
-}
-
-/** The phase's pool stored once (pool mode), so every later alarm and lease uses the same sizes. */
-function poolPlanned(e: Engine, meta: BatchMeta, phase: Phase): BatchMeta {
-  if (!meta.pool) return meta;
-  const stored = meta.pool_plan_json ? (JSON.parse(meta.pool_plan_json) as PoolPlan) : null;
-  if (stored?.phase === phase.name) return meta;
-  const pool_plan_json = JSON.stringify({ phase: phase.name, ...sizeFor(e, meta, phase) } satisfies PoolPlan);
-  e.store.updateMeta({ pool_plan_json }, Date.now());
-  return { ...meta, pool_plan_json };
-}
-
-/**
- * Slots per machine, machine count and guest — the message's or POOL_TASKS_PER_MACHINE's slots
- * when given, else sized for the phase's task count and largest input under the create limit,
- * MAX_CONCURRENT_MACHINES and Fly's CPU model (engine/sizing.ts).
- */
-function sizeFor(e: Engine, meta: BatchMeta, phase: Phase): Omit<PoolPlan, "phase"> {
-  const c = e.config;
-  const fixed = meta.pool_slots || c.POOL_TASKS_PER_MACHINE || undefined;
-  const maxLive = e.limits(phase).maxLive;
-  if (!phase.work) {
-    const slots = fixed ?? 1;
-    return { slots, machines: maxLive, ...guestForSlots(phase.guest(meta.max_task_size), slots) };
-  }
-  const p = sizePool({
-    tasks: Math.max(1, e.store.phaseCounts(phase.name).total),
-    work: phase.work(meta.max_task_size),
-    // What the batch could run alone (its cap, the fleet's limits); the fleet's share bounds it at run time.
-    maxMachines: maxLive,
-    createPerS: c.FLY_CREATE_RATE_PER_SECOND,
-    createBurst: c.FLY_CREATE_BURST,
-    bootS: SIZING_BOOT_S,
-    objective: c.SIZING_OBJECTIVE,
-    slots: fixed,
-  });
-  return { slots: p.slots, machines: Math.min(p.machines, fleetRoom(e, p.guest)), guest: p.guest, perSlotMb: p.perSlotMb };
-}
-
-/** Machines of `guest` the fleet's vCPU and memory limits hold (its machine limit is in maxLive). */
-function fleetRoom(e: Engine, guest: GuestSize): number {
-  return Math.max(1, Math.min(Math.floor(e.config.FLEET_MAX_VCPUS / guest.cpus), Math.floor(e.config.FLEET_MAX_MEMORY_MB / guest.memory_mb)));
-}
-
-export function slotsOf(e: Engine, meta: BatchMeta): number {
-  return poolOf(e, meta, getPhase(meta.phase)).slots;
-}
+import { learn, planOf, planPhase } from "./plan.ts";
+import { decide, poolRoom, type SchedulerState } from "./schedule.ts";
+import { guestOf } from "./sizing.ts";
 
 export function schedulerState(e: Engine, meta: BatchMeta, phase: Phase, now: number): SchedulerState {
   const c = e.store.phaseCounts(phase.name);
-  const machines = e.store.poolMachineCounts();
-  const pool = meta.pool ? poolOf(e, meta, phase) : null;
+  const plan = planOf(e, meta, phase);
+  const machines = e.store.poolMachineCounts({ slots: plan.slots, ...plan.guest });
   // A paused phase sends no create until its pause has passed (then one, to try again).
   const paused = meta.paused_error ? meta.paused_until : 0;
   return {
     mode: meta.pool ? "pool" : "single",
     counts: c,
     poolMachines: machines.creating + machines.booting + machines.live,
-    slots: meta.pool ? pool!.slots : 1,
-    maxLive: meta.pool ? Math.min(e.limits(phase).maxLive, pool!.machines) : e.limits(phase).maxLive,
+    poolStale: machines.stale,
+    poolSlots: machines.slots,
+    planMachines: plan.machines,
+    slots: meta.pool ? plan.slots : 1,
+    maxLive: e.limits(phase).maxLive,
     ready: meta.pool ? 0 : e.store.readyTasks(now, SPAWNS_PER_ALARM).length,
     readyAt: e.store.earliestReady(),
     blockedUntil: Math.max(meta.fly_blocked_until, paused),
@@ -117,7 +49,7 @@ export async function run(e: Engine, meta: BatchMeta): Promise<number | null> {
   await checkMachines(e, meta, new MachineCensus(e.fly(), meta.batch_id));
   let fresh = e.store.getMeta()!;
   if (fresh.stage !== "run") return e.store.earliestDeadline();
-  fresh = poolPlanned(e, fresh, phase);
+  fresh = learn(e, planPhase(e, fresh, phase), phase);
   const intolerable = toleranceExceeded(e, fresh, phase);
   if (intolerable) {
     stopBatch(e, fresh, "failed", intolerable, `cancelled: ${intolerable}`, Date.now());
@@ -132,7 +64,7 @@ export async function run(e: Engine, meta: BatchMeta): Promise<number | null> {
   const answer = await askFleet(e, fresh, {
     demand: fleetDemand(state),
     want: Math.min(decision.create, pauseAllows(fresh, now)),
-    guest: fresh.pool ? poolOf(e, fresh, phase).guest : phase.guest(fresh.max_task_size),
+    guest: planOf(e, fresh, phase).guest,
   });
   fresh = e.store.getMeta()!;
   if (answer.granted > 0) await (fresh.pool ? launchPool(e, fresh, phase, answer.granted) : launchSingle(e, fresh, phase, answer.granted));
@@ -142,10 +74,10 @@ export async function run(e: Engine, meta: BatchMeta): Promise<number | null> {
   return decide(schedulerState(e, after, phase, Date.now()), Date.now()).nextAt;
 }
 
-/** Machines the batch could use now: a slot per open task (pool) or a machine per open task (single), within its limits. */
+/** Machines the batch could use now: those it holds and those its plan would add (pool), or a machine per open task (single), within its limits. */
 function fleetDemand(s: SchedulerState): number {
   const c = s.counts;
-  return s.mode === "pool" ? poolTarget(s) : Math.min(s.maxLive, c.pending + c.retrying + c.creating + c.booting + c.running);
+  return s.mode === "pool" ? s.poolMachines + Math.max(0, poolRoom(s)) : Math.min(s.maxLive, c.pending + c.retrying + c.creating + c.booting + c.running);
 }
 
 function finishPhase(e: Engine, meta: BatchMeta, phase: Phase): number {
@@ -218,22 +150,22 @@ async function launchSingle(e: Engine, meta: BatchMeta, phase: Phase, n: number)
       const attempt = task.attempt + 1;
       const id = `${task.task_id}-a${attempt}`;
       const limitAt = now + CREATE_ANSWER_MS + limits.bootTimeoutMs;
-      const set = { attempt, machine_name: id, worker_id: id, machine_id: null, region: null, deadline_at: limitAt, limit_at: limitAt };
-      if (e.store.moveTask(task, "creating", set, now)) {
-        e.store.startAttempt({ task_id: task.task_id, attempt, machine_name: id, now });
-        moved.push({ ...task, ...set, state: "creating" });
-      }
+      const set = { attempt, machine_name: id, worker_id: id, machine_id: null, region: null, deadline_at: limitAt, limit_at: limitAt, attempt_started_at: now };
+      if (e.store.moveTask(task, "creating", set, now)) moved.push({ ...task, ...set, state: "creating" });
     }
     return moved;
   });
   if (launched.length === 0) return;
   const expiresAt = attemptExpiry(now, limits);
+  const plan = planOf(e, meta, phase);
   const minted = await Promise.all(launched.map(async (t) => ({ t, access: await attemptEnv(e, meta, t, expiresAt) })));
   const plans: MachinePlan[] = [];
   for (const { t, access } of minted) {
     if (!access.ok) continue;
     const req = phase.machine(taskView(meta, t));
-    plans.push({ id: t.worker_id!, phase, guest: phase.guest(t.size_bytes), image: req.image ?? e.config.FLY_IMAGE, env: { ...req.env, ...access.env }, slots: 1, task: t });
+    // The plan's kind and CPUs, with the memory this task needs (its own guest when the plan's kind cannot hold it).
+    const guest = (phase.work && guestOf(plan.guest.cpu_kind, plan.guest.cpus, phase.work(t.size_bytes).memoryMb)) || phase.guest(t.size_bytes);
+    plans.push({ id: t.worker_id!, phase, guest, image: req.image ?? e.config.FLY_IMAGE, env: { ...req.env, ...access.env }, slots: 1, task: t });
   }
   e.store.transaction(() => {
     // An attempt that may not write its output never gets a machine (outputs.ts outputAccess).
@@ -248,7 +180,7 @@ async function launchPool(e: Engine, meta: BatchMeta, phase: Phase, n: number): 
   const now = Date.now();
   const c = e.config;
   const limits = e.limits(phase);
-  const { slots, guest, perSlotMb } = poolOf(e, meta, phase);
+  const { slots, guest, perSlotMb } = planOf(e, meta, phase);
   const ids = Array.from({ length: n }, (_, i) => `pool-${String(meta.worker_seq + i + 1).padStart(4, "0")}`);
   const plans: MachinePlan[] = await Promise.all(
     ids.map(async (id) => ({

@@ -5,9 +5,16 @@ export interface SchedulerState {
   mode: "single" | "pool";
   /** The current phase's tasks by state. */
   counts: { pending: number; retrying: number; creating: number; booting: number; running: number };
-  /** Pool mode: pool machines creating, booting or live. */
+  /**
+   * Pool mode: pool machines creating, booting or live, of them those of an earlier plan (a phase
+   * re-sized from measurements: they finish their tasks and leave), and the open tasks their slots cover.
+   */
   poolMachines: number;
-  /** Pool mode: tasks one machine runs at once. */
+  poolStale: number;
+  poolSlots: number;
+  /** Pool mode: machines the phase's plan wants (maxLive is the hard limit on all of them). */
+  planMachines: number;
+  /** Pool mode: tasks one new machine runs at once. */
   slots: number;
   maxLive: number;
   /** Tasks whose backoff has passed (single mode spawns for them), counted up to the per-alarm cap. */
@@ -31,9 +38,10 @@ export interface Decision {
   nextAt: number;
 }
 
-/** Pool machines worth having: a slot per open task, at most the phase's concurrency. */
-export function poolTarget(s: Pick<SchedulerState, "counts" | "slots" | "maxLive">): number {
-  return Math.min(s.maxLive, Math.ceil((s.counts.pending + s.counts.retrying + s.counts.running) / s.slots));
+/** Pool machines worth creating: a slot per open task the live machines' slots do not cover, within the plan's machines and the phase's concurrency. */
+export function poolRoom(s: Pick<SchedulerState, "counts" | "slots" | "maxLive" | "poolMachines" | "poolStale" | "poolSlots" | "planMachines">): number {
+  const uncovered = s.counts.pending + s.counts.retrying + s.counts.running - s.poolSlots;
+  return Math.min(s.maxLive - s.poolMachines, s.planMachines - (s.poolMachines - s.poolStale), Math.ceil(uncovered / s.slots));
 }
 
 export function decide(s: SchedulerState, now: number): Decision {
@@ -44,7 +52,7 @@ export function decide(s: SchedulerState, now: number): Decision {
   let room: number;
   let wantsMore: boolean;
   if (s.mode === "pool") {
-    room = poolTarget(s) - s.poolMachines;
+    room = poolRoom(s);
     wantsMore = room > 0;
   } else {
     room = Math.min(s.maxLive - (c.creating + c.booting + c.running), s.ready);

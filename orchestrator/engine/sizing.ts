@@ -1,7 +1,10 @@
-// Machine sizing, pure: which Fly guest a task runs on and, in pool mode, how many tasks each
-// machine runs at once, from the task's expected CPU-seconds and memory under Fly's CPU quota
-// (shared/fly-model.ts) and prices. No I/O: the engine calls it with what it knows of the batch.
-import { conversionWallS, FLY_CPU, type Guest, initialBalanceS, pricePerSecond } from "../../shared/fly-model.ts";
+// Sizing, pure: every way the engine knows to run a batch — one machine per task on each Fly
+// size, or a pool of each size and slot count — timed under Fly's CPU quota, create limit and
+// network (shared/fly-model.ts) and priced all in (shared/cost-model.ts); then the plan the
+// objective picks. Inputs: the tasks, the work of one, the limits. Output: the plan and every
+// plan considered. No I/O: the engine (and the fleet that shares an app's quota) calls it.
+import { allInCost, NETWORK, planUsage } from "../../shared/cost-model.ts";
+import { conversionWallS, FLY_CPU, type Guest, guestName, initialBalanceS, pricePerSecond } from "../../shared/fly-model.ts";
 
 /** What one task needs, as its phase estimates it from the input size. */
 export interface TaskWork {
@@ -11,17 +14,84 @@ export interface TaskWork {
   parallelism: number;
   /** MiB the task needs (the decoded image and the encoder's buffers). */
   memoryMb: number;
-  /** Bytes downloaded and uploaded (they share the machine's network). */
-  ioBytes: number;
+  /** Bytes downloaded (the input) and uploaded (the outputs: Fly bills them as egress). */
+  inBytes: number;
+  outBytes: number;
 }
 
-/** `fast` (default): nothing is expected to run throttled; `cheapest`: the lowest estimated cost, throttled or not. */
+/**
+ * `fast` (default): the shortest makespan among plans costing at most COST_MARGIN × the cheapest;
+ * `cheapest`: the lowest cost among plans finishing within MAKESPAN_MARGIN × the fastest. The cost
+ * compared is what the plan decides (its machines, its Durable Object rows and requests): the
+ * outputs' egress and R2 operations are the same whatever the plan, so they are not what the
+ * margin buys (counted in, a scan whose JPEG's egress outweighs its CPU would let the machines
+ * cost half as much again).
+ */
 export type Objective = "fast" | "cheapest";
+export const COST_MARGIN = 1.25;
+export const MAKESPAN_MARGIN = 1.25;
+/** Most tasks one machine runs at once (POOL_CONCURRENCY, pool_tasks_per_machine). */
+export const MAX_SLOTS = 16;
 
-/** Assumed per-machine throughput to and from R2 (bytes/s) for sizing; the bench states its own. */
-export const SIZING_NET_BYTES_PER_S = 100e6;
-/** Margin over the cheapest configuration the pool sizing may spend to finish sooner. */
-export const COST_MARGIN = 0.1;
+/** What the batch runs within: the app's create limit, the machines it may have, the network, the region. */
+export interface Limits {
+  maxMachines: number;
+  /** The fleet's vCPU and memory limits (FLEET_MAX_VCPUS, FLEET_MAX_MEMORY_MB): they bound machines of each size. */
+  maxVcpus?: number;
+  maxMemoryMb?: number;
+  createPerS: number;
+  createBurst: number;
+  /** Seconds from create to started (image pull, Node start). */
+  bootS: number;
+  /** Where machines are created first (prices and egress are per region). */
+  region: string | null;
+  machineBytesPerS: number;
+  regionBytesPerS: number;
+  /** Request round trips per task (lease, presign, storage): seconds. */
+  rttS: number;
+  /** A pool task's lease is renewed this often (a heartbeat: a request and a row). */
+  heartbeatS: number;
+}
+
+export const DEFAULT_LIMITS: Omit<Limits, "maxMachines" | "createPerS" | "createBurst" | "region"> = {
+  bootS: 5,
+  machineBytesPerS: NETWORK.machineBytesPerS,
+  regionBytesPerS: NETWORK.regionBytesPerS,
+  rttS: 0.2,
+  heartbeatS: 20,
+};
+
+export interface BatchInput {
+  tasks: number;
+  /** The largest task's work: every machine is sized to hold it. */
+  work: TaskWork;
+  limits: Limits;
+  objective?: Objective;
+  /** Modes the batch may run in (its message's `pool`), and slots fixed by the operator (for pools). */
+  modes?: readonly ("single" | "pool")[];
+  slots?: number;
+}
+
+export interface Plan {
+  mode: "single" | "pool";
+  guest: Guest;
+  /** Tasks a machine runs at once (1 in single-task mode). */
+  slots: number;
+  /** Machines at once (single: at most; pool: the pool). */
+  machines: number;
+  /** MiB each slot may use. */
+  perSlotMb: number;
+  makespanS: number;
+  /** All in (machines, egress, R2, Durable Object, requests), the machines' part of it, and what the plan decides (all in less egress and R2). */
+  costUsd: number;
+  machineUsd: number;
+  decidedUsd: number;
+  /** Some CPU-seconds are expected to run at a shared vCPU's baseline. */
+  throttled: boolean;
+}
+
+export const planName = (p: Pick<Plan, "mode" | "guest" | "slots" | "machines">) =>
+  p.mode === "single" ? `one ${guestName(p.guest)} machine per task` : `${p.machines} × ${guestName(p.guest)}, ${p.slots} slot(s)`;
 
 const roundUp = (mb: number) => Math.ceil(mb / FLY_CPU.memoryStepMb) * FLY_CPU.memoryStepMb;
 
@@ -32,124 +102,176 @@ export function guestOf(kind: Guest["cpu_kind"], cpus: number, memoryMb: number)
   return memory <= max * cpus ? { cpu_kind: kind, cpus, memory_mb: memory } : null;
 }
 
-export interface GuestChoice {
-  guest: Guest;
-  wallS: number;
-  throttledS: number;
-  costUsd: number;
+/** One task alone on a fresh machine of `guest`: round trips, download, conversion, upload (seconds). */
+function taskOn(work: TaskWork, guest: Guest, l: Limits): { wallS: number; throttledS: number } {
+  const { wallS, throttledS } = conversionWallS({ cpuS: work.cpuS, parallelism: work.parallelism, guest });
+  return { wallS: l.rttS + (work.inBytes + work.outBytes) / l.machineBytesPerS + wallS, throttledS };
+}
+
+/** The plan's all-in cost (its machines plus what it uses of R2, the DO, the Worker and the network), and the part the plan decides. */
+function allIn(mode: Plan["mode"], tasks: number, work: TaskWork, l: Limits, machine: { usd: number; machines: number; seconds: number }, taskS: number): { costUsd: number; decidedUsd: number } {
+  const usage = planUsage({ mode, tasks, machines: machine.machines, machineSeconds: machine.seconds, taskS, heartbeatS: l.heartbeatS, outputs: 1, outputBytes: work.outBytes }, l.region);
+  const c = allInCost({ ...usage, machineUsd: machine.usd });
+  return { costUsd: c.total, decidedUsd: c.total - c.egress - c.r2_operations };
+}
+
+/** Machines of `guest` alive at once: maxMachines, and what the fleet's vCPU and memory limits hold. */
+export function maxMachinesOf(l: Pick<Limits, "maxMachines" | "maxVcpus" | "maxMemoryMb">, guest: Pick<Guest, "cpus" | "memory_mb">): number {
+  const byCpu = l.maxVcpus ? Math.floor(l.maxVcpus / guest.cpus) : Infinity;
+  const byMemory = l.maxMemoryMb ? Math.floor(l.maxMemoryMb / guest.memory_mb) : Infinity;
+  return Math.max(1, Math.min(l.maxMachines, byCpu, byMemory));
 }
 
 /**
- * The guest for one task on its own machine (single-task mode): every Fly size that holds its
- * memory, timed by the CPU model from a fresh balance and priced per second; `fast` takes the
- * cheapest that does not run throttled (performance never does), `cheapest` the cheapest of all.
+ * One machine per task on `guest`: a create per task at the create limit (the first `burst` at
+ * once), at most maxMachines alive; each billed from create to exit (boot + its task).
  */
-export function chooseGuest(work: TaskWork, objective: Objective = "fast"): GuestChoice {
-  const options: GuestChoice[] = [];
-  for (const kind of ["shared", "performance"] as const) {
-    for (const cpus of FLY_CPU.cpus) {
-      const guest = guestOf(kind, cpus, work.memoryMb);
-      if (!guest) continue;
-      const { wallS, throttledS } = conversionWallS({ cpuS: work.cpuS, parallelism: work.parallelism, guest });
-      const total = wallS + work.ioBytes / SIZING_NET_BYTES_PER_S;
-      options.push({ guest, wallS: total, throttledS, costUsd: total * pricePerSecond(guest) });
-    }
-  }
-  if (options.length === 0) throw new Error(`no Fly machine holds ${work.memoryMb} MiB`);
-  const pool = objective === "fast" ? options.filter((o) => o.throttledS === 0) : options;
-  return pool.reduce((a, b) => (b.costUsd < a.costUsd - 1e-12 || (Math.abs(b.costUsd - a.costUsd) <= 1e-12 && b.wallS < a.wallS) ? b : a));
-}
-
-export interface PoolInput {
-  tasks: number;
-  /** The largest task's work: every machine is sized to hold it. */
-  work: TaskWork;
-  maxMachines: number;
-  createPerS: number;
-  createBurst: number;
-  bootS: number;
-  objective?: Objective;
-  /** Tasks per machine the operator asked for; auto when absent. */
-  slots?: number;
-}
-
-export interface PoolChoice {
-  slots: number;
-  machines: number;
-  guest: Guest;
-  /** MiB each slot may use. */
-  perSlotMb: number;
-  makespanS: number;
-  costUsd: number;
-  throttled: boolean;
-  /** Every configuration looked at, for the record (status, bench). */
-  considered: { slots: number; kind: Guest["cpu_kind"]; machines: number; makespanS: number; costUsd: number; throttled: boolean }[];
+export function singlePlan(tasks: number, work: TaskWork, guest: Guest, l: Limits): Plan {
+  const t = taskOn(work, guest, l);
+  const lifeS = l.bootS + t.wallS;
+  const createBound = Math.max(0, tasks - Math.min(tasks, l.createBurst)) / l.createPerS;
+  const maxMachines = maxMachinesOf(l, guest);
+  const concurrencyBound = (Math.ceil(tasks / maxMachines) - 1) * lifeS;
+  const networkBound = (tasks * (work.inBytes + work.outBytes)) / l.regionBytesPerS;
+  const makespanS = Math.max(Math.max(createBound, concurrencyBound) + lifeS, networkBound);
+  const machineUsd = tasks * lifeS * pricePerSecond(guest, l.region);
+  const machine = { usd: machineUsd, machines: tasks, seconds: tasks * lifeS };
+  return {
+    mode: "single",
+    guest,
+    slots: 1,
+    machines: Math.min(tasks, maxMachines),
+    perSlotMb: guest.memory_mb,
+    makespanS,
+    machineUsd,
+    ...allIn("single", tasks, work, l, machine, t.wallS),
+    throttled: t.throttledS > 0,
+  };
 }
 
 /**
- * Machine-seconds of work the pool has done by time t: `machines` created at the create limit
- * (the first `burst` at once), each ready `bootS` after its create. Closed form, so sizing costs
- * the same at 50 or 10,000 machines.
+ * Machine-seconds the pool has worked by time t: `machines` created at the create limit (the
+ * first `burst` at once), each ready `bootS` after its create. Closed form, so sizing costs the
+ * same at 50 or 10,000 machines.
  */
-function machineSecondsBy(t: number, machines: number, p: Pick<PoolInput, "createPerS" | "createBurst" | "bootS">): number {
-  const x = t - p.bootS;
+function machineSecondsBy(t: number, machines: number, l: Pick<Limits, "createPerS" | "createBurst" | "bootS">): number {
+  const x = t - l.bootS;
   if (x <= 0) return 0;
-  const first = Math.min(machines, p.createBurst);
-  const j = Math.min(machines - first, Math.floor(x * p.createPerS));
-  return first * x + j * x - (j * (j + 1)) / (2 * p.createPerS);
+  const first = Math.min(machines, l.createBurst);
+  const j = Math.min(machines - first, Math.floor(x * l.createPerS));
+  return first * x + j * x - (j * (j + 1)) / (2 * l.createPerS);
 }
 
-/** Earliest T at which the pool, doing a task per `perTaskS` on each machine, has done `tasks`. */
-function rampEnd(machines: number, perTaskS: number, tasks: number, p: Pick<PoolInput, "createPerS" | "createBurst" | "bootS">): number {
+/** Earliest T at which the pool, finishing a task every `perTaskS` on each machine, has done `tasks`. */
+function rampEnd(machines: number, perTaskS: number, tasks: number, l: Pick<Limits, "createPerS" | "createBurst" | "bootS">): number {
   let lo = 0;
-  let hi = p.bootS + machines / p.createPerS + perTaskS * tasks + 1;
+  let hi = l.bootS + machines / l.createPerS + perTaskS * tasks + 1;
   for (let i = 0; i < 80 && hi - lo > 1e-3; i++) {
     const mid = (lo + hi) / 2;
-    if (machineSecondsBy(mid, machines, p) / perTaskS >= tasks) hi = mid;
+    if (machineSecondsBy(mid, machines, l) / perTaskS >= tasks) hi = mid;
     else lo = mid;
   }
   return hi;
 }
 
 /**
- * Pool mode, auto-sized: for each slot count (1…16 tasks at once, a CPU each at the task's
- * parallelism) and CPU kind, the pool the create limit and MAX_CONCURRENT_MACHINES allow, its
- * makespan from the ramp (machines join at the create limit, boot, then each runs a task per
- * max(task time / slots, network time)) and its cost (every machine billed from create to the
- * end). Picks the shortest makespan whose cost is within COST_MARGIN of the cheapest; `fast`
- * leaves out configurations whose machines would run throttled.
+ * A pool of `guest` machines running `slots` tasks each: as many machines as the limit, the tasks
+ * and the region's network allow, joining at the create limit. A machine finishes a task every
+ * max(slot time / slots, its network time), its slots sharing its CPUs, quota and network; the
+ * region's aggregate bandwidth caps them all. Every machine is billed from its create to the end.
  */
-export function sizePool(input: PoolInput): PoolChoice {
-  const objective = input.objective ?? "fast";
-  const considered: PoolChoice["considered"] = [];
-  const choices: PoolChoice[] = [];
-  const slotOptions = input.slots ? [input.slots] : [1, 2, 4, 8, 16];
-  for (const slots of slotOptions) {
-    for (const kind of ["performance", "shared"] as const) {
-      const cpus = FLY_CPU.cpus.find((c) => c >= Math.ceil(slots * input.work.parallelism)) ?? 16;
-      const guest = guestOf(kind, cpus, input.work.memoryMb * slots);
-      if (!guest) continue;
-      const machines = Math.max(1, Math.min(input.maxMachines, Math.ceil(input.tasks / slots)));
-      const netS = input.work.ioBytes / SIZING_NET_BYTES_PER_S;
-      // A machine's whole share of the work, through the CPU model (slots share its CPUs and quota).
-      const perMachineTasks = Math.ceil(input.tasks / machines);
-      const rounds = Math.ceil(perMachineTasks / slots);
-      const cpu = conversionWallS({ cpuS: input.work.cpuS * rounds, parallelism: input.work.parallelism, guest, sharers: slots, balanceS: initialBalanceS(guest) });
-      const perTaskS = Math.max((cpu.wallS / rounds + netS) / slots, netS);
-      const taskS = cpu.wallS / rounds + netS;
-      const makespanS = rampEnd(machines, perTaskS, input.tasks, input) + taskS / 2;
-      // Every machine billed from its create to the end: the pool's machine-seconds by then, plus its boots.
-      const costUsd = (machineSecondsBy(makespanS, machines, input) + machines * input.bootS) * pricePerSecond(guest);
-      const throttled = cpu.throttledS > 0;
-      considered.push({ slots, kind, machines, makespanS, costUsd, throttled });
-      if (objective === "fast" && throttled) continue;
-      choices.push({ slots, machines, guest, perSlotMb: Math.floor(guest.memory_mb / slots), makespanS, costUsd, throttled, considered });
+export function poolPlan(tasks: number, work: TaskWork, guest: Guest, slots: number, l: Limits): Plan {
+  const bytes = work.inBytes + work.outBytes;
+  const netS = bytes / l.machineBytesPerS;
+  let machines = Math.max(1, Math.min(maxMachinesOf(l, guest), Math.ceil(tasks / slots)));
+  const perMachineTasks = Math.ceil(tasks / machines);
+  const rounds = Math.ceil(perMachineTasks / slots);
+  // A machine's whole share of the work through the CPU model: its slots share its CPUs and quota.
+  const cpu = conversionWallS({ cpuS: work.cpuS * rounds, parallelism: work.parallelism, guest, sharers: slots, balanceS: initialBalanceS(guest) });
+  const slotTaskS = cpu.wallS / rounds + netS + l.rttS;
+  let perTaskS = Math.max(slotTaskS / slots, netS);
+  // Machines past what the region's network carries add cost, not speed.
+  const netMachines = Math.max(1, Math.floor((l.regionBytesPerS * perTaskS) / bytes + 1e-9));
+  machines = Math.min(machines, netMachines);
+  perTaskS = Math.max(perTaskS, (machines * bytes) / l.regionBytesPerS);
+  // The fluid ramp, plus half a task for the last round's stragglers when there is more than one round.
+  const makespanS = Math.max(rampEnd(machines, perTaskS, tasks, l) + (tasks > machines * slots ? slotTaskS / 2 : 0), l.bootS + slotTaskS);
+  const seconds = machineSecondsBy(makespanS, machines, l) + machines * l.bootS;
+  const machineUsd = seconds * pricePerSecond(guest, l.region);
+  return {
+    mode: "pool",
+    guest,
+    slots,
+    machines,
+    perSlotMb: Math.floor(guest.memory_mb / slots),
+    makespanS,
+    machineUsd,
+    ...allIn("pool", tasks, work, l, { usd: machineUsd, machines, seconds }, slotTaskS),
+    throttled: cpu.throttledS > 0,
+  };
+}
+
+/** Every plan the engine knows for the batch: single-task on each size, pools of each size and slot count. */
+export function plansFor(input: BatchInput): Plan[] {
+  const { tasks, work, limits: l } = input;
+  const modes = input.modes ?? ["single", "pool"];
+  const plans: Plan[] = [];
+  // Pools: a slot per CPU (each at the task's parallelism), or twice that to keep the CPUs busy
+  // while a slot downloads; or the operator's slots on the smallest size that gives each a CPU.
+  const perCpu = Math.max(1, Math.floor(1 / work.parallelism));
+  const cpusFor = (slots: number) => FLY_CPU.cpus.find((c) => c >= Math.ceil(slots * work.parallelism)) ?? FLY_CPU.cpus[FLY_CPU.cpus.length - 1];
+  const shapes: [number, number][] = input.slots
+    ? [[cpusFor(input.slots), input.slots]]
+    : FLY_CPU.cpus.flatMap((c): [number, number][] => [[c, c * perCpu], [c, c * perCpu * 2]]).filter(([, s]) => s <= MAX_SLOTS);
+  for (const kind of ["shared", "performance"] as const) {
+    if (modes.includes("single")) {
+      for (const cpus of FLY_CPU.cpus) {
+        const g = guestOf(kind, cpus, work.memoryMb);
+        if (g) plans.push(singlePlan(tasks, work, g, l));
+      }
+    }
+    if (!modes.includes("pool")) continue;
+    for (const [cpus, slots] of shapes) {
+      const g = guestOf(kind, cpus, work.memoryMb * slots);
+      if (g) plans.push(poolPlan(tasks, work, g, slots, l));
     }
   }
-  if (choices.length === 0) throw new Error(`no Fly machine holds ${input.slots ?? 1} task(s) of ${input.work.memoryMb} MiB`);
-  const cheapest = Math.min(...choices.map((c) => c.costUsd));
-  const affordable = choices.filter((c) => c.costUsd <= cheapest * (1 + COST_MARGIN));
-  return affordable.reduce((a, b) => (b.makespanS < a.makespanS - 1e-9 || (Math.abs(b.makespanS - a.makespanS) <= 1e-9 && b.costUsd < a.costUsd) ? b : a));
+  return plans;
+}
+
+/** Figures within this fraction of each other count as equal: the model is not more precise than that. */
+export const TIE = 0.005;
+const below = (a: number, b: number) => a < b * (1 - TIE);
+
+/** The plan `objective` picks from `plans` (ties within TIE: the cheaper, then the sooner). */
+export function pick(plans: readonly Plan[], objective: Objective): Plan {
+  if (plans.length === 0) throw new Error("no plan to pick from");
+  if (objective === "fast") {
+    const cheapest = Math.min(...plans.map((p) => p.decidedUsd));
+    const affordable = plans.filter((p) => p.decidedUsd <= cheapest * COST_MARGIN * (1 + 1e-12));
+    const soonest = Math.min(...affordable.map((p) => p.makespanS));
+    return affordable.filter((p) => !below(soonest, p.makespanS)).reduce((a, b) => (b.decidedUsd < a.decidedUsd ? b : a));
+  }
+  const fastest = Math.min(...plans.map((p) => p.makespanS));
+  const soon = plans.filter((p) => p.makespanS <= fastest * MAKESPAN_MARGIN * (1 + 1e-12));
+  const lowest = Math.min(...soon.map((p) => p.decidedUsd));
+  return soon.filter((p) => !below(lowest, p.decidedUsd)).reduce((a, b) => (b.makespanS < a.makespanS ? b : a));
+}
+
+/** The batch's plan by its objective, and every plan it was chosen from. */
+export function planBatch(input: BatchInput): { plan: Plan; considered: Plan[] } {
+  const considered = plansFor(input);
+  if (considered.length === 0) throw new Error(`no Fly machine holds ${input.slots ?? 1} task(s) of ${input.work.memoryMb} MiB`);
+  return { plan: pick(considered, input.objective ?? "fast"), considered };
+}
+
+/**
+ * The guest for one task on its own machine (single-task mode): every Fly size that holds its
+ * memory, timed by the CPU model and priced per second, picked by the same objective.
+ */
+export function chooseGuest(work: TaskWork, objective: Objective = "fast", limits: Partial<Limits> = {}): Plan {
+  const l: Limits = { ...DEFAULT_LIMITS, maxMachines: 1, createPerS: 1, createBurst: 1, region: null, ...limits };
+  return planBatch({ tasks: 1, work, limits: l, objective, modes: ["single"] }).plan;
 }
 
 /** Pool mode unless the message says otherwise (`"pool": false` keeps one machine per task). */

@@ -1,9 +1,9 @@
 // Views: what GET /status/:batchId, its task list and one task's attempts show. Every count comes
 // from the phase counters, so a status read costs the same at 100 or 300,000 tasks.
 import type { BatchMeta, PhaseCounts, Stage, TaskRow, TaskState } from "../store/index.ts";
-import { FLY_PRICES, type Guest, pricePerSecond } from "../../shared/fly-model.ts";
 import { apiStatus, type Engine, iso, openCount } from "./context.ts";
 import { fleetOf, fleetWarnings } from "./fleet.ts";
+import { type CostView, costView, type MachinesView, machinesView, type PhaseCost, type PhaseMachines, phaseViews, type SizingView, sizingView } from "./cost-view.ts";
 import { type WrittenFileList, writtenList } from "./file-list.ts";
 import { pipelineOf } from "./pipeline.ts";
 
@@ -29,17 +29,25 @@ export interface StatusBody {
   pipeline: string[];
   /**
    * Each phase that had work, in pipeline order: its task counts and its machines — their time and
-   * estimated cost so far, and the sizes its sizing chose (e.g. `shared-cpu-1x 1024 MB`).
+   * cost so far at their region's price, and the sizes its sizing chose (e.g. `shared-cpu-1x 1024 MB`)
+   * — and its all-in cost so far (machines, Fly egress of its outputs, its R2 operations).
    */
-  phases: { name: string; total: number; done: number; failed: number; open: number; machines: PhaseMachines }[];
+  phases: { name: string; total: number; done: number; failed: number; open: number; machines: PhaseMachines; cost: PhaseCost }[];
   files_total: number;
   mode: "single" | "pool";
   workers: { starting: number; live: number; created: number } | null;
   /**
-   * What the batch's machines have cost so far: each machine's time from its create request to its
-   * end (running ones: to now), and that time at Fly's published per-second price for its size.
+   * What the batch's machines have cost so far, the sum of its phases' `machines`: each machine's time
+   * from its create request to its end (running ones: to now), at Fly's per-second price for its size and region.
    */
-  machines: { ended: number; running: number; machine_seconds: number; estimated_cost_usd: number; prices: string };
+  machines: MachinesView;
+  /**
+   * All in so far (engine/cost-view.ts): the sum of the phases' `cost` items, plus the Durable
+   * Object and Worker requests, which are the batch's and not split by phase.
+   */
+  cost: CostView;
+  /** The current phase's plan: mode, machines, what it was sized from and whether it was re-sized from measurements. */
+  sizing: SizingView | null;
   started_at: string;
   updated_at: string;
   completed_at: string | null;
@@ -106,10 +114,10 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
   const order = pipelineOf(meta);
   const rank = (phase: string) => (order.includes(phase) ? order.indexOf(phase) : order.length);
   const counts = e.store.counts().sort((a, b) => rank(a.phase) - rank(b.phase));
-  const costs = e.store.phaseCosts();
-  const running = e.store.unendedMachines();
+  const phases = phaseViews(e, counts.map((c) => c.phase));
   const sum = (f: (c: PhaseCounts) => number) => counts.reduce((n, c) => n + f(c), 0);
   const workers = e.store.poolMachineCounts();
+  const machines = machinesView(phases);
   return {
     batch_id: meta.batch_id,
     status: apiStatus(meta),
@@ -126,11 +134,13 @@ export function status(e: Engine, meta: BatchMeta): StatusBody {
       retrying: sum((c) => c.retrying),
     },
     pipeline: order,
-    phases: counts.map((c) => ({ name: c.phase, total: c.total, done: c.done, failed: c.failed, open: openCount(c), machines: phaseMachines(c.phase, costs, running) })),
+    phases: counts.map((c, i) => ({ name: c.phase, total: c.total, done: c.done, failed: c.failed, open: openCount(c), machines: phases[i].machines, cost: phases[i].cost })),
     files_total: e.store.fileCount(),
     mode: meta.pool ? "pool" : "single",
     workers: meta.pool ? { starting: workers.creating + workers.booting, live: workers.live, created: meta.worker_seq } : null,
-    machines: machineCost(e, meta),
+    machines,
+    cost: costView(e, meta, machines, phases),
+    sizing: sizingView(e, meta),
     started_at: iso(meta.started_at)!,
     updated_at: iso(meta.updated_at)!,
     completed_at: iso(meta.completed_at),
@@ -177,57 +187,6 @@ function finalisation(e: Engine, meta: BatchMeta): StatusBody["finalisation"] {
   };
 }
 
-export interface PhaseMachines {
-  ended: number;
-  running: number;
-  machine_seconds: number;
-  estimated_cost_usd: number;
-  /** Sizes of its running machines, else of the last one that ended: `performance-1x 2048 MB`. */
-  sizes: string[];
-}
-
-const sizeName = (g: Guest) => `${g.cpu_kind}-cpu-${g.cpus}x ${g.memory_mb} MB`.replace("performance-cpu", "performance");
-
-/** A phase's machines: its ended ones from its phase_costs row, its running ones (at most MAX_CONCURRENT_MACHINES) to now. */
-function phaseMachines(phase: string, costs: ReturnType<Engine["store"]["phaseCosts"]>, unended: ReturnType<Engine["store"]["unendedMachines"]>): PhaseMachines {
-  const now = Date.now();
-  const ended = costs.find((c) => c.phase === phase);
-  let ms = ended?.machine_ms ?? 0;
-  let usd = ended?.cost_usd ?? 0;
-  const running = unended.filter((m) => m.phase === phase);
-  const sizes = new Set<string>();
-  for (const m of running) {
-    const t = Math.max(0, now - m.created_at);
-    ms += t;
-    if (m.cpu_kind) {
-      const guest = { cpu_kind: m.cpu_kind, cpus: m.cpus, memory_mb: m.memory_mb };
-      usd += (t / 1000) * pricePerSecond(guest);
-      sizes.add(sizeName(guest));
-    }
-  }
-  if (sizes.size === 0 && ended?.last_guest) sizes.add(sizeName(JSON.parse(ended.last_guest) as Guest));
-  return { ended: ended?.ended ?? 0, running: running.length, machine_seconds: Math.round(ms / 100) / 10, estimated_cost_usd: Math.round(usd * 1e6) / 1e6, sizes: [...sizes].sort() };
-}
-
-function machineCost(e: Engine, meta: BatchMeta): StatusBody["machines"] {
-  const now = Date.now();
-  let ms = meta.machine_ms;
-  let usd = meta.machine_cost_usd;
-  const running = e.store.unendedMachines();
-  for (const m of running) {
-    const t = Math.max(0, now - m.created_at);
-    ms += t;
-    if (m.cpu_kind) usd += (t / 1000) * pricePerSecond({ cpu_kind: m.cpu_kind, cpus: m.cpus, memory_mb: m.memory_mb });
-  }
-  return {
-    ended: meta.machines_ended,
-    running: running.length,
-    machine_seconds: Math.round(ms / 100) / 10,
-    estimated_cost_usd: Math.round(usd * 1e6) / 1e6,
-    prices: FLY_PRICES.source,
-  };
-}
-
 export function taskSummary(e: Engine, t: TaskRow) {
   return {
     task_id: t.task_id,
@@ -260,7 +219,7 @@ export function task(e: Engine, meta: BatchMeta, t: TaskRow) {
     batch_id: meta.batch_id,
     ...taskSummary(e, t),
     outputs: e.store.outputsOf(t.task_id).map((o) => ({ page: o.page, r2_key: o.key })),
-    attempts: e.store.attemptsOf(t.task_id).map((a) => ({
+    attempts: e.store.attemptsOf(t).map((a) => ({
       attempt: a.attempt,
       machine_name: a.machine_name,
       machine_id: a.machine_id,

@@ -15,10 +15,13 @@
 //   shows the same stall while it lasts.
 import { batchesToCheck } from "../batch-index.ts";
 import { loadConfig } from "../config.ts";
-import { log, logError } from "../log.ts";
+import { backoffMs } from "../../shared/backoff.ts";
+import { errorMessage, log, logError } from "../log.ts";
+import { StorageError } from "../storage.ts";
 import type { BatchMeta } from "../store/index.ts";
 import { type Engine, iso, isFinished } from "./context.ts";
 import { archiveDue } from "./retention.ts";
+import { stopBatch } from "./run.ts";
 
 /** How far ahead an alarm sets its successor before it works: beyond any one alarm's work (ALARM_WORK_MS). */
 export const ALARM_REARM_MS = 120_000;
@@ -87,4 +90,24 @@ export async function wakeIfStalled(e: Engine, meta: BatchMeta, storage: Durable
     await storage.setAlarm(now);
   }
   return reason;
+}
+
+/**
+ * A step that throws is retried with backoff; after MAX_STEP_FAILURES in a row (or a storage
+ * error that will not heal, during discovery) the batch stops in ERROR naming the step and error.
+ * Returns when the next alarm should fire.
+ */
+export function stepFailed(e: Engine, meta: BatchMeta, error: unknown): number | null {
+  const failures = meta.step_failures + 1;
+  const message = errorMessage(error);
+  const final = meta.stage === "discover" && error instanceof StorageError && !error.retryable;
+  logError("DO", "step_failed", error, { batch_id: meta.batch_id, stage: meta.stage, failures });
+  const now = Date.now();
+  e.store.updateMeta({ step_failures: failures, step_error: message.slice(0, 2000) }, now);
+  if (final || failures >= e.config.MAX_STEP_FAILURES) {
+    const what = meta.stage === "discover" ? "discovery failed" : `${meta.stage} step failed`;
+    stopBatch(e, meta, "error", `${what}${final ? "" : ` ${failures} times in a row`}: ${message}`, `batch stopped: ${meta.stage} step failed`, now);
+    return e.store.earliestDeadline();
+  }
+  return now + backoffMs(failures, 1000, 60_000);
 }

@@ -58,7 +58,8 @@ export function pdfWork(sizeBytes: number): TaskWork {
     parallelism: 1,
     memoryMb: PDF_PAGE_PEAK_MB + PDF_PAGES_HELD_MB + Math.ceil(sizeBytes / MB),
     // Down once; up again as single-page PDFs (about the file's size) and a JPEG a page.
-    ioBytes: 2 * sizeBytes + pages * PDF_JPEG_BYTES_PER_PAGE,
+    inBytes: sizeBytes,
+    outBytes: sizeBytes + pages * PDF_JPEG_BYTES_PER_PAGE,
   };
 }
 

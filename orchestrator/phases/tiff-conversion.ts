@@ -5,17 +5,19 @@ import { CallbackBody, type FileEntry } from "../../shared/contracts.ts";
 import { fileName, isTiff, jpegKeyCandidates, pageKey, splitExtension } from "../../shared/keys.ts";
 import type { GuestSize } from "../fly/api.ts";
 import { chooseGuest, type TaskWork } from "../engine/sizing.ts";
-import type { Phase, TaskView } from "./types.ts";
+import type { Phase, TaskView, WorkRates } from "./types.ts";
 
 const MB = 1024 * 1024;
 
 /**
- * Measured per-encoder CPU cost. mozjpeg (the contract's default) runs ~0.14 CPU-seconds per
- * megapixel on one thread: bench/RESULTS.md's idle run at 667b496 converted 25/100/300 MP scans in
- * 3.50/13.98/42.46 s of wall time on one busy thread (wall ≈ CPU); `npm run bench` now prints the
- * CPU-seconds (GNU time user + system) beside it. Node start and loading sharp add ~0.3 CPU-s.
+ * The one starting figure for what a conversion costs, shared by the sizing and by the makespan
+ * bench's simulated machines: CPU-seconds per megapixel of the contract encoder (mozjpeg Q95) on
+ * one thread, from the latest `npm run bench` (bench/RESULTS.md section 2, the 100 MP contract
+ * run: 27.57 CPU-s, GNU time user + system, less the process start, over 100 MP, at d802233).
+ * After the first tasks of a phase the engine sizes from what the batch's machines measured.
  */
-export const MOZJPEG_CPU_S_PER_MP = 0.14;
+export const CONVERSION_CPU_S_PER_MP = 0.273;
+/** Node start and loading sharp, CPU-seconds (the same bench: a 25 MP run less its pixels). */
 export const PROCESS_START_CPU_S = 0.3;
 /** Pixels per TIFF byte of the bench's LZW scans (100 MP in 242.6 MiB); uncompressed 8-bit RGB is 0.33. */
 export const PIXELS_PER_TIFF_BYTE = 0.39;
@@ -23,24 +25,26 @@ export const PIXELS_PER_TIFF_BYTE = 0.39;
 export const JPEG_BYTES_PER_PIXEL = 0.26;
 
 /**
- * What converting a TIFF of `sizeBytes` takes: CPU-seconds from its pixels at mozjpeg's measured
- * rate, memory for the decoded image and the encoder's buffers (~765 MB for a 100 MP scan; a
- * TIFF's bytes are a fair bound of that), bytes in and out.
+ * What converting a TIFF of `sizeBytes` takes: CPU-seconds from its pixels at the conversion's
+ * rate (the starting figure, or the batch's measured one), memory for the decoded image and the
+ * encoder's buffers (~765 MB for a 100 MP scan; a TIFF's bytes are a fair bound of that), bytes
+ * in and out.
  */
-export function tiffWork(sizeBytes: number): TaskWork {
-  const pixels = sizeBytes * PIXELS_PER_TIFF_BYTE;
+export function tiffWork(sizeBytes: number, rates: WorkRates = {}): TaskWork {
+  const pixels = sizeBytes * (rates.pixelsPerByte ?? PIXELS_PER_TIFF_BYTE);
   return {
-    cpuS: PROCESS_START_CPU_S + (pixels / 1e6) * MOZJPEG_CPU_S_PER_MP,
+    cpuS: PROCESS_START_CPU_S + (pixels / 1e6) * (rates.cpuSPerMp ?? CONVERSION_CPU_S_PER_MP),
     parallelism: 1,
     memoryMb: 512 + Math.ceil((sizeBytes * 3) / MB),
-    ioBytes: sizeBytes + pixels * JPEG_BYTES_PER_PIXEL,
+    inBytes: sizeBytes,
+    outBytes: pixels * JPEG_BYTES_PER_PIXEL,
   };
 }
 
 /**
- * Machine size from the input size: the cheapest Fly guest that holds the task's memory and is
- * not expected to run throttled under Fly's CPU quota (engine/sizing.ts chooseGuest). Small scans
- * fit a shared vCPU's burst balance; large ones run cheaper and faster on a performance vCPU.
+ * Machine size from the input size: the Fly guest the objective picks for one task on its own
+ * machine (engine/sizing.ts chooseGuest). Small scans fit a shared vCPU's burst balance; large
+ * ones run cheaper and faster on a performance vCPU.
  */
 export function guestFor(sizeBytes: number): GuestSize {
   return chooseGuest(tiffWork(sizeBytes)).guest;

@@ -5,6 +5,12 @@ import type { FileEntry } from "../../shared/contracts.ts";
 import type { TaskWork } from "../engine/sizing.ts";
 import type { GuestSize } from "../fly/api.ts";
 
+/** What a phase's machines measured (callbacks' `performance.cpu_s` and `megapixels`): the work model's rates. */
+export interface WorkRates {
+  cpuSPerMp?: number;
+  pixelsPerByte?: number;
+}
+
 /** A file of the batch as a phase sees it when it discovers tasks. */
 export interface PhaseFile {
   r2_key: string;
@@ -93,8 +99,12 @@ export interface Phase<Callback = unknown> {
   plan(file: PhaseFile, head?: Uint8Array): TaskPlan | null;
   /** The machine a task of `sizeBytes` input needs; a pool machine is this once per slot for the largest task. */
   guest(sizeBytes: number): GuestSize;
-  /** What a task of `sizeBytes` input takes (CPU-seconds, memory, bytes moved): pool sizing uses it; absent, pools use `guest` per slot. */
-  work?(sizeBytes: number): TaskWork;
+  /**
+   * What a task of `sizeBytes` input takes (CPU-seconds, memory, bytes moved), from the phase's
+   * starting figures or the `rates` its machines measured: sizing uses it; absent, a phase runs
+   * one machine per task sized by `guest`, or pools of it per slot.
+   */
+  work?(sizeBytes: number, rates?: WorkRates): TaskWork;
   machine(task: TaskView): MachineRequest;
   /** The callback body this phase's machines send; the engine checks it before `result` sees it. */
   callback: z.ZodType<Callback>;

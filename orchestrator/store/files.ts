@@ -1,5 +1,7 @@
 // The batch's file list (from discovery, a manifest, or earlier phases' outputs). Its size is
-// kept in meta.files_total with every insert and delete, so status never counts rows.
+// kept with every insert and delete, so status never counts rows: in meta.files_total, except
+// the files a task's callback adds, which its phase's tally row counts (counts.ts) in the same
+// write as the task's move.
 import type { FileEntry } from "../../shared/contracts.ts";
 import { MAX_BOUND_VALUE_BYTES, Queries } from "./sql.ts";
 
@@ -21,8 +23,11 @@ export interface FileRow {
 export type NewFile = FileEntry & { directory?: number };
 
 export class FileQueries extends Queries {
-  /** Adds files to the list; a key already present is kept as it was. Returns how many were new. */
-  insertFiles(files: NewFile[]): number {
+  /**
+   * Adds files to the list; a key already present is kept as it was. Returns how many were new,
+   * counted in meta.files_total unless `tallied` (the caller adds them to its phase's tally row).
+   */
+  insertFiles(files: NewFile[], opts: { tallied?: boolean } = {}): number {
     if (files.length === 0) return 0;
     // One statement per page, its rows as one JSON parameter: a statement per row grew workerd's
     // memory by ~150 MB over 60,000 manifest entries (one page per statement: ~55 MB). The
@@ -62,7 +67,7 @@ export class FileQueries extends Queries {
       bytes += row.length + 1;
     }
     flush();
-    if (added > 0) this.db.run("UPDATE meta SET files_total = files_total + ? WHERE id = 1", added);
+    if (added > 0 && !opts.tallied) this.db.run("UPDATE meta SET files_total = files_total + ? WHERE id = 1", added);
     return added;
   }
 
@@ -86,6 +91,6 @@ export class FileQueries extends Queries {
   }
 
   fileCount(): number {
-    return this.db.exec<{ n: number }>("SELECT files_total AS n FROM meta WHERE id = 1")[0]?.n ?? 0;
+    return this.db.exec<{ n: number }>("SELECT files_total + (SELECT coalesce(SUM(files_added), 0) FROM phase_tally) AS n FROM meta WHERE id = 1")[0]?.n ?? 0;
   }
 }

@@ -1,6 +1,6 @@
 // The BatchDO's SQLite store: the only code that writes the batch's SQL. One module per table
 // or concern (migrations.ts and schema.ts, meta.ts, files.ts and directories.ts, file-list.ts, outputs.ts, tasks.ts with
-// counts.ts, attempts.ts, workers.ts, orphans.ts, events.ts, timeline.ts), all on one executor (sql.ts) and
+// counts.ts (phase_tally), attempts.ts, workers.ts, orphans.ts, events.ts, timeline.ts), all on one executor (sql.ts) and
 // its one `work` tally; BatchStore composes them into the one object the engine holds.
 // Every task change updates its phase's counters in the same transaction, and every query on a
 // hot path (callback, alarm, status) is an index lookup whose cost does not grow with the batch.
@@ -14,24 +14,26 @@ import { MetaQueries } from "./meta.ts";
 import { OrphanQueries } from "./orphans.ts";
 import { OutputQueries } from "./outputs.ts";
 import { Schema } from "./schema.ts";
-import { Sql, type SqlWork } from "./sql.ts";
+import { type PendingUsage, Sql, type SqlWork } from "./sql.ts";
 import { TaskQueries } from "./tasks.ts";
 import { TimelineQueries } from "./timeline.ts";
 import { WorkerQueries } from "./workers.ts";
 
 export type { AttemptRow } from "./attempts.ts";
-export type { PhaseCounts } from "./counts.ts";
+export type { PhaseCounts, PhaseMeasured, PhaseUsage, TallyExtra } from "./counts.ts";
 export type { FileListRow } from "./file-list.ts";
 export type { FileRow, NewFile } from "./files.ts";
 export type { BatchMeta, Stage } from "./meta.ts";
-export type { SqlWork } from "./sql.ts";
-export { LIVE_STATES, OPEN_STATES, TASK_STATES, type TaskRow, type TaskState } from "./tasks.ts";
+export type { PendingUsage, SqlWork } from "./sql.ts";
+export { LIVE_STATES, OPEN_STATES, TASK_STATES, type NewTask, type TaskRow, type TaskState } from "./tasks.ts";
 export { WORKER_STATES, type WorkerRow, type WorkerState } from "./workers.ts";
 export type { TimelineAttempt } from "./timeline.ts";
 
 export class BatchStore {
   /** Rows read and written by every query of this store (all tables), for the scale tests and benchmarks. */
   readonly work: SqlWork;
+  /** Billed work not yet added to meta (rows written, setAlarm calls, requests): /status prices it. */
+  readonly usage: PendingUsage;
   readonly #db: Sql;
   readonly #schema: Schema;
   readonly #meta: MetaQueries;
@@ -50,6 +52,7 @@ export class BatchStore {
   constructor(storage: DurableObjectStorage) {
     this.#db = new Sql(storage);
     this.work = this.#db.work;
+    this.usage = this.#db.usage;
     this.#schema = new Schema(this.#db);
     this.#meta = new MetaQueries(this.#db, this.#schema);
     this.#files = new FileQueries(this.#db);
@@ -57,7 +60,7 @@ export class BatchStore {
     this.#fileLists = new FileListQueries(this.#db);
     this.#outputs = new OutputQueries(this.#db);
     this.#counts = new CountQueries(this.#db);
-    this.#tasks = new TaskQueries(this.#db, this.#counts, this.#outputs);
+    this.#tasks = new TaskQueries(this.#db, this.#counts);
     this.#attempts = new AttemptQueries(this.#db);
     this.#workers = new WorkerQueries(this.#db);
     this.#orphans = new OrphanQueries(this.#db);
@@ -95,6 +98,8 @@ export class BatchStore {
   createMeta: MetaQueries["createMeta"] = (...a) => this.#meta.createMeta(...a);
   updateMeta: MetaQueries["updateMeta"] = (...a) => this.#meta.updateMeta(...a);
   addWarning: MetaQueries["addWarning"] = (...a) => this.#meta.addWarning(...a);
+  flushUsage: MetaQueries["flushUsage"] = () => this.#meta.flushUsage();
+  usageSoFar: MetaQueries["usageSoFar"] = (...a) => this.#meta.usageSoFar(...a);
   recentWarnings: MetaQueries["recentWarnings"] = (...a) => this.#meta.recentWarnings(...a);
 
   // files.ts
@@ -121,10 +126,9 @@ export class BatchStore {
   reserveOutput: OutputQueries["reserveOutput"] = (...a) => this.#outputs.reserveOutput(...a);
   outputsOf: OutputQueries["outputsOf"] = (...a) => this.#outputs.outputsOf(...a);
   outputOf: OutputQueries["outputOf"] = (...a) => this.#outputs.outputOf(...a);
-  lastPageOf: OutputQueries["lastPageOf"] = (...a) => this.#outputs.lastPageOf(...a);
 
   // tasks.ts, counts.ts
-  insertTask: TaskQueries["insertTask"] = (...a) => this.#tasks.insertTask(...a);
+  insertTasks: TaskQueries["insertTasks"] = (...a) => this.#tasks.insertTasks(...a);
   getTask: TaskQueries["getTask"] = (...a) => this.#tasks.getTask(...a);
   moveTask: TaskQueries["moveTask"] = (...a) => this.#tasks.moveTask(...a);
   readyTasks: TaskQueries["readyTasks"] = (...a) => this.#tasks.readyTasks(...a);
@@ -137,9 +141,10 @@ export class BatchStore {
   heldBy: TaskQueries["heldBy"] = (...a) => this.#tasks.heldBy(...a);
   counts: CountQueries["counts"] = () => this.#counts.counts();
   phaseCounts: CountQueries["phaseCounts"] = (...a) => this.#counts.phaseCounts(...a);
+  measured: CountQueries["measured"] = (...a) => this.#counts.measured(...a);
+  phaseUsage: CountQueries["usage"] = () => this.#counts.usage();
 
   // attempts.ts
-  startAttempt: AttemptQueries["startAttempt"] = (...a) => this.#attempts.startAttempt(...a);
   recordMachine: AttemptQueries["recordMachine"] = (...a) => this.#attempts.recordMachine(...a);
   endAttempt: AttemptQueries["endAttempt"] = (...a) => this.#attempts.endAttempt(...a);
   cancelOpenAttempts: AttemptQueries["cancelOpenAttempts"] = (...a) => this.#attempts.cancelOpenAttempts(...a);
@@ -175,7 +180,7 @@ export class BatchStore {
   deleteWorker: WorkerQueries["deleteWorker"] = (...a) => this.#workers.deleteWorker(...a);
   liveWorkers: WorkerQueries["liveWorkers"] = () => this.#workers.liveWorkers();
   workersDue: WorkerQueries["workersDue"] = (...a) => this.#workers.workersDue(...a);
-  poolMachineCounts: WorkerQueries["poolMachineCounts"] = () => this.#workers.poolMachineCounts();
+  poolMachineCounts: WorkerQueries["poolMachineCounts"] = (...a) => this.#workers.poolMachineCounts(...a);
   unendedMachines: WorkerQueries["unendedMachines"] = () => this.#workers.unendedMachines();
   fleetUsage: WorkerQueries["fleetUsage"] = () => this.#workers.fleetUsage();
   newestPoolMachines: WorkerQueries["newestPoolMachines"] = (...a) => this.#workers.newestPoolMachines(...a);

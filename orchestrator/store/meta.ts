@@ -64,6 +64,12 @@ export interface BatchMeta {
   paused_error: string | null;
   paused_until: number;
   pause_probes: number;
+  /** The modes the batch may run in: `auto` (sizing chooses single-task or pool), `pool`, `single`; null before migration 12. */
+  mode_request: "auto" | "pool" | "single" | null;
+  /** This Durable Object's billed work, counted as it happens (flushed with meta's writes): rows written incl. setAlarm, requests (RPCs and alarms), Worker requests that reached it. */
+  do_rows_written: number;
+  do_requests: number;
+  worker_requests: number;
   /**
    * The phases the batch runs, in order (JSON array of names): its message's `phases`, or the default
    * pipeline when it named none. Null for batches recorded before migration 8: they end after their phase.
@@ -116,7 +122,32 @@ export class MetaQueries extends Queries {
 
   updateMeta(fields: Partial<Omit<BatchMeta, "batch_id">>, now: number): void {
     const { sets, values } = Sql.sets({ ...fields, updated_at: now });
-    this.db.run(`UPDATE meta SET ${sets} WHERE id = 1`, ...values);
+    // The billed work counted since the last write rides along (no row of its own).
+    const u = this.db.usage;
+    const [rows, requests, workerRequests] = [u.rowsWritten, u.requests, u.workerRequests];
+    u.rowsWritten = u.requests = u.workerRequests = 0;
+    this.db.run(
+      `UPDATE meta SET ${sets}, do_rows_written = do_rows_written + ?, do_requests = do_requests + ?, worker_requests = worker_requests + ? WHERE id = 1`,
+      ...values,
+      rows,
+      requests,
+      workerRequests,
+    );
+  }
+
+  /** Adds the billed work counted in memory to meta now (one row). */
+  flushUsage(): void {
+    const u = this.db.usage;
+    if (u.rowsWritten === 0 && u.requests === 0) return;
+    const [rows, requests, workerRequests] = [u.rowsWritten, u.requests, u.workerRequests];
+    u.rowsWritten = u.requests = u.workerRequests = 0;
+    this.db.run("UPDATE meta SET do_rows_written = do_rows_written + ?, do_requests = do_requests + ?, worker_requests = worker_requests + ? WHERE id = 1", rows + 1, requests, workerRequests);
+  }
+
+  /** The batch's billed Durable Object work: what meta holds plus what is counted in memory. */
+  usageSoFar(meta: Pick<BatchMeta, "do_rows_written" | "do_requests" | "worker_requests">): { rowsWritten: number; requests: number; workerRequests: number } {
+    const u = this.db.usage;
+    return { rowsWritten: meta.do_rows_written + u.rowsWritten, requests: meta.do_requests + u.requests, workerRequests: meta.worker_requests + u.workerRequests };
   }
 
   /**

@@ -202,4 +202,54 @@ export const MIGRATIONS: string[] = [
    ALTER TABLE meta ADD COLUMN pause_probes INTEGER NOT NULL DEFAULT 0;
    ALTER TABLE orphan_machines ADD COLUMN destroy_at INTEGER NOT NULL DEFAULT 0;
    CREATE INDEX workers_machine ON workers (machine_id);`,
+  // 12: fewer rows written per task (issue 23; DO SQLite bills every row and index entry written,
+  // developers.cloudflare.com/durable-objects/platform/pricing). Phase counters become one row
+  // per phase (a task's move rewrites one row, not two) that also keeps the files a phase's
+  // callbacks added and the CPU-seconds and megapixels its machines reported (sizing learns from
+  // them); the ready index holds only waiting tasks; live tasks (at most the machines' slots) are
+  // found through tasks_state_id, so leases and heartbeats rewrite no deadline or worker index;
+  // attempts are written once, when they end, and not at all for the attempt that finishes its
+  // task (the open one and that one are the task row: attempt_started_at, finished_at; tasks_done
+  // gives the timeline the latest). And what the all-in cost in /status needs:
+  // the tally's attempts, outputs and their bytes; the batch's mode request (auto: the sizing
+  // chooses single-task or pool); the Durable Object's rows written and requests; each machine's region.
+  `CREATE TABLE phase_tally (
+     phase TEXT PRIMARY KEY,
+     pending INTEGER NOT NULL DEFAULT 0,
+     retrying INTEGER NOT NULL DEFAULT 0,
+     creating INTEGER NOT NULL DEFAULT 0,
+     booting INTEGER NOT NULL DEFAULT 0,
+     running INTEGER NOT NULL DEFAULT 0,
+     done INTEGER NOT NULL DEFAULT 0,
+     failed INTEGER NOT NULL DEFAULT 0,
+     files_added INTEGER NOT NULL DEFAULT 0,
+     attempts INTEGER NOT NULL DEFAULT 0,
+     outputs INTEGER NOT NULL DEFAULT 0,
+     output_bytes INTEGER NOT NULL DEFAULT 0,
+     measured_tasks INTEGER NOT NULL DEFAULT 0,
+     measured_cpu_s REAL NOT NULL DEFAULT 0,
+     measured_megapixels REAL NOT NULL DEFAULT 0,
+     measured_bytes INTEGER NOT NULL DEFAULT 0
+   ) WITHOUT ROWID;
+   INSERT INTO phase_tally (phase, pending, retrying, creating, booting, running, done, failed)
+     SELECT phase,
+            SUM(CASE state WHEN 'pending' THEN n ELSE 0 END), SUM(CASE state WHEN 'retrying' THEN n ELSE 0 END),
+            SUM(CASE state WHEN 'creating' THEN n ELSE 0 END), SUM(CASE state WHEN 'booting' THEN n ELSE 0 END),
+            SUM(CASE state WHEN 'running' THEN n ELSE 0 END), SUM(CASE state WHEN 'done' THEN n ELSE 0 END),
+            SUM(CASE state WHEN 'failed' THEN n ELSE 0 END)
+     FROM phase_counts GROUP BY phase;
+   DROP TABLE phase_counts;
+   DROP INDEX tasks_ready;
+   DROP INDEX tasks_deadline;
+   DROP INDEX tasks_worker;
+   CREATE INDEX tasks_pending ON tasks (next_at) WHERE state = 'pending';
+   CREATE INDEX tasks_retrying ON tasks (next_at) WHERE state = 'retrying';
+   CREATE INDEX tasks_done ON tasks (finished_at) WHERE state = 'done';
+   ALTER TABLE tasks ADD COLUMN attempt_started_at INTEGER;
+   UPDATE tasks SET attempt_started_at = (SELECT started_at FROM attempts a WHERE a.task_id = tasks.task_id AND a.attempt = tasks.attempt) WHERE state IN ('creating', 'booting', 'running');
+   ALTER TABLE meta ADD COLUMN mode_request TEXT;
+   ALTER TABLE meta ADD COLUMN do_rows_written INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE meta ADD COLUMN do_requests INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE meta ADD COLUMN worker_requests INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE workers ADD COLUMN region TEXT;`,
 ];

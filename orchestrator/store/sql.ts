@@ -10,6 +10,13 @@ export interface SqlWork {
 
 export type SqlValue = string | number | null | ArrayBuffer;
 
+/** Billed work counted since it was last added to meta (meta.ts flushes it with its writes). */
+export interface PendingUsage {
+  rowsWritten: number;
+  requests: number;
+  workerRequests: number;
+}
+
 /**
  * Durable Object SQLite limits (developers.cloudflare.com/durable-objects/platform/limits/,
  * "SQL storage limits"): 2 MB per string, BLOB or row; 100 KB per SQL statement; 100 bound
@@ -29,6 +36,7 @@ export function setSqlWrapper(wrap: ((sql: SqlStorage) => SqlStorage) | null): v
 
 export class Sql {
   readonly work: SqlWork = { rowsRead: 0, rowsWritten: 0 };
+  readonly usage: PendingUsage = { rowsWritten: 0, requests: 0, workerRequests: 0 };
   readonly storage: DurableObjectStorage;
   readonly sql: SqlStorage;
 
@@ -43,6 +51,7 @@ export class Sql {
     const rows = cursor.toArray();
     this.work.rowsRead += cursor.rowsRead;
     this.work.rowsWritten += cursor.rowsWritten;
+    this.usage.rowsWritten += cursor.rowsWritten;
     return rows;
   }
 
@@ -52,6 +61,7 @@ export class Sql {
     cursor.toArray();
     this.work.rowsRead += cursor.rowsRead;
     this.work.rowsWritten += cursor.rowsWritten;
+    this.usage.rowsWritten += cursor.rowsWritten;
     return cursor.rowsWritten;
   }
 

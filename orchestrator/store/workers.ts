@@ -32,6 +32,8 @@ export interface WorkerRow {
   /** When it was first seen started, and when it ended (exited, was destroyed or given up on). */
   started_at: number | null;
   ended_at: number | null;
+  /** Where Fly created it (prices are per region); null before the create's answer (and before migration 12). */
+  region: string | null;
 }
 
 export class WorkerQueries extends Queries {
@@ -74,7 +76,7 @@ export class WorkerQueries extends Queries {
       const now = Date.now();
       const ms = Math.max(0, now - before.created_at);
       set = { ...set, ended_at: now };
-      const cost = before.cpu_kind ? (ms / 1000) * pricePerSecond({ cpu_kind: before.cpu_kind, cpus: before.cpus, memory_mb: before.memory_mb }) : 0;
+      const cost = before.cpu_kind ? (ms / 1000) * pricePerSecond({ cpu_kind: before.cpu_kind, cpus: before.cpus, memory_mb: before.memory_mb }, set.region ?? before.region) : 0;
       this.db.run(
         "UPDATE meta SET machine_ms = machine_ms + ?, machine_cost_usd = machine_cost_usd + ?, machines_ended = machines_ended + 1 WHERE id = 1",
         ms,
@@ -120,11 +122,31 @@ export class WorkerQueries extends Queries {
     return rows.slice(0, limit);
   }
 
-  /** Pool machines only (single-task machines have their task), per live state. */
-  poolMachineCounts(): { creating: number; booting: number; live: number } {
+  /**
+   * Pool machines only (single-task machines have their task), per live state, and the open tasks
+   * their slots cover: every slot of a machine of `shape` (the phase's plan), and only the running
+   * tasks of a machine of another (a plan re-made from measurements: it takes no new task).
+   */
+  poolMachineCounts(shape?: { slots: number; cpu_kind: string; cpus: number; memory_mb: number }): { creating: number; booting: number; live: number; slots: number; stale: number } {
     const count = (state: WorkerState) =>
-      this.db.exec<{ n: number }>("SELECT COUNT(*) AS n FROM workers WHERE state = ? AND task_id IS NULL", state)[0].n;
-    return { creating: count("creating"), booting: count("booting"), live: count("live") };
+      this.db.exec<{ n: number; s: number | null }>("SELECT COUNT(*) AS n, SUM(slots) AS s FROM workers WHERE state = ? AND task_id IS NULL", state)[0];
+    const [c, b, l] = [count("creating"), count("booting"), count("live")];
+    let slots = (c.s ?? 0) + (b.s ?? 0) + (l.s ?? 0);
+    let staleMachines = 0;
+    if (shape) {
+      const other = "task_id IS NULL AND state IN ('creating', 'booting', 'live') AND cpu_kind IS NOT NULL AND NOT (slots = ? AND cpu_kind = ? AND cpus = ? AND memory_mb = ?)";
+      const args = [shape.slots, shape.cpu_kind, shape.cpus, shape.memory_mb];
+      const stale = this.db.exec<{ n: number; s: number | null }>(`SELECT COUNT(*) AS n, SUM(slots) AS s FROM workers WHERE ${other}`, ...args)[0];
+      staleMachines = stale.n;
+      if (stale.n > 0) {
+        const held = this.db.exec<{ n: number }>(
+          `SELECT COUNT(*) AS n FROM tasks WHERE state = 'running' AND worker_id IN (SELECT worker_id FROM workers WHERE ${other})`,
+          ...args,
+        )[0].n;
+        slots += held - (stale.s ?? 0);
+      }
+    }
+    return { creating: c.n, booting: b.n, live: l.n, slots, stale: staleMachines };
   }
 
   /**
@@ -160,9 +182,9 @@ export class WorkerQueries extends Queries {
   }
 
   /** Machines not yet ended (at most MAX_CONCURRENT_MACHINES rows): for the running part of the cost. */
-  unendedMachines(): { phase: string; created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number }[] {
-    return this.db.exec<{ phase: string; created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number }>(
-      "SELECT phase, created_at, cpu_kind, cpus, memory_mb FROM workers WHERE state IN ('creating', 'booting', 'live')",
+  unendedMachines(): { phase: string; created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number; region: string | null }[] {
+    return this.db.exec<{ phase: string; created_at: number; cpu_kind: "shared" | "performance" | null; cpus: number; memory_mb: number; region: string | null }>(
+      "SELECT phase, created_at, cpu_kind, cpus, memory_mb, region FROM workers WHERE state IN ('creating', 'booting', 'live')",
     );
   }
 

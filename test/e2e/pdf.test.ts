@@ -83,7 +83,7 @@ describe("a folder of TIFFs and PDFs", () => {
     const cliStatus = await cli(["status", batchId], env);
     expect(cliStatus.code, cliStatus.stderr).toBe(0);
     expect(cliStatus.stdout).toContain("phases (pipeline TIFF_CONVERSION → PDF_SPLITTING):");
-    expect(cliStatus.stdout).toMatch(/^ {2}TIFF_CONVERSION {2}3\/3 done, 0 failed · 3 machines \((shared-cpu|performance)-\d+x \d+ MB.*\), [0-9.]+ machine-seconds, estimated \$[0-9.]+$/m);
+    expect(cliStatus.stdout).toMatch(/^ {2}TIFF_CONVERSION {2}3\/3 done, 0 failed · 3 machines \((shared-cpu|performance)-\d+x \d+ MB.*\), [0-9.]+ machine-seconds, estimated \$[0-9.]+, all in \$[0-9.]+$/m);
     expect(cliStatus.stdout).toMatch(/^ {2}PDF_SPLITTING {4}2\/2 done, 0 failed · 2 machines \((shared-cpu|performance)-\d+x \d+ MB.*\)/m);
 
     const pdfTasks = (await stack.api.allTasks(batchId, "done")).filter((t) => t.task_id.startsWith("pdf-"));

@@ -71,10 +71,14 @@ describe("a pool-mode batch of 30 TIFFs with machines dying mid-lease", () => {
     expect(jpegs.sort()).toEqual(expectedJpegKeys(submitted.prefix, samples));
     expect(await checkJpegs(s, jpegs)).toEqual([]);
 
-    // The deaths happened, and each one's task went back to the batch and was done elsewhere.
+    // The deaths happened, and each task a dead machine held went back to the batch and was done
+    // elsewhere (a machine of several slots may hold several leases when it dies).
     expect(killed).toHaveLength(KILLS);
+    // Slots a machine had (the sizing chose them: POOL_CONCURRENCY in its env; 16, the most, if the view hides it).
+    const slots = Math.max(...s.emulator.core.machines().map((m) => Number((m as { config?: { env?: Record<string, string> } }).config?.env?.POOL_CONCURRENCY ?? 16)));
     const deathRetries = retries.filter((r) => killed.includes(String(r.machine_id)));
-    expect(deathRetries.length).toBe(KILLS);
+    expect(deathRetries.length).toBeGreaterThanOrEqual(KILLS);
+    expect(deathRetries.length).toBeLessThanOrEqual(KILLS * slots);
     for (const r of deathRetries) {
       expect(String(r.error)).toMatch(/exited while holding the lease|lease expired/);
       expect(done.find((t) => t.task_id === r.task_id)?.machine_id).not.toBe(r.machine_id);

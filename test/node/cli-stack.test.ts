@@ -79,9 +79,14 @@ describe("fanout CLI against a running local stack", () => {
     expect(watched.code, said(watched)).toBe(0);
     expect(watched.stdout).not.toContain("\r");
     expect(watched.stdout).toContain("cli-a: DONE — 3 done, 0 failed of 3");
-    // No pool settings: the default (pool mode), with the machines' time and estimated cost.
+    // No pool settings: the sizing's choice (one machine per task or a pool), with the machines' time
+    // and estimated cost, the all-in cost item by item, and the plan with what it was sized from.
     expect(watched.stdout).toMatch(MACHINE_LINE);
-    expect(watched.stdout).toContain("pool mode");
+    const $ = String.raw`\$(0|0\.0*[1-9]\d?|[1-9]\d*\.\d\d)`;
+    expect(watched.stdout).toMatch(
+      new RegExp(String.raw`^cost all in: ${$} \(${$} per task done\) = machines ${$} \+ egress ${$} \+ R2 ${$} \+ Durable Object ${$} \([1-9]\d* rows written\) \+ Worker requests ${$}$`, "m"),
+    );
+    expect(watched.stdout).toMatch(/^plan \(fast\): (one .* machine per task|\d+ × .*, \d+ slot\(s\)), sized from (the starting figure|\d+ measured tasks .*)/m);
     const manifest = JSON.parse(await (await s3.send(new GetObjectCommand({ Bucket: started.stack.bucket, Key: summary.manifest_key }))).Body!.transformToString()) as {
       directories: { files: { file_name: string; content_type: string }[] }[];
     };

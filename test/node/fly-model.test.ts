@@ -1,15 +1,27 @@
-// Fly's CPU model and prices (shared/fly-model.ts) and the sizing built on them
-// (orchestrator/engine/sizing.ts): pure functions, checked against figures worked by hand.
+// Fly's CPU model and prices (shared/fly-model.ts), the all-in cost model (shared/cost-model.ts)
+// and the sizing built on them (orchestrator/engine/sizing.ts): pure functions, checked against
+// figures worked by hand from the providers' documented numbers. Those numbers are typed again
+// here, not imported: a changed constant in the code fails a test instead of moving its
+// expectation with it.
 import { describe, expect, it } from "vitest";
-import { chooseGuest, guestOf, poolByDefault, sizePool, type TaskWork } from "../../orchestrator/engine/sizing.ts";
+import { chooseGuest, DEFAULT_LIMITS, guestOf, type Limits, planBatch, poolByDefault, poolPlan, singlePlan, type TaskWork } from "../../orchestrator/engine/sizing.ts";
 import { simulatedDuration } from "../../local/fly-emulator/server.ts";
 import type { RunnerMachine } from "../../local/fly-emulator/runner.ts";
 import { guestFor, tiffWork } from "../../orchestrator/phases/tiff-conversion.ts";
+import { allInCost, egressPerByte, planUsage, r2StorageUsd } from "../../shared/cost-model.ts";
 import { conversionWallS, FLY_CPU, initialBalanceS, MachineModel, pricePerSecond, sizeError, type Guest } from "../../shared/fly-model.ts";
 
 const shared1: Guest = { cpu_kind: "shared", cpus: 1, memory_mb: 1024 };
 const perf1: Guest = { cpu_kind: "performance", cpus: 1, memory_mb: 2048 };
 const MB = 1024 * 1024;
+
+// docs.fly.io/about/pricing (read 2026-11-26), iad: per vCPU-second with 256 MB (shared) or
+// 2 GB (performance) included, each further GB per second; regions marked up from iad.
+const SHARED_CPU_S = 0.0000008465;
+const PERF_CPU_S = 0.000012732;
+const RAM_GB_S = 0.000002316;
+const ORD = 1.25;
+const MONTH_S = 30 * 24 * 3600;
 
 describe("Fly's CPU model", () => {
   it("is the documented table: 5 ms per 80 ms on shared vCPUs, 100% on performance", () => {
@@ -77,11 +89,28 @@ describe("the emulator's simulate mode", () => {
 });
 
 describe("Fly's prices", () => {
-  it("match the published per-second figures (monthly / 30 days)", () => {
-    // fly.io: shared-cpu-1x 1 GB $5.70/month ($0.0000022/s), performance-1x 2 GB $31/month ($0.0000120/s).
-    expect(pricePerSecond(shared1) * 2_592_000).toBeCloseTo(5.69, 2);
-    expect(pricePerSecond(perf1)).toBeCloseTo(0.000012, 7);
-    expect(pricePerSecond({ cpu_kind: "performance", cpus: 1, memory_mb: 4096 }) * 2_592_000).toBeCloseTo(41.0, 2);
+  it("reproduce every row the pricing page types, per 30 days", () => {
+    // "shared-cpu-1x with 256MB $2.19/month", "512MB $3.69", "1GB $6.70", "shared-cpu-2x with 2GB $13.39",
+    // "performance-1x with 2GB $33.00", "performance-2x with 4GB $66.00".
+    const month = (g: Guest) => Math.round(pricePerSecond(g) * MONTH_S * 100) / 100;
+    expect(month({ cpu_kind: "shared", cpus: 1, memory_mb: 256 })).toBe(2.19);
+    expect(month({ cpu_kind: "shared", cpus: 1, memory_mb: 512 })).toBe(3.69);
+    expect(month(shared1)).toBe(6.7);
+    expect(month({ cpu_kind: "shared", cpus: 2, memory_mb: 2048 })).toBe(13.39);
+    expect(month(perf1)).toBe(33);
+    expect(month({ cpu_kind: "performance", cpus: 2, memory_mb: 4096 })).toBe(66);
+  });
+
+  it("are per region: the page's three-region example (iad $6.70, fra $7.73, sin $8.50 for shared-cpu-1x 1GB)", () => {
+    const month = (region: string) => Math.round(pricePerSecond(shared1, region) * MONTH_S * 100) / 100;
+    expect([month("iad"), month("fra"), month("sin")]).toEqual([6.7, 7.73, 8.5]);
+    expect(month("xyz")).toBe(6.7); // a region the table does not list: iad's price
+  });
+
+  it("the replaced system's machine, shared-cpu-2x 1 GB in ord: 2 vCPUs with 512 MB, 512 MB more, × 1.25", () => {
+    const hand = (2 * SHARED_CPU_S + 0.5 * RAM_GB_S) * ORD;
+    expect(pricePerSecond({ cpu_kind: "shared", cpus: 2, memory_mb: 1024 }, "ord")).toBeCloseTo(hand, 15);
+    expect(hand).toBeCloseTo(0.00000356375, 14);
   });
 
   it("Fly's size rules", () => {
@@ -93,49 +122,167 @@ describe("Fly's prices", () => {
   });
 });
 
-describe("sizing", () => {
-  it("a 100 MP scan gets a performance vCPU (faster and cheaper than a throttled shared one)", () => {
-    const g = guestFor(242.6 * MB);
-    expect(g).toEqual({ cpu_kind: "performance", cpus: 1, memory_mb: 2048 });
-    expect(sizeError(g)).toBeNull();
-    const w = tiffWork(242.6 * MB);
-    const onShared = conversionWallS({ cpuS: w.cpuS, parallelism: 1, guest: { cpu_kind: "shared", cpus: 1, memory_mb: 1280 } });
-    expect(onShared.throttledS).toBeGreaterThan(0);
+describe("all-in cost", () => {
+  it("prices each item from its page: Fly egress per region group, R2 Class A/B, DO rows, requests and duration, Worker requests", () => {
+    // One 100 MP scan's JPEG (25.9 MB) leaving ord: $0.02/GB; from sin: $0.04/GB.
+    expect(25.9e6 * egressPerByte("ord")).toBeCloseTo(0.000518, 9);
+    expect(25.9e6 * egressPerByte("sin")).toBeCloseTo(0.001036, 9);
+    const c = allInCost({ machineUsd: 1, outputBytes: 1e9, region: "iad", r2ClassA: 1e6, r2ClassB: 1e6, doRowsWritten: 1e6, doRequests: 1e6, doActiveS: 1000, workerRequests: 1e6 });
+    // $0.02 egress; $4.50 + $0.36 R2; $1.00 rows + $0.15 requests + 1,000 s × 0.128 GB × $12.50/M GB-s; $0.30 Worker requests.
+    expect(c.egress).toBeCloseTo(0.02, 12);
+    expect(c.r2_operations).toBeCloseTo(4.86, 12);
+    expect(c.durable_object).toBeCloseTo(1.0 + 0.15 + 1000 * 0.128 * 12.5e-6, 12);
+    expect(c.worker_requests).toBeCloseTo(0.3, 12);
+    expect(c.total).toBeCloseTo(1 + 0.02 + 4.86 + 1.1516 + 0.3, 9);
+    // R2 Standard storage $0.015/GB-month: 25.9 MB for 12 months.
+    expect(r2StorageUsd(25.9e6, 12)).toBeCloseTo(0.0259 * 0.015 * 12, 12);
   });
 
-  it("a small scan that fits the burst balance stays on shared-cpu-1x", () => {
+  it("a plan's usage: a GET, a PUT and a HEAD a task; requests and rows by mode, machine and heartbeat", () => {
+    const shape = { tasks: 10, machines: 2, machineSeconds: 300, taskS: 45, heartbeatS: 20, outputs: 1, outputBytes: 1e6 };
+    const pool = planUsage({ mode: "pool", ...shape }, "iad");
+    // 45 s of task: 2 heartbeats; requests: lease + callback + 2 a task, 2 lease answers a machine.
+    expect(pool).toMatchObject({ r2ClassA: 10, r2ClassB: 20, doRequests: 44, workerRequests: 44, outputBytes: 1e7 });
+    // Rows: 40 a batch, 17 + 2 a task, 12 a machine, 2 every 30 s of machine: 40 + 190 + 24 + 20.
+    expect(pool.doRowsWritten).toBeCloseTo(274, 9);
+    const single = planUsage({ mode: "single", ...shape, machines: 10 }, "iad");
+    expect(single).toMatchObject({ r2ClassA: 10, r2ClassB: 20, doRequests: 20, workerRequests: 10 });
+    expect(single.doRowsWritten).toBeCloseTo(40 + 170 + 120 + 20, 9);
+  });
+});
+
+/** A 100 MP scan as the bench makes it: 242.6 MiB of LZW TIFF (0.39 pixels per byte). */
+const SCAN_BYTES = 242.6 * MB;
+const PIXELS = SCAN_BYTES * 0.39;
+/** Worked by hand: 0.3 CPU-s to start + 0.273 CPU-s per MP (the bench's 100 MP contract run); 512 MB + 3 × its MiB; bytes in, 0.26 bytes per pixel out. */
+const WORK: TaskWork = { cpuS: 0.3 + (PIXELS / 1e6) * 0.273, parallelism: 1, memoryMb: 512 + Math.ceil(3 * 242.6), inBytes: SCAN_BYTES, outBytes: PIXELS * 0.26 };
+const LIMITS: Limits = { ...DEFAULT_LIMITS, maxMachines: 50, createPerS: 1, createBurst: 3, region: "iad" };
+
+/**
+ * What a plan decides beyond its machines' seconds, for the batch: DO rows ($1.00/M: 40 a batch,
+ * 17 + 1 a heartbeat a task, 12 a machine and 2 every 30 s it lives), requests ($0.15/M, each 10 ms
+ * of a 0.128 GB object at $12.50/M GB-s; a pool: lease, callback, heartbeats, 2 a machine; one
+ * machine per task: callback and alarm) and Worker requests ($0.30/M).
+ */
+function decided(mode: "single" | "pool", tasks: number, machines: number, machineS: number, heartbeats: number): number {
+  const rows = 40 + tasks * (17 + heartbeats) + machines * 12 + (machineS * 2) / 30;
+  const requests = mode === "pool" ? tasks * (2 + heartbeats) + 2 * machines : tasks * 2;
+  return rows * 1e-6 + requests * (0.15e-6 + 0.01 * 0.128 * 12.5e-6) + (mode === "pool" ? requests : tasks) * 0.3e-6;
+}
+/** And what every plan pays alike, a scan: the JPEG's egress ($0.02/GB), a PUT and a GET and a HEAD. */
+const ALIKE = WORK.outBytes * 0.02e-9 + 4.5e-6 + 2 * 0.36e-6;
+
+describe("sizing", () => {
+  it("the bench's 100 MP scan, as the phase estimates it", () => {
+    expect(tiffWork(SCAN_BYTES)).toEqual(WORK);
+    expect(WORK.cpuS).toBeCloseTo(27.384, 3);
+  });
+
+  it("one machine per task: a create per task at 1/s after a burst of 3, each billed boot + its task", () => {
+    // performance-1x: 0.2 s of round trips, 280.2 MB at 100 MB/s, 27.384 CPU-s: 30.386 s; + 5 s boot.
+    const taskS = 0.2 + (WORK.inBytes + WORK.outBytes) / 100e6 + WORK.cpuS;
+    const p = singlePlan(1000, WORK, perf1, LIMITS);
+    // 1,000 creates: the last at (1000 − 3) s; 50 at once hold (1000/50 − 1) × 35.386 = 672 s: the create limit binds.
+    expect(p.makespanS).toBeCloseTo(997 + 5 + taskS, 6);
+    expect(p.machineUsd).toBeCloseTo(1000 * (5 + taskS) * PERF_CPU_S, 9);
+    expect(p.costUsd).toBeCloseTo(p.machineUsd + decided("single", 1000, 1000, 1000 * (5 + taskS), 0) + 1000 * ALIKE, 9);
+  });
+
+  it("a 100 MP scan alone gets performance-1x: the cheapest, shared-cpu-8x's burst and half-CPU quota, takes 1.5× as long for 0.8× the machine cost", () => {
+    const g = guestFor(SCAN_BYTES);
+    expect(g).toEqual({ cpu_kind: "performance", cpus: 1, memory_mb: 2048 });
+    // shared-cpu-8x 2 GB (8 × 256 MB included): the 5 s balance drains at 1 − 0.5 per second (10 s
+    // at 100%), the other 17.384 CPU-s run at 8 × 1/16 = 0.5 CPU: 44.77 s of CPU.
+    const s8 = { cpu_kind: "shared", cpus: 8, memory_mb: 2048 } as const;
+    const io = 0.2 + (WORK.inBytes + WORK.outBytes) / 100e6;
+    const s8Task = io + 10 + (WORK.cpuS - 10) / 0.5;
+    const p8 = singlePlan(1, WORK, s8, LIMITS);
+    expect(p8.makespanS).toBeCloseTo(5 + s8Task, 6);
+    expect(p8.machineUsd).toBeCloseTo((5 + s8Task) * 8 * SHARED_CPU_S, 9);
+    const pf = singlePlan(1, WORK, perf1, LIMITS);
+    expect(pf.machineUsd).toBeCloseTo((5 + io + WORK.cpuS) * PERF_CPU_S, 9);
+    // The cheapest is shared-cpu-8x; performance-1x costs within 1.25× of it (what the plan decides:
+    // the machine, its DO rows and requests) and ends sooner: `fast` takes it.
+    const choice = chooseGuest(WORK, "fast", { region: "iad" });
+    expect(choice.guest).toEqual(perf1);
+    expect(pf.decidedUsd / p8.decidedUsd).toBeLessThan(1.25);
+    expect(pf.decidedUsd).toBeCloseTo(pf.machineUsd + decided("single", 1, 1, 5 + io + WORK.cpuS, 0), 9);
+  });
+
+  it("a small scan that fits the burst balance stays on a shared vCPU", () => {
+    // 10 MiB: 4.09 MP, 1.42 CPU-s, 542 MB: inside the 5 s burst on every shared size; shared-cpu-1x 768 MB is the cheapest and as fast.
     expect(guestFor(10 * MB)).toEqual({ cpu_kind: "shared", cpus: 1, memory_mb: 768 });
   });
 
-  it("`fast` never picks a guest that runs throttled; `cheapest` may", () => {
-    const work: TaskWork = { cpuS: 60, parallelism: 1, memoryMb: 900, ioBytes: 0 };
-    const fast = chooseGuest(work, "fast");
-    const cheap = chooseGuest(work, "cheapest");
-    expect(fast.throttledS).toBe(0);
-    expect(cheap.costUsd).toBeLessThanOrEqual(fast.costUsd);
+  it("`cheapest` takes the lowest cost within 1.25× of the fastest plan's makespan; `fast` the shortest within 1.25× of the cheapest cost", () => {
+    const work: TaskWork = { cpuS: 60, parallelism: 1, memoryMb: 900, inBytes: 0, outBytes: 0 };
+    const { plan: fast, considered } = planBatch({ tasks: 1, work, limits: LIMITS, objective: "fast", modes: ["single"] });
+    const { plan: cheap } = planBatch({ tasks: 1, work, limits: LIMITS, objective: "cheapest", modes: ["single"] });
+    const cheapest = Math.min(...considered.map((c) => c.decidedUsd));
+    const fastest = Math.min(...considered.map((c) => c.makespanS));
+    expect(fast.decidedUsd).toBeLessThanOrEqual(cheapest * 1.25);
+    for (const c of considered) if (c.decidedUsd <= cheapest * 1.25) expect(c.makespanS).toBeGreaterThanOrEqual(fast.makespanS * 0.995);
+    expect(cheap.makespanS).toBeLessThanOrEqual(fastest * 1.25);
+    for (const c of considered) if (c.makespanS <= fastest * 1.25) expect(c.decidedUsd).toBeGreaterThanOrEqual(cheap.decidedUsd * 0.995);
     for (const c of [fast, cheap]) expect(sizeError(c.guest)).toBeNull();
   });
 
-  it("pool auto-size: several slots on performance machines for a big batch, within the cost margin", () => {
-    const input = { tasks: 10_000, work: tiffWork(242.6 * MB), maxMachines: 50, createPerS: 1, createBurst: 3, bootS: 5 };
-    const p = sizePool(input);
-    expect(p.slots).toBeGreaterThan(1);
-    expect(p.machines).toBe(50);
-    expect(p.guest.cpu_kind).toBe("performance");
-    expect(sizeError(p.guest)).toBeNull();
-    expect(p.perSlotMb).toBeGreaterThanOrEqual(input.work.memoryMb);
-    const allowed = p.considered.filter((c) => !c.throttled);
-    const cheapest = Math.min(...allowed.map((c) => c.costUsd));
-    expect(p.costUsd).toBeLessThanOrEqual(cheapest * 1.1 + 1e-9);
-    // Nothing within the margin finishes sooner.
-    for (const c of allowed) if (c.costUsd <= cheapest * 1.1) expect(c.makespanS).toBeGreaterThanOrEqual(p.makespanS - 1e-6);
+  it("10,000 scans of 100 MP, worked by hand: the cheapest plan, two pools, and the one `fast` picks", () => {
+    const io = 0.2 + (WORK.inBytes + WORK.outBytes) / 100e6;
+    const netS = (WORK.inBytes + WORK.outBytes) / 100e6;
+    // The cheapest plan the model knows: one shared-cpu-8x 2 GB machine per scan (10 s of burst, the
+    // rest at half a CPU), each billed boot + task. 10,000 creates at 1/s after a burst of 3 would
+    // take 9,997 s, but 50 at once living 52.8 s each allow only 0.95 a second: 199 generations of 50.
+    const s8Life = 5 + io + 10 + (WORK.cpuS - 10) / 0.5;
+    const cheapestDecided = 10_000 * s8Life * 8 * SHARED_CPU_S + decided("single", 10_000, 10_000, 10_000 * s8Life, 0);
+    const cheapestUsd = cheapestDecided + 10_000 * ALIKE;
+    const { plan, considered } = planBatch({ tasks: 10_000, work: WORK, limits: LIMITS, objective: "fast" });
+    const cheapest = considered.reduce((a, b) => (b.costUsd < a.costUsd ? b : a));
+    expect(cheapest).toMatchObject({ mode: "single", guest: { cpu_kind: "shared", cpus: 8, memory_mb: 2048 } });
+    expect(cheapest.makespanS).toBeCloseTo(199 * s8Life + s8Life, 6);
+    expect(cheapest.costUsd).toBeCloseTo(cheapestUsd, 6);
+
+    // Machines join at 1/s after a burst of 3 and work from 5 s after their create: by T, 50 of them
+    // have worked 50 (T − 5) − (1 + … + 47) seconds; every one is billed to the end, plus its boot.
+    const rampEnd = (perTaskS: number) => 5 + (10_000 * perTaskS + (47 * 48) / 2) / 50;
+    const billedS = (makespanS: number) => 50 * (makespanS - 5) - 1128 + 250;
+
+    // 50 × performance-8x, 16 slots of 1,240 MB (19,840 → 19,968 MB): two slots a CPU, so a
+    // conversion gets half a CPU: 2 × 27.384 s; with its transfer and round trips a slot's task is
+    // 57.77 s, and the machine finishes one every 57.77 / 16 = 3.611 s (its network needs 2.80 s).
+    const slot8 = 2 * WORK.cpuS + netS + 0.2;
+    const p8 = poolPlan(10_000, WORK, { cpu_kind: "performance", cpus: 8, memory_mb: 19_968 }, 16, LIMITS);
+    expect(p8.makespanS).toBeCloseTo(rampEnd(slot8 / 16) + slot8 / 2, 1);
+    const price8 = 8 * PERF_CPU_S + ((19_968 - 16_384) / 1024) * RAM_GB_S;
+    expect(p8.machineUsd).toBeCloseTo(billedS(p8.makespanS) * price8, 4);
+    expect(p8.costUsd).toBeCloseTo(p8.machineUsd + decided("pool", 10_000, 50, billedS(p8.makespanS), Math.floor(slot8 / 20)) + 10_000 * ALIKE, 4);
+
+    // 50 × performance-16x 32 GB, 16 slots: a CPU each (30.39 s a task), but 16 tasks' 280 MB per
+    // 30.39 s is more than the machine's 100 MB/s: it finishes one every 2.80 s, network-bound.
+    const slot16 = WORK.cpuS + netS + 0.2;
+    const p16 = poolPlan(10_000, WORK, { cpu_kind: "performance", cpus: 16, memory_mb: 32_768 }, 16, LIMITS);
+    expect(p16.makespanS).toBeCloseTo(rampEnd(netS) + slot16 / 2, 1);
+    expect(p16.machineUsd).toBeCloseTo(billedS(p16.makespanS) * 16 * PERF_CPU_S, 4);
+    expect(p16.costUsd).toBeCloseTo(p16.machineUsd + decided("pool", 10_000, 50, billedS(p16.makespanS), Math.floor(slot16 / 20)) + 10_000 * ALIKE, 4);
+
+    // `fast`: the shortest makespan among plans whose cost the plan decides (machines, DO rows and
+    // requests; egress and R2 are the same for all) is at most 1.25× the cheapest's. performance-16x
+    // would end sooner, but its CPUs wait on the network a third of the time: 1.58×. performance-8x
+    // with 16 slots: 1.13×, and nothing within the margin is sooner.
+    expect(cheapest.decidedUsd).toBeCloseTo(cheapestDecided, 6);
+    expect(p16.makespanS).toBeLessThan(p8.makespanS);
+    expect(p16.decidedUsd / cheapestDecided).toBeGreaterThan(1.25);
+    expect(p8.decidedUsd / cheapestDecided).toBeLessThan(1.25);
+    expect(plan).toMatchObject({ mode: "pool", machines: 50, slots: 16, guest: { cpu_kind: "performance", cpus: 8, memory_mb: 19_968 }, perSlotMb: 1248 });
+    expect(plan.makespanS).toBeCloseTo(p8.makespanS, 6);
+    for (const c of considered) if (c.decidedUsd <= cheapestDecided * 1.25) expect(c.makespanS).toBeGreaterThanOrEqual(plan.makespanS * 0.995);
   });
 
-  it("pool auto-size: a handful of tasks gets no more machines than it has tasks; fixed slots are kept", () => {
-    const p = sizePool({ tasks: 3, work: tiffWork(242.6 * MB), maxMachines: 50, createPerS: 1, createBurst: 3, bootS: 5 });
-    expect(p.machines * p.slots).toBeGreaterThanOrEqual(3);
-    expect(p.machines).toBeLessThanOrEqual(3);
-    expect(sizePool({ tasks: 100, work: tiffWork(242.6 * MB), maxMachines: 50, createPerS: 1, createBurst: 3, bootS: 5, slots: 8 }).slots).toBe(8);
+  it("pool auto-size: a handful of tasks gets no more machines than it needs; fixed slots are kept", () => {
+    const three = planBatch({ tasks: 3, work: WORK, limits: LIMITS, modes: ["pool"] }).plan;
+    expect(three.machines * three.slots).toBeGreaterThanOrEqual(3);
+    expect(three.machines).toBeLessThanOrEqual(3);
+    expect(planBatch({ tasks: 100, work: WORK, limits: LIMITS, slots: 8, modes: ["pool"] }).plan).toMatchObject({ slots: 8, guest: { cpus: 8 } });
   });
 
   it("the message's pool flag wins over POOL_MODE", () => {

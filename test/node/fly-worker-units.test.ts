@@ -5,6 +5,7 @@ import { defaultMaxInputPixels, planEncoder, SHARP_DEFAULT_PIXEL_LIMIT } from ".
 import { conversionSettings, tiffConversion } from "../../orchestrator/phases/tiff-conversion.ts";
 import { parseEnv } from "../../fly-worker/env.ts";
 import { packBitsDecode, lzwDecode } from "../../fly-worker/chunks.ts";
+import { CpuLedger } from "../../fly-worker/cpu.ts";
 import { describeDecodeError, TaskError } from "../../fly-worker/errors.ts";
 import { floatMapping, signedMapping } from "../../fly-worker/levels.ts";
 import { pageList } from "../../fly-worker/task.ts";
@@ -12,6 +13,32 @@ import { describeSignature, selectPages, type TiffDirectory } from "../../fly-wo
 
 const dir = (index: number, width: number, height: number, extra: Partial<TiffDirectory> = {}): TiffDirectory => ({
   index, width, height, newSubfileType: 0, samplesPerPixel: 3, bitsPerSample: 8, sampleFormat: 1, compression: 5, orientation: 1, extraSamples: [], rowsPerStrip: 16, planar: 1, predictor: 1, layout: { ifdOffset: 8, littleEndian: true, bigTiff: false }, ...extra,
+});
+
+describe("CpuLedger: a task's CPU-seconds from its process's", () => {
+  it("shares what the process spent among the tasks in flight; CPU spent with none in flight is the machine's; tasks + idle add up to the process", () => {
+    let cpuUs = 0;
+    const ledger = new CpuLedger(() => cpuUs);
+    cpuUs = 300_000; // Node's start and loading sharp, before any task
+    const a = ledger.begin();
+    cpuUs += 1_000_000; // a alone: 1 s
+    const b = ledger.begin();
+    cpuUs += 2_000_000; // a and b side by side: 1 s each
+    const aS = ledger.end(a);
+    cpuUs += 500_000; // b alone
+    const bS = ledger.end(b);
+    cpuUs += 100_000; // idle: polling for a lease
+    const c = ledger.begin();
+    cpuUs += 400_000;
+    const cS = ledger.end(c);
+    expect(aS).toBeCloseTo(1 + 1, 9);
+    expect(bS).toBeCloseTo(1 + 0.5, 9);
+    expect(cS).toBeCloseTo(0.4, 9);
+    expect(ledger.idleS).toBeCloseTo(0.3 + 0.1, 9);
+    expect(aS + bS + cS + ledger.idleS).toBeCloseTo(cpuUs / 1e6, 9);
+    // Ending a task twice (the worker's finally after its success) counts nothing again.
+    expect(ledger.end(c)).toBe(0);
+  });
 });
 
 describe("selectPages", () => {

@@ -34,8 +34,9 @@ describe("PDF_SPLITTING plans", () => {
 describe("PDF_SPLITTING's work model and machine", () => {
   it("a page per 20 KB at 0.8 CPU-s, 555 MB + 240 MB for up to 2,000 pages + the file: an 18 KB PDF is one page on shared-cpu-1x 1 GB", () => {
     expect(PDF_BYTES_PER_PAGE).toBe(20 * 1024);
-    // pages ⌈18000 / 20480⌉ = 1; CPU 0.6 + 0.8; memory 320 + ⌈17.4 × 13.5⌉ = 555, + 2,000 × 0.12 = 240, + ⌈18000 B⌉ = 1 MB; bytes 2 × 18000 + 0.5 MiB.
-    expect(pdfWork(18_000)).toEqual({ cpuS: 1.4, parallelism: 1, memoryMb: 796, ioBytes: 36_000 + 524_288 });
+    // pages ⌈18000 / 20480⌉ = 1; CPU 0.6 + 0.8; memory 320 + ⌈17.4 × 13.5⌉ = 555, + 2,000 × 0.12 = 240, + ⌈18000 B⌉ = 1 MB; bytes: 18000 down,
+    // 18000 up again as single-page PDFs and 0.5 MiB a page of JPEG (Fly bills what goes up as egress).
+    expect(pdfWork(18_000)).toEqual({ cpuS: 1.4, parallelism: 1, memoryMb: 796, inBytes: 18_000, outBytes: 18_000 + 524_288 });
     // 1.4 CPU-s fits a shared vCPU's initial burst: the cheapest size that holds 796 MB (256 MB steps).
     expect(pdfGuest(18_000)).toEqual({ cpu_kind: "shared", cpus: 1, memory_mb: 1024 });
   });

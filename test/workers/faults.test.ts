@@ -87,7 +87,7 @@ describe("Fly API faults", () => {
     const lost = await withStore("f-crash", (store, sql) => {
       const t = store.getTask("tiff-000001")!;
       sql.exec("UPDATE tasks SET state = 'creating', machine_id = NULL, deadline_at = 0 WHERE task_id = ?", t.task_id);
-      sql.exec("UPDATE phase_counts SET n = n + (CASE state WHEN 'creating' THEN 1 ELSE -1 END) WHERE state IN ('creating', ?)", t.state);
+      sql.exec(`UPDATE phase_tally SET creating = creating + 1, ${t.state} = ${t.state} - 1 WHERE phase = ?`, t.phase);
       sql.exec("UPDATE workers SET state = 'creating', machine_id = NULL, check_at = 0 WHERE worker_id = ?", t.worker_id);
       return t.machine_id;
     });

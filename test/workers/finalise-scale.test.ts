@@ -38,10 +38,10 @@ describe("scale", () => {
     await withStore(batchId, (store, sql) => {
       sql.exec("UPDATE meta SET stage = 'run', error = NULL");
       store.transaction(() => {
-        for (let i = 0; i < n; i++) {
-          const key = `${batchId}/s${i}.tif`;
-          store.insertFiles([{ r2_key: key, logical_path: key, file_name: `s${i}.tif`, file_size: 4, content_type: "image/tiff" }]);
-          store.insertTask({
+        const keys = Array.from({ length: n }, (_, i) => `${batchId}/s${i}.tif`);
+        store.insertFiles(keys.map((key, i) => ({ r2_key: key, logical_path: key, file_name: `s${i}.tif`, file_size: 4, content_type: "image/tiff" })));
+        store.insertTasks(
+          keys.map((key, i) => ({
             task_id: `tiff-${String(i).padStart(6, "0")}`,
             phase: "TIFF_CONVERSION",
             file_id: i + 1,
@@ -50,8 +50,8 @@ describe("scale", () => {
             size_bytes: 4,
             params_json: "{}",
             now: Date.now(),
-          });
-        }
+          })),
+        );
       });
       // Park the alarm loop: this test drives callbacks only.
       sql.exec("UPDATE tasks SET next_at = ?", Date.now() + 3_600_000);
@@ -64,8 +64,7 @@ describe("scale", () => {
     const taskId = `tiff-${String(i).padStart(6, "0")}`;
     const outputKey = await withStore(batchId, (store) => {
       const t = store.getTask(taskId)!;
-      store.moveTask(t, "running", { attempt: 1, machine_id: `m${i}`, deadline_at: Date.now() + 3_600_000 }, Date.now());
-      store.startAttempt({ task_id: taskId, attempt: 1, machine_name: `m${i}`, now: Date.now() });
+      store.moveTask(t, "running", { attempt: 1, machine_id: `m${i}`, machine_name: `m${i}`, deadline_at: Date.now() + 3_600_000, attempt_started_at: Date.now() }, Date.now());
       return t.output_key;
     });
     const machine = {

@@ -110,14 +110,14 @@ async function seedWorst(b: string, pending: number, live: number, orphans: numb
         const key = `${b}/s${i}.tif`;
         store.insertFiles([{ r2_key: key, logical_path: key, file_name: `s${i}.tif`, file_size: 4, content_type: "image/tiff" }]);
         const id = `tiff-${String(i).padStart(6, "0")}`;
-        store.insertTask({ task_id: id, phase: "TIFF_CONVERSION", file_id: i + 1, input_key: key, output_key: key.replace(/\.tif$/, ".jpg"), size_bytes: 4, params_json: "{}", now });
+        store.insertTasks([{ task_id: id, phase: "TIFF_CONVERSION", file_id: i + 1, input_key: key, output_key: key.replace(/\.tif$/, ".jpg"), size_bytes: 4, params_json: "{}", now }]);
       }
       for (let i = 0; i < live; i++) {
         const id = `tiff-${String(pending + i).padStart(6, "0")}`;
         const worker = `${id}-a1`;
         const task = store.getTask(id)!;
-        store.moveTask(task, "running", { attempt: 1, machine_id: `m-live-${i}`, worker_id: worker, deadline_at: now + 3_600_000, limit_at: now + 3_600_000 }, now);
-        store.startAttempt({ task_id: id, attempt: 1, machine_name: worker, now });
+        // The open attempt is the task row's (store/attempts.ts: attempts are written when they end).
+        store.moveTask(task, "running", { attempt: 1, machine_id: `m-live-${i}`, machine_name: worker, worker_id: worker, deadline_at: now + 3_600_000, limit_at: now + 3_600_000, attempt_started_at: now }, now);
         store.insertWorker({ worker_id: worker, phase: "TIFF_CONVERSION", now, check_at: 0, limit_at: now + 3_600_000, task_id: id, attempt: 1 });
         store.updateWorker(worker, { state: "live", machine_id: `m-live-${i}` });
       }

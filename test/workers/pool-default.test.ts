@@ -1,18 +1,30 @@
-// Pool mode is the default (POOL_MODE unset), auto-sized by engine/sizing.ts; `"pool": false`
-// keeps one machine per task. The status body carries the batch's machine-seconds and estimated
-// cost, which must agree with the machine rows and Fly's prices. (The other workerd suites run
-// with POOL_MODE=false from vitest.config.ts; here the DO's env drops it, as production has it.)
+// With POOL_MODE unset (production's default) the sizing chooses each batch's plan — one machine
+// per task or a pool, the size, the slots — by its objective; `"pool": false` keeps one machine per
+// task. The status body carries the batch's machine-seconds and all-in cost, which must agree
+// with the machine rows and the providers' prices. Every expected size and price here is worked by
+// hand from the documented figures (typed below), never taken from the sizing code. (The other
+// workerd suites run with POOL_MODE=false from vitest.config.ts; here the DO's env drops it.)
 import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import { loadConfig } from "../../orchestrator/config.ts";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
-import { sizePool } from "../../orchestrator/engine/sizing.ts";
+import { planBatch, DEFAULT_LIMITS } from "../../orchestrator/engine/sizing.ts";
 import { tiffWork } from "../../orchestrator/phases/tiff-conversion.ts";
-import { pricePerSecond } from "../../shared/fly-model.ts";
-import { getStatus, installWorld, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
+import { getStatus, installWorld, OUTPUT_SIZE, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
 import { PoolRunner } from "./support/pool.ts";
+
+// docs.fly.io/about/pricing (read 2026-11-26): iad per-second prices; regions marked up from iad.
+const SHARED_CPU_S = 0.0000008465;
+const PERF_CPU_S = 0.000012732;
+const RAM_GB_S = 0.000002316;
+const MARKUP: Record<string, number> = { iad: 1, ord: 1.25 };
+/** A machine's price per second, by hand: its vCPUs with 256 MB (shared) or 2 GB (performance) each, RAM beyond at RAM_GB_S. */
+function handPrice(g: { cpu_kind: string; cpus: number; memory_mb: number }, region: string | null): number {
+  const [cpu, included] = g.cpu_kind === "shared" ? [SHARED_CPU_S, 256] : [PERF_CPU_S, 2048];
+  return (g.cpus * cpu + (Math.max(0, g.memory_mb - g.cpus * included) / 1024) * RAM_GB_S) * (MARKUP[region ?? "iad"] ?? 1);
+}
 
 let world: World | undefined;
 afterEach(async () => {
@@ -29,12 +41,12 @@ async function startWithDefaults(batchId: string, extra: Record<string, unknown>
   });
 }
 
-/** Machine-seconds and cost recomputed from the machine rows (create → end) at Fly's prices. */
+/** Machine-seconds and cost recomputed from the machine rows (create → end) at the hand-typed prices. */
 async function costFromRows(batchId: string): Promise<{ ms: number; usd: number; ended: number }> {
   return withStore(batchId, (_s, sql) => {
     const rows = sql
-      .exec<{ created_at: number; ended_at: number | null; cpu_kind: "shared" | "performance"; cpus: number; memory_mb: number }>(
-        "SELECT created_at, ended_at, cpu_kind, cpus, memory_mb FROM workers WHERE state = 'gone'",
+      .exec<{ created_at: number; ended_at: number | null; cpu_kind: "shared" | "performance"; cpus: number; memory_mb: number; region: string | null }>(
+        "SELECT created_at, ended_at, cpu_kind, cpus, memory_mb, region FROM workers WHERE state = 'gone'",
       )
       .toArray();
     let ms = 0;
@@ -42,9 +54,10 @@ async function costFromRows(batchId: string): Promise<{ ms: number; usd: number;
     for (const r of rows) {
       expect(r.ended_at).not.toBeNull();
       expect(r.cpus).toBeGreaterThan(0);
+      expect(r.region).toBe("iad"); // the first of FLY_REGIONS, where the emulator creates them
       const t = r.ended_at! - r.created_at;
       ms += t;
-      usd += (t / 1000) * pricePerSecond(r);
+      usd += (t / 1000) * handPrice(r, r.region);
     }
     return { ms, usd, ended: rows.length };
   });
@@ -57,39 +70,85 @@ describe("pool mode by default", () => {
     expect(loadConfig({ ...production, POOL_MODE: "false" } as unknown as Env).POOL_MODE).toBe(false);
   });
 
-  it("a message without pool settings runs an auto-sized pool; status shows machine-seconds and cost", async () => {
+  it("a message without pool settings: the sizing's pick, worked by hand; status shows machine-seconds and the all-in cost", async () => {
     const runner = new PoolRunner();
     world = installWorld({ runner });
     await putTiffs("default-pool/", 12);
     await startWithDefaults("default-pool");
     const s = await waitForStatus("default-pool", (x) => x.status === "DONE" && x.machines.running === 0, 30_000);
-    expect(s.mode).toBe("pool");
     expect(s.progress).toMatchObject({ tasks_total: 12, tasks_completed: 12, tasks_failed: 0 });
-    // Every machine is a pool machine of the size and slot count the sizing picks for this batch.
-    const maxSize = await withStore("default-pool", (_s, sql) => sql.exec<{ n: number }>("SELECT MAX(size_bytes) AS n FROM tasks").one().n);
-    const c = loadConfig(env);
-    const expected = sizePool({
-      tasks: 12,
-      work: tiffWork(maxSize),
-      maxMachines: Math.min(c.MAX_CONCURRENT_MACHINES ?? Infinity, c.FLEET_MAX_MACHINES),
-      createPerS: c.FLY_CREATE_RATE_PER_SECOND,
-      createBurst: c.FLY_CREATE_BURST,
-      bootS: 5,
-    });
-    expect(runner.started.length).toBeGreaterThan(0);
-    expect(runner.started.length).toBeLessThanOrEqual(expected.machines);
+    // By hand. Each input is 4 bytes: 0.3 CPU-s to start, 513 MB (512 + 3 × its MiB, rounded up),
+    // nothing to move. With 20 machines and 100 creates at once allowed, the soonest any plan can
+    // end is boot + one task (5 + 0.2 + 0.3 s): one machine per task, or pools with 12 slots or
+    // more and a CPU each, every machine billed 5.5 s. What those plans decide (their machines'
+    // seconds, and Durable Object rows: 12 a machine at $1.00/M, with 2 requests a machine) for a
+    // pool of 1 × shared-cpu-16x 8448 MB (16S + 4.25R a second): 5.5 × $0.000023387 + 12 rows
+    // = $0.0001415; 3 × shared-cpu-4x 2304 MB: 5.5 × 3 × (4S + 1.25R) + 36 rows = $0.0001424;
+    // 6 × shared-cpu-2x: $0.0001852; 2 × shared-cpu-8x: $0.0001558; 12 × shared-cpu-1x: $0.0002763;
+    // one machine per task pays 12 rows a machine too, and 12 more a task. The cheapest of all is
+    // slower (1 × shared-cpu-8x, 16 slots on 8 CPUs: 5.8 s, 1.4% cheaper): within 1.25× of it `fast`
+    // takes the soonest, and of the soonest the cheapest: 1 × shared-cpu-16x 8448 MB (16 × 513 MB =
+    // 8,208, in 256 MB steps), 16 slots of 528 MB.
+    const guest = { cpu_kind: "shared", cpus: 16, memory_mb: 8448 };
+    const decided = (machines: number, perSecond: number) => 5.5 * perSecond + machines * (12e-6 + 2 * (0.15e-6 + 0.01 * 0.128 * 12.5e-6 + 0.3e-6));
+    const shared = (cpus: number, mb: number) => handPrice({ cpu_kind: "shared", cpus, memory_mb: mb }, "iad");
+    expect(decided(1, shared(16, 8448))).toBeLessThan(Math.min(decided(3, 3 * shared(4, 2304)), decided(2, 2 * shared(8, 4352)), decided(6, 6 * shared(2, 1280)), decided(12, 12 * shared(1, 768))));
+    expect(s.mode).toBe("pool");
+    expect(s.sizing).toMatchObject({ objective: "fast", mode: "pool", plan: "1 × shared-cpu-16x 8448 MB, 16 slot(s)", work: { basis: "starting figure" } });
+    expect(runner.started).toHaveLength(1);
     for (const m of runner.started) {
-      expect(machineProcessEnv(m)).toMatchObject({ POOL_MODE: "true", POOL_CONCURRENCY: String(expected.slots) });
-      expect(m.guest).toEqual(expected.guest);
+      expect(machineProcessEnv(m)).toMatchObject({ POOL_MODE: "true", POOL_CONCURRENCY: "16", MEMORY_MB: "528" });
+      expect(m.guest).toEqual(guest);
     }
-    // Cost: the status totals are the rows' create → end times at Fly's per-second prices.
+    // Machines: the status totals are the rows' create → end times at the hand-typed prices.
     const rows = await costFromRows("default-pool");
     expect(s.machines.ended).toBe(rows.ended);
     expect(s.machines.ended).toBe(runner.started.length);
     expect(s.machines.machine_seconds).toBeCloseTo(rows.ms / 1000, 1);
     expect(s.machines.estimated_cost_usd).toBeCloseTo(rows.usd, 6);
     expect(s.machines.estimated_cost_usd).toBeGreaterThan(0);
-    expect(s.machines.prices).toMatch(/fly\.io\/docs\/about\/pricing/);
+    expect(s.machines.prices).toMatch(/fly\.io\/about\/pricing/);
+    // All in: what the batch counted, priced by hand. 12 outputs of OUTPUT_SIZE bytes left iad
+    // ($0.02/GB); a GET per attempt (12) and a HEAD and a PUT per output (R2 Class B $0.36/M, A $4.50/M);
+    // the DO's rows ($1.00/M) and requests ($0.15/M, billed 10 ms active each at 0.128 GB × $12.50/M
+    // GB-s); the Worker's requests ($0.30/M).
+    const c = s.cost.counted;
+    expect(c).toMatchObject({ output_bytes: 12 * OUTPUT_SIZE, r2_class_a: 12, r2_class_b: 24 });
+    // The DO counted its own rows: at least the 17 a pool task's life writes (the test below).
+    expect(c.do_rows_written).toBeGreaterThan(12 * 17);
+    expect(s.cost.egress_usd).toBeCloseTo(12 * OUTPUT_SIZE * 0.02e-9, 9);
+    expect(s.cost.r2_operations_usd).toBeCloseTo(12 * 4.5e-6 + 24 * 0.36e-6, 9);
+    expect(s.cost.durable_object_usd).toBeCloseTo(c.do_rows_written * 1e-6 + c.do_requests * (0.15e-6 + 0.01 * 0.128 * 12.5e-6), 8);
+    expect(s.cost.worker_requests_usd).toBeCloseTo(c.worker_requests * 0.3e-6, 8);
+    expect(s.cost.total_usd).toBeCloseTo(s.machines.estimated_cost_usd + s.cost.egress_usd + s.cost.r2_operations_usd + s.cost.durable_object_usd + s.cost.worker_requests_usd, 6);
+    expect(s.cost.per_task_done_usd).toBeCloseTo(s.cost.total_usd / 12, 7);
+    expect(s.cost.sources.join(" ")).toMatch(/r2\/pricing.*durable-objects\/platform\/pricing/s);
+    // Per phase and in total, one thing: the phase's machines, egress and R2 are the batch's (one
+    // phase did work; PDF_SPLITTING found nothing and is not listed), its all-in total their sum.
+    expect(s.phases.map((p) => p.name)).toEqual(["TIFF_CONVERSION"]);
+    const [tiff] = s.phases;
+    expect(tiff.machines).toMatchObject({ ended: s.machines.ended, machine_seconds: s.machines.machine_seconds, estimated_cost_usd: s.machines.estimated_cost_usd, sizes: ["shared-cpu-16x 8448 MB"] });
+    expect(tiff.cost.machines_usd).toBeCloseTo(s.cost.machines_usd, 9);
+    expect(tiff.cost.egress_usd).toBeCloseTo(12 * OUTPUT_SIZE * 0.02e-9, 9);
+    expect(tiff.cost.r2_operations_usd).toBeCloseTo(12 * 4.5e-6 + 24 * 0.36e-6, 9);
+    expect(tiff.cost.total_usd).toBeCloseTo(tiff.cost.machines_usd + tiff.cost.egress_usd + tiff.cost.r2_operations_usd, 8); // each item rounded to 1e-9
+    expect(s.cost.total_usd).toBeCloseTo(tiff.cost.total_usd + s.cost.durable_object_usd + s.cost.worker_requests_usd, 8);
+  });
+
+  it("a pool task's whole life, discovery to done, writes at most 20 rows (issue 23), as the DO counts them", async () => {
+    const runner = new PoolRunner();
+    world = installWorld({ runner });
+    await putTiffs("rows-pool/", 200);
+    await startWithDefaults("rows-pool", { pool: true });
+    const s = await waitForStatus("rows-pool", (x) => x.status === "DONE" && x.machines.running === 0, 60_000);
+    expect(s.progress.tasks_completed).toBe(200);
+    // Per task: its file (2: the row, its unique key), its task (6: the row and five index entries),
+    // the lease and the callback (2 each: the row, tasks_state_id), the phase's tally (1 each), its
+    // attempt (1: no row of its own, it finished the task; the task's tasks_done entry, which the
+    // timeline reads), its output file (2): 17; the batch's meta, machines and alarms spread over 200.
+    const rows = s.cost.counted.do_rows_written;
+    expect(rows / 200, `rows written per task: ${rows / 200}`).toBeLessThanOrEqual(20);
+    expect(rows / 200).toBeGreaterThanOrEqual(17);
   });
 
   it("the pool is decided once per phase: a deploy that raises MAX_CONCURRENT_MACHINES mid-phase mixes no machine sizes", async () => {
@@ -104,30 +163,28 @@ describe("pool mode by default", () => {
       runInDurableObject(stub("pool-plan"), (instance: BatchDO) => void Object.defineProperty(instance, "env", { value: vars, configurable: true }));
     await deploy(before);
     await stub("pool-plan").start({ batch_id: "pool-plan", r2_prefix: "pool-plan/" });
-    const maxSize = await vi.waitFor(
-      () => withStore("pool-plan", (_s, sql) => {
-        const n = sql.exec<{ n: number | null }>("SELECT MAX(size_bytes) AS n FROM tasks").one().n;
-        expect(n).not.toBeNull();
-        return n!;
-      }),
-      { timeout: 10_000 },
-    );
-    const c = loadConfig(env);
-    const sized = (maxMachines: number) =>
-      sizePool({ tasks: 12, work: tiffWork(maxSize), maxMachines, createPerS: c.FLY_CREATE_RATE_PER_SECOND, createBurst: c.FLY_CREATE_BURST, bootS: 5 });
-    const [small, large] = [sized(2), sized(20)];
-    // The premise: sized afresh under the new limit, the pool would be another shape.
-    expect(large.slots).not.toBe(small.slots);
-    await vi.waitFor(() => expect(runner.started).toHaveLength(small.machines), { timeout: 10_000 });
+    // The first machines' size and slots are the plan stored when the phase began to run; after
+    // the deploy the phase keeps it (no machine of another size, none beyond its count).
+    await vi.waitFor(() => expect(runner.started.length).toBeGreaterThan(0), { timeout: 10_000 });
+    const first = runner.started[0];
+    const plan = (await getStatus("pool-plan")).sizing!;
+    expect(plan.guest).toEqual(first.guest);
     await deploy(after);
     for (let i = 0; i < 5; i++) {
       await runDurableObjectAlarm(stub("pool-plan"));
-      expect(world.fly.liveMachineCount()).toBeLessThanOrEqual(small.machines);
+      expect(world.fly.liveMachineCount()).toBeLessThanOrEqual(plan.machines);
     }
     for (const m of runner.started) {
-      expect(machineProcessEnv(m).POOL_CONCURRENCY).toBe(String(small.slots));
-      expect(m.guest).toEqual(small.guest);
+      expect(machineProcessEnv(m).POOL_CONCURRENCY).toBe(String(plan.slots));
+      expect(m.guest).toEqual(first.guest);
     }
+    expect((await getStatus("pool-plan")).sizing).toMatchObject({ plan: plan.plan });
+    // The premise: the same batch sized afresh under the new limit is another plan (the test above:
+    // one shared-cpu-16x with 16 slots; with 2 machines allowed the pick is the 8-CPU one, 5.8 s).
+    const maxSize = await withStore("pool-plan", (_s, sql) => sql.exec<{ n: number }>("SELECT MAX(size_bytes) AS n FROM tasks").one().n);
+    const c = loadConfig(env);
+    const afresh = planBatch({ tasks: 12, work: tiffWork(maxSize), limits: { ...DEFAULT_LIMITS, maxMachines: 20, createPerS: c.FLY_CREATE_RATE_PER_SECOND, createBurst: c.FLY_CREATE_BURST, region: "iad" } }).plan;
+    expect(afresh.guest).not.toEqual(first.guest);
   });
 
   it('"pool": false keeps one machine per task, each sized by guestFor; its cost counts every machine', async () => {

@@ -1,7 +1,9 @@
 // Runs the fly-worker as a real child process with a machine's env, the way a Fly Machine
 // (or the local Machines emulator) does, and collects its exit code, log lines and peak RSS.
 import { spawn } from "node:child_process";
-import { readFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { callbackSubject, signToken } from "../../../shared/token.ts";
 import type { LocalS3 } from "../../../local/s3.ts";
@@ -58,6 +60,8 @@ export interface WorkerRun {
   /** Highest VmHWM seen while polling /proc (the worker also reports its own maxRSS). */
   peakRssMb: number;
   durationMs: number;
+  /** With `measureCpu`: the process's user + system CPU-seconds at exit, as GNU time reports them (independent of the worker). */
+  cpuS?: number;
 }
 
 export function parseLogLines(text: string): LogLine[] {
@@ -88,9 +92,12 @@ async function vmHwmMb(pid: number): Promise<number> {
  * Starts `node fly-worker/main.ts` with exactly `env` (plus PATH, TMPDIR and the Dockerfile's
  * MALLOC_ARENA_MAX) — nothing leaks in from the test runner's environment.
  */
-export async function runWorker(env: Record<string, string>, options: { timeoutMs?: number } = {}): Promise<WorkerRun> {
+export async function runWorker(env: Record<string, string>, options: { timeoutMs?: number; measureCpu?: boolean } = {}): Promise<WorkerRun> {
   const started = Date.now();
-  const child = spawn(process.execPath, [WORKER_ENTRY], {
+  // GNU time (Debian's `time` package) writes the child's rusage to a file of its own, not to the worker's stderr.
+  const timeFile = options.measureCpu ? join(await mkdtemp(join(tmpdir(), "fanout-time-")), "cpu") : null;
+  const [command, args] = timeFile ? ["/usr/bin/time", ["-o", timeFile, "-f", "%U %S", process.execPath, WORKER_ENTRY]] : [process.execPath, [WORKER_ENTRY]];
+  const child = spawn(command, args, {
     cwd: REPO_ROOT,
     env: { PATH: process.env.PATH ?? "/usr/bin:/bin", TMPDIR: process.env.TMPDIR ?? "/tmp", MALLOC_ARENA_MAX: "2", ...env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -109,5 +116,11 @@ export async function runWorker(env: Record<string, string>, options: { timeoutM
   );
   clearInterval(poll);
   clearTimeout(timeout);
-  return { code, signal, stdout, stderr, logs: parseLogLines(`${stdout}\n${stderr}`), peakRssMb: peak, durationMs: Date.now() - started };
+  const run: WorkerRun = { code, signal, stdout, stderr, logs: parseLogLines(`${stdout}\n${stderr}`), peakRssMb: peak, durationMs: Date.now() - started };
+  if (timeFile) {
+    const [user, system] = (await readFile(timeFile, "utf8")).trim().split(/\s+/).slice(-2).map(Number);
+    run.cpuS = user + system;
+    await rm(dirname(timeFile), { recursive: true, force: true });
+  }
+  return run;
 }

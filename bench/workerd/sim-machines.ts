@@ -1,48 +1,54 @@
-// The makespan simulation's machinery, shared by the benches that run the real engine in virtual
-// time (makespan.bench-run.ts: one batch; fleet.bench-run.ts: batches at once in one fleet):
-// the clock the DOs' Date follows, machines as Fly's CPU model runs them (one task per machine, or
-// a pool machine's lease loops), the async work a timer started; steps.ts fires a batch's alarm by hand.
-// Virtual time drives everything: Date is faked (the DOs run in this isolate) and starts in 2100,
-// so the runtime never fires an alarm by itself.
+// The machines of the simulations (makespan.bench-run.ts: one batch; fleet.bench-run.ts: batches at
+// once in one fleet; steps.ts fires a batch's alarm by hand): each runs Fly's CPU model (shared/fly-model.ts
+// MachineModel) in virtual time — its tasks share its CPUs, quota and network; a task is round
+// trips, download, CPU, upload — and speaks to the real engine through the Worker's fetch, as
+// fly-worker does: a single-task machine calls back once; a pool machine runs POOL_CONCURRENCY
+// lease loops that take turns downloading, heartbeat, call back and lease again. Each callback
+// reports the task's CPU-seconds and megapixels, as fly-worker's do, so the engine can learn.
 import { exports } from "cloudflare:workers";
 import { vi } from "vitest";
-import { z } from "zod";
 import { ManualClock } from "../../local/fly-emulator/clock.ts";
 import { machineProcessEnv, type MachineRunner, type RunnerEvents, type RunnerMachine } from "../../local/fly-emulator/runner.ts";
 import { LeaseResponse } from "../../shared/contracts.ts";
 import { type Guest, MachineModel, type Stage } from "../../shared/fly-model.ts";
 import { callBack, callBackWith } from "./support.ts";
 
-/** What the replaced system ran: one shared-cpu-1x 1 GB machine per scan. */
-export const BASELINE_GUEST: Guest = { cpu_kind: "shared", cpus: 1, memory_mb: 1024 };
-
 /** One task as a machine runs it: lease/API and storage round trips, download, conversion, upload. */
 export interface TaskShape {
+  /** CPU-seconds the conversion really takes (the engine starts from its own estimate and learns this). */
   cpuS: number;
+  megapixels: number;
   inBytes: number;
   outBytes: number;
   netBytesPerS: number;
   rttS: number;
 }
-export const stagesOf = (t: TaskShape): Stage[] => [...downloadOf(t), ...afterDownloadOf(t)];
+/** What the machine's callback reports of the task: its CPU-seconds and megapixels (fly-worker/cpu.ts). */
+const perfOf = (t: TaskShape) => ({ cpu_s: t.cpuS, megapixels: t.megapixels });
+
+const stagesOf = (t: TaskShape): Stage[] => [...downloadOf(t), ...afterDownloadOf(t)];
 /** A task's round trips and download, which a pool machine's slots take in turns (fly-worker/storage.ts). */
-export const downloadOf = (t: TaskShape): Stage[] => [
+const downloadOf = (t: TaskShape): Stage[] => [
   { kind: "wait", s: t.rttS },
   { kind: "net", bytes: t.inBytes },
 ];
-export const afterDownloadOf = (t: TaskShape): Stage[] => [
+const afterDownloadOf = (t: TaskShape): Stage[] => [
   { kind: "cpu", cpuS: t.cpuS, parallelism: 1 },
   { kind: "net", bytes: t.outBytes },
 ];
 
+/** What the replaced system ran: one shared-cpu-2x 1 GB machine per scan, in ord (DESIGN.md "Machines on Fly"). */
+export const BASELINE = { guest: { cpu_kind: "shared", cpus: 2, memory_mb: 1024 } as Guest, region: "ord" };
+
 /** The guest a machine runs as: its create request's, or the baseline's. */
 export function guestOf(machine: RunnerMachine, baseline: boolean): Guest {
-  if (baseline) return BASELINE_GUEST;
+  if (baseline) return BASELINE.guest;
   const g = machine.guest;
   return { cpu_kind: g.cpu_kind === "performance" ? "performance" : "shared", cpus: g.cpus, memory_mb: g.memory_mb };
 }
 
 export const START = Date.UTC(2100, 0, 1);
+export const CREATE = { perSecond: 1, burst: 3 }; // Fly's documented create limit per app
 
 /** The emulator's manual clock, with the isolate's Date following it (the DO reads Date.now()). */
 export class SimClock extends ManualClock {
@@ -61,7 +67,7 @@ export interface SimRunner extends MachineRunner {
 }
 
 /** Tracks the async work a timer started, so the simulation can wait for it at this instant. */
-export class InFlight {
+class InFlight {
   readonly #set = new Set<Promise<void>>();
   add(p: Promise<void>): void {
     this.#set.add(p);
@@ -102,7 +108,7 @@ export class TimedRunner implements SimRunner {
     this.cpu.throttledS += model.throttledS;
     const timer = this.#clock.setTimeout(() => {
       this.#timers.delete(machine.id);
-      this.#inFlight.add(callBack(machine).then((code) => events.exit(code === 200 ? 0 : 2)));
+      this.#inFlight.add(callBack(machine, { performance: perfOf(this.#task) }).then((code) => events.exit(code === 200 ? 0 : 2)));
     }, Math.round((endS - now) * 1000));
     this.#timers.set(machine.id, timer);
   }
@@ -319,7 +325,7 @@ export class SimPoolRunner implements SimRunner {
       this.#clock.clearTimeout(s.heartbeat);
       m.timers.delete(s.heartbeat);
       m.busy--;
-      const code = await callBackWith({ ...answer.env, ...m.env });
+      const code = await callBackWith({ ...answer.env, ...m.env }, { performance: perfOf(this.#task) });
       if (code !== 200) m.events.log(`callback answered ${code}`, "stderr");
       s.idleSince = m.lastTaskEnd = this.#clock.now();
       await this.#lease(s);
@@ -382,14 +388,3 @@ export class SimPoolRunner implements SimRunner {
   }
 }
 
-
-/** What the bench reads of an emulated machine: its size, its env as created, its state changes. */
-export const MachineView = z.object({
-  id: z.string(),
-  state: z.string(),
-  config: z.object({
-    guest: z.object({ cpu_kind: z.enum(["shared", "performance"]), cpus: z.number().int().positive(), memory_mb: z.number().int().positive() }),
-    env: z.record(z.string(), z.string()),
-  }),
-  events: z.array(z.object({ status: z.string(), timestamp: z.number() })),
-});

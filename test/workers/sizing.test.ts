@@ -1,0 +1,87 @@
+// Sizing learns (issue 23): a phase is sized from the starting figure, then, once its machines
+// have reported the CPU-seconds and megapixels of its first tasks, what is left of it is sized
+// again from the batch's own figures — once — and GET /status says so. Expected plans are worked
+// by hand from Fly's documented figures (docs.fly.io/about/pricing, cpu-performance).
+import { runDurableObjectAlarm } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { LeaseResponse } from "../../shared/contracts.ts";
+import { getStatus, installWorld, postCallback, stub, successBody, withStore, writeOutput, type World } from "./support/engine.ts";
+import { lease, PoolRunner } from "./support/pool.ts";
+
+let world: World | undefined;
+afterEach(async () => {
+  await world?.restore();
+  world = undefined;
+});
+
+/** 12 scans the manifest says are 64,102,564 bytes each: 25 MP at the 0.39 pixels a byte the phase assumes. */
+const BYTES = 64_102_564;
+
+async function putScans(batchId: string, n: number): Promise<string> {
+  const files = Array.from({ length: n }, (_, i) => {
+    const key = `${batchId}/scan-${String(i).padStart(3, "0")}.tif`;
+    return { r2_key: key, logical_path: `/a/${key}`, file_name: key.split("/").pop()!, file_size: BYTES, content_type: "image/tiff" };
+  });
+  await Promise.all(files.map((f) => env.BUCKET.put(f.r2_key, "II*\0")));
+  const manifestKey = `${batchId}/manifest.json`;
+  await env.BUCKET.put(manifestKey, JSON.stringify({ batch_id: batchId, directories: [{ directory_path: "/a", files }] }));
+  return manifestKey;
+}
+
+describe("sizing learns the batch's real work", () => {
+  it("after the first tasks' reports the rest is sized from the measured CPU-seconds per megapixel; status says so; machines of the old size leave", async () => {
+    const runner = new PoolRunner();
+    runner.lazy = () => true; // the test leases by hand
+    world = installWorld({ runner });
+    const manifestKey = await putScans("learn", 12);
+    await stub("learn").start({ batch_id: "learn", manifest_r2_key: manifestKey, pool: true });
+    // By hand, from the starting figure: 25 MP × 0.273 + 0.3 = 7.1 CPU-s. The test env fixes one
+    // slot a machine, so a machine is shared-cpu-1x 768 MB (512 MB + 3 × 61 MiB = 696 MB) or
+    // performance-1x 2 GB: on shared-cpu-1x 5.33 s of burst and 1.8 CPU-s at 1/16 (~34 s, at
+    // $0.0000020045/s); on performance-1x 7.1 s at $0.000012732/s, over 1.25× the cost: twelve
+    // shared-cpu-1x machines, one per task.
+    await vi.waitFor(async () => expect((await getStatus("learn")).sizing).toMatchObject({ plan: "12 × shared-cpu-1x 768 MB, 1 slot(s)", work: { basis: "starting figure" }, resized: null }), {
+      timeout: 10_000,
+    });
+    await vi.waitFor(() => expect(runner.started).toHaveLength(12), { timeout: 10_000 });
+    const first = runner.started[0];
+    expect(first.guest).toEqual({ cpu_kind: "shared", cpus: 1, memory_mb: 768 });
+
+    // Three tasks (learnAfter(12) = max(3, 2% of 12)) report 28 CPU-seconds for their 25 megapixels.
+    for (let i = 0; i < 3; i++) {
+      const answer = LeaseResponse.parse(await (await lease(first.env)).json());
+      if (answer.kind !== "task") throw new Error(`expected a task, got ${JSON.stringify(answer)}`);
+      const taskEnv = { ...answer.env, ...first.env };
+      await writeOutput(taskEnv);
+      const body = { ...successBody(taskEnv), performance: { total_time_ms: 30_000, cpu_s: 28, megapixels: 25 } };
+      expect((await postCallback(taskEnv, body)).status).toBe(200);
+    }
+    await runDurableObjectAlarm(stub("learn"));
+
+    // By hand: 28 / 25 = 1.12 CPU-s per MP; 25e6 / 64,102,564 = 0.39 pixels a byte; a task 0.3 + 25 × 1.12
+    // = 28.3 CPU-s. On shared-cpu-1x: 5.33 s of burst, 22.97 CPU-s at 1/16 = 367.5 s more (~$0.00076);
+    // on performance-1x 28.3 s (~$0.00043): sooner and cheaper. Nine tasks are left: nine machines.
+    const s = await getStatus("learn");
+    expect(s.sizing?.work).toMatchObject({ basis: "measured", measured_tasks: 3 });
+    expect(s.sizing!.work.cpu_s_per_mp).toBeCloseTo(1.12, 9);
+    expect(s.sizing!.work.pixels_per_byte).toBeCloseTo(0.39, 6);
+    expect(s.sizing).toMatchObject({
+      plan: "9 × performance-1x 2048 MB, 1 slot(s)",
+      guest: { cpu_kind: "performance", cpus: 1, memory_mb: 2048 },
+      resized: { from: "12 × shared-cpu-1x 768 MB, 1 slot(s)", to: "9 × performance-1x 2048 MB, 1 slot(s)" },
+    });
+    // New machines are of the new size (the old ones' free slots take no task, so they cover none).
+    await vi.waitFor(() => expect(runner.started.length).toBeGreaterThan(12), { timeout: 10_000 });
+    for (const m of runner.started.slice(12)) expect(m.guest).toEqual({ cpu_kind: "performance", cpus: 1, memory_mb: 2048 });
+    // A machine of the old size takes no new task: told done, it leaves.
+    const answer = LeaseResponse.parse(await (await lease(runner.started[1].env)).json());
+    expect(answer).toMatchObject({ kind: "done", reason: expect.stringMatching(/re-sized/) });
+    // The figures the engine learned from are the phase's tally: the tasks' reports, summed.
+    const measured = await withStore("learn", (store) => store.measured("TIFF_CONVERSION"));
+    expect(measured).toEqual({ phase: "TIFF_CONVERSION", tasks: 3, cpuS: 84, megapixels: 75, bytes: 3 * BYTES });
+    // Learned once: more reports change nothing.
+    await runDurableObjectAlarm(stub("learn"));
+    expect((await getStatus("learn")).sizing?.resized?.to).toBe("9 × performance-1x 2048 MB, 1 slot(s)");
+  });
+});
