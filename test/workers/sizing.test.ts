@@ -5,6 +5,7 @@
 import { runDurableObjectAlarm } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
+import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import { LeaseResponse } from "../../shared/contracts.ts";
 import { getStatus, installWorld, postCallback, stub, successBody, withStore, writeOutput, type World } from "./support/engine.ts";
 import { lease, PoolRunner } from "./support/pool.ts";
@@ -50,9 +51,9 @@ describe("sizing learns the batch's real work", () => {
 
     // Three tasks (learnAfter(12) = max(3, 2% of 12)) report 28 CPU-seconds for their 25 megapixels.
     for (let i = 0; i < 3; i++) {
-      const answer = LeaseResponse.parse(await (await lease(first.env)).json());
+      const answer = LeaseResponse.parse(await (await lease(machineProcessEnv(first))).json());
       if (answer.kind !== "task") throw new Error(`expected a task, got ${JSON.stringify(answer)}`);
-      const taskEnv = { ...answer.env, ...first.env };
+      const taskEnv = { ...answer.env, ...machineProcessEnv(first) };
       await writeOutput(taskEnv);
       const body = { ...successBody(taskEnv), performance: { total_time_ms: 30_000, cpu_s: 28, megapixels: 25 } };
       expect((await postCallback(taskEnv, body)).status).toBe(200);
@@ -75,7 +76,7 @@ describe("sizing learns the batch's real work", () => {
     await vi.waitFor(() => expect(runner.started.length).toBeGreaterThan(12), { timeout: 10_000 });
     for (const m of runner.started.slice(12)) expect(m.guest).toEqual({ cpu_kind: "performance", cpus: 1, memory_mb: 2048 });
     // A machine of the old size takes no new task: told done, it leaves.
-    const answer = LeaseResponse.parse(await (await lease(runner.started[1].env)).json());
+    const answer = LeaseResponse.parse(await (await lease(machineProcessEnv(runner.started[1]))).json());
     expect(answer).toMatchObject({ kind: "done", reason: expect.stringMatching(/re-sized/) });
     // The figures the engine learned from are the phase's tally: the tasks' reports, summed.
     const measured = await withStore("learn", (store) => store.measured("TIFF_CONVERSION"));
