@@ -8,22 +8,21 @@ import { type Config, loadConfig } from "./config.ts";
 import { apiStatus, type Engine, isFinished, makeEngine } from "./engine/context.ts";
 import { discover, messageRefusal } from "./engine/discovery.ts";
 import { finalise } from "./engine/finalise.ts";
+import { type RedriveReply, redriveBatch, resetBatch, type ResetReply } from "./engine/admin.ts";
 import { settleWithFleet } from "./engine/fleet.ts";
-import { destroyOrphans } from "./engine/orphans.ts";
 import { type CallbackReply, settleCallback } from "./engine/outcomes.ts";
 import { type Credential, type ReserveReply, reserveOutputs } from "./engine/reserve.ts";
 import { plan } from "./engine/planning.ts";
 import { heartbeat, lease, type LeaseRefusal } from "./engine/pool.ts";
-import { run, stopBatch } from "./engine/run.ts";
+import { run } from "./engine/run.ts";
 import { archivedRow, finishedAlarm, retentionAlarm } from "./engine/retention.ts";
 import * as views from "./engine/views.ts";
 import { ALARM_REARM_MS, runtimeRetryError, stallReason, stallWarning, stepFailed, wakeIfStalled } from "./engine/watchdog.ts";
 import { modeOf } from "./engine/plan.ts";
 import { CLIENT_HEADER, LiveStreams } from "./engine/events.ts";
-import { log, logError } from "./log.ts";
+import { log } from "./log.ts";
 import { Outbound, OutboundRefused } from "./outbound.ts";
 import { defaultPipeline, getPhase, pipelineProblem } from "./phases/index.ts";
-import { pipelineOf } from "./engine/pipeline.ts";
 import { type BatchMeta, BatchStore } from "./store/index.ts";
 
 export type { StatusBody, ApiStatus } from "./engine/views.ts";
@@ -256,84 +255,18 @@ export class BatchDO extends DurableObject<Env> {
     return meta && task ? views.task(this.engine(), meta, task) : null;
   }
 
-  // ---- RPC: reset --------------------------------------------------------------------------
+  // ---- RPC: reset and redrive (engine/admin.ts) ------------------------------------------------
 
-  async reset(): Promise<
-    | { ok: true; batch_id: string; status: "ERROR"; tasks_failed: number; machines_destroyed: number; machines_pending: number }
-    | { ok: false; code: 404 | 409; error: string }
-  > {
-    const meta = this.store.getMeta();
-    if (!meta) return { ok: false, code: 404, error: "unknown batch" };
-    if (meta.stage === "done" || meta.stage === "failed") return { ok: false, code: 409, error: `batch is ${apiStatus(meta)}; there is nothing to reset` };
-    const e = this.engine();
-    const now = Date.now();
-    // Every credential minted so far is of an earlier epoch from here on: no outstanding attempt's
-    // callback, reservation or lease changes anything after a reset.
-    this.store.updateMeta({ epoch: meta.epoch + 1 }, now);
-    const failed = stopBatch(e, meta, "error", "reset by admin", "batch reset by admin", now);
-    await this.ctx.storage.deleteAlarm();
-    // Machines whose create outcome was never learned are found by their metadata.
-    try {
-      for (const m of await e.fly().listMachines({ fanout_batch: meta.batch_id })) {
-        if (m.state !== "destroyed") this.store.addOrphan(m.id, "batch reset", now);
-      }
-    } catch (error) {
-      logError("DO", "reset_list_failed", error, { batch_id: meta.batch_id });
-    }
-    const destroyed = await destroyOrphans(e, now);
-    await settleWithFleet(e, this.store.getMeta()!);
-    const pending = this.store.orphanCount();
-    if (pending > 0) await this.setAlarm(now + 5_000);
-    await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
-    log("DO", "batch_reset", { batch_id: meta.batch_id, tasks_failed: failed, machines_destroyed: destroyed, machines_pending: pending });
-    return { ok: true, batch_id: meta.batch_id, status: "ERROR", tasks_failed: failed, machines_destroyed: destroyed, machines_pending: pending };
+  async reset(): Promise<ResetReply> {
+    const reply = await resetBatch(this.engine(), () => this.ctx.storage.deleteAlarm(), (at) => this.setAlarm(at));
+    if (reply.ok) await syncBatchIndex(this.env, this.store.getMeta(), () => this.status());
+    return reply;
   }
 
-
-  // ---- RPC: redrive -------------------------------------------------------------------------
-
-  /**
-   * Re-runs only the FAILED tasks of a finished batch (DONE with failures, FAILED, or ERROR after a
-   * reset): their attempts continue (history kept, numbers rising), each with a fresh retry budget;
-   * the final file list goes downstream again under a new Idempotency-Key.
-   */
-  async redrive(): Promise<{ ok: true; batch_id: string; tasks: number; status: string; redrive: number } | { ok: false; code: 404 | 409; error: string }> {
-    const meta = this.store.getMeta();
-    if (!meta) return { ok: false, code: 404, error: "unknown batch" };
-    if (!isFinished(meta)) return { ok: false, code: 409, error: `batch is running (${apiStatus(meta)}); only a finished batch can be redriven` };
-    if (meta.stage === "error" && meta.step_failures > 0) {
-      return { ok: false, code: 409, error: `batch stopped on a failing ${meta.stage} step (${meta.error}); fix the cause and submit it again` };
-    }
-    const e = this.engine();
-    const now = Date.now();
-    const result = this.store.transaction(() => {
-      const r = this.store.redriveFailed(now);
-      if (r.tasks === 0) return r;
-      // Run from the earliest phase of the batch's pipeline that has a task to re-run; the later ones follow.
-      const phase = pipelineOf(meta).find((p) => r.phases.includes(p));
-      this.store.updateMeta(
-        {
-          stage: "run",
-          phase: phase ?? r.phases[0],
-          error: null,
-          completed_at: null,
-          redrives: meta.redrives + 1,
-          // The redriven tasks' earlier attempts end here, whatever their credentials say.
-          epoch: meta.epoch + 1,
-          finalise_attempts: 0,
-          finalise_error: null,
-          // The pool is sized again for what the redrive runs, under today's limits.
-          pool_plan_json: null,
-        },
-        now,
-      );
-      return r;
-    });
-    if (result.tasks === 0) return { ok: false, code: 409, error: "the batch has no failed task to redrive" };
-    e.emit("redrive", { tasks: result.tasks, redrive: meta.redrives + 1 });
-    log("DO", "batch_redriven", { batch_id: meta.batch_id, tasks: result.tasks, redrive: meta.redrives + 1 });
-    await this.setAlarm(now);
-    return { ok: true, batch_id: meta.batch_id, tasks: result.tasks, status: apiStatus(this.store.getMeta()!), redrive: meta.redrives + 1 };
+  async redrive(): Promise<RedriveReply> {
+    const reply = redriveBatch(this.engine());
+    if (reply.ok) await this.setAlarm(Date.now());
+    return reply;
   }
 
   // ---- the alarm loop ------------------------------------------------------------------------
