@@ -9,7 +9,7 @@ import { GetObjectCommand, HeadObjectCommand } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateSamples } from "../../local/samples.ts";
 import { listObjects, s3Client } from "../../local/submit.ts";
-import { cli, said, spawnCli, startLocalStack, type Ran, type StartedStack } from "./support/cli.ts";
+import { cli, said, spawnCli, startLocalStack, type Ran, type StartedStack } from "../node/support/cli.ts";
 
 /** Little-endian TIFF magic, then nothing a decoder can use: the machine refuses it. */
 const CORRUPT_TIFF = Buffer.concat([Buffer.from("II*\0"), Buffer.alloc(64, 7)]);
