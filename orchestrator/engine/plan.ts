@@ -104,7 +104,7 @@ const basisOf = (rates: WorkRates | null, tasks: number): PlanBasis =>
 
 /**
  * Stores the phase's plan once, when it begins to run, with the batch's mode following it. A phase
- * with nothing to do (a pipeline's PDF phase in a batch of TIFFs) is not sized: the plan and mode
+ * with nothing to do (a phase of the pipeline none of the batch's files is for) is not sized: the plan and mode
  * the status shows stay those of the last phase that did work.
  */
 export function planPhase(e: Engine, meta: BatchMeta, phase: Phase): BatchMeta {
