@@ -14,7 +14,6 @@ import {
   readManifestPage,
 } from "../../orchestrator/engine/manifest.ts";
 import { type ObjectStore, R2ObjectStore } from "../../orchestrator/storage.ts";
-import { fileName } from "../../shared/keys.ts";
 import { installWorld, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
 import { ChunkedStore, expectLengthHonoured, shapedManifest, wholeTextEntries, withGetStream } from "./support/manifest-fixture.ts";
 
@@ -341,28 +340,28 @@ describe("discovery from a manifest in the DO", () => {
         }>("SELECT r2_key, logical_path, file_name, file_size, content_type, cid, extra_json, dir_idx FROM files ORDER BY id")
         .toArray(),
     );
-    // The old readManifest's mapping, then the store's columns; the directory's processing_config
-    // is not on the file but stored once with its directory, which the file names.
-    const entries = wholeTextEntries(text);
-    const expected = entries.map(({ file, directory_path, directory }) => {
-      const { r2_key, logical_path, file_name, file_size, content_type, cid, ...rest } = file;
-      const extra = rest;
-      const name = file_name ?? fileName(r2_key);
-      return {
-        r2_key,
-        logical_path: logical_path ?? `${directory_path.replace(/\/+$/, "")}/${name}`,
-        file_name: name,
-        file_size: file_size ?? 0,
-        content_type: content_type ?? "image/tiff",
-        cid: cid ?? null,
-        extra_json: Object.keys(extra).length > 0 ? JSON.stringify(extra) : null,
-        dir_idx: directory,
-      };
-    });
+    // By hand, from shapedManifest's rules (manifest-fixture.ts), not from any mapping of the code
+    // under test: directories d0, d1, d2, d4, d5 (index = d; /empty is 3), perDir files each; file i
+    // of d has key <prefix>/d<d>/scan-<i>[-日本é if i % 11 = 0][ "q" if i % 13 = 0].tif; every fifth
+    // file gives only its key, so its name is the key's last segment, its logical path the directory's
+    // path (trailing slash dropped) + that name, size 0, content type image/tiff, no cid, nothing extra;
+    // the others give /d<d>/scan-<i>.tif, scan-<i>.tif, i × 1000 + 1 bytes, cid-<d>-<i>, and every
+    // third a checksum, kept as extra_json. The directory's processing_config is stored once with it.
+    const dirPath: Record<number, string> = { 0: "/d0", 1: "/d1", 2: "/d2", 4: "/d4", 5: "/d5" };
+    const expected = [0, 1, 2, 4, 5].flatMap((d) =>
+      Array.from({ length: perDir }, (_, i) => {
+        const name = `scan-${i}${i % 11 === 0 ? "-日本é" : ""}${i % 13 === 0 ? ' "q"' : ""}.tif`;
+        const r2_key = `m-do/in/d${d}/${name}`;
+        if (i % 5 === 0) return { r2_key, logical_path: `${dirPath[d]}/${name}`, file_name: name, file_size: 0, content_type: "image/tiff", cid: null, extra_json: null, dir_idx: d };
+        const checksum = i % 3 === 0 ? JSON.stringify({ checksum: { sha256: "ab".repeat(32), parts: [1, 2.5, -300, true, null] } }) : null;
+        return { r2_key, logical_path: `/d${d}/scan-${i}.tif`, file_name: `scan-${i}.tif`, file_size: i * 1000 + 1, content_type: "image/tiff", cid: `cid-${d}-${i}`, extra_json: checksum, dir_idx: d };
+      }),
+    );
     expect(rows.length).toBe(expected.length);
     expect(rows).toEqual(expected);
     const stored = await withStore("m-do", (store) => [0, 1, 2, 4, 5].map((d) => store.directoryConfig(d)));
-    expect(stored).toEqual([0, 1, 2, 4, 5].map((d) => entries.find((e) => e.directory === d)!.processing_config));
+    // d5 has none: undefined, as the manifest left it out.
+    expect(stored).toEqual([{ ocr: true, langs: ["de", "fr"] }, { ocr: false }, { late: true }, "fast", undefined]);
     const meta = await withStore("m-do", (store) => store.getMeta());
     expect(meta?.discover_cursor).toBeNull();
   });
