@@ -41,11 +41,17 @@ describe("credentials die with their purpose; reads need READ_TOKEN (issue 20, p
     const deadline = Date.now() + 60_000;
     for (;;) {
       const res = await fetch(`${stack.emulator.url}/v1/apps/${APP_NAME}/machines?metadata.fanout_batch=${encodeURIComponent(batchId)}`, { headers: { authorization: `Bearer ${flyToken}` } });
+      // Fly limits listing to 1/s (burst 3) per app, for a thief as for the engine: wait as told.
+      if (res.status === 429) {
+        await new Promise((r) => setTimeout(r, Math.max(250, Number(res.headers.get("retry-after") ?? 1) * 1000)));
+        continue;
+      }
+      if (!res.ok) throw new Error(`listing machines: HTTP ${res.status} ${await res.text()}`);
       const machines = (await res.json()) as { id: string; state: string; config: { env: Record<string, string>; metadata: Record<string, string> } }[];
       const m = machines.find((x) => x.state === "created" && (attempt === undefined || x.config.metadata.fanout_attempt === String(attempt)));
       if (m) return { id: m.id, env: m.config.env };
       if (Date.now() > deadline) throw new Error(`no booting machine of ${batchId}${attempt ? ` attempt ${attempt}` : ""}: ${JSON.stringify(machines.map((x) => [x.id, x.state]))}`);
-      await new Promise((r) => setTimeout(r, 100));
+      await new Promise((r) => setTimeout(r, 400));
     }
   }
 

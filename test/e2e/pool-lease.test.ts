@@ -116,7 +116,8 @@ describe("fly-worker's pool loop against the real engine: heartbeats, lease retr
       .toFile(join(dir, "slow.tif"));
     for (let i = 1; i <= SMALL; i++) await sharp({ create: { width: 64, height: 48, channels: 3, background: { r: 40 * i, g: 90, b: 160 } } }).tiff().toFile(join(dir, `small-${i}.tif`));
     await sharp({ create: { width: 64, height: 48, channels: 3, background: "#203040" } }).tiff().toFile(join(dir, "retried.tif"));
-    const submitted = await submitBatch(s.api, s.s3client, s.bucket, { dir, batchId });
+    // A pool on purpose: with no pool settings the sizing may run six small scans one machine each (issue 23).
+    const submitted = await submitBatch(s.api, s.s3client, s.bucket, { dir, batchId, pool: true });
 
     const { final, stalled } = await watchToEnd(s, batchId, 500);
     const alive = await waitNoLiveMachines(s);
