@@ -158,13 +158,21 @@ export class InstantPoolRunner implements MachineRunner {
     while (this.#live.has(id)) {
       const res = await post(env.LEASE_URL, { worker_id: env.WORKER_ID, machine_id: env.FLY_MACHINE_ID });
       if (res.status !== 200) return void (await res.body?.cancel());
-      const answer = (await res.json()) as { kind: string; wait_ms?: number; task_id?: string; env?: Record<string, string> };
+      const answer = (await res.json()) as { kind: string; wait_ms?: number; task_id?: string; env?: Record<string, string>; lease_token?: string };
       if (answer.kind === "done") return;
+      // Every answer renews the machine's lease credential (fly-worker/pool.ts uses the newest).
+      if (answer.lease_token) env.LEASE_TOKEN = answer.lease_token;
       if (answer.kind === "wait") {
         await new Promise((r) => setTimeout(r, Math.min(answer.wait_ms ?? 50, 50)));
         continue;
       }
-      for (let i = 0; i < this.#heartbeats; i++) await (await post(`${env.LEASE_URL}/heartbeat`, { worker_id: env.WORKER_ID, task_id: answer.task_id })).body?.cancel();
+      for (let i = 0; i < this.#heartbeats; i++) {
+        // A heartbeat that is refused writes nothing: the rows it costs are measured only when it counts.
+        const beat = await post(`${env.LEASE_URL}/heartbeat`, { worker_id: env.WORKER_ID, machine_id: env.FLY_MACHINE_ID, task_id: answer.task_id });
+        const kept = (await beat.json()) as { ok?: boolean; lease_token?: string; error?: string };
+        if (beat.status !== 200 || !kept.ok) throw new Error(`heartbeat for ${answer.task_id} refused: HTTP ${beat.status} ${JSON.stringify(kept)}`);
+        if (kept.lease_token) env.LEASE_TOKEN = kept.lease_token;
+      }
       if ((await callBackWith({ ...answer.env!, ...env })) !== 200) throw new Error(`callback for ${answer.task_id} refused`);
     }
   }
