@@ -169,7 +169,7 @@ export interface PlanShape {
 
 /**
  * The plan's usage beyond its machines: R2 (the machine GETs its input once, PUTs each output
- * with one presigned PUT; the orchestrator HEADs each output), requests (single-task: the callback
+ * with one presigned PUT; the orchestrator reads the first bytes of each output: a Class B operation, as a HEAD was), requests (single-task: the callback
  * and the alarm that creates the next machine; pool: the lease, the callback, the heartbeats, a
  * couple of lease answers a machine that end it) and DO rows (DO_ROWS).
  */

@@ -188,7 +188,7 @@ export function costView(e: Engine, meta: BatchMeta, machines: MachinesView, pha
     per_task_done_usd: doneTasks > 0 ? round(total / doneTasks, 9) : null,
     counted,
     basis:
-      "per phase (phases[].cost): machines from create to end at each size's price in its region; egress: the outputs' bytes uploaded from the first region; R2: a GET per attempt begun, a PUT and a HEAD per output (discovery's reads not counted). The batch's: its Durable Object's rows written (setAlarm included) and requests as it counted them, active 10 ms per request (an assumption; an open event stream keeps it billed longer); Worker: the requests that reached the object. Free allowances are an account's and are not subtracted.",
+      "per phase (phases[].cost): machines from create to end at each size's price in its region; egress: the outputs' bytes uploaded from the first region; R2: a GET per attempt begun, a PUT and a ranged GET of its first bytes per output (discovery's reads not counted). The batch's: its Durable Object's rows written (setAlarm included) and requests as it counted them, active 10 ms per request (an assumption; an open event stream keeps it billed longer); Worker: the requests that reached the object. Free allowances are an account's and are not subtracted.",
     sources: [FLY_PRICES.source, FLY_EGRESS.source, R2_PRICES.source, DO_PRICES.source, WORKERS_PRICES.source],
   };
 }

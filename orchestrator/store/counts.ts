@@ -26,7 +26,7 @@ export interface TallyExtra {
   measured?: { cpuS: number; megapixels: number; bytes: number };
 }
 
-/** What a phase's tasks used that is billed per use: attempts (each downloads its input), outputs (each a PUT and a HEAD) and their bytes. */
+/** What a phase's tasks used that is billed per use: attempts (each downloads its input), outputs (each a PUT and a ranged GET of its first bytes) and their bytes. */
 export interface PhaseUsage {
   attempts: number;
   outputs: number;
