@@ -138,7 +138,7 @@ describe("all-in cost", () => {
     expect(r2StorageUsd(25.9e6, 12)).toBeCloseTo(0.0259 * 0.015 * 12, 12);
   });
 
-  it("a plan's usage: a GET, a PUT and a HEAD a task; requests and rows by mode, machine and heartbeat", () => {
+  it("a plan's usage: a GET, a PUT and a ranged read of the output a task; requests and rows by mode, machine and heartbeat", () => {
     const shape = { tasks: 10, machines: 2, machineSeconds: 300, taskS: 45, heartbeatS: 20, outputs: 1, outputBytes: 1e6 };
     const pool = planUsage({ mode: "pool", ...shape }, "iad");
     // 45 s of task: 2 heartbeats; requests: lease + callback + 2 a task, 2 lease answers a machine.
@@ -169,7 +169,7 @@ function decided(mode: "single" | "pool", tasks: number, machines: number, machi
   const requests = mode === "pool" ? tasks * (2 + heartbeats) + 2 * machines : tasks * 2;
   return rows * 1e-6 + requests * (0.15e-6 + 0.01 * 0.128 * 12.5e-6) + (mode === "pool" ? requests : tasks) * 0.3e-6;
 }
-/** And what every plan pays alike, a scan: the JPEG's egress ($0.02/GB), a PUT and a GET and a HEAD. */
+/** And what every plan pays alike, a scan: the JPEG's egress ($0.02/GB), a PUT and a GET and the ranged read of its first bytes (Class B, as a HEAD). */
 const ALIKE = WORK.outBytes * 0.02e-9 + 4.5e-6 + 2 * 0.36e-6;
 
 describe("sizing", () => {
