@@ -165,12 +165,16 @@ describe("fly-worker's pool loop against the real engine: heartbeats, lease retr
     expect(live.filter((h) => h.task === slow!.task_id).length).toBeGreaterThan(0);
     expect(live.filter((h) => h.status !== 200), "heartbeats refused while their task was live").toEqual([]);
 
-    // Lease retry: every machine was refused twice, then its third request was answered.
+    // Lease retry: every machine was refused twice, then its third request was answered — unless it was
+    // destroyed while it backed off (a machine created as the batch ended: CI saw one, [503, 503]).
     expect(worker.length).toBeGreaterThan(0);
-    for (const answers of record.leases.values()) expect(answers.slice(0, 3)).toEqual([503, 503, 200]);
+    const asked3 = [...record.leases.entries()].filter(([, answers]) => answers.length >= 3);
+    expect(asked3.length, "machines that leased after their two refusals").toBeGreaterThan(0);
+    for (const [, answers] of record.leases) expect(answers.slice(0, 3)).toEqual(answers.length >= 3 ? [503, 503, 200] : [503, 503]);
     for (const w of worker) {
       expect(w.events.filter((e) => e === "lease.retry"), `machine ${w.machine}`).toHaveLength(2);
-      expect(w.ls.find((l) => l.event === "lease.recovered"), `machine ${w.machine}`).toMatchObject({ attempts: 3 });
+      if ((record.leases.get(w.machine)?.length ?? 0) >= 3) expect(w.ls.find((l) => l.event === "lease.recovered"), `machine ${w.machine}`).toMatchObject({ attempts: 3 });
+      else expect(w.events.filter((e) => e.startsWith("task.")), `machine ${w.machine} never leased, so it ran no task`).toEqual([]);
     }
 
     // Idle timeout: the retried task's backoff left nothing to lease; a machine told to wait left
