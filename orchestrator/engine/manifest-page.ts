@@ -1,5 +1,5 @@
 // One page of a batch manifest as the JSON tokens give it: where in the document each token is,
-// what it says (validated entry by entry), and the small cursor the next page resumes from.
+// what it says (validated entry by entry), and the cursor the next page resumes from (manifest-cursor.ts).
 import { TokenParser, Tokenizer, TokenizerError, TokenParserError, TokenType, type ParsedElementInfo, type ParsedTokenInfo } from "@streamparser/json";
 import { z } from "zod";
 import {
@@ -10,6 +10,7 @@ import {
   ManifestDirectoryHeader,
   ManifestFile,
 } from "../../shared/contracts.ts";
+import { type DirectoryContext, type ManifestCursor, resumePrefix } from "./manifest-cursor.ts";
 
 /** One file entry of the manifest, validated, unknown fields kept, with its directory's context. */
 export interface ManifestEntry {
@@ -32,48 +33,9 @@ export const MAX_PROCESSING_CONFIG_BYTES = 64 * 1024;
  */
 export const MAX_MANIFEST_ENTRY_BYTES = 64 * 1024;
 
-const DirectoryContext = z.object({
-  directory_path: z.string().optional(),
-  /** Present once the key was read; may hold any JSON value. */
-  processing_config: z.unknown().optional(),
-  has_config: z.boolean(),
-  /** The header is known in full: files are emitted, not skipped. */
-  final: z.boolean(),
-  /** Byte offset of the `[` of this directory's files, when they were skipped to find the header. */
-  files_at: z.number().int().nonnegative().optional(),
-});
-type DirectoryContext = z.infer<typeof DirectoryContext>;
-
-/** Where the next page starts. `at` says what the bytes at `offset` continue. */
-export const ManifestCursor = z.object({
-  v: z.literal(1),
-  offset: z.number().int().nonnegative(),
-  /** entry: after file `file` of directory `dir`; files: at the `[` of dir's files; directory: after directory `dir`. */
-  at: z.enum(["entry", "files", "directory"]),
-  dir: z.number().int().nonnegative(),
-  file: z.number().int().nonnegative(),
-  directory: DirectoryContext.nullable(),
-  batch_id_seen: z.boolean(),
-  etag: z.string(),
-});
-export type ManifestCursor = z.infer<typeof ManifestCursor>;
-
 export type ManifestPage =
   | { entries: ManifestEntry[]; /** null: the manifest is read to its end. */ cursor: ManifestCursor | null; error?: undefined }
   | { error: string };
-
-/** The cursor stored in the batch's meta, or a reason it cannot be used. */
-export function parseManifestCursor(stored: string | null): ManifestCursor | null | string {
-  if (stored === null) return null;
-  let json: unknown;
-  try {
-    json = JSON.parse(stored);
-  } catch {
-    return "the stored manifest cursor is not JSON";
-  }
-  const parsed = ManifestCursor.safeParse(json);
-  return parsed.success ? parsed.data : `the stored manifest cursor is invalid: ${describeZodError(parsed.error)}`;
-}
 
 /** A reason the manifest cannot run; thrown inside the token callbacks to stop at once. */
 class Invalid extends Error {}
@@ -81,14 +43,6 @@ class Invalid extends Error {}
 export const PAGE_FULL = Symbol("page full");
 
 type Frame = { kind: "object" | "array"; member: string | number | undefined; awaitingKey: boolean; start: number };
-
-/** The JSON text that puts a fresh parser where `cursor` left off; the bytes at cursor.offset follow it. */
-function resumePrefix(at: ManifestCursor["at"]): string {
-  // A dummy `0` stands for the completed entry or directory so the next one follows a comma.
-  if (at === "entry") return '{"directories":[{"files":[0';
-  if (at === "files") return '{"directories":[{"files":';
-  return '{"directories":[0';
-}
 
 function issuesAt(prefix: (string | number)[], error: z.ZodError): string {
   return describeZodError(new z.ZodError(error.issues.map((issue) => ({ ...issue, path: [...prefix, ...issue.path] }))));

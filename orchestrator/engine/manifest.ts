@@ -1,16 +1,11 @@
 // Reads a batch manifest as a stream, a page of at most N file entries per call, resumable from a
 // small JSON cursor with bounded ranged reads that consecutive pages share; never holds the whole text.
 import { type ObjectStore, type ObjectStream, StorageError } from "../storage.ts";
-import { type ManifestCursor, type ManifestPage, PAGE_FULL, PageReader, pageError } from "./manifest-page.ts";
+import type { ManifestCursor } from "./manifest-cursor.ts";
+import { type ManifestPage, PAGE_FULL, PageReader, pageError } from "./manifest-page.ts";
 
-export {
-  type ManifestCursor,
-  type ManifestEntry,
-  type ManifestPage,
-  MAX_MANIFEST_ENTRY_BYTES,
-  MAX_PROCESSING_CONFIG_BYTES,
-  parseManifestCursor,
-} from "./manifest-page.ts";
+export { type ManifestCursor, parseManifestCursor } from "./manifest-cursor.ts";
+export { type ManifestEntry, type ManifestPage, MAX_MANIFEST_ENTRY_BYTES, MAX_PROCESSING_CONFIG_BYTES } from "./manifest-page.ts";
 
 /**
  * File entries per page and pages per alarm: discovery holds one page at a time, and a page's
