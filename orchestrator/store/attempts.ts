@@ -117,7 +117,9 @@ export class AttemptQueries extends Queries {
    * for the attempt running now or the one that finished it; null for an attempt that never ran.
    */
   getAttempt(task: TaskAttempt, attempt: number): AttemptRow | null {
-    return this.attemptsOf(task).find((a) => a.attempt === attempt) ?? null;
+    // One row by its key (a callback's path); the task row stands for the attempt running or done.
+    const row = this.db.exec<AttemptRow & Record<string, SqlStorageValue>>("SELECT * FROM attempts WHERE task_id = ? AND attempt = ?", task.task_id, attempt)[0];
+    return row ?? (attempt === task.attempt ? currentAttempt(task) : null);
   }
 
   /** Records what the attempt's own callback came to (an error it reported, a success refused): it never wins later. Its row is written (it has ended). */
@@ -146,24 +148,29 @@ export class AttemptQueries extends Queries {
 
   /** Every attempt of the task: the ended ones' rows, then the one running now or the one that finished it (from the task row). */
   attemptsOf(task: TaskAttempt): AttemptRow[] {
-    const rows = this.db.exec<AttemptRow & Record<string, SqlStorageValue>>("SELECT * FROM attempts WHERE task_id = ? ORDER BY attempt", task.task_id);
-    const live = task.state === "creating" || task.state === "booting" || task.state === "running";
-    const done = task.state === "done";
-    if ((live || done) && task.attempt > 0 && !rows.some((r) => r.attempt === task.attempt)) {
-      rows.push({
-        task_id: task.task_id,
-        attempt: task.attempt,
-        machine_id: task.machine_id,
-        machine_name: task.machine_name ?? task.worker_id ?? "",
-        region: task.region,
-        outcome: done ? "done" : null,
-        error: null,
-        started_at: task.attempt_started_at ?? task.updated_at,
-        ended_at: done ? task.finished_at : null,
-        note: null,
-        verdict: null,
-      });
-    }
+    const rows: AttemptRow[] = this.db.exec<AttemptRow & Record<string, SqlStorageValue>>("SELECT * FROM attempts WHERE task_id = ? ORDER BY attempt", task.task_id);
+    const current = currentAttempt(task);
+    if (current && !rows.some((r) => r.attempt === current.attempt)) rows.push(current);
     return rows;
   }
+}
+
+/** The attempt running now or the one that finished its task, as the task row holds it (no row of its own); null otherwise. */
+function currentAttempt(task: TaskAttempt): AttemptRow | null {
+  const live = task.state === "creating" || task.state === "booting" || task.state === "running";
+  const done = task.state === "done";
+  if (!(live || done) || task.attempt <= 0) return null;
+  return {
+    task_id: task.task_id,
+    attempt: task.attempt,
+    machine_id: task.machine_id,
+    machine_name: task.machine_name ?? task.worker_id ?? "",
+    region: task.region,
+    outcome: done ? "done" : null,
+    error: null,
+    started_at: task.attempt_started_at ?? task.updated_at,
+    ended_at: done ? task.finished_at : null,
+    note: null,
+    verdict: null,
+  };
 }

@@ -25,7 +25,9 @@ export class OutputQueries extends Queries {
 
   /** The key reserved as page `page` of a task, or null: page 1 is its output_key, pages 2… rows here (outputs_task_page). */
   outputOf(taskId: string, page: number): string | null {
-    if (page === 1) return this.outputsOf(taskId).find((o) => o.page === 1)?.key ?? null;
+    // Page 1 is the task's own column (one row by its key), not a read of every page it reserved: a
+    // 4,000-page task asks for each page's URL in turn.
+    if (page === 1) return this.db.exec<{ key: string }>("SELECT output_key AS key FROM tasks WHERE task_id = ? AND output_key NOT LIKE '(none:%'", taskId)[0]?.key ?? null;
     return this.db.exec<{ key: string }>("SELECT key FROM outputs WHERE task_id = ? AND page = ?", taskId, page)[0]?.key ?? null;
   }
 
