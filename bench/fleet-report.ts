@@ -1,6 +1,7 @@
 // Section 6 of bench/RESULTS.md: the fleet bench's figures (bench/workerd/fleet.bench-run.ts) against
 // issue 24's targets. `BENCH_ONLY=fleet npm run bench` rewrites this section alone in RESULTS.md.
 import { readFileSync, writeFileSync } from "node:fs";
+import { jain } from "../orchestrator/fly/fleet.ts";
 
 interface Resources {
   machines: number;
@@ -16,6 +17,12 @@ interface BatchFigure {
   machines: number;
   guest: string;
 }
+/** One sample of scenario (b): per batch what it holds and whether it contends (work waiting, wanting more machines). */
+interface Sample {
+  t: number;
+  batches: Record<string, { running: boolean; waiting_work: boolean; wants_more: boolean; live: Resources }>;
+  total: Resources;
+}
 interface Fairness {
   samples: number;
   contended_samples: number;
@@ -27,7 +34,7 @@ export interface FleetFigures {
   scale: number;
   /** Null when BENCH_FLEET_SCENARIOS left the scenario out. */
   a: { together: BatchFigure[]; large_alone_s: number; small_alone_s: number; large_ratio: number; small_ratio: number; peak: Resources; limits: Resources; real_s: number } | null;
-  b: { figures: BatchFigure[]; all_five: Fairness; whole_run: Fairness; peak: Resources; limits: Resources; real_s: number } | null;
+  b: { figures: BatchFigure[]; all_five: Fairness; whole_run: Fairness; peak: Resources; limits: Resources; real_s: number; samples?: Sample[] } | null;
   c: {
     figures: BatchFigure[];
     utilisation: { waiting_samples: number; mean_while_work_waits: number; mean_after_ramp: number; ramp_s: number; min_after_ramp: number };
@@ -94,8 +101,30 @@ ${rows.join("\n")}
 | batch | scans | priority | submitted | makespan | machines (size × count) |
 |---|---:|---:|---:|---:|---|
 ${batchRows([...(a?.together ?? []), ...(b?.figures ?? []), ...(c?.figures ?? [])])}
+${b ? rampRows(b) : ""}
+Real time: ${[a && `(a) ${n0(a.real_s)} s for the three runs`, b && `(b) ${n0(b.real_s)} s`, c && `(c) ${n0(c.real_s)} s`].filter(Boolean).join(", ")}.
+`;
+}
 
-Real time:${a ? ` (a) ${n0(a.real_s)} s for the three runs,` : ""}${b ? ` (b) ${n0(b.real_s)} s,` : ""}${c ? ` (c) ${n0(c.real_s)} s` : ""}.
+/** Scenario (b) sample by sample while all five run: vCPUs (machines) per batch, * where it contends, and the sample's Jain index. */
+function rampRows(b: NonNullable<FleetFigures["b"]>): string {
+  if (!b.samples?.length) return "";
+  const ids = b.figures.map((x) => x.id);
+  const weight = (id: string) => b.figures.find((x) => x.id === id)?.priority ?? 1;
+  const rows = b.samples.map((s) => {
+    const contending = ids.filter((id) => s.batches[id].waiting_work && s.batches[id].wants_more);
+    const j = contending.length >= 2 ? f(jain(contending.map((id) => s.batches[id].live.vcpus / weight(id))), 3) : "–";
+    const cells = ids.map((id) => `${n0(s.batches[id].live.vcpus)} (${n0(s.batches[id].live.machines)})${contending.includes(id) ? " *" : ""}`);
+    return `| ${n0(s.t)} s | ${cells.join(" | ")} | ${j} |`;
+  });
+  return `
+Scenario (b) while all five run, every sample: vCPUs (machines) each batch holds; * where it contends (work waiting,
+wanting more machines than it holds), the batches Jain's index is taken over (vCPUs ÷ priority). The first samples are the
+create ramp (one create a second for the whole app), when a few machines of 2 to 8 vCPUs cannot yet be shared evenly.
+
+| t | ${ids.map((id) => `${id}${weight(id) > 1 ? ` (priority ${weight(id)})` : ""}`).join(" | ")} | Jain |
+|---:|${ids.map(() => "---:|").join("")}---:|
+${rows.join("\n")}
 `;
 }
 

@@ -226,7 +226,7 @@ it("fleet", async () => {
     const five: BatchPlan[] = [10, 100, 500, 1000, 5000].map((s, i) => ({ id: `fleet-b-${s}`, scans: n(s), atS: 0, ...(i === 3 ? { priority: 3 } : {}) }));
     const b5 = await run("b: five at once", five, wide);
     const allRun = (s: Sample) => five.every((p) => s.batches[p.id].running);
-    return { figures: b5.figures, all_five: fairness(b5.samples, five, allRun), whole_run: fairness(b5.samples, five, () => true), peak: b5.peak, limits: wide, real_s: b5.real_s };
+    return { figures: b5.figures, all_five: fairness(b5.samples, five, allRun), whole_run: fairness(b5.samples, five, () => true), peak: b5.peak, limits: wide, real_s: b5.real_s, samples: b5.samples.filter(allRun) };
   };
   const scenarioC = async () => {
     // 64 vCPUs bind: 16 performance-4x machines for three batches that would each take 50.
