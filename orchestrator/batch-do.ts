@@ -94,6 +94,20 @@ export class BatchDO extends DurableObject<Env> {
     if (viaWorker) this.store.usage.workerRequests++;
   }
 
+  // ---- RPC: the fleet -----------------------------------------------------------------------
+
+  /**
+   * The fleet's shares changed so that this batch holds more machines than its share (another batch
+   * arrived): its alarm runs now, reports, and learns the smaller share, and its surplus pool
+   * machines stop leasing at their next lease instead of up to a poll interval later.
+   */
+  async fleetChanged(): Promise<void> {
+    this.request(false);
+    const meta = this.store.getMeta();
+    if (!meta || isFinished(meta)) return;
+    await this.wake(Date.now());
+  }
+
   // ---- RPC: queue ---------------------------------------------------------------------
 
   /** Records the batch (once) and starts its alarm loop. Redelivery changes nothing. */

@@ -66,8 +66,9 @@ export async function lease(e: Engine, workerId: string, machineId: string, epoc
   const phase = getPhase(meta.phase);
   const limits = e.limits(phase);
   const leaseMs = e.config.LEASE_TIMEOUT_MS;
-  // A machine of a shape the phase's re-made plan replaced, or one of the newest past the batch's
-  // fair share of the fleet, takes no new task: it leaves once its slots are free (running work is never killed).
+  // A machine of a shape the phase's re-made plan replaced, or one past the batch's fair share of the
+  // fleet (those that will be free soonest), takes no new task: it leaves once its slots are free
+  // (running work is never killed).
   const plan = planOf(e, meta, phase);
   const stale = outOfPlan(plan, row) || draining(e, meta, workerId);
   const [ready] = stale ? [] : e.store.readyTasks(now, 1);
@@ -117,13 +118,13 @@ export async function lease(e: Engine, workerId: string, machineId: string, epoc
   return withToken({ kind: "task", task_id: task.task_id, env, lease_ms: leaseMs, heartbeat_ms: Math.max(500, Math.floor(leaseMs / 3)) });
 }
 
-/** True when the batch holds more pool machines than its share of the fleet and this is one of the newest past it. */
+/** True when the batch holds more pool machines than its share of the fleet and this is one of those that will be free soonest. */
 function draining(e: Engine, meta: BatchMeta, workerId: string): boolean {
   const fleet = fleetOf(meta);
   if (!fleet) return false;
   const pool = e.store.poolMachineCounts();
   const surplus = pool.creating + pool.booting + pool.live - fleet.share;
-  return surplus > 0 && e.store.newestPoolMachines(surplus).includes(workerId);
+  return surplus > 0 && e.store.poolMachinesToDrain(surplus).includes(workerId);
 }
 
 /** Renews the lease of a task a pool machine is working on, and the machine's lease credential with it. */

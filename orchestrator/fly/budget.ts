@@ -28,6 +28,7 @@ import {
 } from "./fleet.ts";
 import { FLY_ACTIONS, type FlyAction, type Rate, type Rates } from "./rates.ts";
 import { FleetTables } from "./fleet-tables.ts";
+import { logError } from "../log.ts";
 
 export interface Grant {
   granted: number;
@@ -144,7 +145,7 @@ export class FlyBudget extends DurableObject<Env> {
    * limits, and than the create tokens it may take (turns by weight when several batches need them).
    * Granted machines count as live at once, until the batch's next report.
    */
-  acquire(req: FleetRequest): FleetAnswer {
+  async acquire(req: FleetRequest): Promise<FleetAnswer> {
     const now = Date.now();
     const learned = this.learned(req.limits, now);
     const limits = effectiveLimits(req.limits, learned);
@@ -187,7 +188,15 @@ export class FlyBudget extends DurableObject<Env> {
     // What it could have created but for the tokens: while any, it takes its turn for them.
     const unmet = could - grant.granted;
     const waiting = req.demand > runs && (share <= runs || room - grant.granted <= 0);
-    this.tables.afterGrant(req.batch_id, holds, grant.granted > 0 ? now : self.served_at, unmet, waiting);
+    this.tables.afterGrant(req.batch_id, holds, grant.granted > 0 ? now : self.served_at, unmet, waiting, share);
+    // Batches whose share just shrank below what they hold (this one arrived, or asked for more) are
+    // told now rather than at their next report (up to FLEET_POLL_AT_SHARE_MS away): their surplus
+    // machines stop leasing and drain sooner. Once per smaller share.
+    const shrunk = rows.filter((r) => r.batch_id !== req.batch_id && r.share >= 0 && (shares.get(r.batch_id) ?? 0) < r.share && r.live.machines > (shares.get(r.batch_id) ?? 0));
+    if (shrunk.length > 0) {
+      this.tables.setShares(shrunk.map((r) => [r.batch_id, shares.get(r.batch_id) ?? 0]));
+      await Promise.all(shrunk.map((r) => this.nudge(r.batch_id)));
+    }
 
     const queue = this.waitingOrder(rows.map((r) => (r.batch_id === req.batch_id ? { ...r, live: holds, waiting } : r)), shares);
     const position = waiting ? queue.indexOf(req.batch_id) + 1 : null;
@@ -206,6 +215,15 @@ export class FlyBudget extends DurableObject<Env> {
       epoch: learned.epoch,
       learned: learnedSummary(learned, req.limits),
     };
+  }
+
+  /** Asks a batch to report again now (its alarm brought forward); a batch that cannot be reached reports at its next alarm anyway. */
+  private async nudge(batchId: string): Promise<void> {
+    try {
+      await this.env.BATCH_DO.getByName(batchId).fleetChanged();
+    } catch (err) {
+      logError("FlyBudget", "nudge_failed", err, { batch_id: batchId });
+    }
   }
 
   /**

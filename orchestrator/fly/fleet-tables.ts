@@ -26,6 +26,8 @@ export interface FleetRow {
   /** Creates it could have sent at its last report but for the create tokens (it takes turns for them while any). */
   unmet: number;
   waiting: boolean;
+  /** The share it was last told (machines; -1 before any): a smaller one since means its surplus should drain now. */
+  share: number;
 }
 
 type Row = Record<string, SqlStorageValue>;
@@ -59,6 +61,9 @@ export class FleetTables {
        ) WITHOUT ROWID;
        CREATE TABLE IF NOT EXISTS learned (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL);`,
     );
+    // The share each batch was last told (added after the table): a fleet stored before it gets the column.
+    const told = sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM pragma_table_info('fleet') WHERE name = 'share'").one().n;
+    if (told === 0) sql.exec("ALTER TABLE fleet ADD COLUMN share INTEGER NOT NULL DEFAULT -1");
     // The create budget's bucket before every action had one: carried over once, so a deploy hands out no fresh burst.
     const old = sql.exec<{ n: number }>("SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = 'bucket'").one().n;
     if (old > 0) {
@@ -113,17 +118,23 @@ export class FleetTables {
   }
 
   /** After a grant: the machines granted count as held until the batch's next report. */
-  afterGrant(batchId: string, holds: Resources, servedAt: number, unmet: number, waiting: boolean): void {
+  afterGrant(batchId: string, holds: Resources, servedAt: number, unmet: number, waiting: boolean, share: number): void {
     this.#sql.exec(
-      "UPDATE fleet SET live_machines = ?, live_vcpus = ?, live_memory_mb = ?, served_at = ?, unmet = ?, waiting = ? WHERE batch_id = ?",
+      "UPDATE fleet SET live_machines = ?, live_vcpus = ?, live_memory_mb = ?, served_at = ?, unmet = ?, waiting = ?, share = ? WHERE batch_id = ?",
       holds.machines,
       holds.vcpus,
       holds.memory_mb,
       servedAt,
       unmet,
       waiting ? 1 : 0,
+      share,
       batchId,
     );
+  }
+
+  /** Batches told their (smaller) share now, ahead of their next report. */
+  setShares(shares: [string, number][]): void {
+    for (const [batchId, share] of shares) this.#sql.exec("UPDATE fleet SET share = ? WHERE batch_id = ?", share, batchId);
   }
 
   setLive(batchId: string, live: Resources, now: number): void {
@@ -163,5 +174,6 @@ function toFleetRow(r: Row): FleetRow {
     served_at: Number(r.served_at),
     unmet: Number(r.unmet),
     waiting: Number(r.waiting) === 1,
+    share: Number(r.share ?? -1),
   };
 }

@@ -183,6 +183,6 @@ export class BatchStore {
   poolMachineCounts: WorkerQueries["poolMachineCounts"] = (...a) => this.#workers.poolMachineCounts(...a);
   unendedMachines: WorkerQueries["unendedMachines"] = () => this.#workers.unendedMachines();
   fleetUsage: WorkerQueries["fleetUsage"] = () => this.#workers.fleetUsage();
-  newestPoolMachines: WorkerQueries["newestPoolMachines"] = (...a) => this.#workers.newestPoolMachines(...a);
+  poolMachinesToDrain: WorkerQueries["poolMachinesToDrain"] = (...a) => this.#workers.poolMachinesToDrain(...a);
   phaseCosts: WorkerQueries["phaseCosts"] = () => this.#workers.phaseCosts();
 }

@@ -173,11 +173,26 @@ export class WorkerQueries extends Queries {
     };
   }
 
-  /** The `n` pool machines to drain first when the batch holds more than its share: the newest. */
-  newestPoolMachines(n: number): string[] {
+  /**
+   * The `n` pool machines to drain first when the batch holds more than its share: those that will be
+   * free soonest. A machine leaves when its last slot's task ends, so: machines not yet leasing
+   * (creating, booting: nothing to finish), then by the start of the newest task they run, oldest
+   * first (one whose slots all started long ago is nearly through them; a pool's slots tend to run in
+   * step, so this is often seconds away rather than a whole task). Stable while draining: a draining
+   * machine starts no task, so its newest start only ages. Ties: the newest machine.
+   */
+  poolMachinesToDrain(n: number): string[] {
     if (n <= 0) return [];
     return this.db
-      .exec<{ worker_id: string }>("SELECT worker_id FROM workers WHERE task_id IS NULL AND state IN ('creating', 'booting', 'live') ORDER BY worker_id DESC LIMIT ?", n)
+      .exec<{ worker_id: string }>(
+        `SELECT w.worker_id FROM workers w
+         WHERE w.task_id IS NULL AND w.state IN ('creating', 'booting', 'live')
+         ORDER BY w.state = 'live',
+           (SELECT COALESCE(MAX(t.attempt_started_at), 0) FROM tasks t WHERE t.worker_id = w.worker_id AND t.state = 'running'),
+           w.worker_id DESC
+         LIMIT ?`,
+        n,
+      )
       .map((r) => r.worker_id);
   }
 

@@ -6,7 +6,7 @@ import { env, exports } from "cloudflare:workers";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { BatchDO, StatusBody } from "../../orchestrator/batch-do.ts";
 import type { FleetSnapshot } from "../../orchestrator/fly/budget.ts";
-import { getStatus, installWorld, putTiffs, stub, waitForStatus, type World } from "./support/engine.ts";
+import { getStatus, installWorld, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
 import { PoolRunner } from "./support/pool.ts";
 
 let world: World | undefined;
@@ -74,7 +74,7 @@ describe("the fleet", () => {
     expect(Object.fromEntries(fleet.batches.map((b) => [b.batch_id, [b.priority, b.share]]))).toEqual({ "fl-p3": [3, 3], "fl-p1": [1, 1] });
   });
 
-  it("a pool batch over its share drains: its newest machines take no new task and exit; nothing fails; the newcomer gets the room", async () => {
+  it("a pool batch over its share drains: its surplus machines take no new task and exit; nothing fails; the newcomer gets the room", async () => {
     const app = "fleet-drain";
     const runner = new PoolRunner();
     world = installWorld({ runner });
@@ -100,6 +100,61 @@ describe("the fleet", () => {
     const bigMachines = new Set(runner.started.filter((m) => m.env.BATCH_ID === "fl-big").map((m) => m.id));
     const drained = runner.leases.filter((l) => bigMachines.has(l.machineId) && "kind" in l.answer && l.answer.kind === "done" && l.answer.reason === "no work left for this machine");
     expect(drained.length, "big's surplus machines were told done").toBeGreaterThan(0);
+  });
+
+  it("a batch whose share shrinks is told at once: the newcomer's report brings its alarm forward (its surplus stops leasing now, not at its next poll)", async () => {
+    const app = "fleet-nudge";
+    const runner = new PoolRunner();
+    world = installWorld({ runner });
+    // Big's machines hold their tasks: nothing of big's moves by itself while the test looks.
+    runner.onTask = () => "hold";
+    const vars = { FLEET_MAX_MACHINES: "4", LEASE_TIMEOUT_MS: "120000", MACHINE_CHECK_INTERVAL_MS: "120000" };
+    await startIn(app, "fl-nudge-big", 40, vars, { pool: true });
+    await vi.waitFor(() => expect(runner.held.size).toBe(4), { timeout: 15_000 });
+    const big = await getStatus("fl-nudge-big");
+    expect(big.fleet, JSON.stringify(big.fleet)).toMatchObject({ share: 4 });
+    // Its next report is a minute away (it would poll the fleet every few seconds on its own).
+    const far = Date.now() + 60_000;
+    await runInDurableObject(stub("fl-nudge-big"), (_i: BatchDO, state) => state.storage.setAlarm(far));
+    await startIn(app, "fl-nudge-small", 2, { ...vars, MACHINE_CHECK_INTERVAL_MS: "200" }, { pool: true });
+    // Small's first report (two tasks: it could use two machines) shrank big's share to 2 of the 4: big
+    // reports again now, not a minute later, and knows it (its fleet view is written at its reports only).
+    await vi.waitFor(
+      async () => {
+        const s = await getStatus("fl-nudge-big");
+        expect(s.fleet, `big's fleet view: ${JSON.stringify(s.fleet)}`).toMatchObject({ share: 2 });
+      },
+      { timeout: 10_000, interval: 100 },
+    );
+  });
+
+  it("a batch over its share drains the machines that will be free soonest: not yet leasing, then the one whose newest task started first", async () => {
+    const runner = new PoolRunner();
+    world = installWorld({ runner });
+    runner.onTask = () => "hold";
+    await startIn("fleet-order", "fl-order", 40, { FLEET_MAX_MACHINES: "4", LEASE_TIMEOUT_MS: "120000", MACHINE_CHECK_INTERVAL_MS: "120000" }, { pool: true, pool_tasks_per_machine: 2 });
+    await vi.waitFor(() => expect(runner.held.size).toBe(8), { timeout: 15_000 });
+    await withStore("fl-order", (store, sql) => {
+      const machines = sql.exec<{ worker_id: string }>("SELECT worker_id FROM workers WHERE task_id IS NULL ORDER BY worker_id").toArray().map((r) => r.worker_id);
+      expect(machines).toHaveLength(4);
+      const [m0, m1, m2, m3] = machines;
+      // Each machine's two tasks started at these seconds ago: m2's newest is the oldest (it is nearly
+      // through both), m0's next; m1 and m3 started a task a moment ago.
+      const ago: Record<string, [number, number]> = { [m0]: [40, 25], [m1]: [30, 1], [m2]: [50, 28], [m3]: [20, 2] };
+      const now = Date.now();
+      for (const [worker, [a, b]] of Object.entries(ago)) {
+        const tasks = sql.exec<{ task_id: string }>("SELECT task_id FROM tasks WHERE worker_id = ? AND state = 'running' ORDER BY task_id", worker).toArray();
+        expect(tasks, `${worker} holds two tasks`).toHaveLength(2);
+        sql.exec("UPDATE tasks SET attempt_started_at = ? WHERE task_id = ?", now - a * 1000, tasks[0].task_id);
+        sql.exec("UPDATE tasks SET attempt_started_at = ? WHERE task_id = ?", now - b * 1000, tasks[1].task_id);
+      }
+      // The newest machine (m3) was what drained first before; it is one of the last to be free.
+      expect(store.poolMachinesToDrain(1)).toEqual([m2]);
+      expect(store.poolMachinesToDrain(2)).toEqual([m2, m0]);
+      // A machine still booting holds nothing: it goes first.
+      sql.exec("UPDATE workers SET state = 'booting' WHERE worker_id = ?", m1);
+      expect(store.poolMachinesToDrain(2)).toEqual([m1, m2]);
+    });
   });
 
   it("GET /fleet shows the limits, what each batch holds and may hold, who waits and the API tokens; a finished batch leaves", async () => {
