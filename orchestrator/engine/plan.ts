@@ -8,7 +8,7 @@ import { log } from "../log.ts";
 import type { Phase, WorkRates } from "../phases/types.ts";
 import type { BatchMeta } from "../store/index.ts";
 import type { Engine } from "./context.ts";
-import { DEFAULT_LIMITS, type Limits, maxMachinesOf, type Objective, pick, type Plan, planBatch, planName, poolPlan, singlePlan } from "./sizing.ts";
+import { DEFAULT_LIMITS, fitsFleet, type Limits, maxMachinesOf, type Objective, pick, type Plan, planBatch, planName, poolPlan, singlePlan } from "./sizing.ts";
 
 /** Boot time the sizing assumes (image pull and Node start on a warm Fly host). */
 export const SIZING_BOOT_S = 5;
@@ -83,6 +83,9 @@ function size(e: Engine, meta: BatchMeta, phase: Phase, tasks: number, rates: Wo
   if (!phase.work) {
     const slots = modes.includes("pool") ? (fixed ?? 1) : 1;
     const { guest, perSlotMb } = guestForSlots(phase.guest(meta.max_task_size), slots);
+    if (!fitsFleet(limits, guest)) {
+      throw new Error(`${phase.name}'s machine (${guest.cpus} CPUs, ${guest.memory_mb} MB for ${slots} slot(s)) is larger than the fleet's limits (FLEET_MAX_VCPUS ${limits.maxVcpus}, FLEET_MAX_MEMORY_MB ${limits.maxMemoryMb}): it would wait for room for ever`);
+    }
     const mode = modes.includes("pool") ? "pool" : "single";
     return { plan: { phase: phase.name, mode, slots, machines: maxMachinesOf(limits, guest), guest, perSlotMb, makespanS: null, costUsd: null, objective: null, considered: 0, basis: null, resized: null }, considered: [] };
   }

@@ -115,6 +115,11 @@ function allIn(mode: Plan["mode"], tasks: number, work: TaskWork, l: Limits, mac
   return { costUsd: c.total, decidedUsd: c.total - c.egress - c.r2_operations };
 }
 
+/** One machine of `guest` fits the fleet's vCPU and memory limits (a plan on a bigger one would wait for room for ever). */
+export function fitsFleet(l: Pick<Limits, "maxVcpus" | "maxMemoryMb">, guest: Pick<Guest, "cpus" | "memory_mb">): boolean {
+  return (!l.maxVcpus || guest.cpus <= l.maxVcpus) && (!l.maxMemoryMb || guest.memory_mb <= l.maxMemoryMb);
+}
+
 /** Machines of `guest` alive at once: maxMachines, and what the fleet's vCPU and memory limits hold. */
 export function maxMachinesOf(l: Pick<Limits, "maxMachines" | "maxVcpus" | "maxMemoryMb">, guest: Pick<Guest, "cpus" | "memory_mb">): number {
   const byCpu = l.maxVcpus ? Math.floor(l.maxVcpus / guest.cpus) : Infinity;
@@ -227,13 +232,13 @@ export function plansFor(input: BatchInput): Plan[] {
     if (modes.includes("single")) {
       for (const cpus of FLY_CPU.cpus) {
         const g = guestOf(kind, cpus, work.memoryMb);
-        if (g) plans.push(singlePlan(tasks, work, g, l));
+        if (g && fitsFleet(l, g)) plans.push(singlePlan(tasks, work, g, l));
       }
     }
     if (!modes.includes("pool")) continue;
     for (const [cpus, slots] of shapes) {
       const g = guestOf(kind, cpus, work.memoryMb * slots);
-      if (g) plans.push(poolPlan(tasks, work, g, slots, l));
+      if (g && fitsFleet(l, g)) plans.push(poolPlan(tasks, work, g, slots, l));
     }
   }
   return plans;
@@ -261,7 +266,10 @@ export function pick(plans: readonly Plan[], objective: Objective): Plan {
 /** The batch's plan by its objective, and every plan it was chosen from. */
 export function planBatch(input: BatchInput): { plan: Plan; considered: Plan[] } {
   const considered = plansFor(input);
-  if (considered.length === 0) throw new Error(`no Fly machine holds ${input.slots ?? 1} task(s) of ${input.work.memoryMb} MiB`);
+  if (considered.length === 0) {
+    const fleet = input.limits.maxVcpus || input.limits.maxMemoryMb ? ` within the fleet's limits (FLEET_MAX_VCPUS ${input.limits.maxVcpus ?? "-"}, FLEET_MAX_MEMORY_MB ${input.limits.maxMemoryMb ?? "-"})` : "";
+    throw new Error(`no Fly machine holds ${input.slots ?? 1} task(s) of ${input.work.memoryMb} MiB${fleet}`);
+  }
   return { plan: pick(considered, input.objective ?? "fast"), considered };
 }
 

@@ -307,6 +307,23 @@ describe("sizing", () => {
     expect(planBatch({ tasks: 100, work: WORK, limits: LIMITS, slots: 8, modes: ["pool"] }).plan).toMatchObject({ slots: 8, guest: { cpus: 8 } });
   });
 
+  it("every plan fits the fleet: no machine larger than FLEET_MAX_VCPUS or FLEET_MAX_MEMORY_MB (the soak's fleet of 24 vCPUs and 24 GiB got one performance-16x 32 GiB machine, and waited for ever)", () => {
+    const tiny: TaskWork = { cpuS: 0.05, parallelism: 1, memoryMb: 64, inBytes: 10_000, outBytes: 5_000 };
+    const fleet: Limits = { ...LIMITS, maxMachines: 6, maxVcpus: 24, maxMemoryMb: 24_576 };
+    const { plan, considered } = planBatch({ tasks: 1000, work: tiny, limits: fleet });
+    expect(considered.length).toBeGreaterThan(0);
+    for (const p of considered) {
+      expect(p.guest.cpus, `${p.mode} ${p.guest.cpu_kind}-${p.guest.cpus}x`).toBeLessThanOrEqual(24);
+      expect(p.guest.memory_mb, `${p.mode} ${p.guest.cpu_kind}-${p.guest.cpus}x`).toBeLessThanOrEqual(24_576);
+    }
+    // performance-16x needs 16 × 2 GiB at least: it is not among them; performance-8x (16 GiB) is.
+    expect(considered.some((p) => p.guest.cpu_kind === "performance" && p.guest.cpus === 16)).toBe(false);
+    expect(considered.some((p) => p.guest.cpu_kind === "performance" && p.guest.cpus === 8)).toBe(true);
+    expect(plan.guest.memory_mb).toBeLessThanOrEqual(24_576);
+    // A fleet too small for any machine that holds the task says so instead of planning one.
+    expect(() => planBatch({ tasks: 10, work: { ...tiny, memoryMb: 4096 }, limits: { ...LIMITS, maxVcpus: 1, maxMemoryMb: 2048 } })).toThrow(/within the fleet's limits \(FLEET_MAX_VCPUS 1, FLEET_MAX_MEMORY_MB 2048\)/);
+  });
+
   it("the message's pool flag wins over POOL_MODE", () => {
     expect(poolByDefault(undefined, true)).toBe(true);
     expect(poolByDefault(false, true)).toBe(false);
