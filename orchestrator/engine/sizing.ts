@@ -47,7 +47,14 @@ export interface Limits {
   region: string | null;
   machineBytesPerS: number;
   regionBytesPerS: number;
-  /** Request round trips per task (lease, presign, storage): seconds. */
+  /**
+   * A task's four request round trips together, seconds (4 × ~50 ms). In a pool: the lease
+   * (fly-worker/pool.ts:159), the input's GET (fly-worker/storage.ts:70), the output's presign
+   * (storage.ts:102 via :144) and its PUT (storage.ts:161); the GET alone is inside the machine's
+   * one-at-a-time download turn (pool.ts:36, task.ts:48-55), the rest are the slot's own time.
+   * One machine per task: the GET, the presign, the PUT and the callback (fly-worker/run.ts:115).
+   * A pool slot's callback is not counted.
+   */
   rttS: number;
   /** A pool task's lease is renewed this often (a heartbeat: a request and a row). */
   heartbeatS: number;
@@ -230,28 +237,32 @@ function machinesCreated(tasks: number, planned: number, slots: number, pace: Po
 /**
  * A pool of `guest` machines running `slots` tasks each: as many machines as the limit, the tasks
  * and the region's network allow, joining at the create limit, as long as the open tasks outnumber
- * the slots of the machines already there. A machine's slots take turns downloading (a turn is
- * the request round trips and the input's bytes: fly-worker/storage.ts), share its CPUs, quota and
- * network. On shared vCPUs a machine works at full speed while its own burst balance lasts, then
- * at its baseline (6.25% a vCPU): the first machines, which take the most tasks, slow down first.
- * The region's aggregate bandwidth caps them all. Every machine is billed from its create to the end.
+ * the slots of the machines already there. A machine's slots take turns downloading (a turn is the
+ * input's GET: one round trip and the input's bytes, fly-worker/task.ts:48-55); the lease before
+ * and the output's presign and PUT after are each slot's own time. The slots share the machine's
+ * CPUs, quota and network. On shared vCPUs a machine works at full speed while its own burst
+ * balance lasts, then at its baseline (6.25% a vCPU): the first machines, which take the most
+ * tasks, slow down first. The region's aggregate bandwidth caps them all. Every machine is billed
+ * from its create to the end.
  */
 export function poolPlan(tasks: number, work: TaskWork, guest: Guest, slots: number, l: Limits): Plan {
   const bytes = work.inBytes + work.outBytes;
   const netS = bytes / l.machineBytesPerS;
-  const turnS = l.rttS + netS;
+  // A machine starts a download only when its last has ended, and its network carries every byte.
+  const turnS = l.rttS / 4 + work.inBytes / l.machineBytesPerS;
+  const machinePaceS = Math.max(turnS, netS);
   let machines = Math.max(1, Math.min(maxMachinesOf(l, guest), Math.ceil(tasks / slots)));
-  // A slot's task while the machine's CPUs run at full speed, and once its shared vCPUs are held to their baseline.
+  // A slot's task (all four round trips, its bytes, its conversion) while the machine's CPUs run at full speed, and once its shared vCPUs are held to their baseline.
   const rate = Math.min(work.parallelism, guest.cpus / slots);
   const slotTaskS = l.rttS + netS + work.cpuS / rate;
-  const fastS = Math.max(slotTaskS / slots, turnS);
+  const fastS = Math.max(slotTaskS / slots, machinePaceS);
   const shared = guest.cpu_kind === "shared";
   const baseline = guest.cpus * baselinePerCpu(guest.cpu_kind);
   const cpuUse = work.cpuS / fastS;
   const drains = shared && cpuUse > baseline;
   const slotSlowS = l.rttS + netS + work.cpuS / Math.min(work.parallelism, baseline / slots);
   let pace: PoolPace = drains
-    ? { fastS, slowS: Math.max(slotSlowS / slots, turnS, work.cpuS / baseline), burstS: initialBalanceS(guest) / (cpuUse - baseline) }
+    ? { fastS, slowS: Math.max(slotSlowS / slots, machinePaceS, work.cpuS / baseline), burstS: initialBalanceS(guest) / (cpuUse - baseline) }
     : { fastS, slowS: fastS, burstS: Infinity };
   // Machines past what the region's network carries add cost, not speed.
   const netMachines = Math.max(1, Math.floor((l.regionBytesPerS * pace.fastS) / bytes + 1e-9));
@@ -265,8 +276,11 @@ export function poolPlan(tasks: number, work: TaskWork, guest: Guest, slots: num
   // round: the machines leave on average at the fluid end (each billed from its create to it), the
   // last half a round (at the pace the machines have then) after it, when there is more than one round.
   // No machine ends before its first round: its slots' tasks side by side on a fresh machine (their
-  // CPU and its balance shared: a round of tasks may drain it when one task alone would not).
-  const firstRoundS = l.bootS + l.rttS + netS + conversionWallS({ cpuS: work.cpuS, parallelism: work.parallelism, guest, sharers: Math.min(slots, tasks) }).wallS;
+  // CPU and its balance shared: a round of tasks may drain it when one task alone would not), the
+  // last of them downloading after the other slots' turns.
+  const firstSlots = Math.min(slots, tasks);
+  const firstRoundS =
+    l.bootS + l.rttS + netS + (firstSlots - 1) * turnS + conversionWallS({ cpuS: work.cpuS, parallelism: work.parallelism, guest, sharers: firstSlots }).wallS;
   const fluidS = Math.max(timeToFinish(created, pace, tasks, l), firstRoundS);
   const paceAtEnd = fluidS - l.bootS > pace.burstS ? pace.slowS : pace.fastS;
   const makespanS = Math.max(fluidS + (tasks > created * slots ? (paceAtEnd * slots) / 2 : 0), firstRoundS);
