@@ -49,7 +49,7 @@ if (CONVERSION_SIZES.some((mp) => !Number.isFinite(mp) || mp <= 0)) {
 const CONVERSION_REPEATS = Number(process.env.BENCH_REPEATS ?? 3);
 const MAKESPAN_SETS = new Set((process.env.BENCH_MAKESPAN_SETS ?? "main,small,sensitivity").split(",").map((s) => s.trim()));
 const BOOT_DELAY_MS = Number(process.env.BENCH_BOOT_DELAY_MS ?? 5_000);
-/** Lease + presign + storage request round trips per task (4 × ~50 ms). */
+/** A task's request round trips, 4 × ~50 ms: a pool task's lease, the input's GET, the output's presign and PUT (bench/workerd/sim-machines.ts roundTripS says which are in a download turn). */
 const RTT_S = 0.2;
 const STACK_TASKS = 200;
 

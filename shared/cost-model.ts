@@ -143,15 +143,28 @@ export function r2StorageUsd(bytes: number, months: number): number {
 }
 
 /**
- * Durable Object rows a batch writes, as the engine writes them (counted in code, measured by the
- * scale bench — `npm run bench`, section 1 — and the makespan simulations' own counts): a task's
- * whole life (its file, its task row and index entries, a lease or a create, a callback, its tally
- * row, the tasks_done entry that stands for its attempt, its output file) is `perTask` (section 1), plus one a heartbeat; a machine's row is written
- * when it is created, answered, seen started and ended, with its orphan entry and the create
- * budget's bucket (`perMachine`), and every ~30 s while it lives (its check, or a lease moving the
- * check on: two rows); a batch's meta, tally and finalisation rows and its alarms (`perBatch`).
+ * Durable Object rows a batch writes, as the engine writes them (counted in code; measured by the
+ * makespan simulations' rows by statement — `npm run bench`, section 3, at 10 and 200 tasks in both
+ * modes, 2026-12-03 — and section 1 for a pool task's life):
+ * - a batch (`perBatch`): its schema (12 migration rows), meta, events, directory, file list and
+ *   tally rows (9), and the alarms of discovery, sizing and finishing, each writing meta and
+ *   setting the next alarm (~10);
+ * - a task's whole life (`perTask`): its file (4), its task row and index entries (6), a lease and
+ *   a callback rewriting the row and its state entry and the tally (5 + 2); one machine per task
+ *   moves it through creating, booting and running besides (+2 task rows, +1 tally): 20; plus one
+ *   row a heartbeat;
+ * - a machine (`perMachine`): its worker row and index entries (3), its cost row (1), its orphan
+ *   entry written and deleted (2), its row updated as it is answered, seen started and ended (5), and
+ *   the ~2 alarms its create takes (the create budget allows one a second: an alarm each, with its
+ *   meta write and setAlarm, ~7): 18; a pool machine's row is also marked live and retired by its
+ *   leases (+2): 20. A pool machine's row is rewritten every ~30 s it lives (its check, or a lease
+ *   moving the check on: `perMachineSecond`). The app-wide create budget's rows are another
+ *   object's, not counted here (nor in the batch's own count the bench prices).
  */
-export const DO_ROWS = { perTask: 17, perHeartbeat: 1, perMachine: 12, perMachineSecond: 2 / 30, perBatch: 40 } as const;
+export const DO_ROWS = { perTask: { pool: 17, single: 20 }, perHeartbeat: 1, perMachine: { pool: 20, single: 18 }, perMachineSecond: 2 / 30, perBatch: 31 } as const;
+
+/** Alarms a batch runs (each a billed request): ~2 a machine (its create at the create limit, its answer), and ~4 a batch (discovery, sizing, finishing): measured as DO_ROWS. */
+export const DO_ALARMS = { perMachine: 2, perBatch: 4 } as const;
 
 /** What a batch's plan uses beyond its machines' seconds (the caller adds machineUsd). */
 export interface PlanShape {
@@ -160,32 +173,37 @@ export interface PlanShape {
   /** Machines created, and the seconds they live in all. */
   machines: number;
   machineSeconds: number;
-  /** A pool task's lease is renewed every `heartbeatS` of its `taskS`. */
+  /** A pool machine's slots (each ends with a lease answered `done`): 1 when not given. */
+  slots?: number;
+  /** A pool task's lease is renewed every `heartbeatS` of its `taskS` (or `heartbeats` in all, when given: tasks of different lengths). */
   taskS: number;
   heartbeatS: number;
+  heartbeats?: number;
   outputs: number;
   outputBytes: number;
 }
 
 /**
  * The plan's usage beyond its machines: R2 (the machine GETs its input once, PUTs each output
- * with one presigned PUT; the orchestrator reads the first bytes of each output: a Class B operation, as a HEAD was), requests (single-task: the callback
- * and the alarm that creates the next machine; pool: the lease, the callback, the heartbeats, a
- * couple of lease answers a machine that end it) and DO rows (DO_ROWS).
+ * with one presigned PUT; the orchestrator reads the first bytes of each output: a Class B operation, as a HEAD was), requests (single-task: the callback;
+ * pool: the lease, the callback, the heartbeats, and the lease each slot is answered `done`; both:
+ * the alarms, DO_ALARMS) and DO rows (DO_ROWS).
  */
 export function planUsage(p: PlanShape, region: string | null): Usage {
-  const heartbeats = p.mode === "pool" ? Math.floor(p.taskS / p.heartbeatS) : 0;
-  const perTask = p.mode === "pool" ? 2 + heartbeats : 2;
-  const requests = p.tasks * perTask + (p.mode === "pool" ? 2 * p.machines : 0);
+  const pool = p.mode === "pool";
+  const heartbeats = pool ? (p.heartbeats ?? p.tasks * Math.floor(p.taskS / p.heartbeatS)) : 0;
+  const machineRequests = pool ? p.tasks * 2 + heartbeats + (p.slots ?? 1) * p.machines : p.tasks;
+  const requests = machineRequests + DO_ALARMS.perBatch + DO_ALARMS.perMachine * p.machines;
+  const rows = DO_ROWS.perBatch + p.tasks * DO_ROWS.perTask[p.mode] + heartbeats * DO_ROWS.perHeartbeat + p.machines * DO_ROWS.perMachine[p.mode] + (pool ? p.machineSeconds * DO_ROWS.perMachineSecond : 0);
   return {
     machineUsd: 0,
     outputBytes: p.tasks * p.outputBytes,
     region,
     r2ClassA: p.tasks * p.outputs,
     r2ClassB: p.tasks * (1 + p.outputs),
-    doRowsWritten: DO_ROWS.perBatch + p.tasks * (DO_ROWS.perTask + heartbeats * DO_ROWS.perHeartbeat) + p.machines * DO_ROWS.perMachine + p.machineSeconds * DO_ROWS.perMachineSecond,
+    doRowsWritten: rows,
     doRequests: requests,
     doActiveS: requests * DO_ACTIVE_S_PER_REQUEST,
-    workerRequests: p.mode === "pool" ? requests : p.tasks,
+    workerRequests: machineRequests,
   };
 }

@@ -20,7 +20,7 @@ import { type Guest, guestName, pricePerSecond, regionMarkup } from "../../share
 import { getStatus, installWorld, stub } from "../../test/workers/support/engine.ts";
 import { BASELINE, CREATE, SimClock, SimPoolRunner, type SimRunner, START, type TaskShape, TimedRunner } from "./sim-machines.ts";
 import { alarmStep, resetFlyBudget } from "./steps.ts";
-import { progress, putManifest, quietEngineLogs, report } from "./support.ts";
+import { countRows, progress, putManifest, quietEngineLogs, report, type Tally } from "./support.ts";
 
 declare module "vitest" {
   export interface ProvidedContext {
@@ -84,7 +84,10 @@ async function simulate(spec: RunSpec, bootDelayMs: number, rttS: number) {
   });
   const real0 = performance.now();
   let alarms = 0;
+  // Rows the batch's statements wrote, by table and verb (the rest of its count is setAlarm).
+  const tally: Tally = new Map();
   try {
+    await runInDurableObject(stub(batchId), (_i, state) => countRows(state.storage.sql, tally));
     const manifestKey = await putManifest(batchId, spec.tasks, spec.fileBytes);
     // The replaced system: one machine per scan, no cap but the create limit. The default: production's env.
     if (baseline) {
@@ -178,6 +181,8 @@ async function simulate(spec: RunSpec, bootDelayMs: number, rttS: number) {
       cpu_spent_s: cpu.single.spentS + cpu.pool.spentS,
       throttled_machine_s: cpu.single.throttledS + cpu.pool.throttledS,
       rows_written_per_task: counted.do_rows_written / spec.tasks,
+      counted,
+      rows_by_statement: Object.fromEntries([...tally.entries()].sort((a, b) => b[1] - a[1])),
       do_requests_per_task: counted.do_requests / spec.tasks,
       sizing: status.sizing,
       mode_run: status.mode,

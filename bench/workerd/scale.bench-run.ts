@@ -13,7 +13,7 @@ declare module "vitest" {
 }
 import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import { getStatus, installWorld, stub, TestRunner, waitForStatus, withStore } from "../../test/workers/support/engine.ts";
-import { callBack, HeldRunner, InstantPoolRunner, median, percentile, progress, putManifest, quietEngineLogs, report, uploadOutput } from "./support.ts";
+import { callBack, countRows, HeldRunner, InstantPoolRunner, median, percentile, progress, putManifest, quietEngineLogs, report, type Tally, uploadOutput } from "./support.ts";
 
 const SIZES = [1_000, 10_000, 100_000];
 /** Runs per size (each a new batch); every figure reported is the median over them. */
@@ -161,25 +161,6 @@ async function measure(n: number, run: string) {
   } finally {
     await world.restore();
   }
-}
-
-/** Rows a statement wrote, by table and verb (`UPDATE tasks`), for the breakdown of a task's life. */
-type Tally = Map<string, number>;
-
-/** Counts every row written through `sql` (a DO's SQLite handle) into `tally`, by table and verb. */
-function countRows(sql: SqlStorage, tally: Tally): void {
-  const exec = sql.exec.bind(sql);
-  const counted = (query: string, ...params: SqlStorageValue[]) => {
-    const m = /^\s*(INSERT INTO|UPDATE|DELETE FROM)\s+(\w+)/i.exec(query);
-    if (!m) return exec(query, ...params);
-    // A write runs to its end here (callers may never read its cursor), and its rows are counted.
-    const cursor = exec(query, ...params);
-    const rows = cursor.toArray();
-    const key = `${m[1].split(" ")[0].toUpperCase()} ${m[2]}`;
-    if (cursor.rowsWritten > 0) tally.set(key, (tally.get(key) ?? 0) + cursor.rowsWritten);
-    return { toArray: () => rows, one: () => rows[0], rowsRead: cursor.rowsRead, rowsWritten: cursor.rowsWritten, [Symbol.iterator]: () => rows[Symbol.iterator]() };
-  };
-  Object.defineProperty(sql, "exec", { value: counted, configurable: true });
 }
 
 /**

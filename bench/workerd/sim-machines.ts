@@ -3,7 +3,8 @@
 // MachineModel) in virtual time — its tasks share its CPUs, quota and network; a task is round
 // trips, download, CPU, upload — and speaks to the real engine through the Worker's fetch, as
 // fly-worker does: a single-task machine calls back once; a pool machine runs POOL_CONCURRENCY
-// lease loops that take turns downloading, heartbeat, call back and lease again. Each callback
+// lease loops that take turns downloading (the GET alone: its round trip and the input), heartbeat,
+// call back and lease again; a pool task's other round trips (lease, output presign, PUT) are its slot's own time. Each callback
 // reports the task's CPU-seconds and megapixels, as fly-worker's do, so the engine can learn.
 import { exports } from "cloudflare:workers";
 import { vi } from "vitest";
@@ -21,18 +22,46 @@ export interface TaskShape {
   inBytes: number;
   outBytes: number;
   netBytesPerS: number;
+  /** A task's request round trips, all four together (bench/run.ts RTT_S: 4 × ~50 ms); see roundTripS. */
   rttS: number;
 }
 /** What the machine's callback reports of the task: its CPU-seconds and megapixels (fly-worker/cpu.ts). */
 const perfOf = (t: TaskShape) => ({ cpu_s: t.cpuS, megapixels: t.megapixels });
 
-const stagesOf = (t: TaskShape): Stage[] => [...downloadOf(t), ...afterDownloadOf(t)];
-/** A task's round trips and download, which a pool machine's slots take in turns (fly-worker/storage.ts). */
-const downloadOf = (t: TaskShape): Stage[] => [
+/**
+ * One of a task's four request round trips (rttS / 4). A pool task's four, as fly-worker runs them:
+ * the lease POST (fly-worker/pool.ts:51, sent at :159), before the task; the input's GET
+ * (fly-worker/storage.ts:70, its presigned INPUT_URL comes with the lease: orchestrator/engine/access.ts:64),
+ * the only one inside the machine's one-at-a-time download turn (fly-worker/pool.ts:36 limitDownloads(1),
+ * fly-worker/task.ts:48-55 whenDownloadFree wraps storage.download alone); after the conversion, the
+ * output's presign (POST OUTPUTS_URL, fly-worker/storage.ts:102 via :144) and its PUT (:161). A single-task
+ * machine has no lease: its four are the GET, the presign, the PUT and the callback (fly-worker/run.ts:115).
+ * The pool slot's callback (the same run.ts:115, awaited before it leases again) is not timed: the
+ * simulated engine answers it at once, as before (a fifth ~50 ms a pool task that neither the
+ * simulation nor the sizing model counts).
+ */
+export const roundTripS = (t: Pick<TaskShape, "rttS">) => t.rttS / 4;
+
+/** Single-task mode: the task's four round trips, download, conversion, upload, one after the other. */
+const stagesOf = (t: TaskShape): Stage[] => [
   { kind: "wait", s: t.rttS },
   { kind: "net", bytes: t.inBytes },
+  ...convertAndUploadOf(t),
 ];
+/** A pool task's lease round trip (fly-worker/pool.ts:159): the slot's own time, before its download turn. */
+const leaseOf = (t: TaskShape): Stage[] => [{ kind: "wait", s: roundTripS(t) }];
+/** A pool task's download turn, which a machine's slots take one at a time: the GET's round trip and the input's bytes (fly-worker/storage.ts:70, :88). */
+const downloadOf = (t: TaskShape): Stage[] => [
+  { kind: "wait", s: roundTripS(t) },
+  { kind: "net", bytes: t.inBytes },
+];
+/** After the download, the slot's own time: the conversion, the output's presign and PUT round trips, the upload's bytes. */
 const afterDownloadOf = (t: TaskShape): Stage[] => [
+  { kind: "cpu", cpuS: t.cpuS, parallelism: 1 },
+  { kind: "wait", s: 2 * roundTripS(t) },
+  { kind: "net", bytes: t.outBytes },
+];
+const convertAndUploadOf = (t: TaskShape): Stage[] => [
   { kind: "cpu", cpuS: t.cpuS, parallelism: 1 },
   { kind: "net", bytes: t.outBytes },
 ];
@@ -330,8 +359,13 @@ export class SimPoolRunner implements SimRunner {
       s.idleSince = m.lastTaskEnd = this.#clock.now();
       await this.#lease(s);
     });
-    m.downloadQueue.push(answer.task_id);
-    this.#nextDownload(m);
+    // The lease's round trip, then the task waits for the machine's download turn.
+    m.tasks.set(`${answer.task_id}:lease`, () => {
+      m.downloadQueue.push(answer.task_id);
+      this.#nextDownload(m);
+      return Promise.resolve();
+    });
+    m.model.add(`${answer.task_id}:lease`, leaseOf(this.#task), (this.#clock.now() - START) / 1000);
     this.#arm(m);
   }
 

@@ -177,3 +177,22 @@ export class InstantPoolRunner implements MachineRunner {
     }
   }
 }
+
+/** Rows a statement wrote, by table and verb (`UPDATE tasks`), for the breakdown of a task's life. */
+export type Tally = Map<string, number>;
+
+/** Counts every row written through `sql` (a DO's SQLite handle) into `tally`, by table and verb. */
+export function countRows(sql: SqlStorage, tally: Tally): void {
+  const exec = sql.exec.bind(sql);
+  const counted = (query: string, ...params: SqlStorageValue[]) => {
+    const m = /^\s*(INSERT INTO|UPDATE|DELETE FROM)\s+(\w+)/i.exec(query);
+    if (!m) return exec(query, ...params);
+    // A write runs to its end here (callers may never read its cursor), and its rows are counted.
+    const cursor = exec(query, ...params);
+    const rows = cursor.toArray();
+    const key = `${m[1].split(" ")[0].toUpperCase()} ${m[2]}`;
+    if (cursor.rowsWritten > 0) tally.set(key, (tally.get(key) ?? 0) + cursor.rowsWritten);
+    return { toArray: () => rows, one: () => rows[0], rowsRead: cursor.rowsRead, rowsWritten: cursor.rowsWritten, [Symbol.iterator]: () => rows[Symbol.iterator]() };
+  };
+  Object.defineProperty(sql, "exec", { value: counted, configurable: true });
+}

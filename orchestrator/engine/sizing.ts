@@ -4,7 +4,7 @@
 // objective picks. Inputs: the tasks, the work of one, the limits. Output: the plan and every
 // plan considered. No I/O: the engine (and the fleet that shares an app's quota) calls it.
 import { allInCost, NETWORK, planUsage } from "../../shared/cost-model.ts";
-import { conversionWallS, FLY_CPU, type Guest, guestName, initialBalanceS, pricePerSecond } from "../../shared/fly-model.ts";
+import { baselinePerCpu, conversionWallS, FLY_CPU, type Guest, guestName, initialBalanceS, pricePerSecond } from "../../shared/fly-model.ts";
 
 /** What one task needs, as its phase estimates it from the input size. */
 export interface TaskWork {
@@ -47,7 +47,14 @@ export interface Limits {
   region: string | null;
   machineBytesPerS: number;
   regionBytesPerS: number;
-  /** Request round trips per task (lease, presign, storage): seconds. */
+  /**
+   * A task's four request round trips together, seconds (4 × ~50 ms). In a pool: the lease
+   * (fly-worker/pool.ts:159), the input's GET (fly-worker/storage.ts:70), the output's presign
+   * (storage.ts:102 via :144) and its PUT (storage.ts:161); the GET alone is inside the machine's
+   * one-at-a-time download turn (pool.ts:36, task.ts:48-55), the rest are the slot's own time.
+   * One machine per task: the GET, the presign, the PUT and the callback (fly-worker/run.ts:115).
+   * A pool slot's callback is not counted.
+   */
   rttS: number;
   /** A pool task's lease is renewed this often (a heartbeat: a request and a row). */
   heartbeatS: number;
@@ -109,8 +116,18 @@ function taskOn(work: TaskWork, guest: Guest, l: Limits): { wallS: number; throt
 }
 
 /** The plan's all-in cost (its machines plus what it uses of R2, the DO, the Worker and the network), and the part the plan decides. */
-function allIn(mode: Plan["mode"], tasks: number, work: TaskWork, l: Limits, machine: { usd: number; machines: number; seconds: number }, taskS: number): { costUsd: number; decidedUsd: number } {
-  const usage = planUsage({ mode, tasks, machines: machine.machines, machineSeconds: machine.seconds, taskS, heartbeatS: l.heartbeatS, outputs: 1, outputBytes: work.outBytes }, l.region);
+function allIn(
+  mode: Plan["mode"],
+  tasks: number,
+  work: TaskWork,
+  l: Limits,
+  machine: { usd: number; machines: number; seconds: number; slots?: number; heartbeats?: number },
+  taskS: number,
+): { costUsd: number; decidedUsd: number } {
+  const usage = planUsage(
+    { mode, tasks, machines: machine.machines, machineSeconds: machine.seconds, slots: machine.slots, taskS, heartbeatS: l.heartbeatS, heartbeats: machine.heartbeats, outputs: 1, outputBytes: work.outBytes },
+    l.region,
+  );
   const c = allInCost({ ...usage, machineUsd: machine.usd });
   return { costUsd: c.total, decidedUsd: c.total - c.egress - c.r2_operations };
 }
@@ -154,6 +171,11 @@ export function singlePlan(tasks: number, work: TaskWork, guest: Guest, l: Limit
   };
 }
 
+/** When machine `i` of a pool (0-based) is created: the first `burst` at once, then one every 1/createPerS. */
+function createdAt(i: number, l: Pick<Limits, "createPerS" | "createBurst">): number {
+  return Math.max(0, i - l.createBurst + 1) / l.createPerS;
+}
+
 /**
  * Machine-seconds the pool has worked by time t: `machines` created at the create limit (the
  * first `burst` at once), each ready `bootS` after its create. Closed form, so sizing costs the
@@ -167,41 +189,110 @@ function machineSecondsBy(t: number, machines: number, l: Pick<Limits, "createPe
   return first * x + j * x - (j * (j + 1)) / (2 * l.createPerS);
 }
 
-/** Earliest T at which the pool, finishing a task every `perTaskS` on each machine, has done `tasks`. */
-function rampEnd(machines: number, perTaskS: number, tasks: number, l: Pick<Limits, "createPerS" | "createBurst" | "bootS">): number {
+/**
+ * How fast one pool machine works through tasks as it ages: a task every `fastS` while its burst
+ * balance lasts (`burstS` seconds after it is ready; Infinity on performance vCPUs, or when its
+ * slots never use more than the baseline), then every `slowS` at its vCPUs' baseline.
+ */
+interface PoolPace {
+  fastS: number;
+  slowS: number;
+  burstS: number;
+}
+
+/** Tasks `machines` pool machines have finished by time t, each at `pace` from its own ready time (fluid). */
+function tasksBy(t: number, machines: number, pace: PoolPace, l: Pick<Limits, "createPerS" | "createBurst" | "bootS">): number {
+  const fast = machineSecondsBy(t, machines, l) / pace.fastS;
+  if (!Number.isFinite(pace.burstS)) return fast;
+  return fast - machineSecondsBy(t - pace.burstS, machines, l) * (1 / pace.fastS - 1 / pace.slowS);
+}
+
+/** Earliest T at which `machines` machines working at `pace` have finished `tasks`. */
+function timeToFinish(machines: number, pace: PoolPace, tasks: number, l: Pick<Limits, "createPerS" | "createBurst" | "bootS">): number {
+  if (tasks <= 0) return 0;
   let lo = 0;
-  let hi = l.bootS + machines / l.createPerS + perTaskS * tasks + 1;
+  let hi = l.bootS + machines / l.createPerS + Math.max(pace.fastS, pace.slowS) * tasks + 1;
   for (let i = 0; i < 80 && hi - lo > 1e-3; i++) {
     const mid = (lo + hi) / 2;
-    if (machineSecondsBy(mid, machines, l) / perTaskS >= tasks) hi = mid;
+    if (tasksBy(mid, machines, pace, l) >= tasks) hi = mid;
     else lo = mid;
   }
   return hi;
 }
 
 /**
+ * Machines the engine really creates for the pool: it creates one more only while the open tasks
+ * outnumber the slots of the machines it has (schedule.ts poolRoom), so a pool whose first
+ * machines finish the work while the rest would still be waiting for the create limit never
+ * creates the rest. Machine m (0-based) is created at createdAt(m) if the tasks the first m have
+ * not finished by then outnumber their m × slots slots.
+ */
+function machinesCreated(tasks: number, planned: number, slots: number, pace: PoolPace, l: Pick<Limits, "createPerS" | "createBurst" | "bootS">): number {
+  const wanted = (m: number) => tasks - tasksBy(createdAt(m, l), m, pace, l) > m * slots;
+  let lo = 1; // the first machine is always created
+  let hi = planned;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (wanted(mid - 1)) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+/**
  * A pool of `guest` machines running `slots` tasks each: as many machines as the limit, the tasks
- * and the region's network allow, joining at the create limit. A machine finishes a task every
- * max(slot time / slots, its network time), its slots sharing its CPUs, quota and network; the
- * region's aggregate bandwidth caps them all. Every machine is billed from its create to the end.
+ * and the region's network allow, joining at the create limit, as long as the open tasks outnumber
+ * the slots of the machines already there. A machine's slots take turns downloading (a turn is the
+ * input's GET: one round trip and the input's bytes, fly-worker/task.ts:48-55); the lease before
+ * and the output's presign and PUT after are each slot's own time. The slots share the machine's
+ * CPUs, quota and network. On shared vCPUs a machine works at full speed while its own burst
+ * balance lasts, then at its baseline (6.25% a vCPU): the first machines, which take the most
+ * tasks, slow down first. The region's aggregate bandwidth caps them all. Every machine is billed
+ * from its create to the end.
  */
 export function poolPlan(tasks: number, work: TaskWork, guest: Guest, slots: number, l: Limits): Plan {
   const bytes = work.inBytes + work.outBytes;
   const netS = bytes / l.machineBytesPerS;
+  // A machine starts a download only when its last has ended, and its network carries every byte.
+  const turnS = l.rttS / 4 + work.inBytes / l.machineBytesPerS;
+  const machinePaceS = Math.max(turnS, netS);
   let machines = Math.max(1, Math.min(maxMachinesOf(l, guest), Math.ceil(tasks / slots)));
-  const perMachineTasks = Math.ceil(tasks / machines);
-  const rounds = Math.ceil(perMachineTasks / slots);
-  // A machine's whole share of the work through the CPU model: its slots share its CPUs and quota.
-  const cpu = conversionWallS({ cpuS: work.cpuS * rounds, parallelism: work.parallelism, guest, sharers: slots, balanceS: initialBalanceS(guest) });
-  const slotTaskS = cpu.wallS / rounds + netS + l.rttS;
-  let perTaskS = Math.max(slotTaskS / slots, netS);
+  // A slot's task (all four round trips, its bytes, its conversion) while the machine's CPUs run at full speed, and once its shared vCPUs are held to their baseline.
+  const rate = Math.min(work.parallelism, guest.cpus / slots);
+  const slotTaskS = l.rttS + netS + work.cpuS / rate;
+  const fastS = Math.max(slotTaskS / slots, machinePaceS);
+  const shared = guest.cpu_kind === "shared";
+  const baseline = guest.cpus * baselinePerCpu(guest.cpu_kind);
+  const cpuUse = work.cpuS / fastS;
+  const drains = shared && cpuUse > baseline;
+  const slotSlowS = l.rttS + netS + work.cpuS / Math.min(work.parallelism, baseline / slots);
+  let pace: PoolPace = drains
+    ? { fastS, slowS: Math.max(slotSlowS / slots, machinePaceS, work.cpuS / baseline), burstS: initialBalanceS(guest) / (cpuUse - baseline) }
+    : { fastS, slowS: fastS, burstS: Infinity };
   // Machines past what the region's network carries add cost, not speed.
-  const netMachines = Math.max(1, Math.floor((l.regionBytesPerS * perTaskS) / bytes + 1e-9));
+  const netMachines = Math.max(1, Math.floor((l.regionBytesPerS * pace.fastS) / bytes + 1e-9));
   machines = Math.min(machines, netMachines);
-  perTaskS = Math.max(perTaskS, (machines * bytes) / l.regionBytesPerS);
-  // The fluid ramp, plus half a task for the last round's stragglers when there is more than one round.
-  const makespanS = Math.max(rampEnd(machines, perTaskS, tasks, l) + (tasks > machines * slots ? slotTaskS / 2 : 0), l.bootS + slotTaskS);
-  const seconds = machineSecondsBy(makespanS, machines, l) + machines * l.bootS;
+  const regionS = (machines * bytes) / l.regionBytesPerS;
+  if (regionS > pace.fastS) pace = { fastS: regionS, slowS: Math.max(pace.slowS, regionS), burstS: drains ? initialBalanceS(guest) / (work.cpuS / regionS - baseline) : Infinity };
+  if (!(pace.burstS > 0)) pace = { ...pace, burstS: Infinity };
+  const created = machinesCreated(tasks, machines, slots, pace, l);
+  // The fluid end: when the machines, working at their pace, have done every task. Once every task
+  // is leased, each machine still finishes the round its slots hold, which ends anywhere within a
+  // round: the machines leave on average at the fluid end (each billed from its create to it), the
+  // last half a round (at the pace the machines have then) after it, when there is more than one round.
+  // No machine ends before its first round: its slots' tasks side by side on a fresh machine (their
+  // CPU and its balance shared: a round of tasks may drain it when one task alone would not), the
+  // last of them downloading after the other slots' turns.
+  const firstSlots = Math.min(slots, tasks);
+  const firstRoundS =
+    l.bootS + l.rttS + netS + (firstSlots - 1) * turnS + conversionWallS({ cpuS: work.cpuS, parallelism: work.parallelism, guest, sharers: firstSlots }).wallS;
+  const fluidS = Math.max(timeToFinish(created, pace, tasks, l), firstRoundS);
+  const paceAtEnd = fluidS - l.bootS > pace.burstS ? pace.slowS : pace.fastS;
+  const makespanS = Math.max(fluidS + (tasks > created * slots ? (paceAtEnd * slots) / 2 : 0), firstRoundS);
+  const seconds = machineSecondsBy(fluidS, created, l) + created * l.bootS;
+  // Heartbeats: a lease is renewed every heartbeatS of a task, and a task run at the baseline is longer.
+  const fastTasks = Number.isFinite(pace.burstS) ? Math.min(tasks, (machineSecondsBy(fluidS, created, l) - machineSecondsBy(fluidS - pace.burstS, created, l)) / pace.fastS) : tasks;
+  const heartbeats = fastTasks * Math.floor(slotTaskS / l.heartbeatS) + (tasks - fastTasks) * Math.floor(slotSlowS / l.heartbeatS);
   const machineUsd = seconds * pricePerSecond(guest, l.region);
   return {
     mode: "pool",
@@ -211,8 +302,8 @@ export function poolPlan(tasks: number, work: TaskWork, guest: Guest, slots: num
     perSlotMb: Math.floor(guest.memory_mb / slots),
     makespanS,
     machineUsd,
-    ...allIn("pool", tasks, work, l, { usd: machineUsd, machines, seconds }, slotTaskS),
-    throttled: cpu.throttledS > 0,
+    ...allIn("pool", tasks, work, l, { usd: machineUsd, machines: created, seconds, slots, heartbeats }, slotTaskS),
+    throttled: drains && fluidS - l.bootS > pace.burstS,
   };
 }
 

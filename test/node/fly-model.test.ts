@@ -141,13 +141,17 @@ describe("all-in cost", () => {
   it("a plan's usage: a GET, a PUT and a ranged read of the output a task; requests and rows by mode, machine and heartbeat", () => {
     const shape = { tasks: 10, machines: 2, machineSeconds: 300, taskS: 45, heartbeatS: 20, outputs: 1, outputBytes: 1e6 };
     const pool = planUsage({ mode: "pool", ...shape }, "iad");
-    // 45 s of task: 2 heartbeats; requests: lease + callback + 2 a task, 2 lease answers a machine.
-    expect(pool).toMatchObject({ r2ClassA: 10, r2ClassB: 20, doRequests: 44, workerRequests: 44, outputBytes: 1e7 });
-    // Rows: 40 a batch, 17 + 2 a task, 12 a machine, 2 every 30 s of machine: 40 + 190 + 24 + 20.
-    expect(pool.doRowsWritten).toBeCloseTo(274, 9);
+    // 45 s of task: 2 heartbeats; the machines' requests: lease + callback + 2 a task, a `done` lease a
+    // slot (1 each): 42, through the Worker; the DO's also its alarms, 4 a batch and 2 a machine: 50.
+    expect(pool).toMatchObject({ r2ClassA: 10, r2ClassB: 20, doRequests: 50, workerRequests: 42, outputBytes: 1e7 });
+    // Rows: 31 a batch, 17 + 2 a task, 20 a machine, 2 every 30 s of machine: 31 + 190 + 40 + 20.
+    expect(pool.doRowsWritten).toBeCloseTo(281, 9);
+    // Two slots a machine: two `done` leases each.
+    expect(planUsage({ mode: "pool", ...shape, slots: 2 }, "iad")).toMatchObject({ doRequests: 52, workerRequests: 44 });
+    // One machine per task: the callback (10), and the alarms (4 + 2 × 10); rows 31 + 20 a task + 18 a machine, no heartbeat.
     const single = planUsage({ mode: "single", ...shape, machines: 10 }, "iad");
-    expect(single).toMatchObject({ r2ClassA: 10, r2ClassB: 20, doRequests: 20, workerRequests: 10 });
-    expect(single.doRowsWritten).toBeCloseTo(40 + 170 + 120 + 20, 9);
+    expect(single).toMatchObject({ r2ClassA: 10, r2ClassB: 20, doRequests: 34, workerRequests: 10 });
+    expect(single.doRowsWritten).toBeCloseTo(31 + 200 + 180, 9);
   });
 });
 
@@ -159,15 +163,18 @@ const WORK: TaskWork = { cpuS: 0.3 + (PIXELS / 1e6) * 0.273, parallelism: 1, mem
 const LIMITS: Limits = { ...DEFAULT_LIMITS, maxMachines: 50, createPerS: 1, createBurst: 3, region: "iad" };
 
 /**
- * What a plan decides beyond its machines' seconds, for the batch: DO rows ($1.00/M: 40 a batch,
- * 17 + 1 a heartbeat a task, 12 a machine and 2 every 30 s it lives), requests ($0.15/M, each 10 ms
- * of a 0.128 GB object at $12.50/M GB-s; a pool: lease, callback, heartbeats, 2 a machine; one
- * machine per task: callback and alarm) and Worker requests ($0.30/M).
+ * What a plan decides beyond its machines' seconds, for the batch: DO rows ($1.00/M: 31 a batch;
+ * a task 17 in a pool + 1 a heartbeat, 20 one machine per task; a machine 20 in a pool and 2 every
+ * 30 s it lives, 18 one machine per task), requests ($0.15/M, each 10 ms of a 0.128 GB object at
+ * $12.50/M GB-s: the machines' — a pool: lease, callback, heartbeats, a `done` lease a slot; one
+ * machine per task: the callback — and the alarms, 4 a batch and 2 a machine) and the machines'
+ * requests through the Worker ($0.30/M).
  */
-function decided(mode: "single" | "pool", tasks: number, machines: number, machineS: number, heartbeats: number): number {
-  const rows = 40 + tasks * (17 + heartbeats) + machines * 12 + (machineS * 2) / 30;
-  const requests = mode === "pool" ? tasks * (2 + heartbeats) + 2 * machines : tasks * 2;
-  return rows * 1e-6 + requests * (0.15e-6 + 0.01 * 0.128 * 12.5e-6) + (mode === "pool" ? requests : tasks) * 0.3e-6;
+function decided(mode: "single" | "pool", tasks: number, machines: number, machineS: number, heartbeats: number, slots = 1): number {
+  const rows = mode === "pool" ? 31 + tasks * (17 + heartbeats) + machines * 20 + (machineS * 2) / 30 : 31 + tasks * 20 + machines * 18;
+  const machineRequests = mode === "pool" ? tasks * (2 + heartbeats) + slots * machines : tasks;
+  const requests = machineRequests + 4 + 2 * machines;
+  return rows * 1e-6 + requests * (0.15e-6 + 0.01 * 0.128 * 12.5e-6) + machineRequests * 0.3e-6;
 }
 /** And what every plan pays alike, a scan: the JPEG's egress ($0.02/GB), a PUT and a GET and the ranged read of its first bytes (Class B, as a HEAD). */
 const ALIKE = WORK.outBytes * 0.02e-9 + 4.5e-6 + 2 * 0.36e-6;
@@ -265,31 +272,38 @@ describe("sizing", () => {
     expect(cheapest.costUsd).toBeCloseTo(cheapestUsd, 6);
 
     // Machines join at 1/s after a burst of 3 and work from 5 s after their create: by T, 50 of them
-    // have worked 50 (T − 5) − (1 + … + 47) seconds; every one is billed to the end, plus its boot.
+    // have worked 50 (T − 5) − (1 + … + 47) seconds. The last round's machines leave, on average,
+    // when the work is done in this fluid reckoning (each billed to it, plus its boot); the last half
+    // a round later.
     const rampEnd = (perTaskS: number) => 5 + (10_000 * perTaskS + (47 * 48) / 2) / 50;
-    const billedS = (makespanS: number) => 50 * (makespanS - 5) - 1128 + 250;
+    const billedS = (fluidEndS: number) => 50 * (fluidEndS - 5) - 1128 + 250;
 
     // 50 × performance-8x, 16 slots of 1,240 MB (19,840 → 19,968 MB): two slots a CPU, so a
     // conversion gets half a CPU: 2 × 27.384 s; with its transfer and round trips a slot's task is
-    // 57.77 s, and the machine finishes one every 57.77 / 16 = 3.611 s (its network needs 2.80 s).
+    // 57.77 s, and the machine finishes one every 57.77 / 16 = 3.611 s (its slots' download turns,
+    // each the GET's 0.05 s and 254.4 MB at 100 MB/s, need 2.59 s a task; its network, every byte
+    // in and out, 2.80 s).
     const slot8 = 2 * WORK.cpuS + netS + 0.2;
     const p8 = poolPlan(10_000, WORK, { cpu_kind: "performance", cpus: 8, memory_mb: 19_968 }, 16, LIMITS);
     expect(p8.makespanS).toBeCloseTo(rampEnd(slot8 / 16) + slot8 / 2, 1);
     const price8 = 8 * PERF_CPU_S + ((19_968 - 16_384) / 1024) * RAM_GB_S;
-    expect(p8.machineUsd).toBeCloseTo(billedS(p8.makespanS) * price8, 4);
-    expect(p8.costUsd).toBeCloseTo(p8.machineUsd + decided("pool", 10_000, 50, billedS(p8.makespanS), Math.floor(slot8 / 20)) + 10_000 * ALIKE, 4);
+    expect(p8.machineUsd).toBeCloseTo(billedS(rampEnd(slot8 / 16)) * price8, 4);
+    expect(p8.costUsd).toBeCloseTo(p8.machineUsd + decided("pool", 10_000, 50, billedS(rampEnd(slot8 / 16)), Math.floor(slot8 / 20), 16) + 10_000 * ALIKE, 4);
 
-    // 50 × performance-16x 32 GB, 16 slots: a CPU each (30.39 s a task), but 16 tasks' 280 MB per
-    // 30.39 s is more than the machine's 100 MB/s: it finishes one every 2.80 s, network-bound.
+    // 50 × performance-16x 32 GB, 16 slots: a CPU each (30.39 s a task), but the machine's network
+    // carries each task's 280.2 MB at 100 MB/s, 2.80 s (more than its download turn, the GET's 0.05 s
+    // and the input's 2.54 s), longer than the 30.39 / 16 = 1.90 s its slots need a task: it finishes
+    // one every 2.80 s, network-bound (and 50 of them carry 50 × 280.2 MB / 2.80 s = 5 GB/s, the region's bound).
     const slot16 = WORK.cpuS + netS + 0.2;
     const p16 = poolPlan(10_000, WORK, { cpu_kind: "performance", cpus: 16, memory_mb: 32_768 }, 16, LIMITS);
-    expect(p16.makespanS).toBeCloseTo(rampEnd(netS) + slot16 / 2, 1);
-    expect(p16.machineUsd).toBeCloseTo(billedS(p16.makespanS) * 16 * PERF_CPU_S, 4);
-    expect(p16.costUsd).toBeCloseTo(p16.machineUsd + decided("pool", 10_000, 50, billedS(p16.makespanS), Math.floor(slot16 / 20)) + 10_000 * ALIKE, 4);
+    // Its last round: a slot's task comes every 16 × 2.80 s, and the last machine ends half of that after the fluid end.
+    expect(p16.makespanS).toBeCloseTo(rampEnd(netS) + (16 * netS) / 2, 1);
+    expect(p16.machineUsd).toBeCloseTo(billedS(rampEnd(netS)) * 16 * PERF_CPU_S, 4);
+    expect(p16.costUsd).toBeCloseTo(p16.machineUsd + decided("pool", 10_000, 50, billedS(rampEnd(netS)), Math.floor(slot16 / 20), 16) + 10_000 * ALIKE, 4);
 
     // `fast`: the shortest makespan among plans whose cost the plan decides (machines, DO rows and
     // requests; egress and R2 are the same for all) is at most 1.25× the cheapest's. performance-16x
-    // would end sooner, but its CPUs wait on the network a third of the time: 1.58×. performance-8x
+    // would end sooner, but its CPUs wait on the network a third of the time: 1.50×. performance-8x
     // with 16 slots: 1.13×, and nothing within the margin is sooner.
     expect(cheapest.decidedUsd).toBeCloseTo(cheapestDecided, 6);
     expect(p16.makespanS).toBeLessThan(p8.makespanS);
@@ -298,6 +312,53 @@ describe("sizing", () => {
     expect(plan).toMatchObject({ mode: "pool", machines: 50, slots: 16, guest: { cpu_kind: "performance", cpus: 8, memory_mb: 19_968 }, perSlotMb: 1248 });
     expect(plan.makespanS).toBeCloseTo(p8.makespanS, 6);
     for (const c of considered) if (c.decidedUsd <= cheapestDecided * 1.25) expect(c.makespanS).toBeGreaterThanOrEqual(plan.makespanS * 0.995);
+  });
+
+  it("a shared pool's first machines drain their burst balance and slow to the baseline; machines stop joining once the others' slots cover the open tasks", () => {
+    // 200 scans of 5 MP (1.665 CPU-s, 12.8 MB in, 1.3 MB out) on 50 × shared-cpu-4x 2304 MB, 4 slots:
+    // four tasks at once drain a machine's 5 CPU-s of balance in ~1.5 s, then its 4 vCPUs give 0.25
+    // of a CPU: a task every 6.7 s instead of 0.5 s. The makespan bench simulated this plan (the
+    // real engine, its leases and Fly's CPU model, a pool task's round trips as fly-worker makes
+    // them — only the GET in the download turn — 2026-12-03): 31 machines created (no more were
+    // wanted), 930 machine-seconds, the last task done at 54.4 s. The model once had 599 s and 29 s.
+    const work: TaskWork = { cpuS: 1.665, parallelism: 1, memoryMb: 549, inBytes: 12_820_513, outBytes: 1_300_000 };
+    const g = { cpu_kind: "shared", cpus: 4, memory_mb: 2304 } as const;
+    const p = poolPlan(200, work, g, 4, LIMITS);
+    expect(p.throttled).toBe(true);
+    const machineS = p.machineUsd / pricePerSecond(g, "iad");
+    expect(machineS / 930).toBeGreaterThan(0.95);
+    expect(machineS / 930).toBeLessThan(1.05);
+    expect(p.makespanS / 54.4).toBeGreaterThan(0.9);
+    expect(p.makespanS / 54.4).toBeLessThan(1.2);
+    // The same pool on performance vCPUs never slows: simulated 23.8 s, 281 machine-seconds in 21 machines.
+    const perf = { cpu_kind: "performance", cpus: 2, memory_mb: 4096 } as const;
+    const q = poolPlan(200, work, perf, 4, LIMITS);
+    expect(q.throttled).toBe(false);
+    expect(q.makespanS / 23.8).toBeGreaterThan(0.95);
+    expect(q.makespanS / 23.8).toBeLessThan(1.05);
+    expect(q.machineUsd / pricePerSecond(perf, "iad") / 281).toBeGreaterThan(0.95);
+    expect(q.machineUsd / pricePerSecond(perf, "iad") / 281).toBeLessThan(1.05);
+  });
+
+  it("a pool machine's slots take turns only for the input's GET: 16 slots on tiny inputs finish a task every 0.05 s, not every 0.2 s of a task's round trips", () => {
+    // fly-worker: the lease (pool.ts:159) comes before the download turn; the turn (task.ts:48-55,
+    // limitDownloads(1) at pool.ts:36) is the input's GET (storage.ts:70), one round trip of the
+    // four (0.2 s / 4 = 0.05 s); the output's presign and PUT (storage.ts:144, :161) come after the
+    // conversion, each slot's own time. 160 tasks of 0.3 CPU-s and no bytes on one performance-16x,
+    // 16 slots: a slot's task is 0.2 + 0.3 = 0.5 s, 16 of them a task every 0.5 / 16 = 0.031 s, but
+    // one GET at a time allows one every 0.05 s: 160 × 0.05 = 8 s after its 5 s boot, and the last
+    // round half over (16 × 0.05 / 2 = 0.4 s): 13.4 s, billed 13 s. Had the turn held all four round
+    // trips (0.2 s), it would be 5 + 160 × 0.2 + 16 × 0.2 / 2 = 38.6 s.
+    const work: TaskWork = { cpuS: 0.3, parallelism: 1, memoryMb: 513, inBytes: 0, outBytes: 0 };
+    const g = { cpu_kind: "performance", cpus: 16, memory_mb: 32_768 } as const;
+    const p = poolPlan(160, work, g, 16, { ...LIMITS, maxMachines: 1 });
+    expect(p.machines).toBe(1);
+    expect(p.makespanS).toBeCloseTo(13.4, 1);
+    expect(p.machineUsd / pricePerSecond(g, "iad")).toBeCloseTo(13, 1);
+    expect(p.makespanS).toBeLessThan(5 + 160 * 0.2);
+    // Its first round, its 16 slots' tasks: the last GET starts 15 turns after the first, 5 + 0.2 + 15 × 0.05 + 0.3 = 6.25 s.
+    const first = poolPlan(16, work, g, 16, { ...LIMITS, maxMachines: 1 });
+    expect(first.makespanS).toBeCloseTo(6.25, 2);
   });
 
   it("pool auto-size: a handful of tasks gets no more machines than it needs; fixed slots are kept", () => {
