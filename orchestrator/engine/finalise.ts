@@ -50,6 +50,9 @@ export async function finalise(e: Engine, meta: BatchMeta): Promise<number | nul
 }
 
 function done(e: Engine, meta: BatchMeta, list: WrittenFileList): null {
+  // Once: an alarm that read the batch before another finished it (the list and the POST are
+  // awaited) must not end it, and emit `done`, a second time.
+  if (e.store.getMeta()?.stage === "done") return null;
   const now = Date.now();
   e.store.updateMeta({ stage: "done", completed_at: now, finalise_error: null }, now);
   log("DO", "batch_done", { batch_id: meta.batch_id, files: list.entries, file_list: list.key, finalise_attempts: meta.finalise_attempts + 1 });

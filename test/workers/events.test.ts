@@ -1,8 +1,9 @@
 // GET /status/:batchId/events: Server-Sent Events with progress, task_failed, phase and a final
 // event; Last-Event-ID resumes without gaps; a cap on open streams answers 429.
 import { exports } from "cloudflare:workers";
-import { runDurableObjectAlarm } from "cloudflare:test";
+import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { afterEach, beforeEach, expect, it } from "vitest";
+import type { BatchDO } from "../../orchestrator/batch-do.ts";
 import { ADMIN, attemptsOf, getStatus, installWorld, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
 
 let world: World;
@@ -234,3 +235,22 @@ it("reset closes every open attempt; after a redrive, events name their run and 
     [2, "done"],
   ]);
 });
+
+it("a batch ends once: two alarms that both read it while finalising emit one done (the test harness's runDurableObjectAlarm can overlap the runtime's)", async () => {
+  const b = "ev-once";
+  await putTiffs(`${b}/`, 1);
+  await stub(b).start({ batch_id: b, r2_prefix: `${b}/` });
+  await waitForStatus(b, (x) => x.status === "DONE");
+  // Back to finalising (its file list is written: the step goes straight to the end), then two alarms at once.
+  const before = await withStore(b, (store, sql) => {
+    sql.exec("UPDATE meta SET stage = 'finalise', completed_at = NULL");
+    return store.lastEventId();
+  });
+  await runInDurableObject(stub(b), async (instance: BatchDO) => {
+    await Promise.all([instance.alarm(), instance.alarm()]);
+  });
+  const dones = await withStore(b, (store) => store.eventsAfter(before, 1000).filter((e) => e.type === "done").length);
+  expect(dones, "done events after the two overlapping alarms").toBe(1);
+  expect((await getStatus(b)).status).toBe("DONE");
+});
+
