@@ -185,11 +185,13 @@ export class WorkerQueries extends Queries {
     if (n <= 0) return [];
     return this.db
       .exec<{ worker_id: string }>(
+        // One pass over the running tasks (by the state index), not one per machine: a lease runs this
+        // while the batch is over its share, and tasks has no index by worker.
         `SELECT w.worker_id FROM workers w
+         LEFT JOIN (SELECT worker_id, MAX(attempt_started_at) AS newest FROM tasks WHERE state = 'running' GROUP BY worker_id) t
+           ON t.worker_id = w.worker_id
          WHERE w.task_id IS NULL AND w.state IN ('creating', 'booting', 'live')
-         ORDER BY w.state = 'live',
-           (SELECT COALESCE(MAX(t.attempt_started_at), 0) FROM tasks t WHERE t.worker_id = w.worker_id AND t.state = 'running'),
-           w.worker_id DESC
+         ORDER BY w.state = 'live', COALESCE(t.newest, 0), w.worker_id DESC
          LIMIT ?`,
         n,
       )
