@@ -84,6 +84,12 @@ export const STALE_MS = 5 * 60_000;
 export const LOST_MS = 30 * 60_000;
 /** A batch that asked for creates within this long and still lacks machines takes turns for create tokens. */
 const NEEDY_MS = 10_000;
+/**
+ * Over-share batches one report tells at once: each is a Durable Object call, a subrequest, and the
+ * reporting batch waits for them; six is one round of the simultaneous connections an invocation
+ * may hold (developers.cloudflare.com/workers/platform/limits/#simultaneous-open-connections).
+ */
+export const NUDGES_PER_REPORT = 6;
 /** How soon a batch waiting for room asks again: below its share, and at it (wanting more). */
 export const FLEET_POLL_MS = 2_000;
 export const FLEET_POLL_AT_SHARE_MS = 5_000;
@@ -191,11 +197,16 @@ export class FlyBudget extends DurableObject<Env> {
     this.tables.afterGrant(req.batch_id, holds, grant.granted > 0 ? now : self.served_at, unmet, waiting, share);
     // Batches whose share just shrank below what they hold (this one arrived, or asked for more) are
     // told now rather than at their next report (up to FLEET_POLL_AT_SHARE_MS away): their surplus
-    // machines stop leasing and drain sooner. Once per smaller share.
-    const shrunk = rows.filter((r) => r.batch_id !== req.batch_id && r.share >= 0 && (shares.get(r.batch_id) ?? 0) < r.share && r.live.machines > (shares.get(r.batch_id) ?? 0));
+    // machines stop leasing and drain sooner. Once per smaller share; the furthest over first, at
+    // most NUDGES_PER_REPORT (the rest hear at their own next report).
+    const shrunk = rows
+      .map((r) => ({ id: r.batch_id, told: r.share, now: shares.get(r.batch_id) ?? 0, holds: r.live.machines }))
+      .filter((r) => r.id !== req.batch_id && r.told >= 0 && r.now < r.told && r.holds > r.now)
+      .sort((a, b) => b.holds - b.now - (a.holds - a.now))
+      .slice(0, NUDGES_PER_REPORT);
     if (shrunk.length > 0) {
-      this.tables.setShares(shrunk.map((r) => [r.batch_id, shares.get(r.batch_id) ?? 0]));
-      await Promise.all(shrunk.map((r) => this.nudge(r.batch_id)));
+      this.tables.setShares(shrunk.map((r) => [r.id, r.now]));
+      await Promise.all(shrunk.map((r) => this.nudge(r.id)));
     }
 
     const queue = this.waitingOrder(rows.map((r) => (r.batch_id === req.batch_id ? { ...r, live: holds, waiting } : r)), shares);

@@ -174,6 +174,6 @@ function toFleetRow(r: Row): FleetRow {
     served_at: Number(r.served_at),
     unmet: Number(r.unmet),
     waiting: Number(r.waiting) === 1,
-    share: Number(r.share ?? -1),
+    share: Number(r.share),
   };
 }

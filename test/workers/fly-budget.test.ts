@@ -117,6 +117,38 @@ function overLimit(posts: RecordedRequest[]): { excess: number; where: string; p
   return { ...worst, perSecond: Array.from(perSecond, (c) => c ?? 0) };
 }
 
+describe("FlyBudget: the fleet tells batches whose share shrank", () => {
+  it("a newcomer's report tells at most six over-share batches at once, the furthest over first; the others hear at their own next report", async () => {
+    const app = "budget-nudges";
+    const budget = env.FLY_BUDGET.getByName(app);
+    const limits = { machines: 80, vcpus: 1000, memory_mb: 1_000_000 };
+    const rate = { perSecond: 1000, burst: 1000 };
+    const report = (batch_id: string, demand: number, machines: number) =>
+      budget.acquire({ batch_id, weight: 1, demand, guest: { cpus: 1, memory_mb: 256 }, live: { machines, vcpus: machines, memory_mb: 256 * machines }, running: machines, want: 0, limits, create: rate });
+    // Eight batches, each told a share of 10 and holding 10 (b8 holds 9: the least over once shares shrink).
+    for (let i = 1; i <= 8; i++) await report(`b${i}`, 10, 0);
+    for (let i = 1; i <= 8; i++) expect((await report(`b${i}`, 10, i === 8 ? 9 : 10)).share).toBe(10);
+    // A ninth wanting 80 shrinks each share to 9 (80 machines for nine: 9 each, the newcomer 8); b8, holding 9, is not over it.
+    await report("newcomer", 80, 0);
+    const told = await runInDurableObject(budget, (_i, state) =>
+      Object.fromEntries(state.storage.sql.exec<{ batch_id: string; share: number }>("SELECT batch_id, share FROM fleet WHERE batch_id != 'newcomer'").toArray().map((r) => [r.batch_id, r.share])),
+    );
+    const nudged = Object.entries(told).filter(([, share]) => share < 10).map(([id]) => id);
+    expect(nudged, JSON.stringify(told)).toHaveLength(6);
+    expect(nudged).not.toContain("b8");
+    // The next report tells the rest that hold more than their share now, and none of the six again.
+    await report("newcomer", 80, 0);
+    const snapshot = await budget.snapshot(limits, { create: rate, list: rate, get: rate, destroy: rate });
+    const storedNow = await runInDurableObject(budget, (_i, state) =>
+      Object.fromEntries(state.storage.sql.exec<{ batch_id: string; share: number }>("SELECT batch_id, share FROM fleet").toArray().map((r) => [r.batch_id, r.share])),
+    );
+    for (const b of snapshot.batches.filter((x) => x.batch_id !== "newcomer")) {
+      if (b.live.machines > b.share) expect(storedNow[b.batch_id], `${b.batch_id} holds ${b.live.machines}, share ${b.share}`).toBe(b.share);
+    }
+    for (const id of nudged) expect(storedNow[id]).toBe(told[id]);
+  });
+});
+
 describe("FlyBudget under a running batch", () => {
   it("evicting the budget mid-batch gives no burst beyond the configured rate", async () => {
     const app = "budget-evict-app";
