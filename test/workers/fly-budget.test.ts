@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import { FlyEmulator, type FlyEmulatorOptions, type RecordedRequest } from "../../local/fly-emulator/api.ts";
 import { ManualClock } from "../../local/fly-emulator/clock.ts";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
+import type { FleetSnapshot } from "../../orchestrator/fly/budget.ts";
 import { installWorld, putTiffs, stub, waitForStatus, type World } from "./support/engine.ts";
 import { PoolRunner } from "./support/pool.ts";
 
@@ -138,7 +139,7 @@ describe("FlyBudget: the fleet tells batches whose share shrank", () => {
     expect(nudged).not.toContain("b8");
     // The next report tells the rest that hold more than their share now, and none of the six again.
     await report("newcomer", 80, 0);
-    const snapshot = await budget.snapshot(limits, { create: rate, list: rate, get: rate, destroy: rate });
+    const snapshot: FleetSnapshot = await budget.snapshot(limits, { create: rate, list: rate, get: rate, destroy: rate });
     const storedNow = await runInDurableObject(budget, (_i, state) =>
       Object.fromEntries(state.storage.sql.exec<{ batch_id: string; share: number }>("SELECT batch_id, share FROM fleet").toArray().map((r) => [r.batch_id, r.share])),
     );
