@@ -4,6 +4,7 @@ import { z } from "zod";
 import { describeZodError } from "../shared/contracts.ts";
 import { parseApiRates, type Rates } from "./fly/rates.ts";
 import type { Resources } from "./fly/fleet.ts";
+import { OBJECTIVES } from "./engine/sizing.ts";
 
 const int = (min: number, max: number, fallback: number) =>
   z.preprocess(
@@ -57,8 +58,8 @@ export const ConfigSchema = z.object({
   LEASE_TIMEOUT_MS: int(1000, 3_600_000, 60_000),
   /** Pool mode: tasks one machine converts at once; 0 (default): sized per batch (engine/sizing.ts). */
   POOL_TASKS_PER_MACHINE: int(0, 16, 0),
-  /** Machine sizing: `fast` (nothing expected to run throttled) or `cheapest` (lowest estimated cost, throttled or not). */
-  SIZING_OBJECTIVE: z.preprocess((v) => (v === undefined || v === "" ? "fast" : v), z.enum(["fast", "cheapest"], { message: "must be 'fast' or 'cheapest'" })),
+  /** Machine sizing (engine/sizing.ts pick): `balanced` (default), `fast` or `cheapest`. */
+  SIZING_OBJECTIVE: z.preprocess((v) => (v === undefined || v === "" ? "balanced" : v), z.enum(OBJECTIVES, { message: `must be one of ${OBJECTIVES.join(", ")}` })),
   /** Pool mode: a machine with no work for this long exits. */
   POOL_IDLE_TIMEOUT_MS: int(0, 3_600_000, 60_000),
   /** How often a live machine's state is looked at, to catch machines that die without calling back. */

@@ -20,16 +20,22 @@ export interface TaskWork {
 }
 
 /**
- * `fast` (default): the shortest makespan among plans costing at most COST_MARGIN × the cheapest;
+ * `balanced` (default): `fast`, except that a plan costing more than BALANCED_MARGIN × the cheapest
+ * is taken only when it ends at least BALANCED_GAIN_S sooner than the soonest plan within that
+ * margin: a short batch is not worth a quarter more for seconds; a long one still buys minutes.
+ * `fast`: the shortest makespan among plans costing at most COST_MARGIN × the cheapest;
  * `cheapest`: the lowest cost among plans finishing within MAKESPAN_MARGIN × the fastest. The cost
  * compared is what the plan decides (its machines, its Durable Object rows and requests): the
  * outputs' egress and R2 operations are the same whatever the plan, so they are not what the
  * margin buys (counted in, a scan whose JPEG's egress outweighs its CPU would let the machines
  * cost half as much again).
  */
-export type Objective = "fast" | "cheapest";
+export type Objective = "balanced" | "fast" | "cheapest";
+export const OBJECTIVES = ["balanced", "fast", "cheapest"] as const satisfies readonly Objective[];
 export const COST_MARGIN = 1.25;
 export const MAKESPAN_MARGIN = 1.25;
+export const BALANCED_MARGIN = 1.05;
+export const BALANCED_GAIN_S = 60;
 /** Most tasks one machine runs at once (POOL_CONCURRENCY, pool_tasks_per_machine). */
 export const MAX_SLOTS = 16;
 
@@ -339,14 +345,22 @@ export function plansFor(input: BatchInput): Plan[] {
 export const TIE = 0.005;
 const below = (a: number, b: number) => a < b * (1 - TIE);
 
+/** The soonest plan costing at most `margin` × the cheapest (ties within TIE: the cheaper). */
+function soonestWithin(plans: readonly Plan[], margin: number): Plan {
+  const cheapest = Math.min(...plans.map((p) => p.decidedUsd));
+  const affordable = plans.filter((p) => p.decidedUsd <= cheapest * margin * (1 + 1e-12));
+  const soonest = Math.min(...affordable.map((p) => p.makespanS));
+  return affordable.filter((p) => !below(soonest, p.makespanS)).reduce((a, b) => (b.decidedUsd < a.decidedUsd ? b : a));
+}
+
 /** The plan `objective` picks from `plans` (ties within TIE: the cheaper, then the sooner). */
 export function pick(plans: readonly Plan[], objective: Objective): Plan {
   if (plans.length === 0) throw new Error("no plan to pick from");
-  if (objective === "fast") {
-    const cheapest = Math.min(...plans.map((p) => p.decidedUsd));
-    const affordable = plans.filter((p) => p.decidedUsd <= cheapest * COST_MARGIN * (1 + 1e-12));
-    const soonest = Math.min(...affordable.map((p) => p.makespanS));
-    return affordable.filter((p) => !below(soonest, p.makespanS)).reduce((a, b) => (b.decidedUsd < a.decidedUsd ? b : a));
+  if (objective === "fast") return soonestWithin(plans, COST_MARGIN);
+  if (objective === "balanced") {
+    const near = soonestWithin(plans, BALANCED_MARGIN);
+    const fast = soonestWithin(plans, COST_MARGIN);
+    return fast.makespanS <= near.makespanS - BALANCED_GAIN_S ? fast : near;
   }
   const fastest = Math.min(...plans.map((p) => p.makespanS));
   const soon = plans.filter((p) => p.makespanS <= fastest * MAKESPAN_MARGIN * (1 + 1e-12));
@@ -361,12 +375,13 @@ export function planBatch(input: BatchInput): { plan: Plan; considered: Plan[] }
     const fleet = input.limits.maxVcpus || input.limits.maxMemoryMb ? ` within the fleet's limits (FLEET_MAX_VCPUS ${input.limits.maxVcpus ?? "-"}, FLEET_MAX_MEMORY_MB ${input.limits.maxMemoryMb ?? "-"})` : "";
     throw new Error(`no Fly machine holds ${input.slots ?? 1} task(s) of ${input.work.memoryMb} MiB${fleet}`);
   }
-  return { plan: pick(considered, input.objective ?? "fast"), considered };
+  return { plan: pick(considered, input.objective ?? "balanced"), considered };
 }
 
 /**
  * The guest for one task on its own machine (single-task mode): every Fly size that holds its
- * memory, timed by the CPU model and priced per second, picked by the same objective.
+ * memory, timed by the CPU model and priced per second, picked by `fast`: one task alone says
+ * nothing of the batch's makespan, which `balanced` weighs (its seconds repeat over every task).
  */
 export function chooseGuest(work: TaskWork, objective: Objective = "fast", limits: Partial<Limits> = {}): Plan {
   const l: Limits = { ...DEFAULT_LIMITS, maxMachines: 1, createPerS: 1, createBurst: 1, region: null, ...limits };

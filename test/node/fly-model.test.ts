@@ -4,7 +4,7 @@
 // here, not imported: a changed constant in the code fails a test instead of moving its
 // expectation with it.
 import { describe, expect, it } from "vitest";
-import { chooseGuest, DEFAULT_LIMITS, guestOf, type Limits, planBatch, poolByDefault, poolPlan, singlePlan, type TaskWork } from "../../orchestrator/engine/sizing.ts";
+import { chooseGuest, DEFAULT_LIMITS, guestOf, type Limits, pick, type Plan, planBatch, poolByDefault, poolPlan, singlePlan, type TaskWork } from "../../orchestrator/engine/sizing.ts";
 import { simulatedDuration } from "../../local/fly-emulator/server.ts";
 import type { RunnerMachine } from "../../local/fly-emulator/runner.ts";
 import { guestFor, tiffWork } from "../../orchestrator/phases/tiff-conversion.ts";
@@ -312,6 +312,51 @@ describe("sizing", () => {
     expect(plan).toMatchObject({ mode: "pool", machines: 50, slots: 16, guest: { cpu_kind: "performance", cpus: 8, memory_mb: 19_968 }, perSlotMb: 1248 });
     expect(plan.makespanS).toBeCloseTo(p8.makespanS, 6);
     for (const c of considered) if (c.decidedUsd <= cheapestDecided * 1.25) expect(c.makespanS).toBeGreaterThanOrEqual(plan.makespanS * 0.995);
+  });
+
+  it("`balanced` (the default) pays more than 1.05× the cheapest cost only for a minute sooner: else the soonest within 1.05×", () => {
+    // A set the test knows: A the cheapest, B the soonest within 1.05× of it, C within 1.25×.
+    const plan = (name: string, decidedUsd: number, makespanS: number): Plan => ({
+      mode: "pool", guest: { cpu_kind: "shared", cpus: 1, memory_mb: 256 }, slots: 1, machines: 1, perSlotMb: 256,
+      makespanS, costUsd: decidedUsd + 1, machineUsd: decidedUsd, decidedUsd, throttled: false, name,
+    } as Plan);
+    const a = plan("A", 1.0, 200);
+    const b = plan("B", 1.04, 100);
+    const slowC = plan("C", 1.2, 41); // 59 s sooner than B
+    const quickC = plan("C", 1.2, 39); // 61 s sooner
+    const dear = plan("D", 1.3, 1); // past 1.25×: never
+    expect(pick([a, b, slowC, dear], "balanced")).toBe(b);
+    expect(pick([a, b, quickC, dear], "balanced")).toBe(quickC);
+    expect(pick([a, b, slowC, dear], "fast")).toBe(slowC);
+    expect(pick([a, b, slowC, dear], "cheapest")).toBe(dear);
+    expect(planBatch({ tasks: 1, work: WORK, limits: LIMITS }).plan).toEqual(planBatch({ tasks: 1, work: WORK, limits: LIMITS, objective: "balanced" }).plan);
+  });
+
+  it("1,000 scans of 5 MP: `balanced` costs within 1.05× of the cheapest plan; `fast` pays more for seconds", () => {
+    // The bench's 5 MP scan: 1.665 CPU-s, 12.8 MB in, 1.3 MB out.
+    const work: TaskWork = { cpuS: 1.665, parallelism: 1, memoryMb: 549, inBytes: 12_820_513, outBytes: 1_300_000 };
+    const { plan, considered } = planBatch({ tasks: 1000, work, limits: LIMITS });
+    const fast = pick(considered, "fast");
+    const cheapest = considered.reduce((x, y) => (y.costUsd < x.costUsd ? y : x));
+    expect(fast.costUsd / cheapest.costUsd).toBeGreaterThan(1.05);
+    expect(plan.costUsd / cheapest.costUsd).toBeLessThanOrEqual(1.05);
+    // Seconds, not minutes, between them; and the pick is the soonest plan within 1.05×.
+    expect(plan.makespanS - fast.makespanS).toBeGreaterThan(0);
+    expect(plan.makespanS - fast.makespanS).toBeLessThan(60);
+    for (const c of considered) if (c.decidedUsd <= cheapest.decidedUsd * 1.05) expect(c.makespanS).toBeGreaterThanOrEqual(plan.makespanS * 0.995);
+  });
+
+  it("10,000 scans at 14 CPU-s: the soonest plan within 1.05× takes hours (one machine per scan); `balanced` buys the pool", () => {
+    const work: TaskWork = { ...WORK, cpuS: 14 };
+    const { plan, considered } = planBatch({ tasks: 10_000, work, limits: LIMITS });
+    const cheapest = Math.min(...considered.map((c) => c.decidedUsd));
+    const near = considered.filter((c) => c.decidedUsd <= cheapest * 1.05).reduce((x, y) => (y.makespanS < x.makespanS ? y : x));
+    expect(near.mode).toBe("single");
+    expect(near.makespanS).toBeGreaterThan(3600);
+    expect(plan).toEqual(pick(considered, "fast"));
+    expect(plan.mode).toBe("pool");
+    expect(plan.makespanS).toBeLessThan(near.makespanS - 60);
+    expect(plan.decidedUsd).toBeLessThanOrEqual(cheapest * 1.25);
   });
 
   it("a shared pool's first machines drain their burst balance and slow to the baseline; machines stop joining once the others' slots cover the open tasks", () => {

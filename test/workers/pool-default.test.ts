@@ -111,32 +111,36 @@ describe("pool mode by default", () => {
     // its first round, 12 tasks on 8 CPUs, 5 + 0.2 + 11 × 0.05 + 0.3 × 12/8 = 6.2 s, at 8S + 6.25R
     // = $21.247e-6/s = $131.7e-6; rows 31 + 204 + 20 + 0.4 = $255.4e-6; requests 24 + 16 + 4 + 2 =
     // $7.6e-6; Worker 40 = $12e-6: $406.8e-6 (3 × shared-cpu-2x 2304 MB, 4 slots, 5.95 s: $417.2e-6;
-    // 1 × shared-cpu-16x 8448 MB, 16 slots, 6.05 s: $416.5e-6). `fast` takes the soonest within
-    // 1.25 × $406.8e-6 = $508.5e-6 (the 5.5 s plans are not), and of the soonest the cheapest (3 ×
-    // shared-cpu-4x at 5.65 s is not as soon, beyond the 0.5% tie): 6 × shared-cpu-2x 1280 MB, 2
-    // slots of 640 MB.
-    const guest = { cpu_kind: "shared", cpus: 2, memory_mb: 1280 };
+    // 1 × shared-cpu-16x 8448 MB, 16 slots, 6.05 s: $416.5e-6). `fast` would take the soonest within
+    // 1.25 × $406.8e-6 = $508.5e-6 (the 5.5 s plans are not), and of the soonest the cheapest: 6 ×
+    // shared-cpu-2x 1280 MB, 2 slots, 5.55 s. `balanced`, the default, takes that only when it ends a
+    // minute sooner than the soonest within 1.05 × $406.8e-6 = $427.1e-6: 3 × shared-cpu-4x 2304 MB,
+    // 4 slots, 5.65 s ($421.0e-6; 5.55 s is more than the 0.5% tie below it, but 0.1 s is not a
+    // minute). Its pick: 3 × shared-cpu-4x 2304 MB, 4 slots of 576 MB.
+    const guest = { cpu_kind: "shared", cpus: 4, memory_mb: 2304 };
     const shared = (cpus: number, mb: number) => handPrice({ cpu_kind: "shared", cpus, memory_mb: mb }, "iad");
     const doRequest = 0.15e-6 + 0.01 * 0.128 * 12.5e-6;
     const pool = (machines: number, slots: number, machineS: number, perSecond: number) =>
       machineS * perSecond + (31 + 12 * 17 + machines * 20 + (machineS * 2) / 30) * 1e-6 + (2 * 12 + slots * machines + 4 + 2 * machines) * doRequest + (2 * 12 + slots * machines) * 0.3e-6;
     const single = (perSecond: number) => 12 * 5.5 * perSecond + (31 + 12 * 20 + 12 * 18) * 1e-6 + (12 + 4 + 2 * 12) * doRequest + 12 * 0.3e-6;
-    const picked = pool(6, 2, 6 * 5.55, shared(2, 1280));
+    const fast = pool(6, 2, 6 * 5.55, shared(2, 1280));
+    const picked = pool(3, 4, 3 * 5.65, shared(4, 2304));
     const cheapest = pool(1, 16, 6.2, shared(8, 8448));
-    expect(picked).toBeCloseTo(490.9e-6, 7);
+    expect(fast).toBeCloseTo(490.9e-6, 7);
+    expect(picked).toBeCloseTo(421.0e-6, 7);
     expect(cheapest).toBeCloseTo(406.8e-6, 7);
-    expect(picked).toBeLessThanOrEqual(1.25 * cheapest);
+    expect(fast).toBeLessThanOrEqual(1.25 * cheapest);
+    expect(fast).toBeGreaterThan(1.05 * cheapest);
+    expect(picked).toBeLessThanOrEqual(1.05 * cheapest);
     expect(1.25 * cheapest).toBeLessThan(Math.min(pool(12, 1, 66, shared(1, 768)), single(shared(1, 768)), 66 * 12.732e-6));
-    // The next soonest, cheaper but not as soon (5.55 s is more than the 0.5% tie below 5.65 s): 3 × shared-cpu-4x 2304 MB, 4 slots.
-    expect(pool(3, 4, 3 * 5.65, shared(4, 2304))).toBeCloseTo(421.0e-6, 7);
-    // What the engine itself says it expects of its pick: 5.55 s (its 0.3 CPU-s are 0.3000004: 5.5500004,
-    // shown to a tenth), not the 5.5 s of one task a machine.
-    expect(s.sizing?.estimated_makespan_s).toBe(5.6);
+    // What the engine itself says it expects of its pick: 5.65 s (its 0.3 CPU-s are 0.3000004: 5.6500004,
+    // shown to a tenth).
+    expect(s.sizing?.estimated_makespan_s).toBe(5.7);
     expect(s.mode).toBe("pool");
-    expect(s.sizing).toMatchObject({ objective: "fast", mode: "pool", plan: "6 × shared-cpu-2x 1280 MB, 2 slot(s)", work: { basis: "starting figure" } });
-    expect(runner.started).toHaveLength(6);
+    expect(s.sizing).toMatchObject({ objective: "balanced", mode: "pool", plan: "3 × shared-cpu-4x 2304 MB, 4 slot(s)", work: { basis: "starting figure" } });
+    expect(runner.started).toHaveLength(3);
     for (const m of runner.started) {
-      expect(machineProcessEnv(m)).toMatchObject({ POOL_MODE: "true", POOL_CONCURRENCY: "2", MEMORY_MB: "640" });
+      expect(machineProcessEnv(m)).toMatchObject({ POOL_MODE: "true", POOL_CONCURRENCY: "4", MEMORY_MB: "576" });
       expect(m.guest).toEqual(guest);
     }
     // Machines: the status totals are the rows' create → end times at the hand-typed prices.
@@ -166,7 +170,7 @@ describe("pool mode by default", () => {
     // phase did work; PDF_SPLITTING found nothing and is not listed), its all-in total their sum.
     expect(s.phases.map((p) => p.name)).toEqual(["TIFF_CONVERSION"]);
     const [tiff] = s.phases;
-    expect(tiff.machines).toMatchObject({ ended: s.machines.ended, machine_seconds: s.machines.machine_seconds, estimated_cost_usd: s.machines.estimated_cost_usd, sizes: ["shared-cpu-2x 1280 MB"] });
+    expect(tiff.machines).toMatchObject({ ended: s.machines.ended, machine_seconds: s.machines.machine_seconds, estimated_cost_usd: s.machines.estimated_cost_usd, sizes: ["shared-cpu-4x 2304 MB"] });
     expect(tiff.cost.machines_usd).toBeCloseTo(s.cost.machines_usd, 9);
     expect(tiff.cost.egress_usd).toBeCloseTo(12 * OUTPUT_SIZE * 0.02e-9, 9);
     expect(tiff.cost.r2_operations_usd).toBeCloseTo(12 * 4.5e-6 + 24 * 0.36e-6, 9);
@@ -219,11 +223,11 @@ describe("pool mode by default", () => {
     }
     expect((await getStatus("pool-plan")).sizing).toMatchObject({ plan: plan.plan });
     // The premise: the same batch sized afresh under the new limit is another plan (the test above:
-    // 6 × shared-cpu-2x 1280 MB, 2 slots). With 2 machines allowed the pick is 2 × shared-cpu-4x
-    // 2304 MB, 4 slots: each machine 6 tasks, one every 0.5 / 4 = 0.125 s, 5 + 0.75 s, and the last
-    // round half over, + 0.25 = 6.0 s, $364.2e-6; the cheapest, 2 × shared-cpu-1x 768 MB, 1 slot,
-    // 8.25 s, $321.6e-6; nothing sooner within 1.25 × that (2 × shared-cpu-8x 4352 MB, 8 slots,
-    // 5.85 s: $436.0e-6).
+    // 3 × shared-cpu-4x 2304 MB, 4 slots). With 2 machines allowed the cheapest is 2 × shared-cpu-1x
+    // 768 MB, 1 slot, 8.25 s, $321.6e-6; the soonest within 1.05× of it ($337.7e-6), 2 × shared-cpu-2x
+    // 1280 MB, 2 slots: each machine 6 tasks, one every 0.5 / 2 = 0.25 s, 5 + 1.5 s, and the last
+    // round half over, + 0.25 = 6.75 s, $334.8e-6; `fast`'s 2 × shared-cpu-4x 2304 MB, 4 slots
+    // (6.0 s, $364.2e-6) is not a minute sooner: `balanced` takes 2 × shared-cpu-2x.
     const maxSize = await withStore("pool-plan", (_s, sql) => sql.exec<{ n: number }>("SELECT MAX(size_bytes) AS n FROM tasks").one().n);
     const c = loadConfig(env);
     const afresh = planBatch({ tasks: 12, work: tiffWork(maxSize), limits: { ...DEFAULT_LIMITS, maxMachines: 20, createPerS: c.FLY_CREATE_RATE_PER_SECOND, createBurst: c.FLY_CREATE_BURST, region: "iad" } }).plan;
