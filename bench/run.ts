@@ -134,6 +134,9 @@ if (only.has("makespan")) {
     BENCH_BOOT_DELAY_MS: String(BOOT_DELAY_MS),
     BENCH_RTT_S: String(RTT_S),
   });
+  // Kept whatever is written below, as the fleet's are: a subset's report is only printed.
+  mkdirSync(join(ROOT, ".local"), { recursive: true });
+  writeFileSync(join(ROOT, ".local", "bench-makespan.json"), JSON.stringify({ scans, makespan }));
   makespanS = (performance.now() - t) / 1000;
 }
 
