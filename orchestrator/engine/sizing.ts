@@ -20,15 +20,16 @@ export interface TaskWork {
 }
 
 /**
- * `balanced` (default): `fast`, except that a plan costing more than BALANCED_MARGIN × the cheapest
- * is taken only when it ends at least BALANCED_GAIN_S sooner than the soonest plan within that
- * margin: a short batch is not worth a quarter more for seconds; a long one still buys minutes.
+ * `balanced` (default): the soonest plan whose whole bill (all in) is at most BALANCED_MARGIN × the
+ * cheapest plan's — unless `fast`'s pick ends at least BALANCED_GAIN_S sooner, and then that: a
+ * short batch does not pay a quarter more for seconds; a long one still buys minutes.
  * `fast`: the shortest makespan among plans costing at most COST_MARGIN × the cheapest;
  * `cheapest`: the lowest cost among plans finishing within MAKESPAN_MARGIN × the fastest. The cost
- * compared is what the plan decides (its machines, its Durable Object rows and requests): the
- * outputs' egress and R2 operations are the same whatever the plan, so they are not what the
+ * these two compare is what the plan decides (its machines, its Durable Object rows and requests):
+ * the outputs' egress and R2 operations are the same whatever the plan, so they are not what the
  * margin buys (counted in, a scan whose JPEG's egress outweighs its CPU would let the machines
- * cost half as much again).
+ * cost half as much again). `balanced`'s small margin is on the bill the operator pays, egress and
+ * all: what it bounds is how much more than the cheapest way the batch costs (issue 23's 1.05×).
  */
 export type Objective = "balanced" | "fast" | "cheapest";
 export const OBJECTIVES = ["balanced", "fast", "cheapest"] as const satisfies readonly Objective[];
@@ -345,21 +346,23 @@ export function plansFor(input: BatchInput): Plan[] {
 export const TIE = 0.005;
 const below = (a: number, b: number) => a < b * (1 - TIE);
 
-/** The soonest plan costing at most `margin` × the cheapest (ties within TIE: the cheaper). */
-function soonestWithin(plans: readonly Plan[], margin: number): Plan {
-  const cheapest = Math.min(...plans.map((p) => p.decidedUsd));
-  const affordable = plans.filter((p) => p.decidedUsd <= cheapest * margin * (1 + 1e-12));
+/** The soonest plan whose `cost` is at most `margin` × the lowest (ties within TIE: the cheaper). */
+function soonestWithin(plans: readonly Plan[], margin: number, cost: (p: Plan) => number): Plan {
+  const cheapest = Math.min(...plans.map(cost));
+  const affordable = plans.filter((p) => cost(p) <= cheapest * margin * (1 + 1e-12));
   const soonest = Math.min(...affordable.map((p) => p.makespanS));
-  return affordable.filter((p) => !below(soonest, p.makespanS)).reduce((a, b) => (b.decidedUsd < a.decidedUsd ? b : a));
+  return affordable.filter((p) => !below(soonest, p.makespanS)).reduce((a, b) => (cost(b) < cost(a) ? b : a));
 }
+const decided = (p: Plan) => p.decidedUsd;
+const allInUsd = (p: Plan) => p.costUsd;
 
 /** The plan `objective` picks from `plans` (ties within TIE: the cheaper, then the sooner). */
 export function pick(plans: readonly Plan[], objective: Objective): Plan {
   if (plans.length === 0) throw new Error("no plan to pick from");
-  if (objective === "fast") return soonestWithin(plans, COST_MARGIN);
+  if (objective === "fast") return soonestWithin(plans, COST_MARGIN, decided);
   if (objective === "balanced") {
-    const near = soonestWithin(plans, BALANCED_MARGIN);
-    const fast = soonestWithin(plans, COST_MARGIN);
+    const near = soonestWithin(plans, BALANCED_MARGIN, allInUsd);
+    const fast = soonestWithin(plans, COST_MARGIN, decided);
     return fast.makespanS <= near.makespanS - BALANCED_GAIN_S ? fast : near;
   }
   const fastest = Math.min(...plans.map((p) => p.makespanS));
