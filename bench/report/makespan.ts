@@ -93,7 +93,7 @@ export function makespanSection(makespan: MakespanFigure[], scans: ScanFigures, 
     parts.push(
       "**Targets at 10, 200 and 1,000 scans of 5 and 25 MP: cost within 1.05× of the cheapest plan the model knows, makespan no longer than the replaced system's.**",
       "",
-      "| batch | the default ran | makespan | replaced system's | no longer? | cost per scan, all in (simulated) | the model's estimate of it | cheapest plan the model knows | default ÷ cheapest | replaced system's cost per scan | \`fast\` would pick (the model) |",
+      "| batch | the default ran | makespan | replaced system's | no longer? | cost per scan, all in (simulated) | the model's estimate of it | cheapest plan the model knows | default ÷ cheapest | replaced system's cost per scan | `fast` would pick (the model) |",
       "|---|---|---:|---:|:-:|---:|---:|---|---:|---:|---|",
       ...rows,
       "",
