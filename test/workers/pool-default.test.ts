@@ -12,6 +12,7 @@ import { loadConfig } from "../../orchestrator/config.ts";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
 import { planBatch, DEFAULT_LIMITS } from "../../orchestrator/engine/sizing.ts";
 import { tiffWork } from "../../orchestrator/phases/tiff-conversion.ts";
+import { CHECKSUM_PHASE } from "../../shared/checksum.ts";
 import { getStatus, installWorld, OUTPUT_SIZE, putTiffs, stub, waitForStatus, withStore, type World } from "./support/engine.ts";
 import { PoolRunner } from "./support/pool.ts";
 
@@ -237,6 +238,22 @@ describe("pool mode by default", () => {
     const c = loadConfig(env);
     const afresh = planBatch({ tasks: 12, work: tiffWork(maxSize), limits: { ...DEFAULT_LIMITS, maxMachines: 20, createPerS: c.FLY_CREATE_RATE_PER_SECOND, createBurst: c.FLY_CREATE_BURST, region: "iad" } }).plan;
     expect(afresh.guest).not.toEqual(first.guest);
+  });
+
+  it("a phase without a work model whose machine is larger than the fleet stops the batch with that error, instead of waiting for room for ever", async () => {
+    world = installWorld();
+    await putTiffs("too-big/", 2);
+    // CHECKSUM has no work model: its guest (shared-cpu-1x 256 MB) per slot, 16 slots a machine: shared-cpu-16x, more than the fleet's 8 vCPUs.
+    const { POOL_MODE: _mode, POOL_TASKS_PER_MACHINE: _slots, ...production } = env as unknown as Record<string, unknown>;
+    await runInDurableObject(stub("too-big"), async (instance: BatchDO) => {
+      Object.defineProperty(instance, "env", { value: { ...production, FLEET_MAX_VCPUS: "8", MAX_STEP_FAILURES: "2" }, configurable: true });
+      await instance.start({ batch_id: "too-big", r2_prefix: "too-big/", phases: [CHECKSUM_PHASE], pool_tasks_per_machine: 16 });
+    });
+    for (let i = 0; i < 20 && (await getStatus("too-big")).status !== "ERROR"; i++) await runDurableObjectAlarm(stub("too-big"));
+    const s = await getStatus("too-big");
+    expect(s.status, JSON.stringify({ stage: s.stage, error: s.error })).toBe("ERROR");
+    expect(s.error).toMatch(/CHECKSUM's machine \(16 CPUs, 4096 MB for 16 slot\(s\)\) is larger than the fleet's limits \(FLEET_MAX_VCPUS 8, /);
+    expect(world.runner.started).toHaveLength(0);
   });
 
   it('"pool": false keeps one machine per task, each sized by guestFor; its cost counts every machine', async () => {
