@@ -14,7 +14,7 @@ import { z } from "zod";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
 import { jain, type Resources } from "../../orchestrator/fly/fleet.ts";
 import { getStatus, installWorld, stub } from "../../test/workers/support/engine.ts";
-import { CREATE, SimClock, SimPoolRunner, START, type TaskShape } from "./sim-machines.ts";
+import { CREATE, DispatchRunner, SimClock, SimPoolRunner, START, type TaskShape, TimedRunner } from "./sim-machines.ts";
 import { alarmStep, resetFlyBudget } from "./steps.ts";
 import { progress, putManifest, quietEngineLogs, report } from "./support.ts";
 
@@ -63,7 +63,8 @@ async function simulateFleet(name: string, plans: BatchPlan[], limits: Resources
   await resetFlyBudget();
   const clock = new SimClock();
   clock.set(START);
-  const runner = new SimPoolRunner(clock, task);
+  // Each batch runs the plan its sizing picks: a pool, or one machine per task (a small batch may).
+  const runner = new DispatchRunner(new TimedRunner(clock, task, false), new SimPoolRunner(clock, task));
   const world = installWorld({ runner, clock, rateLimits: { create: CREATE }, faults: { bootDelayMs }, maxLiveMachines: 10_000 });
   const real0 = performance.now();
   const samples: Sample[] = [];
@@ -123,7 +124,7 @@ async function simulateFleet(name: string, plans: BatchPlan[], limits: Resources
         makespan_s: (Date.parse(s.completed_at!) - Date.parse(s.started_at)) / 1000,
         status: s.status,
         machines: mine.length,
-        guest: g ? `${g.cpu_kind}-${g.cpus}x ${g.memory_mb} MB, ${mine[0].config.env.POOL_CONCURRENCY ?? "1"} slot(s)` : "-",
+        guest: g ? (mine[0].config.env.POOL_MODE === "true" ? `${g.cpu_kind}-${g.cpus}x ${g.memory_mb} MB, ${mine[0].config.env.POOL_CONCURRENCY ?? "1"} slot(s)` : `one ${g.cpu_kind}-${g.cpus}x ${g.memory_mb} MB machine per task`) : "-",
       });
     }
     const usage = world.fly.usage();

@@ -11,43 +11,18 @@ import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { inject, it, vi } from "vitest";
 import { z } from "zod";
-import type { MachineRunner, RunnerEvents, RunnerMachine } from "../../local/fly-emulator/runner.ts";
-import { machineProcessEnv } from "../../local/fly-emulator/runner.ts";
 import type { BatchDO } from "../../orchestrator/batch-do.ts";
 import type { RunSpec } from "../makespan-runs.ts";
 import { allInCost } from "../../shared/cost-model.ts";
 import { type Guest, guestName, pricePerSecond, regionMarkup } from "../../shared/fly-model.ts";
 import { getStatus, installWorld, stub } from "../../test/workers/support/engine.ts";
-import { BASELINE, CREATE, SimClock, SimPoolRunner, type SimRunner, START, type TaskShape, TimedRunner } from "./sim-machines.ts";
+import { BASELINE, CREATE, DispatchRunner, SimClock, SimPoolRunner, START, type TaskShape, TimedRunner } from "./sim-machines.ts";
 import { alarmStep, resetFlyBudget } from "./steps.ts";
 import { countRows, progress, putManifest, quietEngineLogs, report, type Tally } from "./support.ts";
 
 declare module "vitest" {
   export interface ProvidedContext {
     makespan: { runs: RunSpec[]; bootDelayMs: number; rttS: number };
-  }
-}
-
-/** Machines of either mode, each run by the runner its env asks for (the default may choose either). */
-class DispatchRunner implements SimRunner {
-  readonly #single: TimedRunner;
-  readonly #pool: SimPoolRunner;
-  readonly #owner = new Map<string, MachineRunner>();
-  constructor(single: TimedRunner, pool: SimPoolRunner) {
-    this.#single = single;
-    this.#pool = pool;
-  }
-  start(machine: RunnerMachine, events: RunnerEvents): void {
-    const runner = machineProcessEnv(machine).POOL_MODE === "true" ? this.#pool : this.#single;
-    this.#owner.set(machine.id, runner);
-    runner.start(machine, events);
-  }
-  kill(id: string): void {
-    this.#owner.get(id)?.kill(id);
-  }
-  async settle(): Promise<boolean> {
-    const [a, b] = await Promise.all([this.#single.settle(), this.#pool.settle()]);
-    return a || b;
   }
 }
 

@@ -422,3 +422,25 @@ export class SimPoolRunner implements SimRunner {
   }
 }
 
+/** Machines of either mode, each run by the runner its env asks for (the default may choose either). */
+export class DispatchRunner implements SimRunner {
+  readonly #single: TimedRunner;
+  readonly #pool: SimPoolRunner;
+  readonly #owner = new Map<string, MachineRunner>();
+  constructor(single: TimedRunner, pool: SimPoolRunner) {
+    this.#single = single;
+    this.#pool = pool;
+  }
+  start(machine: RunnerMachine, events: RunnerEvents): void {
+    const runner = machineProcessEnv(machine).POOL_MODE === "true" ? this.#pool : this.#single;
+    this.#owner.set(machine.id, runner);
+    runner.start(machine, events);
+  }
+  kill(id: string): void {
+    this.#owner.get(id)?.kill(id);
+  }
+  async settle(): Promise<boolean> {
+    const [a, b] = await Promise.all([this.#single.settle(), this.#pool.settle()]);
+    return a || b;
+  }
+}
