@@ -245,17 +245,20 @@ describe("PDF job (PHASE=PDF_SPLITTING)", () => {
     expect(body.error).toBe("the PDF has 4 pages, over the limit of 3 (PDF_MAX_PAGES); split it into smaller PDFs before ingest");
   }, 120_000);
 
-  it("memory stays bounded page by page: 40 pages peak within 60 MB of 4 pages (a leaked canvas or page would add ≥ 3.7 MB each)", async () => {
-    // 100 DPI keeps the test quick: a Letter page is 850×1100 = 0.94 MP, 3.7 MB as RGBA.
+  it("memory stays bounded page by page: 100 pages peak within 60 MB of 40 (a leaked canvas or page would add ≥ 3.7 MB each, ≥ 222 MB)", async () => {
+    // 100 DPI keeps the test quick: a Letter page is 850×1100 = 0.94 MP, 3.7 MB as RGBA. The first pages
+    // warm the heap and the allocator up (4 → 40 pages: +30 to +60 MB on this machine, once exactly the
+    // 60 MB this test used to allow between them); past that the peak stays flat (40 and 100 pages: within
+    // ±15 MB), so the two compared are both past it.
     const runs: WorkerRun[] = [];
-    for (const n of [4, 40]) {
+    for (const n of [40, 100]) {
       const t = await task(`pages-${n}.pdf`, await textPdf(n), { PDF_RENDER_DPI: "100" });
       const r = await runWorker(t.env, { timeoutMs: 240_000 });
       expect(success(t, r).outputs).toHaveLength(2 * n);
       runs.push(r);
     }
     const [few, many] = runs;
-    console.log(`[pdf memory] peak RSS ${few.peakRssMb} MB for 4 pages, ${many.peakRssMb} MB for 40 pages at 100 DPI`);
-    expect(many.peakRssMb - few.peakRssMb, `peak RSS ${few.peakRssMb} MB for 4 pages vs ${many.peakRssMb} MB for 40`).toBeLessThan(60);
+    console.log(`[pdf memory] peak RSS ${few.peakRssMb} MB for 40 pages, ${many.peakRssMb} MB for 100 pages at 100 DPI`);
+    expect(many.peakRssMb - few.peakRssMb, `peak RSS ${few.peakRssMb} MB for 40 pages vs ${many.peakRssMb} MB for 100`).toBeLessThan(60);
   }, 300_000);
 });
