@@ -86,7 +86,7 @@ describe("fanout CLI against a running local stack", () => {
     expect(watched.stdout).toMatch(
       new RegExp(String.raw`^cost all in: ${$} \(${$} per task done\) = machines ${$} \+ egress ${$} \+ R2 ${$} \+ Durable Object ${$} \([1-9]\d* rows written\) \+ Worker requests ${$}$`, "m"),
     );
-    expect(watched.stdout).toMatch(/^plan \(fast\): (one .* machine per task|\d+ × .*, \d+ slot\(s\)), sized from (the starting figure|\d+ measured tasks .*)/m);
+    expect(watched.stdout).toMatch(/^plan \(balanced\): (one .* machine per task|\d+ × .*, \d+ slot\(s\)), sized from (the starting figure|\d+ measured tasks .*)/m);
     const manifest = JSON.parse(await (await s3.send(new GetObjectCommand({ Bucket: started.stack.bucket, Key: summary.manifest_key }))).Body!.transformToString()) as {
       directories: { files: { file_name: string; content_type: string }[] }[];
     };

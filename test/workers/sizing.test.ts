@@ -19,10 +19,10 @@ afterEach(async () => {
 /** 12 scans the manifest says are 64,102,564 bytes each: 25 MP at the 0.39 pixels a byte the phase assumes. */
 const BYTES = 64_102_564;
 
-async function putScans(batchId: string, n: number): Promise<string> {
+async function putScans(batchId: string, n: number, bytes = BYTES): Promise<string> {
   const files = Array.from({ length: n }, (_, i) => {
     const key = `${batchId}/scan-${String(i).padStart(3, "0")}.tif`;
-    return { r2_key: key, logical_path: `/a/${key}`, file_name: key.split("/").pop()!, file_size: BYTES, content_type: "image/tiff" };
+    return { r2_key: key, logical_path: `/a/${key}`, file_name: key.split("/").pop()!, file_size: bytes, content_type: "image/tiff" };
   });
   await Promise.all(files.map((f) => env.BUCKET.put(f.r2_key, "II*\0")));
   const manifestKey = `${batchId}/manifest.json`;
@@ -84,5 +84,40 @@ describe("sizing learns the batch's real work", () => {
     // Learned once: more reports change nothing.
     await runDurableObjectAlarm(stub("learn"));
     expect((await getStatus("learn")).sizing?.resized?.to).toBe("9 × performance-1x 2048 MB, 1 slot(s)");
+  });
+
+  it("`balanced` does not change machine size for cost alone: the batch keeps its machines when the measured work makes another size only cheaper", async () => {
+    const runner = new PoolRunner();
+    runner.lazy = () => true;
+    world = installWorld({ runner });
+    // 100 MP scans (256,410,257 bytes at 0.39 pixels a byte): from the starting figure 0.3 + 100 × 0.273 =
+    // 27.6 CPU-s, one slot a machine. On shared-cpu-1x 1280 MB the burst lasts 5.33 s and the other
+    // 22.3 CPU-s run at 1/16 (~6 min); performance-1x 2 GB runs it in 27.6 s and bills less: performance-1x.
+    const manifestKey = await putScans("keep", 12, 256_410_257);
+    await stub("keep").start({ batch_id: "keep", manifest_r2_key: manifestKey, pool: true });
+    await vi.waitFor(() => expect(runner.started).toHaveLength(12), { timeout: 10_000 });
+    const first = runner.started[0];
+    expect(first.guest).toMatchObject({ cpu_kind: "performance", cpus: 1 });
+    // Three tasks report 1 CPU-second for their 100 megapixels: a task now fits a shared vCPU's burst,
+    // as fast there (1.3 s of CPU, its 2.8 s of transfer alike) at a quarter of the price. Cheaper, not
+    // sooner: the plan stays (the old engine switched for 10% cheaper, booting new machines beside the
+    // old, which an organisation's quota refuses until the old have gone).
+    for (let i = 0; i < 3; i++) {
+      const answer = LeaseResponse.parse(await (await lease(machineProcessEnv(first))).json());
+      if (answer.kind !== "task") throw new Error(`expected a task, got ${JSON.stringify(answer)}`);
+      const taskEnv = { ...answer.env, ...machineProcessEnv(first) };
+      await writeOutput(taskEnv);
+      const body = { ...successBody(taskEnv), performance: { total_time_ms: 4_000, cpu_s: 1, megapixels: 100 } };
+      expect((await postCallback(taskEnv, body)).status).toBe(200);
+    }
+    await runDurableObjectAlarm(stub("keep"));
+    const s = await getStatus("keep");
+    expect(s.sizing?.work).toMatchObject({ basis: "measured", measured_tasks: 3 });
+    // The size and slots stay (the plan counts the nine tasks left).
+    expect(s.sizing).toMatchObject({ objective: "balanced", plan: "9 × performance-1x 2048 MB, 1 slot(s)", guest: first.guest });
+    await runDurableObjectAlarm(stub("keep"));
+    for (const m of runner.started) expect(m.guest).toEqual(first.guest);
+    const still = LeaseResponse.parse(await (await lease(machineProcessEnv(runner.started[1]))).json());
+    expect(still.kind).toBe("task");
   });
 });
