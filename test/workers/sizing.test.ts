@@ -30,6 +30,17 @@ async function putScans(batchId: string, n: number, bytes = BYTES): Promise<stri
   return manifestKey;
 }
 
+/** The machine leases `n` tasks by hand and reports each done with `performance` (its CPU-seconds and megapixels). */
+async function reportTasks(machine: Parameters<typeof machineProcessEnv>[0], n: number, performance: { total_time_ms: number; cpu_s: number; megapixels: number }): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    const answer = LeaseResponse.parse(await (await lease(machineProcessEnv(machine))).json());
+    if (answer.kind !== "task") throw new Error(`expected a task, got ${JSON.stringify(answer)}`);
+    const taskEnv = { ...answer.env, ...machineProcessEnv(machine) };
+    await writeOutput(taskEnv);
+    expect((await postCallback(taskEnv, { ...successBody(taskEnv), performance })).status).toBe(200);
+  }
+}
+
 describe("sizing learns the batch's real work", () => {
   it("after the first tasks' reports the rest is sized from the measured CPU-seconds per megapixel; status says so; machines of the old size leave", async () => {
     const runner = new PoolRunner();
@@ -50,14 +61,7 @@ describe("sizing learns the batch's real work", () => {
     expect(first.guest).toEqual({ cpu_kind: "shared", cpus: 1, memory_mb: 768 });
 
     // Three tasks (learnAfter(12) = max(3, 2% of 12)) report 28 CPU-seconds for their 25 megapixels.
-    for (let i = 0; i < 3; i++) {
-      const answer = LeaseResponse.parse(await (await lease(machineProcessEnv(first))).json());
-      if (answer.kind !== "task") throw new Error(`expected a task, got ${JSON.stringify(answer)}`);
-      const taskEnv = { ...answer.env, ...machineProcessEnv(first) };
-      await writeOutput(taskEnv);
-      const body = { ...successBody(taskEnv), performance: { total_time_ms: 30_000, cpu_s: 28, megapixels: 25 } };
-      expect((await postCallback(taskEnv, body)).status).toBe(200);
-    }
+    await reportTasks(first, 3, { total_time_ms: 30_000, cpu_s: 28, megapixels: 25 });
     await runDurableObjectAlarm(stub("learn"));
 
     // By hand: 28 / 25 = 1.12 CPU-s per MP; 25e6 / 64,102,564 = 0.39 pixels a byte; a task 0.3 + 25 × 1.12
@@ -102,14 +106,7 @@ describe("sizing learns the batch's real work", () => {
     // as fast there (1.3 s of CPU, its 2.8 s of transfer alike) at a quarter of the price. Cheaper, not
     // sooner: the plan stays (the old engine switched for 10% cheaper, booting new machines beside the
     // old, which an organisation's quota refuses until the old have gone).
-    for (let i = 0; i < 3; i++) {
-      const answer = LeaseResponse.parse(await (await lease(machineProcessEnv(first))).json());
-      if (answer.kind !== "task") throw new Error(`expected a task, got ${JSON.stringify(answer)}`);
-      const taskEnv = { ...answer.env, ...machineProcessEnv(first) };
-      await writeOutput(taskEnv);
-      const body = { ...successBody(taskEnv), performance: { total_time_ms: 4_000, cpu_s: 1, megapixels: 100 } };
-      expect((await postCallback(taskEnv, body)).status).toBe(200);
-    }
+    await reportTasks(first, 3, { total_time_ms: 4_000, cpu_s: 1, megapixels: 100 });
     await runDurableObjectAlarm(stub("keep"));
     const s = await getStatus("keep");
     expect(s.sizing?.work).toMatchObject({ basis: "measured", measured_tasks: 3 });
